@@ -1,0 +1,40 @@
+"""chainflow: durable, blockchain-aware payment workflows.
+
+See README.md for the tour; the public API is what this module exports.
+"""
+
+from .adapter import BroadcastOutcome, BroadcastResult, ChainAdapter, Header, Receipt, SignedTx
+from .app import AttemptRecord, Chainflow, JournalEntry, RunHandle, RunStatus
+from .clock import Clock, FakeClock, SystemClock
+from .context import Context
+from .errors import (
+    ChainflowError,
+    ConfigurationError,
+    DuplicateWorkflowError,
+    IdempotencyConflictError,
+    InputValidationError,
+    LeaseLostError,
+    NonDeterminismError,
+    PayloadError,
+    RunCancelled,
+    RunFinishedError,
+    RunNotFoundError,
+    StepError,
+    StepTimeout,
+    SubmissionFailedError,
+    TxRevertedError,
+    UnknownWorkflowError,
+    WaitTimeout,
+    WorkflowTimeout,
+)
+from .retry import Retry
+
+__all__ = [
+    "AttemptRecord", "BroadcastOutcome", "BroadcastResult", "ChainAdapter", "Chainflow", "ChainflowError",
+    "Clock", "ConfigurationError", "Context", "DuplicateWorkflowError", "FakeClock", "Header",
+    "IdempotencyConflictError", "InputValidationError", "JournalEntry", "LeaseLostError",
+    "NonDeterminismError", "PayloadError", "Receipt", "Retry", "RunCancelled", "RunFinishedError",
+    "RunHandle", "RunNotFoundError", "RunStatus", "SignedTx", "StepError", "StepTimeout",
+    "SubmissionFailedError", "SystemClock", "TxRevertedError", "UnknownWorkflowError", "WaitTimeout",
+    "WorkflowTimeout",
+]

@@ -1,0 +1,346 @@
+"""``Chainflow``: the registry of workflows plus the client half of the engine.
+
+The client methods (start, signal, cancel, status, journal) are plain synchronous
+calls so a Django/Flask view can use them without an event loop; each has an ``a``-
+prefixed coroutine twin for async code.  None of them needs a running worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import functools
+import hashlib
+import json
+import signal as _signal
+import threading
+import weakref
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import sqlalchemy as sa
+
+from . import codec, store
+from .adapter import ChainAdapter
+from .clock import Clock, SystemClock, seconds
+from .connector import create_engine, migrate, resolve_url
+from .errors import (
+    ConfigurationError,
+    IdempotencyConflictError,
+    RunFinishedError,
+    RunNotFoundError,
+)
+from .registry import Registry, WorkflowDef, WorkflowFn, infer_input_type
+from .retry import DEFAULT_RETRY, Retry
+
+if TYPE_CHECKING:
+    from .submission import Submitter
+    from .worker import Worker
+
+T = TypeVar("T")
+F = TypeVar("F", bound=WorkflowFn)
+
+
+@dataclass(frozen=True)
+class RunHandle:
+    id: str
+    workflow: str
+    created: bool  # False when an idempotent start returned an existing run
+
+
+@dataclass(frozen=True)
+class JournalEntry:
+    branch: str
+    position: int
+    key: str
+    kind: str
+    status: str  # ok | error | pending | timeout | invalidated
+    output: Any
+    error: dict[str, Any] | None
+    attempts: int
+    started_at: float | None
+    finished_at: float | None
+    invalidated: bool
+    reason: str | None
+
+
+@dataclass(frozen=True)
+class AttemptRecord:
+    branch: str
+    key: str
+    attempt: int
+    error: dict[str, Any] | None
+    started_at: float | None
+    finished_at: float | None
+    next_at: float | None
+
+
+@dataclass(frozen=True)
+class RunStatus:
+    id: str
+    workflow: str
+    status: str
+    input: Any
+    output: Any
+    error: dict[str, Any] | None
+    created_at: float
+    updated_at: float
+    wake_at: float | None
+    waiting_on: list[str]
+    cancel_requested: bool
+    compensations: dict[str, str] = field(default_factory=dict)  # step -> ok | error
+
+    @property
+    def done(self) -> bool:
+        return self.status in store.TERMINAL
+
+
+class Chainflow:
+    def __init__(
+        self,
+        database_url: str | None = None,
+        *,
+        chains: Sequence[ChainAdapter] = (),
+        clock: Clock | None = None,
+        default_retry: Retry = DEFAULT_RETRY,
+        lease_seconds: float = 30.0,
+    ) -> None:
+        self.database_url = resolve_url(database_url)
+        self.engine = create_engine(self.database_url)
+        self.clock: Clock = clock or SystemClock()
+        self.default_retry = default_retry
+        self.lease_seconds = lease_seconds
+        self.registry = Registry()
+        self.chains: dict[str, ChainAdapter] = {}
+        for chain in chains:
+            if chain.name in self.chains:
+                raise ConfigurationError(f"two chains are named {chain.name!r}")
+            self.chains[chain.name] = chain
+        self.submitter: Submitter | None = None
+        if self.chains:
+            from .submission import Submitter
+
+            self.submitter = Submitter(self)
+        self._schema_ready = False
+        self._schema_lock = threading.Lock()
+        self._workers: weakref.WeakSet[Worker] = weakref.WeakSet()
+
+    # --- registration ----------------------------------------------------------
+
+    def workflow(
+        self, name: str | None = None, *, timeout: float | dt.timedelta | None = None, input_type: type | None = None
+    ) -> Callable[[F], F]:
+        def register(fn: F) -> F:
+            wf_name = name or fn.__name__
+            declared = input_type if input_type is not None else infer_input_type(fn)
+            self.registry.add(WorkflowDef(wf_name, fn, seconds(timeout), declared))
+            return fn
+
+        return register
+
+    # --- schema and plumbing ---------------------------------------------------
+
+    def ensure_schema(self) -> None:
+        if self._schema_ready:
+            return
+        with self._schema_lock:
+            if not self._schema_ready:
+                try:
+                    migrate(self.engine)
+                except sa.exc.OperationalError as exc:
+                    raise ConfigurationError(
+                        f"cannot reach database {self.engine.url.render_as_string(hide_password=True)}: "
+                        f"{exc.orig}"
+                    ) from None
+                self._schema_ready = True
+
+    def _tx(self, fn: Callable[..., T], *args: Any) -> T:
+        self.ensure_schema()
+        with self.engine.begin() as conn:
+            return fn(conn, *args)
+
+    async def _atx(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.to_thread(self._tx, fn, *args)
+
+    def attach(self, worker: Worker) -> None:
+        self._workers.add(worker)
+
+    def detach(self, worker: Worker) -> None:
+        self._workers.discard(worker)
+
+    def _notify(self) -> None:
+        for w in list(self._workers):
+            w.notify()
+
+    # --- client API ------------------------------------------------------------
+
+    def start(self, workflow: str, input: Any = None, *, idempotency_key: str | None = None,
+              parent_id: str | None = None) -> RunHandle:
+        """Create a run (or return the existing one for the same idempotency key)."""
+        wf = self.registry.get(workflow)
+        plain = wf.validate_input(input)
+        text = codec.dumps(plain, what=f"input of workflow {workflow!r}")
+        digest = hashlib.sha256(f"{workflow}\0{text}".encode()).hexdigest()
+        now = self.clock.time()
+        deadline = None if wf.timeout is None else now + wf.timeout
+
+        def create(conn: sa.Connection) -> RunHandle:
+            if idempotency_key is not None:
+                existing = store.run_by_key(conn, idempotency_key)
+                if existing is not None:
+                    if existing.input_hash != digest:
+                        raise IdempotencyConflictError(idempotency_key, existing.id)
+                    return RunHandle(existing.id, existing.workflow, False)
+            run_id = store.insert_run(conn, workflow=workflow, input_text=text, input_hash=digest,
+                                      idempotency_key=idempotency_key, deadline=deadline,
+                                      parent_id=parent_id, now=now)
+            return RunHandle(run_id, workflow, True)
+
+        try:
+            handle = self._tx(create)
+        except sa.exc.IntegrityError:
+            # a concurrent start with the same key won the insert: answer as it would
+            handle = self._tx(create)
+        self._notify()
+        return handle
+
+    async def astart(self, workflow: str, input: Any = None, *, idempotency_key: str | None = None) -> RunHandle:
+        handle = await asyncio.to_thread(
+            functools.partial(self.start, workflow, input, idempotency_key=idempotency_key)
+        )
+        return handle
+
+    def _live_run(self, conn: sa.Connection, run_id: str, action: str) -> sa.Row[Any]:
+        row = store.get_run(conn, run_id)
+        if row is None:
+            raise RunNotFoundError(run_id)
+        if row.status in store.TERMINAL:
+            raise RunFinishedError(run_id, row.status, action)
+        return row
+
+    def signal(self, run_id: str, name: str, payload: Any = None) -> None:
+        text = codec.dumps(payload, what=f"payload of signal {name!r}")
+
+        def send(conn: sa.Connection) -> None:
+            self._live_run(conn, run_id, f"signal {name!r} to")
+            store.insert_signal(conn, run_id, name, text, self.clock.time())
+
+        self._tx(send)
+        self._notify()
+
+    async def asignal(self, run_id: str, name: str, payload: Any = None) -> None:
+        await asyncio.to_thread(self.signal, run_id, name, payload)
+
+    def cancel(self, run_id: str) -> None:
+        def request(conn: sa.Connection) -> None:
+            self._live_run(conn, run_id, "cancel")
+            store.request_cancel(conn, run_id, self.clock.time())
+
+        self._tx(request)
+        self._notify()
+
+    async def acancel(self, run_id: str) -> None:
+        await asyncio.to_thread(self.cancel, run_id)
+
+    def status(self, run_id: str) -> RunStatus:
+        def read(conn: sa.Connection) -> RunStatus:
+            row = store.get_run(conn, run_id)
+            if row is None:
+                raise RunNotFoundError(run_id)
+            comps = {
+                r.key.removeprefix("compensate:"): r.status
+                for r in store.journal_rows(conn, run_id)
+                if r.kind == "compensation" and not r.superseded
+            }
+            return _status_of(row, comps)
+
+        return self._tx(read)
+
+    async def astatus(self, run_id: str) -> RunStatus:
+        return await asyncio.to_thread(self.status, run_id)
+
+    def journal(self, run_id: str) -> list[JournalEntry]:
+        """Every journal row of a run, invalidated ones included, in recording order."""
+
+        def read(conn: sa.Connection) -> list[JournalEntry]:
+            if store.get_run(conn, run_id) is None:
+                raise RunNotFoundError(run_id)
+            return [
+                JournalEntry(
+                    r.branch, r.position, r.key, r.kind, "invalidated" if r.superseded else r.status,
+                    codec.loads(r.output) if r.status == "ok" else None,
+                    json.loads(r.error) if r.error else None, r.attempts, r.started_at, r.finished_at,
+                    bool(r.superseded), r.reason,
+                )
+                for r in store.journal_rows(conn, run_id)
+            ]
+
+        return self._tx(read)
+
+    async def ajournal(self, run_id: str) -> list[JournalEntry]:
+        return await asyncio.to_thread(self.journal, run_id)
+
+    def attempts(self, run_id: str) -> list[AttemptRecord]:
+        def read(conn: sa.Connection) -> list[AttemptRecord]:
+            return [
+                AttemptRecord(a.branch, a.key, a.attempt, json.loads(a.error) if a.error else None,
+                              a.started_at, a.finished_at, a.next_at)
+                for a in store.attempt_rows(conn, run_id)
+            ]
+
+        return self._tx(read)
+
+    def runs(self, *, status: str | None = None, workflow: str | None = None, limit: int = 100) -> list[RunStatus]:
+        def read(conn: sa.Connection) -> list[RunStatus]:
+            return [_status_of(r, {}) for r in store.list_runs(conn, status, workflow, limit)]
+
+        return self._tx(read)
+
+    def wait(self, run_id: str, timeout: float | None = None, poll: float = 0.05) -> RunStatus:
+        """Block until the run is finished (for scripts and tests; real time)."""
+        import time
+
+        end = None if timeout is None else time.monotonic() + timeout
+        while True:
+            st = self.status(run_id)
+            if st.done:
+                return st
+            if end is not None and time.monotonic() > end:
+                raise TimeoutError(f"run {run_id!r} still {st.status} after {timeout}s")
+            time.sleep(poll)
+
+    async def await_run(self, run_id: str, timeout: float | None = None, poll: float = 0.05) -> RunStatus:
+        return await asyncio.to_thread(self.wait, run_id, timeout, poll)
+
+    # --- workers ---------------------------------------------------------------
+
+    def worker(self, **options: Any) -> Worker:
+        from .worker import Worker
+
+        return Worker(self, **options)
+
+    def run_worker(self, concurrency: int = 32, **options: Any) -> None:
+        """Run a worker in this thread until SIGINT/SIGTERM."""
+
+        async def main() -> None:
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for sig in (_signal.SIGINT, _signal.SIGTERM):
+                try:
+                    loop.add_signal_handler(sig, stop.set)
+                except (NotImplementedError, RuntimeError):
+                    pass
+            await self.worker(concurrency=concurrency, **options).run(stop)
+
+        asyncio.run(main())
+
+
+def _status_of(row: sa.Row[Any], comps: dict[str, str]) -> RunStatus:
+    return RunStatus(
+        id=row.id, workflow=row.workflow, status=row.status, input=codec.loads(row.input),
+        output=codec.loads(row.output), error=json.loads(row.error) if row.error else None,
+        created_at=row.created_at, updated_at=row.updated_at, wake_at=row.ready_at,
+        waiting_on=json.loads(row.waiting_on) if row.waiting_on else [],
+        cancel_requested=bool(row.cancel_requested), compensations=comps,
+    )

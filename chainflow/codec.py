@@ -1,0 +1,127 @@
+"""Exact JSON encoding of step inputs and outputs.
+
+Payment workflows carry wei amounts beyond 2**64, Decimal prices and raw tx bytes;
+plain ``json`` would either refuse them or silently turn them into floats.  Values
+are stored as JSON text (identical on SQLite and Postgres) with a small tagged form
+for the types JSON lacks.  A dict that happens to use the tag key is escaped, so any
+supported value round-trips, which the property tests check.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import decimal
+import json
+import uuid
+from typing import Any
+
+from .errors import PayloadError
+
+TAG = "__cf__"
+_SAFE_INT = 2**53  # beyond this many JSON readers (JS, some drivers) lose precision
+
+
+def _encode(value: Any, path: str) -> Any:
+    # bool before int: bool is an int subclass
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, int):
+        if -_SAFE_INT < value < _SAFE_INT:
+            return value
+        return {TAG: "int", "v": str(value)}
+    if isinstance(value, float):
+        if value != value or value in (float("inf"), float("-inf")):
+            return {TAG: "float", "v": repr(value)}
+        return value
+    if isinstance(value, dict):
+        if all(type(k) is str for k in value) and TAG not in value:
+            return {k: _encode(v, f"{path}.{k}") for k, v in value.items()}
+        return {TAG: "map", "v": [[_encode(k, path), _encode(v, f"{path}[{k!r}]")] for k, v in value.items()]}
+    if isinstance(value, list):
+        return [_encode(v, f"{path}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, tuple):
+        return {TAG: "tuple", "v": [_encode(v, f"{path}[{i}]") for i, v in enumerate(value)]}
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return {TAG: "bytes", "v": base64.b64encode(bytes(value)).decode("ascii")}
+    if isinstance(value, decimal.Decimal):
+        return {TAG: "dec", "v": str(value)}
+    if isinstance(value, dt.datetime):
+        return {TAG: "datetime", "v": value.isoformat()}
+    if isinstance(value, dt.date):
+        return {TAG: "date", "v": value.isoformat()}
+    if isinstance(value, dt.time):
+        return {TAG: "time", "v": value.isoformat()}
+    if isinstance(value, dt.timedelta):
+        return {TAG: "timedelta", "v": [value.days, value.seconds, value.microseconds]}
+    if isinstance(value, uuid.UUID):
+        return {TAG: "uuid", "v": str(value)}
+    if isinstance(value, (set, frozenset)):
+        kind = "set" if isinstance(value, set) else "frozenset"
+        items = sorted((_encode(v, path) for v in value), key=lambda e: json.dumps(e, sort_keys=True))
+        return {TAG: kind, "v": items}
+    raise PayloadError(
+        f"value of type {type(value).__module__}.{type(value).__qualname__} at {path or 'top level'} "
+        "cannot be stored exactly (supported: None, bool, int, float, str, bytes, Decimal, "
+        "datetime/date/time/timedelta, UUID, list, tuple, set, dict)"
+    )
+
+
+_DECODERS: dict[str, Any] = {
+    "int": int,
+    "float": float,
+    "tuple": lambda v: tuple(v),
+    "bytes": lambda v: base64.b64decode(v.encode("ascii")),
+    "dec": decimal.Decimal,
+    "datetime": dt.datetime.fromisoformat,
+    "date": dt.date.fromisoformat,
+    "time": dt.time.fromisoformat,
+    "timedelta": lambda v: dt.timedelta(days=v[0], seconds=v[1], microseconds=v[2]),
+    "uuid": uuid.UUID,
+    "set": set,
+    "frozenset": frozenset,
+}
+
+
+def _hook(obj: dict[str, Any]) -> Any:
+    tag = obj.get(TAG)
+    if tag is None:
+        return obj
+    if tag == "map":
+        return {_freeze(k): v for k, v in obj["v"]}
+    try:
+        return _DECODERS[tag](obj["v"])
+    except KeyError as exc:
+        raise PayloadError(f"unknown payload tag {tag!r}") from exc
+
+
+def _freeze(key: Any) -> Any:
+    # map keys decoded from JSON arrays come back as lists; tuples were tagged, so a
+    # list key can only be a corrupted payload.
+    if isinstance(key, list):
+        raise PayloadError("map key decoded as a list: corrupted payload")
+    return key
+
+
+def dumps(value: Any, *, what: str = "") -> str:
+    """Encode ``value``; ``what`` names the payload in the error (e.g. "output of step 'x'")."""
+    try:
+        return json.dumps(_encode(value, ""), separators=(",", ":"), allow_nan=False)
+    except PayloadError as exc:
+        raise PayloadError(f"{what}: {exc}" if what else str(exc)) from None
+
+
+def loads(text: str | None) -> Any:
+    if text is None:
+        return None
+    return json.loads(text, object_hook=_hook)
+
+
+def roundtrip(value: Any, *, what: str = "") -> tuple[str, Any]:
+    """Encoded text plus the value as a replay would see it.
+
+    Workflow code is always handed the decoded copy, even on first execution, so a run
+    behaves the same whether a value came fresh from a step or from the journal.
+    """
+    text = dumps(value, what=what)
+    return text, loads(text)

@@ -1,0 +1,104 @@
+"""Turning a database URL into a ready, migrated SQLAlchemy engine.
+
+SQLite gets WAL with ``synchronous=FULL`` by default: a step's result must survive a
+power cut once the workflow moved past it.  ``NORMAL`` is available only as an explicit
+opt-in (``?synchronous=NORMAL`` in the URL) for users who accept losing the last
+commits on an OS crash.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+from . import schema
+from .errors import ConfigurationError
+
+ENV_URL = "CHAINFLOW_DATABASE_URL"
+DEFAULT_URL = "sqlite:///chainflow.db"
+_SYNC_MODES = {"FULL", "NORMAL", "EXTRA"}
+
+
+def resolve_url(url: str | None) -> str:
+    return url or os.environ.get(ENV_URL) or DEFAULT_URL
+
+
+def create_engine(url: str | None = None) -> sa.Engine:
+    """Build the engine; raises ConfigurationError naming the URL when it is malformed."""
+    text = resolve_url(url)
+    try:
+        parsed = make_url(text)
+    except ArgumentError as exc:
+        raise ConfigurationError(f"malformed database URL {text!r}: {exc}") from None
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        return _sqlite_engine(parsed)
+    if backend == "postgresql":
+        if parsed.get_driver_name() not in ("psycopg", "psycopg2") and "+" not in text.split("://")[0]:
+            parsed = parsed.set(drivername="postgresql+psycopg")
+        try:
+            return sa.create_engine(parsed, pool_size=10, max_overflow=20, pool_pre_ping=True)
+        except (NoSuchModuleError, ArgumentError) as exc:
+            raise ConfigurationError(f"unusable database URL {text!r}: {exc}") from None
+    raise ConfigurationError(
+        f"unsupported database URL {text!r}: use sqlite:///path.db or postgresql+psycopg://user@host/db"
+    )
+
+
+def _sqlite_engine(parsed: sa.URL) -> sa.Engine:
+    query = dict(parsed.query)
+    sync = str(query.pop("synchronous", "FULL")).upper()
+    if sync not in _SYNC_MODES:
+        raise ConfigurationError(f"synchronous={sync!r} in the SQLite URL: use FULL, EXTRA or NORMAL")
+    if not parsed.database or parsed.database == ":memory:":
+        raise ConfigurationError(
+            "an in-memory SQLite database cannot be shared by workers; give a file path "
+            "(sqlite:///chainflow.db)"
+        )
+    engine = sa.create_engine(
+        parsed.set(query=query),
+        connect_args={"timeout": 30, "check_same_thread": False, "isolation_level": None},
+        poolclass=sa.pool.QueuePool,
+        pool_size=4,
+        max_overflow=8,
+    )
+
+    @sa.event.listens_for(engine, "connect")
+    def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute(f"PRAGMA synchronous={sync}")
+        cur.execute("PRAGMA busy_timeout=30000")
+        cur.close()
+
+    # pysqlite's own transaction handling is off (isolation_level=None); take the write
+    # lock at BEGIN so two processes never deadlock upgrading a read lock.
+    @sa.event.listens_for(engine, "begin")
+    def _begin(conn: sa.Connection) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
+
+
+def migrate(engine: sa.Engine) -> int:
+    """Apply pending migrations under a cross-process lock; returns the schema version."""
+    with engine.begin() as conn:
+        if engine.dialect.name == "postgresql":
+            conn.exec_driver_sql("SELECT pg_advisory_xact_lock(7311741)")
+        schema.schema_version.create(conn, checkfirst=True)
+        current = conn.execute(sa.select(sa.func.max(schema.schema_version.c.version))).scalar() or 0
+        if current > schema.LATEST:
+            raise ConfigurationError(
+                f"database schema version {current} is newer than this chainflow ({schema.LATEST}); upgrade chainflow"
+            )
+        for version, step in schema.MIGRATIONS:
+            if version > current:
+                step(conn)
+                conn.execute(schema.schema_version.insert().values(version=version, applied_at=time.time()))
+                current = version
+        return current

@@ -1,0 +1,444 @@
+"""What workflow code calls: ``ctx.step``, ``ctx.sleep``, ``ctx.wait_for``...
+
+Every operation takes a *slot*: (branch, position in branch, name#occurrence).  The
+position is assigned synchronously when the operation is called, so on replay the same
+code asks for the same slots in the same order; when it does not, the run stops with
+``NonDeterminismError`` instead of silently running a step twice.
+
+Operations that must wait (sleep, retry backoff, signal, confirmations) *park*: they
+await a future the executor controls.  When every branch of the run is parked, the
+executor unwinds the coroutine and records when to wake it, so a parked run costs a
+database row, not a coroutine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import datetime as dt
+import functools
+import inspect
+import json
+import random as _random
+import traceback
+import uuid as _uuid
+from collections import Counter
+from collections.abc import Awaitable, Callable, Coroutine
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from . import codec, store
+from .clock import Clock, seconds, to_datetime
+from .committer import Committer, Op
+from .errors import (
+    LeaseLostError,
+    NonDeterminismError,
+    PayloadError,
+    RunCancelled,
+    StepError,
+    StepTimeout,
+    WaitTimeout,
+)
+from .retry import DEFAULT_RETRY, Retry
+
+if TYPE_CHECKING:
+    from .submission import Submitter
+
+T = TypeVar("T")
+
+_BRANCH: contextvars.ContextVar[str] = contextvars.ContextVar("chainflow_branch", default="")
+
+# Why the executor is unwinding the workflow coroutine.
+SUSPEND, CANCEL, TIMEOUT, LEASE_LOST, FATAL = "suspend", "cancel", "timeout", "lease_lost", "fatal"
+
+
+@dataclass
+class _BranchState:
+    position: int = 0
+    names: Counter[str] = field(default_factory=Counter)
+    children: Counter[str] = field(default_factory=Counter)
+
+
+@dataclass(frozen=True)
+class Slot:
+    branch: str
+    position: int
+    key: str
+    entry: store.Entry | None
+
+
+@dataclass
+class Park:
+    wake_at: float | None
+    signal: str | None
+    future: asyncio.Future[None]
+
+
+@dataclass
+class Compensation:
+    order: tuple[int, int]
+    slot: Slot
+    fn: Callable[..., Any]
+    value: Any
+    retry: Retry
+    timeout: float | None
+
+
+def describe_error(exc: BaseException) -> str:
+    return json.dumps(
+        {
+            "type": f"{type(exc).__module__}.{type(exc).__qualname__}",
+            "message": str(exc),
+            "traceback": "".join(traceback.format_exception(exc))[-4000:],
+        }
+    )
+
+
+def error_parts(text: str | None) -> tuple[str, str]:
+    data = json.loads(text) if text else {}
+    return data.get("type", "Error"), data.get("message", "")
+
+
+class Context:
+    """Handed to each workflow function; one per execution of a run."""
+
+    def __init__(
+        self,
+        *,
+        run_id: str,
+        workflow: str,
+        fence: int,
+        entries: list[store.Entry],
+        tries: dict[tuple[str, str], list[store.AttemptRow]],
+        committer: Committer,
+        clock: Clock,
+        step_pool: Executor,
+        default_retry: Retry = DEFAULT_RETRY,
+        submitter: Submitter | None = None,
+    ) -> None:
+        self.run_id = run_id
+        self.workflow = workflow
+        self.fence = fence
+        self._by_pos = {(e.branch, e.position): e for e in entries if e.position >= 0}
+        self._by_key = {(e.branch, e.key): e for e in entries}
+        self._tries = tries
+        self._committer = committer
+        self.clock = clock
+        self._pool = step_pool
+        self._default_retry = default_retry
+        self._submitter = submitter
+        self._branches: dict[str, _BranchState] = {}
+        self._buffer: list[Op] = []
+        self._fresh = 0
+        self.compensations: list[Compensation] = []
+        self.tasks: set[asyncio.Task[Any]] = set()
+        self.parks: list[Park] = []
+        self.active = 0
+        self.generation = 0
+        self.changed = asyncio.Event()
+        self.stop_reason: str | None = None
+        self.fatal: BaseException | None = None
+
+    # --- public API ------------------------------------------------------------
+
+    async def step(
+        self,
+        name: str,
+        fn: Callable[..., T | Awaitable[T]],
+        /,
+        *args: Any,
+        retry: Retry | None = None,
+        timeout: float | dt.timedelta | None = None,
+        compensate: Callable[[T], Any] | None = None,
+        **kwargs: Any,
+    ) -> T:
+        """Run ``fn`` once (modulo retries), journal its result, return the journaled copy."""
+        slot = self._slot(name, "step")
+        policy = retry or self._default_retry
+        limit = seconds(timeout)
+        if slot.entry is None:
+            text, value = await self._execute(slot, "step", fn, args, kwargs, policy, limit)
+        elif slot.entry.status == "ok":
+            value = codec.loads(slot.entry.output)
+        else:
+            etype, message = error_parts(slot.entry.error)
+            raise StepError(name, etype, message, slot.entry.attempts)
+        if compensate is not None:
+            order = (0, slot.entry.id) if slot.entry else (1, self._fresh)
+            self.compensations.append(Compensation(order, slot, compensate, value, policy, limit))
+        return value  # type: ignore[no-any-return]
+
+    async def sleep(self, name: str, duration: float | dt.timedelta) -> None:
+        """Durable sleep: the process may be down meanwhile; wakes on the engine's clock."""
+        slot = self._slot(name, "sleep")
+        if slot.entry is not None:
+            wake_at = float(codec.loads(slot.entry.output))
+        else:
+            self._refuse_new_work()
+            wake_at = self.clock.time() + (seconds(duration) or 0.0)
+            now = self.clock.time()
+            await self._commit(self._entry_op(slot, "sleep", "ok", codec.dumps(wake_at), None, 1, now, now))
+        await self._park(wake_at, None)
+
+    async def wait_for(self, name: str, timeout: float | dt.timedelta | None = None) -> Any:
+        """Wait for an external signal; one sent before this point is kept and returned."""
+        slot = self._slot(name, "wait")
+        entry = slot.entry
+        if entry is not None and entry.status == "ok":
+            return codec.loads(entry.output)
+        if entry is not None and entry.status == "timeout":
+            raise WaitTimeout(name)
+        if entry is None:
+            self._refuse_new_work()
+            now = self.clock.time()
+            limit = seconds(timeout)
+            deadline = None if limit is None else now + limit
+            await self._commit(self._entry_op(slot, "wait", "pending", codec.dumps(deadline), None, 1, now, None))
+        else:
+            deadline = codec.loads(entry.output)
+        run_id, branch, key = self.run_id, slot.branch, slot.key
+        while True:
+            self._refuse_new_work()
+
+            def take(conn: Any) -> tuple[bool, str | None]:
+                found, payload = store.consume_signal(conn, run_id, name)
+                if found:
+                    store.update_entry(conn, run_id, branch, key, status="ok", output=payload)
+                return found, payload
+
+            (found, payload), = await self._commit(take)
+            if found:
+                return codec.loads(payload)
+            now = self.clock.time()
+            if deadline is not None and now >= deadline:
+                await self._commit(
+                    lambda conn: store.update_entry(conn, run_id, branch, key, status="timeout", finished_at=now)
+                )
+                raise WaitTimeout(name)
+            await self._park(deadline, name)
+
+    def now(self) -> dt.datetime:
+        """Wall-clock time, recorded: a replay sees the same instant."""
+        return to_datetime(self._recorded("now", self.clock.time))
+
+    def uuid(self) -> _uuid.UUID:
+        return _uuid.UUID(self._recorded("uuid", lambda: str(_uuid.uuid4())))
+
+    def random(self) -> float:
+        return float(self._recorded("random", _random.random))
+
+    def branch(self, name: str, work: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
+        """Run ``work`` as a named branch; its steps are journaled under the branch path
+        so a reorg can roll back one branch and keep its siblings."""
+        parent = _BRANCH.get()
+        state = self._state(parent)
+        n = state.children[name]
+        state.children[name] += 1
+        label = name if n == 0 else f"{name}#{n}"
+        path = f"{parent}/{label}" if parent else label
+        scope = contextvars.copy_context()
+        scope.run(_BRANCH.set, path)
+        task = asyncio.get_running_loop().create_task(work, context=scope)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        return task
+
+    async def gather(self, *works: Coroutine[Any, Any, Any], names: list[str] | None = None) -> list[Any]:
+        """``asyncio.gather`` where each awaitable runs as its own branch ("0", "1", ...)."""
+        labels = names or [str(i) for i in range(len(works))]
+        if len(labels) != len(works):
+            raise ValueError(f"gather got {len(works)} awaitables but {len(labels)} names")
+        return list(await asyncio.gather(*(self.branch(n, w) for n, w in zip(labels, works))))
+
+    async def submit(self, name: str, *, chain: str, tx: Any, idempotency_key: str, finality: Any = None,
+                     compensate: Callable[[Any], Any] | None = None, retry: Retry | None = None) -> Any:
+        """Submit an on-chain transaction exactly once and return its receipt once final."""
+        if self._submitter is None:
+            raise RuntimeError("this Chainflow app has no chains configured; pass chains=[...]")
+        return await self._submitter.submit(self, name, chain=chain, tx=tx, idempotency_key=idempotency_key,
+                                            finality=finality, compensate=compensate, retry=retry)
+
+    # --- slots and replay ------------------------------------------------------
+
+    def _state(self, branch: str) -> _BranchState:
+        state = self._branches.get(branch)
+        if state is None:
+            state = self._branches[branch] = _BranchState()
+        return state
+
+    def _slot(self, name: str, kind: str) -> Slot:
+        if self.fatal is not None:
+            raise self.fatal
+        branch = _BRANCH.get()
+        state = self._state(branch)
+        position = state.position
+        state.position += 1
+        occurrence = state.names[name]
+        state.names[name] += 1
+        key = name if occurrence == 0 else f"{name}#{occurrence}"
+        at_position = self._by_pos.get((branch, position))
+        if at_position is not None and (at_position.key != key or at_position.kind != kind):
+            self._nondeterminism(branch, position, f"{at_position.kind} {at_position.key}", f"{kind} {key}")
+        entry = self._by_key.get((branch, key))
+        if entry is not None and entry is not at_position:
+            self._nondeterminism(branch, position, "nothing", f"{kind} {key}")
+        self.generation += 1
+        return Slot(branch, position, key, entry)
+
+    def _nondeterminism(self, branch: str, position: int, expected: str, actual: str) -> None:
+        self.fatal = NonDeterminismError(self.run_id, branch, position, expected, actual)
+        self.stop_reason = FATAL
+        raise self.fatal
+
+    def slot(self, name: str, kind: str) -> Slot:
+        """Slot allocation for extensions (on-chain submission) living outside this module."""
+        return self._slot(name, kind)
+
+    def _recorded(self, kind: str, make: Callable[[], Any]) -> Any:
+        slot = self._slot(kind, kind)
+        if slot.entry is not None:
+            return codec.loads(slot.entry.output)
+        value = make()
+        now = self.clock.time()
+        # buffered: flushed with this run's next durable write, which is the first
+        # moment the value can influence anything outside the process
+        self._buffer.append(self._entry_op(slot, kind, "ok", codec.dumps(value), None, 1, now, now))
+        return value
+
+    def _refuse_new_work(self) -> None:
+        if self.fatal is not None:
+            raise self.fatal
+        if self.stop_reason in (CANCEL, TIMEOUT):
+            raise RunCancelled(self.run_id)
+
+    def _entry_op(self, slot: Slot, kind: str, status: str, output: str | None, error: str | None,
+                  attempts: int, started: float | None, finished: float | None) -> Op:
+        values = dict(branch=slot.branch, position=slot.position, key=slot.key, kind=kind, status=status,
+                      output=output, error=error, attempts=attempts, started_at=started, finished_at=finished)
+        run_id = self.run_id
+        return lambda conn: store.insert_entry(conn, run_id, **values)
+
+    # --- execution -------------------------------------------------------------
+
+    async def commit(self, *ops: Op) -> list[Any]:
+        """One durable, fenced transaction for this run (plus buffered records)."""
+        return await self._commit(*ops)
+
+    async def _commit(self, *ops: Op) -> list[Any]:
+        batch = self._buffer + list(ops)
+        self._buffer = []
+        self._busy(+1)
+        try:
+            results = await self._committer.write(self.run_id, self.fence, batch)
+        except LeaseLostError:
+            self.stop_reason = LEASE_LOST
+            raise
+        finally:
+            self._busy(-1)
+        return results[len(results) - len(ops):]
+
+    async def flush(self) -> None:
+        if self._buffer:
+            await self._commit()
+
+    def _busy(self, delta: int) -> None:
+        self.active += delta
+        self.touch()
+
+    def touch(self) -> None:
+        self.generation += 1
+        self.changed.set()
+
+    async def _execute(self, slot: Slot, kind: str, fn: Callable[..., Any], args: tuple[Any, ...],
+                       kwargs: dict[str, Any], policy: Retry, limit: float | None) -> tuple[str, Any]:
+        """Attempts with journaled backoff; returns (encoded, decoded) output or raises StepError."""
+        self._refuse_new_work()
+        tries = self._tries.setdefault((slot.branch, slot.key), [])
+        label = slot.key if not slot.branch else f"{slot.branch}/{slot.key}"
+        while True:
+            if tries and tries[-1].next_at is not None:
+                await self._park(tries[-1].next_at, None)
+            self._refuse_new_work()
+            attempt = len(tries) + 1
+            started = self.clock.time()
+            self._busy(+1)
+            try:
+                result = await self._invoke(label, fn, args, kwargs, limit)
+                text, value = codec.roundtrip(result, what=f"output of step {label!r}")
+            except PayloadError as exc:
+                await self._fail(slot, kind, exc, attempt, started)
+                raise StepError(label, "PayloadError", str(exc), attempt) from exc
+            except Exception as exc:
+                finished = self.clock.time()
+                if not policy.retryable(exc) or attempt >= policy.max_attempts:
+                    await self._fail(slot, kind, exc, attempt, started)
+                    raise StepError(label, f"{type(exc).__module__}.{type(exc).__qualname__}", str(exc),
+                                    attempt) from exc
+                next_at = finished + policy.delay(attempt)
+                row = dict(branch=slot.branch, key=slot.key, attempt=attempt, error=describe_error(exc),
+                           started_at=started, finished_at=finished, next_at=next_at)
+                run_id = self.run_id
+                await self._commit(lambda conn: store.insert_attempt(conn, run_id, **row))
+                tries.append(store.AttemptRow(attempt, row["error"], next_at))  # type: ignore[arg-type]
+                continue
+            finally:
+                self._busy(-1)
+            self._fresh += 1
+            await self._commit(self._entry_op(slot, kind, "ok", text, None, attempt, started, self.clock.time()))
+            return text, value
+
+    async def _fail(self, slot: Slot, kind: str, exc: BaseException, attempt: int, started: float) -> None:
+        await self._commit(
+            self._entry_op(slot, kind, "error", None, describe_error(exc), attempt, started, self.clock.time())
+        )
+
+    async def _invoke(self, label: str, fn: Callable[..., Any], args: tuple[Any, ...],
+                      kwargs: dict[str, Any], limit: float | None) -> Any:
+        if inspect.iscoroutinefunction(fn):
+            work: Awaitable[Any] = fn(*args, **kwargs)
+        else:
+            loop = asyncio.get_running_loop()
+            work = loop.run_in_executor(self._pool, functools.partial(fn, *args, **kwargs))
+        if limit is None:
+            result = await work
+        else:
+            try:
+                result = await asyncio.wait_for(work, limit)
+            except TimeoutError:
+                raise StepTimeout(label, limit) from None
+        if inspect.isawaitable(result):  # a sync callable returning a coroutine
+            result = await result
+        return result
+
+    async def _park(self, wake_at: float | None, signal: str | None) -> None:
+        """Wait until ``wake_at`` (or a signal); the executor may unwind us meanwhile."""
+        if wake_at is not None and self.clock.time() >= wake_at:
+            return
+        self._refuse_new_work()
+        park = Park(wake_at, signal, asyncio.get_running_loop().create_future())
+        self.parks.append(park)
+        self.touch()
+        try:
+            await park.future
+        finally:
+            self.parks.remove(park)
+            self.touch()
+        self._refuse_new_work()
+
+    async def run_compensations(self) -> list[str]:
+        """Run registered compensations newest first, each journaled once; returns failures."""
+        failures: list[str] = []
+        self.stop_reason = None  # compensations are new work that must be allowed
+        for comp in sorted(self.compensations, key=lambda c: c.order, reverse=True):
+            slot = Slot(comp.slot.branch, -1, f"compensate:{comp.slot.key}",
+                        self._by_key.get((comp.slot.branch, f"compensate:{comp.slot.key}")))
+            if slot.entry is not None:
+                if slot.entry.status != "ok":
+                    failures.append(slot.key)
+                continue
+            try:
+                await self._execute(slot, "compensation", comp.fn, (comp.value,), {}, comp.retry, comp.timeout)
+            except StepError:
+                failures.append(slot.key)
+        return failures

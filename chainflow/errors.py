@@ -1,0 +1,138 @@
+"""Every exception chainflow raises on purpose.
+
+Each names the thing at fault (workflow, run, step, field) because these errors
+surface in a web backend's logs or a CLI one-liner, far from the code that caused them.
+"""
+
+from __future__ import annotations
+
+
+class ChainflowError(Exception):
+    """Base class: catch this to handle any engine-raised error."""
+
+
+class ConfigurationError(ChainflowError):
+    """Bad engine configuration: malformed database URL, unknown chain..."""
+
+
+class DuplicateWorkflowError(ChainflowError):
+    def __init__(self, name: str) -> None:
+        super().__init__(f"workflow {name!r} is already registered")
+        self.name = name
+
+
+class UnknownWorkflowError(ChainflowError):
+    def __init__(self, name: str) -> None:
+        super().__init__(f"no workflow named {name!r} is registered")
+        self.name = name
+
+
+class RunNotFoundError(ChainflowError):
+    def __init__(self, run_id: str) -> None:
+        super().__init__(f"no run with id {run_id!r}")
+        self.run_id = run_id
+
+
+class RunFinishedError(ChainflowError):
+    """A signal or cancel reached a run that can no longer act on it."""
+
+    def __init__(self, run_id: str, status: str, action: str) -> None:
+        super().__init__(f"cannot {action} run {run_id!r}: it is already {status}")
+        self.run_id, self.status, self.action = run_id, status, action
+
+
+class InputValidationError(ChainflowError):
+    def __init__(self, workflow: str, detail: str) -> None:
+        super().__init__(f"invalid input for workflow {workflow!r}: {detail}")
+        self.workflow, self.detail = workflow, detail
+
+
+class IdempotencyConflictError(ChainflowError):
+    def __init__(self, key: str, run_id: str) -> None:
+        super().__init__(
+            f"idempotency key {key!r} already started run {run_id!r} with a different "
+            "workflow or input"
+        )
+        self.key, self.run_id = key, run_id
+
+
+class PayloadError(ChainflowError):
+    """A value cannot be stored exactly (unsupported type, broken payload)."""
+
+
+class NonDeterminismError(ChainflowError):
+    """Replay asked for a different operation than the journal holds at that position."""
+
+    def __init__(self, run_id: str, branch: str, position: int, expected: str, actual: str) -> None:
+        where = f"branch {branch!r} " if branch else ""
+        super().__init__(
+            f"non-determinism in run {run_id!r}: at {where}position {position} the journal "
+            f"holds {expected!r} but the workflow code now asks for {actual!r}"
+        )
+        self.run_id, self.branch, self.position = run_id, branch, position
+        self.expected, self.actual = expected, actual
+
+
+class StepError(ChainflowError):
+    """A step failed terminally (retries exhausted or non-retryable).
+
+    Workflow code always sees this type (never the step's own exception class) so that
+    a first execution and a replay from the journal behave identically.
+    """
+
+    def __init__(self, step: str, error_type: str, message: str, attempts: int) -> None:
+        super().__init__(f"step {step!r} failed after {attempts} attempt(s): {error_type}: {message}")
+        self.step, self.error_type, self.message, self.attempts = step, error_type, message, attempts
+
+
+class StepTimeout(ChainflowError, TimeoutError):
+    def __init__(self, step: str, seconds: float) -> None:
+        super().__init__(f"step {step!r} timed out after {seconds}s")
+        self.step, self.seconds = step, seconds
+
+
+class WaitTimeout(ChainflowError, TimeoutError):
+    """``ctx.wait_for`` reached its timeout without a signal."""
+
+    def __init__(self, signal: str) -> None:
+        super().__init__(f"no signal {signal!r} arrived before the timeout")
+        self.signal = signal
+
+
+class WorkflowTimeout(ChainflowError, TimeoutError):
+    def __init__(self, run_id: str) -> None:
+        super().__init__(f"run {run_id!r} exceeded its workflow timeout")
+        self.run_id = run_id
+
+
+class RunCancelled(ChainflowError):
+    """Raised inside workflow code at the first operation after a cancel request."""
+
+    def __init__(self, run_id: str) -> None:
+        super().__init__(f"run {run_id!r} was cancelled")
+        self.run_id = run_id
+
+
+class LeaseLostError(ChainflowError):
+    """This worker's lease on a run was taken over; it must stop writing (fencing)."""
+
+    def __init__(self, run_id: str) -> None:
+        super().__init__(f"lease on run {run_id!r} was lost to another worker")
+        self.run_id = run_id
+
+
+class TxRevertedError(ChainflowError):
+    """An on-chain transaction (or its gas estimate) reverted; the nonce may be spent."""
+
+    def __init__(self, step: str, reason: str | None, tx_hash: str | None = None) -> None:
+        where = f" (tx {tx_hash})" if tx_hash else ""
+        super().__init__(f"transaction of step {step!r} reverted{where}: {reason or 'no reason given'}")
+        self.step, self.reason, self.tx_hash = step, reason, tx_hash
+
+
+class SubmissionFailedError(ChainflowError):
+    """A submission can never be included (nonce taken by a foreign tx, permanent rejection)."""
+
+    def __init__(self, step: str, detail: str) -> None:
+        super().__init__(f"submission of step {step!r} failed: {detail}")
+        self.step, self.detail = step, detail

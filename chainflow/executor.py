@@ -1,0 +1,207 @@
+"""One execution of one claimed run: replay, drive until done or parked, record.
+
+The executor is the only place that decides a run's fate (completed, failed,
+cancelled, suspended); the context only records steps.  Keeping the decision here is
+what makes a cancel, a workflow timeout and a lost lease behave the same whichever
+operation the run happened to be in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from . import codec, store
+from .context import CANCEL, FATAL, LEASE_LOST, SUSPEND, TIMEOUT, _BRANCH, Context, describe_error
+from .errors import LeaseLostError, NonDeterminismError, PayloadError, RunCancelled, WorkflowTimeout
+from .registry import WorkflowDef
+
+if TYPE_CHECKING:
+    from .worker import Worker
+
+log = logging.getLogger("chainflow.executor")
+
+# quiescence: once no operation is in flight and something is parked, let the event
+# loop spin this many times without any new operation before unwinding the run
+_SETTLE_SPINS = 8
+
+
+@dataclass
+class Outcome:
+    status: str  # completed | failed | cancelled | suspended | abandoned
+    detail: str = ""
+
+
+class Execution:
+    def __init__(self, worker: Worker, claim: store.Claim, wf: WorkflowDef) -> None:
+        self.worker = worker
+        self.claim = claim
+        self.wf = wf
+        self.ctx: Context | None = None
+        self._stop = asyncio.Event()
+        self._parked: list[tuple[float | None, str | None]] = []
+        self._reason: str | None = None
+
+    def request_stop(self, reason: str) -> None:
+        """Called by the heartbeat (cancel, lost lease); the driver reacts."""
+        self._reason = self._reason or reason
+        if self.ctx is not None and self.ctx.stop_reason in (None, SUSPEND):
+            self.ctx.stop_reason = reason
+        self._stop.set()
+
+    async def run(self) -> Outcome:
+        w, claim = self.worker, self.claim
+        entries, tries = await w.db(store.load_history, claim.run_id)
+        ctx = self.ctx = Context(
+            run_id=claim.run_id, workflow=claim.workflow, fence=claim.fence, entries=entries, tries=tries,
+            committer=w.committer, clock=w.clock, step_pool=w.step_pool, default_retry=w.app.default_retry,
+            submitter=w.app.submitter,
+        )
+        if self._reason is not None:
+            ctx.stop_reason = self._reason
+        elif claim.cancel_requested:
+            ctx.stop_reason = CANCEL
+        elif claim.deadline is not None and w.clock.time() >= claim.deadline:
+            ctx.stop_reason = TIMEOUT
+        try:
+            arg = self.wf.decode_input(codec.loads(claim.input))
+        except Exception as exc:  # input stored by an older version of the workflow
+            return await self._finish("failed", None, describe_error(exc))
+        main = asyncio.get_running_loop().create_task(self._main(ctx, arg))
+        ctx.tasks.add(main)
+        return await self._drive(ctx, main)
+
+    async def _main(self, ctx: Context, arg: Any) -> Any:
+        _BRANCH.set("")
+        return await self.wf.fn(ctx, arg)
+
+    async def _drive(self, ctx: Context, main: asyncio.Task[Any]) -> Outcome:
+        clock = self.worker.clock
+        stop_wait = asyncio.ensure_future(self._stop.wait())
+        try:
+            while not main.done():
+                if ctx.stop_reason in (CANCEL, TIMEOUT, LEASE_LOST, FATAL) and self._stop.is_set():
+                    await self._unwind(ctx)
+                    break
+                changed = asyncio.ensure_future(ctx.changed.wait())
+                timeout = None
+                if ctx.active == 0 and ctx.parks:
+                    timeout = 0
+                deadline = self.claim.deadline
+                if deadline is not None:
+                    remaining = max(0.0, deadline - clock.time())
+                    timeout = remaining if timeout is None else min(timeout, remaining)
+                await asyncio.wait({main, changed, stop_wait}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+                changed.cancel()
+                ctx.changed.clear()
+                if deadline is not None and clock.time() >= deadline and not main.done():
+                    self.request_stop(TIMEOUT)
+                    continue
+                if not main.done() and ctx.active == 0 and ctx.parks and await self._settled(ctx):
+                    if not await self._wait_inline(ctx):
+                        ctx.stop_reason = SUSPEND
+                        self._parked = [(p.wake_at, p.signal) for p in ctx.parks]
+                        await self._unwind(ctx)
+                        break
+        finally:
+            stop_wait.cancel()
+        return await self._conclude(ctx, main)
+
+    async def _settled(self, ctx: Context) -> bool:
+        mark = ctx.generation
+        for _ in range(_SETTLE_SPINS):
+            await asyncio.sleep(0)
+            if ctx.generation != mark or ctx.active or not ctx.parks:
+                return False
+        return True
+
+    async def _wait_inline(self, ctx: Context) -> bool:
+        """Short timers are waited in-process; returns False when the run should park."""
+        clock, limit = self.worker.clock, self.worker.inline_wait
+        if any(p.wake_at is None or p.signal for p in ctx.parks):
+            return False
+        earliest = min(p.wake_at for p in ctx.parks if p.wake_at is not None)
+        delay = earliest - clock.time()
+        if delay > limit:
+            return False
+        if delay > 0:
+            stop = asyncio.ensure_future(self._stop.wait())
+            await asyncio.wait({stop, asyncio.ensure_future(clock.sleep(delay))}, return_when=asyncio.FIRST_COMPLETED)
+            stop.cancel()
+            if self._stop.is_set():
+                return True  # the driver loop handles the stop
+        now = clock.time()
+        for park in list(ctx.parks):
+            if park.wake_at is not None and park.wake_at <= now and not park.future.done():
+                park.future.set_result(None)
+        return True
+
+    async def _unwind(self, ctx: Context) -> None:
+        for task in list(ctx.tasks):
+            task.cancel()
+        await asyncio.gather(*ctx.tasks, return_exceptions=True)
+
+    async def _conclude(self, ctx: Context, main: asyncio.Task[Any]) -> Outcome:
+        reason = ctx.stop_reason
+        if reason == LEASE_LOST:
+            return Outcome("abandoned", "lease lost")
+        if reason == SUSPEND:
+            return await self._suspend(ctx)
+        # let sibling branches settle before deciding (a failed branch leaves others running)
+        if ctx.tasks - {main}:
+            await self._unwind(ctx)
+        if reason == FATAL or isinstance(ctx.fatal, NonDeterminismError):
+            assert ctx.fatal is not None
+            log.error("%s", ctx.fatal)
+            return await self._finish("failed", None, describe_error(ctx.fatal))
+        if reason in (CANCEL, TIMEOUT):
+            error: BaseException = RunCancelled(self.claim.run_id) if reason == CANCEL else WorkflowTimeout(
+                self.claim.run_id)
+            return await self._compensate_and_finish(ctx, "cancelled" if reason == CANCEL else "failed", error)
+        exc = main.exception() if not main.cancelled() else RunCancelled(self.claim.run_id)
+        if isinstance(exc, LeaseLostError):
+            return Outcome("abandoned", "lease lost")
+        if exc is None:
+            try:
+                text = codec.dumps(main.result(), what=f"result of workflow {self.wf.name!r}")
+            except PayloadError as perr:
+                return await self._compensate_and_finish(ctx, "failed", perr)
+            await ctx.flush()
+            return await self._finish("completed", text, None)
+        return await self._compensate_and_finish(ctx, "failed", exc)
+
+    async def _compensate_and_finish(self, ctx: Context, status: str, error: BaseException) -> Outcome:
+        try:
+            failures = await ctx.run_compensations()
+        except LeaseLostError:
+            return Outcome("abandoned", "lease lost")
+        info = json.loads(describe_error(error))
+        if failures:
+            info["compensation_failures"] = failures
+        return await self._finish(status, None, json.dumps(info))
+
+    async def _finish(self, status: str, output: str | None, error: str | None) -> Outcome:
+        run_id, now = self.claim.run_id, self.worker.clock.time()
+        assert self.ctx is not None
+        try:
+            await self.ctx.commit(lambda conn: store.finish_run(conn, run_id, status, output, error, now))
+        except LeaseLostError:
+            return Outcome("abandoned", "lease lost")
+        return Outcome(status, error or "")
+
+    async def _suspend(self, ctx: Context) -> Outcome:
+        # a park with no wake time (waiting only for an event) does not bound the wake-up
+        wake_at = min((w for w, _ in self._parked if w is not None), default=None)
+        signals = sorted({s for _, s in self._parked if s})
+        if self.claim.deadline is not None:
+            wake_at = self.claim.deadline if wake_at is None else min(wake_at, self.claim.deadline)
+        status = "waiting" if signals or wake_at is None else "sleeping"
+        run_id, now = self.claim.run_id, self.worker.clock.time()
+        try:
+            await ctx.commit(lambda conn: store.suspend_run(conn, run_id, status, wake_at, signals, now))
+        except LeaseLostError:
+            return Outcome("abandoned", "lease lost")
+        return Outcome("suspended", status)

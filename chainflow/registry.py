@@ -1,0 +1,92 @@
+"""Registered workflows and their declared input types.
+
+Validation happens in ``start`` before anything is written, so a bad request leaves no
+half-created run behind; the stored input is the validated, plain-data form.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import typing
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import DuplicateWorkflowError, InputValidationError, UnknownWorkflowError
+
+WorkflowFn = Callable[[Any, Any], Awaitable[Any]]
+
+
+def _is_pydantic(tp: Any) -> bool:
+    return isinstance(tp, type) and hasattr(tp, "model_validate") and hasattr(tp, "model_dump")
+
+
+@dataclass(frozen=True)
+class WorkflowDef:
+    name: str
+    fn: WorkflowFn
+    timeout: float | None
+    input_type: type | None
+
+    def validate_input(self, value: Any) -> Any:
+        """Plain data to store, or InputValidationError naming the workflow and field."""
+        tp = self.input_type
+        if tp is None:
+            return value
+        try:
+            if _is_pydantic(tp):
+                model = value if isinstance(value, tp) else tp.model_validate(value)  # type: ignore[attr-defined]
+                return model.model_dump(mode="python")
+            if dataclasses.is_dataclass(tp):
+                inst = value if isinstance(value, tp) else tp(**value)
+                return dataclasses.asdict(inst)  # type: ignore[arg-type]
+        except (TypeError, ValueError) as exc:
+            raise InputValidationError(self.name, str(exc).strip()) from None
+        return value
+
+    def decode_input(self, data: Any) -> Any:
+        tp = self.input_type
+        if tp is None:
+            return data
+        if _is_pydantic(tp):
+            return tp.model_validate(data)  # type: ignore[attr-defined]
+        return tp(**data)
+
+
+def infer_input_type(fn: WorkflowFn) -> type | None:
+    params = list(inspect.signature(fn).parameters.values())
+    if len(params) < 2:
+        raise TypeError(f"workflow function {fn.__qualname__} must take (ctx, input)")
+    try:
+        hints = typing.get_type_hints(fn)
+    except Exception:  # unresolvable forward references: no declared type
+        return None
+    tp = hints.get(params[1].name)
+    if isinstance(tp, type) and (_is_pydantic(tp) or dataclasses.is_dataclass(tp)):
+        return tp
+    return None
+
+
+class Registry:
+    def __init__(self) -> None:
+        self._defs: dict[str, WorkflowDef] = {}
+
+    def add(self, wf: WorkflowDef) -> None:
+        if wf.name in self._defs:
+            raise DuplicateWorkflowError(wf.name)
+        if not inspect.iscoroutinefunction(wf.fn):
+            raise TypeError(f"workflow {wf.name!r} must be an async function")
+        self._defs[wf.name] = wf
+
+    def get(self, name: str) -> WorkflowDef:
+        try:
+            return self._defs[name]
+        except KeyError:
+            raise UnknownWorkflowError(name) from None
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._defs
+
+    def names(self) -> list[str]:
+        return sorted(self._defs)

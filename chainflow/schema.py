@@ -1,0 +1,197 @@
+"""The whole SQL schema, in one place, for SQLite and Postgres alike.
+
+Times are float epoch seconds taken from the engine's clock (never the database's
+``now()``) so an injected clock governs sleeps and leases end to end.  Payloads are
+codec JSON in TEXT columns: identical bytes on both dialects.  Journal rows are never
+deleted; an invalidated row gets ``superseded`` set to its own id, which frees the
+(run, branch, key) slot for the re-execution while the history stays readable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import sqlalchemy as sa
+
+metadata = sa.MetaData()
+
+BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+runs = sa.Table(
+    "cf_runs",
+    metadata,
+    sa.Column("id", sa.String(36), primary_key=True),
+    sa.Column("workflow", sa.String(200), nullable=False),
+    sa.Column("status", sa.String(20), nullable=False),
+    sa.Column("input", sa.Text, nullable=False),
+    sa.Column("output", sa.Text),
+    sa.Column("error", sa.Text),
+    sa.Column("idempotency_key", sa.String(300), unique=True),
+    sa.Column("input_hash", sa.String(64), nullable=False),
+    sa.Column("parent_id", sa.String(36), index=True),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
+    # claimable when ready_at <= now and (no lease or lease expired); NULL = waits for an event
+    sa.Column("ready_at", sa.Float),
+    sa.Column("lease_owner", sa.String(100)),
+    sa.Column("lease_expires", sa.Float),
+    sa.Column("fence", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("cancel_requested", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("deadline", sa.Float),
+    sa.Column("waiting_on", sa.Text),  # JSON list of signal names the parked run waits for
+    sa.Column("attempt_count", sa.Integer, nullable=False, server_default="0"),
+    sa.Index("ix_cf_runs_ready", "ready_at"),
+    sa.Index("ix_cf_runs_status_workflow", "status", "workflow"),
+)
+
+journal = sa.Table(
+    "cf_journal",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("run_id", sa.String(36), nullable=False),
+    sa.Column("branch", sa.String(500), nullable=False, server_default=""),
+    sa.Column("position", sa.Integer, nullable=False),
+    sa.Column("key", sa.String(500), nullable=False),
+    sa.Column("kind", sa.String(20), nullable=False),
+    sa.Column("status", sa.String(20), nullable=False),
+    sa.Column("output", sa.Text),
+    sa.Column("error", sa.Text),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="1"),
+    sa.Column("started_at", sa.Float),
+    sa.Column("finished_at", sa.Float),
+    sa.Column("superseded", BigId, nullable=False, server_default="0"),
+    sa.Column("reason", sa.Text),
+    sa.UniqueConstraint("run_id", "branch", "key", "superseded", name="uq_cf_journal_slot"),
+    sa.Index("ix_cf_journal_run", "run_id", "id"),
+)
+
+attempts = sa.Table(
+    "cf_attempts",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("run_id", sa.String(36), nullable=False),
+    sa.Column("branch", sa.String(500), nullable=False, server_default=""),
+    sa.Column("key", sa.String(500), nullable=False),
+    sa.Column("attempt", sa.Integer, nullable=False),
+    sa.Column("error", sa.Text),
+    sa.Column("started_at", sa.Float),
+    sa.Column("finished_at", sa.Float),
+    sa.Column("next_at", sa.Float),  # when the next attempt may start (backoff, journaled)
+    sa.Column("superseded", BigId, nullable=False, server_default="0"),
+    sa.Index("ix_cf_attempts_run", "run_id", "branch", "key"),
+)
+
+signals = sa.Table(
+    "cf_signals",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("run_id", sa.String(36), nullable=False),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("payload", sa.Text),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("consumed", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Index("ix_cf_signals_run", "run_id", "name", "consumed"),
+)
+
+# --- on-chain submission (chain-agnostic) ---------------------------------------
+
+nonces = sa.Table(
+    "cf_nonces",
+    metadata,
+    sa.Column("chain", sa.String(100), primary_key=True),
+    sa.Column("sender", sa.String(100), primary_key=True),
+    sa.Column("next_nonce", sa.BigInteger, nullable=False),
+)
+
+submissions = sa.Table(
+    "cf_submissions",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("chain", sa.String(100), nullable=False),
+    sa.Column("sender", sa.String(100), nullable=False),
+    sa.Column("idempotency_key", sa.String(300), nullable=False),
+    sa.Column("run_id", sa.String(36)),
+    sa.Column("step", sa.String(600)),
+    sa.Column("request", sa.Text, nullable=False),
+    sa.Column("finality", sa.Text, nullable=False),
+    sa.Column("nonce", sa.BigInteger),
+    # intent -> signed -> broadcast -> included -> final | reverted | failed
+    sa.Column("state", sa.String(20), nullable=False),
+    sa.Column("tx_hash", sa.String(100)),  # the attempt that was mined
+    sa.Column("block_number", sa.BigInteger),
+    sa.Column("block_hash", sa.String(100)),
+    sa.Column("receipt", sa.Text),
+    sa.Column("error", sa.Text),
+    sa.Column("gap_fill", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
+    sa.Column("last_broadcast_at", sa.Float),
+    sa.Column("last_broadcast_block", sa.BigInteger),
+    sa.UniqueConstraint("chain", "sender", "idempotency_key", name="uq_cf_submission_key"),
+    sa.Index("ix_cf_submissions_state", "chain", "state"),
+    sa.Index("ix_cf_submissions_nonce", "chain", "sender", "nonce"),
+)
+
+tx_attempts = sa.Table(
+    "cf_tx_attempts",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("submission_id", BigId, nullable=False, index=True),
+    sa.Column("chain", sa.String(100), nullable=False),
+    sa.Column("tx_hash", sa.String(100), nullable=False),
+    sa.Column("raw", sa.LargeBinary, nullable=False),
+    sa.Column("fees", sa.Text, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Index("ix_cf_tx_attempts_hash", "chain", "tx_hash", unique=True),
+)
+
+# --- head tracking and reorgs --------------------------------------------------
+
+headers = sa.Table(
+    "cf_headers",
+    metadata,
+    sa.Column("chain", sa.String(100), primary_key=True),
+    sa.Column("hash", sa.String(100), primary_key=True),
+    sa.Column("number", sa.BigInteger, nullable=False),
+    sa.Column("parent_hash", sa.String(100), nullable=False),
+    sa.Column("timestamp", sa.BigInteger, nullable=False),
+    sa.Column("orphaned", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Index("ix_cf_headers_number", "chain", "number"),
+)
+
+reorgs = sa.Table(
+    "cf_reorgs",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("chain", sa.String(100), nullable=False),
+    sa.Column("depth", sa.Integer, nullable=False),
+    sa.Column("fork_number", sa.BigInteger, nullable=False),
+    sa.Column("old_hashes", sa.Text, nullable=False),
+    sa.Column("new_hashes", sa.Text, nullable=False),
+    sa.Column("affected", sa.Text, nullable=False),
+    sa.Column("detected_at", sa.Float, nullable=False),
+)
+
+leaders = sa.Table(
+    "cf_leaders",
+    metadata,
+    sa.Column("name", sa.String(200), primary_key=True),
+    sa.Column("owner", sa.String(100), nullable=False),
+    sa.Column("expires", sa.Float, nullable=False),
+)
+
+schema_version = sa.Table(
+    "cf_schema_version",
+    metadata,
+    sa.Column("version", sa.Integer, primary_key=True),
+    sa.Column("applied_at", sa.Float, nullable=False),
+)
+
+
+def _v1(conn: sa.Connection) -> None:
+    metadata.create_all(conn, tables=[t for t in metadata.sorted_tables if t is not schema_version])
+
+
+# Append-only: a released migration is never edited, a new one is added.
+MIGRATIONS: list[tuple[int, Callable[[sa.Connection], None]]] = [(1, _v1)]
+LATEST = MIGRATIONS[-1][0]

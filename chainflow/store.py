@@ -1,0 +1,296 @@
+"""Every read and write the engine makes, as plain functions over a connection.
+
+Writes that belong to a claimed run are *fenced*: they go through ``fence_ok`` in the
+same transaction, which fails once another worker has re-claimed the run (its fence
+token moved on).  On Postgres the fencing UPDATE also row-locks the run, so a claim
+and a late write from the previous owner serialise.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+
+from .schema import attempts, journal, runs, signals
+
+TERMINAL = ("completed", "failed", "cancelled")
+
+
+@dataclass(frozen=True)
+class Claim:
+    run_id: str
+    workflow: str
+    input: str
+    fence: int
+    cancel_requested: bool
+    deadline: float | None
+    created_at: float
+
+
+@dataclass
+class Entry:
+    """One live journal row, as replay needs it."""
+
+    id: int
+    branch: str
+    position: int
+    key: str
+    kind: str
+    status: str
+    output: str | None
+    error: str | None
+    attempts: int
+
+
+@dataclass(frozen=True)
+class AttemptRow:
+    attempt: int
+    error: str | None
+    next_at: float | None
+
+
+# --- runs -----------------------------------------------------------------------
+
+
+def insert_run(
+    conn: sa.Connection,
+    *,
+    workflow: str,
+    input_text: str,
+    input_hash: str,
+    idempotency_key: str | None,
+    deadline: float | None,
+    parent_id: str | None,
+    now: float,
+) -> str:
+    run_id = str(uuid.uuid4())
+    conn.execute(
+        runs.insert().values(
+            id=run_id,
+            workflow=workflow,
+            status="pending",
+            input=input_text,
+            input_hash=input_hash,
+            idempotency_key=idempotency_key,
+            parent_id=parent_id,
+            deadline=deadline,
+            created_at=now,
+            updated_at=now,
+            ready_at=now,
+        )
+    )
+    return run_id
+
+
+def run_by_key(conn: sa.Connection, key: str) -> sa.Row[Any] | None:
+    return conn.execute(sa.select(runs).where(runs.c.idempotency_key == key)).first()
+
+
+def get_run(conn: sa.Connection, run_id: str) -> sa.Row[Any] | None:
+    return conn.execute(sa.select(runs).where(runs.c.id == run_id)).first()
+
+
+def list_runs(
+    conn: sa.Connection, status: str | None, workflow: str | None, limit: int
+) -> list[sa.Row[Any]]:
+    q = sa.select(runs).order_by(runs.c.created_at.desc()).limit(limit)
+    if status:
+        q = q.where(runs.c.status == status)
+    if workflow:
+        q = q.where(runs.c.workflow == workflow)
+    return list(conn.execute(q))
+
+
+def claim(conn: sa.Connection, owner: str, limit: int, now: float, lease: float) -> list[Claim]:
+    """Lease up to ``limit`` runs that are due; Postgres skips rows other workers hold."""
+    due = (
+        sa.select(runs.c.id)
+        .where(runs.c.ready_at <= now, runs.c.status.not_in(TERMINAL))
+        .order_by(runs.c.ready_at)
+        .limit(limit)
+    )
+    if conn.dialect.name == "postgresql":
+        due = due.with_for_update(skip_locked=True)
+    stmt = (
+        runs.update()
+        .where(runs.c.id.in_(due.scalar_subquery()))
+        .values(
+            status="running",
+            lease_owner=owner,
+            lease_expires=now + lease,
+            ready_at=now + lease,
+            fence=runs.c.fence + 1,
+            updated_at=now,
+            attempt_count=runs.c.attempt_count + 1,
+        )
+        .returning(
+            runs.c.id, runs.c.workflow, runs.c.input, runs.c.fence,
+            runs.c.cancel_requested, runs.c.deadline, runs.c.created_at,
+        )
+    )
+    return [Claim(*row) for row in conn.execute(stmt)]
+
+
+def heartbeat(
+    conn: sa.Connection, owner: str, held: dict[str, int], now: float, lease: float
+) -> dict[str, bool]:
+    """Extend leases; returns {run_id: cancel_requested} for runs still ours."""
+    if not held:
+        return {}
+    ids = list(held)
+    conn.execute(
+        runs.update()
+        .where(runs.c.id.in_(ids), runs.c.lease_owner == owner)
+        .values(lease_expires=now + lease, ready_at=now + lease)
+    )
+    rows = conn.execute(
+        sa.select(runs.c.id, runs.c.fence, runs.c.cancel_requested, runs.c.lease_owner).where(runs.c.id.in_(ids))
+    )
+    return {r.id: bool(r.cancel_requested) for r in rows if r.lease_owner == owner and r.fence == held[r.id]}
+
+
+def fence_ok(conn: sa.Connection, run_id: str, fence: int, now: float) -> bool:
+    res = conn.execute(
+        runs.update().where(runs.c.id == run_id, runs.c.fence == fence).values(updated_at=now)
+    )
+    return res.rowcount == 1
+
+
+def finish_run(
+    conn: sa.Connection, run_id: str, status: str, output: str | None, error: str | None, now: float
+) -> None:
+    conn.execute(
+        runs.update()
+        .where(runs.c.id == run_id)
+        .values(
+            status=status, output=output, error=error, ready_at=None,
+            lease_owner=None, lease_expires=None, waiting_on=None, updated_at=now,
+        )
+    )
+
+
+def suspend_run(
+    conn: sa.Connection, run_id: str, status: str, wake_at: float | None, waiting_on: list[str], now: float
+) -> None:
+    """Park a run without a worker slot; never loses a wake-up that raced with it."""
+    conn.execute(
+        runs.update()
+        .where(runs.c.id == run_id)
+        .values(
+            status=status,
+            ready_at=sa.case((runs.c.cancel_requested, now), else_=wake_at),
+            waiting_on=json.dumps(waiting_on) if waiting_on else None,
+            lease_owner=None,
+            lease_expires=None,
+            updated_at=now,
+        )
+    )
+    if waiting_on and pending_signal_exists(conn, run_id, waiting_on):
+        wake(conn, run_id, now)
+
+
+def wake(conn: sa.Connection, run_id: str, now: float) -> None:
+    """Make a parked run due now (a running one notices on its own)."""
+    conn.execute(
+        runs.update()
+        .where(runs.c.id == run_id, runs.c.lease_owner.is_(None), runs.c.status.not_in(TERMINAL))
+        .values(ready_at=now)
+    )
+
+
+def request_cancel(conn: sa.Connection, run_id: str, now: float) -> None:
+    conn.execute(runs.update().where(runs.c.id == run_id).values(cancel_requested=True, updated_at=now))
+    wake(conn, run_id, now)
+
+
+# --- journal --------------------------------------------------------------------
+
+
+def load_history(conn: sa.Connection, run_id: str) -> tuple[list[Entry], dict[tuple[str, str], list[AttemptRow]]]:
+    rows = conn.execute(
+        sa.select(
+            journal.c.id, journal.c.branch, journal.c.position, journal.c.key, journal.c.kind,
+            journal.c.status, journal.c.output, journal.c.error, journal.c.attempts,
+        )
+        .where(journal.c.run_id == run_id, journal.c.superseded == 0)
+        .order_by(journal.c.id)
+    )
+    entries = [Entry(*r) for r in rows]
+    tries: dict[tuple[str, str], list[AttemptRow]] = {}
+    for a in conn.execute(
+        sa.select(attempts.c.branch, attempts.c.key, attempts.c.attempt, attempts.c.error, attempts.c.next_at)
+        .where(attempts.c.run_id == run_id, attempts.c.superseded == 0)
+        .order_by(attempts.c.id)
+    ):
+        tries.setdefault((a.branch, a.key), []).append(AttemptRow(a.attempt, a.error, a.next_at))
+    return entries, tries
+
+
+def insert_entry(conn: sa.Connection, run_id: str, **values: Any) -> int:
+    res = conn.execute(journal.insert().values(run_id=run_id, **values))
+    pk = res.inserted_primary_key
+    return int(pk[0]) if pk else 0
+
+
+def update_entry(conn: sa.Connection, run_id: str, branch: str, key: str, **values: Any) -> None:
+    conn.execute(
+        journal.update()
+        .where(journal.c.run_id == run_id, journal.c.branch == branch, journal.c.key == key, journal.c.superseded == 0)
+        .values(**values)
+    )
+
+
+def insert_attempt(conn: sa.Connection, run_id: str, **values: Any) -> None:
+    conn.execute(attempts.insert().values(run_id=run_id, **values))
+
+
+def journal_rows(conn: sa.Connection, run_id: str) -> list[sa.Row[Any]]:
+    return list(conn.execute(sa.select(journal).where(journal.c.run_id == run_id).order_by(journal.c.id)))
+
+
+def attempt_rows(conn: sa.Connection, run_id: str) -> list[sa.Row[Any]]:
+    return list(conn.execute(sa.select(attempts).where(attempts.c.run_id == run_id).order_by(attempts.c.id)))
+
+
+# --- signals --------------------------------------------------------------------
+
+
+def insert_signal(conn: sa.Connection, run_id: str, name: str, payload: str, now: float) -> None:
+    conn.execute(signals.insert().values(run_id=run_id, name=name, payload=payload, created_at=now))
+    # One UPDATE, not read-then-write: on Postgres it waits for a concurrent suspend
+    # (which row-locks the run) and re-checks ``waiting_on`` on the committed row.
+    conn.execute(
+        runs.update()
+        .where(
+            runs.c.id == run_id,
+            runs.c.lease_owner.is_(None),
+            runs.c.status.not_in(TERMINAL),
+            runs.c.waiting_on.contains(json.dumps(name)),
+        )
+        .values(ready_at=now)
+    )
+
+
+def pending_signal_exists(conn: sa.Connection, run_id: str, names: list[str]) -> bool:
+    q = sa.select(signals.c.id).where(
+        signals.c.run_id == run_id, signals.c.name.in_(names), signals.c.consumed.is_(sa.false())
+    ).limit(1)
+    return conn.execute(q).first() is not None
+
+
+def consume_signal(conn: sa.Connection, run_id: str, name: str) -> tuple[bool, str | None]:
+    """Take the oldest unconsumed signal of that name (found?, payload)."""
+    row = conn.execute(
+        sa.select(signals.c.id, signals.c.payload)
+        .where(signals.c.run_id == run_id, signals.c.name == name, signals.c.consumed.is_(sa.false()))
+        .order_by(signals.c.id)
+        .limit(1)
+    ).first()
+    if row is None:
+        return False, None
+    conn.execute(signals.update().where(signals.c.id == row.id).values(consumed=True))
+    return True, row.payload

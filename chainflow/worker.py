@@ -1,0 +1,188 @@
+"""The worker: claims due runs under a lease, executes them, keeps leases alive.
+
+A worker holds no state that matters: everything is in the database, so a worker can
+be SIGKILLed at any instant and another one (on any machine) resumes its runs once the
+lease expires.  Fencing makes the dead worker's late writes, should it come back from
+a long GC pause, fail instead of corrupting the journal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import sqlalchemy as sa
+
+from . import store
+from .committer import Committer
+from .context import CANCEL, LEASE_LOST
+from .executor import Execution, Outcome
+
+if TYPE_CHECKING:
+    from .app import Chainflow
+
+log = logging.getLogger("chainflow.worker")
+T = TypeVar("T")
+
+
+class Worker:
+    def __init__(
+        self,
+        app: Chainflow,
+        *,
+        concurrency: int = 32,
+        lease: float | None = None,
+        poll_interval: float = 0.2,
+        inline_wait: float = 1.0,
+        worker_id: str | None = None,
+    ) -> None:
+        if concurrency < 1:
+            raise ValueError(f"concurrency must be >= 1, got {concurrency}")
+        self.app = app
+        self.clock = app.clock
+        self.concurrency = concurrency
+        self.lease = lease if lease is not None else app.lease_seconds
+        self.poll_interval = poll_interval
+        self.inline_wait = inline_wait
+        self.id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.committer = Committer(app.engine, app.clock)
+        self.step_pool = ThreadPoolExecutor(max(4, concurrency), thread_name_prefix="chainflow-step")
+        self._db_pool = ThreadPoolExecutor(2, thread_name_prefix="chainflow-db")
+        self.executions: dict[str, Execution] = {}
+        self._tasks: set[asyncio.Task[Outcome | None]] = set()
+        self._wake = asyncio.Event()
+        self._heartbeat: asyncio.Task[None] | None = None
+        self.outcomes: dict[str, Outcome] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def db(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn(conn, *args)`` in one transaction off the event loop."""
+
+        def call() -> T:
+            with self.app.engine.begin() as conn:
+                return fn(conn, *args)
+
+        return await asyncio.get_running_loop().run_in_executor(self._db_pool, call)
+
+    def notify(self) -> None:
+        """Something became due (a start or signal in this process): poll now.
+
+        Thread-safe: a sync web view in another thread may be the caller."""
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._wake.set)
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        await asyncio.get_running_loop().run_in_executor(self._db_pool, self.app.ensure_schema)
+        self.committer.start()
+        self._heartbeat = asyncio.create_task(self._beat(), name="chainflow-heartbeat")
+        self.app.attach(self)
+
+    async def close(self) -> None:
+        """Stop executing and hand held runs back at once (no lease wait for others)."""
+        self.app.detach(self)
+        if self._heartbeat:
+            self._heartbeat.cancel()
+        for ex in list(self.executions.values()):
+            ex.request_stop(LEASE_LOST)
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._heartbeat:
+            await asyncio.gather(self._heartbeat, return_exceptions=True)
+        await self.committer.close()
+        held = list(self.executions)
+        if held:
+            await self.db(self._release, held)
+        self.step_pool.shutdown(wait=False, cancel_futures=True)
+        self._db_pool.shutdown(wait=True)
+
+    def _release(self, conn: sa.Connection, held: list[str]) -> None:
+        from .schema import runs
+
+        conn.execute(
+            runs.update()
+            .where(runs.c.id.in_(held), runs.c.lease_owner == self.id)
+            .values(lease_owner=None, lease_expires=None, status="pending", ready_at=self.clock.time())
+        )
+
+    async def run(self, stop: asyncio.Event | None = None) -> None:
+        """Work until ``stop`` is set (or forever)."""
+        stop = stop or asyncio.Event()
+        await self.start()
+        stopper = asyncio.ensure_future(stop.wait())
+        try:
+            while not stop.is_set():
+                claimed = await self.poll()
+                if claimed and len(self.executions) < self.concurrency:
+                    continue
+                self._wake.clear()
+                waker = asyncio.ensure_future(self._wake.wait())
+                await asyncio.wait({stopper, waker}, timeout=self.poll_interval, return_when=asyncio.FIRST_COMPLETED)
+                waker.cancel()
+        finally:
+            stopper.cancel()
+            await self.close()
+
+    async def poll(self) -> int:
+        """Claim what is due (up to free slots) and start executing it."""
+        free = self.concurrency - len(self.executions)
+        if free <= 0:
+            return 0
+        claims = await self.db(store.claim, self.id, free, self.clock.time(), self.lease)
+        for claim in claims:
+            self._spawn(claim)
+        return len(claims)
+
+    async def drain(self) -> None:
+        """Run everything due now to completion or suspension (tests, benchmarks)."""
+        while await self.poll() or self._tasks:
+            if self._tasks:
+                await asyncio.wait(self._tasks, return_when=asyncio.FIRST_COMPLETED)
+
+    def _spawn(self, claim: store.Claim) -> None:
+        wf = self.app.registry.get(claim.workflow) if claim.workflow in self.app.registry else None
+        if wf is None:
+            log.error("run %s needs workflow %r, not registered in this worker", claim.run_id, claim.workflow)
+            return
+        ex = Execution(self, claim, wf)
+        self.executions[claim.run_id] = ex
+        task = asyncio.create_task(self._execute(ex), name=f"chainflow-run-{claim.run_id}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _execute(self, ex: Execution) -> Outcome | None:
+        try:
+            outcome = await ex.run()
+            self.outcomes[ex.claim.run_id] = outcome
+            return outcome
+        except Exception:
+            log.exception("run %s crashed the executor; it will be retried after its lease", ex.claim.run_id)
+            return None
+        finally:
+            self.executions.pop(ex.claim.run_id, None)
+            self._wake.set()
+
+    async def _beat(self) -> None:
+        while True:
+            await asyncio.sleep(max(0.05, self.lease / 3))
+            held = {rid: ex.claim.fence for rid, ex in self.executions.items()}
+            if not held:
+                continue
+            try:
+                alive = await self.db(store.heartbeat, self.id, held, self.clock.time(), self.lease)
+            except Exception:
+                log.exception("heartbeat failed; will retry")
+                continue
+            for rid in held:
+                ex = self.executions.get(rid)
+                if ex is None:
+                    continue
+                if rid not in alive:
+                    ex.request_stop(LEASE_LOST)
+                elif alive[rid]:
+                    ex.request_stop(CANCEL)
