@@ -29,6 +29,17 @@ class BroadcastOutcome(enum.Enum):
     UNKNOWN = "unknown"  # timeout / dropped answer: the node may or may not have it
 
 
+class TxRejected(Exception):
+    """An adapter's word that a transaction can never succeed as requested: it reverts
+    at gas estimation, or the node refuses it permanently.  The engine turns it into
+    ``TxRevertedError`` / ``SubmissionFailedError`` naming the step."""
+
+    def __init__(self, reason: str, *, reverted: bool = True) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.reverted = reverted
+
+
 @dataclass(frozen=True)
 class BroadcastResult:
     outcome: BroadcastOutcome
@@ -91,6 +102,11 @@ class ChainAdapter(Protocol):
         journal-able data.  Called once, inside the step, before anything is recorded;
         raises ``ValueError`` naming the field at fault for bad input."""
 
+    async def estimate(self, request: dict[str, Any]) -> dict[str, Any]:
+        """``request`` with its gas limit filled in (headroom included).  Runs before a
+        nonce is allocated, so a call that reverts raises ``TxRejected`` without burning
+        a nonce."""
+
     async def pending_nonce(self, sender: str) -> int:
         """The chain's pending transaction count; seeds the nonce table."""
 
@@ -100,7 +116,7 @@ class ChainAdapter(Protocol):
     async def sign(
         self, request: dict[str, Any], nonce: int, fees: dict[str, int] | None
     ) -> SignedTx:
-        """Build (estimating gas and fees when ``fees`` is None) and sign locally."""
+        """Build and sign locally; ``fees`` None means price it from the fee market now."""
 
     def bump_fees(self, fees: dict[str, int], factor: float) -> dict[str, int]:
         """Fees for a same-nonce replacement, every field raised by at least ``factor``."""

@@ -33,6 +33,7 @@ from .errors import (
 )
 from .registry import Registry, WorkflowDef, WorkflowFn, infer_input_type
 from .retry import DEFAULT_RETRY, Retry
+from .tracker_config import TrackerConfig
 
 if TYPE_CHECKING:
     from .submission import Submitter
@@ -105,12 +106,14 @@ class Chainflow:
         clock: Clock | None = None,
         default_retry: Retry = DEFAULT_RETRY,
         lease_seconds: float = 30.0,
+        tracker: TrackerConfig | None = None,
     ) -> None:
         self.database_url = resolve_url(database_url)
         self.engine = create_engine(self.database_url)
         self.clock: Clock = clock or SystemClock()
         self.default_retry = default_retry
         self.lease_seconds = lease_seconds
+        self.tracker_config = tracker or TrackerConfig()
         self.registry = Registry()
         self.chains: dict[str, ChainAdapter] = {}
         for chain in chains:
@@ -160,7 +163,8 @@ class Chainflow:
         with self.engine.begin() as conn:
             return fn(conn, *args)
 
-    async def _atx(self, fn: Callable[..., T], *args: Any) -> T:
+    async def adb(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(conn, *args)`` in one transaction, off the event loop."""
         return await asyncio.to_thread(self._tx, fn, *args)
 
     def attach(self, worker: Worker) -> None:

@@ -51,6 +51,7 @@ _BRANCH: contextvars.ContextVar[str] = contextvars.ContextVar("chainflow_branch"
 
 # Why the executor is unwinding the workflow coroutine.
 SUSPEND, CANCEL, TIMEOUT, LEASE_LOST, FATAL = "suspend", "cancel", "timeout", "lease_lost", "fatal"
+ROLLBACK = "rollback"  # replay only, to collect compensations of invalidated steps
 
 
 @dataclass
@@ -126,7 +127,7 @@ class Context:
         self._committer = committer
         self.clock = clock
         self._pool = step_pool
-        self._default_retry = default_retry
+        self.default_retry = default_retry
         self._submitter = submitter
         self._branches: dict[str, _BranchState] = {}
         self._buffer: list[Op] = []
@@ -155,7 +156,7 @@ class Context:
     ) -> T:
         """Run ``fn`` once (modulo retries), journal its result, return the journaled copy."""
         slot = self._slot(name, "step")
-        policy = retry or self._default_retry
+        policy = retry or self.default_retry
         limit = seconds(timeout)
         if slot.entry is None:
             text, value = await self._execute(slot, "step", fn, args, kwargs, policy, limit)
@@ -165,7 +166,7 @@ class Context:
             etype, message = error_parts(slot.entry.error)
             raise StepError(name, etype, message, slot.entry.attempts)
         if compensate is not None:
-            order = (0, slot.entry.id) if slot.entry else (1, self._fresh)
+            order = (0, slot.entry.id) if slot.entry else self.next_order()
             self.compensations.append(Compensation(order, slot, compensate, value, policy, limit))
         return value  # type: ignore[no-any-return]
 
@@ -175,11 +176,11 @@ class Context:
         if slot.entry is not None:
             wake_at = float(codec.loads(slot.entry.output))
         else:
-            self._refuse_new_work()
+            self.refuse_new_work()
             wake_at = self.clock.time() + (seconds(duration) or 0.0)
             now = self.clock.time()
-            await self._commit(self._entry_op(slot, "sleep", "ok", codec.dumps(wake_at), None, 1, now, now))
-        await self._park(wake_at, None)
+            await self._commit(self.entry_op(slot, "sleep", "ok", codec.dumps(wake_at), None, 1, now, now))
+        await self.park(wake_at, None)
 
     async def wait_for(self, name: str, timeout: float | dt.timedelta | None = None) -> Any:
         """Wait for an external signal; one sent before this point is kept and returned."""
@@ -190,16 +191,16 @@ class Context:
         if entry is not None and entry.status == "timeout":
             raise WaitTimeout(name)
         if entry is None:
-            self._refuse_new_work()
+            self.refuse_new_work()
             now = self.clock.time()
             limit = seconds(timeout)
             deadline = None if limit is None else now + limit
-            await self._commit(self._entry_op(slot, "wait", "pending", codec.dumps(deadline), None, 1, now, None))
+            await self._commit(self.entry_op(slot, "wait", "pending", codec.dumps(deadline), None, 1, now, None))
         else:
             deadline = codec.loads(entry.output)
         run_id, branch, key = self.run_id, slot.branch, slot.key
         while True:
-            self._refuse_new_work()
+            self.refuse_new_work()
 
             def take(conn: Any) -> tuple[bool, str | None]:
                 found, payload = store.consume_signal(conn, run_id, name)
@@ -216,7 +217,7 @@ class Context:
                     lambda conn: store.update_entry(conn, run_id, branch, key, status="timeout", finished_at=now)
                 )
                 raise WaitTimeout(name)
-            await self._park(deadline, name)
+            await self.park(deadline, name)
 
     def now(self) -> dt.datetime:
         """Wall-clock time, recorded: a replay sees the same instant."""
@@ -291,6 +292,11 @@ class Context:
         self.stop_reason = FATAL
         raise self.fatal
 
+    def next_order(self) -> tuple[int, int]:
+        """Compensation order for a step completed in this execution (after all replayed ones)."""
+        self._fresh += 1
+        return (1, self._fresh)
+
     def slot(self, name: str, kind: str) -> Slot:
         """Slot allocation for extensions (on-chain submission) living outside this module."""
         return self._slot(name, kind)
@@ -303,16 +309,16 @@ class Context:
         now = self.clock.time()
         # buffered: flushed with this run's next durable write, which is the first
         # moment the value can influence anything outside the process
-        self._buffer.append(self._entry_op(slot, kind, "ok", codec.dumps(value), None, 1, now, now))
+        self._buffer.append(self.entry_op(slot, kind, "ok", codec.dumps(value), None, 1, now, now))
         return value
 
-    def _refuse_new_work(self) -> None:
+    def refuse_new_work(self) -> None:
         if self.fatal is not None:
             raise self.fatal
-        if self.stop_reason in (CANCEL, TIMEOUT):
+        if self.stop_reason in (CANCEL, TIMEOUT, ROLLBACK):
             raise RunCancelled(self.run_id)
 
-    def _entry_op(self, slot: Slot, kind: str, status: str, output: str | None, error: str | None,
+    def entry_op(self, slot: Slot, kind: str, status: str, output: str | None, error: str | None,
                   attempts: int, started: float | None, finished: float | None) -> Op:
         values = dict(branch=slot.branch, position=slot.position, key=slot.key, kind=kind, status=status,
                       output=output, error=error, attempts=attempts, started_at=started, finished_at=finished)
@@ -334,6 +340,9 @@ class Context:
         except LeaseLostError:
             self.stop_reason = LEASE_LOST
             raise
+        except Exception:
+            self._buffer = batch[: len(batch) - len(ops)] + self._buffer  # rolled back: keep for the next write
+            raise
         finally:
             self._busy(-1)
         return results[len(results) - len(ops):]
@@ -353,13 +362,13 @@ class Context:
     async def _execute(self, slot: Slot, kind: str, fn: Callable[..., Any], args: tuple[Any, ...],
                        kwargs: dict[str, Any], policy: Retry, limit: float | None) -> tuple[str, Any]:
         """Attempts with journaled backoff; returns (encoded, decoded) output or raises StepError."""
-        self._refuse_new_work()
+        self.refuse_new_work()
         tries = self._tries.setdefault((slot.branch, slot.key), [])
         label = slot.key if not slot.branch else f"{slot.branch}/{slot.key}"
         while True:
             if tries and tries[-1].next_at is not None:
-                await self._park(tries[-1].next_at, None)
-            self._refuse_new_work()
+                await self.park(tries[-1].next_at, None)
+            self.refuse_new_work()
             attempt = len(tries) + 1
             started = self.clock.time()
             self._busy(+1)
@@ -384,13 +393,12 @@ class Context:
                 continue
             finally:
                 self._busy(-1)
-            self._fresh += 1
-            await self._commit(self._entry_op(slot, kind, "ok", text, None, attempt, started, self.clock.time()))
+            await self._commit(self.entry_op(slot, kind, "ok", text, None, attempt, started, self.clock.time()))
             return text, value
 
     async def _fail(self, slot: Slot, kind: str, exc: BaseException, attempt: int, started: float) -> None:
         await self._commit(
-            self._entry_op(slot, kind, "error", None, describe_error(exc), attempt, started, self.clock.time())
+            self.entry_op(slot, kind, "error", None, describe_error(exc), attempt, started, self.clock.time())
         )
 
     async def _invoke(self, label: str, fn: Callable[..., Any], args: tuple[Any, ...],
@@ -411,11 +419,11 @@ class Context:
             result = await result
         return result
 
-    async def _park(self, wake_at: float | None, signal: str | None) -> None:
+    async def park(self, wake_at: float | None, signal: str | None) -> None:
         """Wait until ``wake_at`` (or a signal); the executor may unwind us meanwhile."""
         if wake_at is not None and self.clock.time() >= wake_at:
             return
-        self._refuse_new_work()
+        self.refuse_new_work()
         park = Park(wake_at, signal, asyncio.get_running_loop().create_future())
         self.parks.append(park)
         self.touch()
@@ -424,13 +432,17 @@ class Context:
         finally:
             self.parks.remove(park)
             self.touch()
-        self._refuse_new_work()
+        self.refuse_new_work()
 
-    async def run_compensations(self) -> list[str]:
-        """Run registered compensations newest first, each journaled once; returns failures."""
+    async def run_compensations(self, only: set[int] | None = None) -> list[str]:
+        """Run registered compensations newest first, each journaled once; returns failures.
+
+        ``only``: journal entry ids whose compensations to run (a reorg rollback)."""
         failures: list[str] = []
         self.stop_reason = None  # compensations are new work that must be allowed
-        for comp in sorted(self.compensations, key=lambda c: c.order, reverse=True):
+        chosen = [c for c in self.compensations
+                  if only is None or (c.slot.entry is not None and c.slot.entry.id in only)]
+        for comp in sorted(chosen, key=lambda c: c.order, reverse=True):
             slot = Slot(comp.slot.branch, -1, f"compensate:{comp.slot.key}",
                         self._by_key.get((comp.slot.branch, f"compensate:{comp.slot.key}")))
             if slot.entry is not None:

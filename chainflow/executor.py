@@ -14,8 +14,8 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from . import codec, store
-from .context import CANCEL, FATAL, LEASE_LOST, SUSPEND, TIMEOUT, _BRANCH, Context, describe_error
+from . import codec, reorg, store
+from .context import CANCEL, FATAL, LEASE_LOST, ROLLBACK, SUSPEND, TIMEOUT, _BRANCH, Context, describe_error
 from .errors import LeaseLostError, NonDeterminismError, PayloadError, RunCancelled, WorkflowTimeout
 from .registry import WorkflowDef
 
@@ -44,6 +44,7 @@ class Execution:
         self._stop = asyncio.Event()
         self._parked: list[tuple[float | None, str | None]] = []
         self._reason: str | None = None
+        self._entries: list[store.Entry] = []
 
     def request_stop(self, reason: str) -> None:
         """Called by the heartbeat (cancel, lost lease); the driver reacts."""
@@ -60,8 +61,11 @@ class Execution:
             committer=w.committer, clock=w.clock, step_pool=w.step_pool, default_retry=w.app.default_retry,
             submitter=w.app.submitter,
         )
+        self._entries = entries
         if self._reason is not None:
             ctx.stop_reason = self._reason
+        elif claim.rollback is not None:
+            ctx.stop_reason = ROLLBACK
         elif claim.cancel_requested:
             ctx.stop_reason = CANCEL
         elif claim.deadline is not None and w.clock.time() >= claim.deadline:
@@ -150,6 +154,10 @@ class Execution:
             return Outcome("abandoned", "lease lost")
         if reason == SUSPEND:
             return await self._suspend(ctx)
+        if reason == ROLLBACK:
+            if ctx.tasks - {main}:
+                await self._unwind(ctx)
+            return await self._roll_back(ctx)
         # let sibling branches settle before deciding (a failed branch leaves others running)
         if ctx.tasks - {main}:
             await self._unwind(ctx)
@@ -172,6 +180,20 @@ class Execution:
             await ctx.flush()
             return await self._finish("completed", text, None)
         return await self._compensate_and_finish(ctx, "failed", exc)
+
+    async def _roll_back(self, ctx: Context) -> Outcome:
+        """Compensate what depended on an invalidated step, then reopen the run there."""
+        assert self.claim.rollback is not None
+        request = reorg.parse(self.claim.rollback)
+        target = next((e for e in self._entries if e.id == request["entry_id"]), None)
+        doomed = reorg.dependents(self._entries, target) if target is not None else []
+        try:
+            await ctx.run_compensations(only={e.id for e in doomed if target is None or e.id != target.id})
+            run_id, now, reason = self.claim.run_id, self.worker.clock.time(), request["reason"]
+            await ctx.commit(lambda conn: reorg.supersede(conn, run_id, doomed, reason, now))
+        except LeaseLostError:
+            return Outcome("abandoned", "lease lost")
+        return Outcome("rolled_back", request["reason"])
 
     async def _compensate_and_finish(self, ctx: Context, status: str, error: BaseException) -> Outcome:
         try:

@@ -40,6 +40,9 @@ runs = sa.Table(
     sa.Column("deadline", sa.Float),
     sa.Column("waiting_on", sa.Text),  # JSON list of signal names the parked run waits for
     sa.Column("attempt_count", sa.Integer, nullable=False, server_default="0"),
+    # set by the reorg monitor: {"entry_id": …, "reason": …}; the next execution rolls
+    # back that journal entry and everything that depended on it before resuming
+    sa.Column("rollback", sa.Text),
     sa.Index("ix_cf_runs_ready", "ready_at"),
     sa.Index("ix_cf_runs_status_workflow", "status", "workflow"),
 )

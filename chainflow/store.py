@@ -29,6 +29,7 @@ class Claim:
     cancel_requested: bool
     deadline: float | None
     created_at: float
+    rollback: str | None = None
 
 
 @dataclass
@@ -129,7 +130,7 @@ def claim(conn: sa.Connection, owner: str, limit: int, now: float, lease: float)
         )
         .returning(
             runs.c.id, runs.c.workflow, runs.c.input, runs.c.fence,
-            runs.c.cancel_requested, runs.c.deadline, runs.c.created_at,
+            runs.c.cancel_requested, runs.c.deadline, runs.c.created_at, runs.c.rollback,
         )
     )
     return [Claim(*row) for row in conn.execute(stmt)]
@@ -167,7 +168,11 @@ def finish_run(
         runs.update()
         .where(runs.c.id == run_id)
         .values(
-            status=status, output=output, error=error, ready_at=None,
+            # a reorg that broke a finality assumption meanwhile reopens the run instead
+            status=sa.case((runs.c.rollback.is_(None), status), else_="pending"),
+            output=sa.case((runs.c.rollback.is_(None), output), else_=None),
+            error=sa.case((runs.c.rollback.is_(None), error), else_=None),
+            ready_at=sa.case((runs.c.rollback.is_(None), None), else_=now),
             lease_owner=None, lease_expires=None, waiting_on=None, updated_at=now,
         )
     )
@@ -182,7 +187,7 @@ def suspend_run(
         .where(runs.c.id == run_id)
         .values(
             status=status,
-            ready_at=sa.case((runs.c.cancel_requested, now), else_=wake_at),
+            ready_at=sa.case((sa.or_(runs.c.cancel_requested, runs.c.rollback.is_not(None)), now), else_=wake_at),
             waiting_on=json.dumps(waiting_on) if waiting_on else None,
             lease_owner=None,
             lease_expires=None,
@@ -294,3 +299,11 @@ def consume_signal(conn: sa.Connection, run_id: str, name: str) -> tuple[bool, s
         return False, None
     conn.execute(signals.update().where(signals.c.id == row.id).values(consumed=True))
     return True, row.payload
+
+
+def consume_signals(conn: sa.Connection, run_id: str, name: str) -> None:
+    conn.execute(
+        signals.update()
+        .where(signals.c.run_id == run_id, signals.c.name == name, signals.c.consumed.is_(sa.false()))
+        .values(consumed=True)
+    )

@@ -41,6 +41,7 @@ class Worker:
         poll_interval: float = 0.2,
         inline_wait: float = 1.0,
         worker_id: str | None = None,
+        track: bool = True,
     ) -> None:
         if concurrency < 1:
             raise ValueError(f"concurrency must be >= 1, got {concurrency}")
@@ -60,6 +61,9 @@ class Worker:
         self._heartbeat: asyncio.Task[None] | None = None
         self.outcomes: dict[str, Outcome] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.track = track  # run a (leader-elected) head follower per configured chain
+        self._trackers: list[asyncio.Task[None]] = []
+        self._stopping = asyncio.Event()
 
     async def db(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn(conn, *args)`` in one transaction off the event loop."""
@@ -82,11 +86,19 @@ class Worker:
         await asyncio.get_running_loop().run_in_executor(self._db_pool, self.app.ensure_schema)
         self.committer.start()
         self._heartbeat = asyncio.create_task(self._beat(), name="chainflow-heartbeat")
+        if self.track:
+            from .tracker import Tracker
+
+            for adapter in self.app.chains.values():
+                tracker = Tracker(self.app, adapter, self.id, self.app.tracker_config)
+                self._trackers.append(asyncio.create_task(tracker.run(self._stopping), name=f"tracker-{adapter.name}"))
         self.app.attach(self)
 
     async def close(self) -> None:
         """Stop executing and hand held runs back at once (no lease wait for others)."""
         self.app.detach(self)
+        self._stopping.set()
+        await asyncio.gather(*self._trackers, return_exceptions=True)
         if self._heartbeat:
             self._heartbeat.cancel()
         for ex in list(self.executions.values()):

@@ -1,0 +1,123 @@
+"""What a reorg breaks, and how a run is rolled back to the broken step.
+
+The monitor (tracker) only *records*: orphaned headers, a reorg event, submissions
+sent back to pending, and on each run whose submit step had completed on a finality
+assumption that no longer holds, a ``rollback`` request naming that journal entry.
+
+The rollback itself happens in the run's next execution, because only a replay of the
+workflow code knows the compensation functions: the journal is replayed (nothing new
+runs), compensations of every dependent step run newest first, each journaled once,
+and then the invalidated entries are superseded (kept, marked, never deleted) so the
+run resumes from the invalidated step with the same idempotency key — hence the same
+nonce and signed bytes.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import sqlalchemy as sa
+
+from . import headers, store
+from .schema import attempts, journal, reorgs, runs, submissions
+
+SETTLED = ("included", "final")
+
+
+def record(conn: sa.Connection, chain: str, fork: int, new_hashes: list[str], now: float) -> int:
+    """Orphan headers above ``fork``; un-include and flag what stood on them. Returns depth."""
+    orphaned = headers.orphan_above(conn, chain, fork)
+    if not orphaned:
+        return 0
+    old = [h.hash for h in orphaned]
+    hit = list(conn.execute(
+        sa.select(submissions).where(submissions.c.chain == chain, submissions.c.block_hash.in_(old),
+                                     submissions.c.state.in_(SETTLED))
+        .with_for_update()
+    ))
+    event_id = conn.execute(
+        reorgs.insert().values(
+            chain=chain, depth=len(orphaned), fork_number=fork, old_hashes=json.dumps(old),
+            new_hashes=json.dumps(new_hashes), affected=json.dumps([s.tx_hash for s in hit]), detected_at=now,
+        )
+    ).inserted_primary_key[0]  # type: ignore[index]
+    for sub in hit:
+        conn.execute(
+            submissions.update().where(submissions.c.id == sub.id).values(
+                state="broadcast", tx_hash=None, block_number=None, block_hash=None, receipt=None,
+                last_broadcast_block=None, updated_at=now,
+            )
+        )
+        if sub.state == "final" and sub.run_id:
+            reason = f"reorg #{event_id} on {chain}: block {sub.block_number} ({sub.block_hash}) orphaned"
+            request_rollback(conn, sub.run_id, sub.step, reason, now)
+    return len(orphaned)
+
+
+def request_rollback(conn: sa.Connection, run_id: str, step: str, reason: str, now: float) -> bool:
+    """Flag the run if the submit step journaled success on the now-broken assumption."""
+    branch, _, key = step.partition("\x1f")
+    entry = conn.execute(
+        sa.select(journal.c.id).where(
+            journal.c.run_id == run_id, journal.c.branch == branch, journal.c.key == key,
+            journal.c.superseded == 0, journal.c.status == "ok",
+        )
+    ).first()
+    if entry is None:
+        return False  # not journaled yet: the step sees the submission pending and waits again
+    current = conn.execute(sa.select(runs.c.rollback).where(runs.c.id == run_id)).scalar()
+    if current is not None and json.loads(current)["entry_id"] <= entry.id:
+        return True  # an earlier entry is already being rolled back; it covers this one
+    conn.execute(
+        runs.update().where(runs.c.id == run_id).values(
+            rollback=json.dumps({"entry_id": int(entry.id), "reason": reason}), updated_at=now,
+        )
+    )
+    store.wake(conn, run_id, now)
+    return True
+
+
+def dependents(entries: list[store.Entry], target: store.Entry) -> list[store.Entry]:
+    """The target, later entries of its branch and sub-branches, and entries of its
+    ancestor branches recorded after it (i.e. after the branch joined them).  Sibling
+    branches are independent and kept."""
+    b = target.branch
+
+    def depends(e: store.Entry) -> bool:
+        if e.id < target.id:
+            return False
+        in_branch = not b or e.branch == b or e.branch.startswith(b + "/")
+        ancestor = e.branch == "" or b.startswith(e.branch + "/")
+        return in_branch or ancestor
+
+    return [e for e in entries if depends(e)]
+
+
+def supersede(conn: sa.Connection, run_id: str, doomed: list[store.Entry], reason: str, now: float) -> None:
+    """Mark rolled-back entries (and their compensations and attempts) invalidated and
+    reopen the run at the invalidated step."""
+    for e in doomed:
+        keys = [e.key, f"compensate:{e.key}"]
+        conn.execute(
+            journal.update()
+            .where(journal.c.run_id == run_id, journal.c.branch == e.branch, journal.c.key.in_(keys),
+                   journal.c.superseded == 0)
+            .values(superseded=journal.c.id, reason=reason)
+        )
+        conn.execute(
+            attempts.update()
+            .where(attempts.c.run_id == run_id, attempts.c.branch == e.branch, attempts.c.key.in_(keys),
+                   attempts.c.superseded == 0)
+            .values(superseded=attempts.c.id)
+        )
+    conn.execute(
+        runs.update().where(runs.c.id == run_id).values(
+            rollback=None, status="pending", output=None, error=None, ready_at=now, updated_at=now,
+            lease_owner=None, lease_expires=None,
+        )
+    )
+
+
+def parse(text: str) -> dict[str, Any]:
+    return json.loads(text)  # type: ignore[no-any-return]

@@ -1,0 +1,224 @@
+"""``ctx.submit``: exactly-once on-chain submission keyed by an idempotency key.
+
+The protocol (docs/submission.md has the state diagram):
+
+  intent ──estimate──▶ allocated(nonce) ──sign+commit──▶ signed ──broadcast──▶ broadcast
+     │                      │                                                     │
+     └─ revert: step fails  └─ permanent sign failure: gap-fill the nonce          ▼
+                                                      included ──policy holds──▶ final
+
+Every arrow that leaves the process (broadcast) happens only after the state it
+depends on is committed, so a crash anywhere leads to re-broadcasting the *same*
+signed bytes, never to a second nonce.  After the first broadcast the run parks and
+holds no worker slot; the chain's tracker follows heads, re-broadcasts, bumps fees and
+wakes the run once the finality policy holds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import sqlalchemy as sa
+
+from . import codec, finality, store, txstore
+from .adapter import BroadcastOutcome, ChainAdapter, Receipt, TxRejected
+from .context import Compensation, Context, Slot, describe_error, error_parts
+from .errors import ConfigurationError, StepError, SubmissionFailedError, TxRevertedError
+from .retry import Retry
+
+if TYPE_CHECKING:
+    from .app import Chainflow
+
+log = logging.getLogger("chainflow.submission")
+
+ACCEPTED = (BroadcastOutcome.ACCEPTED, BroadcastOutcome.ALREADY_KNOWN, BroadcastOutcome.UNKNOWN)
+
+
+def event_name(sub_id: int) -> str:
+    """The signal the tracker sends a parked run when its submission settles."""
+    return f"tx:{sub_id}"
+
+
+def step_label(slot: Slot) -> str:
+    return f"{slot.branch}/{slot.key}" if slot.branch else slot.key
+
+
+def receipt_from(data: dict[str, Any]) -> Receipt:
+    return Receipt(**data)
+
+
+class _Unsettled(Exception):
+    """The submission stopped being final between the check and the journal write."""
+
+
+def _lock_final(conn: sa.Connection, sub_id: int) -> None:
+    from .schema import submissions
+
+    state = conn.execute(
+        sa.select(submissions.c.state).where(submissions.c.id == sub_id).with_for_update()
+    ).scalar()
+    if state != "final":
+        raise _Unsettled(sub_id)
+
+
+class Submitter:
+    def __init__(self, app: Chainflow) -> None:
+        self.app = app
+
+    def adapter(self, chain: str) -> ChainAdapter:
+        try:
+            return self.app.chains[chain]
+        except KeyError:
+            raise ConfigurationError(
+                f"no chain named {chain!r} is configured (known: {sorted(self.app.chains)})"
+            ) from None
+
+    async def submit(
+        self, ctx: Context, name: str, *, chain: str, tx: Any, idempotency_key: str,
+        finality: Any = None, compensate: Callable[[Any], Any] | None = None, retry: Retry | None = None,
+    ) -> Receipt:
+        slot = ctx.slot(name, "submit")
+        label = step_label(slot)
+        if slot.entry is not None:
+            if slot.entry.status != "ok":
+                etype, message = error_parts(slot.entry.error)
+                raise StepError(label, etype, message, slot.entry.attempts)
+            receipt = receipt_from(codec.loads(slot.entry.output))
+        else:
+            receipt = await self._submit_new(ctx, slot, chain, tx, idempotency_key, finality)
+        if compensate is not None:
+            order = (0, slot.entry.id) if slot.entry else ctx.next_order()
+            ctx.compensations.append(Compensation(order, slot, compensate, receipt, retry or ctx.default_retry, None))
+        return receipt
+
+    async def _submit_new(self, ctx: Context, slot: Slot, chain: str, tx: Any, key: str, policy: Any) -> Receipt:
+        ctx.refuse_new_work()
+        label = step_label(slot)
+        started = ctx.clock.time()
+        policy = policy or finality.Confirmations(1)
+        if not isinstance(key, str) or not key:
+            raise ValueError(f"step {label!r}: idempotency_key must be a non-empty string")
+        try:
+            adapter = self.adapter(chain)
+            request = adapter.prepare(tx)
+            sub_id = await self._run_protocol(ctx, slot, adapter, request, key, policy)
+            while True:
+                receipt = await self._await_final(ctx, sub_id, label)
+                text, value = codec.roundtrip(dataclasses.asdict(receipt), what=f"receipt of step {label!r}")
+                entry = ctx.entry_op(slot, "submit", "ok", text, None, 1, started, ctx.clock.time())
+                try:
+                    # journaled only while still final: a reorg racing this commit either
+                    # lands first (we wait again) or sees the entry and rolls it back
+                    await ctx.commit(lambda conn: _lock_final(conn, sub_id), entry)
+                except _Unsettled:
+                    continue
+                return receipt_from(value)
+        except (TxRevertedError, SubmissionFailedError, ValueError, ConfigurationError) as exc:
+            await ctx.commit(ctx.entry_op(slot, "submit", "error", None, describe_error(exc), 1, started,
+                                          ctx.clock.time()))
+            raise StepError(label, f"{type(exc).__module__}.{type(exc).__qualname__}", str(exc), 1) from exc
+
+    async def _run_protocol(self, ctx: Context, slot: Slot, adapter: ChainAdapter, request: dict[str, Any],
+                            key: str, policy: Any) -> int:
+        label = step_label(slot)
+        now = ctx.clock.time()
+        sender = adapter.sender()
+        request_text = codec.dumps(request, what=f"transaction of step {label!r}")
+        run_id = ctx.run_id
+        step = f"{slot.branch}\x1f{slot.key}"
+        (sub,) = await ctx.commit(lambda conn: txstore.intent(
+            conn, chain=adapter.name, sender=sender, key=key, run_id=run_id, step=step,
+            request=request_text, finality=json.dumps(policy.to_dict()), now=now))
+        sub_id = int(sub.id)
+        if sub.state == "intent":
+            try:
+                request = await adapter.estimate(request)
+            except TxRejected as exc:
+                raise TxRevertedError(label, exc.reason) from None
+            await self._allocate(ctx, adapter, sub_id, sender, codec.dumps(request))
+            sub = await self._read(ctx, sub_id)
+        if sub.state == "allocated":
+            await self._sign_first(ctx, adapter, sub, label)
+            sub = await self._read(ctx, sub_id)
+        if sub.state in ("signed", "broadcast"):
+            await broadcast_latest(self.app, ctx, adapter, sub)
+        return sub_id
+
+    async def _allocate(self, ctx: Context, adapter: ChainAdapter, sub_id: int, sender: str, request: str) -> int:
+        now = ctx.clock.time()
+        (nonce,) = await ctx.commit(lambda conn: txstore.allocate_nonce(conn, sub_id, None, request, now))
+        if nonce is None:  # first submission from this sender on this chain: seed from the chain
+            seed = await adapter.pending_nonce(sender)
+            (nonce,) = await ctx.commit(lambda conn: txstore.allocate_nonce(conn, sub_id, seed, request, now))
+        return int(nonce)
+
+    async def _sign_first(self, ctx: Context, adapter: ChainAdapter, sub: sa.Row[Any], label: str) -> None:
+        request = codec.loads(sub.request)
+        try:
+            signed = await adapter.sign(request, int(sub.nonce), None)
+        except TxRejected as exc:
+            # the nonce is ours forever but this tx can never use it: burn it harmlessly
+            await fill_gap(self.app, ctx, adapter, int(sub.nonce))
+            await ctx.commit(lambda conn: txstore.mark_failed(conn, sub.id, exc.reason, ctx.clock.time()))
+            raise SubmissionFailedError(label, f"signing failed permanently: {exc.reason}") from None
+        now = ctx.clock.time()
+        await ctx.commit(lambda conn: txstore.add_attempt(conn, sub.id, adapter.name, signed, now))
+
+    async def _read(self, ctx: Context, sub_id: int) -> sa.Row[Any]:
+        (row,) = await ctx.commit(lambda conn: txstore.get(conn, sub_id))
+        return row  # type: ignore[no-any-return]
+
+    async def _await_final(self, ctx: Context, sub_id: int, label: str) -> Receipt:
+        """Park (no worker slot) until the tracker settles the submission."""
+        run_id, event = ctx.run_id, event_name(sub_id)
+        while True:
+            def check(conn: sa.Connection) -> sa.Row[Any]:
+                store.consume_signals(conn, run_id, event)
+                return txstore.get(conn, sub_id)
+
+            (sub,) = await ctx.commit(check)
+            if sub.state == "final":
+                receipt = receipt_from(codec.loads(sub.receipt))
+                if not receipt.succeeded:
+                    raise TxRevertedError(label, receipt.revert_reason, receipt.tx_hash)
+                return receipt
+            if sub.state == "failed":
+                raise SubmissionFailedError(label, sub.error or "the transaction can no longer be included")
+            await ctx.park(None, event)
+
+
+async def broadcast_latest(app: Chainflow, ctx: Context | None, adapter: ChainAdapter, sub: sa.Row[Any]) -> None:
+    """(Re-)broadcast the newest signed bytes of a submission; never signs anything new."""
+    attempts = await app.adb(txstore.attempts_of, sub.id)
+    if not attempts:
+        return
+    result = await adapter.broadcast(attempts[-1].raw)
+    if result.outcome is BroadcastOutcome.REJECTED:
+        log.warning("node rejected %s for submission %s: %s", attempts[-1].tx_hash, sub.id, result.detail)
+    # NONCE_TOO_LOW may mean one of our own attempts is mined: the tracker decides.
+    now = app.clock.time()
+    op = lambda conn: txstore.mark_broadcast(conn, sub.id, now, None)  # noqa: E731
+    if ctx is not None:
+        await ctx.commit(op)
+    else:
+        await app.adb(op)
+
+
+async def fill_gap(app: Chainflow, ctx: Context | None, adapter: ChainAdapter, nonce: int) -> None:
+    """Burn ``nonce`` with a 0-value self-transfer so later nonces can be mined."""
+    sender = adapter.sender()
+    request = await adapter.estimate(adapter.gap_filler(sender))
+    now = app.clock.time()
+    gap_id = await app.adb(txstore.open_gap_fill, adapter.name, sender, nonce, codec.dumps(request), now)
+    sub = await app.adb(txstore.get, gap_id)
+    if sub.state == "allocated":
+        signed = await adapter.sign(request, nonce, None)
+        await app.adb(txstore.add_attempt, gap_id, adapter.name, signed, app.clock.time())
+        sub = await app.adb(txstore.get, gap_id)
+    await broadcast_latest(app, None, adapter, sub)
+
+
