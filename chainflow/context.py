@@ -139,6 +139,7 @@ class Context:
         self.generation = 0
         self.changed = asyncio.Event()
         self.stop_reason: str | None = None
+        self.compensating = False  # set once compensations start; cancel/timeout no longer apply
         self.fatal: BaseException | None = None
 
     # --- public API ------------------------------------------------------------
@@ -440,6 +441,7 @@ class Context:
         ``only``: journal entry ids whose compensations to run (a reorg rollback)."""
         failures: list[str] = []
         self.stop_reason = None  # compensations are new work that must be allowed
+        self.compensating = True
         chosen = [c for c in self.compensations
                   if only is None or (c.slot.entry is not None and c.slot.entry.id in only)]
         for comp in sorted(chosen, key=lambda c: c.order, reverse=True):

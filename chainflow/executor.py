@@ -42,6 +42,7 @@ class Execution:
         self.wf = wf
         self.ctx: Context | None = None
         self._stop = asyncio.Event()
+        self._lost = asyncio.Event()  # only a lost lease (or close) stops compensations
         self._parked: list[tuple[float | None, str | None]] = []
         self._reason: str | None = None
         self._entries: list[store.Entry] = []
@@ -49,9 +50,14 @@ class Execution:
     def request_stop(self, reason: str) -> None:
         """Called by the heartbeat (cancel, lost lease); the driver reacts."""
         self._reason = self._reason or reason
-        if self.ctx is not None and self.ctx.stop_reason in (None, SUSPEND):
-            self.ctx.stop_reason = reason
+        ctx = self.ctx
+        # once compensating, a cancel or timeout has nothing left to stop: the
+        # compensations are what it asks for; only losing the lease interrupts them
+        if ctx is not None and ctx.stop_reason in (None, SUSPEND) and (not ctx.compensating or reason == LEASE_LOST):
+            ctx.stop_reason = reason
         self._stop.set()
+        if reason == LEASE_LOST:
+            self._lost.set()
 
     async def run(self) -> Outcome:
         w, claim = self.worker, self.claim
@@ -83,18 +89,23 @@ class Execution:
         return await self.wf.fn(ctx, arg)
 
     async def _drive(self, ctx: Context, main: asyncio.Task[Any]) -> Outcome:
+        await self._pump(ctx, main, self._stop, watch_deadline=True)
+        return await self._conclude(ctx, main)
+
+    async def _pump(self, ctx: Context, main: asyncio.Task[Any], stop: asyncio.Event, *, watch_deadline: bool) -> None:
+        """Run ``main`` until done, stopped (``stop``) or every branch is parked (suspend)."""
         clock = self.worker.clock
-        stop_wait = asyncio.ensure_future(self._stop.wait())
+        stop_wait = asyncio.ensure_future(stop.wait())
         try:
             while not main.done():
-                if ctx.stop_reason in (CANCEL, TIMEOUT, LEASE_LOST, FATAL) and self._stop.is_set():
+                if ctx.stop_reason in (CANCEL, TIMEOUT, LEASE_LOST, FATAL) and stop.is_set():
                     await self._unwind(ctx)
                     break
                 changed = asyncio.ensure_future(ctx.changed.wait())
-                timeout = None
+                timeout: float | None = None
                 if ctx.active == 0 and ctx.parks:
-                    timeout = 0
-                deadline = self.claim.deadline
+                    timeout = 0.0
+                deadline = self.claim.deadline if watch_deadline else None
                 if deadline is not None:
                     remaining = max(0.0, deadline - clock.time())
                     timeout = remaining if timeout is None else min(timeout, remaining)
@@ -105,14 +116,13 @@ class Execution:
                     self.request_stop(TIMEOUT)
                     continue
                 if not main.done() and ctx.active == 0 and ctx.parks and await self._settled(ctx):
-                    if not await self._wait_inline(ctx):
+                    if not await self._wait_inline(ctx, stop):
                         ctx.stop_reason = SUSPEND
                         self._parked = [(p.wake_at, p.signal) for p in ctx.parks]
                         await self._unwind(ctx)
                         break
         finally:
             stop_wait.cancel()
-        return await self._conclude(ctx, main)
 
     async def _settled(self, ctx: Context) -> bool:
         mark = ctx.generation
@@ -122,7 +132,7 @@ class Execution:
                 return False
         return True
 
-    async def _wait_inline(self, ctx: Context) -> bool:
+    async def _wait_inline(self, ctx: Context, stop_event: asyncio.Event) -> bool:
         """Short timers are waited in-process; returns False when the run should park."""
         clock, limit = self.worker.clock, self.worker.inline_wait
         if any(p.wake_at is None or p.signal for p in ctx.parks):
@@ -132,10 +142,10 @@ class Execution:
         if delay > limit:
             return False
         if delay > 0:
-            stop = asyncio.ensure_future(self._stop.wait())
+            stop = asyncio.ensure_future(stop_event.wait())
             await asyncio.wait({stop, asyncio.ensure_future(clock.sleep(delay))}, return_when=asyncio.FIRST_COMPLETED)
             stop.cancel()
-            if self._stop.is_set():
+            if stop_event.is_set():
                 return True  # the driver loop handles the stop
         now = clock.time()
         for park in list(ctx.parks):
@@ -150,6 +160,8 @@ class Execution:
 
     async def _conclude(self, ctx: Context, main: asyncio.Task[Any]) -> Outcome:
         reason = ctx.stop_reason
+        if main.done() and not main.cancelled():
+            main.exception()  # retrieved: paths below that ignore it must not log "never retrieved"
         if reason == LEASE_LOST:
             return Outcome("abandoned", "lease lost")
         if reason == SUSPEND:
@@ -188,7 +200,9 @@ class Execution:
         target = next((e for e in self._entries if e.id == request["entry_id"]), None)
         doomed = reorg.dependents(self._entries, target) if target is not None else []
         try:
-            await ctx.run_compensations(only={e.id for e in doomed if target is None or e.id != target.id})
+            done = await self._compensations(ctx, only={e.id for e in doomed if target is None or e.id != target.id})
+            if isinstance(done, Outcome):
+                return done
             run_id, now, reason = self.claim.run_id, self.worker.clock.time(), request["reason"]
             await ctx.commit(lambda conn: reorg.supersede(conn, run_id, doomed, reason, now))
         except LeaseLostError:
@@ -196,14 +210,34 @@ class Execution:
         return Outcome("rolled_back", request["reason"])
 
     async def _compensate_and_finish(self, ctx: Context, status: str, error: BaseException) -> Outcome:
-        try:
-            failures = await ctx.run_compensations()
-        except LeaseLostError:
-            return Outcome("abandoned", "lease lost")
+        failures = await self._compensations(ctx)
+        if isinstance(failures, Outcome):
+            return failures
         info = json.loads(describe_error(error))
         if failures:
             info["compensation_failures"] = failures
         return await self._finish(status, None, json.dumps(info))
+
+    async def _compensations(self, ctx: Context, only: set[int] | None = None) -> list[str] | Outcome:
+        """Run the compensations as a driven task, like the workflow itself: a retry
+        backoff (or any other park) inside one is waited inline or suspends the run,
+        instead of awaiting a park nobody would ever resolve."""
+        if self._lost.is_set():
+            return Outcome("abandoned", "lease lost")
+        task = asyncio.get_running_loop().create_task(ctx.run_compensations(only))
+        ctx.tasks.add(task)
+        task.add_done_callback(ctx.tasks.discard)
+        await self._pump(ctx, task, self._lost, watch_deadline=False)
+        if ctx.stop_reason == SUSPEND:
+            return await self._suspend(ctx, bounded_by_deadline=False)
+        if ctx.stop_reason == LEASE_LOST or task.cancelled():
+            return Outcome("abandoned", "lease lost")
+        exc = task.exception()
+        if isinstance(exc, LeaseLostError):
+            return Outcome("abandoned", "lease lost")
+        if exc is not None:
+            raise exc
+        return task.result()
 
     async def _finish(self, status: str, output: str | None, error: str | None) -> Outcome:
         run_id, now = self.claim.run_id, self.worker.clock.time()
@@ -214,11 +248,11 @@ class Execution:
             return Outcome("abandoned", "lease lost")
         return Outcome(status, error or "")
 
-    async def _suspend(self, ctx: Context) -> Outcome:
+    async def _suspend(self, ctx: Context, bounded_by_deadline: bool = True) -> Outcome:
         # a park with no wake time (waiting only for an event) does not bound the wake-up
         wake_at = min((w for w, _ in self._parked if w is not None), default=None)
         signals = sorted({s for _, s in self._parked if s})
-        if self.claim.deadline is not None:
+        if self.claim.deadline is not None and bounded_by_deadline:
             wake_at = self.claim.deadline if wake_at is None else min(wake_at, self.claim.deadline)
         status = "waiting" if signals or wake_at is None else "sleeping"
         run_id, now = self.claim.run_id, self.worker.clock.time()

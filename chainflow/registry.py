@@ -36,7 +36,7 @@ class WorkflowDef:
             return value
         try:
             if _is_pydantic(tp):
-                model = value if isinstance(value, tp) else tp.model_validate(value)  # type: ignore[attr-defined]
+                model: Any = value if isinstance(value, tp) else tp.model_validate(value)  # type: ignore[attr-defined]
                 return model.model_dump(mode="python")
             if dataclasses.is_dataclass(tp):
                 inst = value if isinstance(value, tp) else tp(**value)

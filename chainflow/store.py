@@ -265,6 +265,12 @@ def attempt_rows(conn: sa.Connection, run_id: str) -> list[sa.Row[Any]]:
 
 
 def insert_signal(conn: sa.Connection, run_id: str, name: str, payload: str, now: float) -> None:
+    # Row-lock the run *before* the signal exists: a concurrent suspend (which locks the
+    # run, then looks for pending signals) then either finishes first, and the UPDATE
+    # below sees its ``waiting_on``, or starts after our commit and sees the signal.
+    # Without the lock, an UPDATE matching no row (lease still held) locks nothing, and
+    # a suspend committing in between misses the still-uncommitted signal: lost wake-up.
+    conn.execute(sa.select(runs.c.id).where(runs.c.id == run_id).with_for_update())
     conn.execute(signals.insert().values(run_id=run_id, name=name, payload=payload, created_at=now))
     # One UPDATE, not read-then-write: on Postgres it waits for a concurrent suspend
     # (which row-locks the run) and re-checks ``waiting_on`` on the committed row.

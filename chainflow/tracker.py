@@ -21,10 +21,10 @@ from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
-from . import codec, finality, headers, reorg, store
+from . import codec, finality, headers, nonces, reorg, store
 from .adapter import ChainAdapter, Header, Receipt
 from .schema import submissions, tx_attempts
-from .submission import broadcast_latest, event_name
+from .submission import broadcast_latest, event_name, fill_gap
 from .tracker_config import TrackerConfig
 
 if TYPE_CHECKING:
@@ -100,6 +100,7 @@ class Tracker:
         await self._accept(new)
         await self._settle(head.number)
         await self._unstick(head.number)
+        await self._fill_gaps()
         await self.app.adb(headers.prune, self.chain, head.number - self.config.window)
         return stats
 
@@ -185,6 +186,14 @@ class Tracker:
             else:
                 continue
             await self.app.adb(_touch, sub.id, head)
+
+    async def _fill_gaps(self) -> None:
+        """Burn nonces whose runs ended between allocation and signing."""
+        for sub in await self.app.adb(nonces.orphaned_allocations, self.chain):
+            if sub.sender != self.adapter.sender():
+                continue
+            await fill_gap(self.app, None, self.adapter, int(sub.nonce))
+            await self.app.adb(nonces.mark_abandoned, sub.id, self.app.clock.time())
 
     async def _resolve_spent(self, sub: Any) -> None:
         """Our nonce is used on chain: by one of our attempts (missed match) or by a foreign tx."""

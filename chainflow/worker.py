@@ -101,13 +101,14 @@ class Worker:
         await asyncio.gather(*self._trackers, return_exceptions=True)
         if self._heartbeat:
             self._heartbeat.cancel()
+        # taken before stopping: each execution leaves ``executions`` as it unwinds
+        held = list(self.executions)
         for ex in list(self.executions.values()):
             ex.request_stop(LEASE_LOST)
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._heartbeat:
             await asyncio.gather(self._heartbeat, return_exceptions=True)
         await self.committer.close()
-        held = list(self.executions)
         if held:
             await self.db(self._release, held)
         self.step_pool.shutdown(wait=False, cancel_futures=True)

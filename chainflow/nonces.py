@@ -1,0 +1,80 @@
+"""Nonce health per (chain, sender): what ``chainflow nonces`` shows and what the
+tracker repairs.
+
+A nonce bound to a submission that will never sign (its run failed or was cancelled
+between allocation and signing) would block every later nonce of the sender forever;
+the tracker burns such nonces with a 0-value self-transfer (see docs/submission.md).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import sqlalchemy as sa
+
+from .schema import nonces, runs, submissions
+from .store import TERMINAL
+
+if TYPE_CHECKING:
+    from .app import Chainflow
+
+
+@dataclass
+class SenderNonces:
+    chain: str
+    sender: str
+    next_nonce: int  # next one chainflow hands out
+    chain_latest: int | None = None  # mined count on chain
+    chain_pending: int | None = None
+    in_flight: list[int] = field(default_factory=list)  # allocated, not yet mined
+    gaps: list[int] = field(default_factory=list)  # allocated, can never sign: need a filler
+    gap_fills: list[tuple[int, str]] = field(default_factory=list)  # (nonce, state)
+
+
+def orphaned_allocations(conn: sa.Connection, chain: str) -> list[sa.Row[Any]]:
+    """Submissions holding a nonce they will never sign: their run is over."""
+    return list(conn.execute(
+        sa.select(submissions.c.id, submissions.c.sender, submissions.c.nonce)
+        .join(runs, runs.c.id == submissions.c.run_id)
+        .where(submissions.c.chain == chain, submissions.c.state == "allocated",
+               submissions.c.gap_fill.is_(sa.false()), runs.c.status.in_(TERMINAL))
+    ))
+
+
+def mark_abandoned(conn: sa.Connection, sub_id: int, now: float) -> None:
+    conn.execute(
+        submissions.update().where(submissions.c.id == sub_id, submissions.c.state == "allocated")
+        .values(state="failed", error="run ended before signing; nonce burned by a gap fill", updated_at=now)
+    )
+
+
+def snapshot(conn: sa.Connection) -> list[SenderNonces]:
+    out = []
+    for n in conn.execute(sa.select(nonces).order_by(nonces.c.chain, nonces.c.sender)):
+        row = SenderNonces(n.chain, n.sender, int(n.next_nonce))
+        subs = conn.execute(
+            sa.select(submissions.c.nonce, submissions.c.state, submissions.c.gap_fill)
+            .where(submissions.c.chain == n.chain, submissions.c.sender == n.sender,
+                   submissions.c.nonce.is_not(None))
+            .order_by(submissions.c.nonce)
+        )
+        for s in subs:
+            if s.gap_fill:
+                row.gap_fills.append((int(s.nonce), s.state))
+            elif s.state in ("allocated", "signed", "broadcast"):
+                row.in_flight.append(int(s.nonce))
+        row.gaps = [int(r.nonce) for r in orphaned_allocations(conn, n.chain) if r.sender == n.sender]
+        out.append(row)
+    return out
+
+
+async def report(app: Chainflow) -> list[SenderNonces]:
+    """The database's view joined with each chain's own counts."""
+    rows = await app.adb(snapshot)
+    for row in rows:
+        adapter = app.chains.get(row.chain)
+        if adapter is not None:
+            row.chain_latest = await adapter.latest_nonce(row.sender)
+            row.chain_pending = await adapter.pending_nonce(row.sender)
+    return rows

@@ -1,0 +1,72 @@
+"""Devnet fixtures: every backend-agnostic test runs on the in-process EVM *and* anvil.
+
+When the anvil binary is missing the anvil half is skipped with a hint,
+except under CI=true where it fails: CI must never go green by silently
+testing only one devnet.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from web3 import Web3
+
+from devnet import Anvil, AnvilNotInstalled, InProcessEVM, anvil_binary
+from devnet.base import Devnet
+
+MakeDevnet = Callable[..., Any]
+
+
+def _in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() in ("true", "1", "yes")
+
+
+def _require_anvil() -> None:
+    try:
+        anvil_binary()
+    except AnvilNotInstalled as exc:
+        if _in_ci():
+            pytest.fail(f"{exc}; CI=true, so this is a failure, not a skip", pytrace=False)
+        pytest.skip(str(exc))
+
+
+@pytest.fixture
+def anvil_installed() -> None:
+    """Skip (locally) or fail (CI=true) when scripts/install-anvil.sh has not been run."""
+    _require_anvil()
+
+
+@pytest.fixture(params=[pytest.param("inprocess"), pytest.param("anvil", marks=pytest.mark.anvil)])
+def devnet_kind(request: pytest.FixtureRequest) -> str:
+    if request.param == "anvil":
+        _require_anvil()
+    return str(request.param)
+
+
+@pytest.fixture
+def make_devnet(devnet_kind: str) -> Iterator[MakeDevnet]:
+    """Factory for a started devnet of this test's kind, stopped at teardown."""
+    started: list[Devnet] = []
+
+    def make(**options: Any) -> Any:
+        net: Devnet = Anvil(**options) if devnet_kind == "anvil" else InProcessEVM(**options)
+        net.__enter__()
+        started.append(net)
+        return net
+
+    yield make
+    for net in started:
+        net.stop()
+
+
+@pytest.fixture
+def devnet(make_devnet: MakeDevnet) -> Any:
+    return make_devnet()
+
+
+@pytest.fixture
+def w3(devnet: Devnet) -> Web3:
+    return Web3(Web3.HTTPProvider(devnet.rpc_url, request_kwargs={"timeout": 10}))
