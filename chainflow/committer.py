@@ -40,6 +40,7 @@ class Committer:
         self._wakeup = asyncio.Event()
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="chainflow-commit")
         self._task: asyncio.Task[None] | None = None
+        self._conn: sa.Connection | None = None  # owned by the commit thread only
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._loop(), name="chainflow-committer")
@@ -51,7 +52,13 @@ class Committer:
         for item in self._pending:
             if not item.future.done():
                 item.future.set_exception(RuntimeError("committer closed"))
+        self._thread.submit(self._disconnect)
         self._thread.shutdown(wait=True)
+
+    def _disconnect(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
 
     async def write(self, run_id: str, fence: int, ops: list[Op]) -> list[Any]:
         """Apply ``ops`` in one fenced transaction; returns each op's result once durable."""
@@ -95,7 +102,11 @@ class Committer:
         by_run: dict[str, list[int]] = {}
         for i, item in enumerate(batch):
             by_run.setdefault(item.run_id, []).append(i)
-        with self._engine.begin() as conn:
+        if self._conn is None or self._conn.closed or self._conn.invalidated:
+            # one long-lived connection: a pool checkout per batch costs more than the insert
+            self._conn = self._engine.connect()
+        conn = self._conn
+        with conn.begin():
             for run_id in sorted(by_run):  # fixed lock order across workers
                 indexes = by_run[run_id]
                 if not store.fence_ok(conn, run_id, batch[indexes[0]].fence, now):

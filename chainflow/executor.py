@@ -36,9 +36,10 @@ class Outcome:
 
 
 class Execution:
-    def __init__(self, worker: Worker, claim: store.Claim, wf: WorkflowDef) -> None:
+    def __init__(self, worker: Worker, claim: store.Claim, wf: WorkflowDef, history: store.History) -> None:
         self.worker = worker
         self.claim = claim
+        self.history = history
         self.wf = wf
         self.ctx: Context | None = None
         self._stop = asyncio.Event()
@@ -61,7 +62,7 @@ class Execution:
 
     async def run(self) -> Outcome:
         w, claim = self.worker, self.claim
-        entries, tries = await w.db(store.load_history, claim.run_id)
+        entries, tries = self.history
         ctx = self.ctx = Context(
             run_id=claim.run_id, workflow=claim.workflow, fence=claim.fence, entries=entries, tries=tries,
             committer=w.committer, clock=w.clock, step_pool=w.step_pool, default_retry=w.app.default_retry,

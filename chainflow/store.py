@@ -30,6 +30,7 @@ class Claim:
     deadline: float | None
     created_at: float
     rollback: str | None = None
+    claims: int = 1  # how many times the run was claimed, this one included
 
 
 @dataclass
@@ -130,10 +131,24 @@ def claim(conn: sa.Connection, owner: str, limit: int, now: float, lease: float)
         )
         .returning(
             runs.c.id, runs.c.workflow, runs.c.input, runs.c.fence,
-            runs.c.cancel_requested, runs.c.deadline, runs.c.created_at, runs.c.rollback,
+            runs.c.cancel_requested, runs.c.deadline, runs.c.created_at, runs.c.rollback, runs.c.attempt_count,
         )
     )
     return [Claim(*row) for row in conn.execute(stmt)]
+
+
+History = tuple[list["Entry"], dict[tuple[str, str], list["AttemptRow"]]]
+
+
+def claim_with_history(
+    conn: sa.Connection, owner: str, limit: int, now: float, lease: float
+) -> list[tuple[Claim, History]]:
+    """Claim and load what replay needs in one transaction (one commit per claim batch)."""
+    claims = claim(conn, owner, limit, now, lease)
+    # a run claimed for the first time has no journal yet: skip the reads
+    known = [c.run_id for c in claims if c.claims > 1]
+    histories = load_histories(conn, known) if known else {}
+    return [(c, histories.get(c.run_id, ([], {}))) for c in claims]
 
 
 def heartbeat(
@@ -154,28 +169,39 @@ def heartbeat(
     return {r.id: bool(r.cancel_requested) for r in rows if r.lease_owner == owner and r.fence == held[r.id]}
 
 
+# hot-path statements are built once: constructing a Core statement costs more than
+# executing it on SQLite
+_FENCE = (
+    runs.update()
+    .where(runs.c.id == sa.bindparam("rid"), runs.c.fence == sa.bindparam("b_fence"))
+    .values(updated_at=sa.bindparam("now"))
+)
+_INSERT_ENTRY = journal.insert()
+
+
 def fence_ok(conn: sa.Connection, run_id: str, fence: int, now: float) -> bool:
-    res = conn.execute(
-        runs.update().where(runs.c.id == run_id, runs.c.fence == fence).values(updated_at=now)
+    return conn.execute(_FENCE, {"rid": run_id, "b_fence": fence, "now": now}).rowcount == 1
+
+
+_NO_ROLLBACK = runs.c.rollback.is_(None)
+_FINISH = (
+    runs.update()
+    .where(runs.c.id == sa.bindparam("rid"))
+    .values(
+        # a reorg that broke a finality assumption meanwhile reopens the run instead
+        status=sa.case((_NO_ROLLBACK, sa.bindparam("b_status")), else_="pending"),
+        output=sa.case((_NO_ROLLBACK, sa.bindparam("b_output")), else_=None),
+        error=sa.case((_NO_ROLLBACK, sa.bindparam("b_error")), else_=None),
+        ready_at=sa.case((_NO_ROLLBACK, None), else_=sa.bindparam("now")),
+        lease_owner=None, lease_expires=None, waiting_on=None, updated_at=sa.bindparam("now"),
     )
-    return res.rowcount == 1
+)
 
 
 def finish_run(
     conn: sa.Connection, run_id: str, status: str, output: str | None, error: str | None, now: float
 ) -> None:
-    conn.execute(
-        runs.update()
-        .where(runs.c.id == run_id)
-        .values(
-            # a reorg that broke a finality assumption meanwhile reopens the run instead
-            status=sa.case((runs.c.rollback.is_(None), status), else_="pending"),
-            output=sa.case((runs.c.rollback.is_(None), output), else_=None),
-            error=sa.case((runs.c.rollback.is_(None), error), else_=None),
-            ready_at=sa.case((runs.c.rollback.is_(None), None), else_=now),
-            lease_owner=None, lease_expires=None, waiting_on=None, updated_at=now,
-        )
-    )
+    conn.execute(_FINISH, {"rid": run_id, "b_status": status, "b_output": output, "b_error": error, "now": now})
 
 
 def suspend_run(
@@ -215,30 +241,34 @@ def request_cancel(conn: sa.Connection, run_id: str, now: float) -> None:
 # --- journal --------------------------------------------------------------------
 
 
-def load_history(conn: sa.Connection, run_id: str) -> tuple[list[Entry], dict[tuple[str, str], list[AttemptRow]]]:
+def load_histories(conn: sa.Connection, run_ids: list[str]) -> dict[str, History]:
+    out: dict[str, History] = {rid: ([], {}) for rid in run_ids}
     rows = conn.execute(
         sa.select(
-            journal.c.id, journal.c.branch, journal.c.position, journal.c.key, journal.c.kind,
+            journal.c.run_id, journal.c.id, journal.c.branch, journal.c.position, journal.c.key, journal.c.kind,
             journal.c.status, journal.c.output, journal.c.error, journal.c.attempts,
         )
-        .where(journal.c.run_id == run_id, journal.c.superseded == 0)
+        .where(journal.c.run_id.in_(run_ids), journal.c.superseded == 0)
         .order_by(journal.c.id)
     )
-    entries = [Entry(*r) for r in rows]
-    tries: dict[tuple[str, str], list[AttemptRow]] = {}
+    for r in rows:
+        out[r.run_id][0].append(Entry(*r[1:]))
     for a in conn.execute(
-        sa.select(attempts.c.branch, attempts.c.key, attempts.c.attempt, attempts.c.error, attempts.c.next_at)
-        .where(attempts.c.run_id == run_id, attempts.c.superseded == 0)
+        sa.select(attempts.c.run_id, attempts.c.branch, attempts.c.key, attempts.c.attempt, attempts.c.error,
+                  attempts.c.next_at)
+        .where(attempts.c.run_id.in_(run_ids), attempts.c.superseded == 0)
         .order_by(attempts.c.id)
     ):
-        tries.setdefault((a.branch, a.key), []).append(AttemptRow(a.attempt, a.error, a.next_at))
-    return entries, tries
+        out[a.run_id][1].setdefault((a.branch, a.key), []).append(AttemptRow(a.attempt, a.error, a.next_at))
+    return out
 
 
-def insert_entry(conn: sa.Connection, run_id: str, **values: Any) -> int:
-    res = conn.execute(journal.insert().values(run_id=run_id, **values))
-    pk = res.inserted_primary_key
-    return int(pk[0]) if pk else 0
+def load_history(conn: sa.Connection, run_id: str) -> History:
+    return load_histories(conn, [run_id])[run_id]
+
+
+def insert_entry(conn: sa.Connection, run_id: str, **values: Any) -> None:
+    conn.execute(_INSERT_ENTRY, {"run_id": run_id, **values})
 
 
 def update_entry(conn: sa.Connection, run_id: str, branch: str, key: str, **values: Any) -> None:

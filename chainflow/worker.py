@@ -146,9 +146,9 @@ class Worker:
         free = self.concurrency - len(self.executions)
         if free <= 0:
             return 0
-        claims = await self.db(store.claim, self.id, free, self.clock.time(), self.lease)
-        for claim in claims:
-            self._spawn(claim)
+        claims = await self.db(store.claim_with_history, self.id, free, self.clock.time(), self.lease)
+        for claim, history in claims:
+            self._spawn(claim, history)
         return len(claims)
 
     async def drain(self) -> None:
@@ -157,12 +157,12 @@ class Worker:
             if self._tasks:
                 await asyncio.wait(self._tasks, return_when=asyncio.FIRST_COMPLETED)
 
-    def _spawn(self, claim: store.Claim) -> None:
+    def _spawn(self, claim: store.Claim, history: store.History) -> None:
         wf = self.app.registry.get(claim.workflow) if claim.workflow in self.app.registry else None
         if wf is None:
             log.error("run %s needs workflow %r, not registered in this worker", claim.run_id, claim.workflow)
             return
-        ex = Execution(self, claim, wf)
+        ex = Execution(self, claim, wf, history)
         self.executions[claim.run_id] = ex
         task = asyncio.create_task(self._execute(ex), name=f"chainflow-run-{claim.run_id}")
         self._tasks.add(task)
