@@ -1,0 +1,1 @@
+"""Chain adapters: each plugs a chain into chainflow's ``ChainAdapter`` interface."""
