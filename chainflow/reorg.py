@@ -74,6 +74,12 @@ def request_rollback(conn: sa.Connection, run_id: str, step: str, reason: str, n
             rollback=json.dumps({"entry_id": int(entry.id), "reason": reason}), updated_at=now,
         )
     )
+    # a completed run is reopened; a failed or cancelled one already compensated everything
+    conn.execute(
+        runs.update()
+        .where(runs.c.id == run_id, runs.c.status == "completed")
+        .values(status="pending", ready_at=now)
+    )
     store.wake(conn, run_id, now)
     return True
 

@@ -252,7 +252,9 @@ def load_histories(conn: sa.Connection, run_ids: list[str]) -> dict[str, History
         .order_by(journal.c.id)
     )
     for r in rows:
-        out[r.run_id][0].append(Entry(*r[1:]))
+        out[r.run_id][0].append(
+            Entry(r.id, r.branch, r.position, r.key, r.kind, r.status, r.output, r.error, r.attempts)
+        )
     for a in conn.execute(
         sa.select(attempts.c.run_id, attempts.c.branch, attempts.c.key, attempts.c.attempt, attempts.c.error,
                   attempts.c.next_at)
