@@ -111,6 +111,8 @@ class Worker:
         await self.committer.close()
         if held:
             await self.db(self._release, held)
+        for adapter in self.app.chains.values():
+            await adapter.aclose()  # HTTP sessions are bound to this event loop
         self.step_pool.shutdown(wait=False, cancel_futures=True)
         self._db_pool.shutdown(wait=True)
 

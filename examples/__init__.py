@@ -1,0 +1,1 @@
+"""Runnable example workflows (mint, transfer, payout)."""
