@@ -1,0 +1,179 @@
+"""Shared fixtures: a database per test on SQLite *and* Postgres, app factories, call logs.
+
+Postgres: every test gets a fresh database (``CREATE DATABASE cf_test_<random>``) on the
+server named by ``CHAINFLOW_TEST_PG`` (default ``postgresql://postgres@127.0.0.1:5432/test``),
+dropped at teardown.  When the server is unreachable the Postgres half of each test is
+skipped with a message, except under ``CI=true`` where it fails: CI must never go green
+by silently testing one backend.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+# Imported up front on purpose: otherwise hypothesis' pytest plugin imports it lazily in
+# the terminal summary, deep in pytest's stack, and CPython 3.11.7's parser then fails
+# the assertion-rewrite compile with "AST constructor recursion depth mismatch".
+import hypothesis  # noqa: F401
+import pytest
+
+ADMIN_URL = os.environ.get("CHAINFLOW_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
+
+_pg_state: dict[str, Any] = {}
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() in ("true", "1", "yes")
+
+
+def _admin_conninfo() -> str:
+    # psycopg wants a libpq URL, not a SQLAlchemy one
+    return ADMIN_URL.replace("postgresql+psycopg://", "postgresql://").replace("postgresql+psycopg2://", "postgresql://")
+
+
+def _pg_connect() -> Any:
+    import psycopg
+
+    return psycopg.connect(_admin_conninfo(), autocommit=True, connect_timeout=3)
+
+
+def postgres_problem() -> str | None:
+    """None when the admin database is reachable, else why not (cached per session)."""
+    if "problem" not in _pg_state:
+        try:
+            with _pg_connect() as conn:
+                conn.execute("SELECT 1")
+            _pg_state["problem"] = None
+        except Exception as exc:  # noqa: BLE001 - any failure means "unreachable"
+            _pg_state["problem"] = f"{type(exc).__name__}: {exc}".strip()
+    return _pg_state["problem"]
+
+
+def require_postgres() -> None:
+    problem = postgres_problem()
+    if problem is None:
+        return
+    message = f"PostgreSQL at {ADMIN_URL} is unreachable ({problem})"
+    if in_ci():
+        pytest.fail(f"{message}; CI=true, so this is a failure, not a skip", pytrace=False)
+    pytest.skip(f"{message}; set CHAINFLOW_TEST_PG or start Postgres to run the Postgres half")
+
+
+def _sqlalchemy_url(dbname: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    url = make_url(ADMIN_URL).set(drivername="postgresql+psycopg", database=dbname)
+    return url.render_as_string(hide_password=False)
+
+
+def create_pg_database() -> tuple[str, Callable[[], None]]:
+    """A fresh, empty database; returns (SQLAlchemy URL, drop function)."""
+    require_postgres()
+    name = f"cf_test_{uuid.uuid4().hex[:16]}"
+    with _pg_connect() as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+
+    def drop() -> None:
+        with _pg_connect() as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+    return _sqlalchemy_url(name), drop
+
+
+def _make_url(backend: str, tmp_path: Path) -> tuple[str, Callable[[], None]]:
+    if backend == "sqlite":
+        return f"sqlite:///{tmp_path / 'chainflow.db'}", lambda: None
+    return create_pg_database()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def db_url(backend: str, tmp_path: Path) -> Iterator[str]:
+    """A fresh, empty database URL; every storage test runs once per backend."""
+    url, drop = _make_url(backend, tmp_path)
+    try:
+        yield url
+    finally:
+        drop()
+
+
+@pytest.fixture
+def pg_url(tmp_path: Path) -> Iterator[str]:
+    """Postgres only (race tests)."""
+    url, drop = _make_url("postgres", tmp_path)
+    try:
+        yield url
+    finally:
+        drop()
+
+
+@pytest.fixture
+def make_app(db_url: str) -> Iterator[Callable[..., Any]]:
+    """``make_app(**kwargs)`` -> a Chainflow on this test's database; a second call is a
+    second, independent app (as another process would have), sharing the database."""
+    import chainflow as cf
+
+    apps: list[cf.Chainflow] = []
+
+    def make(**kwargs: Any) -> cf.Chainflow:
+        app = cf.Chainflow(db_url, **kwargs)
+        apps.append(app)
+        return app
+
+    yield make
+    for app in apps:
+        app.engine.dispose()
+
+
+class CallLog:
+    """Append-only file of "name" lines: counts step executions across threads and
+    processes (a worker may be a subprocess, so in-memory counters would not do)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.path.touch()
+        self._lock = threading.Lock()
+
+    def hit(self, name: str) -> None:
+        line = (name.replace("\n", " ") + "\n").encode()
+        with self._lock:
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                os.write(fd, line)
+            finally:
+                os.close(fd)
+
+    def lines(self) -> list[str]:
+        return self.path.read_text().splitlines()
+
+    def counts(self) -> Counter[str]:
+        return Counter(self.lines())
+
+    def count(self, name: str) -> int:
+        return self.counts()[name]
+
+
+@pytest.fixture
+def calls(tmp_path: Path) -> CallLog:
+    return CallLog(tmp_path / "calls.log")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Engine tests are short: a hang (a lost wake-up, a park nobody resolves) should
+    fail in seconds, not at the global 600s timeout.  Slow tests set their own."""
+    here = Path(__file__).parent / "engine"
+    for item in items:
+        if Path(str(item.fspath)).is_relative_to(here) and item.get_closest_marker("timeout") is None \
+                and item.get_closest_marker("slow") is None:
+            item.add_marker(pytest.mark.timeout(60))
+

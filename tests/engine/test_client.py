@@ -1,0 +1,220 @@
+"""The client half: start (idempotent, validated), signal, cancel, status, errors."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import pydantic
+import pytest
+
+import chainflow as cf
+from chainflow.testing import WorkflowTester
+
+
+def run_count(app: cf.Chainflow) -> int:
+    return len(app.runs(limit=10_000))
+
+
+def register_echo(app: cf.Chainflow) -> None:
+    @app.workflow("echo")
+    async def echo(ctx: cf.Context, value: Any) -> Any:
+        await ctx.wait_for("go")
+        return value
+
+
+def test_idempotent_start_returns_the_same_run(make_app: Any) -> None:
+    app = make_app(clock=cf.FakeClock())
+    register_echo(app)
+    first = app.start("echo", {"amount": 10}, idempotency_key="order-1")
+    again = app.start("echo", {"amount": 10}, idempotency_key="order-1")
+    assert first.created and not again.created
+    assert again.id == first.id and again.workflow == "echo"
+    other = app.start("echo", {"amount": 10}, idempotency_key="order-2")
+    assert other.created and other.id != first.id
+    assert run_count(app) == 2
+
+
+def test_idempotency_conflict_changes_nothing(make_app: Any) -> None:
+    app = make_app(clock=cf.FakeClock())
+    register_echo(app)
+    first = app.start("echo", {"amount": 10}, idempotency_key="order-1")
+    before = app.status(first.id)
+    with pytest.raises(cf.IdempotencyConflictError) as info:
+        app.start("echo", {"amount": 11}, idempotency_key="order-1")
+    assert info.value.key == "order-1" and info.value.run_id == first.id
+    assert "order-1" in str(info.value)
+    assert run_count(app) == 1
+    assert app.status(first.id) == before
+    assert app.status(first.id).input == {"amount": 10}
+
+
+async def test_idempotent_start_after_the_run_finished(make_app: Any) -> None:
+    app = make_app(clock=cf.FakeClock())
+
+    @app.workflow("once")
+    async def once(ctx: cf.Context, x: int) -> int:
+        return x * 2
+
+    first = await app.astart("once", 21, idempotency_key="k")
+    await WorkflowTester(app).run_until_idle()
+    again = await app.astart("once", 21, idempotency_key="k")
+    assert (again.id, again.created) == (first.id, False)
+    assert app.status(first.id).output == 42
+    assert run_count(app) == 1
+
+
+class Payment(pydantic.BaseModel):
+    account: str
+    cents: int = pydantic.Field(gt=0)
+
+
+@dataclasses.dataclass
+class Refund:
+    payment_id: str
+    cents: int
+
+
+def register_typed(app: cf.Chainflow) -> None:
+    @app.workflow("pay")
+    async def pay(ctx: cf.Context, p: Payment) -> dict[str, Any]:
+        assert isinstance(p, Payment)
+        return {"account": p.account, "cents": p.cents}
+
+    @app.workflow("refund")
+    async def refund(ctx: cf.Context, r: Refund) -> list[Any]:
+        assert isinstance(r, Refund)
+        return [r.payment_id, r.cents]
+
+
+@pytest.mark.parametrize(
+    "workflow,bad",
+    [
+        ("pay", {"account": "a"}),  # missing field
+        ("pay", {"account": "a", "cents": -5}),  # constraint
+        ("pay", {"account": "a", "cents": "lots"}),  # wrong type
+        ("pay", "not a dict"),
+        ("refund", {"payment_id": "p"}),  # missing field
+        ("refund", {"payment_id": "p", "cents": 1, "extra": True}),  # unknown field
+        ("refund", 42),
+    ],
+)
+def test_bad_input_rejected_before_anything_is_recorded(make_app: Any, workflow: str, bad: Any) -> None:
+    app = make_app(clock=cf.FakeClock())
+    register_typed(app)
+    with pytest.raises(cf.InputValidationError) as info:
+        app.start(workflow, bad, idempotency_key="k1")
+    assert info.value.workflow == workflow
+    assert workflow in str(info.value)
+    assert run_count(app) == 0
+    # the key was not consumed either
+    assert app.start(workflow, {"account": "a", "cents": 5} if workflow == "pay" else
+                     {"payment_id": "p", "cents": 5}, idempotency_key="k1").created
+
+
+async def test_valid_typed_input_reaches_the_workflow(make_app: Any) -> None:
+    app = make_app(clock=cf.FakeClock())
+    register_typed(app)
+    tester = WorkflowTester(app)
+    paid = await tester.run("pay", {"account": "acc", "cents": "250"})  # coerced by pydantic
+    assert paid.status == "completed", paid.error
+    assert paid.output == {"account": "acc", "cents": 250}
+    assert paid.run.input == {"account": "acc", "cents": 250}  # stored in validated form
+    refunded = await tester.run("refund", Refund("p-1", 99))
+    assert refunded.output == ["p-1", 99]
+
+
+def test_unknown_workflow(make_app: Any) -> None:
+    app = make_app(clock=cf.FakeClock())
+    with pytest.raises(cf.UnknownWorkflowError, match="'nope'"):
+        app.start("nope", {})
+    assert run_count(app) == 0
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "not a url",
+        "mysql://user@localhost/db",
+        "sqlite:///:memory:",
+        "sqlite://",
+        "sqlite:///x.db?synchronous=SOMETIMES",
+        "postgresql+nosuchdriver://u@h/db",
+    ],
+)
+def test_malformed_database_url(url: str) -> None:
+    with pytest.raises(cf.ConfigurationError):
+        cf.Chainflow(url)
+
+
+def test_unreachable_database_is_a_configuration_error(tmp_path: Path) -> None:
+    app = cf.Chainflow("postgresql+psycopg://nobody@127.0.0.1:1/nothing?connect_timeout=2")
+    with pytest.raises(cf.ConfigurationError, match="cannot reach"):
+        app.ensure_schema()
+
+
+def test_duplicate_workflow_name(make_app: Any) -> None:
+    app = make_app()
+    register_echo(app)
+    with pytest.raises(cf.DuplicateWorkflowError, match="'echo'"):
+        register_echo(app)
+
+    async def two(ctx: cf.Context, x: Any) -> None:
+        pass
+
+    app.workflow("two")(two)
+    with pytest.raises(cf.DuplicateWorkflowError):
+        app.workflow("two")(two)
+    assert app.registry.names() == ["echo", "two"]
+
+
+def test_signal_and_cancel_to_finished_or_missing_run(make_app: Any) -> None:
+    app = make_app(clock=cf.FakeClock())
+    register_echo(app)
+    run_id = app.start("echo", 1).id
+    app.cancel(run_id)
+    asyncio.run(WorkflowTester(app).run_until_idle())
+    assert app.status(run_id).status == "cancelled"
+    with pytest.raises(cf.RunFinishedError, match="already cancelled"):
+        app.signal(run_id, "go", None)
+    with pytest.raises(cf.RunFinishedError):
+        app.cancel(run_id)
+    with pytest.raises(cf.RunNotFoundError):
+        app.signal("missing", "go", None)
+    with pytest.raises(cf.RunNotFoundError):
+        app.status("missing")
+
+
+def test_client_api_from_plain_sync_code_without_worker(make_app: Any) -> None:
+    """A Django/Flask view: no event loop, no worker, just calls."""
+    app = make_app()
+    register_echo(app)
+    handle = app.start("echo", {"x": 1}, idempotency_key="view-1")
+    assert isinstance(handle, cf.RunHandle) and handle.created
+    st = app.status(handle.id)
+    assert st.status == "pending" and st.input == {"x": 1} and not st.done
+    app.signal(handle.id, "go", {"ok": True})
+    app.cancel(handle.id)
+    st = app.status(handle.id)
+    assert st.cancel_requested and st.status == "pending"
+    assert app.journal(handle.id) == []
+    assert app.attempts(handle.id) == []
+    assert [r.id for r in app.runs(workflow="echo")] == [handle.id]
+    assert app.runs(status="completed") == []
+    with pytest.raises(TimeoutError):
+        app.wait(handle.id, timeout=0.1)
+
+
+def test_concurrent_idempotent_starts_create_one_run(make_app: Any) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    app = make_app(clock=cf.FakeClock())
+    register_echo(app)
+    app.ensure_schema()
+    with ThreadPoolExecutor(8) as pool:
+        handles = list(pool.map(lambda _: app.start("echo", {"n": 1}, idempotency_key="same"), range(16)))
+    assert len({h.id for h in handles}) == 1
+    assert sum(h.created for h in handles) == 1
+    assert run_count(app) == 1

@@ -1,0 +1,112 @@
+"""Fencing: once another worker took over an expired lease, the old owner cannot write."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+import chainflow as cf
+from chainflow import store
+
+from ._util import wait_until
+
+LEASE = 30.0
+
+
+def register_transfer(app: cf.Chainflow, calls: Any, gates: list[asyncio.Event]) -> None:
+    async def send(amount: int) -> str:
+        n = calls.count("send-start")
+        calls.hit("send-start")
+        await gates[n].wait()  # call n proceeds only when the test says so
+        return f"sent by call {n}"
+
+    @app.workflow("transfer")
+    async def transfer(ctx: cf.Context, amount: int) -> str:
+        await ctx.step("prepare", calls.hit, "prepare")
+        return await ctx.step("send", send, amount)
+
+
+async def test_worker_that_lost_its_lease_cannot_write(make_app: Any, calls: Any) -> None:
+    clock = cf.FakeClock()
+    gates = [asyncio.Event(), asyncio.Event()]
+    app_a = make_app(clock=clock, lease_seconds=LEASE)
+    app_b = make_app(clock=clock, lease_seconds=LEASE)
+    register_transfer(app_a, calls, gates)
+    register_transfer(app_b, calls, gates)
+    run_id = app_a.start("transfer", 5).id
+
+    worker_a = app_a.worker(poll_interval=0.02)
+    worker_b = app_b.worker(poll_interval=0.02)
+    await worker_a.start()
+    await worker_b.start()
+    try:
+        assert await worker_a.poll() == 1
+        await wait_until(lambda: calls.count("send-start") == 1, what="worker A inside the step")
+        fence_a = worker_a.executions[run_id].claim.fence
+
+        # A stalls (GC pause, partition) past its lease; B may now claim the run
+        assert await worker_b.poll() == 0  # not before the lease expired
+        clock.advance(LEASE + 1)
+        assert await worker_b.poll() == 1
+        await wait_until(lambda: calls.count("send-start") == 2, what="worker B inside the step")
+        assert worker_b.executions[run_id].claim.fence == fence_a + 1
+
+        # A wakes up and finishes its step: the journal write is refused
+        gates[0].set()
+        await wait_until(lambda: run_id in worker_a.outcomes, what="worker A to give up")
+        assert worker_a.outcomes[run_id].status == "abandoned"
+        assert [e.key for e in app_a.journal(run_id)] == ["prepare"]
+
+        # any other write with A's fence is refused too
+        with pytest.raises(cf.LeaseLostError):
+            await worker_a.committer.write(
+                run_id, fence_a, [lambda conn: store.finish_run(conn, run_id, "completed", '"A"', None, 0.0)]
+            )
+
+        gates[1].set()
+        await wait_until(lambda: run_id in worker_b.outcomes, what="worker B to finish")
+    finally:
+        for gate in gates:
+            gate.set()
+        await worker_a.close()
+        await worker_b.close()
+
+    st = app_b.status(run_id)
+    assert st.status == "completed", st.error
+    assert st.output == "sent by call 1"
+    journal = app_b.journal(run_id)
+    assert [(e.key, e.output) for e in journal] == [("prepare", None), ("send", "sent by call 1")]
+    assert calls.count("prepare") == 1
+
+
+async def test_heartbeat_keeps_the_lease_of_a_live_worker(make_app: Any, calls: Any) -> None:
+    """The converse: a live worker's heartbeat extends its lease, so nobody can steal it."""
+    clock = cf.FakeClock()
+    gates = [asyncio.Event(), asyncio.Event()]
+    app_a = make_app(clock=clock, lease_seconds=0.3)  # heartbeat every 0.1s of real time
+    app_b = make_app(clock=clock, lease_seconds=0.3)
+    register_transfer(app_a, calls, gates)
+    register_transfer(app_b, calls, gates)
+    run_id = app_a.start("transfer", 5).id
+    worker_a = app_a.worker(poll_interval=0.02)
+    worker_b = app_b.worker(poll_interval=0.02)
+    await worker_a.start()
+    await worker_b.start()
+    try:
+        assert await worker_a.poll() == 1
+        await wait_until(lambda: calls.count("send-start") == 1, what="worker A inside the step")
+        for _ in range(5):
+            clock.advance(0.1)  # a third of a lease per heartbeat period
+            await asyncio.sleep(0.15)
+            assert await worker_b.poll() == 0
+        gates[0].set()
+        await wait_until(lambda: run_id in worker_a.outcomes, what="worker A to finish")
+    finally:
+        for gate in gates:
+            gate.set()
+        await worker_a.close()
+        await worker_b.close()
+    assert app_a.status(run_id).output == "sent by call 0"
+    assert calls.count("send-start") == 1

@@ -1,0 +1,252 @@
+"""Retries with journaled backoff, non-retryable errors, step and workflow timeouts."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import pytest
+
+import chainflow as cf
+from chainflow.testing import WorkflowTester
+
+from ._util import error_type, running_worker, wait_status
+
+
+class Flaky(Exception):
+    pass
+
+
+class Fatal(Exception):
+    pass
+
+
+async def test_retry_attempts_and_exponential_backoff_are_journaled(make_app: Any, calls: Any) -> None:
+    clock = cf.FakeClock()
+    app = make_app(clock=clock)
+    policy = cf.Retry(max_attempts=4, backoff="exponential", initial=2.0, multiplier=3.0, jitter=0)
+
+    def shaky() -> str:
+        calls.hit("shaky")
+        n = calls.count("shaky")
+        if n <= 2:
+            raise Flaky(f"boom {n}")
+        return f"ok after {n}"
+
+    @app.workflow("retrying")
+    async def retrying(ctx: cf.Context, _: Any) -> str:
+        return await ctx.step("shaky", shaky, retry=policy)
+
+    started = clock.time()
+    result = await WorkflowTester(app).run("retrying")
+    assert result.status == "completed", result.error
+    assert result.output == "ok after 3"
+    assert calls.count("shaky") == 3
+
+    tries = app.attempts(result.run.id)
+    assert [a.attempt for a in tries] == [1, 2]
+    assert [a.key for a in tries] == ["shaky", "shaky"]
+    assert [error_type(a.error) for a in tries] == [f"{__name__}.Flaky"] * 2
+    assert [a.error["message"] for a in tries] == ["boom 1", "boom 2"]
+    assert [a.next_at - a.finished_at for a in tries] == [2.0, 6.0]  # 2 * 3**0, 2 * 3**1
+    entry = result.steps["shaky"]
+    assert entry.status == "ok" and entry.attempts == 3
+    assert entry.attempt_errors == [a.error for a in tries]
+    # the tester only ever jumped to journaled wake-ups: the backoff was really waited
+    assert clock.time() - started >= 8.0
+    (row,) = app.journal(result.run.id)
+    assert row.started_at >= tries[-1].next_at
+
+
+async def test_exhausted_retries_surface_as_step_error(make_app: Any, calls: Any) -> None:
+    app = make_app(clock=cf.FakeClock())
+
+    def always() -> None:
+        calls.hit("always")
+        raise Flaky("still broken")
+
+    @app.workflow("give-up")
+    async def give_up(ctx: cf.Context, _: Any) -> dict[str, Any]:
+        try:
+            await ctx.step("always", always, retry=cf.Retry(max_attempts=3, initial=1, jitter=0))
+        except cf.StepError as exc:
+            return {"step": exc.step, "type": exc.error_type, "message": exc.message, "attempts": exc.attempts}
+        raise AssertionError("unreachable")
+
+    result = await WorkflowTester(app).run("give-up")
+    assert result.status == "completed", result.error
+    assert result.output == {"step": "always", "type": f"{__name__}.Flaky", "message": "still broken",
+                             "attempts": 3}
+    assert calls.count("always") == 3
+    assert result.steps["always"].status == "error"
+    assert result.steps["always"].attempts == 3
+    assert len(app.attempts(result.run.id)) == 2  # the two retried failures; the last is the entry
+
+
+async def test_non_retryable_exception_is_not_retried(make_app: Any, calls: Any) -> None:
+    app = make_app(clock=cf.FakeClock())
+
+    def refuse() -> None:
+        calls.hit("refuse")
+        raise Fatal("card declined")
+
+    @app.workflow("declined")
+    async def declined(ctx: cf.Context, _: Any) -> None:
+        await ctx.step("refuse", refuse, retry=cf.Retry(max_attempts=5, non_retryable=(Fatal,)))
+
+    result = await WorkflowTester(app).run("declined")
+    assert result.status == "failed"
+    assert calls.count("refuse") == 1
+    assert app.attempts(result.run.id) == []
+    assert error_type(result.error) == "chainflow.errors.StepError"
+    assert "refuse" in result.error["message"] and "card declined" in result.error["message"]
+    assert result.steps["refuse"].status == "error" and result.steps["refuse"].attempts == 1
+
+
+async def test_async_step_timeout_interrupts_the_step(make_app: Any, calls: Any) -> None:
+    app = make_app(clock=cf.FakeClock())
+
+    async def stuck() -> None:
+        calls.hit("stuck-start")
+        await asyncio.sleep(30)
+        calls.hit("stuck-end")
+
+    @app.workflow("timing-out")
+    async def timing_out(ctx: cf.Context, _: Any) -> Any:
+        try:
+            await ctx.step("stuck", stuck, timeout=0.1, retry=cf.Retry(max_attempts=2, initial=1, jitter=0))
+        except cf.StepError as exc:
+            return exc.error_type
+        raise AssertionError("unreachable")
+
+    t0 = time.monotonic()
+    result = await WorkflowTester(app).run("timing-out")
+    assert time.monotonic() - t0 < 5
+    assert result.status == "completed", result.error
+    assert result.output == "chainflow.errors.StepTimeout"
+    assert calls.counts() == {"stuck-start": 2}  # retried once, never ran to its end
+    (first,) = app.attempts(result.run.id)
+    assert error_type(first.error) == "chainflow.errors.StepTimeout"
+
+
+async def test_workflow_timeout_while_parked_fails_and_compensates(make_app: Any, calls: Any) -> None:
+    app = make_app(clock=cf.FakeClock())
+
+    @app.workflow("deadline", timeout=60)
+    async def deadline(ctx: cf.Context, _: Any) -> None:
+        await ctx.step("hold", calls.hit, "hold", compensate=lambda _: calls.hit("release"))
+        await ctx.sleep("long", 3600)
+        await ctx.step("late", calls.hit, "late")
+
+    result = await WorkflowTester(app).run("deadline")
+    assert result.status == "failed"
+    assert error_type(result.error) == "chainflow.errors.WorkflowTimeout"
+    assert calls.lines() == ["hold", "release"]
+    assert result.run.compensations == {"hold": "ok"}
+    assert result.run.updated_at - result.run.created_at < 3600
+
+
+async def test_workflow_timeout_interrupts_running_async_step(make_app: Any, calls: Any) -> None:
+    app = make_app(lease_seconds=5)  # real clock: the deadline is wall time
+
+    async def forever() -> None:
+        calls.hit("forever-start")
+        await asyncio.sleep(30)
+        calls.hit("forever-end")
+
+    @app.workflow("hung", timeout=0.5)
+    async def hung(ctx: cf.Context, _: Any) -> None:
+        await ctx.step("forever", forever)
+        await ctx.step("after", calls.hit, "after")
+
+    t0 = time.monotonic()
+    async with running_worker(app):
+        run_id = app.start("hung").id
+        st = await wait_status(app, run_id, timeout=10)
+    assert time.monotonic() - t0 < 5
+    assert st.status == "failed"
+    assert error_type(st.error) == "chainflow.errors.WorkflowTimeout"
+    assert calls.lines() == ["forever-start"]
+    assert [e.key for e in app.journal(run_id)] == []
+
+
+@pytest.mark.parametrize("bad", [0, -1])
+def test_retry_policy_validated(bad: int) -> None:
+    with pytest.raises(ValueError, match="max_attempts"):
+        cf.Retry(max_attempts=bad)
+
+
+def test_backoff_delays() -> None:
+    exp = cf.Retry(initial=0.5, multiplier=2, max_delay=3, jitter=0)
+    assert [exp.delay(n) for n in (1, 2, 3, 4, 5)] == [0.5, 1.0, 2.0, 3.0, 3.0]
+    assert [cf.Retry(backoff="linear", initial=1, jitter=0).delay(n) for n in (1, 2, 3)] == [1, 2, 3]
+    jittered = cf.Retry(initial=10, jitter=0.1, max_delay=100)
+    assert all(10 <= jittered.delay(1) <= 11 for _ in range(50))
+
+
+async def test_workflow_sees_step_error_not_original_type_on_replay(make_app: Any, calls: Any) -> None:
+    """A failed step replayed from the journal raises the same StepError as the first time."""
+    app = make_app(clock=cf.FakeClock())
+
+    def bad() -> None:
+        calls.hit("bad")
+        raise Fatal("nope")
+
+    @app.workflow("replayed-failure")
+    async def replayed_failure(ctx: cf.Context, _: Any) -> list[str]:
+        seen = []
+        try:
+            await ctx.step("bad", bad, retry=cf.Retry(max_attempts=1))
+        except cf.StepError as exc:
+            seen.append(f"{exc.step}|{exc.error_type}|{exc.message}|{exc.attempts}")
+        await ctx.sleep("nap", 60)  # the rest runs on a replay, which re-raises from the journal
+        return seen
+
+    result = await WorkflowTester(app).run("replayed-failure")
+    assert result.status == "completed", result.error
+    assert result.output == [f"bad|{__name__}.Fatal|nope|1"]
+    assert calls.count("bad") == 1
+
+
+async def test_workflow_timeout_while_waiting_for_a_signal(make_app: Any, calls: Any) -> None:
+    app = make_app(clock=cf.FakeClock())
+
+    @app.workflow("patient", timeout=3600)
+    async def patient(ctx: cf.Context, _: Any) -> Any:
+        await ctx.step("ask", calls.hit, "ask", compensate=lambda _: calls.hit("withdraw"))
+        return await ctx.wait_for("answer")  # no timeout of its own
+
+    tester = WorkflowTester(app)
+    run_id = app.start("patient").id
+    await tester.run_until_idle(advance=False)
+    st = app.status(run_id)
+    assert st.status == "waiting" and st.wake_at == st.created_at + 3600  # bounded by the deadline
+    await tester.run_until_idle()
+    st = app.status(run_id)
+    assert st.status == "failed"
+    assert error_type(st.error) == "chainflow.errors.WorkflowTimeout"
+    assert calls.lines() == ["ask", "withdraw"]
+
+
+async def test_cancel_during_retry_backoff(make_app: Any, calls: Any) -> None:
+    app = make_app(clock=cf.FakeClock())
+
+    def flaky() -> None:
+        calls.hit("flaky")
+        raise Flaky("try later")
+
+    @app.workflow("backing-off")
+    async def backing_off(ctx: cf.Context, _: Any) -> None:
+        await ctx.step("first", calls.hit, "first", compensate=lambda _: calls.hit("undo first"))
+        await ctx.step("flaky", flaky, retry=cf.Retry(max_attempts=5, initial=3600, jitter=0))
+
+    tester = WorkflowTester(app)
+    run_id = app.start("backing-off").id
+    await tester.run_until_idle(advance=False)
+    st = app.status(run_id)
+    assert st.status == "sleeping" and st.wake_at == app.attempts(run_id)[0].next_at
+    app.cancel(run_id)
+    await tester.run_until_idle()
+    assert app.status(run_id).status == "cancelled"
+    assert calls.lines() == ["first", "flaky", "undo first"]
