@@ -90,7 +90,7 @@ class RunStatus:
     wake_at: float | None
     waiting_on: list[str]
     cancel_requested: bool
-    compensations: dict[str, str] = field(default_factory=dict)  # step -> ok | error
+    compensations: dict[str, str] = field(default_factory=dict)  # "branch/step" -> ok | error
 
     @property
     def done(self) -> bool:
@@ -189,6 +189,9 @@ class Chainflow:
         now = self.clock.time()
         deadline = None if wf.timeout is None else now + wf.timeout
 
+        local = next((w for w in list(self._workers) if w.reserve(workflow)), None)
+        lease_until = None if local is None else now + local.lease
+
         def create(conn: sa.Connection) -> RunHandle:
             if idempotency_key is not None:
                 existing = store.run_by_key(conn, idempotency_key)
@@ -197,16 +200,24 @@ class Chainflow:
                         raise IdempotencyConflictError(idempotency_key, existing.id)
                     return RunHandle(existing.id, existing.workflow, False)
             run_id = store.insert_run(conn, workflow=workflow, input_text=text, input_hash=digest,
-                                      idempotency_key=idempotency_key, deadline=deadline,
-                                      parent_id=parent_id, now=now)
+                                      idempotency_key=idempotency_key, deadline=deadline, parent_id=parent_id,
+                                      now=now, lease_owner=local.id if local else None, lease_until=lease_until)
             return RunHandle(run_id, workflow, True)
 
         try:
-            handle = self._tx(create)
-        except sa.exc.IntegrityError:
-            # a concurrent start with the same key won the insert: answer as it would
-            handle = self._tx(create)
-        self._notify()
+            try:
+                handle = self._tx(create)
+            except sa.exc.IntegrityError:
+                # a concurrent start with the same key won the insert: answer as it would
+                handle = self._tx(create)
+        except BaseException:
+            if local is not None:
+                local.adopt(None)
+            raise
+        if local is not None:
+            local.adopt(store.Claim(handle.id, workflow, text, 1, False, deadline, now) if handle.created else None)
+        else:
+            self._notify()
         return handle
 
     async def astart(self, workflow: str, input: Any = None, *, idempotency_key: str | None = None) -> RunHandle:
@@ -253,7 +264,7 @@ class Chainflow:
             if row is None:
                 raise RunNotFoundError(run_id)
             comps = {
-                r.key.removeprefix("compensate:"): r.status
+                "/".join(filter(None, (r.branch, r.key.removeprefix("compensate:")))): r.status
                 for r in store.journal_rows(conn, run_id)
                 if r.kind == "compensation" and not r.superseded
             }

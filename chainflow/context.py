@@ -28,6 +28,8 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import sqlalchemy as sa
+
 from . import codec, store
 from .clock import Clock, seconds, to_datetime
 from .committer import Committer, Op
@@ -341,6 +343,11 @@ class Context:
         except LeaseLostError:
             self.stop_reason = LEASE_LOST
             raise
+        except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
+            # the database, not the workflow, failed: abandon this execution (another
+            # worker resumes it after the lease) instead of failing the run
+            self.stop_reason = LEASE_LOST
+            raise LeaseLostError(self.run_id) from exc
         except Exception:
             self._buffer = batch[: len(batch) - len(ops)] + self._buffer  # rolled back: keep for the next write
             raise

@@ -68,13 +68,18 @@ def insert_run(
     deadline: float | None,
     parent_id: str | None,
     now: float,
+    lease_owner: str | None = None,
+    lease_until: float | None = None,
 ) -> str:
+    """New run, due now; with ``lease_owner`` it is born claimed by that worker (the
+    in-process fast path: no separate claim transaction)."""
     run_id = str(uuid.uuid4())
+    claimed = lease_owner is not None
     conn.execute(
         runs.insert().values(
             id=run_id,
             workflow=workflow,
-            status="pending",
+            status="running" if claimed else "pending",
             input=input_text,
             input_hash=input_hash,
             idempotency_key=idempotency_key,
@@ -82,7 +87,11 @@ def insert_run(
             deadline=deadline,
             created_at=now,
             updated_at=now,
-            ready_at=now,
+            ready_at=lease_until if claimed else now,
+            lease_owner=lease_owner,
+            lease_expires=lease_until,
+            fence=1 if claimed else 0,
+            attempt_count=1 if claimed else 0,
         )
     )
     return run_id

@@ -12,6 +12,7 @@ import asyncio
 import logging
 import os
 import socket
+import threading
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -61,6 +62,8 @@ class Worker:
         self._heartbeat: asyncio.Task[None] | None = None
         self.outcomes: dict[str, Outcome] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._slots = threading.Lock()
+        self._reserved = 0
         self.track = track  # run a (leader-elected) head follower per configured chain
         self._trackers: list[asyncio.Task[None]] = []
         self._stopping = asyncio.Event()
@@ -145,7 +148,7 @@ class Worker:
 
     async def poll(self) -> int:
         """Claim what is due (up to free slots) and start executing it."""
-        free = self.concurrency - len(self.executions)
+        free = self.concurrency - len(self.executions) - self._reserved
         if free <= 0:
             return 0
         claims = await self.db(store.claim_with_history, self.id, free, self.clock.time(), self.lease)
@@ -155,9 +158,31 @@ class Worker:
 
     async def drain(self) -> None:
         """Run everything due now to completion or suspension (tests, benchmarks)."""
-        while await self.poll() or self._tasks:
+        while await self.poll() or self._tasks or self._reserved:
             if self._tasks:
                 await asyncio.wait(self._tasks, return_when=asyncio.FIRST_COMPLETED)
+            else:
+                await asyncio.sleep(0)  # adoptions scheduled from another thread land first
+
+    def reserve(self, workflow: str) -> bool:
+        """Take a slot for a run this process is about to create (start fast path)."""
+        with self._slots:
+            if (self._loop is None or self._stopping.is_set() or workflow not in self.app.registry
+                    or len(self.executions) + self._reserved >= self.concurrency):
+                return False
+            self._reserved += 1
+            return True
+
+    def adopt(self, claim: store.Claim | None) -> None:
+        """Run a run born claimed by this worker; None gives back an unused reservation."""
+        def take() -> None:
+            with self._slots:
+                self._reserved -= 1
+            if claim is not None:
+                self._spawn(claim, ([], {}))
+
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(take)
 
     def _spawn(self, claim: store.Claim, history: store.History) -> None:
         wf = self.app.registry.get(claim.workflow) if claim.workflow in self.app.registry else None
