@@ -15,6 +15,7 @@ import json
 import signal as _signal
 import threading
 import weakref
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -128,6 +129,9 @@ class Chainflow:
         self._schema_ready = False
         self._schema_lock = threading.Lock()
         self._workers: weakref.WeakSet[Worker] = weakref.WeakSet()
+        self._waiters: dict[str, asyncio.Future[None]] = {}
+        # bounded: lets await_run skip waiting for runs that finished before it was called
+        self._recently_finished: OrderedDict[str, None] = OrderedDict()
 
     # --- registration ----------------------------------------------------------
 
@@ -161,6 +165,11 @@ class Chainflow:
     def _tx(self, fn: Callable[..., T], *args: Any) -> T:
         self.ensure_schema()
         with self.engine.begin() as conn:
+            return fn(conn, *args)
+
+    def _read(self, fn: Callable[..., T], *args: Any) -> T:
+        self.ensure_schema()
+        with self.engine.connect().execution_options(readonly=True) as conn, conn.begin():
             return fn(conn, *args)
 
     async def adb(self, fn: Callable[..., T], *args: Any) -> T:
@@ -270,7 +279,7 @@ class Chainflow:
             }
             return _status_of(row, comps)
 
-        return self._tx(read)
+        return self._read(read)
 
     async def astatus(self, run_id: str) -> RunStatus:
         return await asyncio.to_thread(self.status, run_id)
@@ -291,7 +300,7 @@ class Chainflow:
                 for r in store.journal_rows(conn, run_id)
             ]
 
-        return self._tx(read)
+        return self._read(read)
 
     async def ajournal(self, run_id: str) -> list[JournalEntry]:
         return await asyncio.to_thread(self.journal, run_id)
@@ -304,13 +313,13 @@ class Chainflow:
                 for a in store.attempt_rows(conn, run_id)
             ]
 
-        return self._tx(read)
+        return self._read(read)
 
     def runs(self, *, status: str | None = None, workflow: str | None = None, limit: int = 100) -> list[RunStatus]:
         def read(conn: sa.Connection) -> list[RunStatus]:
             return [_status_of(r, {}) for r in store.list_runs(conn, status, workflow, limit)]
 
-        return self._tx(read)
+        return self._read(read)
 
     def wait(self, run_id: str, timeout: float | None = None, poll: float = 0.05) -> RunStatus:
         """Block until the run is finished (for scripts and tests; real time)."""
@@ -325,8 +334,37 @@ class Chainflow:
                 raise TimeoutError(f"run {run_id!r} still {st.status} after {timeout}s")
             time.sleep(poll)
 
-    async def await_run(self, run_id: str, timeout: float | None = None, poll: float = 0.05) -> RunStatus:
-        return await asyncio.to_thread(self.wait, run_id, timeout, poll)
+    async def await_run(self, run_id: str, timeout: float | None = None, poll: float = 0.5) -> RunStatus:
+        """Wait for the run to finish: woken at once by a worker of this process that
+        finishes it, re-checking the database every ``poll`` s for runs finished elsewhere."""
+        loop = asyncio.get_running_loop()
+        end = None if timeout is None else loop.time() + timeout
+        waiter = self._waiters.setdefault(run_id, loop.create_future())
+        try:
+            while True:
+                if run_id not in self._recently_finished:
+                    left = None if end is None else max(0.0, end - loop.time())
+                    try:
+                        await asyncio.wait_for(asyncio.shield(waiter), poll if left is None else min(poll, left))
+                    except TimeoutError:
+                        pass
+                st = await self.astatus(run_id)
+                if st.done:
+                    return st
+                if end is not None and loop.time() >= end:
+                    raise TimeoutError(f"run {run_id!r} still {st.status} after {timeout}s")
+        finally:
+            if self._waiters.get(run_id) is waiter:
+                del self._waiters[run_id]
+
+    def finished(self, run_id: str) -> None:
+        """A worker of this process finished ``run_id``: wake whoever awaits it."""
+        self._recently_finished[run_id] = None
+        while len(self._recently_finished) > 10_000:
+            self._recently_finished.popitem(last=False)
+        waiter = self._waiters.get(run_id)
+        if waiter is not None:
+            waiter.get_loop().call_soon_threadsafe(_resolve, waiter)
 
     # --- workers ---------------------------------------------------------------
 
@@ -349,6 +387,11 @@ class Chainflow:
             await self.worker(concurrency=concurrency, **options).run(stop)
 
         asyncio.run(main())
+
+
+def _resolve(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 def _status_of(row: sa.Row[Any], comps: dict[str, str]) -> RunStatus:

@@ -9,6 +9,8 @@ commits on an OS crash.
 from __future__ import annotations
 
 import os
+import sqlite3
+import threading
 import time
 from typing import Any
 
@@ -50,6 +52,41 @@ def create_engine(url: str | None = None) -> sa.Engine:
     )
 
 
+class _WriterConnection(sqlite3.Connection):
+    """Writers of one process queue on a lock instead of on SQLite's busy handler, which
+    sleeps in millisecond steps on every conflict (other processes still meet it).  The
+    lock is held from BEGIN IMMEDIATE until the COMMIT or ROLLBACK has returned."""
+
+    _writer = threading.Lock()
+    _holding = False
+
+    def begin_write(self) -> None:
+        self._writer.acquire()
+        self._holding = True
+        try:
+            self.execute("BEGIN IMMEDIATE")
+        except BaseException:
+            self._release()
+            raise
+
+    def _release(self) -> None:
+        if self._holding:
+            self._holding = False
+            self._writer.release()
+
+    def commit(self) -> None:
+        try:
+            super().commit()
+        finally:
+            self._release()
+
+    def rollback(self) -> None:
+        try:
+            super().rollback()
+        finally:
+            self._release()
+
+
 def _sqlite_engine(parsed: sa.URL) -> sa.Engine:
     query = dict(parsed.query)
     sync = str(query.pop("synchronous", "FULL")).upper()
@@ -62,7 +99,8 @@ def _sqlite_engine(parsed: sa.URL) -> sa.Engine:
         )
     engine = sa.create_engine(
         parsed.set(query=query),
-        connect_args={"timeout": 30, "check_same_thread": False, "isolation_level": None},
+        connect_args={"timeout": 30, "check_same_thread": False, "isolation_level": None,
+                      "factory": _WriterConnection},
         poolclass=sa.pool.QueuePool,
         pool_size=4,
         max_overflow=8,
@@ -80,7 +118,13 @@ def _sqlite_engine(parsed: sa.URL) -> sa.Engine:
     # lock at BEGIN so two processes never deadlock upgrading a read lock.
     @sa.event.listens_for(engine, "begin")
     def _begin(conn: sa.Connection) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        # readers (status, journal) take no lock: in WAL mode they never block writers
+        if conn.get_execution_options().get("readonly"):
+            conn.exec_driver_sql("BEGIN")
+            return
+        dbapi = conn.connection.dbapi_connection
+        assert isinstance(dbapi, _WriterConnection)
+        dbapi.begin_write()
 
     return engine
 

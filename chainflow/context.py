@@ -365,7 +365,10 @@ class Context:
 
     def touch(self) -> None:
         self.generation += 1
-        self.changed.set()
+        # the driver only cares about moments when the run might be fully parked;
+        # waking it on every step would cost more than the step's own bookkeeping
+        if self.active == 0 and self.parks:
+            self.changed.set()
 
     async def _execute(self, slot: Slot, kind: str, fn: Callable[..., Any], args: tuple[Any, ...],
                        kwargs: dict[str, Any], policy: Retry, limit: float | None) -> tuple[str, Any]:

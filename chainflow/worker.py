@@ -13,6 +13,7 @@ import logging
 import os
 import socket
 import threading
+from collections import OrderedDict
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -57,10 +58,11 @@ class Worker:
         self.step_pool = ThreadPoolExecutor(max(4, concurrency), thread_name_prefix="chainflow-step")
         self._db_pool = ThreadPoolExecutor(2, thread_name_prefix="chainflow-db")
         self.executions: dict[str, Execution] = {}
+        # how recent executions ended (bounded: a long-lived worker must not grow)
+        self.outcomes: OrderedDict[str, Outcome] = OrderedDict()
         self._tasks: set[asyncio.Task[Outcome | None]] = set()
         self._wake = asyncio.Event()
         self._heartbeat: asyncio.Task[None] | None = None
-        self.outcomes: dict[str, Outcome] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._slots = threading.Lock()
         self._reserved = 0
@@ -199,6 +201,10 @@ class Worker:
         try:
             outcome = await ex.run()
             self.outcomes[ex.claim.run_id] = outcome
+            if len(self.outcomes) > 10_000:
+                self.outcomes.popitem(last=False)
+            if outcome.status in store.TERMINAL:
+                self.app.finished(ex.claim.run_id)
             return outcome
         except Exception:
             log.exception("run %s crashed the executor; it will be retried after its lease", ex.claim.run_id)
