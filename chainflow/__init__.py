@@ -4,7 +4,7 @@ See README.md for the tour; the public API is what this module exports.
 """
 
 from .adapter import BroadcastOutcome, BroadcastResult, ChainAdapter, Header, Receipt, SignedTx
-from .app import AttemptRecord, Chainflow, JournalEntry, RunHandle, RunStatus
+from .app import AttemptRecord, Chainflow, JournalEntry, ReorgEvent, RunHandle, RunStatus
 from .clock import Clock, FakeClock, SystemClock
 from .context import Context
 from .errors import (
@@ -27,9 +27,13 @@ from .errors import (
     WaitTimeout,
     WorkflowTimeout,
 )
+from .finality import Confirmations, Finalized, Safe
+from .reorg import REORG_SIGNAL
 from .retry import Retry
+from .tracker_config import TrackerConfig
 
 __all__ = [
+    "REORG_SIGNAL", "Confirmations", "Finalized", "Safe", "TrackerConfig", "ReorgEvent",
     "AttemptRecord", "BroadcastOutcome", "BroadcastResult", "ChainAdapter", "Chainflow", "ChainflowError",
     "Clock", "ConfigurationError", "Context", "DuplicateWorkflowError", "FakeClock", "Header",
     "IdempotencyConflictError", "InputValidationError", "JournalEntry", "LeaseLostError",

@@ -79,6 +79,18 @@ class AttemptRecord:
 
 
 @dataclass(frozen=True)
+class ReorgEvent:
+    id: int
+    chain: str
+    depth: int
+    fork_number: int
+    old_hashes: list[str]
+    new_hashes: list[str]
+    affected_txs: list[str]
+    detected_at: float
+
+
+@dataclass(frozen=True)
 class RunStatus:
     id: str
     workflow: str
@@ -318,6 +330,20 @@ class Chainflow:
     def runs(self, *, status: str | None = None, workflow: str | None = None, limit: int = 100) -> list[RunStatus]:
         def read(conn: sa.Connection) -> list[RunStatus]:
             return [_status_of(r, {}) for r in store.list_runs(conn, status, workflow, limit)]
+
+        return self._read(read)
+
+    def reorgs(self, chain: str | None = None, limit: int = 100) -> list[ReorgEvent]:
+        """Reorg events the trackers recorded, newest first."""
+        from .schema import reorgs
+
+        def read(conn: sa.Connection) -> list[ReorgEvent]:
+            q = sa.select(reorgs).order_by(reorgs.c.id.desc()).limit(limit)
+            if chain:
+                q = q.where(reorgs.c.chain == chain)
+            return [ReorgEvent(r.id, r.chain, r.depth, r.fork_number, json.loads(r.old_hashes),
+                               json.loads(r.new_hashes), json.loads(r.affected), r.detected_at)
+                    for r in conn.execute(q)]
 
         return self._read(read)
 

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import sqlalchemy as sa
 
-from . import codec, store
+from . import codec, metrics, store
 from .clock import Clock, seconds, to_datetime
 from .committer import Committer, Op
 from .errors import (
@@ -405,6 +405,7 @@ class Context:
             finally:
                 self._busy(-1)
             await self._commit(self.entry_op(slot, kind, "ok", text, None, attempt, started, self.clock.time()))
+            metrics.inc("chainflow_steps_total", outcome="ok")
             return text, value
 
     async def _fail(self, slot: Slot, kind: str, exc: BaseException, attempt: int, started: float) -> None:

@@ -19,10 +19,11 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from . import headers, store
+from . import codec, headers, metrics, store
 from .schema import attempts, journal, reorgs, runs, submissions
 
 SETTLED = ("included", "final")
+REORG_SIGNAL = "chainflow.reorg"  # sent to every run whose transaction a reorg un-included
 
 
 def record(conn: sa.Connection, chain: str, fork: int, new_hashes: list[str], now: float) -> int:
@@ -49,9 +50,17 @@ def record(conn: sa.Connection, chain: str, fork: int, new_hashes: list[str], no
                 last_broadcast_block=None, updated_at=now,
             )
         )
+        if sub.run_id:
+            # workflows observe reorgs with ctx.wait_for(REORG_SIGNAL)
+            info = {"reorg": int(event_id), "chain": chain, "depth": len(orphaned), "fork_number": fork,
+                    "tx_hash": sub.tx_hash, "finality_broken": sub.state == "final"}
+            store.insert_signal(conn, sub.run_id, REORG_SIGNAL, codec.dumps(info), now)
         if sub.state == "final" and sub.run_id:
             reason = f"reorg #{event_id} on {chain}: block {sub.block_number} ({sub.block_hash}) orphaned"
-            request_rollback(conn, sub.run_id, sub.step, reason, now)
+            if request_rollback(conn, sub.run_id, sub.step, reason, now):
+                metrics.inc("chainflow_rollbacks_total", chain=chain)
+    metrics.inc("chainflow_reorgs_total", chain=chain)
+    metrics.inc("chainflow_reorg_depth_blocks_total", len(orphaned), chain=chain)
     return len(orphaned)
 
 

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
-from . import codec, finality, store, txstore
+from . import codec, finality, metrics, store, txstore
 from .adapter import BroadcastOutcome, ChainAdapter, Receipt, TxRejected
 from .context import Compensation, Context, Slot, describe_error, error_parts
 from .errors import ConfigurationError, StepError, SubmissionFailedError, TxRevertedError
@@ -197,6 +197,7 @@ async def broadcast_latest(app: Chainflow, ctx: Context | None, adapter: ChainAd
     if not attempts:
         return
     result = await adapter.broadcast(attempts[-1].raw)
+    metrics.inc("chainflow_broadcasts_total", chain=adapter.name, outcome=result.outcome.value)
     if result.outcome is BroadcastOutcome.REJECTED:
         log.warning("node rejected %s for submission %s: %s", attempts[-1].tx_hash, sub.id, result.detail)
     # NONCE_TOO_LOW may mean one of our own attempts is mined: the tracker decides.

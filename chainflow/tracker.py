@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
-from . import codec, finality, headers, nonces, reorg, store
+from . import codec, finality, headers, metrics, nonces, reorg, store
 from .adapter import ChainAdapter, Header, Receipt
 from .schema import submissions, tx_attempts
 from .submission import broadcast_latest, event_name, fill_gap
@@ -217,6 +217,7 @@ class Tracker:
         await broadcast_latest(self.app, None, self.adapter, sub)
         self._stats.rpc_calls += 1
         self._stats.bumps += 1
+        metrics.inc("chainflow_fee_bumps_total", chain=self.chain)
 
 
 # --- SQL used only by the tracker ---------------------------------------------------

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import sqlalchemy as sa
 
-from . import store
+from . import metrics, store
 from .committer import Committer
 from .context import CANCEL, LEASE_LOST
 from .executor import Execution, Outcome
@@ -204,6 +204,7 @@ class Worker:
             if len(self.outcomes) > 10_000:
                 self.outcomes.popitem(last=False)
             if outcome.status in store.TERMINAL:
+                metrics.inc("chainflow_runs_finished_total", status=outcome.status)
                 self.app.finished(ex.claim.run_id)
             return outcome
         except Exception:
