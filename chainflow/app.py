@@ -184,6 +184,10 @@ class Chainflow:
         with self.engine.connect().execution_options(readonly=True) as conn, conn.begin():
             return fn(conn, *args)
 
+    async def aread(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(conn, *args)`` in one read-only transaction, off the event loop."""
+        return await asyncio.to_thread(self._read, fn, *args)
+
     async def adb(self, fn: Callable[..., T], *args: Any) -> T:
         """``fn(conn, *args)`` in one transaction, off the event loop."""
         return await asyncio.to_thread(self._tx, fn, *args)

@@ -133,6 +133,8 @@ submissions = sa.Table(
     sa.UniqueConstraint("chain", "sender", "idempotency_key", name="uq_cf_submission_key"),
     sa.Index("ix_cf_submissions_state", "chain", "state"),
     sa.Index("ix_cf_submissions_nonce", "chain", "sender", "nonce"),
+    # the tracker's per-head "stuck?" query must not scan every pending submission
+    sa.Index("ix_cf_submissions_stuck", "chain", "state", "last_broadcast_block"),
 )
 
 tx_attempts = sa.Table(

@@ -57,6 +57,7 @@ class Tracker:
         self.owner = owner
         self.config = config or TrackerConfig()
         self._stats = HeadStats()
+        self._tip: Header | None = None  # cached newest canonical header while we lead
 
     async def _rpc(self, call: Any) -> Any:
         self._stats.rpc_calls += 1
@@ -68,6 +69,8 @@ class Tracker:
                 if await self.app.adb(headers.lead, f"tracker:{self.chain}", self.owner, self.app.clock.time(),
                                       max(5.0, self.config.poll_interval * 10)):
                     await self.step()
+                else:
+                    self._tip = None  # another process leads: our cached tip goes stale
             except sa.exc.IntegrityError:
                 pass  # another process created the leadership row first
             except Exception:
@@ -78,45 +81,80 @@ class Tracker:
                 pass
 
     async def step(self) -> HeadStats:
-        """One iteration: follow the head, detect reorgs, match, settle, unstick."""
+        """One iteration: follow the head, detect reorgs, match, settle, unstick.
+
+        Steady state is one read and one write transaction per head, and RPC calls
+        that depend only on the new blocks and on our own matches in them."""
         self._stats = stats = HeadStats()
         head = await self._rpc(self.adapter.head())
-        tip = await self.app.adb(headers.tip, self.chain)
+        tip = self._tip or await self.app.aread(headers.tip, self.chain)
         if tip is None:
             start = max(0, head.number - self.config.start_depth)
             tip = await self._rpc(self.adapter.header_at(start))
-            await self._accept([tip])
-        fork = await self._find_fork(head, tip)
-        if fork is not None:
+            await self.app.adb(_commit_head, self.chain, [tip], [], [], start, 0, self.app.clock.time())
+        new = await self._new_headers(head, tip)
+        if new is None:
+            fork = await self._find_fork(head, tip)
             await self._reorg(fork, head)
-            tip = await self.app.adb(headers.tip, self.chain)
+            tip = await self.app.aread(headers.tip, self.chain)
             assert tip is not None
-        new = []
+            new = await self._new_headers(head, tip) or []
+        block_hashes = {h.hash: await self._rpc(self.adapter.block_tx_hashes(h.hash)) for h in new}
+        wanted = [tx for hashes in block_hashes.values() for tx in hashes]
+        view = await self.app.aread(_view, self.chain, wanted, head.number - self.config.rebroadcast_blocks,
+                                    self.config.stuck_batch)
+        receipts: list[tuple[int, Receipt]] = []
+        for sub_id, tx_hash, policy in view.matches:
+            receipt = await self._rpc(self.adapter.receipt(tx_hash))
+            if receipt is not None and receipt.block_hash in block_hashes:
+                receipts.append((sub_id, receipt))
+                view.included.append((sub_id, policy, receipt.block_number))
+        ready = await self._ready(view.included, head.number)
+        await self.app.adb(_commit_head, self.chain, new, receipts, ready, head.number, self.config.window,
+                           self.app.clock.time())
+        self._tip = new[-1] if new else tip
+        stats.new_blocks, stats.matched, stats.settled = len(new), len(receipts), len(ready)
+        if view.stuck:
+            await self._unstick(view.stuck, head.number)
+        if view.orphaned:
+            await self._fill_gaps(view.orphaned)
+        return stats
+
+    async def _new_headers(self, head: Header, tip: Header) -> list[Header] | None:
+        """Headers above ``tip`` up to ``head``, or None when they do not chain onto it."""
+        if head.number < tip.number or (head.number == tip.number and head.hash != tip.hash):
+            return None
+        new: list[Header] = []
         for number in range(tip.number + 1, head.number + 1):
             h = head if number == head.number else await self._rpc(self.adapter.header_at(number))
             if h is None:
                 break
             new.append(h)
-        await self._accept(new)
-        await self._settle(head.number)
-        await self._unstick(head.number)
-        await self._fill_gaps()
-        await self.app.adb(headers.prune, self.chain, head.number - self.config.window)
-        return stats
+        previous = tip.hash
+        for h in new:
+            if h.parent_hash != previous:
+                return None
+            previous = h.hash
+        return new
 
-    async def _find_fork(self, head: Header, tip: Header) -> int | None:
-        """Height of the last common block when our stored tip is no longer canonical."""
-        if head.number >= tip.number:
-            probe = head if head.number == tip.number else await self._rpc(self.adapter.header_at(tip.number))
-        else:
-            probe = await self._rpc(self.adapter.header_at(tip.number))
-        if probe is not None and probe.hash == tip.hash:
-            return None
-        low = await self.app.adb(headers.lowest, self.chain) or 0
-        number = min(tip.number, head.number) if probe is None else tip.number - 1
+    async def _ready(self, included: list[tuple[int, str, int]], head: int) -> list[int]:
+        """Included submissions whose finality policy holds at ``head``."""
+        if not included:
+            return []
+        policies = {sub_id: finality.from_dict(json.loads(policy)) for sub_id, policy, _ in included}
+        tags: dict[str, int | None] = {}
+        for kind in {json.loads(p)["kind"] for _, p, _ in included} & {"finalized", "safe"}:
+            tags[kind] = await self._rpc(self.adapter.tagged_number(kind))
+        return [sub_id for sub_id, _, number in included if finality.holds(policies[sub_id], number, head, tags)]
+
+    async def _find_fork(self, head: Header, tip: Header) -> int:
+        """Height of the last block our stored window shares with the node's chain."""
+        self._tip = None
+        low = await self.app.aread(headers.lowest, self.chain) or 0
+        number = min(tip.number, head.number)
         while number >= low:
-            stored = await self.app.adb(headers.at, self.chain, number)
-            canonical = await self._rpc(self.adapter.header_at(number))
+            stored = await self.app.aread(headers.at, self.chain, number)
+            canonical = head if number == head.number else await self._rpc(self.adapter.header_at(number))
             if stored is None or canonical is None or stored.hash == canonical.hash:
                 return number
             number -= 1
@@ -133,40 +171,9 @@ class Tracker:
         self._stats.reorg_depth = depth
         log.warning("reorg on %s: %d block(s) orphaned above %d", self.chain, depth, fork)
 
-    async def _accept(self, new: list[Header]) -> None:
-        """Store new canonical headers and match their transactions with our attempts."""
-        for h in new:
-            hashes = await self._rpc(self.adapter.block_tx_hashes(h.hash))
-            matches = await self.app.adb(_match, self.chain, hashes) if hashes else []
-            receipts: list[tuple[int, Receipt]] = []
-            for sub_id, tx_hash in matches:
-                receipt = await self._rpc(self.adapter.receipt(tx_hash))
-                if receipt is not None and receipt.block_hash == h.hash:
-                    receipts.append((sub_id, receipt))
-            await self.app.adb(_store_block, self.chain, h, receipts, self.app.clock.time())
-            self._stats.new_blocks += 1
-            self._stats.matched += len(receipts)
-
-    async def _settle(self, head: int) -> None:
-        """Mark included submissions final once their policy holds, and wake their runs."""
-        included = await self.app.adb(_included, self.chain)
-        if not included:
-            return
-        tags: dict[str, int | None] = {}
-        for kind in {json.loads(r.finality)["kind"] for r in included} & {"finalized", "safe"}:
-            tags[kind] = await self._rpc(self.adapter.tagged_number(kind))
-        ready = [
-            r.id for r in included
-            if finality.holds(finality.from_dict(json.loads(r.finality)), int(r.block_number), head, tags)
-        ]
-        if ready:
-            await self.app.adb(_finalise, ready, self.app.clock.time())
-            self._stats.settled += len(ready)
-
-    async def _unstick(self, head: int) -> None:
+    async def _unstick(self, stuck: list[Any], head: int) -> None:
         """Re-broadcast what the node lost; bump fees on what it will not mine."""
         cfg = self.config
-        stuck = await self.app.adb(_stuck, self.chain, head - cfg.rebroadcast_blocks, cfg.stuck_batch)
         latest: dict[str, int] = {}
         for sub in stuck:
             if sub.sender not in latest:
@@ -187,9 +194,9 @@ class Tracker:
                 continue
             await self.app.adb(_touch, sub.id, head)
 
-    async def _fill_gaps(self) -> None:
+    async def _fill_gaps(self, orphaned: list[Any]) -> None:
         """Burn nonces whose runs ended between allocation and signing."""
-        for sub in await self.app.adb(nonces.orphaned_allocations, self.chain):
+        for sub in orphaned:
             if sub.sender != self.adapter.sender():
                 continue
             await fill_gap(self.app, None, self.adapter, int(sub.nonce))
@@ -204,7 +211,7 @@ class Tracker:
             if receipt is not None:
                 canonical = await self.app.adb(headers.is_canonical, self.chain, receipt.block_hash)
                 if canonical:
-                    await self.app.adb(_store_block, self.chain, None, [(sub.id, receipt)], self.app.clock.time())
+                    await self.app.adb(_store_receipts, [(sub.id, receipt)], self.app.clock.time())
                 return  # mined in a block we have not stored yet: the next heads will tell
         await self.app.adb(_fail_foreign, sub.id, int(sub.nonce), self.app.clock.time())
 
@@ -223,26 +230,65 @@ class Tracker:
 # --- SQL used only by the tracker ---------------------------------------------------
 
 
-def _match(conn: sa.Connection, chain: str, hashes: list[str]) -> list[tuple[int, str]]:
-    out: list[tuple[int, str]] = []
+@dataclass
+class _View:
+    matches: list[tuple[int, str, str]]  # (submission, tx hash, finality policy JSON)
+    included: list[tuple[int, str, int]]  # (submission, finality policy JSON, block number)
+    stuck: list[Any]
+    orphaned: list[Any]
+
+
+def _view(conn: sa.Connection, chain: str, hashes: list[str], older_than: int, limit: int) -> _View:
+    """Everything one head needs to know from the database, in one read transaction."""
+    matches: list[tuple[int, str, str]] = []
     for i in range(0, len(hashes), 500):
         chunk = [h.lower() for h in hashes[i : i + 500]]
-        out.extend(
-            (int(r.submission_id), r.tx_hash)
+        matches.extend(
+            (int(r.submission_id), r.tx_hash, r.finality)
             for r in conn.execute(
-                sa.select(tx_attempts.c.submission_id, tx_attempts.c.tx_hash)
+                sa.select(tx_attempts.c.submission_id, tx_attempts.c.tx_hash, submissions.c.finality)
                 .join(submissions, submissions.c.id == tx_attempts.c.submission_id)
                 .where(tx_attempts.c.chain == chain, tx_attempts.c.tx_hash.in_(chunk),
                        submissions.c.state.in_(OPEN))
             )
         )
-    return out
+    included = [
+        (int(r.id), r.finality, int(r.block_number))
+        for r in conn.execute(
+            sa.select(submissions.c.id, submissions.c.finality, submissions.c.block_number)
+            .where(submissions.c.chain == chain, submissions.c.state == "included")
+        )
+    ]
+    stuck = list(conn.execute(
+        sa.select(submissions)
+        .where(submissions.c.chain == chain, submissions.c.state.in_(OPEN),
+               submissions.c.last_broadcast_block <= older_than)
+        .order_by(submissions.c.nonce)
+        .limit(limit)
+    ))
+    return _View(matches, included, stuck, nonces.orphaned_allocations(conn, chain))
 
 
-def _store_block(conn: sa.Connection, chain: str, h: Header | None, receipts: list[tuple[int, Receipt]],
-                 now: float) -> None:
-    if h is not None:
+def _commit_head(conn: sa.Connection, chain: str, new: list[Header], receipts: list[tuple[int, Receipt]],
+                 ready: list[int], head: int, window: int, now: float) -> None:
+    """Everything one head changes, in one write transaction."""
+    for h in new:
         headers.add(conn, chain, h)
+    _store_receipts(conn, receipts, now)
+    if ready:
+        _finalise(conn, ready, now)
+    # broadcast but not yet seen by the tracker: start its re-broadcast clock now
+    conn.execute(
+        submissions.update()
+        .where(submissions.c.chain == chain, submissions.c.state.in_(OPEN),
+               submissions.c.last_broadcast_block.is_(None))
+        .values(last_broadcast_block=head)
+    )
+    if window:
+        headers.prune(conn, chain, head - window)
+
+
+def _store_receipts(conn: sa.Connection, receipts: list[tuple[int, Receipt]], now: float) -> None:
     for sub_id, r in receipts:
         conn.execute(
             submissions.update()
@@ -258,13 +304,6 @@ def _receipt_dict(r: Receipt) -> dict[str, Any]:
     return dataclasses.asdict(r)
 
 
-def _included(conn: sa.Connection, chain: str) -> list[sa.Row[Any]]:
-    return list(conn.execute(
-        sa.select(submissions.c.id, submissions.c.finality, submissions.c.block_number)
-        .where(submissions.c.chain == chain, submissions.c.state == "included")
-    ))
-
-
 def _finalise(conn: sa.Connection, ids: list[int], now: float) -> None:
     rows = list(conn.execute(sa.select(submissions.c.id, submissions.c.run_id).where(submissions.c.id.in_(ids))))
     conn.execute(submissions.update().where(submissions.c.id.in_(ids), submissions.c.state == "included")
@@ -272,23 +311,6 @@ def _finalise(conn: sa.Connection, ids: list[int], now: float) -> None:
     for r in rows:
         if r.run_id:
             store.insert_signal(conn, r.run_id, event_name(int(r.id)), "null", now)
-
-
-def _stuck(conn: sa.Connection, chain: str, older_than: int, limit: int) -> list[sa.Row[Any]]:
-    # last_broadcast_block NULL: broadcast but not yet seen by the tracker; start its clock
-    conn.execute(
-        submissions.update()
-        .where(submissions.c.chain == chain, submissions.c.state.in_(OPEN),
-               submissions.c.last_broadcast_block.is_(None))
-        .values(last_broadcast_block=older_than + 1)
-    )
-    return list(conn.execute(
-        sa.select(submissions)
-        .where(submissions.c.chain == chain, submissions.c.state.in_(OPEN),
-               submissions.c.last_broadcast_block <= older_than)
-        .order_by(submissions.c.nonce)
-        .limit(limit)
-    ))
 
 
 def _touch(conn: sa.Connection, sub_id: int, head: int) -> None:
