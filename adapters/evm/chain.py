@@ -1,41 +1,70 @@
 """``EvmChain``: chainflow's ``ChainAdapter`` for any EVM JSON-RPC node.
 
-Stateless towards the engine: it remembers only caches that are safe to lose (chain
-id, contract ABIs seen in ``prepare`` for decoding logs and reverts).
+Stateless towards the engine: it keeps only caches that are safe to lose (the chain
+id, whether the chain has a base fee, ABIs seen in ``prepare``).  Every durable
+decision (nonces, which bytes to re-send, when to bump) belongs to the engine; this
+class answers questions and signs what it is told to sign.
 """
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from eth_utils import is_address, to_checksum_address
-from web3 import AsyncHTTPProvider, Web3
-from web3._utils.events import get_event_data
-from web3.contract.base_contract import BaseContractFunction
+from eth_utils import to_checksum_address
 
-from chainflow.adapter import BroadcastOutcome, BroadcastResult, Header, Receipt, SignedTx, TxRejected
+from chainflow.adapter import (
+    BroadcastOutcome,
+    BroadcastResult,
+    Header,
+    Receipt,
+    SignedTx,
+)
 
 from . import fees as fee_market
-from .errors import classify, revert_reason
-from .rpc import Rpc, RpcError, TransportError
+from .abi import AbiRegistry
+from .classify import classify
+from .errors import (
+    ChainIdMismatch,
+    RpcError,
+    RpcUnavailable,
+    SignerError,
+    TxInvalid,
+    TxReverted,
+)
+from .request import prepare as prepare_request
+from .revert import decode_revert, is_revert, revert_data
+from .rpc import Rpc, RpcTarget
 from .signer import Signer
+from .values import hex_lower, quantity
 
-_CODEC = Web3().codec
-
-
-def _int(value: Any) -> int:
-    return int(value, 16) if isinstance(value, str) else int(value)
+GAP_FILL_GAS = 21_000
+FINALITY_TAGS = frozenset({"finalized", "safe"})
 
 
-def _header(block: dict[str, Any]) -> Header:
-    return Header(_int(block["number"]), block["hash"].lower(), block["parentHash"].lower(), _int(block["timestamp"]))
+def _header(block: Mapping[str, Any]) -> Header:
+    return Header(
+        number=quantity(block["number"]),
+        hash=hex_lower(block["hash"]),
+        parent_hash=hex_lower(block["parentHash"]),
+        timestamp=quantity(block["timestamp"]),
+    )
 
 
 class EvmChain:
+    """Talks to one EVM chain through one node, submitting from one signer.
+
+    ``rpc`` is a URL (an ``AsyncHTTPProvider`` is built, without web3's automatic
+    retries) or any web3 provider / ``Web3`` / ``AsyncWeb3``.  ``abis`` are contract
+    ABIs whose events and custom errors receipts should decode even in a process that
+    never prepared a call to them (a tracker on another host, a worker after restart).
+    """
+
     def __init__(
         self,
         name: str,
-        rpc: str | AsyncHTTPProvider,
+        rpc: RpcTarget,
         signer: Signer,
         *,
         chain_id: int | None = None,
@@ -43,190 +72,194 @@ class EvmChain:
         priority_fee: int | None = None,
         fee_history_blocks: int = 10,
         timeout: float = 10.0,
-        abis: list[list[dict[str, Any]]] | None = None,
+        abis: Iterable[Sequence[Mapping[str, Any]]] | None = None,
     ) -> None:
-        if not name:
-            raise ValueError("EvmChain needs a non-empty name")
+        if not isinstance(name, str) or not name:
+            raise ValueError("EvmChain needs a non-empty name: it keys the engine's nonce table")
+        if not hasattr(signer, "address") or not callable(getattr(signer, "sign_transaction", None)):
+            raise TypeError("signer must provide .address and .sign_transaction(tx)")
+        if gas_headroom < 1:
+            raise ValueError(f"gas_headroom must be at least 1.0, got {gas_headroom!r}")
+        if chain_id is not None and (not isinstance(chain_id, int) or chain_id <= 0):
+            raise ValueError(f"chain_id must be a positive int, got {chain_id!r}")
+        if timeout <= 0:
+            raise ValueError("timeout must be positive")
         self.name = name
-        self.rpc = Rpc(rpc, timeout)
         self.signer = signer
-        self._chain_id = chain_id
-        self._headroom = int(round(gas_headroom * 1000))
-        self._priority = priority_fee
-        self._history_blocks = fee_history_blocks
-        self._events: dict[str, dict[str, Any]] = {}  # topic0 -> event ABI
-        for abi in abis or []:
-            self._learn(abi)
+        self.rpc = Rpc(rpc, timeout=timeout)
+        self.abis = AbiRegistry()
+        self.abis.learn_all(abis or [])
+        self._configured_chain_id = chain_id
+        self._chain_id: int | None = None
+        self._headroom_permille = round(gas_headroom * 1000)
+        self._fees = fee_market.FeeMarket(self.rpc, history_blocks=fee_history_blocks, priority_fee=priority_fee)
 
     def __repr__(self) -> str:
-        return f"EvmChain({self.name!r}, sender={self.signer.address})"
+        return f"EvmChain({self.name!r}, sender={self.signer.address}, rpc={self.rpc!r})"
 
-    # --- requests -------------------------------------------------------------
+    # --- requests ---------------------------------------------------------------
 
     def sender(self) -> str:
-        return self.signer.address
-
-    def _learn(self, abi: list[dict[str, Any]]) -> None:
-        from eth_utils import event_abi_to_log_topic
-
-        for item in abi:
-            if item.get("type") == "event" and not item.get("anonymous"):
-                self._events["0x" + event_abi_to_log_topic(item).hex()] = item  # type: ignore[arg-type]
+        return to_checksum_address(self.signer.address)
 
     def prepare(self, tx: Any) -> dict[str, Any]:
-        if isinstance(tx, BaseContractFunction):
-            if not tx.address:
-                raise ValueError("contract call has no address: build it from a deployed contract")
-            self._learn(list(tx.contract_abi))
-            return {"to": to_checksum_address(tx.address), "value": 0, "data": tx._encode_transaction_data(),
-                    "gas": None}
-        if not isinstance(tx, dict):
-            raise ValueError(f"tx must be a contract call or a dict with 'to', got {type(tx).__name__}")
-        unknown = set(tx) - {"to", "value", "data", "gas"}
-        if unknown:
-            raise ValueError(f"tx has unsupported field(s) {sorted(unknown)}")
-        to = tx.get("to")
-        if not isinstance(to, str) or not is_address(to):
-            raise ValueError(f"tx field 'to' is not an address: {to!r}")
-        value = tx.get("value", 0)
-        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-            raise ValueError(f"tx field 'value' must be a non-negative int number of wei, got {value!r}")
-        data = tx.get("data", "0x")
-        if isinstance(data, bytes):
-            data = "0x" + data.hex()
-        if not isinstance(data, str) or not data.startswith("0x"):
-            raise ValueError("tx field 'data' must be 0x-prefixed hex or bytes")
-        gas = tx.get("gas")
-        if gas is not None and (not isinstance(gas, int) or gas <= 0):
-            raise ValueError(f"tx field 'gas' must be a positive int, got {gas!r}")
-        return {"to": to_checksum_address(to), "value": value, "data": data, "gas": gas}
+        return prepare_request(tx, self.abis)
 
-    def _call_params(self, request: dict[str, Any]) -> dict[str, Any]:
-        return {"from": self.sender(), "to": request["to"], "value": hex(request["value"]), "data": request["data"]}
+    def gap_filler(self, sender: str) -> dict[str, Any]:
+        return {"to": to_checksum_address(sender), "value": 0, "data": "0x", "gas": GAP_FILL_GAS,
+                "contract": None, "abi_ref": None}
+
+    def _call_object(self, request: Mapping[str, Any]) -> dict[str, Any]:
+        return {"from": self.sender(), "to": request["to"], "value": hex(int(request["value"])),
+                "data": request["data"]}
 
     async def estimate(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Raises ``TxReverted`` (with the decoded reason) when the call reverts now."""
         if request.get("gas"):
             return request
         try:
-            gas = _int(await self.rpc.call("eth_estimateGas", self._call_params(request)))
+            gas = quantity(await self.rpc.call("eth_estimateGas", self._call_object(request)))
         except RpcError as exc:
-            if exc.code == 3 or "revert" in exc.message.lower():
-                raise TxRejected(revert_reason(exc.data, exc.message)) from None
+            if is_revert(exc.code, exc.message):
+                data = revert_data(exc.data)
+                raise TxReverted(decode_revert(data, exc.message, self.abis),
+                                 data=None if data is None else "0x" + data.hex()) from None
             if "insufficient funds" in exc.message.lower():
-                raise TxRejected(exc.message, reverted=False) from None
+                raise TxInvalid(exc.message) from None
             raise
-        return {**request, "gas": gas * self._headroom // 1000}
+        return {**request, "gas": -(-gas * self._headroom_permille // 1000)}
 
-    def gap_filler(self, sender: str) -> dict[str, Any]:
-        return {"to": to_checksum_address(sender), "value": 0, "data": "0x", "gas": 21_000}
-
-    # --- signing and sending --------------------------------------------------
+    # --- signing and sending ----------------------------------------------------
 
     async def chain_id(self) -> int:
+        """The node's chain id, checked once against the configured one."""
         if self._chain_id is None:
-            self._chain_id = _int(await self.rpc.call("eth_chainId"))
+            actual = quantity(await self.rpc.call("eth_chainId"))
+            if self._configured_chain_id is not None and actual != self._configured_chain_id:
+                raise ChainIdMismatch(self.name, self._configured_chain_id, actual)
+            self._chain_id = actual
         return self._chain_id
 
     async def sign(self, request: dict[str, Any], nonce: int, fees: dict[str, int] | None) -> SignedTx:
+        """Signs exactly ``fees`` when given (a replacement); prices the market otherwise."""
+        if not isinstance(nonce, int) or isinstance(nonce, bool) or nonce < 0:
+            raise ValueError(f"nonce must be a non-negative int, got {nonce!r}")
         if not request.get("gas"):
             request = await self.estimate(request)
-        if fees is None:
-            fees = await fee_market.price(self.rpc, blocks=self._history_blocks, priority=self._priority)
+        fees = dict(fees) if fees is not None else await self._fees.quote()
         tx: dict[str, Any] = {
-            "to": request["to"], "value": request["value"], "data": request["data"], "gas": request["gas"],
-            "nonce": nonce, "chainId": await self.chain_id(),
+            "to": to_checksum_address(request["to"]),
+            "value": int(request["value"]),
+            "data": request["data"],
+            "gas": int(request["gas"]),
+            "nonce": nonce,
+            "chainId": await self.chain_id(),
         }
         if "gas_price" in fees:
-            tx["gasPrice"] = fees["gas_price"]
+            tx["gasPrice"] = int(fees["gas_price"])
         else:
-            tx.update(type=2, maxFeePerGas=fees["max_fee_per_gas"],
-                      maxPriorityFeePerGas=fees["max_priority_fee_per_gas"])
+            tx.update(type=2, maxFeePerGas=int(fees["max_fee_per_gas"]),
+                      maxPriorityFeePerGas=int(fees["max_priority_fee_per_gas"]))
         try:
-            raw, tx_hash = self.signer.sign_transaction(tx)
-        except (TypeError, ValueError) as exc:
-            raise TxRejected(f"cannot sign: {type(exc).__name__}: {exc}", reverted=False) from None
-        return SignedTx(raw, tx_hash.lower(), dict(fees))
+            signed = self.signer.sign_transaction(tx)
+            raw, tx_hash = await signed if inspect.isawaitable(signed) else signed
+        except SignerError as exc:
+            raise TxInvalid(str(exc)) from None
+        return SignedTx(bytes(raw), hex_lower(tx_hash), {k: int(v) for k, v in fees.items()})
 
     def bump_fees(self, fees: dict[str, int], factor: float) -> dict[str, int]:
         return fee_market.bump(fees, factor)
 
     async def broadcast(self, raw: bytes) -> BroadcastResult:
         try:
-            await self.rpc.call("eth_sendRawTransaction", "0x" + raw.hex())
+            await self.rpc.call("eth_sendRawTransaction", "0x" + bytes(raw).hex())
         except RpcError as exc:
             return BroadcastResult(classify(exc.message), exc.message)
-        except TransportError as exc:
+        except RpcUnavailable as exc:
             return BroadcastResult(BroadcastOutcome.UNKNOWN, str(exc))
         return BroadcastResult(BroadcastOutcome.ACCEPTED)
 
-    # --- reading --------------------------------------------------------------
+    # --- reading ----------------------------------------------------------------
 
     async def receipt(self, tx_hash: str) -> Receipt | None:
         raw = await self.rpc.call("eth_getTransactionReceipt", tx_hash)
-        if not raw or raw.get("blockHash") is None:
+        if not raw or raw.get("blockHash") is None or raw.get("blockNumber") is None:
             return None
-        tx = await self.rpc.call("eth_getTransactionByHash", tx_hash) or {}
-        status = _int(raw.get("status", "0x1"))
-        gas_used = _int(raw["gasUsed"])
-        price = _int(raw.get("effectiveGasPrice") or tx.get("gasPrice") or 0)
-        reason = await self._revert_reason(tx, raw["blockNumber"]) if status == 0 and tx else None
+        tx = await self.rpc.call("eth_getTransactionByHash", tx_hash)
+        if not tx or tx.get("blockHash") is None:
+            return None  # reorged out between the two calls: ask again later
+        status = quantity(raw.get("status", 1))
+        gas_used = quantity(raw["gasUsed"])
+        price = quantity(raw.get("effectiveGasPrice") or tx.get("gasPrice") or 0)
+        # OP-stack rollups charge the L1 data fee on top and report it in the receipt
+        l1_fee = quantity(raw["l1Fee"]) if raw.get("l1Fee") is not None else 0
+        reason = await self._revert_reason(tx, raw["blockNumber"]) if status == 0 else None
         return Receipt(
-            tx_hash=raw["transactionHash"].lower(), block_number=_int(raw["blockNumber"]),
-            block_hash=raw["blockHash"].lower(), status=status, gas_used=gas_used,
-            effective_fee=gas_used * price, nonce=_int(tx.get("nonce", 0)),
-            logs=[self._decode_log(log) for log in raw.get("logs", [])], revert_reason=reason,
+            tx_hash=hex_lower(raw["transactionHash"]),
+            block_number=quantity(raw["blockNumber"]),
+            block_hash=hex_lower(raw["blockHash"]),
+            status=status,
+            gas_used=gas_used,
+            effective_fee=gas_used * price + l1_fee,
+            nonce=quantity(tx["nonce"]),
+            logs=[self.abis.decode_log(log) for log in raw.get("logs") or []],
+            revert_reason=reason,
         )
 
-    async def _revert_reason(self, tx: dict[str, Any], block: str) -> str:
-        params = {"from": tx.get("from"), "to": tx.get("to"), "value": tx.get("value", "0x0"),
-                  "data": tx.get("input", "0x"), "gas": tx.get("gas")}
-        try:
-            await self.rpc.call("eth_call", params, block)
-        except RpcError as exc:
-            return revert_reason(exc.data, exc.message)
-        return "reverted (the call succeeds when replayed; likely out of gas)"
+    async def _revert_reason(self, tx: Mapping[str, Any], block_number: Any) -> str:
+        """Replays the call against the state at the end of its block (eth_call).
 
-    def _decode_log(self, log: dict[str, Any]) -> dict[str, Any]:
-        topics = log.get("topics") or []
-        event = self._events.get(topics[0].lower()) if topics else None
-        base = {"address": log.get("address"), "log_index": _int(log.get("logIndex", "0x0"))}
-        if event is not None:
-            try:
-                decoded = get_event_data(_CODEC, event, {**log, "topics": [bytes.fromhex(t[2:]) for t in topics],
-                                                         "data": bytes.fromhex(log["data"][2:])})
-                args = {k: ("0x" + v.hex() if isinstance(v, bytes) else v) for k, v in decoded["args"].items()}
-                return {**base, "event": decoded["event"], "args": args}
-            except Exception:  # noqa: BLE001 - an ABI mismatch leaves the log raw
-                pass
-        return {**base, "topics": [t.lower() for t in topics], "data": log.get("data")}
+        Approximate by nature: the tx ran mid-block, so a transaction later in the same
+        block can change the outcome.  Node answers other than a revert (pruned state,
+        unsupported) yield a note instead of an error, because the receipt is journaled.
+        """
+        call = {"from": tx.get("from"), "to": tx.get("to"), "value": tx.get("value", "0x0"),
+                "data": tx.get("input", tx.get("data", "0x")), "gas": tx.get("gas")}
+        block = block_number if isinstance(block_number, str) else hex(block_number)
+        try:
+            await self.rpc.call("eth_call", {k: v for k, v in call.items() if v is not None}, block)
+        except RpcError as exc:
+            if is_revert(exc.code, exc.message):
+                return decode_revert(revert_data(exc.data), exc.message, self.abis)
+            return f"reverted (replay failed: {exc.message})"
+        return "reverted (the call succeeds when replayed; likely out of gas or state-dependent)"
 
     async def in_mempool(self, tx_hash: str) -> bool:
         tx = await self.rpc.call("eth_getTransactionByHash", tx_hash)
-        return bool(tx) and tx.get("blockNumber") is None
+        return bool(tx) and tx.get("blockHash") is None
 
     async def pending_nonce(self, sender: str) -> int:
-        return _int(await self.rpc.call("eth_getTransactionCount", sender, "pending"))
+        return quantity(await self.rpc.call("eth_getTransactionCount", to_checksum_address(sender), "pending"))
 
     async def latest_nonce(self, sender: str) -> int:
-        return _int(await self.rpc.call("eth_getTransactionCount", sender, "latest"))
+        return quantity(await self.rpc.call("eth_getTransactionCount", to_checksum_address(sender), "latest"))
 
     async def head(self) -> Header:
-        return _header(await self.rpc.call("eth_getBlockByNumber", "latest", False))
+        block = await self.rpc.call("eth_getBlockByNumber", "latest", False)
+        if not block:
+            raise RpcError("eth_getBlockByNumber", 0, "node returned no latest block")
+        return _header(block)
 
     async def header_at(self, number: int) -> Header | None:
+        if number < 0:
+            return None
         block = await self.rpc.call("eth_getBlockByNumber", hex(number), False)
         return _header(block) if block else None
 
     async def block_tx_hashes(self, block_hash: str) -> list[str]:
         block = await self.rpc.call("eth_getBlockByHash", block_hash, False)
-        return [h.lower() for h in block["transactions"]] if block else []
+        if not block:
+            return []
+        return [hex_lower(t if isinstance(t, (str, bytes)) else t["hash"]) for t in block.get("transactions") or []]
 
     async def tagged_number(self, tag: str) -> int | None:
+        if tag not in FINALITY_TAGS:
+            raise ValueError(f"unknown finality tag {tag!r}; expected one of {sorted(FINALITY_TAGS)}")
         try:
             block = await self.rpc.call("eth_getBlockByNumber", tag, False)
         except RpcError:
-            return None
-        return _int(block["number"]) if block else None
+            return None  # pre-merge nodes reject the tag
+        return quantity(block["number"]) if block else None
 
     async def aclose(self) -> None:
         await self.rpc.aclose()

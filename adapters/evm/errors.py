@@ -1,48 +1,81 @@
-"""Reading what a node says: revert reasons and broadcast answers."""
+"""Exceptions the EVM adapter raises on purpose.
+
+The engine core never imports web3, so everything it must *recognise* derives from a
+core type: a transaction that can never succeed is a ``chainflow.adapter.TxRejected``
+(the core turns it into ``TxRevertedError`` / ``SubmissionFailedError`` naming the
+step), a misconfigured chain is a ``chainflow.errors.ConfigurationError``.  Transport
+and node errors are deliberately *not* ``ValueError``s: the core treats ``ValueError``
+as "bad user input" and fails the step for good, whereas a timeout must be retried.
+"""
 
 from __future__ import annotations
 
-from typing import Any
-
-from eth_abi import decode
-
-from chainflow.adapter import BroadcastOutcome
-
-_ERROR_SELECTOR = "08c379a0"  # Error(string)
-_PANIC_SELECTOR = "4e487b71"  # Panic(uint256)
-
-# node error text (geth, anvil/reth, nethermind, erigon) -> what it means for us
-_PATTERNS: list[tuple[tuple[str, ...], BroadcastOutcome]] = [
-    (("already known", "known transaction", "already imported", "alreadyknown", "already exists"),
-     BroadcastOutcome.ALREADY_KNOWN),
-    (("nonce too low", "noncetoolow", "nonce has already been used", "old nonce", "invalid nonce"),
-     BroadcastOutcome.NONCE_TOO_LOW),
-    (("underpriced", "fee too low", "max fee per gas less than block base fee", "feecap too low",
-      "fee cap less than block base fee", "replacement fee too low"),
-     BroadcastOutcome.UNDERPRICED),
-]
+from chainflow.adapter import TxRejected
+from chainflow.errors import ConfigurationError
 
 
-def classify(message: str) -> BroadcastOutcome:
-    text = message.lower()
-    for needles, outcome in _PATTERNS:
-        if any(n in text for n in needles):
-            return outcome
-    return BroadcastOutcome.REJECTED
+class EvmAdapterError(Exception):
+    """Base of the adapter's own (non-core) errors."""
 
 
-def revert_reason(data: Any, message: str = "") -> str:
-    """A readable reason from revert data (Error(string), Panic(uint256)) or the message."""
-    hexdata = data.get("data") if isinstance(data, dict) else data
-    if isinstance(hexdata, str) and hexdata.startswith("0x") and len(hexdata) >= 10:
-        selector, body = hexdata[2:10], bytes.fromhex(hexdata[10:])
-        try:
-            if selector == _ERROR_SELECTOR:
-                return str(decode(["string"], body)[0])
-            if selector == _PANIC_SELECTOR:
-                return f"panic 0x{decode(['uint256'], body)[0]:02x}"
-        except Exception:  # undecodable payload: fall through to the raw data
-            pass
-        return f"custom error 0x{selector} ({hexdata})"
-    prefix = "execution reverted: "
-    return message[len(prefix):] if message.startswith(prefix) else (message or "reverted without a reason")
+class RpcError(EvmAdapterError):
+    """The node answered a call with a JSON-RPC error object."""
+
+    def __init__(self, method: str, code: int, message: str, data: object = None) -> None:
+        super().__init__(f"{method}: {message} (code {code})")
+        self.method = method
+        self.code = code
+        self.message = message
+        self.data = data
+
+
+class RpcUnavailable(EvmAdapterError, ConnectionError):
+    """No usable answer (timeout, refused or dropped connection, unreadable body).
+
+    A ``ConnectionError`` so generic retry code treats it as transient; the node may or
+    may not have acted on the request.
+    """
+
+    def __init__(self, method: str, detail: str) -> None:
+        super().__init__(f"{method}: {detail}")
+        self.method = method
+        self.detail = detail
+
+
+class TxReverted(TxRejected):
+    """The call reverts when estimated: it would burn gas for nothing if sent.
+
+    ``data`` keeps the raw revert payload (0x-hex or None) for custom-error decoding by
+    callers that know more ABIs than the adapter.
+    """
+
+    def __init__(self, reason: str, *, data: str | None = None) -> None:
+        super().__init__(reason, reverted=True)
+        self.data = data
+
+
+class TxInvalid(TxRejected):
+    """The node or the signer refuses the transaction for a reason other than a revert
+    (insufficient funds at estimation, a field the signer cannot encode...)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason, reverted=False)
+
+
+class ChainIdMismatch(ConfigurationError):
+    """The node serves a different chain than the adapter was configured for: signing
+    would produce transactions every node of the intended chain rejects."""
+
+    def __init__(self, name: str, configured: int, actual: int) -> None:
+        super().__init__(f"chain {name!r} is configured with chain id {configured} but its node reports {actual}")
+        self.name = name
+        self.configured = configured
+        self.actual = actual
+
+
+class SignerError(ValueError):
+    """A signer could not be built (missing variable, bad key, wrong password).
+
+    The message names the source (environment variable, keystore path), never the
+    secret itself.
+    """

@@ -1,34 +1,89 @@
-"""Fee pricing: EIP-1559 from fee history, legacy gasPrice where there is no base fee.
-
-All arithmetic is on ints (wei); fees are never floats.
+"""Fee pricing: EIP-1559 from ``eth_feeHistory``, legacy ``gasPrice`` where blocks have
+no base fee.  All arithmetic is on ints (wei): fees are journaled and compared for
+replacement rules, where a float's rounding would be a bug.
 """
 
 from __future__ import annotations
 
+from fractions import Fraction
+from statistics import median_low
 from typing import Any
 
+from .errors import RpcError
 from .rpc import Rpc
+from .values import quantity
+
+#: Used only when the node offers no tip signal at all (no rewards, no
+#: eth_maxPriorityFeePerGas): the common mainnet default of wallets.
+DEFAULT_PRIORITY_FEE = 10**9
+REWARD_PERCENTILE = 50
 
 
-async def price(rpc: Rpc, *, blocks: int, priority: int | None) -> dict[str, int]:
-    pending = await rpc.call("eth_getBlockByNumber", "pending", False) or await rpc.call(
-        "eth_getBlockByNumber", "latest", False
-    )
-    base = pending.get("baseFeePerGas") if pending else None
-    if base is None:
-        return {"gas_price": int(await rpc.call("eth_gasPrice"), 16)}
-    history: dict[str, Any] = await rpc.call("eth_feeHistory", hex(blocks), "pending", [50])
-    next_base = int(history["baseFeePerGas"][-1], 16) if history.get("baseFeePerGas") else int(base, 16)
-    if priority is None:
-        rewards = [int(r[0], 16) for r in history.get("reward") or [] if r]
-        rewards.sort()
-        priority = rewards[len(rewards) // 2] if rewards else 10**9
-        priority = max(priority, 1)
-    # twice the next base fee survives six full blocks of +12.5% base fee growth
-    return {"max_fee_per_gas": 2 * next_base + priority, "max_priority_fee_per_gas": priority}
+class FeeMarket:
+    """Quotes fees for a new transaction.  Caches only whether the chain has a base fee
+    (London never switches off), so each quote costs one ``eth_feeHistory`` call."""
+
+    def __init__(self, rpc: Rpc, *, history_blocks: int, priority_fee: int | None) -> None:
+        if history_blocks < 1:
+            raise ValueError("fee_history_blocks must be at least 1")
+        if priority_fee is not None and (not isinstance(priority_fee, int) or isinstance(priority_fee, bool)
+                                         or priority_fee < 0):
+            raise ValueError("priority_fee must be a non-negative int number of wei")
+        self._rpc = rpc
+        self._blocks = history_blocks
+        self._priority = priority_fee
+        self._eip1559: bool | None = None
+
+    async def quote(self) -> dict[str, int]:
+        """``{"max_fee_per_gas", "max_priority_fee_per_gas"}`` or ``{"gas_price"}``.
+
+        The max fee is twice the pending block's base fee plus the tip: that survives six
+        consecutive full blocks (+12.5 % each) before the transaction stops being
+        includable, while only the actual base fee is ever paid.
+        """
+        if self._eip1559 is None:
+            latest = await self._rpc.call("eth_getBlockByNumber", "latest", False)
+            self._eip1559 = bool(latest) and latest.get("baseFeePerGas") is not None
+        if not self._eip1559:
+            return {"gas_price": quantity(await self._rpc.call("eth_gasPrice"))}
+        history: dict[str, Any] = await self._rpc.call(
+            "eth_feeHistory", hex(self._blocks), "latest", [REWARD_PERCENTILE]
+        ) or {}
+        base_fees = history.get("baseFeePerGas") or []
+        if base_fees:
+            next_base = quantity(base_fees[-1])  # the block after "latest": the pending one
+        else:  # nodes with an empty history (fresh chains, eth-tester)
+            latest = await self._rpc.call("eth_getBlockByNumber", "latest", False)
+            next_base = quantity(latest["baseFeePerGas"])
+        tip = await self._tip(history)
+        return {"max_fee_per_gas": 2 * next_base + tip, "max_priority_fee_per_gas": tip}
+
+    async def _tip(self, history: dict[str, Any]) -> int:
+        if self._priority is not None:
+            return self._priority
+        rewards = [quantity(r[0]) for r in history.get("reward") or [] if r]
+        paid = [r for r in rewards if r > 0]
+        if paid:  # empty blocks report 0: they say nothing about the going rate
+            return median_low(paid)
+        try:
+            return quantity(await self._rpc.call("eth_maxPriorityFeePerGas"))
+        except RpcError:
+            return DEFAULT_PRIORITY_FEE
 
 
 def bump(fees: dict[str, int], factor: float) -> dict[str, int]:
-    """Every field raised by at least ``factor`` (and at least 1 wei), rounded up."""
-    num, den = round(factor * 10_000), 10_000
-    return {k: max(v + 1, -(-v * num // den)) for k, v in fees.items()}
+    """Every field multiplied by ``factor`` rounded up, and raised by at least 1 wei.
+
+    The factor is taken as its decimal text (1.1 means exactly 11/10) so a float's binary
+    error never adds a wei, and nodes' "at least +10 %" checks hold exactly.
+    """
+    exact = Fraction(str(factor))
+    if exact < 1:
+        raise ValueError(f"bump factor must be at least 1, got {factor!r}")
+    out: dict[str, int] = {}
+    for key, value in fees.items():
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise ValueError(f"fee field {key!r} must be a non-negative int number of wei, got {value!r}")
+        scaled = value * exact
+        out[key] = max(value + 1, -(-scaled.numerator // scaled.denominator))
+    return out

@@ -1,0 +1,138 @@
+"""Contract ABIs the adapter has seen, indexed for decoding logs and custom errors.
+
+Only a cache: it is filled from ``EvmChain(abis=...)`` and from every contract call
+passed to ``prepare``.  A process that never ran ``prepare`` (a tracker leader on another
+host, a worker after a restart) decodes only what ``abis=`` taught it, which is why
+deployments should pass their contracts' ABIs there.
+
+Events are looked up by emitting address first, then by topic0: ERC-20 and ERC-721
+``Transfer`` share a topic0 but not their indexing, so a topic alone can pick the
+wrong ABI (a wrong candidate fails to decode and the next one is tried).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from eth_abi import decode as abi_decode
+from eth_utils import (
+    event_abi_to_log_topic,
+    function_abi_to_4byte_selector,
+    to_checksum_address,
+)
+from eth_utils.abi import abi_to_signature, get_abi_input_types
+from web3 import Web3
+from web3._utils.events import get_event_data
+
+from .values import plain
+
+_CODEC = Web3().codec
+Abi = Sequence[Mapping[str, Any]]
+
+
+def abi_ref(abi: Abi) -> str:
+    """Short content hash naming an ABI in journaled requests (for diagnostics)."""
+    canonical = json.dumps(list(abi), sort_keys=True, separators=(",", ":"), default=str)
+    return "abi:" + hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+class AbiRegistry:
+    def __init__(self) -> None:
+        self._by_address: dict[str, dict[str, list[dict[str, Any]]]] = {}  # address -> topic0 -> events
+        self._by_topic: dict[str, list[dict[str, Any]]] = {}
+        self._errors: dict[str, dict[str, Any]] = {}  # 0x-selector -> error ABI
+        self._seen: set[str] = set()
+
+    def learn(self, abi: Abi, address: str | None = None) -> str:
+        """Index ``abi`` (optionally as the ABI of ``address``); returns its ``abi_ref``."""
+        ref = abi_ref(abi)
+        key = f"{ref}@{address.lower() if address else ''}"
+        if key in self._seen:
+            return ref
+        self._seen.add(key)
+        for item in abi:
+            if item.get("type") == "event" and not item.get("anonymous"):
+                topic = "0x" + event_abi_to_log_topic(dict(item)).hex()  # type: ignore[arg-type]
+                _add(self._by_topic.setdefault(topic, []), dict(item))
+                if address:
+                    _add(self._by_address.setdefault(address.lower(), {}).setdefault(topic, []), dict(item))
+            elif item.get("type") == "error":
+                selector = "0x" + function_abi_to_4byte_selector(dict(item)).hex()  # type: ignore[arg-type]
+                self._errors.setdefault(selector, dict(item))
+        return ref
+
+    def learn_all(self, abis: Iterable[Abi]) -> None:
+        for abi in abis:
+            self.learn(abi)
+
+    def decode_log(self, log: Mapping[str, Any]) -> dict[str, Any]:
+        """``{"event", "args", "address", "log_index"}`` when an ABI fits, else the raw
+        ``topics`` and ``data`` (lowercase hex) with ``address`` and ``log_index``."""
+        topics = [str(t).lower() for t in log.get("topics") or []]
+        address = to_checksum_address(log["address"])
+        log_index = _quantity(log.get("logIndex", 0))
+        base: dict[str, Any] = {"address": address, "log_index": log_index}
+        data_hex = str(log.get("data") or "0x").lower()
+        if topics:
+            own = self._by_address.get(address.lower(), {}).get(topics[0], [])
+            for event in [*own, *self._by_topic.get(topics[0], [])]:
+                decoded = _try_decode(event, topics, data_hex, address, log_index)
+                if decoded is not None:
+                    return {"event": decoded[0], "args": decoded[1], **base}
+        return {**base, "topics": topics, "data": data_hex}
+
+    def custom_error(self, data: bytes) -> str | None:
+        """``Name(arg, ...)`` for revert data matching a known custom error."""
+        error = self._errors.get("0x" + data[:4].hex())
+        if error is None:
+            return None
+        types = get_abi_input_types(error)  # type: ignore[arg-type]
+        try:
+            values = abi_decode(types, data[4:])
+        except Exception:  # noqa: BLE001 - payload does not match the ABI: caller shows raw data
+            return None
+        shown = [to_checksum_address(v) if t == "address" else plain(v) for t, v in zip(types, values)]
+        return f"{error['name']}(" + ", ".join(_show(v) for v in shown) + ")"
+
+
+def _show(value: Any) -> str:
+    return repr(value) if isinstance(value, str) and not value.startswith("0x") else str(value)
+
+
+def _shape(event: Mapping[str, Any]) -> tuple[str, tuple[bool, ...]]:
+    return abi_to_signature(event), tuple(bool(i.get("indexed")) for i in event.get("inputs", []))  # type: ignore[arg-type]
+
+
+def _add(bucket: list[dict[str, Any]], event: dict[str, Any]) -> None:
+    if _shape(event) not in {_shape(e) for e in bucket}:
+        bucket.append(event)
+
+
+def _quantity(value: Any) -> int:
+    return int(value, 16) if isinstance(value, str) else int(value)
+
+
+def _try_decode(
+    event: dict[str, Any], topics: list[str], data_hex: str, address: str, log_index: int
+) -> tuple[str, dict[str, Any]] | None:
+    try:
+        decoded = get_event_data(
+            _CODEC,
+            event,
+            {
+                "topics": [bytes.fromhex(t[2:]) for t in topics],
+                "data": bytes.fromhex(data_hex[2:]),
+                "address": address,
+                "logIndex": log_index,
+                "transactionIndex": 0,
+                "transactionHash": b"",
+                "blockHash": b"",
+                "blockNumber": 0,
+            },
+        )
+    except Exception:  # noqa: BLE001 - ABI does not fit this log: try the next candidate
+        return None
+    return str(decoded["event"]), {str(k): plain(v) for k, v in decoded["args"].items()}

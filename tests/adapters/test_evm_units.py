@@ -1,0 +1,191 @@
+"""Node-free parts of the EVM adapter: classification, fee bumps, request validation,
+revert and log decoding."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from eth_abi import encode as abi_encode
+from eth_account import Account
+from eth_utils import event_signature_to_log_topic, function_signature_to_4byte_selector
+from web3 import Web3
+
+from adapters.evm import EvmChain, LocalSigner
+from adapters.evm.abi import AbiRegistry
+from adapters.evm.classify import classify
+from adapters.evm.fees import bump
+from adapters.evm.revert import decode_revert, revert_data
+from chainflow import codec
+from chainflow.adapter import BroadcastOutcome
+from devnet import load_token_artifact
+
+K = BroadcastOutcome
+
+
+@pytest.mark.parametrize(
+    ("message", "outcome"),
+    [
+        # geth / erigon / the in-process devnet
+        ("already known", K.ALREADY_KNOWN),
+        ("nonce too low: address 0xf39f, tx: 0 state: 1", K.NONCE_TOO_LOW),
+        ("replacement transaction underpriced", K.UNDERPRICED),
+        ("transaction underpriced: tip needed 1, tip permitted 0", K.UNDERPRICED),
+        ("max fee per gas less than block base fee: address 0x1, maxFeePerGas: 1, baseFee: 7", K.UNDERPRICED),
+        ("insufficient funds for gas * price + value: address 0x1 have 0 want 1", K.REJECTED),
+        ("intrinsic gas too low", K.REJECTED),
+        ("invalid sender", K.REJECTED),
+        ("nonce too high", K.UNKNOWN),
+        ("txpool is full", K.UNKNOWN),
+        # anvil 1.x (checked against anvil 1.7.1)
+        ("transaction already imported", K.ALREADY_KNOWN),
+        ("nonce too low", K.NONCE_TOO_LOW),
+        ("Insufficient funds for gas * price + value", K.REJECTED),
+        ("invalid chain id for signer", K.REJECTED),
+        ("Failed to decode transaction", K.REJECTED),
+        # other clients and hosted providers
+        ("Known transaction", K.ALREADY_KNOWN),
+        ("AlreadyKnown", K.ALREADY_KNOWN),
+        ("NonceTooLow", K.NONCE_TOO_LOW),
+        ("NONCE_TOO_LOW", K.NONCE_TOO_LOW),
+        ("OldNonce", K.NONCE_TOO_LOW),
+        ("nonce has already been used", K.NONCE_TOO_LOW),
+        ("REPLACEMENT_UNDERPRICED", K.UNDERPRICED),
+        ("FeeTooLowToCompete", K.UNDERPRICED),
+        ("fee cap less than block base fee", K.UNDERPRICED),
+        ("NONCE_TOO_FAR_IN_FUTURE_FOR_SENDER", K.UNKNOWN),
+        ("daily request limit exceeded", K.UNKNOWN),
+        ("Too Many Requests", K.UNKNOWN),
+        # py-evm / eth-tester
+        ("Invalid transaction nonce: Expected 3, but got 2", K.NONCE_TOO_LOW),
+        ("Invalid transaction nonce: Expected 3, but got 9", K.UNKNOWN),
+    ],
+)
+def test_classify_node_answers(message: str, outcome: BroadcastOutcome) -> None:
+    assert classify(message) is outcome
+
+
+def test_bump_rounds_up_to_ints_and_always_raises() -> None:
+    fees = {"max_fee_per_gas": 1_000_000_001, "max_priority_fee_per_gas": 3}
+    bumped = bump(fees, 1.125)
+    assert bumped == {"max_fee_per_gas": 1_125_000_002, "max_priority_fee_per_gas": 4}
+    assert all(type(v) is int for v in bumped.values())
+    assert bump({"gas_price": 10}, 1.1) == {"gas_price": 11}  # 1.1 means 11/10, not 1.1000000000000000888
+    assert bump({"gas_price": 0}, 1.5) == {"gas_price": 1}
+    assert bump({"gas_price": 7}, 1) == {"gas_price": 8}  # a replacement must differ
+    for value in (1, 9, 10**9 + 7, 3 * 10**18 + 1):
+        out = bump({"f": value}, 1.1)["f"]
+        assert out * 10 >= value * 11 and (out - 1) * 10 < value * 11 or out == value + 1
+    with pytest.raises(ValueError, match="at least 1"):
+        bump(fees, 0.9)
+    with pytest.raises(ValueError, match="int number of wei"):
+        bump({"gas_price": 1.5}, 1.2)  # type: ignore[dict-item]
+
+
+@pytest.fixture
+def offline_chain() -> EvmChain:
+    """An adapter that is never asked to talk: prepare() is local."""
+    return EvmChain("offline", "http://127.0.0.1:9", LocalSigner.from_key(Account.create().key))
+
+
+GOOD = "0x70997970C51812dc3A010C7d01b50e0d17dc79C8"
+
+
+def test_prepare_plain_transfer(offline_chain: EvmChain) -> None:
+    request = offline_chain.prepare({"to": GOOD.lower(), "value": 10**30})
+    assert request == {"to": GOOD, "value": 10**30, "data": "0x", "gas": None, "contract": None, "abi_ref": None}
+    assert codec.roundtrip(request)[1] == request
+    raw = offline_chain.prepare({"to": GOOD, "data": b"\xde\xad", "gas": 50_000})
+    assert raw["data"] == "0xdead" and raw["gas"] == 50_000 and raw["value"] == 0
+
+
+@pytest.mark.parametrize(
+    ("tx", "match"),
+    [
+        ({"to": "0x1234", "value": 1}, "field 'to'"),
+        ({"to": "0x70997970c51812dc3a010c7d01b50e0d17dc79C8", "value": 1}, "field 'to'"),  # bad checksum
+        ({"value": 1}, "field 'to'"),
+        ({"to": GOOD, "value": -1}, "value must be an int number of wei"),
+        ({"to": GOOD, "value": 1.5}, "value must be an int number of wei"),
+        ({"to": GOOD, "value": True}, "value must be an int number of wei"),
+        ({"to": GOOD, "value": "1"}, "value must be an int number of wei"),
+        ({"to": GOOD, "value": 2**256}, "uint256"),
+        ({"to": GOOD, "data": "dead"}, "field 'data'"),
+        ({"to": GOOD, "data": "0xabc"}, "field 'data'"),
+        ({"to": GOOD, "gas": 100.0}, "field 'gas'"),
+        ({"to": GOOD, "gas": 20_000}, "field 'gas'"),
+        ({"to": GOOD, "nonce": 3}, "unsupported field"),
+    ],
+)
+def test_prepare_rejects_bad_input_naming_the_field(offline_chain: EvmChain, tx: dict[str, Any], match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        offline_chain.prepare(tx)
+
+
+def test_prepare_rejects_other_types(offline_chain: EvmChain) -> None:
+    with pytest.raises(ValueError, match="contract function call"):
+        offline_chain.prepare("0xdeadbeef")
+
+
+def test_prepare_contract_call_encodes_and_learns_the_abi(offline_chain: EvmChain) -> None:
+    token = Web3().eth.contract(address=Web3.to_checksum_address(GOOD), abi=load_token_artifact().abi)
+    request = offline_chain.prepare(token.functions.mint(GOOD, 5))
+    selector = "0x" + function_signature_to_4byte_selector("mint(address,uint256)").hex()
+    assert request["to"] == GOOD and request["value"] == 0 and request["gas"] is None
+    assert request["data"].startswith(selector) and request["contract"] == GOOD
+    assert codec.roundtrip(request)[1] == request
+    with pytest.raises(ValueError, match="no address"):
+        offline_chain.prepare(Web3().eth.contract(abi=load_token_artifact().abi).functions.mint(GOOD, 5))
+
+
+def _error_payload(reason: str) -> str:
+    return "0x08c379a0" + abi_encode(["string"], [reason]).hex()
+
+
+def test_revert_reasons() -> None:
+    assert decode_revert(revert_data(_error_payload("only minter"))) == "only minter"
+    panic = bytes.fromhex("4e487b71") + abi_encode(["uint256"], [0x11])
+    assert decode_revert(panic) == "panic 0x11 (arithmetic overflow or underflow)"
+    assert decode_revert(None, "execution reverted: cap exceeded") == "cap exceeded"
+    assert decode_revert(None, "execution reverted") == "reverted without a reason"
+    assert decode_revert(b"") == "reverted without a reason"
+    assert decode_revert(revert_data(_error_payload(""))) == "reverted with an empty reason"
+    assert decode_revert(bytes.fromhex("08c379a0") + b"\x01").startswith("custom error 0x08c379a0")  # malformed
+    assert revert_data({"data": _error_payload("x")}) is not None  # nested form
+    unknown = bytes.fromhex("deadbeef") + abi_encode(["uint256"], [7])
+    assert decode_revert(unknown).startswith("custom error 0xdeadbeef")
+
+    registry = AbiRegistry()
+    registry.learn([{"type": "error", "name": "Unauthorized",
+                     "inputs": [{"name": "who", "type": "address"}, {"name": "need", "type": "uint256"}]}])
+    custom = function_signature_to_4byte_selector("Unauthorized(address,uint256)") + abi_encode(
+        ["address", "uint256"], [GOOD, 3])
+    assert decode_revert(custom, abis=registry) == f"Unauthorized({GOOD}, 3)"
+
+
+def test_log_decoding_tells_same_topic_events_apart() -> None:
+    """ERC-20 and ERC-721 Transfer share topic0; the emitting contract's ABI wins, and a
+    non-fitting candidate falls through to the next."""
+    erc20 = load_token_artifact().abi
+    erc721 = [{"type": "event", "name": "Transfer", "anonymous": False, "inputs": [
+        {"name": "from", "type": "address", "indexed": True},
+        {"name": "to", "type": "address", "indexed": True},
+        {"name": "tokenId", "type": "uint256", "indexed": True}]}]
+    nft = "0x" + "22" * 20
+    registry = AbiRegistry()
+    registry.learn(erc20)
+    registry.learn(erc721, nft)
+    topic = "0x" + event_signature_to_log_topic("Transfer(address,address,uint256)").hex()
+    pad = "0x" + "00" * 12
+    a, b = pad + GOOD[2:].lower(), pad + "33" * 20
+    nft_log = {"address": nft, "topics": [topic, a, b, "0x" + (9).to_bytes(32, "big").hex()], "data": "0x",
+               "logIndex": "0x1"}
+    decoded = registry.decode_log(nft_log)
+    assert decoded["event"] == "Transfer" and decoded["args"]["tokenId"] == 9 and decoded["log_index"] == 1
+    erc20_log = {"address": "0x" + "44" * 20, "topics": [topic, a, b],
+                 "data": "0x" + (5).to_bytes(32, "big").hex(), "logIndex": 0}
+    assert registry.decode_log(erc20_log)["args"] == {"sender": GOOD, "receiver": Web3.to_checksum_address(
+        "0x" + "33" * 20), "value": 5}
+    unknown = {"address": "0x" + "55" * 20, "topics": ["0x" + "AB" * 32], "data": "0xFF", "logIndex": 2}
+    assert registry.decode_log(unknown) == {"address": Web3.to_checksum_address("0x" + "55" * 20), "log_index": 2,
+                                            "topics": ["0x" + "ab" * 32], "data": "0xff"}
