@@ -107,12 +107,22 @@ class Committer:
             self._conn = self._engine.connect()
         conn = self._conn
         with conn.begin():
-            for run_id in sorted(by_run):  # fixed lock order across workers
+            ours = store.fences_ok(conn, {rid: batch[ix[0]].fence for rid, ix in by_run.items()}, now)
+            entries: list[dict[str, Any]] = []
+            for run_id in sorted(by_run):
                 indexes = by_run[run_id]
-                if not store.fence_ok(conn, run_id, batch[indexes[0]].fence, now):
+                if run_id not in ours:
                     for i in indexes:
                         results[i] = LeaseLostError(run_id)
                     continue
                 for i in indexes:
-                    results[i] = [op(conn) for op in batch[i].ops]
+                    out: list[Any] = []
+                    for op in batch[i].ops:
+                        if isinstance(op, store.EntryInsert):
+                            entries.append(op.row)  # written below, all rows in one statement
+                            out.append(None)
+                        else:
+                            out.append(op(conn))
+                    results[i] = out
+            store.insert_entries(conn, entries)
         return results

@@ -323,10 +323,10 @@ class Context:
 
     def entry_op(self, slot: Slot, kind: str, status: str, output: str | None, error: str | None,
                   attempts: int, started: float | None, finished: float | None) -> Op:
-        values = dict(branch=slot.branch, position=slot.position, key=slot.key, kind=kind, status=status,
-                      output=output, error=error, attempts=attempts, started_at=started, finished_at=finished)
-        run_id = self.run_id
-        return lambda conn: store.insert_entry(conn, run_id, **values)
+        return store.EntryInsert(dict(
+            run_id=self.run_id, branch=slot.branch, position=slot.position, key=slot.key, kind=kind, status=status,
+            output=output, error=error, attempts=attempts, started_at=started, finished_at=finished,
+        ))
 
     # --- execution -------------------------------------------------------------
 

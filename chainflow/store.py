@@ -192,6 +192,34 @@ def fence_ok(conn: sa.Connection, run_id: str, fence: int, now: float) -> bool:
     return conn.execute(_FENCE, {"rid": run_id, "b_fence": fence, "now": now}).rowcount == 1
 
 
+def fences_ok(conn: sa.Connection, fences: dict[str, int], now: float) -> set[str]:
+    """``fence_ok`` for many runs in one statement; returns the runs still ours.
+    Rows are touched in id order, the same lock order in every worker."""
+    if len(fences) == 1:
+        (run_id, fence), = fences.items()
+        return {run_id} if fence_ok(conn, run_id, fence, now) else set()
+    stmt = (
+        runs.update()
+        .where(sa.tuple_(runs.c.id, runs.c.fence).in_(sorted(fences.items())))
+        .values(updated_at=now)
+        .returning(runs.c.id)
+    )
+    return {r[0] for r in conn.execute(stmt)}
+
+
+class EntryInsert:
+    """A journal row to insert: data, not a closure, so a group commit can write all of
+    a batch's rows with one multi-row INSERT."""
+
+    __slots__ = ("row",)
+
+    def __init__(self, row: dict[str, Any]) -> None:
+        self.row = row
+
+    def __call__(self, conn: sa.Connection) -> None:
+        conn.execute(_INSERT_ENTRY, self.row)
+
+
 _NO_ROLLBACK = runs.c.rollback.is_(None)
 _FINISH = (
     runs.update()
@@ -280,6 +308,11 @@ def load_history(conn: sa.Connection, run_id: str) -> History:
 
 def insert_entry(conn: sa.Connection, run_id: str, **values: Any) -> None:
     conn.execute(_INSERT_ENTRY, {"run_id": run_id, **values})
+
+
+def insert_entries(conn: sa.Connection, rows: list[dict[str, Any]]) -> None:
+    if rows:
+        conn.execute(_INSERT_ENTRY, rows)
 
 
 def update_entry(conn: sa.Connection, run_id: str, branch: str, key: str, **values: Any) -> None:

@@ -16,6 +16,7 @@ wakes the run once the finality policy holds.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import logging
@@ -27,7 +28,15 @@ import sqlalchemy as sa
 from . import codec, finality, metrics, store, txstore
 from .adapter import BroadcastOutcome, ChainAdapter, Receipt, TxRejected
 from .context import Compensation, Context, Slot, describe_error, error_parts
-from .errors import ConfigurationError, StepError, SubmissionFailedError, TxRevertedError
+from .errors import (
+    ConfigurationError,
+    LeaseLostError,
+    NonDeterminismError,
+    RunCancelled,
+    StepError,
+    SubmissionFailedError,
+    TxRevertedError,
+)
 from .retry import Retry
 
 if TYPE_CHECKING:
@@ -35,7 +44,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("chainflow.submission")
 
-ACCEPTED = (BroadcastOutcome.ACCEPTED, BroadcastOutcome.ALREADY_KNOWN, BroadcastOutcome.UNKNOWN)
+# failures that end the step for good; anything else from the chain side is retried
+TERMINAL = (TxRevertedError, SubmissionFailedError, ValueError, ConfigurationError)
+# the engine's own control flow, never mistaken for a node failure
+CONTROL = (LeaseLostError, RunCancelled, NonDeterminismError, asyncio.CancelledError)
+# node/network failures during submission: patient, since a payment must not fail
+# because the RPC node blinked
+SUBMIT_RETRY = Retry(max_attempts=20, backoff="exponential", initial=1.0, max_delay=60.0)
 
 
 def event_name(sub_id: int) -> str:
@@ -89,13 +104,15 @@ class Submitter:
                 raise StepError(label, etype, message, slot.entry.attempts)
             receipt = receipt_from(codec.loads(slot.entry.output))
         else:
-            receipt = await self._submit_new(ctx, slot, chain, tx, idempotency_key, finality)
+            receipt = await self._submit_new(ctx, slot, chain, tx, idempotency_key, finality,
+                                             retry or SUBMIT_RETRY)
         if compensate is not None:
             order = (0, slot.entry.id) if slot.entry else ctx.next_order()
             ctx.compensations.append(Compensation(order, slot, compensate, receipt, retry or ctx.default_retry, None))
         return receipt
 
-    async def _submit_new(self, ctx: Context, slot: Slot, chain: str, tx: Any, key: str, policy: Any) -> Receipt:
+    async def _submit_new(self, ctx: Context, slot: Slot, chain: str, tx: Any, key: str, policy: Any,
+                          retry: Retry) -> Receipt:
         ctx.refuse_new_work()
         label = step_label(slot)
         started = ctx.clock.time()
@@ -105,7 +122,8 @@ class Submitter:
         try:
             adapter = self.adapter(chain)
             request = adapter.prepare(tx)
-            sub_id = await self._run_protocol(ctx, slot, adapter, request, key, policy)
+            sub_id = await self._resilient(ctx, slot, retry, self._run_protocol, ctx, slot, adapter, request, key,
+                                           policy)
             while True:
                 receipt = await self._await_final(ctx, sub_id, label)
                 text, value = codec.roundtrip(dataclasses.asdict(receipt), what=f"receipt of step {label!r}")
@@ -117,10 +135,35 @@ class Submitter:
                 except _Unsettled:
                     continue
                 return receipt_from(value)
-        except (TxRevertedError, SubmissionFailedError, ValueError, ConfigurationError) as exc:
+        except TERMINAL as exc:
             await ctx.commit(ctx.entry_op(slot, "submit", "error", None, describe_error(exc), 1, started,
                                           ctx.clock.time()))
             raise StepError(label, f"{type(exc).__module__}.{type(exc).__qualname__}", str(exc), 1) from exc
+
+    async def _resilient(self, ctx: Context, slot: Slot, retry: Retry, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run a resumable protocol phase, retrying node and network failures.
+
+        Every phase picks up from the submission's committed state, so running it again
+        after a timeout or a refused connection can only re-broadcast the same bytes."""
+        tries = 0
+        while True:
+            try:
+                return await fn(*args)
+            except (*TERMINAL, *CONTROL):
+                raise
+            except Exception as exc:  # a node or network failure: not the workflow's fault
+                tries += 1
+                if tries >= retry.max_attempts:
+                    raise SubmissionFailedError(step_label(slot), f"chain unreachable after {tries} attempts: "
+                                                f"{type(exc).__name__}: {exc}") from exc
+                delay = retry.delay(tries)
+                now = ctx.clock.time()
+                row = dict(branch=slot.branch, key=slot.key, attempt=tries, error=describe_error(exc),
+                           started_at=now, finished_at=now, next_at=now + delay)
+                run_id = ctx.run_id
+                await ctx.commit(lambda conn: store.insert_attempt(conn, run_id, **row))
+                log.warning("submission %s: %s; retrying in %.1fs", step_label(slot), exc, delay)
+                await ctx.park(now + delay, None)
 
     async def _run_protocol(self, ctx: Context, slot: Slot, adapter: ChainAdapter, request: dict[str, Any],
                             key: str, policy: Any) -> int:
