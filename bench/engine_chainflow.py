@@ -4,8 +4,8 @@ Same workload as the peers: a workflow of K no-op steps (``ctx.step`` on a plain
 function), N runs, on a fresh database.  Timed region: the N starts through the last
 run's completion; creating the schema and starting the worker happen before it.
 
-sequential    one worker (concurrency=1); start a run, drain it to completion, next
-32 in flight  one worker with concurrency=32; all N runs started, then drained
+sequential    one worker (concurrency=1); start a run, await its result, next
+32 in flight  one worker with concurrency=32; 32 clients each start a run and await it
 """
 
 from __future__ import annotations
@@ -50,22 +50,27 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
     app.ensure_schema()
 
     async def main() -> tuple[float, float, list[str]]:
-        worker = app.worker(concurrency=1 if mode == "sequential" else width, track=False)
-        await worker.start()
-        try:
-            ids: list[str] = []
-            cpu0, t0 = time.process_time(), time.perf_counter()
-            if mode == "sequential":
-                for _ in range(n):
-                    ids.append((await app.astart("bench", k)).id)
-                    await worker.drain()
-            else:
-                for _ in range(n):
-                    ids.append((await app.astart("bench", k)).id)
-                await worker.drain()
-            return time.perf_counter() - t0, time.process_time() - cpu0, ids
-        finally:
-            await worker.close()
+        # a worker in this process, as DBOS executes workflows in the process that starts
+        # them; each client starts a run and awaits its result, like a DBOS handle
+        stop = asyncio.Event()
+        width_used = 1 if mode == "sequential" else width
+        worker = asyncio.create_task(app.worker(concurrency=width_used, track=False).run(stop))
+        await asyncio.sleep(0.2)
+        ids: list[str] = []
+        slots = asyncio.Semaphore(width_used)
+
+        async def one() -> None:
+            async with slots:
+                handle = await app.astart("bench", k)
+                ids.append(handle.id)
+                await app.await_run(handle.id)
+
+        cpu0, t0 = time.process_time(), time.perf_counter()
+        await asyncio.gather(*(one() for _ in range(n)))
+        elapsed, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+        stop.set()
+        await worker
+        return elapsed, cpu, ids
 
     elapsed, cpu, _ids = asyncio.run(main())
     done = [r for r in app.runs(status="completed", workflow="bench", limit=n + 1) if r.output == k]

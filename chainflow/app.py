@@ -288,12 +288,7 @@ class Chainflow:
             row = store.get_run(conn, run_id)
             if row is None:
                 raise RunNotFoundError(run_id)
-            comps = {
-                "/".join(filter(None, (r.branch, r.key.removeprefix("compensate:")))): r.status
-                for r in store.journal_rows(conn, run_id)
-                if r.kind == "compensation" and not r.superseded
-            }
-            return _status_of(row, comps)
+            return _status_of(row, store.compensations(conn, run_id))
 
         return self._read(read)
 

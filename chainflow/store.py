@@ -75,26 +75,40 @@ def insert_run(
     in-process fast path: no separate claim transaction)."""
     run_id = str(uuid.uuid4())
     claimed = lease_owner is not None
-    conn.execute(
-        runs.insert().values(
-            id=run_id,
-            workflow=workflow,
-            status="running" if claimed else "pending",
-            input=input_text,
-            input_hash=input_hash,
-            idempotency_key=idempotency_key,
-            parent_id=parent_id,
-            deadline=deadline,
-            created_at=now,
-            updated_at=now,
-            ready_at=lease_until if claimed else now,
-            lease_owner=lease_owner,
-            lease_expires=lease_until,
-            fence=1 if claimed else 0,
-            attempt_count=1 if claimed else 0,
-        )
-    )
+    conn.execute(_INSERT_RUN, dict(
+        id=run_id,
+        workflow=workflow,
+        status="running" if claimed else "pending",
+        input=input_text,
+        input_hash=input_hash,
+        idempotency_key=idempotency_key,
+        parent_id=parent_id,
+        deadline=deadline,
+        created_at=now,
+        updated_at=now,
+        ready_at=lease_until if claimed else now,
+        lease_owner=lease_owner,
+        lease_expires=lease_until,
+        fence=1 if claimed else 0,
+        attempt_count=1 if claimed else 0,
+        cancel_requested=False,
+    ))
     return run_id
+
+
+_INSERT_RUN = runs.insert()
+_RUN_BY_ID = sa.select(runs).where(runs.c.id == sa.bindparam("rid"))
+_COMPENSATIONS = sa.select(journal.c.branch, journal.c.key, journal.c.status).where(
+    journal.c.run_id == sa.bindparam("rid"), journal.c.kind == "compensation", journal.c.superseded == 0
+)
+
+
+def compensations(conn: sa.Connection, run_id: str) -> dict[str, str]:
+    """Live compensation outcomes of a run, labelled "branch/step"."""
+    return {
+        "/".join(filter(None, (r.branch, r.key.removeprefix("compensate:")))): r.status
+        for r in conn.execute(_COMPENSATIONS, {"rid": run_id})
+    }
 
 
 def run_by_key(conn: sa.Connection, key: str) -> sa.Row[Any] | None:
@@ -102,7 +116,7 @@ def run_by_key(conn: sa.Connection, key: str) -> sa.Row[Any] | None:
 
 
 def get_run(conn: sa.Connection, run_id: str) -> sa.Row[Any] | None:
-    return conn.execute(sa.select(runs).where(runs.c.id == run_id)).first()
+    return conn.execute(_RUN_BY_ID, {"rid": run_id}).first()
 
 
 def list_runs(
@@ -116,26 +130,25 @@ def list_runs(
     return list(conn.execute(q))
 
 
-def claim(conn: sa.Connection, owner: str, limit: int, now: float, lease: float) -> list[Claim]:
-    """Lease up to ``limit`` runs that are due; Postgres skips rows other workers hold."""
+def _claim_statement(lock_rows: bool) -> sa.Update:
     due = (
         sa.select(runs.c.id)
-        .where(runs.c.ready_at <= now, runs.c.status.not_in(TERMINAL))
+        .where(runs.c.ready_at <= sa.bindparam("now"), runs.c.status.not_in(TERMINAL))
         .order_by(runs.c.ready_at)
-        .limit(limit)
+        .limit(sa.bindparam("lim", type_=sa.Integer, literal_execute=True))
     )
-    if conn.dialect.name == "postgresql":
+    if lock_rows:
         due = due.with_for_update(skip_locked=True)
-    stmt = (
+    return (
         runs.update()
         .where(runs.c.id.in_(due.scalar_subquery()))
         .values(
             status="running",
-            lease_owner=owner,
-            lease_expires=now + lease,
-            ready_at=now + lease,
+            lease_owner=sa.bindparam("owner"),
+            lease_expires=sa.bindparam("until"),
+            ready_at=sa.bindparam("until"),
             fence=runs.c.fence + 1,
-            updated_at=now,
+            updated_at=sa.bindparam("now"),
             attempt_count=runs.c.attempt_count + 1,
         )
         .returning(
@@ -143,7 +156,16 @@ def claim(conn: sa.Connection, owner: str, limit: int, now: float, lease: float)
             runs.c.cancel_requested, runs.c.deadline, runs.c.created_at, runs.c.rollback, runs.c.attempt_count,
         )
     )
-    return [Claim(*row) for row in conn.execute(stmt)]
+
+
+_CLAIM = {False: _claim_statement(False), True: _claim_statement(True)}
+
+
+def claim(conn: sa.Connection, owner: str, limit: int, now: float, lease: float) -> list[Claim]:
+    """Lease up to ``limit`` runs that are due; Postgres skips rows other workers hold."""
+    stmt = _CLAIM[conn.dialect.name == "postgresql"]
+    params = {"now": now, "lim": limit, "owner": owner, "until": now + lease}
+    return [Claim(*row) for row in conn.execute(stmt, params)]
 
 
 History = tuple[list["Entry"], dict[tuple[str, str], list["AttemptRow"]]]

@@ -137,7 +137,11 @@ class Worker:
         stopper = asyncio.ensure_future(stop.wait())
         try:
             while not stop.is_set():
-                claimed = await self.poll()
+                try:
+                    claimed = await self.poll()
+                except Exception:  # database unreachable for a moment: keep the worker alive
+                    log.exception("claiming runs failed; retrying in %.1fs", self.poll_interval)
+                    claimed = 0
                 if claimed and len(self.executions) < self.concurrency:
                     continue
                 self._wake.clear()
@@ -211,8 +215,11 @@ class Worker:
             log.exception("run %s crashed the executor; it will be retried after its lease", ex.claim.run_id)
             return None
         finally:
+            # a freed slot is worth an immediate poll only if the worker was full (work may
+            # be queued); otherwise the poll interval and local notifications suffice
+            if len(self.executions) >= self.concurrency:
+                self._wake.set()
             self.executions.pop(ex.claim.run_id, None)
-            self._wake.set()
 
     async def _beat(self) -> None:
         while True:
