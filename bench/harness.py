@@ -321,6 +321,9 @@ Figures are the **median (min–max)** over the repetitions; ratios compare medi
 """
 
 
+NOTES_MARKER = "<!-- bench:notes -->"
+
+
 def _marker(name: str, edge: str) -> str:
     return f"<!-- bench:{name}:{edge} -->"
 
@@ -328,6 +331,10 @@ def _marker(name: str, edge: str) -> str:
 def write_results(path: Path, sections: dict[str, str], order: list[str], *, replace_all: bool) -> None:
     """Write ``sections`` into ``path``; keep other benchmarks' sections unless replace_all."""
     existing: dict[str, str] = {}
+    notes = ""
+    if path.exists() and NOTES_MARKER in path.read_text():
+        # hand-written analysis below the marker survives every rewrite
+        notes = NOTES_MARKER + path.read_text().split(NOTES_MARKER, 1)[1]
     if not replace_all and path.exists():
         text = path.read_text()
         for name in order:
@@ -339,5 +346,7 @@ def write_results(path: Path, sections: dict[str, str], order: list[str], *, rep
     for name in order:
         if name in existing:
             parts.append(f"{_marker(name, 'start')}\n{existing[name]}\n{_marker(name, 'end')}\n")
+    if notes:
+        parts.append(notes)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(parts))
