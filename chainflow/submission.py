@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 
 from . import codec, finality, metrics, store, txstore
-from .adapter import BroadcastOutcome, ChainAdapter, Receipt, TxRejected
+from .adapter import BroadcastOutcome, BroadcastResult, ChainAdapter, Receipt, TxRejected
 from .context import Compensation, Context, Slot, describe_error, error_parts
 from .errors import (
     ConfigurationError,
@@ -147,23 +147,31 @@ class Submitter:
         after a timeout or a refused connection can only re-broadcast the same bytes."""
         tries = 0
         while True:
+            # chain I/O in flight is work in progress: without this, a sibling branch
+            # parking meanwhile makes the run look fully parked, and the executor would
+            # unwind (suspend) it mid-RPC, leaving the submission unsent until some
+            # other wake-up (e.g. the sibling's signal) arrives
+            ctx._busy(+1)
             try:
                 return await fn(*args)
             except (*TERMINAL, *CONTROL):
                 raise
-            except Exception as exc:  # a node or network failure: not the workflow's fault
-                tries += 1
-                if tries >= retry.max_attempts:
-                    raise SubmissionFailedError(step_label(slot), f"chain unreachable after {tries} attempts: "
-                                                f"{type(exc).__name__}: {exc}") from exc
-                delay = retry.delay(tries)
-                now = ctx.clock.time()
-                row = dict(branch=slot.branch, key=slot.key, attempt=tries, error=describe_error(exc),
-                           started_at=now, finished_at=now, next_at=now + delay)
-                run_id = ctx.run_id
-                await ctx.commit(lambda conn: store.insert_attempt(conn, run_id, **row))
-                log.warning("submission %s: %s; retrying in %.1fs", step_label(slot), exc, delay)
-                await ctx.park(now + delay, None)
+            except Exception as failure:  # noqa: BLE001 - a node or network failure, not the workflow's fault
+                exc = failure
+            finally:
+                ctx._busy(-1)
+            tries += 1
+            if tries >= retry.max_attempts:
+                raise SubmissionFailedError(step_label(slot), f"chain unreachable after {tries} attempts: "
+                                            f"{type(exc).__name__}: {exc}") from exc
+            delay = retry.delay(tries)
+            now = ctx.clock.time()
+            row = dict(branch=slot.branch, key=slot.key, attempt=tries, error=describe_error(exc),
+                       started_at=now, finished_at=now, next_at=now + delay)
+            run_id = ctx.run_id
+            await ctx.commit(lambda conn: store.insert_attempt(conn, run_id, **row))
+            log.warning("submission %s: %s; retrying in %.1fs", step_label(slot), exc, delay)
+            await ctx.park(now + delay, None)
 
     async def _run_protocol(self, ctx: Context, slot: Slot, adapter: ChainAdapter, request: dict[str, Any],
                             key: str, policy: Any) -> int:
@@ -234,11 +242,12 @@ class Submitter:
             await ctx.park(None, event)
 
 
-async def broadcast_latest(app: Chainflow, ctx: Context | None, adapter: ChainAdapter, sub: sa.Row[Any]) -> None:
+async def broadcast_latest(app: Chainflow, ctx: Context | None, adapter: ChainAdapter,
+                           sub: sa.Row[Any]) -> BroadcastResult | None:
     """(Re-)broadcast the newest signed bytes of a submission; never signs anything new."""
     attempts = await app.adb(txstore.attempts_of, sub.id)
     if not attempts:
-        return
+        return None
     result = await adapter.broadcast(attempts[-1].raw)
     metrics.inc("chainflow_broadcasts_total", chain=adapter.name, outcome=result.outcome.value)
     if result.outcome is BroadcastOutcome.REJECTED:
@@ -250,6 +259,7 @@ async def broadcast_latest(app: Chainflow, ctx: Context | None, adapter: ChainAd
         await ctx.commit(op)
     else:
         await app.adb(op)
+    return result
 
 
 async def fill_gap(app: Chainflow, ctx: Context | None, adapter: ChainAdapter, nonce: int) -> None:

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 
 from . import codec, finality, headers, metrics, nonces, reorg, store
-from .adapter import ChainAdapter, Header, Receipt
+from .adapter import BroadcastOutcome, ChainAdapter, Header, Receipt
 from .schema import submissions, tx_attempts
 from .submission import broadcast_latest, event_name, fill_gap
 from .tracker_config import TrackerConfig
@@ -185,9 +185,14 @@ class Tracker:
                 sa.select(tx_attempts).where(tx_attempts.c.submission_id == s).order_by(tx_attempts.c.id))))
             pending = await self._rpc(self.adapter.in_mempool(attempts[-1].tx_hash))
             if not pending:
-                await broadcast_latest(self.app, None, self.adapter, sub)
+                result = await broadcast_latest(self.app, None, self.adapter, sub)
                 self._stats.rpc_calls += 1
                 self._stats.rebroadcasts += 1
+                # the node dropped it as underpriced (base fee rose above its fee cap): only a
+                # same-nonce replacement with higher fees can get it mined
+                if result is not None and result.outcome is BroadcastOutcome.UNDERPRICED \
+                        and len(attempts) <= cfg.max_bumps:
+                    await self._bump(sub, attempts[-1])
             elif head - int(sub.last_broadcast_block) >= cfg.bump_blocks and len(attempts) <= cfg.max_bumps:
                 await self._bump(sub, attempts[-1])
             else:
@@ -216,8 +221,12 @@ class Tracker:
         await self.app.adb(_fail_foreign, sub.id, int(sub.nonce), self.app.clock.time())
 
     async def _bump(self, sub: Any, last: Any) -> None:
-        fees = self.adapter.bump_fees(json.loads(last.fees), self.config.bump_factor)
-        signed = await self._rpc(self.adapter.sign(codec.loads(sub.request), int(sub.nonce), fees))
+        request, nonce = codec.loads(sub.request), int(sub.nonce)
+        bumped = self.adapter.bump_fees(json.loads(last.fees), self.config.bump_factor)
+        # at least the node's replacement rule, and at least what the market asks now
+        market = (await self._rpc(self.adapter.sign(request, nonce, None))).fees
+        fees = {k: max(v, market.get(k, 0)) for k, v in bumped.items()}
+        signed = await self._rpc(self.adapter.sign(request, nonce, fees))
         from . import txstore
 
         await self.app.adb(txstore.add_attempt, sub.id, self.chain, signed, self.app.clock.time())

@@ -1,0 +1,105 @@
+"""A mint worker process for the submission crash and load tests.
+
+    python tests/submission/mint_worker.py
+
+Environment:
+    CF_URL, CF_RPC, CF_TOKEN, CF_KEY   database, node, token address, minter key (dev key)
+    CF_CONCURRENCY                     worker slots (default 32)
+    CF_CRASH_AT                        "<phase>:<n>": SIGKILL this process at the n-th time it
+                                       reaches <phase>: allocated | signed | broadcast | final
+    CF_WORKER                          worker id
+
+Kill points are monkeypatched onto the engine here, in the test's worker: the engine
+itself has no crash hooks.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from typing import Any
+
+import chainflow as cf
+from adapters.evm import EvmChain, LocalSigner
+
+CHAIN = "local"
+
+
+def build(url: str, rpc_url: str, token_address: str, key: str, lease: float = 2.0) -> cf.Chainflow:
+    from web3 import Web3
+
+    from devnet import token_contract
+
+    signer = LocalSigner.from_key(key)
+    token = token_contract(Web3(Web3.HTTPProvider(rpc_url)), token_address)
+    app = cf.Chainflow(url, chains=[EvmChain(CHAIN, rpc_url, signer)], lease_seconds=lease,
+                       tracker=cf.TrackerConfig(poll_interval=0.05, rebroadcast_blocks=2))
+
+    @app.workflow("mint")
+    async def mint(ctx: cf.Context, ev: dict[str, Any]) -> dict[str, Any]:
+        r = await ctx.submit("mint", chain=CHAIN, tx=token.functions.mint(signer.address, ev["amount"]),
+                             idempotency_key=ev["id"], finality=cf.Confirmations(1))
+        return {"tx": r.tx_hash, "nonce": r.nonce, "block": r.block_number}
+
+    return app
+
+
+def _install_crash(spec: str) -> None:
+    phase, _, nth = spec.partition(":")
+    limit = int(nth or 1)
+    seen = {"n": 0}
+
+    def maybe_die() -> None:
+        seen["n"] += 1
+        if seen["n"] >= limit:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    from adapters.evm import chain as evm_chain
+    from chainflow import submission, txstore
+
+    if phase == "allocated":  # nonce committed and bound to the key, nothing signed yet
+        sign = evm_chain.EvmChain.sign
+
+        async def die_before_signing(self: Any, *args: Any) -> Any:
+            maybe_die()
+            return await sign(self, *args)
+
+        evm_chain.EvmChain.sign = die_before_signing  # type: ignore[method-assign]
+    elif phase in ("signed", "broadcast"):
+        original = submission.broadcast_latest
+
+        async def broadcast(app: Any, ctx: Any, adapter: Any, sub: Any) -> None:
+            if phase == "signed":  # signed bytes committed, nothing sent
+                maybe_die()
+            else:  # the node has the tx, our record of the broadcast does not
+                attempts = await app.adb(txstore.attempts_of, sub.id)
+                if attempts:
+                    await adapter.broadcast(attempts[-1].raw)
+                    maybe_die()
+            await original(app, ctx, adapter, sub)
+
+        submission.broadcast_latest = broadcast  # type: ignore[assignment]
+    elif phase == "final":  # included and final, the step's journal write not committed
+        lock = submission._lock_final
+
+        def die_before_journal(conn: Any, sub_id: int) -> None:
+            lock(conn, sub_id)
+            maybe_die()
+
+        submission._lock_final = die_before_journal  # type: ignore[assignment]
+    else:
+        raise SystemExit(f"unknown crash phase {phase!r}")
+
+
+def main() -> None:
+    env = os.environ
+    if env.get("CF_CRASH_AT"):
+        _install_crash(env["CF_CRASH_AT"])
+    app = build(env["CF_URL"], env["CF_RPC"], env["CF_TOKEN"], env["CF_KEY"])
+    app.run_worker(concurrency=int(env.get("CF_CONCURRENCY", "32")), worker_id=env.get("CF_WORKER"))
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+    main()

@@ -1,0 +1,313 @@
+"""Exactly-once on-chain submission against real anvil: crashes at every protocol
+phase, two workers sharing one sender, fee bumps, reverts, gap fills, no key leaks.
+
+After every scenario the chain itself is scanned: each idempotency key mints a unique
+amount, so "exactly one mined tx per key" is "each amount appears once", and the
+sender's nonces must be contiguous.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from web3 import Web3
+
+import chainflow as cf
+from adapters.evm import EvmChain, LocalSigner
+from chainflow import schema
+from chainflow.adapter import TxRejected
+from devnet import Anvil, deploy_token, token_contract
+from tests.devnet.conftest import _require_anvil
+
+from .mint_worker import build
+
+ROOT = Path(__file__).resolve().parents[2]
+TERMINAL = ("completed", "failed", "cancelled")
+
+
+@pytest.fixture
+def anvil() -> Iterator[Anvil]:
+    _require_anvil()
+    with Anvil() as net:
+        yield net
+
+
+class Chain:
+    """A token on a devnet and the views of it the assertions need."""
+
+    def __init__(self, net: Any) -> None:
+        self.net = net
+        self.w3 = Web3(Web3.HTTPProvider(net.rpc_url, request_kwargs={"timeout": 10}))
+        self.minter = net.accounts()[0]
+        self.token = token_contract(self.w3, deploy_token(self.w3, self.minter.private_key, max_mint=10**15))
+        self.first_nonce = self.w3.eth.get_transaction_count(self.minter.address)
+
+    def minted_amounts(self) -> list[int]:
+        return sorted(int(e["args"]["value"]) for e in self.token.events.Transfer().get_logs(from_block=0))
+
+    def sender_txs(self) -> list[Any]:
+        out = []
+        for number in range(self.w3.eth.block_number + 1):
+            for tx in self.w3.eth.get_block(number, full_transactions=True)["transactions"]:
+                if tx["from"] == self.minter.address:
+                    out.append(tx)
+        return out
+
+    def assert_exactly_once(self, amounts: list[int]) -> None:
+        assert self.minted_amounts() == sorted(amounts), "a key was minted twice or never"
+        nonces = sorted(int(tx["nonce"]) for tx in self.sender_txs())
+        assert nonces == list(range(len(nonces))), f"sender nonces are not contiguous: {nonces}"
+
+
+def _worker(url: str, chain: Chain, crash: str | None = None, name: str = "w", concurrency: int = 32) -> Any:
+    env = dict(os.environ, CF_URL=url, CF_RPC=chain.net.rpc_url, CF_TOKEN=chain.token.address,
+               CF_KEY=chain.minter.private_key, CF_CONCURRENCY=str(concurrency), CF_WORKER=name,
+               PYTHONPATH=str(ROOT))
+    env.pop("CF_CRASH_AT", None)
+    if crash:
+        env["CF_CRASH_AT"] = crash
+    return subprocess.Popen([sys.executable, str(ROOT / "tests/submission/mint_worker.py")], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
+
+
+def _statuses(app: cf.Chainflow, ids: list[str]) -> dict[str, str]:
+    with app.engine.connect() as conn:
+        rows = conn.execute(sa.select(schema.runs.c.id, schema.runs.c.status).where(schema.runs.c.id.in_(ids)))
+        return {r.id: r.status for r in rows}
+
+
+def _wait_done(app: cf.Chainflow, ids: list[str], timeout: float, proc: Any = None) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if all(s in TERMINAL for s in _statuses(app, ids).values()):
+            return True
+        if proc is not None and proc.poll() is not None:
+            return False
+        time.sleep(0.1)
+    return False
+
+
+def _stop(proc: Any) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.mark.slow
+def test_crash_at_every_phase_keeps_exactly_once(anvil: Anvil, db_url: str) -> None:
+    chain = Chain(anvil)
+    client = build(db_url, anvil.rpc_url, chain.token.address, chain.minter.private_key)
+    rng = random.Random(int(os.environ.get("CF_CRASH_SEED", "7")))
+    amounts: list[int] = []
+    ids: list[str] = []
+    kills = 0
+
+    def start(count: int) -> list[str]:
+        batch = []
+        for _ in range(count):
+            amount = len(amounts) + 1
+            amounts.append(amount)
+            batch.append(client.start("mint", {"id": f"pay-{amount}", "amount": amount},
+                                      idempotency_key=f"run-{amount}").id)
+        ids.extend(batch)
+        return batch
+
+    for phase in ("allocated", "signed", "broadcast", "final"):
+        batch = start(40)
+        for _ in range(3):  # three SIGKILLs at this phase, each at a different occurrence
+            proc = _worker(db_url, chain, crash=f"{phase}:{rng.randint(1, 8)}", concurrency=8)
+            if _wait_done(client, batch, 60, proc):
+                _stop(proc)
+                break
+            kills += proc.wait(30) == -signal.SIGKILL
+    batch = start(60)
+    for _ in range(6):  # and at random moments, from outside
+        proc = _worker(db_url, chain)
+        time.sleep(rng.uniform(0.3, 2.0))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        kills += 1
+    proc = _worker(db_url, chain)
+    try:
+        assert _wait_done(client, ids, 180), f"unfinished: {[s for s in _statuses(client, ids).values() if s not in TERMINAL]}"
+    finally:
+        _stop(proc)
+    assert len(ids) >= 200 and kills >= 10
+    assert set(_statuses(client, ids).values()) == {"completed"}
+    chain.assert_exactly_once(amounts)
+    with client.engine.connect() as conn:  # one live journal entry per run's submit step
+        per_run = conn.execute(
+            sa.select(schema.journal.c.run_id, sa.func.count())
+            .where(schema.journal.c.kind == "submit", schema.journal.c.superseded == 0)
+            .group_by(schema.journal.c.run_id)
+        ).all()
+    assert len(per_run) == len(ids) and all(n == 1 for _, n in per_run)
+    _assert_no_key(client, chain.minter.private_key)
+
+
+@pytest.mark.slow
+def test_two_workers_share_one_sender_pipelined(pg_url: str) -> None:
+    _require_anvil()
+    with Anvil(block_time=1) as net:
+        chain = Chain(net)
+        client = build(pg_url, net.rpc_url, chain.token.address, chain.minter.private_key)
+        amounts = list(range(1, 501))
+        ids = [client.start("mint", {"id": f"k{a}", "amount": a}, idempotency_key=f"k{a}").id for a in amounts]
+        workers = [_worker(pg_url, chain, name=f"w{i}", concurrency=64) for i in range(2)]
+        try:
+            assert _wait_done(client, ids, 240)
+        finally:
+            for w in workers:
+                _stop(w)
+        assert set(_statuses(client, ids).values()) == {"completed"}
+        chain.assert_exactly_once(amounts)
+        with client.engine.connect() as conn:
+            attempts = conn.execute(
+                sa.select(sa.func.count()).select_from(schema.tx_attempts).group_by(schema.tx_attempts.c.submission_id)
+            ).scalars().all()
+        assert max(attempts) <= 2 and sum(1 for a in attempts if a > 1) <= 10, "replacement storm"
+        blocks = {tx["blockNumber"] for tx in chain.sender_txs()}
+        assert len(blocks) < 100, f"not pipelined: 500 mints took {len(blocks)} blocks"
+
+
+async def _run_inline(app: cf.Chainflow, name: str, inp: Any, until: Any = None, timeout: float = 60) -> cf.RunStatus:
+    stop = asyncio.Event()
+    worker = asyncio.create_task(app.worker(concurrency=8, poll_interval=0.02).run(stop))
+    try:
+        handle = await app.astart(name, inp)
+        if until is not None:
+            await until(handle.id)
+        return await app.await_run(handle.id, timeout=timeout)
+    finally:
+        stop.set()
+        await worker
+
+
+def _app(url: str, chain: Chain, **tracker: Any) -> tuple[cf.Chainflow, EvmChain]:
+    adapter = EvmChain("local", chain.net.rpc_url, LocalSigner.from_key(chain.minter.private_key))
+    tracker.setdefault("poll_interval", 0.05)
+    return cf.Chainflow(url, chains=[adapter], tracker=cf.TrackerConfig(**tracker)), adapter
+
+
+def test_fee_bump_replaces_a_stuck_tx(tmp_path: Path) -> None:
+    _require_anvil()
+    with Anvil(no_mining=True) as net:
+        net.set_automine(True)  # deploying the token needs mining
+        chain = Chain(net)
+        net.set_automine(False)
+        app, _ = _app(f"sqlite:///{tmp_path / 'bump.db'}", chain, bump_blocks=1, rebroadcast_blocks=1)
+
+        @app.workflow("mint")
+        async def mint(ctx: cf.Context, amount: int) -> dict[str, Any]:
+            r = await ctx.submit("mint", chain="local", tx=chain.token.functions.mint(chain.minter.address, amount),
+                                 idempotency_key="bump-1", finality=cf.Confirmations(1))
+            return {"tx": r.tx_hash}
+
+        def attempts() -> list[Any]:
+            with app.engine.connect() as conn:
+                return list(conn.execute(sa.select(schema.tx_attempts).order_by(schema.tx_attempts.c.id)))
+
+        async def hold_then_release(run_id: str) -> None:
+            while not attempts():
+                await asyncio.sleep(0.05)
+            first = __import__("json").loads(attempts()[0].fees)
+            # every block's base fee above the tx's fee cap: it cannot be mined, only replaced
+            for _ in range(100):
+                await asyncio.to_thread(net.set_next_base_fee, first["max_fee_per_gas"] * 21 // 20)
+                await asyncio.to_thread(net.mine, 1)
+                # the pending block too, so a re-broadcast of the old bytes is refused
+                await asyncio.to_thread(net.set_next_base_fee, first["max_fee_per_gas"] * 21 // 20)
+                await asyncio.sleep(0.2)
+                if len(attempts()) >= 2:
+                    break
+            for _ in range(10):
+                await asyncio.to_thread(net.mine, 1)
+                await asyncio.sleep(0.1)
+
+        st = asyncio.run(_run_inline(app, "mint", 7, until=hold_then_release))
+        assert st.status == "completed", st.error
+        tries = attempts()
+        assert len(tries) >= 2
+        import json
+
+        old, new = json.loads(tries[0].fees), json.loads(tries[1].fees)
+        for field in old:
+            assert new[field] * 8 >= old[field] * 9, f"{field} raised by less than 12.5%"
+        mined = [tx for tx in chain.sender_txs() if tx["to"] == chain.token.address]
+        assert len(mined) == 1 and "0x" + mined[0]["hash"].hex().removeprefix("0x") == st.output["tx"]
+        assert mined[0]["hash"].hex().removeprefix("0x") != tries[0].tx_hash.removeprefix("0x")
+
+
+def test_revert_fails_the_step_with_reason_and_compensates(anvil: Anvil, db_url: str) -> None:
+    chain = Chain(anvil)
+    app, _ = _app(db_url, chain)
+    undone: list[str] = []
+
+    @app.workflow("mint")
+    async def mint(ctx: cf.Context, amount: int) -> None:
+        await ctx.step("reserve", lambda: "r1", compensate=lambda r: undone.append(f"unreserve {r}"))
+        await ctx.step("hold", lambda: "h1", compensate=lambda h: undone.append(f"release {h}"))
+        await ctx.submit("mint", chain="local", tx=chain.token.functions.mint(chain.minter.address, amount),
+                         idempotency_key=f"too-much-{amount}")
+
+    st = asyncio.run(_run_inline(app, "mint", 10**18))
+    assert st.status == "failed"
+    assert "cap exceeded" in st.error["message"]
+    assert undone == ["release h1", "unreserve r1"]
+    assert chain.minted_amounts() == []  # nothing mined, no nonce burnt
+    assert [tx["nonce"] for tx in chain.sender_txs()] == [0]
+
+
+def test_permanent_signing_failure_is_gap_filled(anvil: Anvil, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    chain = Chain(anvil)
+    app, adapter = _app(f"sqlite:///{tmp_path / 'gap.db'}", chain)
+    sign = EvmChain.sign
+    failed = {"n": 0}
+
+    async def sign_once_broken(self: EvmChain, request: dict[str, Any], nonce: int, fees: Any) -> Any:
+        if request["to"] == chain.token.address and failed["n"] == 0:
+            failed["n"] += 1
+            raise TxRejected("HSM refused the key", reverted=False)
+        return await sign(self, request, nonce, fees)
+
+    monkeypatch.setattr(EvmChain, "sign", sign_once_broken)
+
+    @app.workflow("mint")
+    async def mint(ctx: cf.Context, amount: int) -> str:
+        r = await ctx.submit("mint", chain="local", tx=chain.token.functions.mint(chain.minter.address, amount),
+                             idempotency_key=f"gap-{amount}")
+        return r.tx_hash
+
+    first = asyncio.run(_run_inline(app, "mint", 1))
+    assert first.status == "failed" and "HSM refused" in first.error["message"]
+    second = asyncio.run(_run_inline(app, "mint", 2))
+    assert second.status == "completed", second.error
+    assert chain.minted_amounts() == [2]
+    txs = chain.sender_txs()
+    assert sorted(tx["nonce"] for tx in txs) == list(range(len(txs)))  # the gap was burned
+    assert any(tx["to"] == chain.minter.address and tx["value"] == 0 for tx in txs)
+
+
+def _assert_no_key(app: cf.Chainflow, key: str) -> None:
+    needle = key.lower().removeprefix("0x")
+    with app.engine.connect() as conn:
+        for table in schema.metadata.sorted_tables:
+            for row in conn.execute(sa.select(table)):
+                for value in row:
+                    text = value.hex() if isinstance(value, bytes) else str(value)
+                    assert needle not in text.lower(), f"private key found in {table.name}"
