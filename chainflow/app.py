@@ -179,6 +179,10 @@ class Chainflow:
         with self.engine.begin() as conn:
             return fn(conn, *args)
 
+    def read(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(conn, *args)`` in one read-only transaction (for tools and extensions)."""
+        return self._read(fn, *args)
+
     def _read(self, fn: Callable[..., T], *args: Any) -> T:
         self.ensure_schema()
         with self.engine.connect().execution_options(readonly=True) as conn, conn.begin():

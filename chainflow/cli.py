@@ -1,8 +1,17 @@
-"""``chainflow`` command line: run workers and inspect, signal and cancel runs.
+"""``chainflow`` command line: run workers and inspect, start, signal and cancel runs.
 
-Every expected failure (unknown run, finished run, bad URL, bad APP path, bad JSON)
-prints one ``error: …`` line and exits 1: operators read these in a terminal or a CI
-log, where a traceback hides the one sentence that matters.
+Every expected failure (unknown or finished run, bad database URL, bad APP path, bad
+JSON) prints one ``error: …`` line on stderr and exits 1: operators read these in a
+terminal or a CI log, where a traceback hides the one sentence that matters.  Usage
+mistakes keep click's exit code 2.
+
+Only ``worker`` and ``start`` import user code.  Everything else reads the database
+with a bare ``Chainflow(url)``: journal, status, signals and cancels need no registered
+workflow, so an operator can inspect production runs without the app's dependencies.
+
+Extension point: commands defined elsewhere attach with ``@cli.command()`` (or
+``cli.add_command``); ``ChainflowGroup`` gives them the same one-line error handling and
+``ctx.obj`` (a ``Target``) gives them the app without re-parsing the global options.
 """
 
 from __future__ import annotations
@@ -13,224 +22,445 @@ import importlib
 import json
 import os
 import sys
-from collections.abc import Callable
-from typing import Any, TypeVar
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, NoReturn
 
 import click
-from rich.console import Console
+import sqlalchemy as sa
+from rich.console import Console, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
 from . import codec
-from .app import Chainflow
+from .app import AttemptRecord, Chainflow, JournalEntry, RunStatus
 from .errors import ChainflowError
 
-F = TypeVar("F", bound=Callable[..., Any])
+# Looked up at print time (not bound at import) so tests can swap in a wide console.
 console = Console()
+
+# Every status a run can have (store/executor/worker write these literals).
+RUN_STATUSES = ("pending", "running", "sleeping", "waiting", "completed", "failed", "cancelled")
+
+_STATUS_STYLE = {
+    "completed": "green", "ok": "green",
+    "failed": "red", "error": "red", "timeout": "red", "retried": "red",
+    "cancelled": "yellow", "invalidated": "dim",
+    "sleeping": "blue", "waiting": "blue", "pending": "cyan", "running": "cyan", "retrying": "cyan",
+}
+_OUTPUT_LIMIT = 80
+_SUMMARY_LIMIT = 500
 
 
 class CliError(click.ClickException):
-    """One line on stderr, exit code 1."""
+    """One line on stderr, exit code 1, never a traceback."""
 
     def show(self, file: Any = None) -> None:
-        click.echo(f"error: {self.message}", err=True)
+        # first line only: some driver messages span lines, and the contract is one line
+        line = self.message.strip().splitlines()[0] if self.message.strip() else "unknown error"
+        click.echo(f"error: {line}", err=True)
+
+
+def fail(message: str) -> NoReturn:
+    raise CliError(message)
+
+
+class ChainflowGroup(click.Group):
+    """Turns engine and database errors into ``CliError`` for every subcommand,
+    including ones other modules add later, so none of them needs its own try/except."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except ChainflowError as exc:
+            raise CliError(str(exc)) from None
+        except sa.exc.DBAPIError as exc:
+            # environmental (locked file, not a database, connection dropped): no
+            # traceback would help an operator more than the driver's own sentence
+            target = ctx.obj.url_for_humans() if isinstance(ctx.obj, Target) else "the database"
+            raise CliError(f"database error on {target}: {exc.orig}") from None
+
+
+# --- loading the app -----------------------------------------------------------------
 
 
 def load_app(spec: str) -> Chainflow:
-    """Import ``module:attribute`` (like uvicorn), with the current directory importable."""
-    module_name, _, attr = spec.partition(":")
-    if not module_name or not attr:
-        raise CliError(f"APP must look like module:attribute, got {spec!r}")
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
+    """Import ``module:attribute`` (like uvicorn), with the current directory importable.
+
+    The attribute may be dotted (``pkg.mod:container.app``).  Import failures of user
+    code become one-line errors: the exception type and message name what is missing.
+    """
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        fail(f"APP must look like module:attribute, got {spec!r}")
+    cwd = os.getcwd()
+    if cwd not in sys.path:
+        sys.path.insert(0, cwd)
     try:
         module = importlib.import_module(module_name)
-    except Exception as exc:  # any import-time failure of user code
-        raise CliError(f"cannot import {module_name!r}: {type(exc).__name__}: {exc}") from None
-    app = getattr(module, attr, None)
-    if not isinstance(app, Chainflow):
-        raise CliError(f"{spec!r} is not a chainflow.Chainflow app (found {type(app).__name__})")
-    return app
-
-
-def _handle_errors(fn: F) -> F:
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
+    except Exception as exc:  # noqa: BLE001 - any import-time failure of user code
+        fail(f"cannot import {module_name!r} (from APP {spec!r}): {type(exc).__name__}: {exc}")
+    obj: Any = module
+    for part in attr.split("."):
         try:
-            return fn(*args, **kwargs)
-        except ChainflowError as exc:
-            raise CliError(str(exc)) from None
-        except ValueError as exc:  # bad key material, bad JSON, bad options
-            raise CliError(str(exc)) from None
-
-    wrapper.__name__ = fn.__name__
-    wrapper.__doc__ = fn.__doc__
-    return wrapper  # type: ignore[return-value]
+            obj = getattr(obj, part)
+        except AttributeError:
+            fail(f"module {module_name!r} has no attribute {attr!r} (from APP {spec!r})")
+    if not isinstance(obj, Chainflow):
+        fail(f"{spec!r} is a {type(obj).__name__}, not a chainflow.Chainflow app")
+    return obj
 
 
-@click.group()
-@click.option("--app", "app_spec", envvar="CHAINFLOW_APP", help="module:attribute of your Chainflow app.")
-@click.option("--database-url", envvar="CHAINFLOW_DATABASE_URL", help="Database URL (without --app).")
+@dataclass
+class Target:
+    """What the global options point at; builds the app once, on first use, so that
+    ``--help`` and usage errors never touch user code or the database."""
+
+    app_spec: str | None
+    database_url: str | None
+    _app: Chainflow | None = field(default=None, repr=False)
+
+    def app(self, *, must_exist: bool = True) -> Chainflow:
+        """The app; ``must_exist`` refuses a SQLite file that is not there yet.
+
+        Without that check a typo'd path would be created, migrated and reported as
+        "no runs", which reads like data loss."""
+        if self._app is None:
+            app = load_app(self.app_spec) if self.app_spec else Chainflow(self.database_url)
+            if must_exist:
+                _require_sqlite_file(app)
+            self._app = app
+        return self._app
+
+    def url_for_humans(self) -> str:
+        if self._app is not None:
+            return self._app.engine.url.render_as_string(hide_password=True)
+        return repr(self.database_url) if self.database_url else "the database"
+
+
+def _require_sqlite_file(app: Chainflow) -> None:
+    url = app.engine.url
+    if url.get_backend_name() == "sqlite" and url.database and not os.path.exists(url.database):
+        fail(f"no chainflow database at {url.database!r} (database URL {app.database_url!r}); "
+             "pass --database-url, set CHAINFLOW_DATABASE_URL, or run a worker first")
+
+
+def _target(ctx: click.Context) -> Target:
+    obj = ctx.find_object(Target)
+    assert obj is not None, "the chainflow group always sets a Target"
+    return obj
+
+
+# --- commands --------------------------------------------------------------------------
+
+
+@click.group(cls=ChainflowGroup)
+@click.option("--app", "app_spec", envvar="CHAINFLOW_APP", metavar="MODULE:ATTR",
+              help="Your Chainflow app (needed by `start`; optional elsewhere).  [env: CHAINFLOW_APP]")
+@click.option("--database-url", envvar="CHAINFLOW_DATABASE_URL", metavar="URL",
+              help="Database to inspect without importing your code.  [env: CHAINFLOW_DATABASE_URL]")
+@click.version_option(package_name="chainflow")
 @click.pass_context
 def cli(ctx: click.Context, app_spec: str | None, database_url: str | None) -> None:
     """Durable, blockchain-aware payment workflows."""
-
-    def get() -> Chainflow:
-        try:
-            return load_app(app_spec) if app_spec else Chainflow(database_url)
-        except ChainflowError as exc:
-            raise CliError(str(exc)) from None
-
-    ctx.obj = get
-
-
-def _app(ctx: click.Context) -> Chainflow:
-    return ctx.obj()  # type: ignore[no-any-return]
+    explicit = click.core.ParameterSource.COMMANDLINE
+    app_given = app_spec is not None and ctx.get_parameter_source("app_spec") is explicit
+    url_given = database_url is not None and ctx.get_parameter_source("database_url") is explicit
+    if app_given and url_given:
+        # the app carries its own URL; silently ignoring one of the two would inspect
+        # a different database than the operator believes
+        raise click.UsageError("give --app or --database-url, not both")
+    if url_given:
+        app_spec = None  # an explicit URL beats an app named only in the environment
+    ctx.obj = Target(app_spec, None if app_spec else database_url)
 
 
 @cli.command()
 @click.argument("app_spec", metavar="APP")
-@click.option("--concurrency", default=32, show_default=True, type=click.IntRange(1))
-@click.option("--lease", type=float, help="Lease seconds (default: the app's).")
+@click.option("--concurrency", default=32, show_default=True, type=click.IntRange(1),
+              help="Runs executed at once by this process.")
+@click.option("--lease", type=click.FloatRange(0, min_open=True), metavar="SECONDS",
+              help="Lease on claimed runs; another worker takes a run over after this long "
+                   "without heartbeats.  [default: the app's lease_seconds]")
 def worker(app_spec: str, concurrency: int, lease: float | None) -> None:
     """Run a worker for APP (module:attribute) until SIGINT/SIGTERM."""
     app = load_app(app_spec)
-    options = {} if lease is None else {"lease": lease}
-    try:
-        app.ensure_schema()
-        console.print(f"chainflow worker: {len(app.registry.names())} workflow(s), concurrency {concurrency}",
-                      highlight=False)
-        app.run_worker(concurrency=concurrency, **options)
-    except ChainflowError as exc:
-        raise CliError(str(exc)) from None
+    app.ensure_schema()  # fail on a bad database before announcing anything
+    names = app.registry.names()
+    if not names:
+        click.echo(f"warning: {app_spec} registers no workflows; this worker will execute nothing", err=True)
+    click.echo(f"chainflow worker: {app.engine.url.render_as_string(hide_password=True)}, "
+               f"concurrency {concurrency}, workflows: {', '.join(sorted(names)) or '-'}", err=True)
+    options: dict[str, Any] = {} if lease is None else {"lease": lease}
+    app.run_worker(concurrency=concurrency, **options)
 
 
 @cli.command()
 @click.argument("workflow")
-@click.option("--input", "input_json", default="null", help="Input as JSON.")
-@click.option("--key", "idempotency_key", help="Idempotency key.")
+@click.option("--input", "input_json", default="null", metavar="JSON", help="Workflow input as JSON.")
+@click.option("--key", "idempotency_key", metavar="KEY",
+              help="Idempotency key: starting again with the same key returns the same run.")
 @click.pass_context
-@_handle_errors
 def start(ctx: click.Context, workflow: str, input_json: str, idempotency_key: str | None) -> None:
-    """Start WORKFLOW (needs --app, so the input can be validated)."""
-    handle = _app(ctx).start(workflow, _json(input_json, "--input"), idempotency_key=idempotency_key)
-    click.echo(handle.id if handle.created else f"{handle.id} (existing run for this key)")
+    """Start WORKFLOW and print the run id (needs --app: input is validated by your code)."""
+    target = _target(ctx)
+    if not target.app_spec:
+        raise click.UsageError("start needs --app MODULE:ATTR (or CHAINFLOW_APP) to know WORKFLOW's input type")
+    payload = parse_json(input_json, "--input")
+    handle = target.app(must_exist=False).start(workflow, payload, idempotency_key=idempotency_key)
+    click.echo(handle.id)  # stdout carries only the id, for RUN=$(chainflow start …)
+    if not handle.created:
+        click.echo(f"note: key {idempotency_key!r} already started this run; nothing new was started", err=True)
 
 
 @cli.command()
-@click.option("--status", help="Only runs in this status.")
+@click.option("--status", type=click.Choice(RUN_STATUSES, case_sensitive=False), help="Only runs in this status.")
 @click.option("--workflow", help="Only runs of this workflow.")
-@click.option("--limit", default=50, show_default=True, type=click.IntRange(1))
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1), help="At most this many, newest first.")
 @click.pass_context
-@_handle_errors
 def runs(ctx: click.Context, status: str | None, workflow: str | None, limit: int) -> None:
     """List runs, newest first."""
-    table = Table("id", "workflow", "status", "created", "updated", "waiting on")
-    for r in _app(ctx).runs(status=status, workflow=workflow, limit=limit):
-        table.add_row(r.id, r.workflow, _status_text(r.status), _when(r.created_at), _when(r.updated_at),
-                      ", ".join(r.waiting_on))
-    console.print(table)
+    found = _target(ctx).app().runs(status=status.lower() if status else None, workflow=workflow, limit=limit)
+    console.print(runs_table(found))
 
 
 @cli.command()
-@click.argument("run_id")
+@click.argument("run_id", metavar="RUN")
 @click.pass_context
-@_handle_errors
 def show(ctx: click.Context, run_id: str) -> None:
-    """A run's timeline: steps, attempts, durations, outputs or errors, compensations."""
-    app = _app(ctx)
-    st = app.status(run_id)
-    failures: dict[tuple[str, str], list[Any]] = {}
-    for a in app.attempts(run_id):
-        failures.setdefault((a.branch, a.key), []).append(a)
-    table = Table("#", "branch", "step", "kind", "status", "attempts", "duration", "output / error")
-    for i, e in enumerate(app.journal(run_id), 1):
-        duration = "" if e.started_at is None or e.finished_at is None else f"{e.finished_at - e.started_at:.3f}s"
-        detail = (e.error or {}).get("message", "") if e.error else _short(e.output)
-        if e.invalidated:
-            detail = f"{detail}  [invalidated: {e.reason}]"
-        style = "strike dim" if e.invalidated else ("magenta" if e.kind == "compensation" else "")
-        table.add_row(str(i), e.branch or "-", e.key, e.kind, _status_text(e.status), str(e.attempts), duration,
-                      detail, style=style)
-        for a in failures.get((e.branch, e.key), []):
-            table.add_row("", "", f"  attempt {a.attempt}", "", Text("error", style="red"), "", "",
-                          (a.error or {}).get("message", ""), style="dim")
-    console.print(f"run {st.id}  workflow {st.workflow}  status ", _status_text(st.status), highlight=False)
-    console.print(table)
-    if st.output is not None:
-        console.print(f"output: {_short(st.output, 500)}", highlight=False)
-    if st.error:
-        console.print(f"error: {st.error.get('type')}: {st.error.get('message')}", style="red", highlight=False)
-    if st.compensations:
-        console.print("compensations: " + ", ".join(f"{k}={v}" for k, v in st.compensations.items()))
+    """RUN's timeline: steps in order, retries, durations, outputs or errors, compensations."""
+    app = _target(ctx).app()
+    st = app.status(run_id)  # first: an unknown id fails here with RunNotFoundError
+    console.print(timeline(st, app.journal(run_id), app.attempts(run_id)))
 
 
 @cli.command()
-@click.argument("run_id")
+@click.argument("run_id", metavar="RUN")
 @click.argument("name")
-@click.option("--payload", default="null", help="Signal payload as JSON.")
+@click.option("--payload", default="null", metavar="JSON", help="Signal payload as JSON.")
 @click.pass_context
-@_handle_errors
 def signal(ctx: click.Context, run_id: str, name: str, payload: str) -> None:
-    """Send signal NAME to RUN_ID."""
-    _app(ctx).signal(run_id, name, _json(payload, "--payload"))
-    click.echo(f"signal {name!r} sent to {run_id}")
+    """Send signal NAME to RUN (what ctx.wait_for(NAME) receives)."""
+    value = parse_json(payload, "--payload")  # before the database: a typo costs nothing
+    _target(ctx).app().signal(run_id, name, value)
+    click.echo(f"signal {name!r} sent to run {run_id}")
 
 
 @cli.command()
-@click.argument("run_id")
+@click.argument("run_id", metavar="RUN")
 @click.pass_context
-@_handle_errors
 def cancel(ctx: click.Context, run_id: str) -> None:
-    """Cancel RUN_ID; its compensations run."""
-    _app(ctx).cancel(run_id)
-    click.echo(f"cancel requested for {run_id}")
+    """Request cancellation of RUN; a worker stops it and runs its compensations."""
+    _target(ctx).app().cancel(run_id)
+    click.echo(f"cancel requested for run {run_id}")
 
 
 @cli.command()
 @click.pass_context
-@_handle_errors
 def nonces(ctx: click.Context) -> None:
     """Nonce health per (chain, sender): next nonce, the chain's counts, in flight, gaps."""
     from .nonces import report, snapshot
 
-    app = _app(ctx)
-    rows = asyncio.run(report(app)) if app.chains else app._read(snapshot)
+    app = _target(ctx).app()
+    try:
+        rows = asyncio.run(report(app)) if app.chains else app.read(snapshot)
+    except ValueError as exc:  # adapters raise ValueError naming bad key material or config
+        fail(str(exc))
     table = Table("chain", "sender", "next", "chain latest", "chain pending", "in flight", "gaps", "gap fills")
     for r in rows:
-        table.add_row(r.chain, r.sender, str(r.next_nonce), _opt(r.chain_latest), _opt(r.chain_pending),
+        table.add_row(Text(r.chain), Text(r.sender), str(r.next_nonce), _opt(r.chain_latest), _opt(r.chain_pending),
                       _ranges(r.in_flight), Text(_ranges(r.gaps), style="red" if r.gaps else ""),
-                      ", ".join(f"{n}:{s}" for n, s in r.gap_fills))
+                      Text(", ".join(f"{n}:{s}" for n, s in r.gap_fills)))
     console.print(table)
 
 
 @cli.command()
-def metrics() -> None:
-    """This process's counters in Prometheus text format."""
-    from .metrics import exposition
+@click.pass_context
+def metrics(ctx: click.Context) -> None:
+    """Runs, submissions and reorgs from the database, in Prometheus text format."""
+    from .metrics import database_series, exposition
 
-    click.echo(exposition(), nl=False)
+    click.echo(exposition(_target(ctx).app().read(database_series)), nl=False)
 
 
-def _json(text: str, option: str) -> Any:
+# --- rendering (pure functions of the client API's records, so tests need no DB) --------
+
+
+def runs_table(found: Sequence[RunStatus]) -> RenderableType:
+    if not found:
+        return Text("no runs match", style="dim")
+    table = Table(title=f"{len(found)} run(s), newest first; times UTC", title_justify="left")
+    # ids are what operators copy into `show`: never wrap or elide them
+    table.add_column("id", no_wrap=True, min_width=36)
+    for name in ("workflow", "status", "created", "updated", "waiting on"):
+        table.add_column(name)
+    for r in found:
+        status = status_text(r.status)
+        if r.cancel_requested and not r.done:
+            status.append(" (cancel requested)", style="yellow")
+        table.add_row(r.id, Text(r.workflow), status, when(r.created_at), when(r.updated_at), Text(_waiting(r)))
+    return table
+
+
+def timeline(st: RunStatus, journal: Sequence[JournalEntry], attempts: Sequence[AttemptRecord]) -> RenderableType:
+    """Header, one row per journal entry (with its failed attempts beneath it), summary."""
+    header = Text.assemble(("run ", "bold"), (st.id, "bold"), "  workflow ", Text(st.workflow, style="bold"),
+                           "  ", status_text(st.status))
+    header.append(f"\ncreated {when(st.created_at)}  updated {when(st.updated_at)} (UTC)", style="dim")
+    header.append(f"\ninput {short(st.input, _SUMMARY_LIMIT)}", style="dim")
+
+    table = Table("branch", "pos", "step", "kind", "status", "tries", "duration", "output / error",
+                  title="timeline (journal order; struck-through rows were invalidated)", title_justify="left")
+    by_entry, unmatched = _attach_attempts(journal, attempts)
+    for i, e in enumerate(journal):
+        compensation = e.kind == "compensation"
+        row_style = "strike dim" if e.invalidated else ("magenta" if compensation else "")
+        # an invalidated row reports status "invalidated" but keeps the output it had
+        shows_output = e.status == "ok" or (e.invalidated and e.output is not None)
+        detail = error_text(e.error) if e.error else Text(short(e.output) if shows_output else "")
+        if e.invalidated:
+            detail = Text.assemble(("INVALIDATED", "bold"), f" ({e.reason or 'no reason recorded'}) ", detail)
+        table.add_row(
+            Text(e.branch or "-"), "comp" if e.position < 0 else str(e.position),
+            Text(("<- " if compensation else "") + e.key), Text(e.kind),
+            status_text(e.status), str(e.attempts), duration(e.started_at, e.finished_at), detail,
+            style=row_style,
+        )
+        for a in by_entry.get(i, []):
+            table.add_row(*_attempt_cells(a), style="dim strike" if e.invalidated else "dim")
+    # failed attempts of a step still in backoff: no journal row exists until it settles
+    for (branch, key), tries in unmatched.items():
+        table.add_row(Text(branch or "-"), "", Text(key), "step", status_text("retrying"), str(len(tries)), "",
+                      Text(f"next attempt {when(tries[-1].next_at)}" if tries[-1].next_at else ""))
+        for a in tries:
+            table.add_row(*_attempt_cells(a), style="dim")
+
+    return Group(header, table, _summary(st))
+
+
+def _attempt_cells(a: AttemptRecord) -> list[RenderableType]:
+    retry = ""
+    if a.next_at is not None and a.finished_at is not None:
+        retry = f" (retry after {duration(a.finished_at, a.next_at)})"
+    return ["", "", Text(f"  attempt {a.attempt}"), "", status_text("retried"), "",
+            duration(a.started_at, a.finished_at), Text.assemble(error_text(a.error), retry)]
+
+
+def _attach_attempts(
+    journal: Sequence[JournalEntry], attempts: Sequence[AttemptRecord]
+) -> tuple[dict[int, list[AttemptRecord]], dict[tuple[str, str], list[AttemptRecord]]]:
+    """Which journal row each failed attempt led up to.
+
+    AttemptRecord does not reference its journal row, and a reorg re-executes a step
+    under the same (branch, key), so match by time: an attempt belongs to the first row
+    of its step that started at or after it (the row records the final attempt)."""
+    rows: dict[tuple[str, str], list[int]] = {}
+    for i, e in enumerate(journal):
+        rows.setdefault((e.branch, e.key), []).append(i)
+    by_entry: dict[int, list[AttemptRecord]] = {}
+    unmatched: dict[tuple[str, str], list[AttemptRecord]] = {}
+    for a in attempts:
+        start = a.started_at if a.started_at is not None else float("-inf")
+        owner = next((i for i in rows.get((a.branch, a.key), []) if _started(journal[i]) >= start), None)
+        if owner is None:
+            unmatched.setdefault((a.branch, a.key), []).append(a)
+        else:
+            by_entry.setdefault(owner, []).append(a)
+    return by_entry, unmatched
+
+
+def _started(e: JournalEntry) -> float:
+    """A row without a start time is still open: every attempt so far precedes it."""
+    return e.started_at if e.started_at is not None else float("inf")
+
+
+def _summary(st: RunStatus) -> RenderableType:
+    lines = Text()
+    lines.append("status ")
+    lines.append_text(status_text(st.status))
+    if st.cancel_requested and not st.done:
+        lines.append("  cancel requested", style="yellow")
+    waiting = _waiting(st)
+    if waiting and not st.done:
+        lines.append(f"  waiting on {waiting}")
+    if st.output is not None:
+        lines.append("\noutput ")
+        lines.append(short(st.output, _SUMMARY_LIMIT))
+    if st.error:
+        lines.append("\nerror ", style="red")
+        lines.append_text(error_text(st.error, _SUMMARY_LIMIT))
+    if st.compensations:
+        failed = [k for k, v in st.compensations.items() if v != "ok"]
+        lines.append(f"\ncompensations: {len(st.compensations)} ran, {len(failed)} failed  ",
+                     style="red" if failed else "magenta")
+        lines.append_text(Text(", ").join(
+            Text.assemble(f"{label} ", status_text(outcome)) for label, outcome in st.compensations.items()
+        ))
+    return lines
+
+
+def _waiting(st: RunStatus) -> str:
+    if st.waiting_on:
+        return "signal " + ", ".join(st.waiting_on)
+    if st.status == "sleeping" and st.wake_at is not None:
+        return f"timer until {when(st.wake_at)}"
+    return ""
+
+
+def status_text(status: str) -> Text:
+    return Text(status, style=_STATUS_STYLE.get(status, ""))
+
+
+def error_text(error: dict[str, Any] | None, limit: int = _OUTPUT_LIMIT) -> Text:
+    """``Type: message`` on one line; the traceback stays in the database."""
+    if not error:
+        return Text("")
+    kind = str(error.get("type", "Error")).removeprefix("builtins.")
+    message = " ".join(str(error.get("message", "")).split())
+    return Text(_clip(f"{kind}: {message}" if message else kind, limit), style="red")
+
+
+def short(value: Any, limit: int = _OUTPUT_LIMIT) -> str:
+    if isinstance(value, str):
+        text = value
+    else:
+        try:
+            text = codec.dumps(value)
+        except ChainflowError:  # a value the codec cannot encode still deserves a look
+            text = repr(value)
+    return _clip(" ".join(text.split()), limit)
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def when(ts: float | None) -> str:
+    if ts is None:
+        return ""
+    return dt.datetime.fromtimestamp(ts, tz=dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def duration(start: float | None, end: float | None) -> str:
+    if start is None or end is None:
+        return ""
+    s = max(0.0, end - start)
+    if s < 1:
+        return f"{s * 1000:.0f}ms"
+    if s < 60:
+        return f"{s:.2f}s"
+    if s < 3600:
+        return f"{int(s // 60)}m{int(s % 60):02d}s"
+    if s < 86400:
+        return f"{int(s // 3600)}h{int(s % 3600 // 60):02d}m"
+    return f"{int(s // 86400)}d{int(s % 86400 // 3600):02d}h"
+
+
+def parse_json(text: str, option: str) -> Any:
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
-        raise CliError(f"{option} is not valid JSON: {exc}") from None
-
-
-def _status_text(status: str) -> Text:
-    colour = {"completed": "green", "ok": "green", "failed": "red", "error": "red", "cancelled": "yellow",
-              "invalidated": "dim"}.get(status, "cyan")
-    return Text(status, style=colour)
-
-
-def _when(ts: float | None) -> str:
-    return "" if ts is None else dt.datetime.fromtimestamp(ts, tz=dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
-
-
-def _short(value: Any, limit: int = 80) -> str:
-    text = codec.dumps(value) if not isinstance(value, str) else value
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+        fail(f"{option} is not valid JSON ({exc}): {_clip(text, 60)!r}")
 
 
 def _opt(value: int | None) -> str:
@@ -238,16 +468,14 @@ def _opt(value: int | None) -> str:
 
 
 def _ranges(values: list[int]) -> str:
-    """[1,2,3,7] -> '1-3, 7'"""
-    out: list[str] = []
-    for v in sorted(values):
-        if out and "-" not in out[-1].split(", ")[-1] and int(out[-1]) == v - 1:
-            out[-1] = f"{out[-1]}-{v}"
-        elif out and "-" in out[-1] and int(out[-1].split("-")[1]) == v - 1:
-            out[-1] = f"{out[-1].split('-')[0]}-{v}"
+    """[1, 2, 3, 7] -> '1-3, 7'"""
+    spans: list[list[int]] = []
+    for v in sorted(set(values)):
+        if spans and spans[-1][1] == v - 1:
+            spans[-1][1] = v
         else:
-            out.append(str(v))
-    return ", ".join(out)
+            spans.append([v, v])
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in spans)
 
 
 def main() -> None:

@@ -14,6 +14,7 @@ import datetime as dt
 import decimal
 import json
 import uuid
+import zoneinfo
 from typing import Any
 
 from .errors import PayloadError
@@ -47,6 +48,9 @@ def _encode(value: Any, path: str) -> Any:
     if isinstance(value, decimal.Decimal):
         return {TAG: "dec", "v": str(value)}
     if isinstance(value, dt.datetime):
+        zone = getattr(value.tzinfo, "key", None)  # a ZoneInfo: keep the zone, not just the offset
+        if isinstance(zone, str):
+            return {TAG: "zoned", "v": [value.isoformat(), zone]}
         return {TAG: "datetime", "v": value.isoformat()}
     if isinstance(value, dt.date):
         return {TAG: "date", "v": value.isoformat()}
@@ -74,6 +78,7 @@ _DECODERS: dict[str, Any] = {
     "bytes": lambda v: base64.b64decode(v.encode("ascii")),
     "dec": decimal.Decimal,
     "datetime": dt.datetime.fromisoformat,
+    "zoned": lambda v: dt.datetime.fromisoformat(v[0]).astimezone(zoneinfo.ZoneInfo(v[1])),
     "date": dt.date.fromisoformat,
     "time": dt.time.fromisoformat,
     "timedelta": lambda v: dt.timedelta(days=v[0], seconds=v[1], microseconds=v[2]),

@@ -208,7 +208,8 @@ class Context:
             def take(conn: Any) -> tuple[bool, str | None]:
                 found, payload = store.consume_signal(conn, run_id, name)
                 if found:
-                    store.update_entry(conn, run_id, branch, key, status="ok", output=payload)
+                    store.update_entry(conn, run_id, branch, key, status="ok", output=payload,
+                                       finished_at=self.clock.time())
                 return found, payload
 
             (found, payload), = await self._commit(take)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections import Counter
 from threading import Lock
+from typing import Any
 
 _counts: Counter[tuple[str, tuple[tuple[str, str], ...]]] = Counter()
 _lock = Lock()
@@ -20,6 +21,10 @@ HELP = {
     "chainflow_rollbacks_total": "Runs rolled back because a reorg broke a finality assumption.",
     "chainflow_broadcasts_total": "Raw transactions (re-)broadcast, by outcome.",
     "chainflow_fee_bumps_total": "Same-nonce replacements with raised fees, by chain.",
+    "chainflow_runs": "Runs in the database, by status.",
+    "chainflow_submissions": "On-chain submissions in the database, by chain and state.",
+    "chainflow_reorgs_recorded": "Reorg events the trackers recorded, by chain.",
+    "chainflow_reorg_blocks_recorded": "Blocks orphaned by recorded reorgs, by chain.",
 }
 
 
@@ -34,14 +39,39 @@ def snapshot() -> dict[str, int]:
     return {_series(name, labels): v for (name, labels), v in sorted(items)}
 
 
-def exposition() -> str:
+def database_series(conn: Any) -> dict[str, int]:
+    """Gauges read from the database, so any process (the CLI, a scraper) sees the
+    whole deployment, not just its own counters."""
+    import sqlalchemy as sa
+
+    from .schema import reorgs, runs, submissions
+
+    out: dict[str, int] = {}
+    for status, n in conn.execute(sa.select(runs.c.status, sa.func.count()).group_by(runs.c.status)):
+        out[_series("chainflow_runs", (("status", status),))] = int(n)
+    for chain, state, n in conn.execute(
+        sa.select(submissions.c.chain, submissions.c.state, sa.func.count())
+        .group_by(submissions.c.chain, submissions.c.state)
+    ):
+        out[_series("chainflow_submissions", (("chain", chain), ("state", state)))] = int(n)
+    for chain, n, depth in conn.execute(
+        sa.select(reorgs.c.chain, sa.func.count(), sa.func.coalesce(sa.func.sum(reorgs.c.depth), 0))
+        .group_by(reorgs.c.chain)
+    ):
+        out[_series("chainflow_reorgs_recorded", (("chain", chain),))] = int(n)
+        out[_series("chainflow_reorg_blocks_recorded", (("chain", chain),))] = int(depth)
+    return out
+
+
+def exposition(extra: dict[str, int] | None = None) -> str:
     lines: list[str] = []
     seen: set[str] = set()
-    for series, value in snapshot().items():
+    for series, value in sorted({**snapshot(), **(extra or {})}.items()):
         name = series.split("{", 1)[0]
         if name not in seen:
             seen.add(name)
-            lines += [f"# HELP {name} {HELP.get(name, name)}", f"# TYPE {name} counter"]
+            kind = "counter" if name.endswith("_total") else "gauge"
+            lines += [f"# HELP {name} {HELP.get(name, name)}", f"# TYPE {name} {kind}"]
         lines.append(f"{series} {value}")
     return "\n".join(lines) + "\n"
 

@@ -311,3 +311,44 @@ def _assert_no_key(app: cf.Chainflow, key: str) -> None:
                 for value in row:
                     text = value.hex() if isinstance(value, bytes) else str(value)
                     assert needle not in text.lower(), f"private key found in {table.name}"
+
+
+def test_lying_rpc_still_one_tx_per_key(anvil: Anvil, tmp_path: Path) -> None:
+    from .lying_proxy import LyingProxy
+
+    chain = Chain(anvil)
+    with LyingProxy(anvil.rpc_url, slow_seconds=2.0) as proxy:
+        adapter = EvmChain("local", proxy.url, LocalSigner.from_key(chain.minter.private_key), timeout=1.0)
+        app = cf.Chainflow(f"sqlite:///{tmp_path / 'lies.db'}", chains=[adapter],
+                           tracker=cf.TrackerConfig(poll_interval=0.05, rebroadcast_blocks=1))
+
+        @app.workflow("mint")
+        async def mint(ctx: cf.Context, amount: int) -> str:
+            r = await ctx.submit("mint", chain="local", tx=chain.token.functions.mint(chain.minter.address, amount),
+                                 idempotency_key=f"lie-{amount}", finality=cf.Confirmations(2),
+                                 retry=cf.Retry(max_attempts=20, initial=0.1, max_delay=0.5))
+            return r.tx_hash
+
+        async def main() -> list[cf.RunStatus]:
+            stop = asyncio.Event()
+            worker = asyncio.create_task(app.worker(concurrency=16, poll_interval=0.02).run(stop))
+
+            async def miner() -> None:  # blocks keep coming, so confirmations accrue
+                while not stop.is_set():
+                    await asyncio.to_thread(anvil.mine, 1)
+                    await asyncio.sleep(0.2)
+
+            mining = asyncio.create_task(miner())
+            handles = [await app.astart("mint", a) for a in range(1, 13)]
+            done = [await app.await_run(h.id, timeout=120) for h in handles]
+            stop.set()
+            await worker
+            await mining
+            return done
+
+        results = asyncio.run(main())
+    assert [r.status for r in results] == ["completed"] * 12, [r.error for r in results if r.error]
+    assert proxy.lies["dropped"] and proxy.lies["slow"] and proxy.lies["phantom receipt"], proxy.lies
+    chain.assert_exactly_once(list(range(1, 13)))
+    receipts = {r.output for r in results}
+    assert len(receipts) == 12
