@@ -338,7 +338,7 @@ class Context:
     async def _commit(self, *ops: Op) -> list[Any]:
         batch = self._buffer + list(ops)
         self._buffer = []
-        self._busy(+1)
+        self.busy(+1)
         try:
             results = await self._committer.write(self.run_id, self.fence, batch)
         except LeaseLostError:
@@ -353,14 +353,15 @@ class Context:
             self._buffer = batch[: len(batch) - len(ops)] + self._buffer  # rolled back: keep for the next write
             raise
         finally:
-            self._busy(-1)
+            self.busy(-1)
         return results[len(results) - len(ops):]
 
     async def flush(self) -> None:
         if self._buffer:
             await self._commit()
 
-    def _busy(self, delta: int) -> None:
+    def busy(self, delta: int) -> None:
+        """Count work in flight (+1 / -1): a run with work in flight is never parked."""
         self.active += delta
         self.touch()
 
@@ -383,7 +384,7 @@ class Context:
             self.refuse_new_work()
             attempt = len(tries) + 1
             started = self.clock.time()
-            self._busy(+1)
+            self.busy(+1)
             try:
                 result = await self._invoke(label, fn, args, kwargs, limit)
                 text, value = codec.roundtrip(result, what=f"output of step {label!r}")
@@ -404,7 +405,7 @@ class Context:
                 tries.append(store.AttemptRow(attempt, row["error"], next_at))  # type: ignore[arg-type]
                 continue
             finally:
-                self._busy(-1)
+                self.busy(-1)
             await self._commit(self.entry_op(slot, kind, "ok", text, None, attempt, started, self.clock.time()))
             metrics.inc("chainflow_steps_total", outcome="ok")
             return text, value

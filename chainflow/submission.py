@@ -151,7 +151,7 @@ class Submitter:
             # parking meanwhile makes the run look fully parked, and the executor would
             # unwind (suspend) it mid-RPC, leaving the submission unsent until some
             # other wake-up (e.g. the sibling's signal) arrives
-            ctx._busy(+1)
+            ctx.busy(+1)
             try:
                 return await fn(*args)
             except (*TERMINAL, *CONTROL):
@@ -159,7 +159,7 @@ class Submitter:
             except Exception as failure:  # noqa: BLE001 - a node or network failure, not the workflow's fault
                 exc = failure
             finally:
-                ctx._busy(-1)
+                ctx.busy(-1)
             tries += 1
             if tries >= retry.max_attempts:
                 raise SubmissionFailedError(step_label(slot), f"chain unreachable after {tries} attempts: "

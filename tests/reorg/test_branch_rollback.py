@@ -1,0 +1,106 @@
+"""A deep reorg rolls back only the mint's branch and what followed the join.
+
+    a, b = await ctx.gather(mint_branch(), offchain_branch())
+        mint_branch:     submit mint -> credit          (credit compensated)
+        offchain_branch: wait "go"   -> email           (email compensated)
+    settle(a, b)                                        (compensated)
+
+The test sends "go" only after the mint's step is journaled, so the sibling's email is
+recorded *after* the mint: it must be kept because it is in a sibling branch, not
+because it happened to come first.  After the reorg: settle and credit are compensated
+(settle first) and re-run once; the email is neither compensated nor re-run.
+
+The first phase is also the regression test for a submission in one branch while its
+sibling is parked on a signal: the mint must be sent and settled without waiting for
+"go" (it used to be unwound mid-RPC, the run suspended waiting for "go" only).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import chainflow as cf
+from devnet import reorg
+
+from ._rig import CHAIN, Rig, label
+
+
+def register(rig: Rig) -> None:
+    ledger = rig.ledger
+
+    def credit(tx_hash: str) -> str:
+        ledger.hit(f"credit {tx_hash}")
+        return tx_hash
+
+    def debit(tx_hash: str) -> None:
+        ledger.hit(f"debit {tx_hash}")
+
+    def email(to: str) -> str:
+        ledger.hit(f"email {to}")
+        return to
+
+    def unemail(to: str) -> None:
+        ledger.hit(f"unemail {to}")
+
+    def settle(a: str, b: str) -> str:
+        ledger.hit(f"settle {a} {b}")
+        return f"{a}|{b}"
+
+    def unsettle(ref: str) -> None:
+        ledger.hit(f"unsettle {ref}")
+
+    @rig.app.workflow("two_branches")
+    async def two_branches(ctx: cf.Context, ev: dict[str, Any]) -> str:
+        async def mint_branch() -> str:
+            r = await ctx.submit("mint", chain=CHAIN, tx=rig.mint(7), idempotency_key=ev["id"],
+                                 finality=cf.Confirmations(2))
+            return await ctx.step("credit", credit, r.tx_hash, compensate=debit)
+
+        async def offchain_branch() -> str:
+            await ctx.wait_for("go")
+            return await ctx.step("email", email, ev["customer"], compensate=unemail)
+
+        a, b = await ctx.gather(mint_branch(), offchain_branch())
+        return await ctx.step("settle", settle, a, b, compensate=unsettle)
+
+
+async def test_reorg_rolls_back_only_the_mint_branch_and_after_the_join(rig: Rig) -> None:
+    register(rig)
+    app, net = rig.app, rig.net
+    async with rig.worker():
+        await rig.step()
+        h = await app.astart("two_branches", {"id": "order-1", "customer": "ann"})
+        await rig.drive(lambda: "0/credit" in rig.live(h.id), what="the mint branch to finish")
+        parked = await rig.wait_status(h.id, ("waiting",))  # the sibling still waits for "go"
+        assert parked.waiting_on == ["go"]
+        await app.asignal(h.id, "go")
+        await rig.wait_status(h.id, ("completed",))
+        assert rig.effects() == ["credit", "email", "settle"]
+
+        sub = rig.sub("order-1")
+        block = int(sub.block_number)
+        await rig.step()
+        result = reorg(net, rig.head() - block + 2)
+        stats = await rig.step()
+        assert stats.reorg_depth == result.depth
+        await rig.drive(lambda: rig.app.status(h.id).status == "completed" and len(rig.effects()) >= 6,
+                        what="the re-completion")
+
+    st = await rig.status(h.id)
+    assert st.status == "completed", st.error
+    effects = rig.effects()
+    assert effects == ["credit", "email", "settle", "unsettle", "debit", "credit", "settle"]
+    assert effects.count("email") == 1 and "unemail" not in effects
+
+    journal = app.journal(h.id)
+    order = [label(e) for e in journal]
+    assert order.index("1/email") > order.index("0/mint"), "the sibling's step was recorded after the mint"
+    gone = sorted(label(e) for e in journal if e.invalidated)
+    assert gone == sorted(["0/mint", "0/credit", "settle", "0/compensate:credit", "compensate:settle"])
+    kept = [e for e in journal if e.branch == "1"]
+    assert [e.key for e in kept] == ["go", "email"]
+    assert not any(e.invalidated for e in kept), "the sibling branch is untouched"
+    assert sorted(rig.live(h.id)) == sorted(["0/mint", "0/credit", "1/go", "1/email", "settle"])
+    final = rig.sub("order-1")
+    assert final.state == "final" and final.nonce == sub.nonce and final.tx_hash == sub.tx_hash
+    assert st.output == f"{sub.tx_hash}|ann"
