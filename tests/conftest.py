@@ -168,6 +168,53 @@ def calls(tmp_path: Path) -> CallLog:
     return CallLog(tmp_path / "calls.log")
 
 
+# --- devnets ------------------------------------------------------------------------
+
+
+def require_anvil() -> None:
+    """Skip when the anvil binary is missing, or fail when CI=true (never a silent skip)."""
+    from devnet import AnvilNotInstalled, anvil_binary
+
+    try:
+        anvil_binary()
+    except AnvilNotInstalled as exc:
+        if in_ci():
+            pytest.fail(f"{exc}; CI=true, so this is a failure, not a skip", pytrace=False)
+        pytest.skip(str(exc))
+
+
+@pytest.fixture(params=[pytest.param("inprocess"), pytest.param("anvil", marks=pytest.mark.anvil)])
+def node_kind(request: pytest.FixtureRequest) -> str:
+    if request.param == "anvil":
+        require_anvil()
+    return str(request.param)
+
+
+@pytest.fixture
+def make_net(node_kind: str) -> Iterator[Callable[..., Any]]:
+    """Factory for a started devnet of this test's kind, stopped at teardown."""
+    from devnet import Anvil, InProcessEVM
+
+    started: list[Any] = []
+
+    def make(**options: Any) -> Any:
+        if node_kind == "anvil":
+            options.pop("finality_depth", None)  # anvil's tags trail by fixed depths
+        net = Anvil(**options) if node_kind == "anvil" else InProcessEVM(**options)
+        net.__enter__()
+        started.append(net)
+        return net
+
+    yield make
+    for net in started:
+        net.stop()
+
+
+@pytest.fixture
+def net(make_net: Callable[..., Any]) -> Any:
+    return make_net()
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Engine tests are short: a hang (a lost wake-up, a park nobody resolves) should
     fail in seconds, not at the global 600s timeout.  Slow tests set their own."""

@@ -23,7 +23,9 @@ from chainflow.adapter import (
 from chainflow.errors import ConfigurationError
 from devnet import Anvil, load_token_artifact
 
-from .conftest import TOKEN_CAP, require_anvil
+from tests.conftest import require_anvil
+
+from .conftest import TOKEN_CAP
 
 pytestmark = pytest.mark.timeout(120)
 

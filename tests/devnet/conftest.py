@@ -7,42 +7,30 @@ testing only one devnet.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+
+from tests.conftest import require_anvil
 from web3 import Web3
 
-from devnet import Anvil, AnvilNotInstalled, InProcessEVM, anvil_binary
+from devnet import Anvil, InProcessEVM
 from devnet.base import Devnet
 
 MakeDevnet = Callable[..., Any]
 
 
-def _in_ci() -> bool:
-    return os.environ.get("CI", "").strip().lower() in ("true", "1", "yes")
-
-
-def _require_anvil() -> None:
-    try:
-        anvil_binary()
-    except AnvilNotInstalled as exc:
-        if _in_ci():
-            pytest.fail(f"{exc}; CI=true, so this is a failure, not a skip", pytrace=False)
-        pytest.skip(str(exc))
-
-
 @pytest.fixture
 def anvil_installed() -> None:
     """Skip (locally) or fail (CI=true) when scripts/install-anvil.sh has not been run."""
-    _require_anvil()
+    require_anvil()
 
 
 @pytest.fixture(params=[pytest.param("inprocess"), pytest.param("anvil", marks=pytest.mark.anvil)])
 def devnet_kind(request: pytest.FixtureRequest) -> str:
     if request.param == "anvil":
-        _require_anvil()
+        require_anvil()
     return str(request.param)
 
 

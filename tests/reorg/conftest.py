@@ -7,56 +7,17 @@ except under CI=true where it fails: CI must never go green by testing one node 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from devnet import Anvil, AnvilNotInstalled, InProcessEVM, anvil_binary
-from devnet.base import Devnet
 
-from ..conftest import CallLog, in_ci
+from ..conftest import CallLog
 from ._rig import Rig, build_rig
 
 
-def require_anvil() -> None:
-    try:
-        anvil_binary()
-    except AnvilNotInstalled as exc:
-        if in_ci():
-            pytest.fail(f"{exc}; CI=true, so this is a failure, not a skip", pytrace=False)
-        pytest.skip(str(exc))
-
-
-@pytest.fixture(params=[pytest.param("inprocess"), pytest.param("anvil", marks=pytest.mark.anvil)])
-def node_kind(request: pytest.FixtureRequest) -> str:
-    if request.param == "anvil":
-        require_anvil()
-    return str(request.param)
-
-
-@pytest.fixture
-def make_net(node_kind: str) -> Iterator[Callable[..., Any]]:
-    """Factory for a started devnet of this test's kind, stopped at teardown."""
-    started: list[Devnet] = []
-
-    def make(**options: Any) -> Any:
-        if node_kind == "anvil":
-            options.pop("finality_depth", None)  # anvil's tags trail by fixed depths
-        net: Devnet = Anvil(**options) if node_kind == "anvil" else InProcessEVM(**options)
-        net.__enter__()
-        started.append(net)
-        return net
-
-    yield make
-    for net in started:
-        net.stop()
-
-
-@pytest.fixture
-def net(make_net: Callable[..., Any]) -> Any:
-    return make_net()
 
 
 @pytest.fixture

@@ -17,6 +17,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 
+class _QuietServer(ThreadingHTTPServer):
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass  # clients hanging up on a slow answer is the point, not an error
+
+
 class LyingProxy:
     def __init__(self, upstream: str, *, slow_seconds: float = 2.0) -> None:
         self.upstream = upstream
@@ -34,7 +39,7 @@ class LyingProxy:
                 body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
                 proxy.handle(self, body)
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = _QuietServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)

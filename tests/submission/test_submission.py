@@ -28,7 +28,7 @@ from adapters.evm import EvmChain, LocalSigner
 from chainflow import schema
 from chainflow.adapter import TxRejected
 from devnet import Anvil, deploy_token, token_contract
-from tests.devnet.conftest import _require_anvil
+from tests.conftest import require_anvil
 
 from .mint_worker import build
 
@@ -38,7 +38,7 @@ TERMINAL = ("completed", "failed", "cancelled")
 
 @pytest.fixture
 def anvil() -> Iterator[Anvil]:
-    _require_anvil()
+    require_anvil()
     with Anvil() as net:
         yield net
 
@@ -162,7 +162,7 @@ def test_crash_at_every_phase_keeps_exactly_once(anvil: Anvil, db_url: str) -> N
 
 @pytest.mark.slow
 def test_two_workers_share_one_sender_pipelined(pg_url: str) -> None:
-    _require_anvil()
+    require_anvil()
     with Anvil(block_time=1) as net:
         chain = Chain(net)
         client = build(pg_url, net.rpc_url, chain.token.address, chain.minter.private_key)
@@ -205,7 +205,7 @@ def _app(url: str, chain: Chain, **tracker: Any) -> tuple[cf.Chainflow, EvmChain
 
 
 def test_fee_bump_replaces_a_stuck_tx(tmp_path: Path) -> None:
-    _require_anvil()
+    require_anvil()
     with Anvil(no_mining=True) as net:
         net.set_automine(True)  # deploying the token needs mining
         chain = Chain(net)
