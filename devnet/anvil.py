@@ -11,7 +11,6 @@ import time
 import weakref
 from collections.abc import Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Self
 
 from devnet.accounts import (
@@ -19,8 +18,6 @@ from devnet.accounts import (
     DEFAULT_BALANCE_ETH,
     DEFAULT_DERIVATION_PATH,
     DEFAULT_MNEMONIC,
-    DevAccount,
-    derive_accounts,
 )
 from devnet.base import RpcControls
 from devnet.errors import AnvilNotInstalled, DevnetError, RpcError
@@ -197,17 +194,6 @@ class Anvil(RpcControls):
         self._client = None
         self.port = None
 
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
     # -- anvil-specific controls ------------------------------------------
 
     def set_interval_mining(self, seconds: int) -> None:
@@ -225,10 +211,6 @@ class Anvil(RpcControls):
             return super().revert(snapshot_id)
         except RpcError:
             return False
-
-    def accounts(self) -> list[DevAccount]:
-        """The funded dev accounts with their (public, well-known) private keys."""
-        return derive_accounts(self.mnemonic, self.account_count, self.derivation_path)
 
 
 def _format_seconds(seconds: float) -> str:

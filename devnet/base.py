@@ -5,7 +5,7 @@ from __future__ import annotations
 from types import TracebackType
 from typing import Any, Protocol, runtime_checkable
 
-from devnet.accounts import DevAccount
+from devnet.accounts import DevAccount, derive_accounts
 from devnet.rpc import JsonRpcClient, to_quantity
 
 
@@ -61,6 +61,31 @@ class RpcControls:
     """
 
     _client: JsonRpcClient | None = None
+    mnemonic: str
+    account_count: int
+    derivation_path: str
+
+    def start(self) -> Any:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Any:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def accounts(self) -> list[DevAccount]:
+        """The funded dev accounts with their (public, well-known) private keys; the
+        same on both devnets for the same mnemonic."""
+        return derive_accounts(self.mnemonic, self.account_count, self.derivation_path)
 
     def _rpc_client(self) -> JsonRpcClient:
         if self._client is None:

@@ -8,7 +8,6 @@ to anvil over HTTP can talk to this, just slower and with fewer cheatcodes.
 from __future__ import annotations
 
 import weakref
-from types import TracebackType
 from typing import Any, Self
 
 from devnet.accounts import (
@@ -16,8 +15,6 @@ from devnet.accounts import (
     DEFAULT_BALANCE_ETH,
     DEFAULT_DERIVATION_PATH,
     DEFAULT_MNEMONIC,
-    DevAccount,
-    derive_accounts,
 )
 from devnet.base import RpcControls
 from devnet.evm_chain import EvmChain
@@ -116,21 +113,6 @@ class InProcessEVM(RpcControls):
         self._server = None
         self._rpc_impl = None
         self._client = None
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    def accounts(self) -> list[DevAccount]:
-        """Funded dev accounts; identical to anvil's for the same mnemonic."""
-        return derive_accounts(self.mnemonic, self.account_count, self.derivation_path)
 
     def set_interval_mining(self, seconds: float) -> None:
         """Mine every `seconds` (fractions allowed in-process, unlike anvil); 0 disables."""

@@ -7,7 +7,6 @@ testing only one devnet.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -15,11 +14,7 @@ import pytest
 from tests.conftest import require_anvil
 from web3 import Web3
 
-from devnet import Anvil, InProcessEVM
 from devnet.base import Devnet
-
-MakeDevnet = Callable[..., Any]
-
 
 @pytest.fixture
 def anvil_installed() -> None:
@@ -27,32 +22,10 @@ def anvil_installed() -> None:
     require_anvil()
 
 
-@pytest.fixture(params=[pytest.param("inprocess"), pytest.param("anvil", marks=pytest.mark.anvil)])
-def devnet_kind(request: pytest.FixtureRequest) -> str:
-    if request.param == "anvil":
-        require_anvil()
-    return str(request.param)
-
-
 @pytest.fixture
-def make_devnet(devnet_kind: str) -> Iterator[MakeDevnet]:
-    """Factory for a started devnet of this test's kind, stopped at teardown."""
-    started: list[Devnet] = []
-
-    def make(**options: Any) -> Any:
-        net: Devnet = Anvil(**options) if devnet_kind == "anvil" else InProcessEVM(**options)
-        net.__enter__()
-        started.append(net)
-        return net
-
-    yield make
-    for net in started:
-        net.stop()
-
-
-@pytest.fixture
-def devnet(make_devnet: MakeDevnet) -> Any:
-    return make_devnet()
+def devnet(net: Any) -> Any:
+    """A started devnet of each kind (the shared ``net`` fixture under this suite's name)."""
+    return net
 
 
 @pytest.fixture

@@ -36,8 +36,8 @@ def _reachable(url: str) -> bool:
         return False
 
 
-def test_start_serves_loopback_json_rpc_and_stop_frees_it(make_devnet: Any) -> None:
-    net = make_devnet(chain_id=4242)
+def test_start_serves_loopback_json_rpc_and_stop_frees_it(make_net: Any) -> None:
+    net = make_net(chain_id=4242)
     with net:
         url = net.rpc_url
         assert url.startswith("http://127.0.0.1:")
@@ -54,8 +54,8 @@ def test_start_serves_loopback_json_rpc_and_stop_frees_it(make_devnet: Any) -> N
     net.stop()  # idempotent
 
 
-def test_account_options_are_honoured(make_devnet: Any) -> None:
-    with make_devnet(accounts=3, balance_eth=5) as net:
+def test_account_options_are_honoured(make_net: Any) -> None:
+    with make_net(accounts=3, balance_eth=5) as net:
         w3 = Web3(Web3.HTTPProvider(net.rpc_url))
         accounts = net.accounts()
         assert len(accounts) == 3

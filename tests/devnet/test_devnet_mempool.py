@@ -33,9 +33,9 @@ def _transfer(
     return bytes(Account.sign_transaction(tx, sender.private_key).raw_transaction)
 
 
-def test_no_mining_keeps_txs_pending_until_mined(make_devnet: Any, devnet_kind: str) -> None:
-    options = {"no_mining": True} if devnet_kind == "anvil" else {"automine": False}
-    net = make_devnet(base_fee=7 * GWEI, **options)
+def test_no_mining_keeps_txs_pending_until_mined(make_net: Any, node_kind: str) -> None:
+    options = {"no_mining": True} if node_kind == "anvil" else {"automine": False}
+    net = make_net(base_fee=7 * GWEI, **options)
     w3 = Web3(Web3.HTTPProvider(net.rpc_url))
     sender = net.accounts()[0]
     assert w3.eth.get_block("latest")["baseFeePerGas"] == 7 * GWEI
@@ -60,9 +60,9 @@ def test_no_mining_keeps_txs_pending_until_mined(make_devnet: Any, devnet_kind: 
     assert net.mempool()["pending"] == {}
 
 
-def test_drop_transaction(make_devnet: Any, devnet_kind: str) -> None:
-    options = {"no_mining": True} if devnet_kind == "anvil" else {"automine": False}
-    net = make_devnet(**options)
+def test_drop_transaction(make_net: Any, node_kind: str) -> None:
+    options = {"no_mining": True} if node_kind == "anvil" else {"automine": False}
+    net = make_net(**options)
     w3 = Web3(Web3.HTTPProvider(net.rpc_url))
     tx_hash = w3.eth.send_raw_transaction(_transfer(w3, net.accounts()[0], 0))
     net.drop_tx(tx_hash.to_0x_hex())
