@@ -76,6 +76,8 @@ def tracked_transfer(rig: Rig, key: str) -> str:
         conn.execute(tx_attempts.insert().values(submission_id=sub_id, chain=CHAIN, tx_hash=tx_hash,
                                                  raw=bytes(signed.raw_transaction), fees="{}", created_at=now))
     rig.w3.eth.send_raw_transaction(signed.raw_transaction)
+    # automine seals the block asynchronously on anvil: the head must carry it before the step
+    rig.w3.eth.wait_for_transaction_receipt(tx_hash, timeout=10, poll_latency=0.01)
     return tx_hash
 
 
