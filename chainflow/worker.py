@@ -154,12 +154,22 @@ class Worker:
 
     async def poll(self) -> int:
         """Claim what is due (up to free slots) and start executing it."""
-        free = self.concurrency - len(self.executions) - self._reserved
-        if free <= 0:
-            return 0
-        claims = await self.db(store.claim_with_history, self.id, free, self.clock.time(), self.lease)
-        for claim, history in claims:
-            self._spawn(claim, history)
+        # the slots being claimed stay reserved while the claim is in flight: a local
+        # start (``reserve``, another thread) must not take one of them meanwhile, or
+        # the worker ends up running more than ``concurrency`` runs
+        with self._slots:
+            free = self.concurrency - len(self.executions) - self._reserved
+            if free <= 0:
+                return 0
+            self._reserved += free
+        claims: list[tuple[store.Claim, store.History]] = []
+        try:
+            claims = await self.db(store.claim_with_history, self.id, free, self.clock.time(), self.lease)
+        finally:
+            with self._slots:  # release and occupy in one step, as seen by ``reserve``
+                self._reserved -= free
+                for claim, history in claims:
+                    self._spawn(claim, history)
         return len(claims)
 
     async def drain(self) -> None:
@@ -184,8 +194,8 @@ class Worker:
         def take() -> None:
             with self._slots:
                 self._reserved -= 1
-            if claim is not None:
-                self._spawn(claim, ([], {}))
+                if claim is not None:
+                    self._spawn(claim, ([], {}))
 
         assert self._loop is not None
         self._loop.call_soon_threadsafe(take)

@@ -75,6 +75,18 @@ class Rig:
         except Exception:  # noqa: BLE001 - TransactionNotFound
             return None
 
+    def mined_block(self, tx_hash: str, timeout: float = 10.0) -> int:
+        """The block holding ``tx_hash``, waiting for it: anvil's automine seals the block
+        in the background, shortly *after* answering the broadcast."""
+        end = time.monotonic() + timeout
+        while True:
+            tx = self.chain_tx(tx_hash)
+            if tx is not None and tx.blockNumber is not None:
+                return int(tx.blockNumber)
+            if time.monotonic() > end:
+                raise AssertionError(f"{tx_hash} not mined after {timeout}s")
+            time.sleep(0.01)
+
     def foreign_tx(self, nonce: int) -> str:
         """A different transaction from the minter's key with ``nonce``, signed outside
         chainflow (eth-account directly): a 1-wei transfer to account 1."""

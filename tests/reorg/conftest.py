@@ -13,11 +13,8 @@ from typing import Any
 
 import pytest
 
-
 from ..conftest import CallLog
 from ._rig import Rig, build_rig
-
-
 
 
 @pytest.fixture

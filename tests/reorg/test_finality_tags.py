@@ -38,7 +38,7 @@ async def test_tag_policy_completes_exactly_when_the_tag_covers_the_block(rig: R
         await rig.wait_status(h.id, ("waiting",))
         sub = rig.sub("order-1")
         (attempt,) = rig.attempts(sub.id)
-        block = int(rig.chain_tx(attempt.tx_hash).blockNumber)
+        block = rig.mined_block(attempt.tx_hash)
 
         # one head short: the tag sits just below the mint's block
         await rig.mine(block + lag - 1 - rig.head())

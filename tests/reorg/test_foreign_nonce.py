@@ -31,6 +31,7 @@ async def test_nonce_taken_by_foreign_tx_in_new_branch_fails_step_and_compensate
         h = await app.astart("mint_flow", {"id": "order-1"})
         if when == "before_finality":
             await rig.wait_status(h.id, ("waiting",))
+            rig.mined_block(rig.attempts(rig.sub("order-1").id)[0].tx_hash)
             await rig.step()
             assert rig.sub("order-1").state == "included"
             assert rig.effects() == ["reserve"]

@@ -32,9 +32,7 @@ async def test_shallow_reorg_rebroadcasts_same_bytes_without_compensation(rig: R
 
         sub = rig.sub("order-1")
         (attempt,) = rig.attempts(sub.id)
-        mined = rig.chain_tx(attempt.tx_hash)
-        assert mined is not None and mined.blockNumber is not None
-        block = int(mined.blockNumber)
+        block = rig.mined_block(attempt.tx_hash)
         if depth > 1:
             await rig.mine(depth - 1)
         await rig.step()
