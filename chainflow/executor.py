@@ -33,6 +33,10 @@ _SETTLE_SPINS = 8
 class Outcome:
     status: str  # completed | failed | cancelled | suspended | abandoned
     detail: str = ""
+    # the run's row as the final write left it, and its compensations when known
+    # without a query: lets an awaiting client of this process skip a status read
+    row: Any = None
+    compensations: dict[str, str] | None = None
 
 
 class Execution:
@@ -244,10 +248,12 @@ class Execution:
         run_id, now = self.claim.run_id, self.worker.clock.time()
         assert self.ctx is not None
         try:
-            await self.ctx.commit(lambda conn: store.finish_run(conn, run_id, status, output, error, now))
+            row, = await self.ctx.commit(lambda conn: store.finish_run(conn, run_id, status, output, error, now))
         except LeaseLostError:
             return Outcome("abandoned", "lease lost")
-        return Outcome(status, error or "")
+        # compensations are known without a query only when none ever ran
+        comps: dict[str, str] | None = {} if status == "completed" and not any(e.kind == "compensation" for e in self._entries) else None
+        return Outcome(status, error or "", row, comps)
 
     async def _suspend(self, ctx: Context, bounded_by_deadline: bool = True) -> Outcome:
         # a park with no wake time (waiting only for an event) does not bound the wake-up

@@ -13,6 +13,7 @@ import logging
 import os
 import socket
 import threading
+import time
 from collections import OrderedDict
 import uuid
 from collections.abc import Callable
@@ -34,6 +35,8 @@ T = TypeVar("T")
 
 
 class Worker:
+    _RESERVE_PATIENCE = 0.05  # s a start waits for a claim in flight to hand back slots
+
     def __init__(
         self,
         app: Chainflow,
@@ -54,7 +57,7 @@ class Worker:
         self.poll_interval = poll_interval
         self.inline_wait = inline_wait
         self.id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self.committer = Committer(app.engine, app.clock)
+        self.committer = Committer(app.engine)
         self.step_pool = ThreadPoolExecutor(max(4, concurrency), thread_name_prefix="chainflow-step")
         self._db_pool = ThreadPoolExecutor(2, thread_name_prefix="chainflow-db")
         self.executions: dict[str, Execution] = {}
@@ -63,9 +66,12 @@ class Worker:
         self._tasks: set[asyncio.Task[Outcome | None]] = set()
         self._wake = asyncio.Event()
         self._heartbeat: asyncio.Task[None] | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._slots = threading.Lock()
+        self.loop: asyncio.AbstractEventLoop | None = None  # the loop the worker runs on
+        self._slots = threading.Condition()
         self._reserved = 0
+        self._claiming = 0  # of ``_reserved``: slots held by a claim query in flight
+        self._loop_thread: int | None = None
+        self._backlog = False  # the last claim filled every free slot: more may be due
         self.track = track  # run a (leader-elected) head follower per configured chain
         self._trackers: list[asyncio.Task[None]] = []
         self._stopping = asyncio.Event()
@@ -83,13 +89,13 @@ class Worker:
         """Something became due (a start or signal in this process): poll now.
 
         Thread-safe: a sync web view in another thread may be the caller."""
-        if self._loop is not None and not self._loop.is_closed():
-            self._loop.call_soon_threadsafe(self._wake.set)
+        if self.loop is not None and not self.loop.is_closed():
+            self.loop.call_soon_threadsafe(self._wake.set)
 
     async def start(self) -> None:
-        self._loop = asyncio.get_running_loop()
+        self.loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
         await asyncio.get_running_loop().run_in_executor(self._db_pool, self.app.ensure_schema)
-        self.committer.start()
         self._heartbeat = asyncio.create_task(self._beat(), name="chainflow-heartbeat")
         if self.track:
             from .tracker import Tracker
@@ -162,14 +168,18 @@ class Worker:
             if free <= 0:
                 return 0
             self._reserved += free
+            self._claiming = free
         claims: list[tuple[store.Claim, store.History]] = []
         try:
             claims = await self.db(store.claim_with_history, self.id, free, self.clock.time(), self.lease)
         finally:
             with self._slots:  # release and occupy in one step, as seen by ``reserve``
                 self._reserved -= free
+                self._claiming = 0
                 for claim, history in claims:
                     self._spawn(claim, history)
+                self._backlog = len(claims) == free
+                self._slots.notify_all()
         return len(claims)
 
     async def drain(self) -> None:
@@ -181,11 +191,21 @@ class Worker:
                 await asyncio.sleep(0)  # adoptions scheduled from another thread land first
 
     def reserve(self, workflow: str) -> bool:
-        """Take a slot for a run this process is about to create (start fast path)."""
+        """Take a slot for a run this process is about to create (start fast path).
+
+        A claim query in flight holds the free slots until it returns; a start from
+        another thread waits for it (a few ms) rather than leaving its run to the next
+        claim, which would cost a claim round trip per run."""
         with self._slots:
-            if (self._loop is None or self._stopping.is_set() or workflow not in self.app.registry
-                    or len(self.executions) + self._reserved >= self.concurrency):
+            if self.loop is None or self._stopping.is_set() or workflow not in self.app.registry:
                 return False
+            patience = 0.0 if threading.get_ident() == self._loop_thread else self._RESERVE_PATIENCE
+            until = time.monotonic() + patience
+            while len(self.executions) + self._reserved >= self.concurrency:
+                left = until - time.monotonic()
+                if not self._claiming or left <= 0:
+                    return False
+                self._slots.wait(left)
             self._reserved += 1
             return True
 
@@ -197,8 +217,8 @@ class Worker:
                 if claim is not None:
                     self._spawn(claim, ([], {}))
 
-        assert self._loop is not None
-        self._loop.call_soon_threadsafe(take)
+        assert self.loop is not None
+        self.loop.call_soon_threadsafe(take)
 
     def _spawn(self, claim: store.Claim, history: store.History) -> None:
         wf = self.app.registry.get(claim.workflow) if claim.workflow in self.app.registry else None
@@ -219,15 +239,18 @@ class Worker:
                 self.outcomes.popitem(last=False)
             if outcome.status in store.TERMINAL:
                 metrics.inc("chainflow_runs_finished_total", status=outcome.status)
-                self.app.finished(ex.claim.run_id)
+                if outcome.row is not None and outcome.row.status not in store.TERMINAL:
+                    return outcome  # reopened by a reorg as it finished: not over yet
+                self.app.finished(ex.claim.run_id, outcome.row, outcome.compensations)
             return outcome
         except Exception:
             log.exception("run %s crashed the executor; it will be retried after its lease", ex.claim.run_id)
             return None
         finally:
-            # a freed slot is worth an immediate poll only if the worker was full (work may
-            # be queued); otherwise the poll interval and local notifications suffice
-            if len(self.executions) >= self.concurrency:
+            # a freed slot is worth an immediate poll only if the last claim left work
+            # queued; otherwise the poll interval and local notifications suffice, and a
+            # needless claim in flight would push a local start off its fast path
+            if self._backlog:
                 self._wake.set()
             self.executions.pop(ex.claim.run_id, None)
 

@@ -13,6 +13,8 @@ import pytest
 import chainflow as cf
 from chainflow.testing import WorkflowTester
 
+from ._util import wait_until
+
 
 def run_count(app: cf.Chainflow) -> int:
     return len(app.runs(limit=10_000))
@@ -64,6 +66,36 @@ async def test_idempotent_start_after_the_run_finished(make_app: Any) -> None:
     assert (again.id, again.created) == (first.id, False)
     assert app.status(first.id).output == 42
     assert run_count(app) == 1
+
+
+async def test_start_through_a_local_workers_group_commit(make_app: Any) -> None:
+    """astart on the loop of a running worker writes the run through that worker's
+    group commit, born claimed; idempotency keys answer exactly as the ordinary start."""
+    app = make_app()
+
+    @app.workflow("double")
+    async def double(ctx: cf.Context, x: int) -> int:
+        return await ctx.step("twice", lambda: x * 2)
+
+    stop = asyncio.Event()
+    worker = app.worker(concurrency=4, poll_interval=60)  # no claim poll would find them
+    running = asyncio.create_task(worker.run(stop))
+    await wait_until(lambda: worker.loop is not None, what="the worker to start")
+    try:
+        first = await app.astart("double", 21, idempotency_key="k")
+        plain = await app.astart("double", 5)
+        assert first.created and plain.created
+        again = await app.astart("double", 21, idempotency_key="k")
+        assert (again.id, again.created) == (first.id, False)
+        with pytest.raises(cf.IdempotencyConflictError):
+            await app.astart("double", 22, idempotency_key="k")
+        assert (await app.await_run(first.id, timeout=10)).output == 42
+        assert (await app.await_run(plain.id, timeout=10)).output == 10
+    finally:
+        stop.set()
+        await running
+    assert run_count(app) == 2
+    assert app.status(first.id).output == 42
 
 
 class Payment(pydantic.BaseModel):
