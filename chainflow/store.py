@@ -208,7 +208,6 @@ def heartbeat(
 
 # hot-path statements are built once: constructing a Core statement costs more than
 # executing it on SQLite
-_INSERT_ENTRY = journal.insert()
 ENTRY_COLUMNS = ("run_id", "branch", "position", "key", "kind", "status", "output", "error", "attempts",
                   "started_at", "finished_at")
 
@@ -218,7 +217,7 @@ def _hot_sql(paramstyle: str, kind: str, rows: int) -> str:
     """The two statements every step makes, as DBAPI text for ``rows`` runs or entries:
     through the cursor they cost a fraction of a Core execution, and the group commit
     runs each once per batch."""
-    mark = "?" if paramstyle == "qmark" else "%s"
+    mark = _mark(paramstyle)
     if kind == "fence":
         pairs = ", ".join([f"({mark}, {mark})"] * rows)
         # SQLite: the transaction already holds the database's write lock.  Postgres:
@@ -227,6 +226,10 @@ def _hot_sql(paramstyle: str, kind: str, rows: int) -> str:
         return f"SELECT id FROM {runs.name} WHERE (id, fence) IN (VALUES {pairs}){lock}"
     one = f"({', '.join([mark] * len(ENTRY_COLUMNS))})"
     return f"INSERT INTO {journal.name} ({', '.join(ENTRY_COLUMNS)}) VALUES {', '.join([one] * rows)}"
+
+
+def _mark(paramstyle: str) -> str:
+    return "?" if paramstyle == "qmark" else "%s"
 
 
 def _dbapi_execute(dbapi: Any, sql: str, params: list[Any]) -> list[Any]:
@@ -264,7 +267,7 @@ def insert_runs(dbapi: Any, paramstyle: str, rows: list[dict[str, Any]]) -> set[
     inserted (the caller answers the others through the ordinary start)."""
     if not rows:
         return set()
-    mark = "?" if paramstyle == "qmark" else "%s"
+    mark = _mark(paramstyle)
     columns = list(rows[0])
     one = f"({', '.join([mark] * len(columns))})"
     sql = (f"INSERT INTO {runs.name} ({', '.join(columns)}) VALUES {', '.join([one] * len(rows))} "
@@ -379,10 +382,6 @@ def load_histories(conn: sa.Connection, run_ids: list[str]) -> dict[str, History
 
 def load_history(conn: sa.Connection, run_id: str) -> History:
     return load_histories(conn, [run_id])[run_id]
-
-
-def insert_entry(conn: sa.Connection, run_id: str, **values: Any) -> None:
-    conn.execute(_INSERT_ENTRY, {"run_id": run_id, **values})
 
 
 def update_entry(conn: sa.Connection, run_id: str, branch: str, key: str, **values: Any) -> None:
