@@ -40,20 +40,22 @@ def lowest(conn: sa.Connection, chain: str) -> int | None:
     ).scalar()
 
 
+# The head follower's statements, built once with bind parameters (it runs them on
+# every head; building a Core statement costs more than running it locally).
+_SAME_HASH = sa.and_(headers.c.chain == sa.bindparam("b_chain"), headers.c.hash == sa.bindparam("b_hash"))
+_EXISTS = sa.select(headers.c.hash).where(_SAME_HASH)
+_RESTORE = headers.update().where(_SAME_HASH).values(orphaned=False)
+_INSERT = headers.insert()
+_PRUNE = headers.delete().where(headers.c.chain == sa.bindparam("b_chain"), headers.c.number < sa.bindparam("below"))
+
+
 def add(conn: sa.Connection, chain: str, h: Header) -> None:
-    exists = conn.execute(
-        sa.select(headers.c.hash).where(headers.c.chain == chain, headers.c.hash == h.hash)
-    ).first()
-    if exists:
-        conn.execute(
-            headers.update().where(headers.c.chain == chain, headers.c.hash == h.hash).values(orphaned=False)
-        )
+    key = {"b_chain": chain, "b_hash": h.hash}
+    if conn.execute(_EXISTS, key).first():
+        conn.execute(_RESTORE, key)
         return
-    conn.execute(
-        headers.insert().values(
-            chain=chain, hash=h.hash, number=h.number, parent_hash=h.parent_hash, timestamp=h.timestamp
-        )
-    )
+    conn.execute(_INSERT, {"chain": chain, "hash": h.hash, "number": h.number, "parent_hash": h.parent_hash,
+                           "timestamp": h.timestamp})
 
 
 def orphan_above(conn: sa.Connection, chain: str, fork: int) -> list[Header]:
@@ -81,7 +83,7 @@ def is_canonical(conn: sa.Connection, chain: str, block_hash: str) -> bool:
 
 
 def prune(conn: sa.Connection, chain: str, below: int) -> None:
-    conn.execute(headers.delete().where(headers.c.chain == chain, headers.c.number < below))
+    conn.execute(_PRUNE, {"b_chain": chain, "below": below})
 
 
 def lead(conn: sa.Connection, name: str, owner: str, now: float, ttl: float) -> bool:

@@ -32,14 +32,17 @@ class SenderNonces:
     gap_fills: list[tuple[int, str]] = field(default_factory=list)  # (nonce, state)
 
 
+_ORPHANED = (  # built once: the tracker asks on every head
+    sa.select(submissions.c.id, submissions.c.sender, submissions.c.nonce)
+    .join(runs, runs.c.id == submissions.c.run_id)
+    .where(submissions.c.chain == sa.bindparam("chain"), submissions.c.state == "allocated",
+           submissions.c.gap_fill.is_(sa.false()), runs.c.status.in_(TERMINAL))
+)
+
+
 def orphaned_allocations(conn: sa.Connection, chain: str) -> list[sa.Row[Any]]:
     """Submissions holding a nonce they will never sign: their run is over."""
-    return list(conn.execute(
-        sa.select(submissions.c.id, submissions.c.sender, submissions.c.nonce)
-        .join(runs, runs.c.id == submissions.c.run_id)
-        .where(submissions.c.chain == chain, submissions.c.state == "allocated",
-               submissions.c.gap_fill.is_(sa.false()), runs.c.status.in_(TERMINAL))
-    ))
+    return list(conn.execute(_ORPHANED, {"chain": chain}))
 
 
 def mark_abandoned(conn: sa.Connection, sub_id: int, now: float) -> None:

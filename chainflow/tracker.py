@@ -237,6 +237,40 @@ class Tracker:
 
 
 # --- SQL used only by the tracker ---------------------------------------------------
+# Built once with bind parameters: building a Core statement costs several times its
+# execution against a local database, and these run on every head.
+
+_MATCHES = (
+    sa.select(tx_attempts.c.submission_id, tx_attempts.c.tx_hash, submissions.c.finality)
+    .join(submissions, submissions.c.id == tx_attempts.c.submission_id)
+    .where(tx_attempts.c.chain == sa.bindparam("chain"),
+           tx_attempts.c.tx_hash.in_(sa.bindparam("hashes", expanding=True)),
+           submissions.c.state.in_(OPEN))
+)
+_INCLUDED = (
+    sa.select(submissions.c.id, submissions.c.finality, submissions.c.block_number)
+    .where(submissions.c.chain == sa.bindparam("chain"), submissions.c.state == "included")
+)
+_STUCK = (
+    sa.select(submissions)
+    .where(submissions.c.chain == sa.bindparam("chain"), submissions.c.state.in_(OPEN),
+           submissions.c.last_broadcast_block <= sa.bindparam("older_than"))
+    .order_by(submissions.c.nonce)
+    .limit(sa.bindparam("limit"))
+)
+_START_REBROADCAST_CLOCK = (
+    submissions.update()
+    .where(submissions.c.chain == sa.bindparam("b_chain"), submissions.c.state.in_(OPEN),
+           submissions.c.last_broadcast_block.is_(None))
+    .values(last_broadcast_block=sa.bindparam("head"))
+)
+_INCLUDE = (
+    submissions.update()
+    .where(submissions.c.id == sa.bindparam("sub_id"), submissions.c.state.in_(OPEN))
+    .values(state="included", tx_hash=sa.bindparam("b_tx_hash"), block_number=sa.bindparam("b_block_number"),
+            block_hash=sa.bindparam("b_block_hash"), receipt=sa.bindparam("b_receipt"),
+            updated_at=sa.bindparam("now"))
+)
 
 
 @dataclass
@@ -252,29 +286,10 @@ def _view(conn: sa.Connection, chain: str, hashes: list[str], older_than: int, l
     matches: list[tuple[int, str, str]] = []
     for i in range(0, len(hashes), 500):
         chunk = [h.lower() for h in hashes[i : i + 500]]
-        matches.extend(
-            (int(r.submission_id), r.tx_hash, r.finality)
-            for r in conn.execute(
-                sa.select(tx_attempts.c.submission_id, tx_attempts.c.tx_hash, submissions.c.finality)
-                .join(submissions, submissions.c.id == tx_attempts.c.submission_id)
-                .where(tx_attempts.c.chain == chain, tx_attempts.c.tx_hash.in_(chunk),
-                       submissions.c.state.in_(OPEN))
-            )
-        )
-    included = [
-        (int(r.id), r.finality, int(r.block_number))
-        for r in conn.execute(
-            sa.select(submissions.c.id, submissions.c.finality, submissions.c.block_number)
-            .where(submissions.c.chain == chain, submissions.c.state == "included")
-        )
-    ]
-    stuck = list(conn.execute(
-        sa.select(submissions)
-        .where(submissions.c.chain == chain, submissions.c.state.in_(OPEN),
-               submissions.c.last_broadcast_block <= older_than)
-        .order_by(submissions.c.nonce)
-        .limit(limit)
-    ))
+        matches.extend((int(r.submission_id), r.tx_hash, r.finality)
+                       for r in conn.execute(_MATCHES, {"chain": chain, "hashes": chunk}))
+    included = [(int(r.id), r.finality, int(r.block_number)) for r in conn.execute(_INCLUDED, {"chain": chain})]
+    stuck = list(conn.execute(_STUCK, {"chain": chain, "older_than": older_than, "limit": limit}))
     return _View(matches, included, stuck, nonces.orphaned_allocations(conn, chain))
 
 
@@ -287,24 +302,16 @@ def _commit_head(conn: sa.Connection, chain: str, new: list[Header], receipts: l
     if ready:
         _finalise(conn, ready, now)
     # broadcast but not yet seen by the tracker: start its re-broadcast clock now
-    conn.execute(
-        submissions.update()
-        .where(submissions.c.chain == chain, submissions.c.state.in_(OPEN),
-               submissions.c.last_broadcast_block.is_(None))
-        .values(last_broadcast_block=head)
-    )
+    conn.execute(_START_REBROADCAST_CLOCK, {"b_chain": chain, "head": head})
     if window:
         headers.prune(conn, chain, head - window)
 
 
 def _store_receipts(conn: sa.Connection, receipts: list[tuple[int, Receipt]], now: float) -> None:
     for sub_id, r in receipts:
-        conn.execute(
-            submissions.update()
-            .where(submissions.c.id == sub_id, submissions.c.state.in_(OPEN))
-            .values(state="included", tx_hash=r.tx_hash, block_number=r.block_number, block_hash=r.block_hash,
-                    receipt=codec.dumps(_receipt_dict(r)), updated_at=now)
-        )
+        conn.execute(_INCLUDE, {"sub_id": sub_id, "b_tx_hash": r.tx_hash, "b_block_number": r.block_number,
+                                "b_block_hash": r.block_hash, "b_receipt": codec.dumps(_receipt_dict(r)),
+                                "now": now})
 
 
 def _receipt_dict(r: Receipt) -> dict[str, Any]:
@@ -313,10 +320,18 @@ def _receipt_dict(r: Receipt) -> dict[str, Any]:
     return dataclasses.asdict(r)
 
 
+_OWNERS = sa.select(submissions.c.id, submissions.c.run_id).where(
+    submissions.c.id.in_(sa.bindparam("ids", expanding=True)))
+_FINAL = (
+    submissions.update()
+    .where(submissions.c.id.in_(sa.bindparam("ids", expanding=True)), submissions.c.state == "included")
+    .values(state="final", updated_at=sa.bindparam("now"))
+)
+
+
 def _finalise(conn: sa.Connection, ids: list[int], now: float) -> None:
-    rows = list(conn.execute(sa.select(submissions.c.id, submissions.c.run_id).where(submissions.c.id.in_(ids))))
-    conn.execute(submissions.update().where(submissions.c.id.in_(ids), submissions.c.state == "included")
-                 .values(state="final", updated_at=now))
+    rows = list(conn.execute(_OWNERS, {"ids": ids}))
+    conn.execute(_FINAL, {"ids": ids, "now": now})
     for r in rows:
         if r.run_id:
             store.insert_signal(conn, r.run_id, event_name(int(r.id)), "null", now)

@@ -1,7 +1,9 @@
 """``EvmChain``: chainflow's ``ChainAdapter`` for any EVM JSON-RPC node.
 
 Stateless towards the engine: it keeps only caches that are safe to lose (the chain
-id, whether the chain has a base fee, ABIs seen in ``prepare``).  Every durable
+id, whether the chain has a base fee, ABIs seen in ``prepare``, the transaction hashes
+of blocks whose headers it fetched: a block hash fixes the block's content, so the
+head follower needs no second call for a header it just read).  Every durable
 decision (nonces, which bytes to re-send, when to bump) belongs to the engine; this
 class answers questions and signs what it is told to sign.
 """
@@ -9,6 +11,7 @@ class answers questions and signs what it is told to sign.
 from __future__ import annotations
 
 import inspect
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -41,6 +44,7 @@ from .values import hex_lower, quantity
 
 GAP_FILL_GAS = 21_000
 FINALITY_TAGS = frozenset({"finalized", "safe"})
+_REMEMBERED_BLOCKS = 256
 
 
 def _header(block: Mapping[str, Any]) -> Header:
@@ -52,11 +56,14 @@ def _header(block: Mapping[str, Any]) -> Header:
     )
 
 
+def _tx_hashes(block: Mapping[str, Any]) -> list[str]:
+    return [hex_lower(t if isinstance(t, (str, bytes)) else t["hash"]) for t in block.get("transactions") or []]
+
+
 class EvmChain:
     """Talks to one EVM chain through one node, submitting from one signer.
 
-    ``rpc`` is a URL (an ``AsyncHTTPProvider`` is built, without web3's automatic
-    retries) or any web3 provider / ``Web3`` / ``AsyncWeb3``.  ``abis`` are contract
+    ``rpc`` is a URL (plain JSON-RPC on a keep-alive session, no automatic retries) or any web3 provider / ``Web3`` / ``AsyncWeb3``.  ``abis`` are contract
     ABIs whose events and custom errors receipts should decode even in a process that
     never prepared a call to them (a tracker on another host, a worker after restart).
     """
@@ -93,6 +100,7 @@ class EvmChain:
         self._chain_id: int | None = None
         self._headroom_permille = round(gas_headroom * 1000)
         self._fees = fee_market.FeeMarket(self.rpc, history_blocks=fee_history_blocks, priority_fee=priority_fee)
+        self._block_txs: OrderedDict[str, list[str]] = OrderedDict()
 
     def __repr__(self) -> str:
         return f"EvmChain({self.name!r}, sender={self.signer.address}, rpc={self.rpc!r})"
@@ -238,19 +246,28 @@ class EvmChain:
         block = await self.rpc.call("eth_getBlockByNumber", "latest", False)
         if not block:
             raise RpcError("eth_getBlockByNumber", 0, "node returned no latest block")
-        return _header(block)
+        return self._remember(block)
 
     async def header_at(self, number: int) -> Header | None:
         if number < 0:
             return None
         block = await self.rpc.call("eth_getBlockByNumber", hex(number), False)
-        return _header(block) if block else None
+        return self._remember(block) if block else None
 
     async def block_tx_hashes(self, block_hash: str) -> list[str]:
+        known = self._block_txs.get(hex_lower(block_hash))
+        if known is not None:
+            return list(known)
         block = await self.rpc.call("eth_getBlockByHash", block_hash, False)
-        if not block:
-            return []
-        return [hex_lower(t if isinstance(t, (str, bytes)) else t["hash"]) for t in block.get("transactions") or []]
+        return _tx_hashes(block) if block else []
+
+    def _remember(self, block: Mapping[str, Any]) -> Header:
+        header = _header(block)
+        self._block_txs.pop(header.hash, None)
+        self._block_txs[header.hash] = _tx_hashes(block)
+        while len(self._block_txs) > _REMEMBERED_BLOCKS:
+            self._block_txs.popitem(last=False)
+        return header
 
     async def tagged_number(self, tag: str) -> int | None:
         if tag not in FINALITY_TAGS:

@@ -1,35 +1,37 @@
-"""JSON-RPC calls through web3's request manager, raw results, classified failures.
+"""JSON-RPC calls, raw results, classified failures.
 
 The adapter needs the node's *own* error text to classify broadcasts ("already known",
 "nonce too low"...) and must tell a node's answer apart from a transport failure, which
 web3's formatted ``w3.eth.*`` methods blur (and they add middleware round trips: chain-id
-validation, gas estimation).  So calls go through ``manager.coro_request`` with no
-middleware, results stay raw JSON, and every failure becomes ``RpcError`` (the node
-answered) or ``RpcUnavailable`` (it did not, or we could not read it).
+validation, gas estimation).  So results stay raw JSON, and every failure becomes
+``RpcError`` (the node answered) or ``RpcUnavailable`` (it did not, or we could not
+read it).
 
-Given a URL, the provider is built without web3's automatic retries: the engine owns
-retries, and web3's default would re-send ``eth_sendRawTransaction`` up to five times
-with back-off inside one broadcast call.  It also gets a keep-alive session per event
-loop (web3's default session closes the connection after every request, which costs a
-TCP - and for remote nodes a TLS - handshake per call); a pooled connection the server
-closed while idle is retried once, which is harmless even for a broadcast (the second
-answer is "already known" at worst).  Given a synchronous provider (e.g. web3's
-``EthereumTesterProvider``), calls run in a worker thread, one at a time, so they do not
+Given a URL, calls are plain JSON-RPC POSTs on a keep-alive aiohttp session per event
+loop: the head follower makes several calls per block, and web3's request manager
+(caching layer, lock, response formatters) cost about as much CPU as the HTTP exchange
+itself.  There are no automatic retries: the engine owns retries, and a silent re-send
+of ``eth_sendRawTransaction`` inside one broadcast call would hide what happened.  The
+one exception is a pooled connection the server closed while idle, retried once on a
+fresh connection, which is harmless even for a broadcast (the second answer is
+"already known" at worst).  Given a web3 provider or instance instead, calls go through
+web3's request manager with no middleware; a synchronous provider (e.g. web3's
+``EthereumTesterProvider``) runs in a worker thread, one call at a time, so it does not
 block the event loop and the in-process chain never sees concurrent requests.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import threading
-import weakref
 from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
 import yarl
-from web3 import AsyncHTTPProvider, AsyncWeb3, Web3
+from web3 import AsyncWeb3, Web3
 from web3.exceptions import BadResponseFormat, ProviderConnectionError, Web3RPCError
 from web3.providers import BaseProvider
 from web3.providers.async_base import AsyncBaseProvider
@@ -48,6 +50,8 @@ _TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (
     json.JSONDecodeError,
 )
 
+_HEADERS = {"Content-Type": "application/json"}
+
 
 def redact_url(url: str) -> str:
     """``scheme://host:port/…``: provider URLs often carry an API key in the path or
@@ -59,22 +63,69 @@ def redact_url(url: str) -> str:
     return f"{parts.scheme}://{host}{port}{tail}"
 
 
+class _Http:
+    """JSON-RPC over HTTP with one keep-alive session per event loop (a session cannot
+    outlive or cross its loop; tests and tools run several loops over one adapter)."""
+
+    def __init__(self, url: str, timeout: float) -> None:
+        self.url = url
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._sessions: dict[asyncio.AbstractEventLoop, aiohttp.ClientSession] = {}
+        self._lock = threading.Lock()
+        self._ids = itertools.count(1)
+
+    async def request(self, method: str, params: list[Any]) -> Any:
+        body = json.dumps({"jsonrpc": "2.0", "id": next(self._ids), "method": method, "params": params})
+        try:
+            answer = await self._post(await self._session(), body)
+        except aiohttp.ServerDisconnectedError:
+            answer = await self._post(await self._session(), body)  # stale pooled connection
+        if not isinstance(answer, dict) or ("result" not in answer and "error" not in answer):
+            raise BadResponseFormat(f"not a JSON-RPC response: {str(answer)[:200]}")
+        error = answer.get("error")
+        if error is not None:
+            if not isinstance(error, dict):
+                error = {"message": str(error)}
+            raise RpcError(method, int(error.get("code", 0) or 0), str(error.get("message", "")), error.get("data"))
+        return answer.get("result")
+
+    async def _post(self, session: aiohttp.ClientSession, body: str) -> Any:
+        async with session.post(self.url, data=body, headers=_HEADERS) as response:
+            response.raise_for_status()
+            return json.loads(await response.read())
+
+    async def _session(self) -> aiohttp.ClientSession:
+        loop = asyncio.get_running_loop()
+        session = self._sessions.get(loop)
+        if session is not None and not session.closed:
+            return session
+        with self._lock:
+            dead = [old for old in self._sessions if old.is_closed()]
+            stale = [self._sessions.pop(old) for old in dead]
+            session = self._sessions[loop] = aiohttp.ClientSession(
+                timeout=self._timeout, connector=aiohttp.TCPConnector(limit=64))
+        for old_session in stale:  # their loop is gone: closing only marks them closed
+            await old_session.close()
+        return session
+
+    async def aclose(self) -> None:
+        """Close this loop's session (and forget those of loops that have ended)."""
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            mine = [s for old, s in self._sessions.items() if old is loop or old.is_closed()]
+            self._sessions = {old: s for old, s in self._sessions.items() if not (old is loop or old.is_closed())}
+        for session in mine:
+            await session.close()
+
+
 class Rpc:
     def __init__(self, target: RpcTarget, *, timeout: float) -> None:
-        self._owned = isinstance(target, str)
         self._lock = threading.Lock()
+        self._http: _Http | None = None
         self._sync: Web3 | None = None
         self._async: AsyncWeb3[Any] | None = None
-        self._secret_url: str | None = None
-        self._session_loop: weakref.ref[asyncio.AbstractEventLoop] | None = None
         if isinstance(target, str):
-            provider = AsyncHTTPProvider(
-                target,
-                request_kwargs={"timeout": aiohttp.ClientTimeout(total=timeout)},
-                exception_retry_configuration=None,
-            )
-            self._async = AsyncWeb3(provider, middleware=[])
-            self._secret_url = target
+            self._http = _Http(target, timeout)
         elif isinstance(target, AsyncWeb3):
             self._async = target
         elif isinstance(target, Web3):
@@ -90,21 +141,19 @@ class Rpc:
         self.calls = 0
 
     def __repr__(self) -> str:
-        where = redact_url(self._secret_url) if self._secret_url else type(self._provider()).__name__
-        return f"Rpc({where})"
-
-    def _provider(self) -> Any:
-        return (self._async or self._sync).provider  # type: ignore[union-attr]
+        if self._http is not None:
+            return f"Rpc({redact_url(self._http.url)})"
+        return f"Rpc({type((self._async or self._sync).provider).__name__})"  # type: ignore[union-attr]
 
     def _clean(self, text: str) -> str:
         """Error text with the URL's path and query (where keys live) masked, in the
         forms aiohttp may quote it in."""
-        if not self._secret_url:
+        if self._http is None:
             return text
-        parts = urlsplit(self._secret_url)
-        normalised = str(yarl.URL(self._secret_url))
-        for secret in (self._secret_url, normalised):
-            text = text.replace(secret, redact_url(self._secret_url))
+        url = self._http.url
+        parts = urlsplit(url)
+        for secret in (url, str(yarl.URL(url))):
+            text = text.replace(secret, redact_url(url))
         for secret in (parts.path if parts.path not in ("", "/") else "", parts.query):
             if secret:
                 text = text.replace(secret, "…")
@@ -114,15 +163,13 @@ class Rpc:
         """The raw ``result`` of ``method``; raises ``RpcError`` / ``RpcUnavailable``."""
         self.calls += 1
         try:
+            if self._http is not None:
+                return await self._http.request(method, list(params))
             if self._async is None:
                 return await asyncio.to_thread(self._blocking, method, list(params))
-            if self._owned:
-                await self._keep_alive_session()
-                try:
-                    return await self._async.manager.coro_request(method, list(params))  # type: ignore[arg-type]
-                except aiohttp.ServerDisconnectedError:
-                    pass  # stale pooled connection: one fresh attempt below
             return await self._async.manager.coro_request(method, list(params))  # type: ignore[arg-type]
+        except RpcError:
+            raise
         except Web3RPCError as exc:
             raw_error: Any = (exc.rpc_response or {}).get("error") or {}
             error: dict[str, Any] = raw_error if isinstance(raw_error, dict) else {"message": str(raw_error)}
@@ -133,21 +180,10 @@ class Rpc:
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - in-process providers raise their node errors
-            if self._owned:
+            if self._http is not None:
                 raise RpcUnavailable(method, self._clean(f"{type(exc).__name__}: {exc}")) from None
             message = str(exc)
             raise RpcError(method, 3 if "revert" in message.lower() else -32000, message) from None
-
-    async def _keep_alive_session(self) -> None:
-        loop = asyncio.get_running_loop()
-        if self._session_loop is not None and self._session_loop() is loop:
-            return
-        assert self._async is not None
-        session = aiohttp.ClientSession(raise_for_status=True, connector=aiohttp.TCPConnector(limit=64))
-        cached = await self._async.provider.cache_async_session(session)
-        if cached is not session:  # web3 already holds a session for this loop
-            await session.close()
-        self._session_loop = weakref.ref(loop)
 
     def _blocking(self, method: str, params: list[Any]) -> Any:
         assert self._sync is not None
@@ -155,11 +191,13 @@ class Rpc:
             return self._sync.manager.request_blocking(method, params)  # type: ignore[arg-type]
 
     async def aclose(self) -> None:
-        """Close the provider's HTTP sessions: they are bound to the current event loop.
-        Harmless for a caller's provider too, which opens a new session on next use."""
+        """Close the HTTP sessions: they are bound to the current event loop.  Harmless
+        for a caller's provider too, which opens a new session on next use."""
+        if self._http is not None:
+            await self._http.aclose()
+            return
         if self._async is None:
             return
-        self._session_loop = None
         disconnect = getattr(self._async.provider, "disconnect", None)
         if disconnect is not None:
             await disconnect()

@@ -81,7 +81,12 @@ async def test_transfer_signs_broadcasts_and_reads_a_typed_receipt(net: Any, cha
 
     header = await chain.header_at(receipt.block_number)
     assert header is not None and header.hash == receipt.block_hash
-    assert signed.tx_hash in await chain.block_tx_hashes(receipt.block_hash)
+    calls = chain.rpc.calls
+    remembered = await chain.block_tx_hashes(receipt.block_hash)
+    assert signed.tx_hash in remembered and chain.rpc.calls == calls  # known from the header's own answer
+    fresh = EvmChain("fresh", net.rpc_url, chain.signer)
+    assert await fresh.block_tx_hashes(receipt.block_hash) == remembered and fresh.rpc.calls == 1
+    await fresh.aclose()
     assert await chain.in_mempool(signed.tx_hash) is False
     assert await chain.latest_nonce(chain.sender()) == nonce + 1
 
