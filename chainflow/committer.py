@@ -25,7 +25,8 @@ from .entrywriter import EntryWriter
 from .errors import LeaseLostError
 
 # a closure over the batch's connection, or plain data the batch writes in bulk
-Op = Callable[[sa.Connection], Any] | store.EntryInsert | store.RunInsert
+Op = Callable[[sa.Connection], Any] | store.EntryInsert | store.RunInsert | store.RunFinish
+_DATA = (store.EntryInsert, store.RunInsert, store.RunFinish)
 
 
 @dataclass
@@ -97,14 +98,16 @@ class Committer:
     def _commit_together(self, batch: list[_Item]) -> list[Any]:
         # items without a fence create runs; the others write to runs they must still own
         fences = {item.run_id: item.fence for item in batch if item.fence is not None}
-        if all(isinstance(op, (store.EntryInsert, store.RunInsert)) for item in batch for op in item.ops):
-            ours, created = self._writer.write(
+        ops = [op for item in batch for op in item.ops]
+        if all(isinstance(op, _DATA) for op in ops):
+            ours, created, finished = self._writer.write(
                 fences,
-                [op.row for item in batch for op in item.ops if isinstance(op, store.EntryInsert)],
-                [op.row for item in batch for op in item.ops if isinstance(op, store.RunInsert)],
+                [op.row for op in ops if isinstance(op, store.EntryInsert)],
+                [op.row for op in ops if isinstance(op, store.RunInsert)],
+                [op for op in ops if isinstance(op, store.RunFinish)],
             )
         else:
-            ours, created = self._commit_general(batch, fences)
+            ours, created, finished = self._commit_general(batch, fences)
         results: list[Any] = []
         for item in batch:
             if item.fence is not None and item.run_id not in ours:
@@ -112,11 +115,16 @@ class Committer:
             elif item.fence is None:
                 results.append([isinstance(op, store.RunInsert) and op.row["id"] in created for op in item.ops])
             else:
-                results.append(item.results or [None] * len(item.ops))
+                results.append([
+                    finished.get(op.run_id) if isinstance(op, store.RunFinish)
+                    else item.results[i] if item.results is not None else None
+                    for i, op in enumerate(item.ops)
+                ])
         return results
 
-    def _commit_general(self, batch: list[_Item], fences: dict[str, int]) -> tuple[set[str], set[str]]:
-        """Batches holding more than rows to insert: through SQLAlchemy, ops in order."""
+    def _commit_general(self, batch: list[_Item], fences: dict[str, int],
+                        ) -> tuple[set[str], set[str], dict[str, store.RunRow]]:
+        """Batches holding closures too: through SQLAlchemy, ops in order."""
         if self._conn is None or self._conn.closed or self._conn.invalidated:
             # one long-lived connection: a pool checkout per batch costs more than the insert
             self._conn = self._engine.connect()
@@ -126,6 +134,7 @@ class Committer:
             ours = store.fences_ok(dbapi, style, fences)
             entries: list[dict[str, Any]] = []
             new_runs: list[dict[str, Any]] = []
+            finishes: list[store.RunFinish] = []
             for item in sorted(batch, key=lambda i: i.run_id):
                 if item.fence is not None and item.run_id not in ours:
                     continue
@@ -133,11 +142,15 @@ class Committer:
                 for op in item.ops:
                     if isinstance(op, store.EntryInsert):
                         entries.append(op.row)  # written below, all rows in one statement
-                        item.results.append(None)
                     elif isinstance(op, store.RunInsert):
                         new_runs.append(op.row)
+                    elif isinstance(op, store.RunFinish):
+                        finishes.append(op)  # a finish is the run's last op: nothing follows it
                     else:
                         item.results.append(op(conn))
+                        continue
+                    item.results.append(None)
             created = store.insert_runs(dbapi, style, new_runs)
             store.insert_entries(dbapi, style, entries)
-        return ours, created
+            finished = store.finish_runs(dbapi, style, finishes)
+        return ours, created, finished

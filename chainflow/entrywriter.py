@@ -1,11 +1,12 @@
-"""The cheapest durable path for the write every step makes: fenced journal rows.
+"""The cheapest durable path for the writes every run makes: its creation, fenced
+journal rows (step results) and its finish.
 
-A batch of the group commit that holds nothing but journal rows (the common case:
-step results) skips SQLAlchemy's transaction machinery and goes through a driver
-connection of its own.  On SQLite that is BEGIN IMMEDIATE, the fence read, the insert
-and COMMIT without leaving C for long; on Postgres a round trip costs more than the
-statement, so the fence check, the insert and the commit are one autocommit statement:
-one round trip per batch instead of three.
+A batch of the group commit that holds nothing but these (the common case) skips
+SQLAlchemy's transaction machinery and goes through a driver connection of its own.
+On SQLite that is BEGIN IMMEDIATE, the inserts, the fence read, the finishes and
+COMMIT without leaving C for long; on Postgres a round trip costs more than the
+statements, so the whole batch is one autocommit statement: one round trip per batch
+instead of one per statement plus BEGIN and COMMIT.
 
 Driver errors leave as SQLAlchemy's own exception classes, so callers tell a database
 outage from a bad row the same way on both paths.
@@ -39,15 +40,16 @@ class EntryWriter:
             self._pooled.close()
             self._pooled = None
 
-    def write(self, fences: dict[str, int], rows: list[dict[str, Any]],
-              new_runs: list[dict[str, Any]]) -> tuple[set[str], set[str]]:
-        """Create ``new_runs`` and insert the ``rows`` of the runs still ours (per
-        ``fences``); returns (runs still ours, runs created)."""
+    def write(self, fences: dict[str, int], rows: list[dict[str, Any]], new_runs: list[dict[str, Any]],
+              finishes: list[store.RunFinish]) -> tuple[set[str], set[str], dict[str, store.RunRow]]:
+        """Create ``new_runs``; insert the ``rows`` and apply the ``finishes`` of the runs
+        still ours (per ``fences``).  Returns (runs still ours, runs created, finished
+        runs' rows as written)."""
         dbapi = self._connection()
         try:
             if self._postgres:
-                return self._write_postgres(dbapi, fences, rows, new_runs)
-            return self._write_sqlite(dbapi, fences, rows, new_runs)
+                return self._write_postgres(dbapi, fences, rows, new_runs, finishes)
+            return self._write_sqlite(dbapi, fences, rows, new_runs, finishes)
         except self._engine.dialect.loaded_dbapi.Error as exc:
             if isinstance(exc, self._engine.dialect.loaded_dbapi.OperationalError):
                 self._pooled.invalidate()  # the next batch reconnects
@@ -62,51 +64,83 @@ class EntryWriter:
         return self._pooled.dbapi_connection
 
     def _write_sqlite(self, dbapi: Any, fences: dict[str, int], rows: list[dict[str, Any]],
-                      new_runs: list[dict[str, Any]]) -> tuple[set[str], set[str]]:
+                      new_runs: list[dict[str, Any]], finishes: list[store.RunFinish],
+                      ) -> tuple[set[str], set[str], dict[str, store.RunRow]]:
         dbapi.begin_write()
         try:
             created = store.insert_runs(dbapi, self._paramstyle, new_runs)
             ours = store.fences_ok(dbapi, self._paramstyle, fences)
             store.insert_entries(dbapi, self._paramstyle, [r for r in rows if r["run_id"] in ours])
+            finished = store.finish_runs(dbapi, self._paramstyle, [f for f in finishes if f.run_id in ours])
             dbapi.commit()
         except BaseException:
             dbapi.rollback()
             raise
-        return ours, created
+        return ours, created, finished
 
     def _write_postgres(self, dbapi: Any, fences: dict[str, int], rows: list[dict[str, Any]],
-                        new_runs: list[dict[str, Any]]) -> tuple[set[str], set[str]]:
-        # two autocommit statements: each item of a batch concerns one run, so atomicity
-        # is needed per run, not across the batch
-        created = store.insert_runs(dbapi, self._paramstyle, new_runs)
-        if not rows:
-            return set(), created
+                        new_runs: list[dict[str, Any]], finishes: list[store.RunFinish],
+                        ) -> tuple[set[str], set[str], dict[str, store.RunRow]]:
         ids = sorted(fences)  # the same lock order in every worker
-        params: list[Any] = [ids, [fences[i] for i in ids]]
-        params += [[row.get(c) for row in rows] for c in store.ENTRY_COLUMNS]
+        if not ids:  # journal rows and finishes belong to fenced runs
+            rows, finishes = [], []
+        params: list[Any] = [[run[c] for run in new_runs] for c in store.NEW_RUN_COLUMNS] if new_runs else []
+        params += [ids, [fences[i] for i in ids]] if ids else []
+        params += [[row.get(c) for row in rows] for c in store.ENTRY_COLUMNS] if rows else []
+        params += [[getattr(f, a) for f in finishes] for a in store.RunFinish.__slots__] if finishes else []
+        ours: set[str] = set()
+        created: set[str] = set()
+        finished: dict[str, store.RunRow] = {}
+        if not params:
+            return ours, created, finished
         with dbapi.cursor() as cursor:
-            cursor.execute(_postgres_sql(), params)
-            # every fenced item carries rows: the runs written are the runs still ours
-            return {r[0] for r in cursor.fetchall()}, created
+            cursor.execute(_postgres_sql(bool(new_runs), bool(ids), bool(rows), bool(finishes)), params)
+            for is_new, run_id, *row in cursor.fetchall():
+                if is_new:
+                    created.add(run_id)
+                    continue
+                ours.add(run_id)
+                if row[0] is not None:
+                    finished[run_id] = store.RunRow(*row)
+        return ours, created, finished
 
 
 @functools.cache
-def _postgres_sql() -> str:
-    """One statement: share-lock the runs whose fence still matches, insert their rows.
-    Arrays (one per column) keep the text the same for any batch size, so the server
-    prepares it once."""
+def _postgres_sql(new_runs: bool, fenced: bool, entries: bool, finishes: bool) -> str:
+    """One statement for a whole batch: insert the new runs (skipping taken idempotency
+    keys), share-lock the runs whose fence still matches, insert their journal rows,
+    finish those that end.  Arrays (one per column) keep the text the same for any
+    batch size, so the server prepares it once; parts the batch does not need are left
+    out (each costs planning and execution even when empty).  The answer has a row per
+    new run created and per run still ours, with its row as written if it finished."""
     dialect = postgresql.dialect()
 
-    def array(column: sa.Column[Any]) -> str:
-        return f"%s::{column.type.compile(dialect=dialect)}[]"
+    def arrays(table: sa.Table, names: tuple[str, ...]) -> str:
+        return ", ".join(f"%s::{table.c[name].type.compile(dialect=dialect)}[]" for name in names)
 
-    columns = ", ".join(store.ENTRY_COLUMNS)
-    entry_arrays = ", ".join(array(journal.c[c]) for c in store.ENTRY_COLUMNS)
-    return (
-        f"WITH ours AS (SELECT r.id FROM {runs.name} r "
-        f"JOIN unnest({array(runs.c.id)}, {array(runs.c.fence)}) AS f(id, fence) "
-        f"ON r.id = f.id AND r.fence = f.fence ORDER BY r.id FOR SHARE OF r) "
-        f"INSERT INTO {journal.name} ({columns}) "
-        f"SELECT * FROM unnest({entry_arrays}) AS e({columns}) "
-        f"WHERE e.run_id IN (SELECT id FROM ours) RETURNING run_id"
-    )
+    nulls = ", ".join(f"NULL::{runs.c[c].type.compile(dialect=dialect)}" for c in store.RUN_COLUMNS)
+    parts, answers = [], []
+    if new_runs:
+        columns = ", ".join(store.NEW_RUN_COLUMNS)
+        parts.append(f"new AS (INSERT INTO {runs.name} ({columns}) SELECT * FROM "
+                     f"unnest({arrays(runs, store.NEW_RUN_COLUMNS)}) ON CONFLICT DO NOTHING RETURNING id)")
+        answers.append(f"SELECT true, new.id, {nulls} FROM new")
+    if fenced:
+        parts.append(f"ours AS (SELECT r.id FROM {runs.name} r JOIN unnest({arrays(runs, ('id', 'fence'))}) "
+                     f"AS f(id, fence) ON r.id = f.id AND r.fence = f.fence ORDER BY r.id FOR SHARE OF r)")
+        answers.append(f"SELECT false, ours.id, {nulls} FROM ours")
+    if fenced and entries:
+        columns = ", ".join(store.ENTRY_COLUMNS)
+        parts.append(f"ins AS (INSERT INTO {journal.name} ({columns}) "
+                     f"SELECT * FROM unnest({arrays(journal, store.ENTRY_COLUMNS)}) AS e({columns}) "
+                     f"WHERE e.run_id IN (SELECT id FROM ours))")
+    if fenced and finishes:
+        parts.append(
+            f"fin AS (UPDATE {runs.name} SET {store.finish_set('x.status', 'x.output', 'x.error', 'x.now')} "
+            f"FROM unnest({arrays(runs, ('id', 'status', 'output', 'error', 'updated_at'))}) "
+            f"AS x(id, status, output, error, now) "
+            f"WHERE {runs.name}.id = x.id AND {runs.name}.id IN (SELECT id FROM ours) "
+            f"RETURNING {', '.join(f'{runs.name}.{c}' for c in store.RUN_COLUMNS)})")
+        finished = ", ".join(f"fin.{c}" for c in store.RUN_COLUMNS)
+        answers[-1] = f"SELECT false, ours.id, {finished} FROM ours LEFT JOIN fin ON fin.id = ours.id"
+    return f"WITH {', '.join(parts)} {' UNION ALL '.join(answers)}"

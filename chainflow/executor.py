@@ -248,7 +248,7 @@ class Execution:
         run_id, now = self.claim.run_id, self.worker.clock.time()
         assert self.ctx is not None
         try:
-            row, = await self.ctx.commit(lambda conn: store.finish_run(conn, run_id, status, output, error, now))
+            row, = await self.ctx.commit(store.RunFinish(run_id, status, output, error, now))
         except LeaseLostError:
             return Outcome("abandoned", "lease lost")
         # compensations are known without a query only when none ever ran
