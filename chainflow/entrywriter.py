@@ -15,6 +15,7 @@ outage from a bad row the same way on both paths.
 from __future__ import annotations
 
 import functools
+import json
 from typing import Any
 
 import sqlalchemy as sa
@@ -81,20 +82,24 @@ class EntryWriter:
     def _write_postgres(self, dbapi: Any, fences: dict[str, int], rows: list[dict[str, Any]],
                         new_runs: list[dict[str, Any]], finishes: list[store.RunFinish],
                         ) -> tuple[set[str], set[str], dict[str, store.RunRow]]:
-        ids = sorted(fences)  # the same lock order in every worker
-        if not ids:  # journal rows and finishes belong to fenced runs
+        if not fences:  # journal rows and finishes belong to fenced runs
             rows, finishes = [], []
-        params: list[Any] = [[run[c] for run in new_runs] for c in store.NEW_RUN_COLUMNS] if new_runs else []
-        params += [ids, [fences[i] for i in ids]] if ids else []
-        params += [[row.get(c) for row in rows] for c in store.ENTRY_COLUMNS] if rows else []
-        params += [[getattr(f, a) for f in finishes] for a in store.RunFinish.__slots__] if finishes else []
+        # each part travels as one JSON text: the driver's array adaptation costs more
+        # CPU per column than the whole statement's round trip on a local server
+        params = [json.dumps(part) for part in (
+            new_runs,
+            [{"id": run_id, "fence": fence} for run_id, fence in fences.items()],
+            [{c: row.get(c) for c in store.ENTRY_COLUMNS} for row in rows],
+            [{"id": f.run_id, "status": f.status, "output": f.output, "error": f.error, "now": f.now}
+             for f in finishes],
+        ) if part]
         ours: set[str] = set()
         created: set[str] = set()
         finished: dict[str, store.RunRow] = {}
         if not params:
             return ours, created, finished
         with dbapi.cursor() as cursor:
-            cursor.execute(_postgres_sql(bool(new_runs), bool(ids), bool(rows), bool(finishes)), params)
+            cursor.execute(_postgres_sql(bool(new_runs), bool(fences), bool(rows), bool(finishes)), params)
             for is_new, run_id, *row in cursor.fetchall():
                 if is_new:
                     created.add(run_id)
@@ -109,36 +114,37 @@ class EntryWriter:
 def _postgres_sql(new_runs: bool, fenced: bool, entries: bool, finishes: bool) -> str:
     """One statement for a whole batch: insert the new runs (skipping taken idempotency
     keys), share-lock the runs whose fence still matches, insert their journal rows,
-    finish those that end.  Arrays (one per column) keep the text the same for any
-    batch size, so the server prepares it once; parts the batch does not need are left
-    out (each costs planning and execution even when empty).  The answer has a row per
+    finish those that end.  Rows arrive as JSON record sets, which keeps the text the
+    same for any batch size, so the server prepares it once; parts the batch does not
+    need are left out (each costs planning and execution even when empty).  The answer has a row per
     new run created and per run still ours, with its row as written if it finished."""
     dialect = postgresql.dialect()
 
-    def arrays(table: sa.Table, names: tuple[str, ...]) -> str:
-        return ", ".join(f"%s::{table.c[name].type.compile(dialect=dialect)}[]" for name in names)
+    def records(table: sa.Table, names: tuple[str, ...], alias: str, renamed: dict[str, str] | None = None) -> str:
+        renamed = renamed or {}
+        columns = ", ".join(f"{renamed.get(n, n)} {table.c[n].type.compile(dialect=dialect)}" for n in names)
+        return f"json_to_recordset(%s::json) AS {alias}({columns})"
 
     nulls = ", ".join(f"NULL::{runs.c[c].type.compile(dialect=dialect)}" for c in store.RUN_COLUMNS)
     parts, answers = [], []
     if new_runs:
         columns = ", ".join(store.NEW_RUN_COLUMNS)
         parts.append(f"new AS (INSERT INTO {runs.name} ({columns}) SELECT * FROM "
-                     f"unnest({arrays(runs, store.NEW_RUN_COLUMNS)}) ON CONFLICT DO NOTHING RETURNING id)")
+                     f"{records(runs, store.NEW_RUN_COLUMNS, 'n')} ON CONFLICT DO NOTHING RETURNING id)")
         answers.append(f"SELECT true, new.id, {nulls} FROM new")
     if fenced:
-        parts.append(f"ours AS (SELECT r.id FROM {runs.name} r JOIN unnest({arrays(runs, ('id', 'fence'))}) "
-                     f"AS f(id, fence) ON r.id = f.id AND r.fence = f.fence ORDER BY r.id FOR SHARE OF r)")
+        parts.append(f"ours AS (SELECT r.id FROM {runs.name} r JOIN {records(runs, ('id', 'fence'), 'f')} "
+                     f"ON r.id = f.id AND r.fence = f.fence ORDER BY r.id FOR SHARE OF r)")
         answers.append(f"SELECT false, ours.id, {nulls} FROM ours")
     if fenced and entries:
         columns = ", ".join(store.ENTRY_COLUMNS)
         parts.append(f"ins AS (INSERT INTO {journal.name} ({columns}) "
-                     f"SELECT * FROM unnest({arrays(journal, store.ENTRY_COLUMNS)}) AS e({columns}) "
+                     f"SELECT {columns} FROM {records(journal, store.ENTRY_COLUMNS, 'e')} "
                      f"WHERE e.run_id IN (SELECT id FROM ours))")
     if fenced and finishes:
         parts.append(
             f"fin AS (UPDATE {runs.name} SET {store.finish_set('x.status', 'x.output', 'x.error', 'x.now')} "
-            f"FROM unnest({arrays(runs, ('id', 'status', 'output', 'error', 'updated_at'))}) "
-            f"AS x(id, status, output, error, now) "
+            f"FROM {records(runs, ('id', 'status', 'output', 'error', 'updated_at'), 'x', {'updated_at': 'now'})} "
             f"WHERE {runs.name}.id = x.id AND {runs.name}.id IN (SELECT id FROM ours) "
             f"RETURNING {', '.join(f'{runs.name}.{c}' for c in store.RUN_COLUMNS)})")
         finished = ", ".join(f"fin.{c}" for c in store.RUN_COLUMNS)
