@@ -43,10 +43,10 @@ def _sqlite_connect(path: str) -> sqlite3.Connection:
     return conn
 
 
-def _sqlite_prepare(path: str) -> None:
-    conn = _sqlite_connect(path)
+def _create_table(conn: Any) -> None:
     conn.execute("CREATE TABLE steps (run INTEGER NOT NULL, step INTEGER NOT NULL, output TEXT NOT NULL, "
                  "PRIMARY KEY (run, step))")
+    conn.commit()  # a no-op on the autocommit sqlite3 connection
     conn.close()
 
 
@@ -66,12 +66,6 @@ def _pg_connect(url: str) -> Any:
     return conn
 
 
-def _pg_prepare(url: str) -> None:
-    conn = _pg_connect(url)
-    conn.execute("CREATE TABLE steps (run INTEGER NOT NULL, step INTEGER NOT NULL, output TEXT NOT NULL, "
-                 "PRIMARY KEY (run, step))")
-    conn.commit()
-    conn.close()
 
 
 def _pg_workflow(conn: Any, run: int, k: int) -> None:
@@ -82,16 +76,15 @@ def _pg_workflow(conn: Any, run: int, k: int) -> None:
 
 def run(spec: dict[str, Any]) -> dict[str, Any]:
     backend, n, k = spec["backend"], spec["n"], spec["k"]
-    prepare: Callable[[str], None]
     connect: Callable[[str], Any]
     workflow: Callable[[Any, int, int], None]
     if backend == "sqlite":
         target = os.path.join(spec["db"], "floor.db")
-        prepare, connect, workflow = _sqlite_prepare, _sqlite_connect, _sqlite_workflow
+        connect, workflow = _sqlite_connect, _sqlite_workflow
     else:
         target = spec["db"]
-        prepare, connect, workflow = _pg_prepare, _pg_connect, _pg_workflow
-    prepare(target)
+        connect, workflow = _pg_connect, _pg_workflow
+    _create_table(connect(target))
 
     variant = spec.get("floor_variant")
     if variant is None:

@@ -21,7 +21,7 @@ import subprocess
 import sys
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -185,6 +185,26 @@ def run_child(benchmark: str, spec: dict[str, Any], timeout: float) -> dict[str,
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-12:]
         return {"error": f"exit {proc.returncode}", "detail": "\n".join(tail)}
     return result
+
+
+def sized_figures(benchmark: str, size_key: str, sizes: list[int], opts: Options,
+                  measures: dict[str, Callable[[dict[str, Any]], float]],
+                  describe: Callable[[dict[str, Any]], str]) -> dict[tuple[int, str], Figure]:
+    """Each repetition runs one fresh child per size (``{size_key: n}``); a figure per
+    (size, measure).  A failed child marks its size's figures instead of aborting."""
+    figs = {(n, m): Figure() for n in sizes for m in measures}
+    for rep in range(1, opts.reps + 1):
+        for n in sizes:
+            result = run_child(benchmark, {size_key: n}, opts.timeout)
+            if "error" in result:
+                log(f"  rep {rep} {size_key}={n}: FAILED {result['error']}\n{result.get('detail', '')}")
+                for m in measures:
+                    figs[(n, m)].problem = f"failed: {result['error']}"
+                continue
+            for m, measure in measures.items():
+                figs[(n, m)].values.append(measure(result))
+            log(f"  rep {rep} {size_key}={n}: {describe(result)}")
+    return figs
 
 
 def emit_result(result: dict[str, Any]) -> None:

@@ -16,7 +16,7 @@ import tempfile
 import time
 from typing import Any
 
-from .harness import Figure, Options, environment, environment_markdown, log, run_child
+from .harness import Options, environment, environment_markdown, sized_figures
 
 TITLE = "memory: RSS of a worker holding parked runs (MB, lower is better)"
 SIZES = [1_000, 10_000]
@@ -83,20 +83,11 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
 def run(opts: Options, command: str) -> str:
     env = environment(opts)
     sizes = QUICK_SIZES if opts.quick else SIZES
-    figs = {(n, m): Figure() for n in sizes for m in ("rss", "delta", "tasks")}
-    for rep in range(1, opts.reps + 1):
-        for n in sizes:
-            r = run_child("memory", {"runs": n}, opts.timeout)
-            if "error" in r:
-                log(f"  rep {rep} runs={n}: FAILED {r['error']}\n{r.get('detail', '')}")
-                for m in ("rss", "delta", "tasks"):
-                    figs[(n, m)].problem = f"failed: {r['error']}"
-                continue
-            figs[(n, "rss")].values.append(r["rss_mb"])
-            figs[(n, "delta")].values.append(r["rss_mb"] - r["baseline_mb"])
-            figs[(n, "tasks")].values.append(r["tasks"])
-            log(f"  rep {rep} runs={n}: RSS {r['rss_mb']:.0f} MB (+{r['rss_mb'] - r['baseline_mb']:.0f} MB over "
-                f"the idle worker), {r['tasks']} asyncio tasks alive, parked in {r['elapsed']:.1f}s")
+    figs = sized_figures(
+        "memory", "runs", sizes, opts,
+        {"rss": lambda r: r["rss_mb"], "delta": lambda r: r["rss_mb"] - r["baseline_mb"], "tasks": lambda r: r["tasks"]},
+        lambda r: (f"RSS {r['rss_mb']:.0f} MB (+{r['rss_mb'] - r['baseline_mb']:.0f} MB over the idle worker), "
+                   f"{r['tasks']} asyncio tasks alive, parked in {r['elapsed']:.1f}s"))
     out = [f"## memory: {TITLE}", "", environment_markdown(env, command),
            f"- **Repetitions:** {opts.reps}, each a fresh process and SQLite database", "",
            "| parked runs | worker RSS MB | growth over the idle worker MB | asyncio tasks alive |",

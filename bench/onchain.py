@@ -106,7 +106,8 @@ def _exactly_once(net: Any, token_address: str, sender: str, n: int) -> None:
         raise AssertionError(f"mints on chain are not exactly once: {len(minted)} transfers for {n} keys")
     nonces = []
     for number in range(w3.eth.block_number + 1):
-        for tx in w3.eth.get_block(number, full_transactions=True)["transactions"]:
+        txs: list[Any] = list(w3.eth.get_block(number, full_transactions=True)["transactions"])
+        for tx in txs:
             if tx["from"] == sender:
                 nonces.append(tx["nonce"])
     if sorted(nonces) != list(range(len(nonces))):

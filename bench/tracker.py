@@ -20,7 +20,7 @@ import tempfile
 import time
 from typing import Any
 
-from .harness import Figure, Options, environment, environment_markdown, log, run_child
+from .harness import Options, environment, environment_markdown, sized_figures
 
 TITLE = "tracker scale: cost per new head vs pending tracked transactions"
 SIZES = [10, 1_000, 10_000]
@@ -107,20 +107,10 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
 def run(opts: Options, command: str) -> str:
     env = environment(opts)
     sizes = QUICK_SIZES if opts.quick else SIZES
-    figs: dict[tuple[int, str], Figure] = {(n, m): Figure() for n in sizes for m in ("rpc", "cpu", "wall")}
-    for rep in range(1, opts.reps + 1):
-        for n in sizes:
-            result = run_child("tracker", {"pending": n}, opts.timeout)
-            if "error" in result:
-                log(f"  rep {rep} pending={n}: FAILED {result['error']}\n{result.get('detail', '')}")
-                for m in ("rpc", "cpu", "wall"):
-                    figs[(n, m)].problem = f"failed: {result['error']}"
-                continue
-            figs[(n, "rpc")].values.append(result["rpc_per_head"])
-            figs[(n, "cpu")].values.append(result["cpu_ms"])
-            figs[(n, "wall")].values.append(result["wall_ms"])
-            log(f"  rep {rep} pending={n}: {result['rpc_per_head']} RPC/head, {result['cpu_ms']:.2f} CPU ms, "
-                f"{result['wall_ms']:.2f} wall ms")
+    figs = sized_figures(
+        "tracker", "pending", sizes, opts,
+        {"rpc": lambda r: r["rpc_per_head"], "cpu": lambda r: r["cpu_ms"], "wall": lambda r: r["wall_ms"]},
+        lambda r: f"{r['rpc_per_head']} RPC/head, {r['cpu_ms']:.2f} CPU ms, {r['wall_ms']:.2f} wall ms")
     out = [f"## tracker: {TITLE}", "", environment_markdown(env, command),
            f"- **Repetitions:** {opts.reps}, each a fresh process, database and anvil; "
            f"median over {HEADS} heads per repetition, then median and min–max over repetitions", "",

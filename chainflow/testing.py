@@ -8,7 +8,10 @@ patching is involved.  Every step's output, error and attempts come back for ass
 from __future__ import annotations
 
 import asyncio
+import os
 import tempfile
+import threading
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -135,3 +138,33 @@ def run_workflow(
     finally:
         app.engine.dispose()
         tmp.cleanup()
+
+
+class CallLog:
+    """Append-only file of "name" lines: counts step executions (side effects) across
+    threads and processes.  Crash tests run workers as subprocesses and SIGKILL them,
+    so in-memory counters would not do; one O_APPEND write per line keeps lines whole
+    when several processes write at once."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.path.touch()
+        self._lock = threading.Lock()
+
+    def hit(self, name: str) -> None:
+        line = (name.replace("\n", " ") + "\n").encode()
+        with self._lock:
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                os.write(fd, line)
+            finally:
+                os.close(fd)
+
+    def lines(self) -> list[str]:
+        return self.path.read_text().splitlines()
+
+    def counts(self) -> Counter[str]:
+        return Counter(self.lines())
+
+    def count(self, name: str) -> int:
+        return self.counts()[name]

@@ -73,17 +73,10 @@ class Anvil(RpcControls):
     ) -> None:
         if block_time is not None and no_mining:
             raise ValueError("block_time and no_mining are mutually exclusive (anvil rejects both)")
-        if block_time is not None and block_time <= 0:
-            raise ValueError("block_time must be positive")
-        self.chain_id = chain_id
-        self.block_time = block_time
+        self._configure(chain_id=chain_id, block_time=block_time, base_fee=base_fee, gas_limit=gas_limit,
+                        accounts=accounts, mnemonic=mnemonic, derivation_path=derivation_path,
+                        balance_eth=balance_eth)
         self.no_mining = no_mining
-        self.base_fee = base_fee
-        self.gas_limit = gas_limit
-        self.account_count = accounts
-        self.mnemonic = mnemonic
-        self.derivation_path = derivation_path
-        self.balance_eth = balance_eth
         self.hardfork = hardfork
         self.extra_args = tuple(extra_args)
         self.startup_timeout = startup_timeout

@@ -65,6 +65,20 @@ class RpcControls:
     account_count: int
     derivation_path: str
 
+    def _configure(self, *, chain_id: int, block_time: float | None, base_fee: int | None, gas_limit: int | None,
+                   accounts: int, mnemonic: str, derivation_path: str, balance_eth: int) -> None:
+        """The options both backends take, checked the same way."""
+        if block_time is not None and block_time <= 0:
+            raise ValueError("block_time must be positive")
+        self.chain_id = chain_id
+        self.block_time = block_time
+        self.base_fee = base_fee
+        self.gas_limit = gas_limit
+        self.account_count = accounts
+        self.mnemonic = mnemonic
+        self.derivation_path = derivation_path
+        self.balance_eth = balance_eth
+
     def start(self) -> Any:
         raise NotImplementedError
 

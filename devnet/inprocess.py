@@ -49,17 +49,10 @@ class InProcessEVM(RpcControls):
         `base_fee` is the genesis base fee; later blocks follow EIP-1559 from it.
         `block_time` adds interval mining on top of (or instead of) automine.
         """
-        if block_time is not None and block_time <= 0:
-            raise ValueError("block_time must be positive")
-        self.chain_id = chain_id
+        self._configure(chain_id=chain_id, block_time=block_time, base_fee=base_fee, gas_limit=gas_limit,
+                        accounts=accounts, mnemonic=mnemonic, derivation_path=derivation_path,
+                        balance_eth=balance_eth)
         self.automine = automine
-        self.block_time = block_time
-        self.base_fee = base_fee
-        self.gas_limit = gas_limit
-        self.account_count = accounts
-        self.mnemonic = mnemonic
-        self.derivation_path = derivation_path
-        self.balance_eth = balance_eth
         self.finality_depth = finality_depth
         self.price_bump_percent = price_bump_percent
         self.priority_fee = priority_fee

@@ -10,9 +10,7 @@ by silently testing one backend.
 from __future__ import annotations
 
 import os
-import threading
 import uuid
-from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +20,8 @@ from typing import Any
 # the assertion-rewrite compile with "AST constructor recursion depth mismatch".
 import hypothesis  # noqa: F401
 import pytest
+
+from chainflow.testing import CallLog
 
 ADMIN_URL = os.environ.get("CHAINFLOW_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 
@@ -135,32 +135,6 @@ def make_app(db_url: str) -> Iterator[Callable[..., Any]]:
         app.engine.dispose()
 
 
-class CallLog:
-    """Append-only file of "name" lines: counts step executions across threads and
-    processes (a worker may be a subprocess, so in-memory counters would not do)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.path.touch()
-        self._lock = threading.Lock()
-
-    def hit(self, name: str) -> None:
-        line = (name.replace("\n", " ") + "\n").encode()
-        with self._lock:
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-            try:
-                os.write(fd, line)
-            finally:
-                os.close(fd)
-
-    def lines(self) -> list[str]:
-        return self.path.read_text().splitlines()
-
-    def counts(self) -> Counter[str]:
-        return Counter(self.lines())
-
-    def count(self, name: str) -> int:
-        return self.counts()[name]
 
 
 @pytest.fixture

@@ -28,13 +28,15 @@ import signal
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import chainflow as cf
+from chainflow.testing import CallLog
 
 URL = os.environ["CF_URL"]
-EFFECTS = os.environ.get("CF_EFFECTS", os.devnull)
-KILLS = os.environ.get("CF_KILLS", os.devnull)
+EFFECTS = CallLog(Path(os.environ.get("CF_EFFECTS", os.devnull)))
+KILLS = CallLog(Path(os.environ.get("CF_KILLS", os.devnull)))
 WORKER = os.environ.get("CF_WORKER", f"w{os.getpid()}")
 MODE = os.environ.get("CF_MODE", "crash")
 LEASE = float(os.environ.get("CF_LEASE", "1.0"))
@@ -47,16 +49,8 @@ _lock = threading.Lock()
 app = cf.Chainflow(URL, lease_seconds=LEASE)
 
 
-def _append(path: str, line: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, (line + "\n").encode())
-    finally:
-        os.close(fd)
-
-
 def die(hook: str, where: str) -> None:
-    _append(KILLS, f"{hook} {where} {WORKER} {os.getpid()}")
+    KILLS.hit(f"{hook} {where} {WORKER} {os.getpid()}")
     os.kill(os.getpid(), signal.SIGKILL)
 
 
@@ -73,7 +67,7 @@ def effect(run_id: str, what: str) -> dict[str, str]:
     if hook("step", f"{run_id}:{what}"):
         die("step", f"{run_id}:{what}")
     time.sleep(0.01 + random.random() * 0.02)  # some work, so crashes land mid-flight
-    _append(EFFECTS, f"{run_id} {what} {os.getpid()}")
+    EFFECTS.hit(f"{run_id} {what} {os.getpid()}")
     if hook("effect", f"{run_id}:{what}"):
         die("effect", f"{run_id}:{what}")
     return {"run": run_id, "step": what}
@@ -86,7 +80,7 @@ async def async_effect(run_id: str, what: str) -> dict[str, str]:
 
 def undo(output: dict[str, str]) -> None:
     run_id, what = output["run"], f"compensate:{output['step']}"
-    _append(EFFECTS, f"{run_id} {what} {os.getpid()}")
+    EFFECTS.hit(f"{run_id} {what} {os.getpid()}")
     if hook("comp", f"{run_id}:{what}"):
         die("comp", f"{run_id}:{what}")
 
@@ -96,7 +90,7 @@ class Declined(Exception):
 
 
 def charge(run_id: str) -> None:
-    _append(EFFECTS, f"{run_id} charge-attempt {os.getpid()}")
+    EFFECTS.hit(f"{run_id} charge-attempt {os.getpid()}")
     raise Declined(f"card declined for {run_id}")
 
 

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -28,20 +31,45 @@ def register_transfer(app: cf.Chainflow, calls: Any, gates: list[asyncio.Event])
         return await ctx.step("send", send, amount)
 
 
-async def test_worker_that_lost_its_lease_cannot_write(make_app: Any, calls: Any) -> None:
+@dataclass
+class Rivals:
+    """Two workers (two apps, one database, one fake clock) and one transfer run whose
+    ``send`` calls wait for their gate."""
+
+    clock: cf.FakeClock
+    gates: list[asyncio.Event]
+    app_a: cf.Chainflow
+    app_b: cf.Chainflow
+    worker_a: Any
+    worker_b: Any
+    run_id: str
+
+
+@contextlib.asynccontextmanager
+async def rivals(make_app: Any, calls: Any, lease: float) -> AsyncIterator[Rivals]:
     clock = cf.FakeClock()
     gates = [asyncio.Event(), asyncio.Event()]
-    app_a = make_app(clock=clock, lease_seconds=LEASE)
-    app_b = make_app(clock=clock, lease_seconds=LEASE)
+    app_a = make_app(clock=clock, lease_seconds=lease)
+    app_b = make_app(clock=clock, lease_seconds=lease)
     register_transfer(app_a, calls, gates)
     register_transfer(app_b, calls, gates)
     run_id = app_a.start("transfer", 5).id
-
     worker_a = app_a.worker(poll_interval=0.02)
     worker_b = app_b.worker(poll_interval=0.02)
     await worker_a.start()
     await worker_b.start()
     try:
+        yield Rivals(clock, gates, app_a, app_b, worker_a, worker_b, run_id)
+    finally:
+        for gate in gates:
+            gate.set()
+        await worker_a.close()
+        await worker_b.close()
+
+
+async def test_worker_that_lost_its_lease_cannot_write(make_app: Any, calls: Any) -> None:
+    async with rivals(make_app, calls, LEASE) as r:
+        clock, gates, app_a, worker_a, worker_b, run_id = r.clock, r.gates, r.app_a, r.worker_a, r.worker_b, r.run_id
         assert await worker_a.poll() == 1
         await wait_until(lambda: calls.count("send-start") == 1, what="worker A inside the step")
         fence_a = worker_a.executions[run_id].claim.fence
@@ -67,34 +95,19 @@ async def test_worker_that_lost_its_lease_cannot_write(make_app: Any, calls: Any
 
         gates[1].set()
         await wait_until(lambda: run_id in worker_b.outcomes, what="worker B to finish")
-    finally:
-        for gate in gates:
-            gate.set()
-        await worker_a.close()
-        await worker_b.close()
 
-    st = app_b.status(run_id)
+    st = r.app_b.status(run_id)
     assert st.status == "completed", st.error
     assert st.output == "sent by call 1"
-    journal = app_b.journal(run_id)
+    journal = r.app_b.journal(run_id)
     assert [(e.key, e.output) for e in journal] == [("prepare", None), ("send", "sent by call 1")]
     assert calls.count("prepare") == 1
 
 
 async def test_heartbeat_keeps_the_lease_of_a_live_worker(make_app: Any, calls: Any) -> None:
     """The converse: a live worker's heartbeat extends its lease, so nobody can steal it."""
-    clock = cf.FakeClock()
-    gates = [asyncio.Event(), asyncio.Event()]
-    app_a = make_app(clock=clock, lease_seconds=0.3)  # heartbeat every 0.1s of real time
-    app_b = make_app(clock=clock, lease_seconds=0.3)
-    register_transfer(app_a, calls, gates)
-    register_transfer(app_b, calls, gates)
-    run_id = app_a.start("transfer", 5).id
-    worker_a = app_a.worker(poll_interval=0.02)
-    worker_b = app_b.worker(poll_interval=0.02)
-    await worker_a.start()
-    await worker_b.start()
-    try:
+    async with rivals(make_app, calls, 0.3) as r:  # heartbeat every 0.1s of real time
+        clock, gates, worker_a, worker_b, run_id = r.clock, r.gates, r.worker_a, r.worker_b, r.run_id
         assert await worker_a.poll() == 1
         await wait_until(lambda: calls.count("send-start") == 1, what="worker A inside the step")
         for _ in range(5):
@@ -103,10 +116,5 @@ async def test_heartbeat_keeps_the_lease_of_a_live_worker(make_app: Any, calls: 
             assert await worker_b.poll() == 0
         gates[0].set()
         await wait_until(lambda: run_id in worker_a.outcomes, what="worker A to finish")
-    finally:
-        for gate in gates:
-            gate.set()
-        await worker_a.close()
-        await worker_b.close()
-    assert app_a.status(run_id).output == "sent by call 0"
+    assert r.app_a.status(run_id).output == "sent by call 0"
     assert calls.count("send-start") == 1

@@ -26,6 +26,7 @@ from chainflow.tracker import HeadStats, Tracker
 from devnet import deploy_token, token_contract
 
 from ..conftest import CallLog
+from ..engine._util import wait_status
 
 CHAIN = "local"
 PREMINE = 4  # blocks above the token's deployment: deep reorgs below a run's tx keep the token
@@ -145,14 +146,7 @@ class Rig:
 
     async def wait_status(self, run_id: str, statuses: tuple[str, ...] = TERMINAL,
                           timeout: float = 20.0) -> cf.RunStatus:
-        end = time.monotonic() + timeout
-        while True:
-            st = await self.status(run_id)
-            if st.status in statuses:
-                return st
-            if time.monotonic() > end:
-                raise AssertionError(f"run {run_id} is {st.status}, not in {statuses}, after {timeout}s")
-            await asyncio.sleep(0.02)
+        return await wait_status(self.app, run_id, statuses, timeout)
 
     def sub(self, key: str) -> Any:
         with self.app.engine.begin() as conn:

@@ -17,20 +17,14 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 import chainflow as cf
 from adapters.evm import EvmChain, LocalSigner
+from chainflow.testing import CallLog
 
 CHAIN = "local"
-
-
-def _append(path: str, line: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, (line + "\n").encode())
-    finally:
-        os.close(fd)
 
 
 def build(url: str, rpc_url: str, token_address: str, key: str, ledger: str) -> cf.Chainflow:
@@ -43,9 +37,11 @@ def build(url: str, rpc_url: str, token_address: str, key: str, ledger: str) -> 
     app = cf.Chainflow(url, chains=[EvmChain(CHAIN, rpc_url, signer)],
                        tracker=cf.TrackerConfig(poll_interval=0.05, rebroadcast_blocks=1), lease_seconds=5.0)
 
+    log = CallLog(Path(ledger))
+
     def effect(what: str) -> Any:
         def run(detail: str) -> str:
-            _append(ledger, f"{what} {detail}")
+            log.hit(f"{what} {detail}")
             return detail
         return run
 
