@@ -427,7 +427,15 @@ class Chainflow:
         waiter = self._waiters.get(run_id)
         if waiter is not None:
             known = None if row is None or compensations is None else _status_of(row, compensations)
-            waiter.get_loop().call_soon_threadsafe(_resolve, waiter, known)
+            loop = waiter.get_loop()
+            try:
+                on_loop = asyncio.get_running_loop() is loop
+            except RuntimeError:
+                on_loop = False
+            if on_loop:  # no self-pipe wake-up from the loop's own thread
+                loop.call_soon(_resolve, waiter, known)
+            else:
+                loop.call_soon_threadsafe(_resolve, waiter, known)
 
     # --- workers ---------------------------------------------------------------
 

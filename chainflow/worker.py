@@ -218,7 +218,10 @@ class Worker:
                     self._spawn(claim, ([], {}))
 
         assert self.loop is not None
-        self.loop.call_soon_threadsafe(take)
+        if threading.get_ident() == self._loop_thread:
+            self.loop.call_soon(take)  # no self-pipe wake-up from the loop's own thread
+        else:
+            self.loop.call_soon_threadsafe(take)
 
     def _spawn(self, claim: store.Claim, history: store.History) -> None:
         wf = self.app.registry.get(claim.workflow) if claim.workflow in self.app.registry else None

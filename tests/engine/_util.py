@@ -14,7 +14,7 @@ TERMINAL = ("completed", "failed", "cancelled")
 
 
 @contextlib.asynccontextmanager
-async def running_worker(app: cf.Chainflow, **options: Any) -> AsyncIterator[Any]:
+async def running_worker(app: cf.Chainflow, stop_within: float = 10.0, **options: Any) -> AsyncIterator[Any]:
     """A real worker polling in the background of this event loop."""
     options.setdefault("poll_interval", 0.02)
     worker = app.worker(**options)
@@ -24,7 +24,7 @@ async def running_worker(app: cf.Chainflow, **options: Any) -> AsyncIterator[Any
         yield worker
     finally:
         stop.set()
-        await asyncio.wait_for(task, 10)
+        await asyncio.wait_for(task, stop_within)
 
 
 async def wait_until(predicate: Any, timeout: float = 10.0, what: str = "condition") -> None:

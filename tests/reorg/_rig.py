@@ -26,7 +26,7 @@ from chainflow.tracker import HeadStats, Tracker
 from devnet import deploy_token, token_contract
 
 from ..conftest import CallLog
-from ..engine._util import wait_status
+from ..engine._util import running_worker, wait_status
 
 CHAIN = "local"
 PREMINE = 4  # blocks above the token's deployment: deep reorgs below a run's tx keep the token
@@ -130,16 +130,9 @@ class Rig:
 
     @contextlib.asynccontextmanager
     async def worker(self, **options: Any) -> AsyncIterator[Any]:
-        options.setdefault("poll_interval", 0.02)
         options.setdefault("track", False)
-        worker = self.app.worker(**options)
-        stop = asyncio.Event()
-        task = asyncio.create_task(worker.run(stop))
-        try:
+        async with running_worker(self.app, stop_within=20.0, **options) as worker:
             yield worker
-        finally:
-            stop.set()
-            await asyncio.wait_for(task, 20)
 
     async def status(self, run_id: str) -> cf.RunStatus:
         return await self.app.astatus(run_id)
