@@ -398,9 +398,10 @@ class Chainflow:
         loop = asyncio.get_running_loop()
         end = None if timeout is None else loop.time() + timeout
         waiter = self._waiters.setdefault(run_id, loop.create_future())
+        read_first = run_id in self._recently_finished  # finished before we started waiting
         try:
             while True:
-                if run_id not in self._recently_finished:
+                if not read_first:
                     left = None if end is None else max(0.0, end - loop.time())
                     try:
                         known = await asyncio.wait_for(asyncio.shield(waiter), poll if left is None else min(poll, left))
@@ -408,9 +409,12 @@ class Chainflow:
                         known = None
                     if known is not None:
                         return known  # as the finishing worker wrote it: no read needed
+                read_first = False
                 st = await self.astatus(run_id)
                 if st.done:
                     return st
+                if waiter.done():  # a finish we heard of was undone (a reorg reopened the run)
+                    waiter = self._waiters[run_id] = loop.create_future()
                 if end is not None and loop.time() >= end:
                     raise TimeoutError(f"run {run_id!r} still {st.status} after {timeout}s")
         finally:

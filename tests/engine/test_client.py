@@ -98,6 +98,27 @@ async def test_start_through_a_local_workers_group_commit(make_app: Any) -> None
     assert app.status(first.id).output == 42
 
 
+async def test_await_run_of_a_finish_later_undone_polls_instead_of_spinning(make_app: Any) -> None:
+    """A finish this process heard of can be undone (a reorg reopens the run): waiting
+    then falls back to the poll interval, not to a tight loop of status reads."""
+    app = make_app()
+    register_echo(app)
+    run_id = app.start("echo", 1).id
+    app.finished(run_id)  # as a worker announces a finish; the run is still pending
+    reads = 0
+    status = app.astatus
+
+    async def counted(rid: str) -> cf.RunStatus:
+        nonlocal reads
+        reads += 1
+        return await status(rid)
+
+    app.astatus = counted  # type: ignore[method-assign]
+    with pytest.raises(TimeoutError, match="still pending"):
+        await app.await_run(run_id, timeout=0.5, poll=0.1)
+    assert reads <= 8
+
+
 class Payment(pydantic.BaseModel):
     account: str
     cents: int = pydantic.Field(gt=0)
