@@ -38,8 +38,13 @@ TERMINAL = ("completed", "failed", "cancelled")
 
 @pytest.fixture
 def anvil() -> Iterator[Anvil]:
+    """Anvil mining each transaction at once *and* a block every second.  With automine
+    alone, transactions that arrive out of nonce order (many runs broadcasting from one
+    sender) can stay in anvil's pool for good although their nonce is next
+    (foundry-rs/foundry#10122), and with no new blocks nothing ever re-examines them;
+    a real chain keeps producing blocks."""
     require_anvil()
-    with Anvil() as net:
+    with Anvil(block_time=1, extra_args=["--mixed-mining"]) as net:
         yield net
 
 
