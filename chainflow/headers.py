@@ -86,16 +86,20 @@ def prune(conn: sa.Connection, chain: str, below: int) -> None:
     conn.execute(_PRUNE, {"b_chain": chain, "below": below})
 
 
+_RENEW = (
+    leaders.update()
+    .where(leaders.c.name == sa.bindparam("b_name"),
+           sa.or_(leaders.c.owner == sa.bindparam("b_owner"), leaders.c.expires < sa.bindparam("now")))
+    .values(owner=sa.bindparam("b_owner"), expires=sa.bindparam("until"))
+)
+_LEADER = sa.select(leaders.c.name).where(leaders.c.name == sa.bindparam("b_name"))
+
+
 def lead(conn: sa.Connection, name: str, owner: str, now: float, ttl: float) -> bool:
     """Take or keep a named leadership lease (one head follower per chain)."""
-    took = conn.execute(
-        leaders.update()
-        .where(leaders.c.name == name, sa.or_(leaders.c.owner == owner, leaders.c.expires < now))
-        .values(owner=owner, expires=now + ttl)
-    ).rowcount
-    if took:
+    if conn.execute(_RENEW, {"b_name": name, "b_owner": owner, "now": now, "until": now + ttl}).rowcount:
         return True
-    if conn.execute(sa.select(leaders.c.name).where(leaders.c.name == name)).first() is None:
+    if conn.execute(_LEADER, {"b_name": name}).first() is None:
         conn.execute(leaders.insert().values(name=name, owner=owner, expires=now + ttl))
         return True
     return False

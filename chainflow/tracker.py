@@ -66,11 +66,7 @@ class Tracker:
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             try:
-                if await self.app.adb(headers.lead, f"tracker:{self.chain}", self.owner, self.app.clock.time(),
-                                      max(5.0, self.config.poll_interval * 10)):
-                    await self.step()
-                else:
-                    self._tip = None  # another process leads: our cached tip goes stale
+                await self.iteration()
             except sa.exc.IntegrityError:
                 pass  # another process created the leadership row first
             except Exception:
@@ -79,6 +75,15 @@ class Tracker:
                 await asyncio.wait_for(stop.wait(), self.config.poll_interval)
             except TimeoutError:
                 pass
+
+    async def iteration(self) -> HeadStats | None:
+        """Renew (or take) the chain's leadership lease, then ``step`` if we lead: what
+        ``run`` does every poll interval.  None when another process leads."""
+        if await self.app.adb(headers.lead, f"tracker:{self.chain}", self.owner, self.app.clock.time(),
+                              max(5.0, self.config.poll_interval * 10)):
+            return await self.step()
+        self._tip = None  # another process leads: our cached tip goes stale
+        return None
 
     async def step(self) -> HeadStats:
         """One iteration: follow the head, detect reorgs, match, settle, unstick.
