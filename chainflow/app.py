@@ -35,6 +35,7 @@ from .errors import (
 from .registry import Registry, WorkflowDef, WorkflowFn, infer_input_type
 from .retry import DEFAULT_RETRY, Retry
 from .tracker_config import TrackerConfig
+from .worker import call_soon_on
 
 if TYPE_CHECKING:
     from .submission import Submitter
@@ -431,15 +432,7 @@ class Chainflow:
         waiter = self._waiters.get(run_id)
         if waiter is not None:
             known = None if row is None or compensations is None else _status_of(row, compensations)
-            loop = waiter.get_loop()
-            try:
-                on_loop = asyncio.get_running_loop() is loop
-            except RuntimeError:
-                on_loop = False
-            if on_loop:  # no self-pipe wake-up from the loop's own thread
-                loop.call_soon(_resolve, waiter, known)
-            else:
-                loop.call_soon_threadsafe(_resolve, waiter, known)
+            call_soon_on(waiter.get_loop(), _resolve, waiter, known)
 
     # --- workers ---------------------------------------------------------------
 

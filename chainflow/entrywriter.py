@@ -116,8 +116,9 @@ def _postgres_sql(new_runs: bool, fenced: bool, entries: bool, finishes: bool) -
     keys), share-lock the runs whose fence still matches, insert their journal rows,
     finish those that end.  Rows arrive as JSON record sets, which keeps the text the
     same for any batch size, so the server prepares it once; parts the batch does not
-    need are left out (each costs planning and execution even when empty).  The answer has a row per
-    new run created and per run still ours, with its row as written if it finished."""
+    need are left out (each costs planning and execution even when empty).  The answer
+    has a row per new run created and per run still ours, with its row as written if
+    it finished."""
     dialect = postgresql.dialect()
 
     def records(table: sa.Table, names: tuple[str, ...], alias: str, renamed: dict[str, str] | None = None) -> str:

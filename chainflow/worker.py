@@ -218,10 +218,7 @@ class Worker:
                     self._spawn(claim, ([], {}))
 
         assert self.loop is not None
-        if threading.get_ident() == self._loop_thread:
-            self.loop.call_soon(take)  # no self-pipe wake-up from the loop's own thread
-        else:
-            self.loop.call_soon_threadsafe(take)
+        call_soon_on(self.loop, take)
 
     def _spawn(self, claim: store.Claim, history: store.History) -> None:
         wf = self.app.registry.get(claim.workflow) if claim.workflow in self.app.registry else None
@@ -276,3 +273,16 @@ class Worker:
                     ex.request_stop(LEASE_LOST)
                 elif alive[rid]:
                     ex.request_stop(CANCEL)
+
+
+def call_soon_on(loop: asyncio.AbstractEventLoop, fn: Callable[..., Any], *args: Any) -> None:
+    """``fn(*args)`` on ``loop`` from any thread; from the loop itself without the
+    self-pipe write and wake-up that ``call_soon_threadsafe`` costs."""
+    try:
+        here = asyncio.get_running_loop() is loop
+    except RuntimeError:
+        here = False
+    if here:
+        loop.call_soon(fn, *args)
+    else:
+        loop.call_soon_threadsafe(fn, *args)
