@@ -74,8 +74,14 @@ class _Http:
         self._lock = threading.Lock()
         self._ids = itertools.count(1)
 
-    async def request(self, method: str, params: list[Any]) -> Any:
-        body = json.dumps({"jsonrpc": "2.0", "id": next(self._ids), "method": method, "params": params})
+    def encode(self, method: str, params: list[Any]) -> str:
+        """The request body; params that are not JSON are a caller's bug, not an outage."""
+        try:
+            return json.dumps({"jsonrpc": "2.0", "id": next(self._ids), "method": method, "params": params})
+        except (TypeError, ValueError) as exc:
+            raise TypeError(f"{method}: parameters are not JSON-serialisable ({exc})") from None
+
+    async def request(self, method: str, body: str) -> Any:
         try:
             answer = await self._post(await self._session(), body)
         except aiohttp.ServerDisconnectedError:
@@ -162,9 +168,10 @@ class Rpc:
     async def call(self, method: str, *params: Any) -> Any:
         """The raw ``result`` of ``method``; raises ``RpcError`` / ``RpcUnavailable``."""
         self.calls += 1
+        body = self._http.encode(method, list(params)) if self._http is not None else ""
         try:
             if self._http is not None:
-                return await self._http.request(method, list(params))
+                return await self._http.request(method, body)
             if self._async is None:
                 return await asyncio.to_thread(self._blocking, method, list(params))
             return await self._async.manager.coro_request(method, list(params))  # type: ignore[arg-type]

@@ -112,3 +112,11 @@ async def test_provider_url_secrets_stay_out_of_errors_and_repr(signer: LocalSig
         assert "SECRET" not in str(err.value)
     finally:
         server.close()
+
+
+async def test_params_that_are_not_json_are_a_bug_not_an_outage(signer: LocalSigner,
+                                                                 adapters: list[EvmChain]) -> None:
+    adapter = EvmChain("x", f"http://127.0.0.1:{closed_port()}", signer, timeout=1)
+    adapters.append(adapter)
+    with pytest.raises(TypeError, match="eth_call: parameters are not JSON"):
+        await adapter.rpc.call("eth_call", {"data": b"\x01"}, "latest")
