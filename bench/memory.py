@@ -85,7 +85,8 @@ def run(opts: Options, command: str) -> str:
     sizes = QUICK_SIZES if opts.quick else SIZES
     figs = sized_figures(
         "memory", "runs", sizes, opts,
-        {"rss": lambda r: r["rss_mb"], "delta": lambda r: r["rss_mb"] - r["baseline_mb"], "tasks": lambda r: r["tasks"]},
+        {"rss": lambda r: r["rss_mb"], "delta": lambda r: r["rss_mb"] - r["baseline_mb"],
+         "tasks": lambda r: r["tasks"]},
         lambda r: (f"RSS {r['rss_mb']:.0f} MB (+{r['rss_mb'] - r['baseline_mb']:.0f} MB over the idle worker), "
                    f"{r['tasks']} asyncio tasks alive, parked in {r['elapsed']:.1f}s"))
     out = [f"## memory: {TITLE}", "", environment_markdown(env, command),

@@ -1,14 +1,15 @@
 """Benchmark 3, tracker scale: the cost of one new head with 10 / 1,000 / 10,000 pending
 tracked transactions.
 
-Each repetition (a fresh process, a fresh SQLite database, a fresh in-process EVM)
-inserts N synthetic pending submissions with one signed attempt each, then mines
-heads one at a time, each holding one real transaction of ours, and runs one tracker
-iteration per head (``Tracker.iteration()``: renew the leadership lease, then
-``step()``, as the tracker loop does every poll). Figures: JSON-RPC requests per head (counted by the
-adapter's RPC client, which every call goes through, not just the tracker's own
-bookkeeping), CPU ms and wall ms per head.  The chain is configured as in production
-(a node URL: the adapter's keep-alive HTTP session). Targets: RPC calls constant in N; CPU ≤ 5 ms at 10,000.
+Each repetition (a fresh process, a fresh SQLite database, a fresh anvil; the
+in-process EVM only when anvil is missing) inserts N synthetic pending submissions
+with one signed attempt each, then mines heads one at a time, each holding one real
+transaction of ours, and runs one tracker iteration per head (``Tracker.iteration()``:
+renew the leadership lease, then ``step()``, as the tracker loop does every poll).
+Figures: JSON-RPC requests per head (counted by the adapter's RPC client, which every
+call goes through, not just the tracker's own bookkeeping), CPU ms and wall ms per
+head.  The chain is configured as in production (a node URL: the adapter's keep-alive
+HTTP session).  Targets: RPC calls constant in N; CPU ≤ 5 ms at 10,000.
 """
 
 from __future__ import annotations

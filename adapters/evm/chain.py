@@ -63,7 +63,8 @@ def _tx_hashes(block: Mapping[str, Any]) -> list[str]:
 class EvmChain:
     """Talks to one EVM chain through one node, submitting from one signer.
 
-    ``rpc`` is a URL (plain JSON-RPC on a keep-alive session, no automatic retries) or any web3 provider / ``Web3`` / ``AsyncWeb3``.  ``abis`` are contract
+    ``rpc`` is a URL (plain JSON-RPC on a keep-alive session, no automatic retries)
+    or any web3 provider / ``Web3`` / ``AsyncWeb3``.  ``abis`` are contract
     ABIs whose events and custom errors receipts should decode even in a process that
     never prepared a call to them (a tracker on another host, a worker after restart).
     """

@@ -26,6 +26,7 @@ import asyncio
 import itertools
 import json
 import threading
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -105,23 +106,23 @@ class _Http:
         session = self._sessions.get(loop)
         if session is not None and not session.closed:
             return session
+        for old in self._take(lambda other: other.is_closed()):
+            await old.close()  # its loop is gone: closing only marks it closed
         with self._lock:
-            dead = [old for old in self._sessions if old.is_closed()]
-            stale = [self._sessions.pop(old) for old in dead]
             session = self._sessions[loop] = aiohttp.ClientSession(
                 timeout=self._timeout, connector=aiohttp.TCPConnector(limit=64))
-        for old_session in stale:  # their loop is gone: closing only marks them closed
-            await old_session.close()
         return session
 
     async def aclose(self) -> None:
-        """Close this loop's session (and forget those of loops that have ended)."""
+        """Close this loop's session (and those of loops that have ended)."""
         loop = asyncio.get_running_loop()
-        with self._lock:
-            mine = [s for old, s in self._sessions.items() if old is loop or old.is_closed()]
-            self._sessions = {old: s for old, s in self._sessions.items() if not (old is loop or old.is_closed())}
-        for session in mine:
+        for session in self._take(lambda other: other is loop or other.is_closed()):
             await session.close()
+
+    def _take(self, which: Callable[[asyncio.AbstractEventLoop], bool]) -> list[aiohttp.ClientSession]:
+        """Forget the sessions of the loops ``which`` picks; returns them to close."""
+        with self._lock:
+            return [self._sessions.pop(loop) for loop in [lp for lp in self._sessions if which(lp)]]
 
 
 class Rpc:
