@@ -224,11 +224,11 @@ def _hot_sql(paramstyle: str, kind: str, rows: int) -> str:
     runs each once per batch."""
     mark = _mark(paramstyle)
     if kind == "fence":
-        pairs = ", ".join([f"({mark}, {mark})"] * rows)
-        # SQLite: the transaction already holds the database's write lock.  Postgres:
-        # FOR SHARE makes a re-claim (an UPDATE of the fence) wait for this commit.
+        # by id alone: SQLite plans a row-value IN over several pairs as a scan of the
+        # whole table.  SQLite: the transaction already holds the database's write lock.
+        # Postgres: FOR SHARE makes a re-claim (an UPDATE of the fence) wait for this commit.
         lock = "" if paramstyle == "qmark" else " FOR SHARE"
-        return f"SELECT id FROM {runs.name} WHERE (id, fence) IN (VALUES {pairs}){lock}"
+        return f"SELECT id, fence FROM {runs.name} WHERE id IN ({', '.join([mark] * rows)}){lock}"
     one = f"({', '.join([mark] * len(ENTRY_COLUMNS))})"
     return f"INSERT INTO {journal.name} ({', '.join(ENTRY_COLUMNS)}) VALUES {', '.join([one] * rows)}"
 
@@ -254,10 +254,9 @@ def fences_ok(dbapi: Any, paramstyle: str, fences: dict[str, int]) -> set[str]:
     ``dbapi`` is the driver's connection, in the transaction to fence."""
     if not fences:
         return set()
-    params: list[Any] = []
-    for run_id in sorted(fences):  # the same lock order in every worker
-        params += (run_id, fences[run_id])
-    return {r[0] for r in _dbapi_execute(dbapi, _hot_sql(paramstyle, "fence", len(fences)), params)}
+    ids = sorted(fences)  # the same lock order in every worker
+    rows = _dbapi_execute(dbapi, _hot_sql(paramstyle, "fence", len(ids)), ids)
+    return {run_id for run_id, fence in rows if fences[run_id] == fence}
 
 
 def insert_entries(dbapi: Any, paramstyle: str, rows: list[dict[str, Any]]) -> None:

@@ -118,3 +118,26 @@ async def test_heartbeat_keeps_the_lease_of_a_live_worker(make_app: Any, calls: 
         await wait_until(lambda: run_id in worker_a.outcomes, what="worker A to finish")
     assert r.app_a.status(run_id).output == "sent by call 0"
     assert calls.count("send-start") == 1
+
+
+def test_fence_check_of_a_batch_keeps_only_matching_runs_and_uses_the_key(make_app: Any) -> None:
+    """A group commit fences many runs in one read; it must answer per run and look each
+    run up by key (SQLite planned the former row-value form as a scan of every run)."""
+    app = make_app()
+
+    @app.workflow("noop")
+    async def noop(ctx: cf.Context, _: int) -> None:
+        return None
+
+    ids = [app.start("noop", i).id for i in range(3)]
+    raw = app.engine.raw_connection()
+    try:
+        style, dbapi = app.engine.dialect.paramstyle, raw.dbapi_connection
+        assert store.fences_ok(dbapi, style, {ids[0]: 0, ids[1]: 7, ids[2]: 0}) == {ids[0], ids[2]}
+        if app.engine.dialect.name == "sqlite":
+            sql = store._hot_sql(style, "fence", 3)
+            plan = " ".join(str(row[-1]) for row in dbapi.execute(f"EXPLAIN QUERY PLAN {sql}", ids))
+            assert "SEARCH" in plan and "SCAN cf_runs" not in plan, plan
+    finally:
+        raw.rollback()
+        raw.close()
