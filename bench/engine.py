@@ -4,7 +4,8 @@ Peers, each in ``bench/engine_<peer>.py`` with ``available()`` and ``run(spec)``
 
 floor      one INSERT+COMMIT per step, hand-written (the cost of a durable commit)
 dbos       DBOS Transact, a workflow of K ``@DBOS.step()`` no-ops
-chainflow  a chainflow workflow of K ``ctx.step`` no-ops
+chainflow  a chainflow workflow of K ``ctx.step`` no-ops (``async def``)
+chainflow_sync  the same with plain ``def`` no-ops, which chainflow runs in a thread
 
 Order of execution: repetition-major and interleaved, so drift on the machine (other
 load, thermal, the page cache) spreads over every peer alike::
@@ -33,8 +34,13 @@ from .harness import (
 )
 
 TITLE = "engine overhead: N workflows x K no-op steps (steps/s, higher is better)"
-PEERS = ["floor", "dbos", "chainflow"]
-PEER_LABEL = {"floor": "floor", "dbos": "DBOS", "chainflow": "chainflow"}
+PEERS = ["floor", "dbos", "chainflow", "chainflow_sync"]
+PEER_LABEL = {"floor": "floor", "dbos": "DBOS", "chainflow": "chainflow", "chainflow_sync": "chainflow (sync steps)"}
+# a peer that is another peer's module with a different workload option
+PEER_VARIANT = {"chainflow_sync": ("chainflow", {"steps": "sync"})}
+# (numerator, denominator) of the ratio columns, shown when both peers ran
+RATIOS = [("chainflow", "dbos"), ("chainflow", "floor"), ("chainflow_sync", "dbos"), ("chainflow_sync", "floor"),
+          ("dbos", "floor")]
 SIZES = [(500, 5), (200, 20)]
 QUICK_SIZES = [(6, 3)]
 MODES = ["sequential", "inflight"]
@@ -51,7 +57,7 @@ def available() -> str | None:
 
 
 def _peer_module(peer: str) -> Any:
-    return importlib.import_module(f"bench.engine_{peer}")
+    return importlib.import_module(f"bench.engine_{PEER_VARIANT.get(peer, (peer, {}))[0]}")
 
 
 # --- child side ---------------------------------------------------------------------
@@ -125,7 +131,7 @@ def run(opts: Options, command: str) -> str:
                         if fig.problem is not None:
                             continue
                         spec = {"peer": peer, "backend": backend, "n": n, "k": k, "mode": mode,
-                                "concurrency": CONCURRENCY}
+                                "concurrency": CONCURRENCY, **PEER_VARIANT.get(peer, ("", {}))[1]}
                         if opts.profile_dir:
                             spec["profile"] = os.path.join(
                                 opts.profile_dir, f"engine_{backend}_{n}x{k}_{mode}_{peer}_rep{rep}.html")
@@ -170,25 +176,16 @@ def render(opts: Options, env: dict[str, Any], command: str, sizes: list[tuple[i
         if backend in skipped_backends:
             out += [skipped_backends[backend], ""]
             continue
-        head = ["workload", "mode"] + [f"{PEER_LABEL[p]} steps/s" for p in peers]
-        if has["chainflow"] and has["dbos"]:
-            head.append("chainflow / DBOS")
-        if has["chainflow"] and has["floor"]:
-            head.append("chainflow / floor")
-        if has["dbos"] and has["floor"]:
-            head.append("DBOS / floor")
+        ratios = [(a, b) for a, b in RATIOS if has[a] and has[b]]
+        head = (["workload", "mode"] + [f"{PEER_LABEL[p]} steps/s" for p in peers]
+                + [f"{PEER_LABEL[a]} / {PEER_LABEL[b]}" for a, b in ratios])
         out.append("| " + " | ".join(head) + " |")
         out.append("|" + "|".join("---" for _ in head) + "|")
         for n, k in sizes:
             for mode in MODES:
                 f = {p: figures[(backend, n, k, mode, p)] for p in peers}
-                row = [f"{n}×{k}", mode_label(mode)] + [f[p].cell() for p in peers]
-                if has["chainflow"] and has["dbos"]:
-                    row.append(ratio(f["chainflow"], f["dbos"]))
-                if has["chainflow"] and has["floor"]:
-                    row.append(ratio(f["chainflow"], f["floor"]))
-                if has["dbos"] and has["floor"]:
-                    row.append(ratio(f["dbos"], f["floor"]))
+                row = ([f"{n}×{k}", mode_label(mode)] + [f[p].cell() for p in peers]
+                       + [ratio(f[a], f[b]) for a, b in ratios])
                 out.append("| " + " | ".join(row) + " |")
         out.append("")
     out += ["<details><summary>Raw repetitions (steps/s, wall s, process CPU s, variant)</summary>", "",

@@ -1,8 +1,16 @@
 """The chainflow side of the engine benchmark, kept in one small function (``run``).
 
-Same workload as the peers: a workflow of K no-op steps (``ctx.step`` on a plain sync
-function), N runs, on a fresh database.  Timed region: the N starts through the last
-run's completion; creating the schema and starting the worker happen before it.
+Same workload as the peers: a workflow of K no-op steps, N runs, on a fresh database.
+Timed region: the N starts through the last run's completion; creating the schema and
+starting the worker happen before it.
+
+Steps (``"steps"`` in the spec):
+
+async  ``ctx.step`` on an ``async def`` no-op, run on the worker's loop like any async
+       step: the engine's own cost, as the floor and DBOS's direct call (whose sync
+       steps run in the caller's thread) pay no thread hand-off either
+sync   ``ctx.step`` on a plain ``def`` no-op, which the engine runs in a thread (a
+       sync step may block): adds two thread wake-ups per step
 
 sequential    one worker (concurrency=1); start a run, await its result, next
 32 in flight  one worker with concurrency=32; 32 clients each start a run and await it
@@ -29,6 +37,10 @@ def noop(i: int) -> int:
     return i
 
 
+async def noop_async(i: int) -> int:
+    return i
+
+
 def _sqlalchemy_url(backend: str, db: str) -> str:
     if backend == "sqlite":
         return f"sqlite:///{os.path.join(db, 'chainflow.db')}"
@@ -40,11 +52,13 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
 
     backend, n, k, mode, width = spec["backend"], spec["n"], spec["k"], spec["mode"], spec["concurrency"]
     app = cf.Chainflow(_sqlalchemy_url(backend, spec["db"]))
+    steps = spec.get("steps", "async")
+    step_fn = {"async": noop_async, "sync": noop}[steps]
 
     @app.workflow("bench")
     async def wf(ctx: cf.Context, k: int) -> int:
         for i in range(k):
-            await ctx.step("s", noop, i)
+            await ctx.step("s", step_fn, i)
         return k
 
     app.ensure_schema()
@@ -77,4 +91,5 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
     if len(done) != n:
         raise AssertionError(f"chainflow completed {len(done)} of {n} runs")
     app.engine.dispose()
-    return {"elapsed": elapsed, "cpu": cpu, "note": f"worker concurrency={1 if mode == 'sequential' else width}"}
+    note = f"{steps} steps, worker concurrency={1 if mode == 'sequential' else width}"
+    return {"elapsed": elapsed, "cpu": cpu, "note": note}
