@@ -108,10 +108,18 @@ def _freeze(key: Any) -> Any:
     return key
 
 
+# built once: json.dumps/json.loads with options build a new encoder/decoder per call,
+# which costs more than coding a small payload (every step codes its output twice)
+_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+_DECODER = json.JSONDecoder(object_hook=_hook)
+# immutable values that decode to an equal value of the same type
+_PLAIN = (type(None), bool, str, float)
+
+
 def dumps(value: Any, *, what: str = "") -> str:
     """Encode ``value``; ``what`` names the payload in the error (e.g. "output of step 'x'")."""
     try:
-        return json.dumps(_encode(value, ""), separators=(",", ":"), allow_nan=False)
+        return _ENCODER.encode(_encode(value, ""))
     except PayloadError as exc:
         raise PayloadError(f"{what}: {exc}" if what else str(exc)) from None
 
@@ -119,14 +127,17 @@ def dumps(value: Any, *, what: str = "") -> str:
 def loads(text: str | None) -> Any:
     if text is None:
         return None
-    return json.loads(text, object_hook=_hook)
+    return _DECODER.decode(text)
 
 
 def roundtrip(value: Any, *, what: str = "") -> tuple[str, Any]:
     """Encoded text plus the value as a replay would see it.
 
     Workflow code is always handed the decoded copy, even on first execution, so a run
-    behaves the same whether a value came fresh from a step or from the journal.
+    behaves the same whether a value came fresh from a step or from the journal.  An
+    immutable scalar is its own decoded copy.
     """
     text = dumps(value, what=what)
+    if type(value) in _PLAIN or (type(value) is int and -_SAFE_INT < value < _SAFE_INT):
+        return text, value
     return text, loads(text)

@@ -24,7 +24,6 @@ import traceback
 import uuid as _uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable, Coroutine
-from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -43,6 +42,7 @@ from .errors import (
     WaitTimeout,
 )
 from .retry import DEFAULT_RETRY, Retry
+from .threads import ThreadPool
 
 if TYPE_CHECKING:
     from .submission import Submitter
@@ -116,7 +116,7 @@ class Context:
         tries: dict[tuple[str, str], list[store.AttemptRow]],
         committer: Committer,
         clock: Clock,
-        step_pool: Executor,
+        step_pool: ThreadPool,
         default_retry: Retry = DEFAULT_RETRY,
         submitter: Submitter | None = None,
     ) -> None:
@@ -420,8 +420,7 @@ class Context:
         if inspect.iscoroutinefunction(fn):
             work: Awaitable[Any] = fn(*args, **kwargs)
         else:
-            loop = asyncio.get_running_loop()
-            work = loop.run_in_executor(self._pool, functools.partial(fn, *args, **kwargs))
+            work = self._pool.run(functools.partial(fn, *args, **kwargs))
         if limit is None:
             result = await work
         else:

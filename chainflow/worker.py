@@ -17,7 +17,6 @@ import time
 from collections import OrderedDict
 import uuid
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import sqlalchemy as sa
@@ -26,6 +25,7 @@ from . import metrics, store
 from .committer import Committer
 from .context import CANCEL, LEASE_LOST
 from .executor import Execution, Outcome
+from .threads import ThreadPool
 
 if TYPE_CHECKING:
     from .app import Chainflow
@@ -58,8 +58,8 @@ class Worker:
         self.inline_wait = inline_wait
         self.id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.committer = Committer(app.engine)
-        self.step_pool = ThreadPoolExecutor(max(4, concurrency), thread_name_prefix="chainflow-step")
-        self._db_pool = ThreadPoolExecutor(2, thread_name_prefix="chainflow-db")
+        self.step_pool = ThreadPool(max(4, concurrency), "chainflow-step")
+        self._db_pool = ThreadPool(2, "chainflow-db")
         self.executions: dict[str, Execution] = {}
         # how recent executions ended (bounded: a long-lived worker must not grow)
         self.outcomes: OrderedDict[str, Outcome] = OrderedDict()
@@ -83,7 +83,7 @@ class Worker:
             with self.app.engine.begin() as conn:
                 return fn(conn, *args)
 
-        return await asyncio.get_running_loop().run_in_executor(self._db_pool, call)
+        return await self._db_pool.run(call)
 
     def notify(self) -> None:
         """Something became due (a start or signal in this process): poll now.
@@ -95,7 +95,7 @@ class Worker:
     async def start(self) -> None:
         self.loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
-        await asyncio.get_running_loop().run_in_executor(self._db_pool, self.app.ensure_schema)
+        await self._db_pool.run(self.app.ensure_schema)
         self._heartbeat = asyncio.create_task(self._beat(), name="chainflow-heartbeat")
         if self.track:
             from .tracker import Tracker
@@ -124,7 +124,7 @@ class Worker:
             await self.db(self._release, held)
         for adapter in self.app.chains.values():
             await adapter.aclose()  # HTTP sessions are bound to this event loop
-        self.step_pool.shutdown(wait=False, cancel_futures=True)
+        self.step_pool.shutdown(wait=False)
         self._db_pool.shutdown(wait=True)
 
     def _release(self, conn: sa.Connection, held: list[str]) -> None:

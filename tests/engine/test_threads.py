@@ -1,0 +1,90 @@
+"""The thread pool sync steps and database calls run in."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import pytest
+
+from chainflow.threads import ThreadPool
+
+
+async def test_results_and_errors_come_back_to_the_loop() -> None:
+    pool = ThreadPool(2, "t")
+    try:
+        assert await pool.run(lambda: threading.current_thread().name) != threading.current_thread().name
+        with pytest.raises(ZeroDivisionError):
+            await pool.run(lambda: 1 // 0)
+
+        def stop() -> None:
+            raise StopIteration("done")
+
+        with pytest.raises(RuntimeError, match="StopIteration raised in a thread"):
+            await pool.run(stop)
+    finally:
+        pool.shutdown(wait=True)
+
+
+async def test_threads_grow_to_the_limit_and_no_further() -> None:
+    pool = ThreadPool(3, "t")
+    gate = threading.Event()
+    seen: set[str] = set()
+
+    def hold() -> None:
+        seen.add(threading.current_thread().name)
+        gate.wait(5)
+
+    try:
+        jobs = [pool.run(hold) for _ in range(6)]
+        await asyncio.sleep(0.1)
+        assert len(seen) == 3  # three run, three wait for a free thread
+        gate.set()
+        await asyncio.gather(*jobs)
+        assert len(seen) == 3
+    finally:
+        pool.shutdown(wait=True)
+
+
+async def test_a_cancelled_job_drops_its_outcome() -> None:
+    pool = ThreadPool(1, "t")
+    try:
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(pool.run(lambda: time.sleep(0.2)), 0.01)
+        assert await pool.run(lambda: "next") == "next"  # the thread went on to the next job
+    finally:
+        pool.shutdown(wait=True)
+
+
+async def test_shutdown_cancels_jobs_not_started_and_refuses_new_ones() -> None:
+    pool = ThreadPool(1, "t")
+    gate = threading.Event()
+    running = pool.run(lambda: gate.wait(5))
+    queued = pool.run(lambda: "never")
+    await asyncio.sleep(0.05)
+    pool.shutdown(wait=False)
+    gate.set()
+    assert await running is True
+    with pytest.raises(asyncio.CancelledError):
+        await queued
+    with pytest.raises(RuntimeError, match="'t' is shut down"):
+        pool.run(lambda: None)
+
+
+def test_a_job_outliving_its_loop_is_dropped_quietly() -> None:
+    pool = ThreadPool(1, "t")
+    gate = threading.Event()
+    done = threading.Event()
+
+    def late() -> None:
+        gate.wait(5)
+        done.set()
+
+    async def start() -> None:
+        pool.run(late)
+
+    asyncio.run(start())  # the loop closes while the job still runs
+    gate.set()
+    assert done.wait(5)
+    pool.shutdown(wait=True)  # the thread survived the closed loop and exits cleanly
