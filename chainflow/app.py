@@ -34,6 +34,7 @@ from .errors import (
 )
 from .registry import Registry, WorkflowDef, WorkflowFn, infer_input_type
 from .retry import DEFAULT_RETRY, Retry
+from .threads import offload
 from .tracker_config import TrackerConfig
 from .worker import call_soon_on
 
@@ -191,11 +192,11 @@ class Chainflow:
 
     async def aread(self, fn: Callable[..., T], *args: Any) -> T:
         """``fn(conn, *args)`` in one read-only transaction, off the event loop."""
-        return await asyncio.to_thread(self._read, fn, *args)
+        return await offload(self._read, fn, *args)
 
     async def adb(self, fn: Callable[..., T], *args: Any) -> T:
         """``fn(conn, *args)`` in one transaction, off the event loop."""
-        return await asyncio.to_thread(self._tx, fn, *args)
+        return await offload(self._tx, fn, *args)
 
     def attach(self, worker: Worker) -> None:
         self._workers.add(worker)
@@ -260,9 +261,7 @@ class Chainflow:
             if created:
                 return RunHandle(row["id"], workflow, True)
             # the idempotency key is taken: the ordinary start answers (existing run or conflict)
-        return await asyncio.to_thread(
-            functools.partial(self.start, workflow, input, idempotency_key=idempotency_key)
-        )
+        return await offload(functools.partial(self.start, workflow, input, idempotency_key=idempotency_key))
 
     def _new_run(self, workflow: str, input: Any, idempotency_key: str | None,
                  parent_id: str | None) -> dict[str, Any]:
@@ -304,7 +303,7 @@ class Chainflow:
         self._notify()
 
     async def asignal(self, run_id: str, name: str, payload: Any = None) -> None:
-        await asyncio.to_thread(self.signal, run_id, name, payload)
+        await offload(self.signal, run_id, name, payload)
 
     def cancel(self, run_id: str) -> None:
         def request(conn: sa.Connection) -> None:
@@ -315,7 +314,7 @@ class Chainflow:
         self._notify()
 
     async def acancel(self, run_id: str) -> None:
-        await asyncio.to_thread(self.cancel, run_id)
+        await offload(self.cancel, run_id)
 
     def status(self, run_id: str) -> RunStatus:
         def read(conn: sa.Connection) -> RunStatus:
@@ -327,7 +326,7 @@ class Chainflow:
         return self._read(read)
 
     async def astatus(self, run_id: str) -> RunStatus:
-        return await asyncio.to_thread(self.status, run_id)
+        return await offload(self.status, run_id)
 
     def journal(self, run_id: str) -> list[JournalEntry]:
         """Every journal row of a run, invalidated ones included, in recording order."""
@@ -348,7 +347,7 @@ class Chainflow:
         return self._read(read)
 
     async def ajournal(self, run_id: str) -> list[JournalEntry]:
-        return await asyncio.to_thread(self.journal, run_id)
+        return await offload(self.journal, run_id)
 
     def attempts(self, run_id: str) -> list[AttemptRecord]:
         def read(conn: sa.Connection) -> list[AttemptRecord]:

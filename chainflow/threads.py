@@ -10,6 +10,9 @@ and its outcome comes back with one ``call_soon_threadsafe``.
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import functools
+import os
 import queue
 import threading
 from collections.abc import Callable
@@ -102,3 +105,18 @@ def _settle(future: asyncio.Future[Any], result: Any, exc: BaseException | None)
         future.set_exception(RuntimeError(f"{type(exc).__name__} raised in a thread: {exc}"))
     else:
         future.set_exception(exc)
+
+
+_shared: ThreadPool | None = None
+_shared_lock = threading.Lock()
+
+
+def offload(fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
+    """``asyncio.to_thread`` on a process-wide pool: the caller's context variables
+    travel with the call; as many threads as asyncio's default executor allows."""
+    global _shared
+    if _shared is None:
+        with _shared_lock:
+            if _shared is None:
+                _shared = ThreadPool(min(32, (os.cpu_count() or 1) + 4), "chainflow-offload")
+    return _shared.run(functools.partial(contextvars.copy_context().run, fn, *args))

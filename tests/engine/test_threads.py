@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import threading
 import time
 
 import pytest
 
-from chainflow.threads import ThreadPool
+from chainflow.threads import ThreadPool, offload
+
+REQUEST = contextvars.ContextVar("REQUEST", default="none")
 
 
 async def test_results_and_errors_come_back_to_the_loop() -> None:
@@ -88,3 +91,10 @@ def test_a_job_outliving_its_loop_is_dropped_quietly() -> None:
     gate.set()
     assert done.wait(5)
     pool.shutdown(wait=True)  # the thread survived the closed loop and exits cleanly
+
+
+async def test_offload_carries_the_callers_context_variables() -> None:
+    """Like ``asyncio.to_thread``, which the client's async methods used before."""
+    REQUEST.set("req-7")
+    assert await offload(REQUEST.get) == "req-7"
+    assert await offload(lambda a, b: a + b, 2, 3) == 5
