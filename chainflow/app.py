@@ -106,6 +106,9 @@ class RunStatus:
     waiting_on: list[str]
     cancel_requested: bool
     compensations: dict[str, str] = field(default_factory=dict)  # "branch/step" -> ok | error
+    # a reorg's request to roll back to a journal entry: {"entry_id": …, "reason": …}; on a
+    # failed or cancelled run it stays unapplied (its compensations had already run)
+    rollback: dict[str, Any] | None = None
 
     @property
     def done(self) -> bool:
@@ -468,4 +471,5 @@ def _status_of(row: sa.Row[Any], comps: dict[str, str]) -> RunStatus:
         created_at=row.created_at, updated_at=row.updated_at, wake_at=row.ready_at,
         waiting_on=json.loads(row.waiting_on) if row.waiting_on else [],
         cancel_requested=bool(row.cancel_requested), compensations=comps,
+        rollback=json.loads(row.rollback) if row.rollback else None,
     )

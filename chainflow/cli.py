@@ -389,6 +389,13 @@ def _summary(st: RunStatus) -> RenderableType:
     if st.error:
         lines.append("\nerror ", style="red")
         lines.append_text(error_text(st.error, _SUMMARY_LIMIT))
+    if st.rollback:
+        entry, reason = st.rollback.get("entry_id"), st.rollback.get("reason") or "no reason recorded"
+        if st.done:
+            lines.append(f"\nreorg after the run ended: {reason} (journal entry {entry}); not reopened, "
+                         "its compensations had already run", style="yellow")
+        else:
+            lines.append(f"\nrolling back to journal entry {entry}: {reason}", style="yellow")
     if st.compensations:
         failed = [k for k, v in st.compensations.items() if v != "ok"]
         lines.append(f"\ncompensations: {len(st.compensations)} ran, {len(failed)} failed  ",

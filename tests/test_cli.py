@@ -21,6 +21,7 @@ from rich.console import Console
 
 import chainflow as cf
 import chainflow.cli
+from chainflow import reorg
 from chainflow.app import AttemptRecord, JournalEntry, RunStatus
 from chainflow.cli import cli, timeline
 from chainflow.testing import WorkflowTester
@@ -165,6 +166,21 @@ def test_show_waiting_run_says_what_it_waits_for(db: Db) -> None:
     assert res.code == 0, res.err
     assert "status waiting" in res.out and "waiting on signal approval" in res.out
     assert "pending" in next(line for line in res.out.splitlines() if "approval" in line and "wait" in line)
+
+
+def test_show_says_a_reorg_came_after_the_run_had_failed(db: Db) -> None:
+    """The reorg monitor flags a failed run without reopening it (its compensations
+    already ran); status and show say so instead of leaving the flag invisible."""
+    app = cf.Chainflow(db.url)
+    with app.engine.begin() as conn:  # what the monitor does for a submit step named "create"
+        assert reorg.request_rollback(conn, db.failed_run, "\x1fcreate", "reorg at block 12", 0.0)
+    st = app.status(db.failed_run)
+    app.engine.dispose()
+    assert st.status == "failed" and st.rollback is not None and st.rollback["reason"] == "reorg at block 12"
+    res = invoke("--database-url", db.url, "show", db.failed_run)
+    assert res.code == 0, res.err
+    assert (f"reorg after the run ended: reorg at block 12 (journal entry {st.rollback['entry_id']}); "
+            "not reopened") in " ".join(res.out.split())
 
 
 def test_show_unknown_run_is_a_one_line_error(db: Db) -> None:
