@@ -340,7 +340,8 @@ class Context:
         self._buffer = []
         self.busy(+1)
         try:
-            results = await self._committer.write(self.run_id, self.fence, batch)
+            # exclusive: this commit is the run's only work in flight
+            results = await self._committer.write(self.run_id, self.fence, batch, exclusive=self.active == 1)
         except LeaseLostError:
             self.stop_reason = LEASE_LOST
             raise

@@ -227,6 +227,7 @@ class Worker:
             return
         ex = Execution(self, claim, wf, history)
         self.executions[claim.run_id] = ex
+        self.committer.solo = len(self.executions) == 1
         task = asyncio.create_task(self._execute(ex), name=f"chainflow-run-{claim.run_id}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -253,6 +254,7 @@ class Worker:
             if self._backlog:
                 self._wake.set()
             self.executions.pop(ex.claim.run_id, None)
+            self.committer.solo = len(self.executions) == 1
 
     async def _beat(self) -> None:
         while True:
