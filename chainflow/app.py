@@ -36,7 +36,7 @@ from .registry import Registry, WorkflowDef, WorkflowFn, infer_input_type
 from .retry import DEFAULT_RETRY, Retry
 from .threads import offload
 from .tracker_config import TrackerConfig
-from .worker import call_soon_on
+from .worker import call_on
 
 if TYPE_CHECKING:
     from .submission import Submitter
@@ -405,11 +405,10 @@ class Chainflow:
         try:
             while True:
                 if not read_first:
-                    left = None if end is None else max(0.0, end - loop.time())
-                    try:
-                        known = await asyncio.wait_for(asyncio.shield(waiter), poll if left is None else min(poll, left))
-                    except TimeoutError:
-                        known = None
+                    if not waiter.done():  # wait leaves the waiter alone on timeout
+                        left = None if end is None else max(0.0, end - loop.time())
+                        await asyncio.wait((waiter,), timeout=poll if left is None else min(poll, left))
+                    known = waiter.result() if waiter.done() else None
                     if known is not None:
                         return known  # as the finishing worker wrote it: no read needed
                 read_first = False
@@ -434,7 +433,7 @@ class Chainflow:
         waiter = self._waiters.get(run_id)
         if waiter is not None:
             known = None if row is None or compensations is None else _status_of(row, compensations)
-            call_soon_on(waiter.get_loop(), _resolve, waiter, known)
+            call_on(waiter.get_loop(), _resolve, waiter, known)
 
     # --- workers ---------------------------------------------------------------
 

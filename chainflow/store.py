@@ -219,10 +219,13 @@ ENTRY_COLUMNS = ("run_id", "branch", "position", "key", "kind", "status", "outpu
 
 @functools.lru_cache(maxsize=256)
 def _hot_sql(paramstyle: str, kind: str, rows: int) -> str:
-    """The two statements every step makes, as DBAPI text for ``rows`` runs or entries:
-    through the cursor they cost a fraction of a Core execution, and the group commit
-    runs each once per batch."""
+    """The statements every step and finish make, as DBAPI text for ``rows`` runs or
+    entries: through the cursor they cost a fraction of a Core execution, and the group
+    commit runs each once per batch."""
     mark = _mark(paramstyle)
+    if kind == "finish":
+        return (f"UPDATE {runs.name} SET {finish_set(mark, mark, mark, mark)} WHERE id = {mark} "
+                f"RETURNING {', '.join(RUN_COLUMNS)}")
     if kind == "fence":
         # by id alone: SQLite plans a row-value IN over several pairs as a scan of the
         # whole table.  SQLite: the transaction already holds the database's write lock.
@@ -325,10 +328,10 @@ def finish_set(status: str, output: str, error: str, now: str) -> str:
 
 def finish_runs(dbapi: Any, paramstyle: str, finishes: list[RunFinish]) -> dict[str, RunRow]:
     """Apply ``finishes`` (already fenced); returns each run's row as written."""
-    mark = _mark(paramstyle)
-    sql = (f"UPDATE {runs.name} SET {finish_set(mark, mark, mark, mark)} WHERE id = {mark} "
-           f"RETURNING {', '.join(RUN_COLUMNS)}")
     written: dict[str, RunRow] = {}
+    if not finishes:
+        return written
+    sql = _hot_sql(paramstyle, "finish", 1)
     for f in finishes:
         for row in _dbapi_execute(dbapi, sql, [f.status, f.output, f.error, f.now, f.now, f.run_id]):
             written[f.run_id] = RunRow(*row)

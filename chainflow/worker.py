@@ -218,7 +218,7 @@ class Worker:
                     self._spawn(claim, ([], {}))
 
         assert self.loop is not None
-        call_soon_on(self.loop, take)
+        call_on(self.loop, take)
 
     def _spawn(self, claim: store.Claim, history: store.History) -> None:
         wf = self.app.registry.get(claim.workflow) if claim.workflow in self.app.registry else None
@@ -277,14 +277,15 @@ class Worker:
                     ex.request_stop(CANCEL)
 
 
-def call_soon_on(loop: asyncio.AbstractEventLoop, fn: Callable[..., Any], *args: Any) -> None:
-    """``fn(*args)`` on ``loop`` from any thread; from the loop itself without the
-    self-pipe write and wake-up that ``call_soon_threadsafe`` costs."""
+def call_on(loop: asyncio.AbstractEventLoop, fn: Callable[..., Any], *args: Any) -> None:
+    """``fn(*args)`` on ``loop`` from any thread: from the loop itself at once (``fn``
+    must not block), from elsewhere through ``call_soon_threadsafe``, whose self-pipe
+    write and wake-up a caller on the loop need not pay."""
     try:
         here = asyncio.get_running_loop() is loop
     except RuntimeError:
         here = False
     if here:
-        loop.call_soon(fn, *args)
+        fn(*args)
     else:
         loop.call_soon_threadsafe(fn, *args)
