@@ -41,6 +41,7 @@ from .errors import (
     StepTimeout,
     WaitTimeout,
 )
+from .flag import Flag
 from .retry import DEFAULT_RETRY, Retry
 from .threads import ThreadPool
 
@@ -139,7 +140,7 @@ class Context:
         self.parks: list[Park] = []
         self.active = 0
         self.generation = 0
-        self.changed = asyncio.Event()
+        self.changed = Flag()
         self.stop_reason: str | None = None
         self.compensating = False  # set once compensations start; cancel/timeout no longer apply
         self.fatal: BaseException | None = None

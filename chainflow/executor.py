@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from . import codec, reorg, store
 from .context import CANCEL, FATAL, LEASE_LOST, ROLLBACK, SUSPEND, TIMEOUT, _BRANCH, Context, describe_error
 from .errors import LeaseLostError, NonDeterminismError, PayloadError, RunCancelled, WorkflowTimeout
+from .flag import Flag
 from .registry import WorkflowDef
 
 if TYPE_CHECKING:
@@ -46,8 +47,8 @@ class Execution:
         self.history = history
         self.wf = wf
         self.ctx: Context | None = None
-        self._stop = asyncio.Event()
-        self._lost = asyncio.Event()  # only a lost lease (or close) stops compensations
+        self._stop = Flag()
+        self._lost = Flag()  # only a lost lease (or close) stops compensations
         self._parked: list[tuple[float | None, str | None]] = []
         self._reason: str | None = None
         self._entries: list[store.Entry] = []
@@ -97,16 +98,16 @@ class Execution:
         await self._pump(ctx, main, self._stop, watch_deadline=True)
         return await self._conclude(ctx, main)
 
-    async def _pump(self, ctx: Context, main: asyncio.Task[Any], stop: asyncio.Event, *, watch_deadline: bool) -> None:
+    async def _pump(self, ctx: Context, main: asyncio.Task[Any], stop: Flag, *, watch_deadline: bool) -> None:
         """Run ``main`` until done, stopped (``stop``) or every branch is parked (suspend)."""
         clock = self.worker.clock
-        stop_wait = asyncio.ensure_future(stop.wait())
+        stop_wait = stop.future()
         try:
             while not main.done():
                 if ctx.stop_reason in (CANCEL, TIMEOUT, LEASE_LOST, FATAL) and stop.is_set():
                     await self._unwind(ctx)
                     break
-                changed = asyncio.ensure_future(ctx.changed.wait())
+                changed = ctx.changed.future()
                 timeout: float | None = None
                 if ctx.active == 0 and ctx.parks:
                     timeout = 0.0
@@ -137,7 +138,7 @@ class Execution:
                 return False
         return True
 
-    async def _wait_inline(self, ctx: Context, stop_event: asyncio.Event) -> bool:
+    async def _wait_inline(self, ctx: Context, stop_event: Flag) -> bool:
         """Short timers are waited in-process; returns False when the run should park."""
         clock, limit = self.worker.clock, self.worker.inline_wait
         if any(p.wake_at is None or p.signal for p in ctx.parks):
@@ -147,7 +148,7 @@ class Execution:
         if delay > limit:
             return False
         if delay > 0:
-            stop = asyncio.ensure_future(stop_event.wait())
+            stop = stop_event.future()
             await asyncio.wait({stop, asyncio.ensure_future(clock.sleep(delay))}, return_when=asyncio.FIRST_COMPLETED)
             stop.cancel()
             if stop_event.is_set():

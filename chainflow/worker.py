@@ -95,6 +95,9 @@ class Worker:
     async def start(self) -> None:
         self.loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
+        # attached as soon as it has a loop: a start from now on is adopted or notifies
+        # this worker, never falls between its attaching and its first claim
+        self.app.attach(self)
         await self._db_pool.run(self.app.ensure_schema)
         self._heartbeat = asyncio.create_task(self._beat(), name="chainflow-heartbeat")
         if self.track:
@@ -103,7 +106,6 @@ class Worker:
             for adapter in self.app.chains.values():
                 tracker = Tracker(self.app, adapter, self.id, self.app.tracker_config)
                 self._trackers.append(asyncio.create_task(tracker.run(self._stopping), name=f"tracker-{adapter.name}"))
-        self.app.attach(self)
 
     async def close(self) -> None:
         """Stop executing and hand held runs back at once (no lease wait for others)."""
