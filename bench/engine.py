@@ -56,8 +56,13 @@ def available() -> str | None:
     return None
 
 
+def _variant(peer: str) -> tuple[str, dict[str, Any]]:
+    """The module a peer runs and the options it adds to the spec."""
+    return PEER_VARIANT.get(peer, (peer, {}))
+
+
 def _peer_module(peer: str) -> Any:
-    return importlib.import_module(f"bench.engine_{PEER_VARIANT.get(peer, (peer, {}))[0]}")
+    return importlib.import_module(f"bench.engine_{_variant(peer)[0]}")
 
 
 # --- child side ---------------------------------------------------------------------
@@ -131,7 +136,7 @@ def run(opts: Options, command: str) -> str:
                         if fig.problem is not None:
                             continue
                         spec = {"peer": peer, "backend": backend, "n": n, "k": k, "mode": mode,
-                                "concurrency": CONCURRENCY, **PEER_VARIANT.get(peer, ("", {}))[1]}
+                                "concurrency": CONCURRENCY, **_variant(peer)[1]}
                         if opts.profile_dir:
                             spec["profile"] = os.path.join(
                                 opts.profile_dir, f"engine_{backend}_{n}x{k}_{mode}_{peer}_rep{rep}.html")

@@ -43,16 +43,16 @@ class _Item:
 
 
 class Committer:
-    def __init__(self, engine: sa.Engine, max_batch: int = 512) -> None:
+    def __init__(self, engine: sa.Engine, max_batch: int = 512, *, solo: Callable[[], bool] = lambda: False) -> None:
         self._engine = engine
         self._max_batch = max_batch
         self._pending: list[_Item] = []
         self._scheduled = False
         self._conn: sa.Connection | None = None  # batches with more than journal rows
         self._writer = EntryWriter(engine)  # batches of journal rows only
-        # set by the worker: at most one run is executing, so a write that its run
+        # the worker's answer to "is one run executing?": then a write that its run
         # marks exclusive has nobody to share a batch with
-        self.solo = False
+        self._solo = solo
 
     async def close(self) -> None:
         for item in self._pending:
@@ -73,7 +73,7 @@ class Committer:
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[list[Any]] = loop.create_future()
         self._pending.append(_Item(run_id, fence, ops, fut))
-        if exclusive and self.solo and not self._scheduled:
+        if exclusive and not self._scheduled and self._solo():
             self._flush()  # the future is settled: awaiting it does not suspend
         elif not self._scheduled:
             self._scheduled = True

@@ -57,7 +57,7 @@ class Worker:
         self.poll_interval = poll_interval
         self.inline_wait = inline_wait
         self.id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self.committer = Committer(app.engine)
+        self.committer = Committer(app.engine, solo=lambda: len(self.executions) == 1)
         self.step_pool = ThreadPool(max(4, concurrency), "chainflow-step")
         self._db_pool = ThreadPool(2, "chainflow-db")
         self.executions: dict[str, Execution] = {}
@@ -229,7 +229,6 @@ class Worker:
             return
         ex = Execution(self, claim, wf, history)
         self.executions[claim.run_id] = ex
-        self.committer.solo = len(self.executions) == 1
         task = asyncio.create_task(self._execute(ex), name=f"chainflow-run-{claim.run_id}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -256,7 +255,6 @@ class Worker:
             if self._backlog:
                 self._wake.set()
             self.executions.pop(ex.claim.run_id, None)
-            self.committer.solo = len(self.executions) == 1
 
     async def _beat(self) -> None:
         while True:
