@@ -146,7 +146,7 @@ class Chainflow:
         self._schema_ready = False
         self._schema_lock = threading.Lock()
         self._workers: weakref.WeakSet[Worker] = weakref.WeakSet()
-        self._waiters: dict[str, asyncio.Future[RunStatus | None]] = {}
+        self._waiters: dict[str, set[asyncio.Future[Any]]] = {}
         # bounded: lets await_run skip waiting for runs that finished before it was called
         self._recently_finished: OrderedDict[str, None] = OrderedDict()
 
@@ -256,7 +256,7 @@ class Chainflow:
         if local is not None:
             row = store.run_row(**fields, **self._born_claimed(local, fields["now"]))
             try:
-                created, = (await local.committer.write(row["id"], None, [store.RunInsert(row)]))
+                created, = (await local.committer.write(row["id"], None, [store.RunInsert(row)], exclusive=True))
             except BaseException:
                 local.adopt(None)
                 raise
@@ -400,27 +400,39 @@ class Chainflow:
         finishes it, re-checking the database every ``poll`` s for runs finished elsewhere."""
         loop = asyncio.get_running_loop()
         end = None if timeout is None else loop.time() + timeout
-        waiter = self._waiters.setdefault(run_id, loop.create_future())
+        # each call listens on a future of its own and awaits it directly: a cancelled
+        # caller cancels only its own, and a finish wakes it in one loop round
+        listeners = self._waiters.setdefault(run_id, set())
+        news: asyncio.Future[Any] = loop.create_future()
+        listeners.add(news)
         read_first = run_id in self._recently_finished  # finished before we started waiting
         try:
             while True:
                 if not read_first:
-                    if not waiter.done():  # wait leaves the waiter alone on timeout
+                    if not news.done():
                         left = None if end is None else max(0.0, end - loop.time())
-                        await asyncio.wait((waiter,), timeout=poll if left is None else min(poll, left))
-                    known = waiter.result() if waiter.done() else None
-                    if known is not None:
+                        timer = loop.call_later(poll if left is None else min(poll, left), _resolve, news, _QUIET)
+                        try:
+                            await news
+                        finally:
+                            timer.cancel()
+                    known = news.result()
+                    if isinstance(known, RunStatus):
                         return known  # as the finishing worker wrote it: no read needed
+                    # listen afresh before reading: a finish during the read, or after a
+                    # reorg reopened the run, wakes the next turn
+                    listeners.discard(news)
+                    news = loop.create_future()
+                    listeners.add(news)
                 read_first = False
                 st = await self.astatus(run_id)
                 if st.done:
                     return st
-                if waiter.done():  # a finish we heard of was undone (a reorg reopened the run)
-                    waiter = self._waiters[run_id] = loop.create_future()
                 if end is not None and loop.time() >= end:
                     raise TimeoutError(f"run {run_id!r} still {st.status} after {timeout}s")
         finally:
-            if self._waiters.get(run_id) is waiter:
+            listeners.discard(news)
+            if not listeners and self._waiters.get(run_id) is listeners:
                 del self._waiters[run_id]
 
     def finished(self, run_id: str, row: Any = None, compensations: dict[str, str] | None = None) -> None:
@@ -430,10 +442,11 @@ class Chainflow:
         self._recently_finished[run_id] = None
         while len(self._recently_finished) > 10_000:
             self._recently_finished.popitem(last=False)
-        waiter = self._waiters.get(run_id)
-        if waiter is not None:
+        listeners = self._waiters.get(run_id)
+        if listeners:
             known = None if row is None or compensations is None else _status_of(row, compensations)
-            call_on(waiter.get_loop(), _resolve, waiter, known)
+            for news in list(listeners):  # a copy: awaiters on other loops change the set
+                call_on(news.get_loop(), _resolve, news, known)
 
     # --- workers ---------------------------------------------------------------
 
@@ -458,9 +471,12 @@ class Chainflow:
         asyncio.run(main())
 
 
-def _resolve(waiter: asyncio.Future[RunStatus | None], known: RunStatus | None) -> None:
-    if not waiter.done():
-        waiter.set_result(known)
+_QUIET = object()  # an await_run turn ended with no word from a worker
+
+
+def _resolve(news: asyncio.Future[Any], known: RunStatus | object | None) -> None:
+    if not news.done():
+        news.set_result(known)
 
 
 def _status_of(row: sa.Row[Any], comps: dict[str, str]) -> RunStatus:

@@ -10,9 +10,9 @@ a thread costs two thread wake-ups (~150 µs on a small VM), more than the INSER
 often more than the fsync itself.  The drivers release the GIL while they wait on the
 disk or the server, so step functions running in threads go on meanwhile.
 
-A write nobody could share (the worker runs one run, and that run has nothing else in
-flight) commits at once instead: deferring it would only cost the two loop rounds of
-the hand-off (~40 µs, a fifth of a step on SQLite) for a batch of one.
+A write nobody could share (the worker runs no other run, and the write's own run has
+nothing else in flight) commits at once instead: deferring it would only cost the two
+loop rounds of the hand-off (~40 µs, a fifth of a step on SQLite) for a batch of one.
 """
 
 from __future__ import annotations
@@ -43,16 +43,17 @@ class _Item:
 
 
 class Committer:
-    def __init__(self, engine: sa.Engine, max_batch: int = 512, *, solo: Callable[[], bool] = lambda: False) -> None:
+    def __init__(self, engine: sa.Engine, max_batch: int = 512, *, running: Callable[[], int] | None = None) -> None:
         self._engine = engine
         self._max_batch = max_batch
         self._pending: list[_Item] = []
         self._scheduled = False
         self._conn: sa.Connection | None = None  # batches with more than journal rows
         self._writer = EntryWriter(engine)  # batches of journal rows only
-        # the worker's answer to "is one run executing?": then a write that its run
-        # marks exclusive has nobody to share a batch with
-        self._solo = solo
+        # the worker's count of runs executing: with none but the writer's own (none at
+        # all for a creation), a write its run marks exclusive has nobody to share with;
+        # without a worker, every write waits for the end of the loop round
+        self._running = running
 
     async def close(self) -> None:
         for item in self._pending:
@@ -69,11 +70,12 @@ class Committer:
 
         ``fence`` None: ``ops`` is one ``RunInsert`` of a new run; its result says
         whether the run was created (False: its idempotency key was taken).
-        ``exclusive``: the run has no other work in flight that could write now."""
+        ``exclusive``: the run has no other work in flight that could write now (a
+        creation always qualifies)."""
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[list[Any]] = loop.create_future()
         self._pending.append(_Item(run_id, fence, ops, fut))
-        if exclusive and not self._scheduled and self._solo():
+        if exclusive and not self._scheduled and self._running is not None and self._running() == (fence is not None):
             self._flush()  # the future is settled: awaiting it does not suspend
         elif not self._scheduled:
             self._scheduled = True

@@ -136,7 +136,7 @@ class Context:
         self._buffer: list[Op] = []
         self._fresh = 0
         self.compensations: list[Compensation] = []
-        self.tasks: set[asyncio.Task[Any]] = set()
+        self.tasks: set[asyncio.Future[Any]] = set()
         self.parks: list[Park] = []
         self.active = 0
         self.generation = 0

@@ -14,7 +14,7 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from . import codec, reorg, store
+from . import codec, eager, reorg, store
 from .context import CANCEL, FATAL, LEASE_LOST, ROLLBACK, SUSPEND, TIMEOUT, _BRANCH, Context, describe_error
 from .errors import LeaseLostError, NonDeterminismError, PayloadError, RunCancelled, WorkflowTimeout
 from .flag import Flag
@@ -86,7 +86,7 @@ class Execution:
             arg = self.wf.decode_input(codec.loads(claim.input))
         except Exception as exc:  # input stored by an older version of the workflow
             return await self._finish("failed", None, describe_error(exc))
-        main = asyncio.get_running_loop().create_task(self._main(ctx, arg))
+        main = eager.start(self._main(ctx, arg))
         ctx.tasks.add(main)
         return await self._drive(ctx, main)
 
@@ -94,11 +94,11 @@ class Execution:
         _BRANCH.set("")
         return await self.wf.fn(ctx, arg)
 
-    async def _drive(self, ctx: Context, main: asyncio.Task[Any]) -> Outcome:
+    async def _drive(self, ctx: Context, main: asyncio.Future[Any]) -> Outcome:
         await self._pump(ctx, main, self._stop, watch_deadline=True)
         return await self._conclude(ctx, main)
 
-    async def _pump(self, ctx: Context, main: asyncio.Task[Any], stop: Flag, *, watch_deadline: bool) -> None:
+    async def _pump(self, ctx: Context, main: asyncio.Future[Any], stop: Flag, *, watch_deadline: bool) -> None:
         """Run ``main`` until done, stopped (``stop``) or every branch is parked (suspend)."""
         clock = self.worker.clock
         stop_wait = stop.future()
@@ -164,7 +164,7 @@ class Execution:
             task.cancel()
         await asyncio.gather(*ctx.tasks, return_exceptions=True)
 
-    async def _conclude(self, ctx: Context, main: asyncio.Task[Any]) -> Outcome:
+    async def _conclude(self, ctx: Context, main: asyncio.Future[Any]) -> Outcome:
         reason = ctx.stop_reason
         if main.done() and not main.cancelled():
             main.exception()  # retrieved: paths below that ignore it must not log "never retrieved"

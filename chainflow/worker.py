@@ -57,7 +57,7 @@ class Worker:
         self.poll_interval = poll_interval
         self.inline_wait = inline_wait
         self.id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self.committer = Committer(app.engine, solo=lambda: len(self.executions) == 1)
+        self.committer = Committer(app.engine, running=lambda: len(self.executions))
         self.step_pool = ThreadPool(max(4, concurrency), "chainflow-step")
         self._db_pool = ThreadPool(2, "chainflow-db")
         self.executions: dict[str, Execution] = {}

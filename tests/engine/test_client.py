@@ -271,3 +271,21 @@ def test_concurrent_idempotent_starts_create_one_run(make_app: Any) -> None:
     assert len({h.id for h in handles}) == 1
     assert sum(h.created for h in handles) == 1
     assert run_count(app) == 1
+
+
+async def test_an_awaiter_giving_up_leaves_the_others_waiting(make_app: Any) -> None:
+    """Each await_run listens on its own future: one cancelled (or timed out) caller does
+    not cancel the wake-up of another caller awaiting the same run."""
+    app = make_app(clock=cf.FakeClock())
+    register_echo(app)
+    run_id = app.start("echo", 3).id
+    impatient = asyncio.create_task(app.await_run(run_id, poll=60))
+    patient = asyncio.create_task(app.await_run(run_id, poll=60))
+    await asyncio.sleep(0.05)
+    impatient.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await impatient
+    app.signal(run_id, "go")
+    await WorkflowTester(app).run_until_idle()  # its worker announces the finish
+    assert (await asyncio.wait_for(patient, 10)).output == 3
+    assert not app._waiters  # nobody left listening
