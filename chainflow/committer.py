@@ -38,7 +38,7 @@ class _Item:
     run_id: str
     fence: int | None  # None: the item creates the run
     ops: list[Op]
-    future: asyncio.Future[list[Any]] = field(repr=False)
+    future: asyncio.Future[list[Any]] | None = field(default=None, repr=False)  # None: committed inline
     results: list[Any] | None = None  # of the ops run on a general batch
 
 
@@ -57,7 +57,7 @@ class Committer:
 
     async def close(self) -> None:
         for item in self._pending:
-            if not item.future.done():
+            if item.future is not None and not item.future.done():
                 item.future.set_exception(RuntimeError("committer closed"))
         self._pending = []
         if self._conn is not None:
@@ -72,12 +72,15 @@ class Committer:
         whether the run was created (False: its idempotency key was taken).
         ``exclusive``: the run has no other work in flight that could write now (a
         creation always qualifies)."""
+        if exclusive and not self._scheduled and self._running is not None and self._running() == (fence is not None):
+            outcome, = self._commit([_Item(run_id, fence, ops)])  # a batch of one, at once
+            if isinstance(outcome, BaseException):
+                raise outcome
+            return outcome  # type: ignore[no-any-return]
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[list[Any]] = loop.create_future()
         self._pending.append(_Item(run_id, fence, ops, fut))
-        if exclusive and not self._scheduled and self._running is not None and self._running() == (fence is not None):
-            self._flush()  # the future is settled: awaiting it does not suspend
-        elif not self._scheduled:
+        if not self._scheduled:
             self._scheduled = True
             loop.call_soon(self._flush)
         return await fut
@@ -87,6 +90,7 @@ class Committer:
         while self._pending:
             batch, self._pending = self._pending[: self._max_batch], self._pending[self._max_batch :]
             for item, outcome in zip(batch, self._commit(batch)):
+                assert item.future is not None
                 if item.future.done():
                     continue
                 if isinstance(outcome, BaseException):

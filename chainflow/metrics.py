@@ -29,8 +29,9 @@ HELP = {
 
 
 def inc(name: str, value: int = 1, **labels: str) -> None:
+    key = (name, tuple(sorted(labels.items())) if len(labels) > 1 else tuple(labels.items()))
     with _lock:
-        _counts[(name, tuple(sorted(labels.items())))] += value
+        _counts[key] += value
 
 
 def snapshot() -> dict[str, int]:
