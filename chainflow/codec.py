@@ -50,7 +50,9 @@ def _encode(value: Any, path: str) -> Any:
     if isinstance(value, dt.datetime):
         zone = getattr(value.tzinfo, "key", None)  # a ZoneInfo: keep the zone, not just the offset
         if isinstance(zone, str):
-            return {TAG: "zoned", "v": [value.isoformat(), zone]}
+            # the wall time and fold as given: converting from the offset would move a
+            # time in a DST gap (which has no instant of its own) to the other side
+            return {TAG: "zoned", "v": [value.isoformat(), zone, value.fold]}
         return {TAG: "datetime", "v": value.isoformat()}
     if isinstance(value, dt.date):
         return {TAG: "date", "v": value.isoformat()}
@@ -71,6 +73,12 @@ def _encode(value: Any, path: str) -> Any:
     )
 
 
+def _zoned(text: str, zone: str, fold: int | None = None) -> dt.datetime:
+    if fold is None:  # written before chainflow kept the fold: the instant, in its zone
+        return dt.datetime.fromisoformat(text).astimezone(zoneinfo.ZoneInfo(zone))
+    return dt.datetime.fromisoformat(text).replace(tzinfo=zoneinfo.ZoneInfo(zone), fold=fold)
+
+
 _DECODERS: dict[str, Any] = {
     "int": int,
     "float": float,
@@ -78,7 +86,7 @@ _DECODERS: dict[str, Any] = {
     "bytes": lambda v: base64.b64decode(v.encode("ascii")),
     "dec": decimal.Decimal,
     "datetime": dt.datetime.fromisoformat,
-    "zoned": lambda v: dt.datetime.fromisoformat(v[0]).astimezone(zoneinfo.ZoneInfo(v[1])),
+    "zoned": lambda v: _zoned(*v),
     "date": dt.date.fromisoformat,
     "time": dt.time.fromisoformat,
     "timedelta": lambda v: dt.timedelta(days=v[0], seconds=v[1], microseconds=v[2]),

@@ -119,6 +119,8 @@ def same(a: Any, b: Any) -> bool:
 @example({1: "int", "1": "str"})
 @example({frozenset({1, 2}): {2**70: decimal.Decimal("-0.00")}})
 @example([{"__cf__": "map", "v": [[1, 2]]}])
+@example(dt.datetime(1951, 5, 1, tzinfo=zoneinfo.ZoneInfo("ROC")))  # in a DST gap: no instant of its own
+@example(dt.datetime(2021, 11, 7, 1, 30, fold=1, tzinfo=zoneinfo.ZoneInfo("America/New_York")))  # repeated hour
 def test_roundtrip_is_exact(value: Any) -> None:
     text = codec.dumps(value)
     json.loads(text)  # plain JSON, storable as TEXT anywhere
@@ -152,6 +154,14 @@ def test_aware_datetimes_keep_their_instant(value: dt.datetime) -> None:
     back = codec.loads(codec.dumps(value))
     assert back == value
     assert back.utcoffset() == value.utcoffset()
+
+
+def test_zoned_datetimes_written_without_their_fold_still_read() -> None:
+    """Payloads journaled before the fold was kept: the instant, shown in its zone."""
+    text = json.dumps({codec.TAG: "zoned", "v": ["2024-03-01T12:00:00+01:00", "Europe/Paris"]})
+    back = codec.loads(text)
+    assert back == dt.datetime(2024, 3, 1, 11, tzinfo=dt.timezone.utc)
+    assert back.tzinfo == zoneinfo.ZoneInfo("Europe/Paris") and back.hour == 12
 
 
 def test_corrupted_payload_is_reported() -> None:
