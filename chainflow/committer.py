@@ -13,11 +13,17 @@ disk or the server, so step functions running in threads go on meanwhile.
 A write nobody could share (the worker runs no other run, and the write's own run has
 nothing else in flight) commits at once instead: deferring it would only cost the two
 loop rounds of the hand-off (~40 µs, a fifth of a step on SQLite) for a batch of one.
+
+A database across the network changes the sums: a commit's round trip (milliseconds)
+would stall everything else on the loop (heartbeats, trackers, other runs' async
+steps).  There (``in_thread``) one thread of the committer's own makes each commit,
+one at a time, while the writes arriving meanwhile gather into the next batch.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,6 +33,7 @@ import sqlalchemy as sa
 from . import store
 from .entrywriter import EntryWriter
 from .errors import LeaseLostError
+from .threads import ThreadPool
 
 # a closure over the batch's connection, or plain data the batch writes in bulk
 Op = Callable[[sa.Connection], Any] | store.EntryInsert | store.RunInsert | store.RunFinish
@@ -43,7 +50,8 @@ class _Item:
 
 
 class Committer:
-    def __init__(self, engine: sa.Engine, max_batch: int = 512, *, running: Callable[[], int] | None = None) -> None:
+    def __init__(self, engine: sa.Engine, max_batch: int = 512, *, running: Callable[[], int] | None = None,
+                 in_thread: bool = False) -> None:
         self._engine = engine
         self._max_batch = max_batch
         self._pending: list[_Item] = []
@@ -52,14 +60,21 @@ class Committer:
         self._writer = EntryWriter(engine)  # batches of journal rows only
         # the worker's count of runs executing: with none but the writer's own (none at
         # all for a creation), a write its run marks exclusive has nobody to share with;
-        # without a worker, every write waits for the end of the loop round
-        self._running = running
+        # without a worker, every write waits for the end of the loop round, and so does
+        # every write committed in a thread: the loop must never wait for the database
+        self._running = None if in_thread else running
+        self._thread = ThreadPool(1, "chainflow-commit") if in_thread else None
+        self._in_flight: asyncio.Future[list[Any]] | None = None  # the batch the thread is committing
 
     async def close(self) -> None:
         for item in self._pending:
             if item.future is not None and not item.future.done():
                 item.future.set_exception(RuntimeError("committer closed"))
         self._pending = []
+        if self._in_flight is not None:
+            await asyncio.wait((self._in_flight,))  # its writers learn how it ended
+        if self._thread is not None:
+            self._thread.shutdown(wait=True)
         if self._conn is not None:
             self._conn.close()
             self._conn = None
@@ -80,23 +95,54 @@ class Committer:
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[list[Any]] = loop.create_future()
         self._pending.append(_Item(run_id, fence, ops, fut))
-        if not self._scheduled:
+        if not self._scheduled and self._in_flight is None:
             self._scheduled = True
             loop.call_soon(self._flush)
         return await fut
 
     def _flush(self) -> None:
         self._scheduled = False
+        if self._thread is not None:
+            self._hand_off()
+            return
         while self._pending:
-            batch, self._pending = self._pending[: self._max_batch], self._pending[self._max_batch :]
-            for item, outcome in zip(batch, self._commit(batch)):
-                assert item.future is not None
-                if item.future.done():
-                    continue
-                if isinstance(outcome, BaseException):
-                    item.future.set_exception(outcome)
-                else:
-                    item.future.set_result(outcome)
+            batch = self._take()
+            self._settle(batch, self._commit(batch))
+
+    def _take(self) -> list[_Item]:
+        batch, self._pending = self._pending[: self._max_batch], self._pending[self._max_batch :]
+        return batch
+
+    def _hand_off(self) -> None:
+        """Start the next batch in the commit thread, unless one is in flight (it starts
+        the next when it ends)."""
+        assert self._thread is not None
+        if self._in_flight is not None or not self._pending:
+            return
+        batch = self._take()
+        self._in_flight = self._thread.run(functools.partial(self._commit, batch))
+        self._in_flight.add_done_callback(functools.partial(self._landed, batch))
+
+    def _landed(self, batch: list[_Item], done: asyncio.Future[list[Any]]) -> None:
+        self._in_flight = None
+        if done.cancelled():
+            outcomes: list[Any] = [RuntimeError("committer closed")] * len(batch)
+        else:
+            error = done.exception()
+            outcomes = [error] * len(batch) if error is not None else done.result()
+        self._settle(batch, outcomes)
+        self._hand_off()
+
+    @staticmethod
+    def _settle(batch: list[_Item], outcomes: list[Any]) -> None:
+        for item, outcome in zip(batch, outcomes):
+            assert item.future is not None
+            if item.future.done():
+                continue
+            if isinstance(outcome, BaseException):
+                item.future.set_exception(outcome)
+            else:
+                item.future.set_result(outcome)
 
     def _commit(self, batch: list[_Item]) -> list[Any]:
         try:

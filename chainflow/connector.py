@@ -52,6 +52,18 @@ def create_engine(url: str | None = None) -> sa.Engine:
     )
 
 
+def is_local(url: sa.URL) -> bool:
+    """Whether the database lives on this machine: a file, or a server reached over
+    loopback or a unix socket.  A commit there takes well under a millisecond, cheap
+    enough to make on the event loop (see ``committer``)."""
+    if url.get_backend_name() == "sqlite":
+        return True
+    host = url.host or url.query.get("host")
+    if isinstance(host, tuple):
+        host = host[0] if host else None
+    return not host or host.startswith("/") or host in ("localhost", "127.0.0.1", "::1")
+
+
 class _WriterConnection(sqlite3.Connection):
     """Writers of one process queue on a lock instead of on SQLite's busy handler, which
     sleeps in millisecond steps on every conflict (other processes still meet it).  The

@@ -23,6 +23,7 @@ import sqlalchemy as sa
 
 from . import metrics, store
 from .committer import Committer
+from .connector import is_local
 from .context import CANCEL, LEASE_LOST
 from .executor import Execution, Outcome
 from .threads import ThreadPool
@@ -47,6 +48,7 @@ class Worker:
         inline_wait: float = 1.0,
         worker_id: str | None = None,
         track: bool = True,
+        commit_in_thread: bool | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError(f"concurrency must be >= 1, got {concurrency}")
@@ -57,7 +59,9 @@ class Worker:
         self.poll_interval = poll_interval
         self.inline_wait = inline_wait
         self.id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self.committer = Committer(app.engine, running=lambda: len(self.executions))
+        # None: commit on the loop for a database on this machine, in a thread otherwise
+        far = not is_local(app.engine.url) if commit_in_thread is None else commit_in_thread
+        self.committer = Committer(app.engine, running=lambda: len(self.executions), in_thread=far)
         self.step_pool = ThreadPool(max(4, concurrency), "chainflow-step")
         self._db_pool = ThreadPool(2, "chainflow-db")
         self.executions: dict[str, Execution] = {}
