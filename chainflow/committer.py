@@ -37,7 +37,6 @@ from .threads import ThreadPool
 
 # a closure over the batch's connection, or plain data the batch writes in bulk
 Op = Callable[[sa.Connection], Any] | store.EntryInsert | store.RunInsert | store.RunFinish
-_DATA = (store.EntryInsert, store.RunInsert, store.RunFinish)
 
 
 @dataclass
@@ -160,14 +159,22 @@ class Committer:
     def _commit_together(self, batch: list[_Item]) -> list[Any]:
         # items without a fence create runs; the others write to runs they must still own
         fences = {item.run_id: item.fence for item in batch if item.fence is not None}
-        ops = [op for item in batch for op in item.ops]
-        if all(isinstance(op, _DATA) for op in ops):
-            ours, created, finished = self._writer.write(
-                fences,
-                [op.row for op in ops if isinstance(op, store.EntryInsert)],
-                [op.row for op in ops if isinstance(op, store.RunInsert)],
-                [op for op in ops if isinstance(op, store.RunFinish)],
-            )
+        entries: list[dict[str, Any]] = []
+        new_runs: list[dict[str, Any]] = []
+        finishes: list[store.RunFinish] = []
+        closures = False
+        for item in batch:  # one pass: this runs for every step
+            for op in item.ops:
+                if isinstance(op, store.EntryInsert):
+                    entries.append(op.row)
+                elif isinstance(op, store.RunInsert):
+                    new_runs.append(op.row)
+                elif isinstance(op, store.RunFinish):
+                    finishes.append(op)
+                else:
+                    closures = True
+        if not closures:
+            ours, created, finished = self._writer.write(fences, entries, new_runs, finishes)
         else:
             ours, created, finished = self._commit_general(batch, fences)
         results: list[Any] = []
@@ -176,6 +183,8 @@ class Committer:
                 results.append(LeaseLostError(item.run_id))
             elif item.fence is None:
                 results.append([isinstance(op, store.RunInsert) and op.row["id"] in created for op in item.ops])
+            elif item.results is None and not finished:  # journal rows only: nothing to answer
+                results.append([None] * len(item.ops))
             else:
                 results.append([
                     finished.get(op.run_id) if isinstance(op, store.RunFinish)
