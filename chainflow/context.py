@@ -51,6 +51,7 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 _BRANCH: contextvars.ContextVar[str] = contextvars.ContextVar("chainflow_branch", default="")
+_YIELD_EVERY = 64  # steps journaled between two turns given to the rest of the event loop
 
 # Why the executor is unwinding the workflow coroutine.
 SUSPEND, CANCEL, TIMEOUT, LEASE_LOST, FATAL = "suspend", "cancel", "timeout", "lease_lost", "fatal"
@@ -135,6 +136,7 @@ class Context:
         self._branches: dict[str, _BranchState] = {}
         self._buffer: list[Op] = []
         self._fresh = 0
+        self._journaled = 0  # steps this execution journaled
         self.compensations: list[Compensation] = []
         self.tasks: set[asyncio.Future[Any]] = set()
         self.parks: list[Park] = []
@@ -410,6 +412,11 @@ class Context:
                 self.busy(-1)
             await self._commit(self.entry_op(slot, kind, "ok", text, None, attempt, started, self.clock.time()))
             metrics.inc("chainflow_steps_total", outcome="ok")
+            self._journaled += 1
+            if self._journaled % _YIELD_EVERY == 0:
+                # async steps that return at once, committed inline, never suspend: without
+                # this a long run would hold the loop and starve the lease's heartbeat
+                await asyncio.sleep(0)
             return text, value
 
     async def _fail(self, slot: Slot, kind: str, exc: BaseException, attempt: int, started: float) -> None:

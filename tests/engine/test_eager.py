@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+from typing import Any
 
 import pytest
 
@@ -88,3 +89,44 @@ async def test_a_coroutine_that_swallows_a_cancel_finishes_normally() -> None:
     await asyncio.sleep(0)
     fut.cancel()
     assert await fut == "kept going"
+
+
+async def test_a_run_that_never_suspends_still_lets_the_loop_turn(tmp_path: Any) -> None:
+    """Async steps that return at once, committed inline, never suspend the run: it must
+    still give the loop a turn now and then, or its lease's heartbeat would starve."""
+    import chainflow as cf
+
+    app = cf.Chainflow(f"sqlite:///{tmp_path / 'cf.db'}")
+    ticks = 0
+    seen: list[int] = []  # the ticks when the run began and when it ended
+
+    async def noop(i: int) -> int:
+        return i
+
+    @app.workflow("long")
+    async def long(ctx: cf.Context, n: int) -> int:
+        seen.append(ticks)
+        for i in range(n):
+            await ctx.step("s", noop, i)
+        seen.append(ticks)
+        return n
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0)
+            ticks += 1
+
+    stop = asyncio.Event()
+    worker = app.worker(concurrency=1, track=False)
+    running = asyncio.create_task(worker.run(stop))
+    ticking = asyncio.create_task(ticker())
+    try:
+        handle = await app.astart("long", 400)
+        assert (await app.await_run(handle.id, timeout=60)).output == 400
+    finally:
+        ticking.cancel()
+        stop.set()
+        await running
+        app.engine.dispose()
+    assert seen[1] - seen[0] >= 400 // 64, seen  # a turn every 64 steps
