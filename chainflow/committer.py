@@ -86,7 +86,9 @@ class Committer:
         whether the run was created (False: its idempotency key was taken).
         ``exclusive``: the run has no other work in flight that could write now (a
         creation always qualifies)."""
-        if exclusive and not self._scheduled and self._running is not None and self._running() == (fence is not None):
+        # exclusive, and no run executing but the writer's own (none at all for a creation)
+        if exclusive and not self._scheduled and self._running is not None \
+                and self._running() == (0 if fence is None else 1):
             outcome, = self._commit([_Item(run_id, fence, ops)])  # a batch of one, at once
             if isinstance(outcome, BaseException):
                 raise outcome

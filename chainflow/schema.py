@@ -210,9 +210,9 @@ def _v3(conn: sa.Connection) -> None:
     """Indexes over ready_at and parent_id become partial (rows with a value only)."""
     conn.exec_driver_sql("DROP INDEX IF EXISTS ix_cf_runs_ready")
     conn.exec_driver_sql("DROP INDEX IF EXISTS ix_cf_runs_parent_id")  # created full before v3
-    for column in ("ready_at", "parent_id"):
-        conn.exec_driver_sql(
-            f"CREATE INDEX IF NOT EXISTS ix_cf_runs_{column} ON cf_runs ({column}) WHERE {column} IS NOT NULL")
+    for index in runs.indexes:  # as declared above, like everything _v1 creates
+        if index.name in ("ix_cf_runs_ready_at", "ix_cf_runs_parent_id"):
+            index.create(conn, checkfirst=True)
 
 
 MIGRATIONS: list[tuple[int, Callable[[sa.Connection], None]]] = [(1, _v1), (2, _v2), (3, _v3)]
