@@ -18,6 +18,12 @@ A database across the network changes the sums: a commit's round trip (milliseco
 would stall everything else on the loop (heartbeats, trackers, other runs' async
 steps).  There (``in_thread``) one thread of the committer's own makes each commit,
 one at a time, while the writes arriving meanwhile gather into the next batch.
+
+A commit whose reply is lost (the connection broke after the write was sent) may have
+happened: it is settled by asking the database (``recovery``), in whichever thread
+commits, never retried blindly and never reported to a step as its own failure.  On
+the loop (a local database) the settling blocks the loop for its few round trips: it
+happens only after a connection broke.
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from . import store
+from . import recovery, store
 from .entrywriter import EntryWriter
 from .errors import LeaseLostError
 from .threads import ThreadPool
@@ -148,15 +154,44 @@ class Committer:
     def _commit(self, batch: list[_Item]) -> list[Any]:
         try:
             return self._commit_together(batch)
+        except recovery.OutcomeUnknown as unknown:
+            return [self._unknown(item, unknown) for item in batch]
         except Exception:
-            # one bad write must not sink the others: retry each alone
+            # one bad write must not sink the others: retry each alone (a batch whose
+            # reply was lost gets here only once the database said it did not commit)
             results: list[Any] = []
             for item in batch:
                 try:
                     results.extend(self._commit_together([item]))
+                except recovery.OutcomeUnknown as unknown:
+                    results.append(self._unknown(item, unknown))
+                except sa.exc.IntegrityError as exc:
+                    results.append(self._already_durable(item) or exc)
                 except Exception as exc:  # noqa: BLE001 - handed to the awaiting step
                     results.append(exc)
             return results
+
+    @staticmethod
+    def _unknown(item: _Item, unknown: recovery.OutcomeUnknown) -> BaseException:
+        """What a writer whose commit may or may not have happened is told: a run's
+        execution is abandoned (the lease runs out and a worker replays the run from
+        what the journal holds; the write is neither failed nor applied twice); a
+        start gets the database error (retry it with an idempotency key)."""
+        return LeaseLostError(item.run_id) if item.fence is not None else unknown.cause
+
+    def _already_durable(self, item: _Item) -> list[Any] | None:
+        """The answer of an item of journal rows only whose every row is already in the
+        journal, identical: an earlier commit of this very write landed, so the unique
+        slot refusing it again is no failure of the step.  None otherwise."""
+        rows = [op.row for op in item.ops if isinstance(op, store.EntryInsert)]
+        if item.fence is None or not rows or len(rows) != len(item.ops):
+            return None
+        try:
+            with self._engine.connect() as conn:
+                durable = recovery.durable_runs(conn, rows)
+        except Exception:  # noqa: BLE001 - no proof: the original error stands
+            return None
+        return [None] * len(rows) if item.run_id in durable else None
 
     def _commit_together(self, batch: list[_Item]) -> list[Any]:
         # items without a fence create runs; the others write to runs they must still own
@@ -202,8 +237,13 @@ class Committer:
             # one long-lived connection: a pool checkout per batch costs more than the insert
             self._conn = self._engine.connect()
         conn = self._conn
-        with conn.begin():
+        xid: str | None = None
+        with conn.begin() as transaction:
             dbapi, style = conn.connection.dbapi_connection, self._engine.dialect.paramstyle
+            if self._engine.dialect.name == "postgresql":
+                # one round trip per batch with closures (none on the journal-only path):
+                # the id a lost COMMIT reply is settled by
+                xid = recovery.transaction_id(conn)
             ours = store.fences_ok(dbapi, style, fences)
             entries: list[dict[str, Any]] = []
             new_runs: list[dict[str, Any]] = []
@@ -226,4 +266,10 @@ class Committer:
             created = store.insert_runs(dbapi, style, new_runs)
             store.insert_entries(dbapi, style, entries)
             finished = store.finish_runs(dbapi, style, finishes)
+            try:
+                transaction.commit()
+            except sa.exc.DBAPIError as exc:
+                if xid is None or not recovery.reply_lost(exc):
+                    raise
+                recovery.transaction_committed(self._engine, xid, exc)  # returns only if it did
         return ours, created, finished

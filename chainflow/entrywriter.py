@@ -9,7 +9,9 @@ statements, so the whole batch is one autocommit statement: one round trip per b
 instead of one per statement plus BEGIN and COMMIT.
 
 Driver errors leave as SQLAlchemy's own exception classes, so callers tell a database
-outage from a bad row the same way on both paths.
+outage from a bad row the same way on both paths.  When the connection breaks with a
+Postgres batch in flight, the batch is settled from what the tables hold
+(``recovery.settle_batch``) instead of being reported failed: it may have committed.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
-from . import store
+from . import recovery, store
 from .schema import journal, runs
 
 
@@ -33,6 +35,7 @@ class EntryWriter:
         self._paramstyle = engine.dialect.paramstyle
         self._postgres = engine.dialect.name == "postgresql"
         self._pooled: Any = None  # the pool's proxy, handed back on close
+        self._process: tuple[int, str] | None = None  # Postgres: the server process behind it
 
     def close(self) -> None:
         if self._pooled is not None:
@@ -46,22 +49,30 @@ class EntryWriter:
         """Create ``new_runs``; insert the ``rows`` and apply the ``finishes`` of the runs
         still ours (per ``fences``).  Returns (runs still ours, runs created, finished
         runs' rows as written)."""
-        dbapi = self._connection()
         try:
+            dbapi = self._connection()
             if self._postgres:
                 return self._write_postgres(dbapi, fences, rows, new_runs, finishes)
             return self._write_sqlite(dbapi, fences, rows, new_runs, finishes)
         except self._engine.dialect.loaded_dbapi.Error as exc:
-            if isinstance(exc, self._engine.dialect.loaded_dbapi.OperationalError):
+            process = self._process
+            if isinstance(exc, self._engine.dialect.loaded_dbapi.OperationalError) and self._pooled is not None:
                 self._pooled.invalidate()  # the next batch reconnects
                 self._pooled = None
-            raise sa.exc.DBAPIError.instance(None, None, exc, self._engine.dialect.loaded_dbapi.Error) from exc
+                self._process = None
+            error = sa.exc.DBAPIError.instance(None, None, exc, self._engine.dialect.loaded_dbapi.Error)
+            if self._postgres and process is not None and recovery.reply_lost(error):
+                # the batch was sent and may have committed: its answer comes from the tables
+                return recovery.settle_batch(self._engine, process, error, rows if fences else [], new_runs,
+                                             finishes if fences else [])
+            raise error from exc
 
     def _connection(self) -> Any:
         if self._pooled is None:
             self._pooled = self._engine.raw_connection()
             if self._postgres:
                 self._pooled.dbapi_connection.autocommit = True
+                self._process = recovery.server_process(self._pooled.dbapi_connection)
         return self._pooled.dbapi_connection
 
     def _write_sqlite(self, dbapi: Any, fences: dict[str, int], rows: list[dict[str, Any]],
