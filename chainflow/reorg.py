@@ -32,11 +32,12 @@ def record(conn: sa.Connection, chain: str, fork: int, new_hashes: list[str], no
     if not orphaned:
         return 0
     old = [h.hash for h in orphaned]
-    hit = list(conn.execute(
-        sa.select(submissions).where(submissions.c.chain == chain, submissions.c.block_hash.in_(old),
-                                     submissions.c.state.in_(SETTLED))
-        .with_for_update()
-    ))
+    settled_there = sa.and_(submissions.c.chain == chain, submissions.c.block_hash.in_(old),
+                            submissions.c.state.in_(SETTLED))
+    # the lock order (store): their runs first, in id order, then the submissions
+    store.lock_runs(conn, sorted(set(conn.execute(
+        sa.select(submissions.c.run_id).where(settled_there, submissions.c.run_id.is_not(None))).scalars())))
+    hit = list(conn.execute(sa.select(submissions).where(settled_there).order_by(submissions.c.id).with_for_update()))
     event_id = conn.execute(
         reorgs.insert().values(
             chain=chain, depth=len(orphaned), fork_number=fork, old_hashes=json.dumps(old),

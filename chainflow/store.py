@@ -4,6 +4,17 @@ Writes that belong to a claimed run are *fenced*: they go through ``fences_ok`` 
 same transaction, which fails once another worker has re-claimed the run (its fence
 token moved on).  On Postgres the fencing read also share-locks the run, so a claim
 and a late write from the previous owner serialise.
+
+Lock order (Postgres): a transaction that locks several ``cf_runs`` rows takes them in
+ascending id order, with one statement whose ORDER BY id sits under the lock (``FOR
+SHARE`` / ``FOR NO KEY UPDATE``: rows are locked as the sort hands them out), before
+any UPDATE of several rows (an UPDATE locks in whatever order its plan visits them).
+So does the fence read, the group commit's one statement (``entrywriter``), the
+heartbeat, the hand-back of held runs and the reorg (``reorg.record``); the claim
+locks with SKIP LOCKED and never waits; suspend, signal and cancel lock one run.  Runs
+are locked before submissions (a step locks its run's fence, then its submission).
+Two transactions taking locks in one order can wait for each other but never in a
+circle: no deadlock between heartbeats and commits.
 """
 
 from __future__ import annotations
@@ -199,16 +210,21 @@ def heartbeat(
     """Extend leases; returns {run_id: cancel_requested} for runs still ours."""
     if not held:
         return {}
-    ids = list(held)
-    conn.execute(
-        runs.update()
-        .where(runs.c.id.in_(ids), runs.c.lease_owner == owner)
-        .values(lease_expires=now + lease, ready_at=now + lease)
-    )
-    rows = conn.execute(
-        sa.select(runs.c.id, runs.c.fence, runs.c.cancel_requested, runs.c.lease_owner).where(runs.c.id.in_(ids))
-    )
+    rows = lock_runs(conn, list(held), runs.c.fence, runs.c.cancel_requested, runs.c.lease_owner)
+    ours = [r.id for r in rows if r.lease_owner == owner]
+    if ours:
+        conn.execute(runs.update().where(runs.c.id.in_(ours)).values(lease_expires=now + lease, ready_at=now + lease))
     return {r.id: bool(r.cancel_requested) for r in rows if r.lease_owner == owner and r.fence == held[r.id]}
+
+
+def lock_runs(conn: sa.Connection, ids: list[str], *columns: sa.ColumnElement[Any]) -> list[sa.Row[Any]]:
+    """Lock the runs ``ids`` for update in id order (the module's lock order) and read
+    their ``columns``; do this before an UPDATE of several runs.  SQLite: the
+    transaction already holds the database's write lock."""
+    if not ids:
+        return []
+    query = sa.select(runs.c.id, *columns).where(runs.c.id.in_(ids)).order_by(runs.c.id)
+    return list(conn.execute(query.with_for_update(key_share=True)))
 
 
 # hot-path statements are built once: constructing a Core statement costs more than
@@ -229,8 +245,9 @@ def _hot_sql(paramstyle: str, kind: str, rows: int) -> str:
     if kind == "fence":
         # by id alone: SQLite plans a row-value IN over several pairs as a scan of the
         # whole table.  SQLite: the transaction already holds the database's write lock.
-        # Postgres: FOR SHARE makes a re-claim (an UPDATE of the fence) wait for this commit.
-        lock = "" if paramstyle == "qmark" else " FOR SHARE"
+        # Postgres: FOR SHARE makes a re-claim (an UPDATE of the fence) wait for this
+        # commit; ORDER BY id under it keeps the lock order (module docstring)
+        lock = "" if paramstyle == "qmark" else " ORDER BY id FOR SHARE"
         return f"SELECT id, fence FROM {runs.name} WHERE id IN ({', '.join([mark] * rows)}){lock}"
     one = f"({', '.join([mark] * len(ENTRY_COLUMNS))})"
     return f"INSERT INTO {journal.name} ({', '.join(ENTRY_COLUMNS)}) VALUES {', '.join([one] * rows)}"

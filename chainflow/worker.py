@@ -136,6 +136,7 @@ class Worker:
     def _release(self, conn: sa.Connection, held: list[str]) -> None:
         from .schema import runs
 
+        store.lock_runs(conn, held)  # in the lock order, before updating several runs
         conn.execute(
             runs.update()
             .where(runs.c.id.in_(held), runs.c.lease_owner == self.id)
