@@ -155,7 +155,7 @@ class Worker:
                 try:
                     claimed = await self.poll()
                 except Exception as exc:  # database unreachable for a moment: keep the worker alive
-                    self._claim_failures.failed(exc, f"failed; retrying every {self.poll_interval:.1f}s")
+                    self._claim_failures.failed(exc, f"failed; retrying every {self.poll_interval:g}s")
                     claimed = 0
                 else:
                     self._claim_failures.recovered()
