@@ -383,7 +383,8 @@ class Context:
         tries = self.tries_of(slot)
         label = slot.key if not slot.branch else f"{slot.branch}/{slot.key}"
         while True:
-            await self.back_off(tries)
+            if tries:  # tested here: a step's first attempt costs no extra coroutine
+                await self.back_off(tries)
             self.refuse_new_work()
             attempt = len(tries) + 1
             started = self.clock.time()
