@@ -17,6 +17,8 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
+from .errors import ConfigurationError
+
 
 class BroadcastOutcome(enum.Enum):
     """How a node answered a raw transaction; the engine decides what each means."""
@@ -38,6 +40,24 @@ class TxRejected(Exception):
         super().__init__(reason)
         self.reason = reason
         self.reverted = reverted
+
+
+class EndpointError(ConfigurationError):
+    """The node's endpoint answered at the HTTP level with something retrying at a
+    node-outage pace will not change: a redirect (never followed: it would re-send a
+    signed transaction to another origin, or take a stranger's answer for the node's)
+    or a 4xx other than 408/429 (wrong path, revoked API key).
+
+    The engine gives it a few tries (``submission.ENDPOINT_ATTEMPTS``) rather than
+    failing at once, since a proxy misrouting for a moment during a deploy looks the
+    same, then fails the step with this message.  ``url`` is redacted by the adapter:
+    no credentials, no API key in a path or query."""
+
+    def __init__(self, url: str, status: int, method: str, reason: str = "") -> None:
+        what = "redirect (not followed)" if 300 <= status < 400 else "refusal"
+        super().__init__(f"{method}: the node at {url} answered HTTP {status}{' ' + reason if reason else ''} "
+                         f"({what}): check the chain's RPC URL and credentials")
+        self.url, self.status, self.method = url, status, method
 
 
 @dataclass(frozen=True)

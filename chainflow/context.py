@@ -380,11 +380,11 @@ class Context:
                        kwargs: dict[str, Any], policy: Retry, limit: float | None) -> tuple[str, Any]:
         """Attempts with journaled backoff; returns (encoded, decoded) output or raises StepError."""
         self.refuse_new_work()
-        tries = self._tries.setdefault((slot.branch, slot.key), [])
+        tries = self.tries_of(slot)
         label = slot.key if not slot.branch else f"{slot.branch}/{slot.key}"
         while True:
-            if tries and tries[-1].next_at is not None:
-                await self.park(tries[-1].next_at, None)
+            if tries:  # tested here: a step's first attempt costs no extra coroutine
+                await self.back_off(tries)
             self.refuse_new_work()
             attempt = len(tries) + 1
             started = self.clock.time()
@@ -401,12 +401,7 @@ class Context:
                     await self._fail(slot, kind, exc, attempt, started)
                     raise StepError(label, f"{type(exc).__module__}.{type(exc).__qualname__}", str(exc),
                                     attempt) from exc
-                next_at = finished + policy.delay(attempt)
-                row = dict(branch=slot.branch, key=slot.key, attempt=attempt, error=describe_error(exc),
-                           started_at=started, finished_at=finished, next_at=next_at)
-                run_id = self.run_id
-                await self._commit(lambda conn: store.insert_attempt(conn, run_id, **row))
-                tries.append(store.AttemptRow(attempt, row["error"], next_at))  # type: ignore[arg-type]
+                await self.record_attempt(slot, tries, exc, started, finished, finished + policy.delay(attempt))
                 continue
             finally:
                 self.busy(-1)
@@ -418,6 +413,26 @@ class Context:
                 # this a long run would hold the loop and starve the lease's heartbeat
                 await asyncio.sleep(0)
             return text, value
+
+    def tries_of(self, slot: Slot) -> list[store.AttemptRow]:
+        """The slot's failed attempts, as journaled (loaded at claim) plus this
+        execution's: attempt numbers and backoff resume from them after a park, a
+        replay or another worker, instead of restarting at attempt 1."""
+        return self._tries.setdefault((slot.branch, slot.key), [])
+
+    async def back_off(self, tries: list[store.AttemptRow]) -> None:
+        """Wait out the delay journaled with the last failed attempt (parks if long)."""
+        if tries and tries[-1].next_at is not None:
+            await self.park(tries[-1].next_at, None)
+
+    async def record_attempt(self, slot: Slot, tries: list[store.AttemptRow], exc: BaseException,
+                             started: float, finished: float, next_at: float) -> None:
+        """Journal failed attempt ``len(tries) + 1`` and when the next may start."""
+        attempt, error, run_id = len(tries) + 1, describe_error(exc), self.run_id
+        row = dict(branch=slot.branch, key=slot.key, attempt=attempt, error=error,
+                   started_at=started, finished_at=finished, next_at=next_at)
+        await self._commit(lambda conn: store.insert_attempt(conn, run_id, **row))
+        tries.append(store.AttemptRow(attempt, error, next_at))
 
     async def _fail(self, slot: Slot, kind: str, exc: BaseException, attempt: int, started: float) -> None:
         await self._commit(

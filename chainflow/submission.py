@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 
 from . import codec, finality, metrics, store, txstore
-from .adapter import BroadcastOutcome, BroadcastResult, ChainAdapter, Receipt, TxRejected
+from .adapter import BroadcastOutcome, BroadcastResult, ChainAdapter, EndpointError, Receipt, TxRejected
 from .context import Compensation, Context, Slot, describe_error, error_parts
 from .errors import (
     ConfigurationError,
@@ -37,6 +37,7 @@ from .errors import (
     SubmissionFailedError,
     TxRevertedError,
 )
+from .lograte import FailureLog
 from .retry import Retry
 
 if TYPE_CHECKING:
@@ -51,6 +52,11 @@ CONTROL = (LeaseLostError, RunCancelled, NonDeterminismError, asyncio.CancelledE
 # node/network failures during submission: patient, since a payment must not fail
 # because the RPC node blinked
 SUBMIT_RETRY = Retry(max_attempts=20, backoff="exponential", initial=1.0, max_delay=60.0)
+# attempts before a node's redirect or 4xx fails the step: enough to ride out a proxy
+# misrouting for a moment, few enough that a wrong URL fails in seconds, not hours
+ENDPOINT_ATTEMPTS = 3
+# one for every run: a node outage fails many submissions the same way at once
+_failures = FailureLog(log, "submission")
 
 
 def event_name(sub_id: int) -> str:
@@ -124,10 +130,11 @@ class Submitter:
             request = adapter.prepare(tx)
             sub_id = await self._resilient(ctx, slot, retry, self._run_protocol, ctx, slot, adapter, request, key,
                                            policy)
+            tries = len(ctx.tries_of(slot)) + 1  # the attempt that got through
             while True:
                 receipt = await self._await_final(ctx, sub_id, label)
                 text, value = codec.roundtrip(dataclasses.asdict(receipt), what=f"receipt of step {label!r}")
-                entry = ctx.entry_op(slot, "submit", "ok", text, None, 1, started, ctx.clock.time())
+                entry = ctx.entry_op(slot, "submit", "ok", text, None, tries, started, ctx.clock.time())
                 try:
                     # journaled only while still final: a reorg racing this commit either
                     # lands first (we wait again) or sees the entry and rolls it back
@@ -136,42 +143,49 @@ class Submitter:
                     continue
                 return receipt_from(value)
         except TERMINAL as exc:
-            await ctx.commit(ctx.entry_op(slot, "submit", "error", None, describe_error(exc), 1, started,
+            tries = len(ctx.tries_of(slot)) + 1
+            await ctx.commit(ctx.entry_op(slot, "submit", "error", None, describe_error(exc), tries, started,
                                           ctx.clock.time()))
-            raise StepError(label, f"{type(exc).__module__}.{type(exc).__qualname__}", str(exc), 1) from exc
+            raise StepError(label, f"{type(exc).__module__}.{type(exc).__qualname__}", str(exc), tries) from exc
 
     async def _resilient(self, ctx: Context, slot: Slot, retry: Retry, fn: Callable[..., Any], *args: Any) -> Any:
         """Run a resumable protocol phase, retrying node and network failures.
 
         Every phase picks up from the submission's committed state, so running it again
-        after a timeout or a refused connection can only re-broadcast the same bytes."""
-        tries = 0
+        after a timeout or a refused connection can only re-broadcast the same bytes.
+        Attempts and their backoff are the slot's journaled ones: a retry that parks
+        the run (any delay over the worker's inline wait) resumes the policy where it
+        was, not at attempt 1 with a one-second delay."""
+        tries = ctx.tries_of(slot)
+        exc: Exception
         while True:
+            await ctx.back_off(tries)
+            started = ctx.clock.time()
             # chain I/O in flight is work in progress: without this, a sibling branch
             # parking meanwhile makes the run look fully parked, and the executor would
             # unwind (suspend) it mid-RPC, leaving the submission unsent until some
             # other wake-up (e.g. the sibling's signal) arrives
             ctx.busy(+1)
             try:
-                return await fn(*args)
+                result = await fn(*args)
+            except EndpointError as failure:  # before TERMINAL, which it is a kind of
+                exc, limit = failure, min(retry.max_attempts, ENDPOINT_ATTEMPTS)
             except (*TERMINAL, *CONTROL):
                 raise
             except Exception as failure:  # noqa: BLE001 - a node or network failure, not the workflow's fault
-                exc = failure
+                exc, limit = failure, retry.max_attempts
+            else:
+                _failures.recovered()
+                return result
             finally:
                 ctx.busy(-1)
-            tries += 1
-            if tries >= retry.max_attempts:
-                raise SubmissionFailedError(step_label(slot), f"chain unreachable after {tries} attempts: "
-                                            f"{type(exc).__name__}: {exc}") from exc
-            delay = retry.delay(tries)
-            now = ctx.clock.time()
-            row = dict(branch=slot.branch, key=slot.key, attempt=tries, error=describe_error(exc),
-                       started_at=now, finished_at=now, next_at=now + delay)
-            run_id = ctx.run_id
-            await ctx.commit(lambda conn: store.insert_attempt(conn, run_id, **row))
-            log.warning("submission %s: %s; retrying in %.1fs", step_label(slot), exc, delay)
-            await ctx.park(now + delay, None)
+            attempt, label = len(tries) + 1, step_label(slot)
+            if attempt >= limit:
+                raise SubmissionFailedError(label, f"gave up after {attempt} attempt(s): {type(exc).__name__}: "
+                                                   f"{exc}") from exc
+            now, delay = ctx.clock.time(), retry.delay(attempt)
+            await ctx.record_attempt(slot, tries, exc, started, now, now + delay)
+            _failures.failed(exc, f"failed (step {label}, attempt {attempt}, next in {delay:.1f}s)", logging.WARNING)
 
     async def _run_protocol(self, ctx: Context, slot: Slot, adapter: ChainAdapter, request: dict[str, Any],
                             key: str, policy: Any) -> int:

@@ -23,6 +23,7 @@ import sqlalchemy as sa
 
 from . import codec, finality, headers, metrics, nonces, reorg, store
 from .adapter import BroadcastOutcome, ChainAdapter, Header, Receipt
+from .lograte import FailureLog
 from .schema import submissions, tx_attempts
 from .submission import broadcast_latest, event_name, fill_gap
 from .tracker_config import TrackerConfig
@@ -58,6 +59,7 @@ class Tracker:
         self.config = config or TrackerConfig()
         self._stats = HeadStats()
         self._tip: Header | None = None  # cached newest canonical header while we lead
+        self._failures = FailureLog(log, f"tracker for {self.chain}")
 
     async def _rpc(self, call: Any) -> Any:
         self._stats.rpc_calls += 1
@@ -69,8 +71,10 @@ class Tracker:
                 await self.iteration()
             except sa.exc.IntegrityError:
                 pass  # another process created the leadership row first
-            except Exception:
-                log.exception("tracker for %s failed an iteration; retrying", self.chain)
+            except Exception as exc:
+                self._failures.failed(exc, "failed an iteration; retrying")
+            else:
+                self._failures.recovered()
             try:
                 await asyncio.wait_for(stop.wait(), self.config.poll_interval)
             except TimeoutError:

@@ -26,6 +26,7 @@ from .committer import Committer
 from .connector import is_local
 from .context import CANCEL, LEASE_LOST
 from .executor import Execution, Outcome
+from .lograte import FailureLog
 from .threads import ThreadPool
 
 if TYPE_CHECKING:
@@ -79,6 +80,8 @@ class Worker:
         self.track = track  # run a (leader-elected) head follower per configured chain
         self._trackers: list[asyncio.Task[None]] = []
         self._stopping = asyncio.Event()
+        self._claim_failures = FailureLog(log, "claiming runs")
+        self._beat_failures = FailureLog(log, "heartbeat")
 
     async def db(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn(conn, *args)`` in one transaction off the event loop."""
@@ -152,9 +155,11 @@ class Worker:
             while not stop.is_set():
                 try:
                     claimed = await self.poll()
-                except Exception:  # database unreachable for a moment: keep the worker alive
-                    log.exception("claiming runs failed; retrying in %.1fs", self.poll_interval)
+                except Exception as exc:  # database unreachable for a moment: keep the worker alive
+                    self._claim_failures.failed(exc, f"failed; retrying every {self.poll_interval:g}s")
                     claimed = 0
+                else:
+                    self._claim_failures.recovered()
                 if claimed and len(self.executions) < self.concurrency:
                     continue
                 self._wake.clear()
@@ -269,9 +274,10 @@ class Worker:
                 continue
             try:
                 alive = await self.db(store.heartbeat, self.id, held, self.clock.time(), self.lease)
-            except Exception:
-                log.exception("heartbeat failed; will retry")
+            except Exception as exc:
+                self._beat_failures.failed(exc, "failed; will retry")
                 continue
+            self._beat_failures.recovered()
             for rid in held:
                 ex = self.executions.get(rid)
                 if ex is None:

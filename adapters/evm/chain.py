@@ -20,6 +20,7 @@ from eth_utils import to_checksum_address
 from chainflow.adapter import (
     BroadcastOutcome,
     BroadcastResult,
+    EndpointError,
     Header,
     Receipt,
     SignedTx,
@@ -184,7 +185,11 @@ class EvmChain:
             await self.rpc.call("eth_sendRawTransaction", "0x" + bytes(raw).hex())
         except RpcError as exc:
             return BroadcastResult(classify(exc.message), exc.message)
-        except RpcUnavailable as exc:
+        except (RpcUnavailable, EndpointError) as exc:
+            # a redirect or 4xx is a misconfiguration, but these bytes are signed and
+            # may be out there from an earlier broadcast: failing the step now could
+            # fail a payment that gets mined; the tracker keeps re-broadcasting instead
+            # (a wrong URL is caught before signing, by the calls that precede it)
             return BroadcastResult(BroadcastOutcome.UNKNOWN, str(exc))
         return BroadcastResult(BroadcastOutcome.ACCEPTED)
 

@@ -4,8 +4,9 @@ The adapter needs the node's *own* error text to classify broadcasts ("already k
 "nonce too low"...) and must tell a node's answer apart from a transport failure, which
 web3's formatted ``w3.eth.*`` methods blur (and they add middleware round trips: chain-id
 validation, gas estimation).  So results stay raw JSON, and every failure becomes
-``RpcError`` (the node answered) or ``RpcUnavailable`` (it did not, or we could not
-read it).
+``RpcError`` (the node answered), ``RpcUnavailable`` (it did not, or we could not
+read it) or ``EndpointError`` (the URL answered with a redirect or a 4xx: a
+configuration problem, never followed or retried at outage pace).
 
 Given a URL, calls are plain JSON-RPC POSTs on a keep-alive aiohttp session per event
 loop: the head follower makes several calls per block, and web3's request manager
@@ -34,8 +35,10 @@ import aiohttp
 import yarl
 from web3 import AsyncWeb3, Web3
 from web3.exceptions import BadResponseFormat, ProviderConnectionError, Web3RPCError
-from web3.providers import BaseProvider
+from web3.providers import AsyncHTTPProvider, BaseProvider, HTTPProvider
 from web3.providers.async_base import AsyncBaseProvider
+
+from chainflow.adapter import EndpointError
 
 from .errors import RpcError, RpcUnavailable
 
@@ -52,6 +55,22 @@ _TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 _HEADERS = {"Content-Type": "application/json"}
+
+
+def _misconfigured(status: int) -> bool:
+    """An HTTP status that a retry at outage pace will not change: a redirect, or a
+    4xx other than 408 (request timeout) and 429 (rate limited), which are transient."""
+    return 300 <= status < 400 or (400 <= status < 500 and status not in (408, 429))
+
+
+def _refuse_redirects(provider: Any) -> None:
+    """web3's HTTP providers follow redirects (requests' and aiohttp's default); turn
+    that off in the provider's request options, which every one of its POSTs uses.  A
+    redirect then reaches us as an unreadable answer (``RpcUnavailable``), and nothing
+    is sent to the redirect target."""
+    if isinstance(provider, (HTTPProvider, AsyncHTTPProvider)):
+        # web3 keeps the options privately; its constructor is the only public way in
+        provider._request_kwargs = {**(provider._request_kwargs or {}), "allow_redirects": False}
 
 
 def redact_url(url: str) -> str:
@@ -84,9 +103,9 @@ class _Http:
 
     async def request(self, method: str, body: str) -> Any:
         try:
-            answer = await self._post(await self._session(), body)
+            answer = await self._post(await self._session(), method, body)
         except aiohttp.ServerDisconnectedError:
-            answer = await self._post(await self._session(), body)  # stale pooled connection
+            answer = await self._post(await self._session(), method, body)  # stale pooled connection
         if not isinstance(answer, dict) or ("result" not in answer and "error" not in answer):
             raise BadResponseFormat(f"not a JSON-RPC response: {str(answer)[:200]}")
         error = answer.get("error")
@@ -96,9 +115,13 @@ class _Http:
             raise RpcError(method, int(error.get("code", 0) or 0), str(error.get("message", "")), error.get("data"))
         return answer.get("result")
 
-    async def _post(self, session: aiohttp.ClientSession, body: str) -> Any:
-        async with session.post(self.url, data=body, headers=_HEADERS) as response:
-            response.raise_for_status()
+    async def _post(self, session: aiohttp.ClientSession, method: str, body: str) -> Any:
+        # never follow a redirect: a 307/308 would re-send a signed transaction to
+        # another origin, a 301/302 would turn into a GET whose answer is a stranger's
+        async with session.post(self.url, data=body, headers=_HEADERS, allow_redirects=False) as response:
+            if _misconfigured(response.status):
+                raise EndpointError(redact_url(self.url), response.status, method, response.reason or "")
+            response.raise_for_status()  # 5xx: the node is down or overloaded, retryable
             return json.loads(await response.read())
 
     async def _session(self) -> aiohttp.ClientSession:
@@ -145,6 +168,8 @@ class Rpc:
             raise TypeError(
                 f"rpc must be a URL, a web3 provider or a Web3/AsyncWeb3 instance, not {type(target).__name__}"
             )
+        if self._http is None:
+            _refuse_redirects((self._async or self._sync).provider)  # type: ignore[union-attr]
         self.calls = 0
 
     def __repr__(self) -> str:
@@ -176,7 +201,7 @@ class Rpc:
             if self._async is None:
                 return await asyncio.to_thread(self._blocking, method, list(params))
             return await self._async.manager.coro_request(method, list(params))  # type: ignore[arg-type]
-        except RpcError:
+        except (RpcError, EndpointError):
             raise
         except Web3RPCError as exc:
             raw_error: Any = (exc.rpc_response or {}).get("error") or {}
