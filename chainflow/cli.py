@@ -1,4 +1,4 @@
-"""``chainflow`` command line: run workers and inspect, start, signal and cancel runs.
+"""``chainflow`` command line: run workers and inspect, start, signal, cancel and retry runs.
 
 Every expected failure (unknown or finished run, bad database URL, bad APP path, bad
 JSON) prints one ``error: …`` line on stderr and exits 1: operators read these in a
