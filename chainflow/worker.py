@@ -120,19 +120,22 @@ class Worker:
         self.app.detach(self)
         self._stopping.set()
         await asyncio.gather(*self._trackers, return_exceptions=True)
-        for task in (self._heartbeat, self._announcer):
-            if task:
-                task.cancel()
+        if self._heartbeat:
+            self._heartbeat.cancel()
+        if self._announcer:
+            self._announcer.cancel()
         # taken before stopping: each execution leaves ``executions`` as it unwinds
         held = list(self.executions)
         for ex in list(self.executions.values()):
             ex.request_stop(LEASE_LOST)
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        await asyncio.gather(*filter(None, (self._heartbeat, self._announcer)), return_exceptions=True)
+        if self._heartbeat:
+            await asyncio.gather(self._heartbeat, return_exceptions=True)
         await self.committer.close()
         if held:
             await self.db(self._release, held)
         if self._announcer:
+            await asyncio.gather(self._announcer, return_exceptions=True)
             try:
                 await self.db(store.retire_worker, self.id)
             except Exception:  # its announcement expires on its own
@@ -241,7 +244,8 @@ class Worker:
             self._track(self._dead_letter(claim, claim.recoveries), f"chainflow-dead-letter-{claim.run_id}")
             return
         # claims only take runs of registered workflows, and a registry only grows
-        ex = Execution(self, claim, self.app.registry.get(claim.workflow), history)
+        wf = self.app.registry.get(claim.workflow)
+        ex = Execution(self, claim, wf, history)
         self.executions[claim.run_id] = ex
         self._track(self._execute(ex), f"chainflow-run-{claim.run_id}")
 
