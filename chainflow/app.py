@@ -30,6 +30,7 @@ from .errors import (
     ConfigurationError,
     IdempotencyConflictError,
     RunFinishedError,
+    RunNotDeadLetteredError,
     RunNotFoundError,
 )
 from .registry import Registry, WorkflowDef, WorkflowFn, infer_input_type
@@ -109,6 +110,9 @@ class RunStatus:
     # a reorg's request to roll back to a journal entry: {"entry_id": …, "reason": …}; on a
     # failed or cancelled run it stays unapplied (its compensations had already run)
     rollback: dict[str, Any] | None = None
+    # unfinished, and no live worker announces its workflow: it stays where it is until
+    # a worker that registers the workflow starts (a deploy is missing, not slow)
+    unserved: bool = False
 
     @property
     def done(self) -> bool:
@@ -125,12 +129,21 @@ class Chainflow:
         default_retry: Retry = DEFAULT_RETRY,
         lease_seconds: float = 30.0,
         tracker: TrackerConfig | None = None,
+        max_recoveries: int = 10,
     ) -> None:
+        """``max_recoveries``: how many times a run may be taken over after its worker
+        died or lost its lease while running it (or its executor crashed) before it is
+        dead-lettered instead of executed again."""
+        if isinstance(max_recoveries, bool) or not isinstance(max_recoveries, int):
+            raise TypeError(f"max_recoveries must be an int, got {max_recoveries!r}")
+        if max_recoveries < 0:
+            raise ValueError(f"max_recoveries must be >= 0, got {max_recoveries!r}")
         self.database_url = resolve_url(database_url)
         self.engine = create_engine(self.database_url)
         self.clock: Clock = clock or SystemClock()
         self.default_retry = default_retry
         self.lease_seconds = lease_seconds
+        self.max_recoveries = max_recoveries
         self.tracker_config = tracker or TrackerConfig()
         self.registry = Registry()
         self.chains: dict[str, ChainAdapter] = {}
@@ -319,12 +332,30 @@ class Chainflow:
     async def acancel(self, run_id: str) -> None:
         await offload(self.cancel, run_id)
 
+    def retry(self, run_id: str) -> None:
+        """Put a dead-lettered run back to pending with its recovery count reset; it
+        resumes from its journal (steps that succeeded are not run again)."""
+
+        def reopen(conn: sa.Connection) -> None:
+            row = store.get_run(conn, run_id)
+            if row is None:
+                raise RunNotFoundError(run_id)
+            if not store.retry_dead_lettered(conn, run_id, self.clock.time()):
+                raise RunNotDeadLetteredError(run_id, row.status)
+
+        self._tx(reopen)
+        self._notify()
+
+    async def aretry(self, run_id: str) -> None:
+        await offload(self.retry, run_id)
+
     def status(self, run_id: str) -> RunStatus:
         def read(conn: sa.Connection) -> RunStatus:
             row = store.get_run(conn, run_id)
             if row is None:
                 raise RunNotFoundError(run_id)
-            return _status_of(row, store.compensations(conn, run_id))
+            served = None if row.status in store.TERMINAL else store.served_workflows(conn, self.clock.time())
+            return _status_of(row, store.compensations(conn, run_id), served)
 
         return self._read(read)
 
@@ -364,7 +395,10 @@ class Chainflow:
 
     def runs(self, *, status: str | None = None, workflow: str | None = None, limit: int = 100) -> list[RunStatus]:
         def read(conn: sa.Connection) -> list[RunStatus]:
-            return [_status_of(r, {}) for r in store.list_runs(conn, status, workflow, limit)]
+            rows = store.list_runs(conn, status, workflow, limit)
+            live = any(r.status not in store.TERMINAL for r in rows)
+            served = store.served_workflows(conn, self.clock.time()) if live else None
+            return [_status_of(r, {}, served) for r in rows]
 
         return self._read(read)
 
@@ -479,7 +513,8 @@ def _resolve(news: asyncio.Future[Any], known: RunStatus | object | None) -> Non
         news.set_result(known)
 
 
-def _status_of(row: sa.Row[Any], comps: dict[str, str]) -> RunStatus:
+def _status_of(row: sa.Row[Any], comps: dict[str, str], served: set[str] | None = None) -> RunStatus:
+    """``served``: the workflows live workers announce (None: not looked up)."""
     return RunStatus(
         id=row.id, workflow=row.workflow, status=row.status, input=codec.loads(row.input),
         output=codec.loads(row.output), error=json.loads(row.error) if row.error else None,
@@ -487,4 +522,5 @@ def _status_of(row: sa.Row[Any], comps: dict[str, str]) -> RunStatus:
         waiting_on=json.loads(row.waiting_on) if row.waiting_on else [],
         cancel_requested=bool(row.cancel_requested), compensations=comps,
         rollback=json.loads(row.rollback) if row.rollback else None,
+        unserved=served is not None and row.status not in store.TERMINAL and row.workflow not in served,
     )

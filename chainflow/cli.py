@@ -1,4 +1,4 @@
-"""``chainflow`` command line: run workers and inspect, start, signal and cancel runs.
+"""``chainflow`` command line: run workers and inspect, start, signal, cancel and retry runs.
 
 Every expected failure (unknown or finished run, bad database URL, bad APP path, bad
 JSON) prints one ``error: …`` line on stderr and exits 1: operators read these in a
@@ -40,11 +40,11 @@ from .errors import ChainflowError
 console = Console()
 
 # Every status a run can have (store/executor/worker write these literals).
-RUN_STATUSES = ("pending", "running", "sleeping", "waiting", "completed", "failed", "cancelled")
+RUN_STATUSES = ("pending", "running", "sleeping", "waiting", "completed", "failed", "cancelled", "dead_lettered")
 
 _STATUS_STYLE = {
     "completed": "green", "ok": "green",
-    "failed": "red", "error": "red", "timeout": "red", "retried": "red",
+    "failed": "red", "dead_lettered": "bold red", "error": "red", "timeout": "red", "retried": "red",
     "cancelled": "yellow", "invalidated": "dim",
     "sleeping": "blue", "waiting": "blue", "pending": "cyan", "running": "cyan", "retrying": "cyan",
 }
@@ -256,6 +256,15 @@ def cancel(ctx: click.Context, run_id: str) -> None:
 
 
 @cli.command()
+@click.argument("run_id", metavar="RUN")
+@click.pass_context
+def retry(ctx: click.Context, run_id: str) -> None:
+    """Put dead-lettered RUN back to pending (recovery count reset); it resumes from its journal."""
+    _target(ctx).app().retry(run_id)
+    click.echo(f"run {run_id} is pending again")
+
+
+@cli.command()
 @click.pass_context
 def nonces(ctx: click.Context) -> None:
     """Nonce health per (chain, sender): next nonce, the chain's counts, in flight, gaps."""
@@ -298,6 +307,8 @@ def runs_table(found: Sequence[RunStatus]) -> RenderableType:
         status = status_text(r.status)
         if r.cancel_requested and not r.done:
             status.append(" (cancel requested)", style="yellow")
+        if r.unserved:
+            status.append(" (no live worker serves it)", style="yellow")
         table.add_row(r.id, Text(r.workflow), status, when(r.created_at), when(r.updated_at), Text(_waiting(r)))
     return table
 
@@ -383,6 +394,12 @@ def _summary(st: RunStatus) -> RenderableType:
     waiting = _waiting(st)
     if waiting and not st.done:
         lines.append(f"  waiting on {waiting}")
+    if st.unserved:
+        lines.append(f"\nno live worker serves workflow {st.workflow!r}: this run stays {st.status} until a worker "
+                     "that registers it starts", style="yellow")
+    if st.status == "dead_lettered":
+        lines.append(f"\ndead-lettered: its compensations were not run; `chainflow retry {st.id}` puts it back "
+                     "to pending", style="red")
     if st.output is not None:
         lines.append("\noutput ")
         lines.append(short(st.output, _SUMMARY_LIMIT))

@@ -41,6 +41,29 @@ class RunFinishedError(ChainflowError):
         self.run_id, self.status, self.action = run_id, status, action
 
 
+class RunNotDeadLetteredError(ChainflowError):
+    """``retry`` reached a run that was not dead-lettered: only a run the engine gave
+    up on may be put back, a live or normally finished one must not run again."""
+
+    def __init__(self, run_id: str, status: str) -> None:
+        super().__init__(f"cannot retry run {run_id!r}: it is {status}, and only a dead_lettered run can be retried")
+        self.run_id, self.status = run_id, status
+
+
+class RunDeadLettered(ChainflowError):
+    """The reason recorded on a run given up after too many recoveries (a worker died
+    or lost its lease while running it, or its executor crashed, each time)."""
+
+    def __init__(self, run_id: str, recoveries: int, max_recoveries: int, crash: BaseException | None = None) -> None:
+        cause = (f"its executor crashed ({type(crash).__name__}: {crash})" if crash is not None
+                 else "its worker died or lost its lease while running it")
+        super().__init__(
+            f"run {run_id!r} dead-lettered after {recoveries} recoveries (max_recoveries={max_recoveries}); "
+            f"last: {cause}; its compensations were not run; `chainflow retry {run_id}` puts it back to pending"
+        )
+        self.run_id, self.recoveries, self.max_recoveries = run_id, recoveries, max_recoveries
+
+
 class InputValidationError(ChainflowError):
     def __init__(self, workflow: str, detail: str) -> None:
         super().__init__(f"invalid input for workflow {workflow!r}: {detail}")

@@ -43,6 +43,10 @@ runs = sa.Table(
     # set by the reorg monitor: {"entry_id": …, "reason": …}; the next execution rolls
     # back that journal entry and everything that depended on it before resuming
     sa.Column("rollback", sa.Text),
+    # claims that took the run over from a worker whose lease expired while running it,
+    # or that followed an executor crash; past the app's max_recoveries the run is
+    # dead-lettered instead of executed once more (a retry resets it)
+    sa.Column("recoveries", sa.Integer, nullable=False, server_default="0"),
     # partial: every finished run has a NULL ready_at and most runs no parent; an entry
     # for each would be one page more to write with each creation and finish
     *(sa.Index(f"ix_cf_runs_{column}", column, sqlite_where=sa.text(f"{column} IS NOT NULL"),
@@ -181,6 +185,20 @@ reorgs = sa.Table(
     sa.Column("detected_at", sa.Float, nullable=False),
 )
 
+# Workers announce the workflows they serve, so an operator can tell a run that waits
+# for a free worker from one that no live worker can take.  Refreshed at a low rate
+# (a third of the lease), deleted on a clean close; a killed worker's row outlives it
+# until ``expires``.
+workers = sa.Table(
+    "cf_workers",
+    metadata,
+    sa.Column("id", sa.String(100), primary_key=True),
+    sa.Column("workflows", sa.Text, nullable=False),  # JSON list of workflow names
+    sa.Column("started_at", sa.Float, nullable=False),
+    sa.Column("seen_at", sa.Float, nullable=False),
+    sa.Column("expires", sa.Float, nullable=False),
+)
+
 leaders = sa.Table(
     "cf_leaders",
     metadata,
@@ -215,5 +233,16 @@ def _v3(conn: sa.Connection) -> None:
             index.create(conn, checkfirst=True)
 
 
-MIGRATIONS: list[tuple[int, Callable[[sa.Connection], None]]] = [(1, _v1), (2, _v2), (3, _v3)]
+def _v4(conn: sa.Connection) -> None:
+    """Runs count their recoveries (dead-lettering); workers announce what they serve.
+
+    Both are declared above, so a database created by this version's ``_v1`` has them
+    already: each is added only where missing."""
+    if "recoveries" not in {c["name"] for c in sa.inspect(conn).get_columns(runs.name)}:
+        column = sa.schema.CreateColumn(runs.c.recoveries).compile(dialect=conn.dialect)
+        conn.exec_driver_sql(f"ALTER TABLE {runs.name} ADD COLUMN {column}")
+    workers.create(conn, checkfirst=True)
+
+
+MIGRATIONS: list[tuple[int, Callable[[sa.Connection], None]]] = [(1, _v1), (2, _v2), (3, _v3), (4, _v4)]
 LATEST = MIGRATIONS[-1][0]

@@ -23,14 +23,17 @@ import collections
 import functools
 import json
 import uuid
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
 
-from .schema import attempts, journal, runs, signals
+from .schema import attempts, journal, runs, signals, workers
 
-TERMINAL = ("completed", "failed", "cancelled")
+# dead_lettered: given up after too many recoveries; ends like the others (no wake-up,
+# signal or cancel reaches it) but an operator may ``retry`` it
+TERMINAL = ("completed", "failed", "cancelled", "dead_lettered")
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,7 @@ class Claim:
     created_at: float
     rollback: str | None = None
     claims: int = 1  # how many times the run was claimed, this one included
+    recoveries: int = 0  # of those claims, how many took it over from an expired lease or a crash
 
 
 @dataclass
@@ -153,9 +157,11 @@ def list_runs(
 
 
 def _claim_statement(lock_rows: bool) -> sa.Update:
+    """Built once per dialect: the workflows a worker serves are an expanding parameter."""
     due = (
         sa.select(runs.c.id)
-        .where(runs.c.ready_at <= sa.bindparam("now"), runs.c.status.not_in(TERMINAL))
+        .where(runs.c.ready_at <= sa.bindparam("now"), runs.c.status.not_in(TERMINAL),
+               runs.c.workflow.in_(sa.bindparam("workflows", expanding=True)))
         .order_by(runs.c.ready_at)
         .limit(sa.bindparam("lim", type_=sa.Integer, literal_execute=True))
     )
@@ -172,10 +178,14 @@ def _claim_statement(lock_rows: bool) -> sa.Update:
             fence=runs.c.fence + 1,
             updated_at=sa.bindparam("now"),
             attempt_count=runs.c.attempt_count + 1,
+            # a lease still recorded means its holder never let go (killed, hung, cut
+            # off): every clean exit (finish, suspend, close, reorg reopen) clears it
+            recoveries=runs.c.recoveries + sa.case((runs.c.lease_owner.is_not(None), 1), else_=0),
         )
         .returning(
             runs.c.id, runs.c.workflow, runs.c.input, runs.c.fence,
             runs.c.cancel_requested, runs.c.deadline, runs.c.created_at, runs.c.rollback, runs.c.attempt_count,
+            runs.c.recoveries,
         )
     )
 
@@ -183,10 +193,16 @@ def _claim_statement(lock_rows: bool) -> sa.Update:
 _CLAIM = {False: _claim_statement(False), True: _claim_statement(True)}
 
 
-def claim(conn: sa.Connection, owner: str, limit: int, now: float, lease: float) -> list[Claim]:
-    """Lease up to ``limit`` runs that are due; Postgres skips rows other workers hold."""
+def claim(
+    conn: sa.Connection, owner: str, limit: int, now: float, lease: float, *, workflows: Collection[str]
+) -> list[Claim]:
+    """Lease up to ``limit`` due runs of ``workflows`` (those the worker can execute: a
+    run of another workflow stays due for a worker that has it); Postgres skips rows
+    other workers hold."""
+    if not workflows:
+        return []
     stmt = _CLAIM[conn.dialect.name == "postgresql"]
-    params = {"now": now, "lim": limit, "owner": owner, "until": now + lease}
+    params = {"now": now, "lim": limit, "owner": owner, "until": now + lease, "workflows": list(workflows)}
     return [Claim(*row) for row in conn.execute(stmt, params)]
 
 
@@ -194,10 +210,10 @@ History = tuple[list["Entry"], dict[tuple[str, str], list["AttemptRow"]]]
 
 
 def claim_with_history(
-    conn: sa.Connection, owner: str, limit: int, now: float, lease: float
+    conn: sa.Connection, owner: str, limit: int, now: float, lease: float, workflows: Collection[str]
 ) -> list[tuple[Claim, History]]:
     """Claim and load what replay needs in one transaction (one commit per claim batch)."""
-    claims = claim(conn, owner, limit, now, lease)
+    claims = claim(conn, owner, limit, now, lease, workflows=workflows)
     # a run claimed for the first time has no journal yet: skip the reads
     known = [c.run_id for c in claims if c.claims > 1]
     histories = load_histories(conn, known) if known else {}
@@ -384,9 +400,70 @@ def wake(conn: sa.Connection, run_id: str, now: float) -> None:
     )
 
 
+def release_crashed(conn: sa.Connection, run_id: str, fence: int) -> None:
+    """Hand back a run whose executor crashed, as one more recovery.  It stays due when
+    its lease would have expired (a crash that repeats must not spin), and the fence
+    moves on so nothing the crashed execution still had in flight can land."""
+    conn.execute(
+        runs.update()
+        .where(runs.c.id == run_id, runs.c.fence == fence)
+        .values(status="pending", lease_owner=None, lease_expires=None, fence=runs.c.fence + 1,
+                recoveries=runs.c.recoveries + 1)
+    )
+
+
+def dead_letter(conn: sa.Connection, run_id: str, fence: int, recoveries: int, error: str, now: float) -> bool:
+    """End a run the engine gives up on (too many recoveries) without running its
+    compensations; False when it is no longer ours."""
+    return bool(conn.execute(
+        runs.update()
+        .where(runs.c.id == run_id, runs.c.fence == fence)
+        .values(status="dead_lettered", error=error, recoveries=recoveries, ready_at=None, lease_owner=None,
+                lease_expires=None, waiting_on=None, fence=runs.c.fence + 1, updated_at=now)
+    ).rowcount)
+
+
+def retry_dead_lettered(conn: sa.Connection, run_id: str, now: float) -> bool:
+    """Put a dead-lettered run back to pending, due now, with a fresh recovery budget;
+    it resumes from its journal.  False when it is not (or no longer) dead-lettered."""
+    return bool(conn.execute(
+        runs.update()
+        .where(runs.c.id == run_id, runs.c.status == "dead_lettered")
+        .values(status="pending", error=None, recoveries=0, ready_at=now, updated_at=now)
+    ).rowcount)
+
+
 def request_cancel(conn: sa.Connection, run_id: str, now: float) -> None:
     conn.execute(runs.update().where(runs.c.id == run_id).values(cancel_requested=True, updated_at=now))
     wake(conn, run_id, now)
+
+
+# --- workers --------------------------------------------------------------------
+
+
+def announce_worker(conn: sa.Connection, worker_id: str, workflows: list[str], now: float, ttl: float) -> None:
+    """Record (or refresh) that ``worker_id`` serves ``workflows`` until ``now + ttl``,
+    and forget workers whose announcement has expired (killed ones never retire)."""
+    text = json.dumps(sorted(workflows))
+    refreshed = conn.execute(
+        workers.update().where(workers.c.id == worker_id).values(workflows=text, seen_at=now, expires=now + ttl)
+    ).rowcount
+    if not refreshed:
+        conn.execute(workers.insert().values(id=worker_id, workflows=text, started_at=now, seen_at=now,
+                                             expires=now + ttl))
+    conn.execute(workers.delete().where(workers.c.expires < now))
+
+
+def retire_worker(conn: sa.Connection, worker_id: str) -> None:
+    conn.execute(workers.delete().where(workers.c.id == worker_id))
+
+
+def served_workflows(conn: sa.Connection, now: float) -> set[str]:
+    """Every workflow some live worker (announcement not expired) can execute."""
+    served: set[str] = set()
+    for text in conn.execute(sa.select(workers.c.workflows).where(workers.c.expires >= now)).scalars():
+        served.update(json.loads(text))
+    return served
 
 
 # --- journal --------------------------------------------------------------------

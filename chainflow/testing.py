@@ -22,6 +22,7 @@ import sqlalchemy as sa
 from .app import Chainflow, RunStatus
 from .clock import FakeClock
 from .schema import runs
+from .store import TERMINAL
 
 
 @dataclass(frozen=True)
@@ -86,7 +87,7 @@ class WorkflowTester:
     def _next_wake(self) -> float | None:
         with self.app.engine.begin() as conn:
             return conn.execute(
-                sa.select(sa.func.min(runs.c.ready_at)).where(runs.c.status.not_in(("completed", "failed", "cancelled")))
+                sa.select(sa.func.min(runs.c.ready_at)).where(runs.c.status.not_in(TERMINAL))
             ).scalar()
 
     def result(self, run_id: str) -> TestRun:

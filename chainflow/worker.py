@@ -16,7 +16,7 @@ import threading
 import time
 from collections import OrderedDict
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import sqlalchemy as sa
@@ -24,7 +24,8 @@ import sqlalchemy as sa
 from . import metrics, store
 from .committer import Committer
 from .connector import is_local
-from .context import CANCEL, LEASE_LOST
+from .context import CANCEL, LEASE_LOST, describe_error
+from .errors import RunDeadLettered
 from .executor import Execution, Outcome
 from .lograte import FailureLog
 from .threads import ThreadPool
@@ -71,6 +72,7 @@ class Worker:
         self._tasks: set[asyncio.Task[Outcome | None]] = set()
         self._wake = asyncio.Event()
         self._heartbeat: asyncio.Task[None] | None = None
+        self._announcer: asyncio.Task[None] | None = None
         self.loop: asyncio.AbstractEventLoop | None = None  # the loop the worker runs on
         self._slots = threading.Condition()
         self._reserved = 0
@@ -106,7 +108,9 @@ class Worker:
         # this worker, never falls between its attaching and its first claim
         self.app.attach(self)
         await self._db_pool.run(self.app.ensure_schema)
+        await self._announce()
         self._heartbeat = asyncio.create_task(self._beat(), name="chainflow-heartbeat")
+        self._announcer = asyncio.create_task(self._keep_announcing(), name="chainflow-announce")
         if self.track:
             from .tracker import Tracker
 
@@ -121,6 +125,8 @@ class Worker:
         await asyncio.gather(*self._trackers, return_exceptions=True)
         if self._heartbeat:
             self._heartbeat.cancel()
+        if self._announcer:
+            self._announcer.cancel()
         # taken before stopping: each execution leaves ``executions`` as it unwinds
         held = list(self.executions)
         for ex in list(self.executions.values()):
@@ -131,6 +137,12 @@ class Worker:
         await self.committer.close()
         if held:
             await self.db(self._release, held)
+        if self._announcer:
+            await asyncio.gather(self._announcer, return_exceptions=True)
+            try:
+                await self.db(store.retire_worker, self.id)
+            except Exception:  # its announcement expires on its own
+                log.warning("could not retire worker %s from cf_workers", self.id, exc_info=True)
         for adapter in self.app.chains.values():
             await adapter.aclose()  # HTTP sessions are bound to this event loop
         self.step_pool.shutdown(wait=False)
@@ -183,7 +195,8 @@ class Worker:
             self._claiming = free
         claims: list[tuple[store.Claim, store.History]] = []
         try:
-            claims = await self.db(store.claim_with_history, self.id, free, self.clock.time(), self.lease)
+            claims = await self.db(store.claim_with_history, self.id, free, self.clock.time(), self.lease,
+                                   self.app.registry.names())
         finally:
             with self._slots:  # release and occupy in one step, as seen by ``reserve``
                 self._reserved -= free
@@ -233,13 +246,17 @@ class Worker:
         call_on(self.loop, take)
 
     def _spawn(self, claim: store.Claim, history: store.History) -> None:
-        wf = self.app.registry.get(claim.workflow) if claim.workflow in self.app.registry else None
-        if wf is None:
-            log.error("run %s needs workflow %r, not registered in this worker", claim.run_id, claim.workflow)
+        if claim.recoveries > self.app.max_recoveries:
+            self._track(self._dead_letter(claim, claim.recoveries), f"chainflow-dead-letter-{claim.run_id}")
             return
+        # claims only take runs of registered workflows, and a registry only grows
+        wf = self.app.registry.get(claim.workflow)
         ex = Execution(self, claim, wf, history)
         self.executions[claim.run_id] = ex
-        task = asyncio.create_task(self._execute(ex), name=f"chainflow-run-{claim.run_id}")
+        self._track(self._execute(ex), f"chainflow-run-{claim.run_id}")
+
+    def _track(self, work: Coroutine[Any, Any, Outcome | None], name: str) -> None:
+        task = asyncio.create_task(work, name=name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -255,8 +272,8 @@ class Worker:
                     return outcome  # reopened by a reorg as it finished: not over yet
                 self.app.finished(ex.claim.run_id, outcome.row, outcome.compensations)
             return outcome
-        except Exception:
-            log.exception("run %s crashed the executor; it will be retried after its lease", ex.claim.run_id)
+        except Exception as exc:
+            await self._crashed(ex.claim, exc)
             return None
         finally:
             # a freed slot is worth an immediate poll only if the last claim left work
@@ -265,6 +282,52 @@ class Worker:
             if self._backlog:
                 self._wake.set()
             self.executions.pop(ex.claim.run_id, None)
+
+    async def _crashed(self, claim: store.Claim, exc: Exception) -> None:
+        """An executor crash counts as a recovery: past the maximum the run is
+        dead-lettered with the crash as its reason, else retried after its lease."""
+        recoveries = claim.recoveries + 1
+        if recoveries > self.app.max_recoveries:
+            await self._dead_letter(claim, recoveries, exc)
+            return
+        log.error("run %s crashed the executor (recovery %d of at most %d); it will be retried after its lease",
+                  claim.run_id, recoveries, self.app.max_recoveries, exc_info=exc)
+        try:
+            await self.db(store.release_crashed, claim.run_id, claim.fence)
+        except Exception:  # the lease expires instead, and the next claim counts the recovery
+            log.exception("could not record the crash of run %s", claim.run_id)
+
+    async def _dead_letter(self, claim: store.Claim, recoveries: int, crash: Exception | None = None) -> None:
+        """Give up on a run that keeps killing or crashing its workers: it ends with the
+        reason and without compensations (they might crash the same way); an operator
+        retries it once the cause is fixed."""
+        reason = RunDeadLettered(claim.run_id, recoveries, self.app.max_recoveries, crash)
+        reason.__cause__ = crash  # its traceback goes into the recorded error
+        try:
+            ended = await self.db(store.dead_letter, claim.run_id, claim.fence, recoveries, describe_error(reason),
+                                  self.clock.time())
+        except Exception:  # held until the lease expires; the next claim tries again
+            log.exception("could not dead-letter run %s", claim.run_id)
+            return
+        if ended:
+            log.error("%s", reason)
+            metrics.inc("chainflow_runs_finished_total", status="dead_lettered")
+            self.app.finished(claim.run_id)
+
+    async def _announce(self) -> None:
+        """Tell operators (``chainflow show``/``runs``) which workflows this worker
+        serves, valid for one lease."""
+        await self.db(store.announce_worker, self.id, self.app.registry.names(), self.clock.time(), self.lease)
+
+    async def _keep_announcing(self) -> None:
+        # a third of the lease, like a heartbeat, but on its own: independent of how
+        # many runs are held, and never on the claim path
+        while True:
+            await asyncio.sleep(max(0.05, self.lease / 3))
+            try:
+                await self._announce()
+            except Exception:
+                log.warning("announcing worker %s failed; will retry", self.id, exc_info=True)
 
     async def _beat(self) -> None:
         while True:

@@ -31,7 +31,7 @@ def test_v2_database_gets_partial_indexes(make_app: Any) -> None:
         conn.exec_driver_sql("DROP INDEX ix_cf_runs_parent_id")
         conn.exec_driver_sql("CREATE INDEX ix_cf_runs_ready ON cf_runs (ready_at)")
         conn.exec_driver_sql("CREATE INDEX ix_cf_runs_parent_id ON cf_runs (parent_id)")
-        conn.execute(schema.schema_version.delete().where(schema.schema_version.c.version == 3))
+        conn.execute(schema.schema_version.delete().where(schema.schema_version.c.version >= 3))
     assert "ix_cf_runs_ready" in _indexes(app)
     assert migrate(app.engine) == schema.LATEST
     indexes = _indexes(app)
@@ -49,6 +49,14 @@ def test_the_claim_query_searches_the_partial_ready_index(make_app: Any) -> None
         return None
 
     app.start("noop", 1)
+    # finished runs (the bulk of a real table) are outside the partial index: with their
+    # statistics a planner sees what it costs to reach due runs through (status, workflow)
+    finished = [{**store.run_row(workflow=("noop", "other")[i % 2], input_text="1", input_hash="", idempotency_key=None,
+                                 deadline=None, parent_id=None, now=float(i)), "status": "completed", "ready_at": None}
+                for i in range(2000)]
+    with app.engine.begin() as conn:
+        conn.execute(schema.runs.insert(), finished)
+        conn.exec_driver_sql("ANALYZE")
     captured: list[tuple[str, Any]] = []
 
     def capture(_conn: Any, _cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
@@ -57,7 +65,7 @@ def test_the_claim_query_searches_the_partial_ready_index(make_app: Any) -> None
     sa.event.listen(app.engine, "before_cursor_execute", capture)
     try:
         with app.engine.begin() as conn:
-            assert len(store.claim(conn, "w", 5, now=1e12, lease=30)) == 1
+            assert len(store.claim(conn, "w", 5, now=1e12, lease=30, workflows=["noop", "other"])) == 1
     finally:
         sa.event.remove(app.engine, "before_cursor_execute", capture)
     statement, parameters = next(c for c in captured if c[0].lstrip().upper().startswith("UPDATE"))
@@ -74,3 +82,28 @@ def test_the_claim_query_searches_the_partial_ready_index(make_app: Any) -> None
         raw.rollback()
         raw.close()
     assert "ix_cf_runs_ready_at" in plan, plan
+
+
+def test_v3_database_gets_recoveries_and_the_workers_table(make_app: Any) -> None:
+    app = make_app()
+    app.ensure_schema()
+    with app.engine.begin() as conn:  # back to the v3 shape, with a run written by v3
+        conn.exec_driver_sql("DROP TABLE cf_workers")
+        conn.exec_driver_sql("ALTER TABLE cf_runs DROP COLUMN recoveries")
+        conn.execute(schema.schema_version.delete().where(schema.schema_version.c.version == 4))
+        v3_run = store.run_row(workflow="old", input_text="1", input_hash="", idempotency_key=None, deadline=None,
+                               parent_id=None, now=1.0)
+        conn.execute(schema.runs.insert(), v3_run)  # the columns given only: those v3 has
+    inspector = sa.inspect(app.engine)
+    assert "recoveries" not in {c["name"] for c in inspector.get_columns("cf_runs")}
+    assert not inspector.has_table("cf_workers")
+    assert migrate(app.engine) == schema.LATEST == 4
+    inspector = sa.inspect(app.engine)
+    assert "recoveries" in {c["name"] for c in inspector.get_columns("cf_runs")}
+    assert {c["name"] for c in inspector.get_columns("cf_workers")} == {c.name for c in schema.workers.c}
+    with app.engine.begin() as conn:
+        assert conn.execute(sa.select(schema.runs.c.recoveries).where(schema.runs.c.id == v3_run["id"])).scalar_one() == 0
+        # and the claim (which counts recoveries) works on the migrated table
+        (claim,) = store.claim(conn, "w", 5, now=1e12, lease=30, workflows=["old"])
+    assert (claim.run_id, claim.recoveries) == (v3_run["id"], 0)
+    assert migrate(app.engine) == schema.LATEST  # nothing left to apply

@@ -174,7 +174,7 @@ def test_signal_racing_with_suspend_is_not_lost(make_app: Any) -> None:
     run_id = app.start("await-go").id
     app.ensure_schema()
     with app.engine.begin() as conn:
-        (claim,) = store.claim(conn, "worker-1", 1, time.time(), 30.0)
+        (claim,) = store.claim(conn, "worker-1", 1, time.time(), 30.0, workflows=["await-go"])
     assert claim.run_id == run_id
 
     sender = app.engine.connect()
