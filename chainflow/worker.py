@@ -102,12 +102,13 @@ class Worker:
     async def start(self) -> None:
         self.loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
+        # beating before the first run is adopted: nothing on the loop can delay it
+        self._heartbeat = threading.Thread(target=self._beat, name=f"chainflow-heartbeat-{self.id}", daemon=True)
+        self._heartbeat.start()
         # attached as soon as it has a loop: a start from now on is adopted or notifies
         # this worker, never falls between its attaching and its first claim
         self.app.attach(self)
         await self._db_pool.run(self.app.ensure_schema)
-        self._heartbeat = threading.Thread(target=self._beat, name=f"chainflow-heartbeat-{self.id}", daemon=True)
-        self._heartbeat.start()
         if self.track:
             from .tracker import Tracker
 
