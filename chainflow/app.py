@@ -14,6 +14,7 @@ import hashlib
 import json
 import signal as _signal
 import threading
+import time
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -232,6 +233,7 @@ class Chainflow:
         fields = self._new_run(workflow, input, idempotency_key, parent_id)
         digest = fields["input_hash"]
         local = next((w for w in list(self._workers) if w.reserve(workflow)), None)
+        born, sent = self._born_claimed(local)
 
         def create(conn: sa.Connection) -> RunHandle:
             if idempotency_key is not None:
@@ -240,7 +242,7 @@ class Chainflow:
                     if existing.input_hash != digest:
                         raise IdempotencyConflictError(idempotency_key, existing.id)
                     return RunHandle(existing.id, existing.workflow, False)
-            run_id = store.insert_run(conn, **fields, **self._born_claimed(local, fields["now"]))
+            run_id = store.insert_run(conn, **fields, **born)
             return RunHandle(run_id, workflow, True)
 
         try:
@@ -254,7 +256,7 @@ class Chainflow:
                 local.adopt(None)
             raise
         if local is not None:
-            local.adopt(self._claim_of(handle.id, fields) if handle.created else None)
+            local.adopt(self._claim_of(handle.id, fields) if handle.created else None, sent)
         else:
             self._notify()
         return handle
@@ -267,13 +269,14 @@ class Chainflow:
         fields = self._new_run(workflow, input, idempotency_key, None)
         local = next((w for w in list(self._workers) if w.loop is loop and w.reserve(workflow)), None)
         if local is not None:
-            row = store.run_row(**fields, **self._born_claimed(local, fields["now"]))
+            born, sent = self._born_claimed(local)
+            row = store.run_row(**fields, **born)
             try:
                 created, = (await local.committer.write(row["id"], None, [store.RunInsert(row)], exclusive=True))
             except BaseException:
                 local.adopt(None)
                 raise
-            local.adopt(self._claim_of(row["id"], fields) if created else None)
+            local.adopt(self._claim_of(row["id"], fields) if created else None, sent)
             if created:
                 return RunHandle(row["id"], workflow, True)
             # the idempotency key is taken: the ordinary start answers (existing run or conflict)
@@ -291,9 +294,13 @@ class Chainflow:
                     idempotency_key=idempotency_key, deadline=None if wf.timeout is None else now + wf.timeout,
                     parent_id=parent_id, now=now)
 
-    @staticmethod
-    def _born_claimed(local: Worker | None, now: float) -> dict[str, Any]:
-        return {} if local is None else dict(lease_owner=local.id, lease_until=now + local.lease)
+    def _born_claimed(self, local: Worker | None) -> tuple[dict[str, Any], float]:
+        """The lease of a run born claimed by ``local``, and ``time.monotonic()`` read
+        before its expiry was: the worker's own deadline for it never outlasts it."""
+        sent = time.monotonic()
+        if local is None:
+            return {}, sent
+        return dict(lease_owner=local.id, lease_until=self.clock.time() + local.lease), sent
 
     @staticmethod
     def _claim_of(run_id: str, fields: dict[str, Any]) -> store.Claim:

@@ -20,6 +20,7 @@ import functools
 import inspect
 import json
 import random as _random
+import time
 import traceback
 import uuid as _uuid
 from collections import Counter
@@ -42,6 +43,7 @@ from .errors import (
     WaitTimeout,
 )
 from .flag import Flag
+from .lease import Lease
 from .retry import DEFAULT_RETRY, Retry
 from .threads import ThreadPool
 
@@ -119,10 +121,12 @@ class Context:
         committer: Committer,
         clock: Clock,
         step_pool: ThreadPool,
+        lease: Lease,
         default_retry: Retry = DEFAULT_RETRY,
         submitter: Submitter | None = None,
     ) -> None:
         self.run_id = run_id
+        self.lease = lease
         self.workflow = workflow
         self.fence = fence
         self._by_pos = {(e.branch, e.position): e for e in entries if e.position >= 0}
@@ -325,6 +329,16 @@ class Context:
         if self.stop_reason in (CANCEL, TIMEOUT, ROLLBACK):
             raise RunCancelled(self.run_id)
 
+    async def hold_lease(self) -> None:
+        """Raise ``LeaseLostError`` unless this run is provably still ours: called where
+        something is about to leave the process (a step or compensation attempt, a
+        broadcast), so a worker that was frozen past its lease does not repeat work
+        another worker has taken over.  A float comparison while the heartbeat keeps
+        the lease fresh; a database round trip only once its deadline has passed."""
+        if not await self.lease.prove():
+            self.stop_reason = LEASE_LOST
+            raise LeaseLostError(self.run_id)
+
     def entry_op(self, slot: Slot, kind: str, status: str, output: str | None, error: str | None,
                   attempts: int, started: float | None, finished: float | None) -> Op:
         return store.EntryInsert(dict(
@@ -386,6 +400,8 @@ class Context:
             if tries:  # tested here: a step's first attempt costs no extra coroutine
                 await self.back_off(tries)
             self.refuse_new_work()
+            if time.monotonic() >= self.lease.deadline:  # the hot path pays a comparison
+                await self.hold_lease()
             attempt = len(tries) + 1
             started = self.clock.time()
             self.busy(+1)

@@ -18,6 +18,7 @@ from . import codec, eager, reorg, store
 from .context import CANCEL, FATAL, LEASE_LOST, ROLLBACK, SUSPEND, TIMEOUT, _BRANCH, Context, describe_error
 from .errors import LeaseLostError, NonDeterminismError, PayloadError, RunCancelled, WorkflowTimeout
 from .flag import Flag
+from .lease import Lease
 from .registry import WorkflowDef
 
 if TYPE_CHECKING:
@@ -41,9 +42,11 @@ class Outcome:
 
 
 class Execution:
-    def __init__(self, worker: Worker, claim: store.Claim, wf: WorkflowDef, history: store.History) -> None:
+    def __init__(self, worker: Worker, claim: store.Claim, wf: WorkflowDef, history: store.History,
+                 lease: Lease) -> None:
         self.worker = worker
         self.claim = claim
+        self.lease = lease
         self.history = history
         self.wf = wf
         self.ctx: Context | None = None
@@ -71,7 +74,7 @@ class Execution:
         ctx = self.ctx = Context(
             run_id=claim.run_id, workflow=claim.workflow, fence=claim.fence, entries=entries, tries=tries,
             committer=w.committer, clock=w.clock, step_pool=w.step_pool, default_retry=w.app.default_retry,
-            submitter=w.app.submitter,
+            submitter=w.app.submitter, lease=self.lease,
         )
         self._entries = entries
         if self._reason is not None:

@@ -262,6 +262,8 @@ async def broadcast_latest(app: Chainflow, ctx: Context | None, adapter: ChainAd
     attempts = await app.adb(txstore.attempts_of, sub.id)
     if not attempts:
         return None
+    if ctx is not None:
+        await ctx.hold_lease()  # a worker frozen past its lease leaves this to the new owner
     result = await adapter.broadcast(attempts[-1].raw)
     metrics.inc("chainflow_broadcasts_total", chain=adapter.name, outcome=result.outcome.value)
     if result.outcome is BroadcastOutcome.REJECTED:
@@ -287,6 +289,8 @@ async def fill_gap(app: Chainflow, ctx: Context | None, adapter: ChainAdapter, n
         signed = await adapter.sign(request, nonce, None)
         await app.adb(txstore.add_attempt, gap_id, adapter.name, signed, app.clock.time())
         sub = await app.adb(txstore.get, gap_id)
+    if ctx is not None:
+        await ctx.hold_lease()
     await broadcast_latest(app, None, adapter, sub)
 
 

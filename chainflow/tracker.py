@@ -16,6 +16,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +26,7 @@ import sqlalchemy as sa
 from . import codec, finality, headers, metrics, nonces, reorg, store
 from .adapter import BroadcastOutcome, ChainAdapter, Header, Receipt
 from .lograte import FailureLog
+from .lease import valid_for
 from .schema import submissions, tx_attempts
 from .submission import broadcast_latest, event_name, fill_gap
 from .tracker_config import TrackerConfig
@@ -34,6 +37,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("chainflow.tracker")
 
 OPEN = ("signed", "broadcast")
+
+
+class _Deposed(Exception):
+    """Another process may lead the chain now: this iteration must not act further."""
 
 
 @dataclass
@@ -60,6 +67,7 @@ class Tracker:
         self._stats = HeadStats()
         self._tip: Header | None = None  # cached newest canonical header while we lead
         self._failures = FailureLog(log, f"tracker for {self.chain}")
+        self._lead_until = -math.inf  # time.monotonic() until which our leadership is proven
 
     async def _rpc(self, call: Any) -> Any:
         self._stats.rpc_calls += 1
@@ -83,11 +91,29 @@ class Tracker:
     async def iteration(self) -> HeadStats | None:
         """Renew (or take) the chain's leadership lease, then ``step`` if we lead: what
         ``run`` does every poll interval.  None when another process leads."""
-        if await self.app.adb(headers.lead, f"tracker:{self.chain}", self.owner, self.app.clock.time(),
-                              max(5.0, self.config.poll_interval * 10)):
+        if await self._lead():
             return await self.step()
         self._tip = None  # another process leads: our cached tip goes stale
         return None
+
+    async def _lead(self) -> bool:
+        """Renew (or take) the leadership lease; while it holds, ``_as_leader`` answers
+        without the database, on the monotonic clock from when the renewal was sent."""
+        ttl = max(5.0, self.config.poll_interval * 10)
+        sent = time.monotonic()
+        if await self.app.adb(headers.lead, f"tracker:{self.chain}", self.owner, self.app.clock.time(), ttl):
+            self._lead_until = sent + valid_for(ttl)
+            return True
+        self._lead_until = -math.inf
+        return False
+
+    async def _as_leader(self) -> None:
+        """Raise ``_Deposed`` unless this process still leads the chain: a leader frozen
+        past its lease (SIGSTOP, a stalled loop) must not re-broadcast, bump or fill a
+        gap once another process may have taken over, so past the deadline the database
+        decides.  Called right before each such action."""
+        if time.monotonic() >= self._lead_until and not await self._lead():
+            raise _Deposed(self.chain)
 
     async def step(self) -> HeadStats:
         """One iteration: follow the head, detect reorgs, match, settle, unstick.
@@ -123,10 +149,14 @@ class Tracker:
                            self.app.clock.time())
         self._tip = new[-1] if new else tip
         stats.new_blocks, stats.matched, stats.settled = len(new), len(receipts), len(ready)
-        if view.stuck:
-            await self._unstick(view.stuck, head.number)
-        if view.orphaned:
-            await self._fill_gaps(view.orphaned)
+        try:
+            if view.stuck:
+                await self._unstick(view.stuck, head.number)
+            if view.orphaned:
+                await self._fill_gaps(view.orphaned)
+        except _Deposed:
+            log.warning("tracker for %s lost its leadership mid-iteration; leaving the rest to the leader",
+                        self.chain)
         return stats
 
     async def _new_headers(self, head: Header, tip: Header) -> list[Header] | None:
@@ -194,6 +224,7 @@ class Tracker:
                 sa.select(tx_attempts).where(tx_attempts.c.submission_id == s).order_by(tx_attempts.c.id))))
             pending = await self._rpc(self.adapter.in_mempool(attempts[-1].tx_hash))
             if not pending:
+                await self._as_leader()
                 result = await broadcast_latest(self.app, None, self.adapter, sub)
                 self._stats.rpc_calls += 1
                 self._stats.rebroadcasts += 1
@@ -213,6 +244,7 @@ class Tracker:
         for sub in orphaned:
             if sub.sender != self.adapter.sender():
                 continue
+            await self._as_leader()
             await fill_gap(self.app, None, self.adapter, int(sub.nonce))
             await self.app.adb(nonces.mark_abandoned, sub.id, self.app.clock.time())
 
@@ -230,6 +262,7 @@ class Tracker:
         await self.app.adb(_fail_foreign, sub.id, int(sub.nonce), self.app.clock.time())
 
     async def _bump(self, sub: Any, last: Any) -> None:
+        await self._as_leader()
         request, nonce = codec.loads(sub.request), int(sub.nonce)
         bumped = self.adapter.bump_fees(json.loads(last.fees), self.config.bump_factor)
         # at least the node's replacement rule, and at least what the market asks now
@@ -239,6 +272,7 @@ class Tracker:
         from . import txstore
 
         await self.app.adb(txstore.add_attempt, sub.id, self.chain, signed, self.app.clock.time())
+        await self._as_leader()
         await broadcast_latest(self.app, None, self.adapter, sub)
         self._stats.rpc_calls += 1
         self._stats.bumps += 1

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import socket
 import threading
@@ -27,8 +28,9 @@ from .connector import is_local
 from .context import CANCEL, LEASE_LOST, describe_error
 from .errors import RunDeadLettered
 from .executor import Execution, Outcome
+from .lease import Lease
 from .lograte import FailureLog
-from .threads import ThreadPool
+from .threads import ThreadPool, offload
 
 if TYPE_CHECKING:
     from .app import Chainflow
@@ -71,7 +73,8 @@ class Worker:
         self.outcomes: OrderedDict[str, Outcome] = OrderedDict()
         self._tasks: set[asyncio.Task[Outcome | None]] = set()
         self._wake = asyncio.Event()
-        self._heartbeat: asyncio.Task[None] | None = None
+        self._heartbeat: threading.Thread | None = None
+        self._beat_stop = threading.Event()
         self._announcer: asyncio.Task[None] | None = None
         self.loop: asyncio.AbstractEventLoop | None = None  # the loop the worker runs on
         self._slots = threading.Condition()
@@ -84,6 +87,7 @@ class Worker:
         self._stopping = asyncio.Event()
         self._claim_failures = FailureLog(log, "claiming runs")
         self._beat_failures = FailureLog(log, "heartbeat")
+        self._announce_failures = FailureLog(log, "announcing this worker")
 
     async def db(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn(conn, *args)`` in one transaction off the event loop."""
@@ -104,12 +108,14 @@ class Worker:
     async def start(self) -> None:
         self.loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
+        # beating before the first run is adopted: nothing on the loop can delay it
+        self._heartbeat = threading.Thread(target=self._beat, name=f"chainflow-heartbeat-{self.id}", daemon=True)
+        self._heartbeat.start()
         # attached as soon as it has a loop: a start from now on is adopted or notifies
         # this worker, never falls between its attaching and its first claim
         self.app.attach(self)
         await self._db_pool.run(self.app.ensure_schema)
         await self._announce()
-        self._heartbeat = asyncio.create_task(self._beat(), name="chainflow-heartbeat")
         self._announcer = asyncio.create_task(self._keep_announcing(), name="chainflow-announce")
         if self.track:
             from .tracker import Tracker
@@ -123,8 +129,7 @@ class Worker:
         self.app.detach(self)
         self._stopping.set()
         await asyncio.gather(*self._trackers, return_exceptions=True)
-        if self._heartbeat:
-            self._heartbeat.cancel()
+        self._beat_stop.set()
         if self._announcer:
             self._announcer.cancel()
         # taken before stopping: each execution leaves ``executions`` as it unwinds
@@ -133,7 +138,7 @@ class Worker:
             ex.request_stop(LEASE_LOST)
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._heartbeat:
-            await asyncio.gather(self._heartbeat, return_exceptions=True)
+            await offload(self._heartbeat.join)  # it may be inside a database call
         await self.committer.close()
         if held:
             await self.db(self._release, held)
@@ -194,6 +199,7 @@ class Worker:
             self._reserved += free
             self._claiming = free
         claims: list[tuple[store.Claim, store.History]] = []
+        sent = time.monotonic()  # the leases run from here: the claim reads ``now`` later
         try:
             claims = await self.db(store.claim_with_history, self.id, free, self.clock.time(), self.lease,
                                    self.app.registry.names())
@@ -202,7 +208,7 @@ class Worker:
                 self._reserved -= free
                 self._claiming = 0
                 for claim, history in claims:
-                    self._spawn(claim, history)
+                    self._spawn(claim, history, sent)
                 self._backlog = len(claims) == free
                 self._slots.notify_all()
         return len(claims)
@@ -234,24 +240,27 @@ class Worker:
             self._reserved += 1
             return True
 
-    def adopt(self, claim: store.Claim | None) -> None:
-        """Run a run born claimed by this worker; None gives back an unused reservation."""
+    def adopt(self, claim: store.Claim | None, sent: float = -math.inf) -> None:
+        """Run a run born claimed by this worker; None gives back an unused reservation.
+
+        ``sent``: ``time.monotonic()`` read before the run's ``lease_until`` was; left
+        unknown, its first step asks the database whether the lease still holds."""
         def take() -> None:
             with self._slots:
                 self._reserved -= 1
                 if claim is not None:
-                    self._spawn(claim, ([], {}))
+                    self._spawn(claim, ([], {}), sent)
 
         assert self.loop is not None
         call_on(self.loop, take)
 
-    def _spawn(self, claim: store.Claim, history: store.History) -> None:
+    def _spawn(self, claim: store.Claim, history: store.History, sent: float) -> None:
         if claim.recoveries > self.app.max_recoveries:
             self._track(self._dead_letter(claim, claim.recoveries), f"chainflow-dead-letter-{claim.run_id}")
             return
         # claims only take runs of registered workflows, and a registry only grows
         wf = self.app.registry.get(claim.workflow)
-        ex = Execution(self, claim, wf, history)
+        ex = Execution(self, claim, wf, history, Lease(claim.run_id, claim.fence, sent, self.lease, self._check))
         self.executions[claim.run_id] = ex
         self._track(self._execute(ex), f"chainflow-run-{claim.run_id}")
 
@@ -326,29 +335,103 @@ class Worker:
             await asyncio.sleep(max(0.05, self.lease / 3))
             try:
                 await self._announce()
-            except Exception:
-                log.warning("announcing worker %s failed; will retry", self.id, exc_info=True)
-
-    async def _beat(self) -> None:
-        while True:
-            await asyncio.sleep(max(0.05, self.lease / 3))
-            held = {rid: ex.claim.fence for rid, ex in self.executions.items()}
-            if not held:
-                continue
-            try:
-                alive = await self.db(store.heartbeat, self.id, held, self.clock.time(), self.lease)
             except Exception as exc:
-                self._beat_failures.failed(exc, "failed; will retry")
+                self._announce_failures.failed(exc, "failed; will retry")
                 continue
-            self._beat_failures.recovered()
-            for rid in held:
-                ex = self.executions.get(rid)
-                if ex is None:
+            self._announce_failures.recovered()
+
+    def _beat(self) -> None:
+        """Renew the leases of the runs executing, every third of a lease.
+
+        A thread with a connection of its own: a step or a local commit blocking the
+        event loop, or a claim holding the worker's database threads, must not starve
+        the renewals.  Each renewal moves the leases' deadlines (``Lease``) from the
+        moment it was sent; what it finds (runs lost, cancels) the loop acts on."""
+        conn: sa.Connection | None = None
+        try:
+            while not self._beat_stop.wait(max(0.05, self.lease / 3)):
+                held = self._held()
+                if not held:
                     continue
-                if rid not in alive:
-                    ex.request_stop(LEASE_LOST)
-                elif alive[rid]:
-                    ex.request_stop(CANCEL)
+                sent = time.monotonic()
+                try:
+                    if conn is None:
+                        conn = self.app.engine.connect()
+                    with conn.begin():
+                        alive = store.heartbeat(conn, self.id, {rid: ex.claim.fence for rid, ex in held.items()},
+                                                self.clock.time(), self.lease)
+                except Exception as exc:
+                    self._beat_failures.failed(exc, "failed; will retry")
+                    _discard(conn)
+                    conn = None
+                    continue
+                self._beat_failures.recovered()
+                self._renewed(held, alive, sent)
+        finally:
+            _discard(conn)
+
+    def _held(self) -> dict[str, Execution]:
+        """The executions of the moment, read from the heartbeat thread while the loop
+        may add or remove one (a copy fails then: take it again)."""
+        while True:
+            try:
+                return dict(self.executions)
+            except RuntimeError:
+                continue
+
+    def _renewed(self, held: dict[str, Execution], alive: dict[str, bool], sent: float) -> None:
+        """Apply a renewal's answer: leases move at once (from any thread); the stop of a
+        lost or cancelled run is the loop's to make."""
+        for rid, ex in held.items():
+            if rid in alive:
+                ex.lease.renewed(sent)
+            else:
+                ex.lease.revoke()
+        loop = self.loop
+        if loop is not None:
+            try:
+                call_on(loop, self._react, held, alive)
+            except RuntimeError:
+                pass  # the loop has closed: nothing left to stop
+
+    def _react(self, held: dict[str, Execution], alive: dict[str, bool]) -> None:
+        for rid, ex in held.items():
+            if self.executions.get(rid) is not ex:
+                continue  # ended meanwhile
+            if rid not in alive:
+                ex.request_stop(LEASE_LOST)
+            elif alive[rid]:
+                ex.request_stop(CANCEL)
+
+    async def _check(self, lease: Lease) -> bool:
+        """A lease's deadline passed: ask the database whether the run is still ours
+        (same owner, same fence) and renew it if so.  A database that cannot answer
+        proves nothing: the run is given up like a lost one."""
+        ex = self.executions.get(lease.run_id)
+        if ex is None or ex.lease is not lease:
+            return False
+        sent = time.monotonic()
+        try:
+            alive = await self.db(store.heartbeat, self.id, {lease.run_id: lease.fence}, self.clock.time(),
+                                  self.lease)
+        except Exception:
+            log.exception("run %s: its lease lapsed and the database cannot confirm it; giving the run up",
+                          lease.run_id)
+            alive = {}
+        if lease.run_id not in alive:
+            log.warning("run %s: lease lapsed and lost (the worker or its database stalled); not continuing",
+                        lease.run_id)
+        self._renewed({lease.run_id: ex}, alive, sent)
+        return lease.run_id in alive
+
+
+def _discard(conn: sa.Connection | None) -> None:
+    """Close a connection that may be broken (its errors no longer matter)."""
+    if conn is not None:
+        try:
+            conn.close()
+        except Exception:  # noqa: BLE001 - a broken connection's own close may fail too
+            log.debug("closing the heartbeat connection failed", exc_info=True)
 
 
 def call_on(loop: asyncio.AbstractEventLoop, fn: Callable[..., Any], *args: Any) -> None:

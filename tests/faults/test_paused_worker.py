@@ -1,0 +1,189 @@
+"""A worker frozen (SIGSTOP) past its lease starts no step once it resumes (issue 12, item 2).
+
+Two worker processes share one database.  Worker A holds every run of a paced workflow
+(short async steps, each logging its side effect; an inline wait between steps) and
+is frozen while it waits between two steps, so no step is in flight.  Worker B takes
+the runs over once A's lease has expired and finishes them.  Then A is resumed: its
+inline waits are long overdue, so the next step is one comparison away; that
+comparison must find the lease's deadline passed and ask the database, which says the
+runs are no longer A's.  From the append-only side-effect log and the journal: no
+step's side effect happened twice, and none happened after another worker had
+journaled that step.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+import chainflow as cf
+from chainflow.schema import journal, runs
+
+APP = Path(__file__).with_name("paused_app.py")
+RUNS = 4
+STEPS = 8
+LEASE = 2.0
+
+
+@dataclass(frozen=True)
+class Effect:
+    run_id: str
+    step: str
+    pid: int
+    at: float
+
+
+def effects(path: Path) -> list[Effect]:
+    out = []
+    for line in path.read_text().splitlines():
+        run_id, step, pid, at = line.split()
+        out.append(Effect(run_id, step, int(pid), float(at)))
+    return out
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float, what: str, logs: Callable[[], str]) -> None:
+    end = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > end:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}\n{logs()}")
+        time.sleep(0.01)
+
+
+class Workers:
+    """Worker subprocesses of ``paused_app.py``, each with its own log."""
+
+    def __init__(self, engine: sa.Engine, url: str, tmp: Path, effects_log: Path) -> None:
+        self.engine, self.url, self.tmp, self.effects_log = engine, url, tmp, effects_log
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    def spawn(self, label: str) -> subprocess.Popen[bytes]:
+        url = self.url
+        if url.startswith("postgresql"):  # to find its sessions in pg_stat_activity
+            url += ("&" if "?" in url else "?") + f"application_name=cf-{label}"
+        env = dict(os.environ, CF_URL=url, CF_EFFECTS=str(self.effects_log), CF_LEASE=str(LEASE),
+                   CF_RUNS=str(RUNS))
+        with open(self.tmp / f"{label}.log", "wb") as log:
+            proc = subprocess.Popen([sys.executable, str(APP)], env=env, stdout=log, stderr=subprocess.STDOUT)
+        self.procs[label] = proc
+        return proc
+
+    def freeze(self, label: str) -> float:
+        """SIGSTOP the worker outside any transaction; returns a time by which it was
+        stopped (every line it logged is stamped earlier).
+
+        A process frozen inside a transaction keeps its locks (the SQLite write lock, a
+        Postgres row lock on the runs its heartbeat renews), and nobody could take its
+        runs over until it resumes: not the case under test.  So when the freeze lands
+        inside one (a heartbeat, a few ms every lease/3), it is resumed and frozen again
+        a moment later, still well inside the wait between two steps."""
+        proc = self.procs[label]
+        for _ in range(20):
+            proc.send_signal(signal.SIGSTOP)
+            while _state(proc.pid) != "T":
+                time.sleep(0.001)
+            stopped = time.time()
+            if not self._in_transaction(label):
+                return stopped
+            proc.send_signal(signal.SIGCONT)
+            time.sleep(0.01)
+        raise AssertionError(f"worker {label} was inside a transaction at every try")
+
+    def _in_transaction(self, label: str) -> bool:
+        if self.engine.dialect.name == "sqlite":
+            import sqlite3
+
+            probe = sqlite3.connect(str(self.engine.url.database), timeout=0, isolation_level=None)
+            try:
+                probe.execute("BEGIN IMMEDIATE")
+                probe.execute("ROLLBACK")
+                return False
+            except sqlite3.OperationalError:  # "database is locked": the writer is frozen
+                return True
+            finally:
+                probe.close()
+        with self.engine.connect() as conn:
+            return bool(conn.execute(sa.text(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = :name AND state <> 'idle'"
+            ), {"name": f"cf-{label}"}).scalar())
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGCONT)  # a stopped process dies only once resumed
+                proc.send_signal(signal.SIGKILL)
+            proc.wait()
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {label}\n{(self.tmp / f'{label}.log').read_text()[-3000:]}" for label in self.procs)
+
+
+def _state(pid: int) -> str:
+    """The process state letter from /proc (T: stopped)."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return stat[stat.rindex(")") + 2]
+
+
+def unfinished(engine: sa.Engine) -> int:
+    with engine.begin() as conn:
+        return int(conn.execute(sa.select(sa.func.count()).select_from(runs)
+                                .where(runs.c.status != "completed")).scalar_one())
+
+
+@pytest.mark.timeout(120)
+def test_worker_resumed_after_losing_its_lease_starts_no_step(db_url: str, tmp_path: Path) -> None:
+    app = cf.Chainflow(db_url, lease_seconds=LEASE)
+
+    @app.workflow("paced")  # a stand-in: the subprocesses have the real workflow
+    async def paced(ctx: cf.Context, steps: int) -> int:  # pragma: no cover
+        raise AssertionError("the test process runs no worker")
+
+    ids = [app.start("paced", STEPS).id for _ in range(RUNS)]
+    log_path = tmp_path / "effects.log"
+    log_path.touch()
+    fleet = Workers(app.engine, db_url, tmp_path, log_path)
+    try:
+        a = fleet.spawn("A")
+        # A claims all runs at once, so they move in step: every run past s1, then into the gap
+        wait_for(lambda: sum(e.step == "s1" for e in effects(log_path)) == RUNS, 30, "A to run s1 of every run",
+                 fleet.logs)
+        time.sleep(0.1)
+        frozen_at = fleet.freeze("A")
+        b = fleet.spawn("B")
+        wait_for(lambda: unfinished(app.engine) == 0, 40, "B to finish every run", fleet.logs)
+        a.send_signal(signal.SIGCONT)
+        time.sleep(LEASE + 1.0)  # A's overdue waits end at once: the next step is next
+        assert a.poll() is None, f"worker A died\n{fleet.logs()}"
+    finally:
+        fleet.stop()
+
+    log = effects(log_path)
+    with app.engine.begin() as conn:
+        journaled = {(r.run_id, r.key): r.finished_at for r in conn.execute(
+            sa.select(journal.c.run_id, journal.c.key, journal.c.finished_at).where(journal.c.kind == "step"))}
+        fences = {r.id: (r.status, r.fence) for r in conn.execute(sa.select(runs.c.id, runs.c.status, runs.c.fence))}
+    app.engine.dispose()
+
+    # the scenario happened: A ran the start of every run, B took each over once and finished it
+    assert fences == {rid: ("completed", 2) for rid in ids}
+    for rid in ids:
+        by = {e.pid for e in log if e.run_id == rid}
+        assert by == {a.pid, b.pid}, (rid, by)
+    assert len(journaled) == RUNS * STEPS
+
+    # nothing A did after it was frozen, in particular nothing already journaled by B
+    after_journal = [e for e in log if e.pid == a.pid and e.at > journaled[(e.run_id, e.step)]]
+    assert after_journal == [], f"{len(after_journal)} step(s) run after another worker journaled them"
+    assert [e for e in log if e.pid == a.pid and e.at >= frozen_at] == []
+    twice = {k: n for k, n in Counter((e.run_id, e.step) for e in log).items() if n > 1}
+    assert twice == {}, "side effects repeated"
+    assert len(log) == RUNS * STEPS
