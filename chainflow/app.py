@@ -22,10 +22,10 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import sqlalchemy as sa
 
-from . import codec, store
+from . import codec, limits, store
 from .adapter import ChainAdapter
-from .clock import Clock, SystemClock, seconds
-from .connector import create_engine, migrate, resolve_url
+from .clock import Clock, SystemClock, seconds, to_seconds
+from .connector import create_engine, locked_as_error, migrate, resolve_url
 from .errors import (
     ConfigurationError,
     IdempotencyConflictError,
@@ -125,12 +125,16 @@ class Chainflow:
         default_retry: Retry = DEFAULT_RETRY,
         lease_seconds: float = 30.0,
         tracker: TrackerConfig | None = None,
+        busy_timeout: float = 30.0,
     ) -> None:
+        """``busy_timeout``: seconds a SQLite client call waits for a lock another process
+        holds before raising ``DatabaseLockedError`` (ignored on Postgres)."""
         self.database_url = resolve_url(database_url)
-        self.engine = create_engine(self.database_url)
+        self.busy_timeout = to_seconds(busy_timeout, "busy_timeout")
+        self.engine = create_engine(self.database_url, busy_timeout=self.busy_timeout)
         self.clock: Clock = clock or SystemClock()
         self.default_retry = default_retry
-        self.lease_seconds = lease_seconds
+        self.lease_seconds = to_seconds(lease_seconds, "lease_seconds", positive=True)
         self.tracker_config = tracker or TrackerConfig()
         self.registry = Registry()
         self.chains: dict[str, ChainAdapter] = {}
@@ -156,9 +160,10 @@ class Chainflow:
         self, name: str | None = None, *, timeout: float | dt.timedelta | None = None, input_type: type | None = None
     ) -> Callable[[F], F]:
         def register(fn: F) -> F:
-            wf_name = name or fn.__name__
+            wf_name = limits.text(name or fn.__name__, "workflow name", limits.WORKFLOW_NAME_LENGTH)
+            limit = seconds(timeout, f"timeout of workflow {wf_name!r}", positive=True)
             declared = input_type if input_type is not None else infer_input_type(fn)
-            self.registry.add(WorkflowDef(wf_name, fn, seconds(timeout), declared))
+            self.registry.add(WorkflowDef(wf_name, fn, limit, declared))
             return fn
 
         return register
@@ -171,7 +176,8 @@ class Chainflow:
         with self._schema_lock:
             if not self._schema_ready:
                 try:
-                    migrate(self.engine)
+                    with locked_as_error(self.engine, self.busy_timeout):
+                        migrate(self.engine)
                 except sa.exc.OperationalError as exc:
                     raise ConfigurationError(
                         f"cannot reach database {self.engine.url.render_as_string(hide_password=True)}: "
@@ -181,7 +187,7 @@ class Chainflow:
 
     def _tx(self, fn: Callable[..., T], *args: Any) -> T:
         self.ensure_schema()
-        with self.engine.begin() as conn:
+        with locked_as_error(self.engine, self.busy_timeout), self.engine.begin() as conn:
             return fn(conn, *args)
 
     def read(self, fn: Callable[..., T], *args: Any) -> T:
@@ -190,7 +196,8 @@ class Chainflow:
 
     def _read(self, fn: Callable[..., T], *args: Any) -> T:
         self.ensure_schema()
-        with self.engine.connect().execution_options(readonly=True) as conn, conn.begin():
+        with locked_as_error(self.engine, self.busy_timeout), \
+                self.engine.connect().execution_options(readonly=True) as conn, conn.begin():
             return fn(conn, *args)
 
     async def aread(self, fn: Callable[..., T], *args: Any) -> T:
@@ -269,6 +276,8 @@ class Chainflow:
     def _new_run(self, workflow: str, input: Any, idempotency_key: str | None,
                  parent_id: str | None) -> dict[str, Any]:
         """Validate and encode a start request: the fields of ``store.run_row``."""
+        if idempotency_key is not None:
+            limits.text(idempotency_key, "idempotency_key", limits.IDEMPOTENCY_KEY_LENGTH)
         wf = self.registry.get(workflow)
         text = codec.dumps(wf.validate_input(input), what=f"input of workflow {workflow!r}")
         now = self.clock.time()
@@ -296,6 +305,7 @@ class Chainflow:
         return row
 
     def signal(self, run_id: str, name: str, payload: Any = None) -> None:
+        limits.text(name, "signal name", limits.SIGNAL_LENGTH)
         text = codec.dumps(payload, what=f"payload of signal {name!r}")
 
         def send(conn: sa.Connection) -> None:

@@ -79,6 +79,8 @@ class ChainflowGroup(click.Group):
             # traceback would help an operator more than the driver's own sentence
             target = ctx.obj.url_for_humans() if isinstance(ctx.obj, Target) else "the database"
             raise CliError(f"database error on {target}: {exc.orig}") from None
+        except OSError as exc:  # a node or server down, refused, timed out (adapters' errors included)
+            raise CliError(f"{type(exc).__name__}: {exc}") from None
 
 
 # --- loading the app -----------------------------------------------------------------
@@ -259,11 +261,19 @@ def cancel(ctx: click.Context, run_id: str) -> None:
 @click.pass_context
 def nonces(ctx: click.Context) -> None:
     """Nonce health per (chain, sender): next nonce, the chain's counts, in flight, gaps."""
-    from .nonces import report, snapshot
+    from .nonces import SenderNonces, report, snapshot
 
     app = _target(ctx).app()
+
+    async def ask_chains() -> list[SenderNonces]:
+        try:
+            return await report(app)
+        finally:  # HTTP sessions belong to this loop: close them, failure or not
+            for adapter in app.chains.values():
+                await adapter.aclose()
+
     try:
-        rows = asyncio.run(report(app)) if app.chains else app.read(snapshot)
+        rows = asyncio.run(ask_chains()) if app.chains else app.read(snapshot)
     except ValueError as exc:  # adapters raise ValueError naming bad key material or config
         fail(str(exc))
     table = Table("chain", "sender", "next", "chain latest", "chain pending", "in flight", "gaps", "gap fills")
@@ -465,7 +475,7 @@ def duration(start: float | None, end: float | None) -> str:
 
 def parse_json(text: str, option: str) -> Any:
     try:
-        return json.loads(text)
+        return codec.parse_json(text, what=option)  # too deep / too long: PayloadError, one line
     except json.JSONDecodeError as exc:
         fail(f"{option} is not valid JSON ({exc}): {_clip(text, 60)!r}")
 
