@@ -163,7 +163,12 @@ def _sqlite_engine(parsed: sa.URL, busy_timeout: float) -> sa.Engine:
             return
         dbapi = conn.connection.dbapi_connection
         assert isinstance(dbapi, _WriterConnection)
-        dbapi.begin_write()
+        try:
+            dbapi.begin_write()
+        except sqlite3.OperationalError as exc:
+            # wrapped as SQLAlchemy wraps a statement's error, so a lock held past the
+            # busy timeout reaches callers (committer, client, CLI) as the type they handle
+            raise sa.exc.OperationalError("BEGIN IMMEDIATE", None, exc) from None
 
     return engine
 
