@@ -161,7 +161,7 @@ class Context:
         **kwargs: Any,
     ) -> T:
         """Run ``fn`` once (modulo retries), journal its result, return the journaled copy."""
-        limit = seconds(timeout, f"timeout of step {name!r}", positive=True)
+        limit = None if timeout is None else to_seconds(timeout, f"timeout of step {name!r}", positive=True)
         slot = self._slot(name, "step")
         policy = retry or self.default_retry
         if slot.entry is None:
@@ -247,7 +247,7 @@ class Context:
         label = name if n == 0 else f"{name}{limits.OCCURRENCE_SEP}{n}"
         path = f"{parent}{limits.BRANCH_SEP}{label}" if parent else label
         try:
-            limits.slot_name(name, "branch name")
+            limits.slot_name(name, "branch")
             if len(path) > limits.BRANCH_LENGTH:
                 raise ValueError(f"branch path {path[:60]!r}… is {len(path)} characters long, "
                                  f"the limit is {limits.BRANCH_LENGTH}")
@@ -269,7 +269,7 @@ class Context:
             if len(labels) != len(works):
                 raise ValueError(f"gather got {len(works)} awaitables but {len(labels)} names")
             for label in labels:  # all before any branch starts: none runs if one is refused
-                limits.slot_name(label, "gather name")
+                limits.slot_name(label, "gather")
         except (ValueError, TypeError):
             for work in works:
                 work.close()
@@ -295,7 +295,7 @@ class Context:
     def _slot(self, name: str, kind: str) -> Slot:
         if self.fatal is not None:
             raise self.fatal
-        limits.slot_name(name, f"{kind} name")
+        limits.slot_name(name, kind)
         branch = _BRANCH.get()
         state = self._state(branch)
         position = state.position

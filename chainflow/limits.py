@@ -50,14 +50,17 @@ def text(value: Any, what: str, limit: int) -> str:
     return value
 
 
-def slot_name(value: Any, what: str) -> str:
-    """A user-given slot name, which must not look like a key the engine derives."""
+def slot_name(value: Any, kind: str) -> str:
+    """A user-given name of a ``kind`` slot ("step", "branch"...), which must not look like
+    a key the engine derives.  Called for every step: the common case is one expression."""
+    if type(value) is str and 0 < len(value) <= NAME_LENGTH and OCCURRENCE_SEP not in value \
+            and BRANCH_SEP not in value and not value.startswith(COMPENSATION_PREFIX):
+        return value
+    what = f"{kind} name"
     text(value, what, NAME_LENGTH)
     for sep in (OCCURRENCE_SEP, BRANCH_SEP):
         if sep in value:
             raise ValueError(f"{what} {value!r} contains {sep!r}, which chainflow reserves for the journal keys "
                              "it derives (repeated names, branch paths)")
-    if value.startswith(COMPENSATION_PREFIX):
-        raise ValueError(f"{what} {value!r} starts with {COMPENSATION_PREFIX!r}, which chainflow reserves "
-                         "for compensation keys")
-    return value
+    raise ValueError(f"{what} {value!r} starts with {COMPENSATION_PREFIX!r}, which chainflow reserves "
+                     "for compensation keys")
