@@ -396,6 +396,8 @@ class Chainflow:
         """Block until the run is finished (for scripts and tests; real time)."""
         import time
 
+        seconds(timeout, "wait timeout")
+        to_seconds(poll, "wait poll", positive=True)
         end = None if timeout is None else time.monotonic() + timeout
         while True:
             st = self.status(run_id)
@@ -408,6 +410,8 @@ class Chainflow:
     async def await_run(self, run_id: str, timeout: float | None = None, poll: float = 0.5) -> RunStatus:
         """Wait for the run to finish: woken at once by a worker of this process that
         finishes it, re-checking the database every ``poll`` s for runs finished elsewhere."""
+        seconds(timeout, "await_run timeout")
+        to_seconds(poll, "await_run poll", positive=True)
         loop = asyncio.get_running_loop()
         end = None if timeout is None else loop.time() + timeout
         # each call listens on a future of its own and awaits it directly: a cancelled

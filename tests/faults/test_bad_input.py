@@ -447,6 +447,33 @@ def test_cli_bad_payload_is_one_line(user_app: str, payload: str, needle: str) -
     assert_one_line_error(result, needle)
 
 
+def test_cli_refused_argument_is_one_line(user_app: str) -> None:
+    started = CliRunner().invoke(cli, ["--app", f"{user_app}:app", "start", "echo"])
+    assert started.exit_code == 0, started.stderr
+    run_id = started.stdout.strip()
+    too_long = "n" * (limits.SIGNAL_LENGTH + 1)
+    result = CliRunner().invoke(cli, ["--app", f"{user_app}:app", "signal", run_id, too_long])
+    assert_one_line_error(result, "signal name", f"limit is {limits.SIGNAL_LENGTH}")
+    result = CliRunner().invoke(cli, ["--app", f"{user_app}:app", "start", "echo", "--key", "k" * 301])
+    assert_one_line_error(result, "idempotency_key", f"limit is {limits.IDEMPOTENCY_KEY_LENGTH}")
+    for lease in ("nan", "inf", "1e12"):
+        assert CliRunner().invoke(cli, ["worker", f"{user_app}:app", "--lease", lease]).exit_code == 2
+
+
+@pytest.mark.parametrize("call", ["wait", "await_run"])
+async def test_client_waits_refuse_bad_timeouts(sqlite_app: cf.Chainflow, call: str) -> None:
+    with pytest.raises(ValueError, match="timeout.*nan"):
+        if call == "wait":
+            sqlite_app.wait("any", timeout=NAN)
+        else:
+            await sqlite_app.await_run("any", timeout=NAN)
+    with pytest.raises(ValueError, match="poll.*0"):
+        if call == "wait":
+            sqlite_app.wait("any", poll=0)
+        else:
+            await sqlite_app.await_run("any", poll=0)
+
+
 # --- item 10: a locked SQLite file ------------------------------------------------------------
 
 
