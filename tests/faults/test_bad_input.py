@@ -404,13 +404,13 @@ def test_huge_int_is_a_payload_error_naming_the_limit() -> None:
     assert codec.loads(codec.dumps(wei)) == wei
 
 
-@pytest.fixture
-def user_app(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+def write_user_app(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, options: str = "") -> str:
+    """A user module in the cwd, under a fresh name so sys.modules never serves a stale one."""
     name = f"badinput_{uuid.uuid4().hex[:8]}"
     (tmp_path / f"{name}.py").write_text(textwrap.dedent(f"""
         import chainflow as cf
 
-        app = cf.Chainflow("sqlite:///{tmp_path / 'user.db'}", busy_timeout=0.3)
+        app = cf.Chainflow("sqlite:///{tmp_path / 'user.db'}"{options})
 
         @app.workflow("echo")
         async def echo(ctx, inp):
@@ -420,8 +420,12 @@ def user_app(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     monkeypatch.delenv("CHAINFLOW_DATABASE_URL", raising=False)
     monkeypatch.delenv("CHAINFLOW_APP", raising=False)
     monkeypatch.setattr(sys, "path", list(sys.path))
-    yield name
-    sys.modules.pop(name, None)
+    return name
+
+
+@pytest.fixture
+def user_app(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    return write_user_app(tmp_path, monkeypatch)
 
 
 def assert_one_line_error(result: Any, *needles: str) -> None:
@@ -506,7 +510,8 @@ def test_locked_sqlite_file_fails_fast_and_names_file_and_timeout(locked_db: Pat
     app.engine.dispose()
 
 
-def test_cli_on_a_locked_sqlite_file_is_one_line(user_app: str, locked_db: Path) -> None:
+def test_cli_on_a_locked_sqlite_file_is_one_line(locked_db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    user_app = write_user_app(locked_db.parent, monkeypatch, ", busy_timeout=0.3")
     began = time.monotonic()
     result = CliRunner().invoke(cli, ["--app", f"{user_app}:app", "start", "echo", "--input", "1"])
     assert time.monotonic() - began < 10
@@ -583,3 +588,9 @@ def test_cli_nonces_with_the_node_down_is_one_line_and_closes_sessions(tmp_path:
     assert f"127.0.0.1:{port}" in lines[0]
     assert "Traceback" not in proc.stderr and "Unclosed" not in proc.stderr
 
+
+
+def test_cli_with_postgres_unreachable_is_one_line() -> None:
+    """Guard (already one line before this change): a server that refuses connections."""
+    url = f"postgresql+psycopg://postgres@127.0.0.1:{_closed_port()}/nope"
+    assert_one_line_error(CliRunner().invoke(cli, ["--database-url", url, "runs"]), "cannot reach database")
