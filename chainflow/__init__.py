@@ -5,11 +5,12 @@ See README.md for the tour; the public API is what this module exports.
 
 from .adapter import BroadcastOutcome, BroadcastResult, ChainAdapter, Header, Receipt, SignedTx
 from .app import AttemptRecord, Chainflow, JournalEntry, ReorgEvent, RunHandle, RunStatus
-from .clock import Clock, FakeClock, SystemClock
+from .clock import MAX_DURATION, Clock, FakeClock, SystemClock
 from .context import Context
 from .errors import (
     ChainflowError,
     ConfigurationError,
+    DatabaseLockedError,
     DuplicateWorkflowError,
     IdempotencyConflictError,
     InputValidationError,
@@ -35,9 +36,9 @@ from .retry import Retry
 from .tracker_config import TrackerConfig
 
 __all__ = [
-    "REORG_SIGNAL", "Confirmations", "Finalized", "Safe", "TrackerConfig", "ReorgEvent",
+    "MAX_DURATION", "REORG_SIGNAL", "Confirmations", "Finalized", "Safe", "TrackerConfig", "ReorgEvent",
     "AttemptRecord", "BroadcastOutcome", "BroadcastResult", "ChainAdapter", "Chainflow", "ChainflowError",
-    "Clock", "ConfigurationError", "Context", "DuplicateWorkflowError", "FakeClock", "Header",
+    "Clock", "ConfigurationError", "Context", "DatabaseLockedError", "DuplicateWorkflowError", "FakeClock", "Header",
     "IdempotencyConflictError", "InputValidationError", "JournalEntry", "LeaseLostError",
     "NonDeterminismError", "PayloadError", "Receipt", "Retry", "RunCancelled", "RunDeadLettered", "RunFinishedError",
     "RunHandle", "RunNotDeadLetteredError", "RunNotFoundError", "RunStatus", "SignedTx", "StepError", "StepTimeout",

@@ -23,10 +23,10 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import sqlalchemy as sa
 
-from . import codec, store
+from . import codec, limits, store
 from .adapter import ChainAdapter
-from .clock import Clock, SystemClock, seconds
-from .connector import create_engine, migrate, resolve_url
+from .clock import Clock, SystemClock, seconds, to_seconds
+from .connector import create_engine, locked_as_error, migrate, resolve_url
 from .errors import (
     ConfigurationError,
     IdempotencyConflictError,
@@ -131,19 +131,23 @@ class Chainflow:
         lease_seconds: float = 30.0,
         tracker: TrackerConfig | None = None,
         max_recoveries: int = 10,
+        busy_timeout: float = 30.0,
     ) -> None:
         """``max_recoveries``: how many times a run may be taken over after its worker
         died or lost its lease while running it (or its executor crashed) before it is
-        dead-lettered instead of executed again."""
+        dead-lettered instead of executed again.  ``busy_timeout``: seconds a SQLite
+        client call waits for a lock another process holds before raising
+        ``DatabaseLockedError`` (ignored on Postgres)."""
         if isinstance(max_recoveries, bool) or not isinstance(max_recoveries, int):
             raise TypeError(f"max_recoveries must be an int, got {max_recoveries!r}")
         if max_recoveries < 0:
             raise ValueError(f"max_recoveries must be >= 0, got {max_recoveries!r}")
         self.database_url = resolve_url(database_url)
-        self.engine = create_engine(self.database_url)
+        self.busy_timeout = to_seconds(busy_timeout, "busy_timeout")
+        self.engine = create_engine(self.database_url, busy_timeout=self.busy_timeout)
         self.clock: Clock = clock or SystemClock()
         self.default_retry = default_retry
-        self.lease_seconds = lease_seconds
+        self.lease_seconds = to_seconds(lease_seconds, "lease_seconds", positive=True)
         self.max_recoveries = max_recoveries
         self.tracker_config = tracker or TrackerConfig()
         self.registry = Registry()
@@ -170,9 +174,10 @@ class Chainflow:
         self, name: str | None = None, *, timeout: float | dt.timedelta | None = None, input_type: type | None = None
     ) -> Callable[[F], F]:
         def register(fn: F) -> F:
-            wf_name = name or fn.__name__
+            wf_name = limits.text(name or fn.__name__, "workflow name", limits.WORKFLOW_NAME_LENGTH)
+            limit = seconds(timeout, f"timeout of workflow {wf_name!r}", positive=True)
             declared = input_type if input_type is not None else infer_input_type(fn)
-            self.registry.add(WorkflowDef(wf_name, fn, seconds(timeout), declared))
+            self.registry.add(WorkflowDef(wf_name, fn, limit, declared))
             return fn
 
         return register
@@ -185,7 +190,8 @@ class Chainflow:
         with self._schema_lock:
             if not self._schema_ready:
                 try:
-                    migrate(self.engine)
+                    with locked_as_error(self.engine, self.busy_timeout):
+                        migrate(self.engine)
                 except sa.exc.OperationalError as exc:
                     raise ConfigurationError(
                         f"cannot reach database {self.engine.url.render_as_string(hide_password=True)}: "
@@ -195,7 +201,7 @@ class Chainflow:
 
     def _tx(self, fn: Callable[..., T], *args: Any) -> T:
         self.ensure_schema()
-        with self.engine.begin() as conn:
+        with locked_as_error(self.engine, self.busy_timeout), self.engine.begin() as conn:
             return fn(conn, *args)
 
     def read(self, fn: Callable[..., T], *args: Any) -> T:
@@ -204,7 +210,8 @@ class Chainflow:
 
     def _read(self, fn: Callable[..., T], *args: Any) -> T:
         self.ensure_schema()
-        with self.engine.connect().execution_options(readonly=True) as conn, conn.begin():
+        with locked_as_error(self.engine, self.busy_timeout), \
+                self.engine.connect().execution_options(readonly=True) as conn, conn.begin():
             return fn(conn, *args)
 
     async def aread(self, fn: Callable[..., T], *args: Any) -> T:
@@ -285,6 +292,8 @@ class Chainflow:
     def _new_run(self, workflow: str, input: Any, idempotency_key: str | None,
                  parent_id: str | None) -> dict[str, Any]:
         """Validate and encode a start request: the fields of ``store.run_row``."""
+        if idempotency_key is not None:
+            limits.text(idempotency_key, "idempotency_key", limits.IDEMPOTENCY_KEY_LENGTH)
         wf = self.registry.get(workflow)
         text = codec.dumps(wf.validate_input(input), what=f"input of workflow {workflow!r}")
         now = self.clock.time()
@@ -316,6 +325,7 @@ class Chainflow:
         return row
 
     def signal(self, run_id: str, name: str, payload: Any = None) -> None:
+        limits.text(name, "signal name", limits.SIGNAL_LENGTH)
         text = codec.dumps(payload, what=f"payload of signal {name!r}")
 
         def send(conn: sa.Connection) -> None:
@@ -427,6 +437,8 @@ class Chainflow:
         """Block until the run is finished (for scripts and tests; real time)."""
         import time
 
+        seconds(timeout, "wait timeout")
+        to_seconds(poll, "wait poll", positive=True)
         end = None if timeout is None else time.monotonic() + timeout
         while True:
             st = self.status(run_id)
@@ -439,6 +451,8 @@ class Chainflow:
     async def await_run(self, run_id: str, timeout: float | None = None, poll: float = 0.5) -> RunStatus:
         """Wait for the run to finish: woken at once by a worker of this process that
         finishes it, re-checking the database every ``poll`` s for runs finished elsewhere."""
+        seconds(timeout, "await_run timeout")
+        to_seconds(poll, "await_run poll", positive=True)
         loop = asyncio.get_running_loop()
         end = None if timeout is None else loop.time() + timeout
         # each call listens on a future of its own and awaits it directly: a cancelled

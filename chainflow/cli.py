@@ -34,6 +34,7 @@ from rich.text import Text
 
 from . import codec
 from .app import AttemptRecord, Chainflow, JournalEntry, RunStatus
+from .clock import MAX_SECONDS
 from .errors import ChainflowError
 
 # Looked up at print time (not bound at import) so tests can swap in a wide console.
@@ -79,6 +80,10 @@ class ChainflowGroup(click.Group):
             # traceback would help an operator more than the driver's own sentence
             target = ctx.obj.url_for_humans() if isinstance(ctx.obj, Target) else "the database"
             raise CliError(f"database error on {target}: {exc.orig}") from None
+        except ValueError as exc:  # an argument refused by the engine's checks (name too long…)
+            raise CliError(str(exc)) from None
+        except OSError as exc:  # a node or server down, refused, timed out (adapters' errors included)
+            raise CliError(f"{type(exc).__name__}: {exc}") from None
 
 
 # --- loading the app -----------------------------------------------------------------
@@ -179,11 +184,13 @@ def cli(ctx: click.Context, app_spec: str | None, database_url: str | None) -> N
 @click.argument("app_spec", metavar="APP")
 @click.option("--concurrency", default=32, show_default=True, type=click.IntRange(1),
               help="Runs executed at once by this process.")
-@click.option("--lease", type=click.FloatRange(0, min_open=True), metavar="SECONDS",
+@click.option("--lease", type=click.FloatRange(0, MAX_SECONDS, min_open=True), metavar="SECONDS",
               help="Lease on claimed runs; another worker takes a run over after this long "
                    "without heartbeats.  [default: the app's lease_seconds]")
 def worker(app_spec: str, concurrency: int, lease: float | None) -> None:
     """Run a worker for APP (module:attribute) until SIGINT/SIGTERM."""
+    if lease is not None and lease != lease:  # FloatRange lets NaN through (it compares false)
+        raise click.BadParameter(f"{lease!r} is not a number of seconds", param_hint="'--lease'")
     app = load_app(app_spec)
     app.ensure_schema()  # fail on a bad database before announcing anything
     names = app.registry.names()
@@ -268,11 +275,19 @@ def retry(ctx: click.Context, run_id: str) -> None:
 @click.pass_context
 def nonces(ctx: click.Context) -> None:
     """Nonce health per (chain, sender): next nonce, the chain's counts, in flight, gaps."""
-    from .nonces import report, snapshot
+    from .nonces import SenderNonces, report, snapshot
 
     app = _target(ctx).app()
+
+    async def ask_chains() -> list[SenderNonces]:
+        try:
+            return await report(app)
+        finally:  # HTTP sessions belong to this loop: close them, failure or not
+            for adapter in app.chains.values():
+                await adapter.aclose()
+
     try:
-        rows = asyncio.run(report(app)) if app.chains else app.read(snapshot)
+        rows = asyncio.run(ask_chains()) if app.chains else app.read(snapshot)
     except ValueError as exc:  # adapters raise ValueError naming bad key material or config
         fail(str(exc))
     table = Table("chain", "sender", "next", "chain latest", "chain pending", "in flight", "gaps", "gap fills")
@@ -482,7 +497,7 @@ def duration(start: float | None, end: float | None) -> str:
 
 def parse_json(text: str, option: str) -> Any:
     try:
-        return json.loads(text)
+        return codec.parse_json(text, what=option)  # too deep / too long: PayloadError, one line
     except json.JSONDecodeError as exc:
         fail(f"{option} is not valid JSON ({exc}): {_clip(text, 60)!r}")
 

@@ -9,8 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import math
 import time
 from typing import Protocol
+
+# The longest sleep, wait timeout, workflow timeout or other duration the engine takes.
+# Anything longer is almost surely a unit mistake (milliseconds passed as seconds) or
+# an "infinite" placeholder; either would park a run past every operator's horizon.
+MAX_DURATION = dt.timedelta(days=3653)  # 10 years
+MAX_SECONDS = MAX_DURATION.total_seconds()
 
 
 class Clock(Protocol):
@@ -61,7 +68,27 @@ def to_datetime(ts: float) -> dt.datetime:
     return dt.datetime.fromtimestamp(ts, tz=dt.timezone.utc)
 
 
-def seconds(value: float | dt.timedelta | None) -> float | None:
-    if value is None:
-        return None
-    return value.total_seconds() if isinstance(value, dt.timedelta) else float(value)
+def to_seconds(value: float | dt.timedelta, what: str, *, positive: bool = False) -> float:
+    """``value`` in seconds, or a ValueError/TypeError naming ``what`` and the value.
+
+    Checked where a caller hands it over, before anything is journaled: a NaN compares
+    false with every deadline (a worker spins on it forever) and an infinite or negative
+    one parks a run for good or never; ``positive`` also refuses 0 where it means nothing
+    (a step timeout, a lease).  A bool is refused: ``True`` seconds is a bug, not 1 s."""
+    if isinstance(value, dt.timedelta):
+        s = value.total_seconds()
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        s = float(value)
+    else:
+        raise TypeError(f"{what} must be a number of seconds or a timedelta, got {value!r}")
+    if not math.isfinite(s) or s < 0 or (positive and s == 0):
+        need = "a positive" if positive else "a non-negative"
+        raise ValueError(f"{what} must be {need}, finite number of seconds, got {value!r}")
+    if s > MAX_SECONDS:
+        raise ValueError(f"{what} must be at most chainflow.MAX_DURATION ({MAX_DURATION.days} days), got {value!r}")
+    return s
+
+
+def seconds(value: float | dt.timedelta | None, what: str, *, positive: bool = False) -> float | None:
+    """``to_seconds`` where None means "no limit"."""
+    return None if value is None else to_seconds(value, what, positive=positive)

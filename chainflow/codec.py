@@ -5,6 +5,12 @@ plain ``json`` would either refuse them or silently turn them into floats.  Valu
 are stored as JSON text (identical on SQLite and Postgres) with a small tagged form
 for the types JSON lacks.  A dict that happens to use the tag key is escaped, so any
 supported value round-trips, which the property tests check.
+
+Two limits keep hostile or accidental input from surfacing as an interpreter error
+(a ``RecursionError`` with a 3,000-line traceback, an anonymous ``ValueError``): values
+nest at most ``MAX_DEPTH`` containers deep, and integers have at most
+``sys.get_int_max_str_digits()`` digits (4,300 by default), the most Python turns
+into text.  Both are ``PayloadError``s naming the limit.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import base64
 import datetime as dt
 import decimal
 import json
+import sys
 import uuid
 import zoneinfo
 from typing import Any
@@ -21,28 +28,52 @@ from .errors import PayloadError
 
 TAG = "__cf__"
 _SAFE_INT = 2**53  # beyond this many JSON readers (JS, some drivers) lose precision
+# nested containers a value may have: the encoder recurses twice per level and the
+# tagged form nests up to twice as deep, both well inside Python's recursion limit
+MAX_DEPTH = 200
 
 
-def _encode(value: Any, path: str) -> Any:
+def _too_deep(path: str) -> PayloadError:
+    return PayloadError(f"value nested more than {MAX_DEPTH} levels deep at {path or 'top level'} "
+                        f"(chainflow.codec.MAX_DEPTH)")
+
+
+def _too_long(what: str) -> PayloadError:
+    return PayloadError(f"{what} has more than {sys.get_int_max_str_digits()} digits, the most Python "
+                        "converts to text (sys.get_int_max_str_digits())")
+
+
+def _encode(value: Any, path: str, depth: int = 0) -> Any:
     # bool before int: bool is an int subclass
     if value is None or isinstance(value, (bool, str)):
         return value
     if isinstance(value, int):
         if -_SAFE_INT < value < _SAFE_INT:
             return value
-        return {TAG: "int", "v": str(value)}
+        try:
+            return {TAG: "int", "v": str(value)}
+        except ValueError:
+            raise _too_long(f"integer at {path or 'top level'}") from None
     if isinstance(value, float):
         if value != value or value in (float("inf"), float("-inf")):
             return {TAG: "float", "v": repr(value)}
         return value
     if isinstance(value, dict):
+        if depth >= MAX_DEPTH:
+            raise _too_deep(path)
+        depth += 1
         if all(type(k) is str for k in value) and TAG not in value:
-            return {k: _encode(v, f"{path}.{k}") for k, v in value.items()}
-        return {TAG: "map", "v": [[_encode(k, path), _encode(v, f"{path}[{k!r}]")] for k, v in value.items()]}
+            return {k: _encode(v, f"{path}.{k}", depth) for k, v in value.items()}
+        return {TAG: "map", "v": [[_encode(k, path, depth), _encode(v, f"{path}[{k!r}]", depth)]
+                                  for k, v in value.items()]}
     if isinstance(value, list):
-        return [_encode(v, f"{path}[{i}]") for i, v in enumerate(value)]
+        if depth >= MAX_DEPTH:
+            raise _too_deep(path)
+        return [_encode(v, f"{path}[{i}]", depth + 1) for i, v in enumerate(value)]
     if isinstance(value, tuple):
-        return {TAG: "tuple", "v": [_encode(v, f"{path}[{i}]") for i, v in enumerate(value)]}
+        if depth >= MAX_DEPTH:
+            raise _too_deep(path)
+        return {TAG: "tuple", "v": [_encode(v, f"{path}[{i}]", depth + 1) for i, v in enumerate(value)]}
     if isinstance(value, (bytes, bytearray, memoryview)):
         return {TAG: "bytes", "v": base64.b64encode(bytes(value)).decode("ascii")}
     if isinstance(value, decimal.Decimal):
@@ -63,8 +94,10 @@ def _encode(value: Any, path: str) -> Any:
     if isinstance(value, uuid.UUID):
         return {TAG: "uuid", "v": str(value)}
     if isinstance(value, (set, frozenset)):
+        if depth >= MAX_DEPTH:
+            raise _too_deep(path)
         kind = "set" if isinstance(value, set) else "frozenset"
-        items = sorted((_encode(v, path) for v in value), key=lambda e: json.dumps(e, sort_keys=True))
+        items = sorted((_encode(v, path, depth + 1) for v in value), key=lambda e: json.dumps(e, sort_keys=True))
         return {TAG: kind, "v": items}
     raise PayloadError(
         f"value of type {type(value).__module__}.{type(value).__qualname__} at {path or 'top level'} "
@@ -106,6 +139,10 @@ def _hook(obj: dict[str, Any]) -> Any:
         return _DECODERS[tag](obj["v"])
     except KeyError as exc:
         raise PayloadError(f"unknown payload tag {tag!r}") from exc
+    except ValueError as exc:
+        if tag == "int":
+            raise _too_long("stored integer") from None
+        raise PayloadError(f"broken {tag!r} payload: {exc}") from None
 
 
 def _freeze(key: Any) -> Any:
@@ -135,7 +172,23 @@ def dumps(value: Any, *, what: str = "") -> str:
 def loads(text: str | None) -> Any:
     if text is None:
         return None
-    return _DECODER.decode(text)
+    try:
+        return _DECODER.decode(text)
+    except RecursionError:
+        raise _too_deep("") from None
+
+
+def parse_json(text: str, *, what: str) -> Any:
+    """Plain JSON from outside (a CLI option), its nesting and integers refused as
+    ``PayloadError``s naming the limit; a syntax error stays a ``json.JSONDecodeError``."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        raise
+    except RecursionError:
+        raise PayloadError(f"{what}: {_too_deep('')}") from None
+    except ValueError:  # only the int-to-text limit raises a plain ValueError here
+        raise PayloadError(f"{what}: {_too_long('an integer')}") from None
 
 
 def roundtrip(value: Any, *, what: str = "") -> tuple[str, Any]:

@@ -8,10 +8,12 @@ commits on an OS crash.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import sqlalchemy as sa
@@ -19,37 +21,62 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
 from . import schema
-from .errors import ConfigurationError
+from .errors import ConfigurationError, DatabaseLockedError
 
 ENV_URL = "CHAINFLOW_DATABASE_URL"
 DEFAULT_URL = "sqlite:///chainflow.db"
 _SYNC_MODES = {"FULL", "NORMAL", "EXTRA"}
+# URL schemes chainflow runs on (synchronous drivers; "postgresql" means psycopg 3)
+SUPPORTED_SCHEMES = ("sqlite", "sqlite+pysqlite", "postgresql", "postgresql+psycopg", "postgresql+psycopg2")
 
 
 def resolve_url(url: str | None) -> str:
-    return url or os.environ.get(ENV_URL) or DEFAULT_URL
+    """The URL given, else $CHAINFLOW_DATABASE_URL, else the default file.
+
+    Only None falls back: an empty string is a mistake (an unset variable expanded
+    into a config file), and quietly opening ./chainflow.db would hide it."""
+    if url is None:
+        url = os.environ.get(ENV_URL)
+        if url is not None and not url.strip():
+            raise ConfigurationError(f"${ENV_URL} is set but empty; unset it or give a database URL")
+    elif not isinstance(url, str) or not url.strip():
+        raise ConfigurationError(f"empty database URL {url!r}: give sqlite:///path.db or "
+                                 "postgresql+psycopg://user@host/db (or None for $CHAINFLOW_DATABASE_URL)")
+    return url or DEFAULT_URL
 
 
-def create_engine(url: str | None = None) -> sa.Engine:
-    """Build the engine; raises ConfigurationError naming the URL when it is malformed."""
+def create_engine(url: str | None = None, *, busy_timeout: float = 30.0) -> sa.Engine:
+    """Build the engine; raises ConfigurationError naming the URL when it is malformed
+    or names a driver chainflow does not run on."""
     text = resolve_url(url)
     try:
         parsed = make_url(text)
     except ArgumentError as exc:
         raise ConfigurationError(f"malformed database URL {text!r}: {exc}") from None
-    backend = parsed.get_backend_name()
-    if backend == "sqlite":
-        return _sqlite_engine(parsed)
-    if backend == "postgresql":
-        if parsed.get_driver_name() not in ("psycopg", "psycopg2") and "+" not in text.split("://")[0]:
-            parsed = parsed.set(drivername="postgresql+psycopg")
-        try:
-            return sa.create_engine(parsed, pool_size=10, max_overflow=20, pool_pre_ping=True)
-        except (NoSuchModuleError, ArgumentError) as exc:
-            raise ConfigurationError(f"unusable database URL {text!r}: {exc}") from None
-    raise ConfigurationError(
-        f"unsupported database URL {text!r}: use sqlite:///path.db or postgresql+psycopg://user@host/db"
-    )
+    if parsed.drivername not in SUPPORTED_SCHEMES:
+        raise ConfigurationError(f"unsupported database URL scheme {parsed.drivername + '://'!r} in "
+                                 f"{parsed.render_as_string(hide_password=True)!r}; supported: "
+                                 + ", ".join(f"{scheme}://" for scheme in SUPPORTED_SCHEMES))
+    if parsed.get_backend_name() == "sqlite":
+        return _sqlite_engine(parsed, busy_timeout)
+    if parsed.drivername == "postgresql":
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    try:
+        return sa.create_engine(parsed, pool_size=10, max_overflow=20, pool_pre_ping=True)
+    except (NoSuchModuleError, ArgumentError, ImportError) as exc:  # e.g. psycopg2 not installed
+        raise ConfigurationError(f"unusable database URL {text!r}: {exc}") from None
+
+
+@contextlib.contextmanager
+def locked_as_error(engine: sa.Engine, busy_timeout: float) -> Iterator[None]:
+    """Turn SQLite's "database is locked" (another process held the lock past the busy
+    timeout) into a DatabaseLockedError naming the file and the timeout."""
+    try:
+        yield
+    except sa.exc.OperationalError as exc:
+        if engine.dialect.name == "sqlite" and "locked" in str(exc.orig):
+            raise DatabaseLockedError(str(engine.url.database), busy_timeout) from None
+        raise
 
 
 def is_local(url: sa.URL) -> bool:
@@ -99,7 +126,7 @@ class _WriterConnection(sqlite3.Connection):
             self._release()
 
 
-def _sqlite_engine(parsed: sa.URL) -> sa.Engine:
+def _sqlite_engine(parsed: sa.URL, busy_timeout: float) -> sa.Engine:
     query = dict(parsed.query)
     sync = str(query.pop("synchronous", "FULL")).upper()
     if sync not in _SYNC_MODES:
@@ -111,7 +138,7 @@ def _sqlite_engine(parsed: sa.URL) -> sa.Engine:
         )
     engine = sa.create_engine(
         parsed.set(query=query),
-        connect_args={"timeout": 30, "check_same_thread": False, "isolation_level": None,
+        connect_args={"timeout": busy_timeout, "check_same_thread": False, "isolation_level": None,
                       "factory": _WriterConnection},
         poolclass=sa.pool.QueuePool,
         pool_size=4,
@@ -123,7 +150,7 @@ def _sqlite_engine(parsed: sa.URL) -> sa.Engine:
         cur = dbapi_conn.cursor()
         cur.execute("PRAGMA journal_mode=WAL")
         cur.execute(f"PRAGMA synchronous={sync}")
-        cur.execute("PRAGMA busy_timeout=30000")
+        cur.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
         cur.close()
 
     # pysqlite's own transaction handling is off (isolation_level=None); take the write
@@ -136,7 +163,12 @@ def _sqlite_engine(parsed: sa.URL) -> sa.Engine:
             return
         dbapi = conn.connection.dbapi_connection
         assert isinstance(dbapi, _WriterConnection)
-        dbapi.begin_write()
+        try:
+            dbapi.begin_write()
+        except sqlite3.OperationalError as exc:
+            # wrapped as SQLAlchemy wraps a statement's error, so a lock held past the
+            # busy timeout reaches callers (committer, client, CLI) as the type they handle
+            raise sa.exc.OperationalError("BEGIN IMMEDIATE", None, exc) from None
 
     return engine
 

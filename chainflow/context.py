@@ -30,8 +30,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import sqlalchemy as sa
 
-from . import codec, metrics, store
-from .clock import Clock, seconds, to_datetime
+from . import codec, limits, metrics, store
+from .clock import Clock, seconds, to_datetime, to_seconds
 from .committer import Committer, Op
 from .errors import (
     LeaseLostError,
@@ -165,9 +165,9 @@ class Context:
         **kwargs: Any,
     ) -> T:
         """Run ``fn`` once (modulo retries), journal its result, return the journaled copy."""
+        limit = None if timeout is None else to_seconds(timeout, f"timeout of step {name!r}", positive=True)
         slot = self._slot(name, "step")
         policy = retry or self.default_retry
-        limit = seconds(timeout)
         if slot.entry is None:
             text, value = await self._execute(slot, "step", fn, args, kwargs, policy, limit)
         elif slot.entry.status == "ok":
@@ -182,18 +182,21 @@ class Context:
 
     async def sleep(self, name: str, duration: float | dt.timedelta) -> None:
         """Durable sleep: the process may be down meanwhile; wakes on the engine's clock."""
+        length = to_seconds(duration, f"duration of sleep {name!r}")
         slot = self._slot(name, "sleep")
         if slot.entry is not None:
             wake_at = float(codec.loads(slot.entry.output))
         else:
             self.refuse_new_work()
-            wake_at = self.clock.time() + (seconds(duration) or 0.0)
+            wake_at = self.clock.time() + length
             now = self.clock.time()
             await self._commit(self.entry_op(slot, "sleep", "ok", codec.dumps(wake_at), None, 1, now, now))
         await self.park(wake_at, None)
 
     async def wait_for(self, name: str, timeout: float | dt.timedelta | None = None) -> Any:
         """Wait for an external signal; one sent before this point is kept and returned."""
+        limit = seconds(timeout, f"timeout of wait_for {name!r}")
+        limits.text(name, "wait_for signal name", limits.SIGNAL_LENGTH)
         slot = self._slot(name, "wait")
         entry = slot.entry
         if entry is not None and entry.status == "ok":
@@ -203,7 +206,6 @@ class Context:
         if entry is None:
             self.refuse_new_work()
             now = self.clock.time()
-            limit = seconds(timeout)
             deadline = None if limit is None else now + limit
             await self._commit(self.entry_op(slot, "wait", "pending", codec.dumps(deadline), None, 1, now, None))
         else:
@@ -246,9 +248,17 @@ class Context:
         parent = _BRANCH.get()
         state = self._state(parent)
         n = state.children[name]
+        label = name if n == 0 else f"{name}{limits.OCCURRENCE_SEP}{n}"
+        path = f"{parent}{limits.BRANCH_SEP}{label}" if parent else label
+        try:
+            limits.slot_name(name, "branch")
+            if len(path) > limits.BRANCH_LENGTH:
+                raise ValueError(f"branch path {path[:60]!r}… is {len(path)} characters long, "
+                                 f"the limit is {limits.BRANCH_LENGTH}")
+        except (ValueError, TypeError):
+            work.close()  # never started: no "coroutine was never awaited" warning
+            raise
         state.children[name] += 1
-        label = name if n == 0 else f"{name}#{n}"
-        path = f"{parent}/{label}" if parent else label
         scope = contextvars.copy_context()
         scope.run(_BRANCH.set, path)
         task = asyncio.get_running_loop().create_task(work, context=scope)
@@ -259,8 +269,15 @@ class Context:
     async def gather(self, *works: Coroutine[Any, Any, Any], names: list[str] | None = None) -> list[Any]:
         """``asyncio.gather`` where each awaitable runs as its own branch ("0", "1", ...)."""
         labels = names or [str(i) for i in range(len(works))]
-        if len(labels) != len(works):
-            raise ValueError(f"gather got {len(works)} awaitables but {len(labels)} names")
+        try:
+            if len(labels) != len(works):
+                raise ValueError(f"gather got {len(works)} awaitables but {len(labels)} names")
+            for label in labels:  # all before any branch starts: none runs if one is refused
+                limits.slot_name(label, "gather")
+        except (ValueError, TypeError):
+            for work in works:
+                work.close()
+            raise
         return list(await asyncio.gather(*(self.branch(n, w) for n, w in zip(labels, works))))
 
     async def submit(self, name: str, *, chain: str, tx: Any, idempotency_key: str, finality: Any = None,
@@ -282,13 +299,14 @@ class Context:
     def _slot(self, name: str, kind: str) -> Slot:
         if self.fatal is not None:
             raise self.fatal
+        limits.slot_name(name, kind)
         branch = _BRANCH.get()
         state = self._state(branch)
         position = state.position
         state.position += 1
         occurrence = state.names[name]
         state.names[name] += 1
-        key = name if occurrence == 0 else f"{name}#{occurrence}"
+        key = name if occurrence == 0 else f"{name}{limits.OCCURRENCE_SEP}{occurrence}"
         at_position = self._by_pos.get((branch, position))
         if at_position is not None and (at_position.key != key or at_position.kind != kind):
             self._nondeterminism(branch, position, f"{at_position.kind} {at_position.key}", f"{kind} {key}")
@@ -497,8 +515,8 @@ class Context:
         chosen = [c for c in self.compensations
                   if only is None or (c.slot.entry is not None and c.slot.entry.id in only)]
         for comp in sorted(chosen, key=lambda c: c.order, reverse=True):
-            slot = Slot(comp.slot.branch, -1, f"compensate:{comp.slot.key}",
-                        self._by_key.get((comp.slot.branch, f"compensate:{comp.slot.key}")))
+            key = f"{limits.COMPENSATION_PREFIX}{comp.slot.key}"
+            slot = Slot(comp.slot.branch, -1, key, self._by_key.get((comp.slot.branch, key)))
             if slot.entry is not None:
                 if slot.entry.status != "ok":
                     failures.append(slot.key)

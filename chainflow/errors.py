@@ -15,6 +15,17 @@ class ConfigurationError(ChainflowError):
     """Bad engine configuration: malformed database URL, unknown chain..."""
 
 
+class DatabaseLockedError(ChainflowError):
+    """Another connection held the SQLite file's lock for longer than the busy timeout."""
+
+    def __init__(self, path: str, timeout: float) -> None:
+        super().__init__(
+            f"SQLite database {path!r} is locked by another connection; gave up after waiting {timeout:g}s "
+            "(Chainflow(..., busy_timeout=SECONDS) sets how long to wait)"
+        )
+        self.path, self.timeout = path, timeout
+
+
 class DuplicateWorkflowError(ChainflowError):
     def __init__(self, name: str) -> None:
         super().__init__(f"workflow {name!r} is already registered")

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
-from . import codec, finality, metrics, store, txstore
+from . import codec, finality, limits, metrics, store, txstore
 from .adapter import BroadcastOutcome, BroadcastResult, ChainAdapter, EndpointError, Receipt, TxRejected
 from .context import Compensation, Context, Slot, describe_error, error_parts
 from .errors import (
@@ -102,8 +102,13 @@ class Submitter:
         self, ctx: Context, name: str, *, chain: str, tx: Any, idempotency_key: str,
         finality: Any = None, compensate: Callable[[Any], Any] | None = None, retry: Retry | None = None,
     ) -> Receipt:
+        # before the slot: a bad key or name is refused before anything is journaled
+        limits.text(idempotency_key, f"idempotency_key of submit {name!r}", limits.IDEMPOTENCY_KEY_LENGTH)
         slot = ctx.slot(name, "submit")
         label = step_label(slot)
+        if len(label) > limits.SUBMISSION_LABEL_LENGTH:
+            raise ValueError(f"submit label {label[:60]!r}… (branch path and name) is {len(label)} characters "
+                             f"long, the limit is {limits.SUBMISSION_LABEL_LENGTH}")
         if slot.entry is not None:
             if slot.entry.status != "ok":
                 etype, message = error_parts(slot.entry.error)
@@ -123,8 +128,6 @@ class Submitter:
         label = step_label(slot)
         started = ctx.clock.time()
         policy = policy or finality.Confirmations(1)
-        if not isinstance(key, str) or not key:
-            raise ValueError(f"step {label!r}: idempotency_key must be a non-empty string")
         try:
             adapter = self.adapter(chain)
             request = adapter.prepare(tx)

@@ -3,7 +3,10 @@ importing the tracker machinery)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, fields
+
+from .clock import to_seconds
 
 
 @dataclass
@@ -16,3 +19,20 @@ class TrackerConfig:
     bump_factor: float = 1.125  # the common node replacement rule (12.5%)
     max_bumps: int = 5  # cap on replacements per submission
     stuck_batch: int = 32  # stuck submissions handled per head, bounding RPC
+
+    def __post_init__(self) -> None:
+        """Refuse what would spin (a zero or NaN poll interval) or never act (a negative
+        count), naming the field: a config file's typo surfaces at startup."""
+        to_seconds(self.poll_interval, "TrackerConfig.poll_interval", positive=True)
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.type == "int":
+                if not isinstance(value, int) or isinstance(value, bool):
+                    raise TypeError(f"TrackerConfig.{f.name} must be an int, got {value!r}")
+                least = 1 if f.name in ("window", "stuck_batch") else 0  # 0 bumps, depth 0: meaningful
+                if value < least:
+                    raise ValueError(f"TrackerConfig.{f.name} must be >= {least}, got {value!r}")
+        factor = self.bump_factor
+        if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not math.isfinite(factor) \
+                or factor < 1:
+            raise ValueError(f"TrackerConfig.bump_factor must be a finite number >= 1, got {factor!r}")

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import sqlalchemy as sa
 
 from . import metrics, store
+from .clock import to_seconds
 from .committer import Committer
 from .connector import is_local
 from .context import CANCEL, LEASE_LOST, describe_error
@@ -54,14 +55,16 @@ class Worker:
         track: bool = True,
         commit_in_thread: bool | None = None,
     ) -> None:
+        if not isinstance(concurrency, int) or isinstance(concurrency, bool):
+            raise TypeError(f"Worker concurrency must be an int, got {concurrency!r}")
         if concurrency < 1:
-            raise ValueError(f"concurrency must be >= 1, got {concurrency}")
+            raise ValueError(f"Worker concurrency must be >= 1, got {concurrency!r}")
         self.app = app
         self.clock = app.clock
         self.concurrency = concurrency
-        self.lease = lease if lease is not None else app.lease_seconds
-        self.poll_interval = poll_interval
-        self.inline_wait = inline_wait
+        self.lease = to_seconds(app.lease_seconds if lease is None else lease, "Worker lease", positive=True)
+        self.poll_interval = to_seconds(poll_interval, "Worker poll_interval", positive=True)
+        self.inline_wait = to_seconds(inline_wait, "Worker inline_wait")
         self.id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         # None: commit on the loop for a database on this machine, in a thread otherwise
         far = not is_local(app.engine.url) if commit_in_thread is None else commit_in_thread
