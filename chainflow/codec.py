@@ -19,6 +19,7 @@ import base64
 import datetime as dt
 import decimal
 import json
+import re
 import sys
 import uuid
 import zoneinfo
@@ -169,9 +170,37 @@ def dumps(value: Any, *, what: str = "") -> str:
         raise PayloadError(f"{what}: {exc}" if what else str(exc)) from None
 
 
+_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
+_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
+
+
+def _check_nesting(text: str) -> None:
+    """Refuse JSON text nested deeper than ``MAX_DEPTH`` before the decoder sees it.
+
+    The C decoder recurses once per level and relies on the recursion limit to stop;
+    py-evm (imported by the EVM devnet) raises that limit to 100,000, and a deep text
+    then overflows the C stack: a segfault, not a ``RecursionError``.  Text with few
+    openings cannot nest deep, so the common payload pays two ``str.count``s; others
+    lose their strings and non-bracket characters (C speed) and shed one innermost
+    level per pass."""
+    if text.count("[") + text.count("{") <= MAX_DEPTH:
+        return
+    skeleton = _NOT_BRACKET.sub("", _STRING.sub("", text))
+    for _ in range(MAX_DEPTH):
+        shorter = skeleton.replace("[]", "").replace("{}", "")
+        if shorter == skeleton:
+            break
+        skeleton = shorter
+    # left over: deeper than the limit, or brackets that never close (malformed text
+    # whose decoding would recurse as deep before failing)
+    if len(skeleton) > MAX_DEPTH:
+        raise _too_deep("")
+
+
 def loads(text: str | None) -> Any:
     if text is None:
         return None
+    _check_nesting(text)
     try:
         return _DECODER.decode(text)
     except RecursionError:
@@ -182,9 +211,12 @@ def parse_json(text: str, *, what: str) -> Any:
     """Plain JSON from outside (a CLI option), its nesting and integers refused as
     ``PayloadError``s naming the limit; a syntax error stays a ``json.JSONDecodeError``."""
     try:
+        _check_nesting(text)
         return json.loads(text)
     except json.JSONDecodeError:
         raise
+    except PayloadError as exc:
+        raise PayloadError(f"{what}: {exc}") from None
     except RecursionError:
         raise PayloadError(f"{what}: {_too_deep('')}") from None
     except ValueError:  # only the int-to-text limit raises a plain ValueError here

@@ -594,3 +594,29 @@ def test_cli_with_postgres_unreachable_is_one_line() -> None:
     """Guard (already one line before this change): a server that refuses connections."""
     url = f"postgresql+psycopg://postgres@127.0.0.1:{_closed_port()}/nope"
     assert_one_line_error(CliRunner().invoke(cli, ["--database-url", url, "runs"]), "cannot reach database")
+
+
+def test_deep_payload_is_refused_even_with_a_raised_recursion_limit() -> None:
+    """py-evm raises the recursion limit to 100,000 when imported (any process with the
+    EVM devnet): the C JSON decoder then overflows the C stack on deep text, a segfault
+    rather than a RecursionError.  Run in a child process so a regression shows as a
+    failed test, not a dead test session."""
+    probe = (
+        "import sys; sys.setrecursionlimit(100_000)\n"
+        "from chainflow import codec, errors\n"
+        "for text in ('[' * 200_000 + ']' * 200_000, '{\"a\":' * 200_000):\n"
+        "    try:\n"
+        "        codec.loads(text)\n"
+        "    except errors.PayloadError as exc:\n"
+        "        assert 'more than' in str(exc), exc\n"
+        "    else:\n"
+        "        raise SystemExit('decoded a 200,000-deep text')\n"
+        "    try:\n"
+        "        codec.parse_json(text, what='--input')\n"
+        "    except errors.PayloadError as exc:\n"
+        "        assert str(exc).startswith('--input: '), exc\n"
+        "print('refused')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "refused"
