@@ -37,6 +37,7 @@ BENCHMARKS: list[Benchmark] = [
     Benchmark("onchain", "bench.onchain", "on-chain throughput on anvil"),
     Benchmark("tracker", "bench.tracker", "tracker scale"),
     Benchmark("memory", "bench.memory", "memory of 10k parked runs"),
+    Benchmark("seams", "bench.seams", "hand-written pieces (threads, flag, eager, JSON-RPC client) vs their alternatives"),
 ]
 
 BY_NAME = {b.name: b for b in BENCHMARKS}

@@ -1,83 +1,103 @@
-"""Process-local counters, exported in Prometheus' text format.
+"""Process-local counters on prometheus-client, and the database gauges ``chainflow metrics`` prints.
 
-Kept dependency-free and cheap (a dict increment under the GIL) because the hot
-path — step commits, broadcasts, heads — bumps them.
+The counters live in ``REGISTRY``, a ``CollectorRegistry`` of this process rather than
+prometheus-client's global default, so an application embedding chainflow keeps its own
+registry free of our names and can still serve ours next to it, e.g.
+``prometheus_client.start_http_server(9464, registry=chainflow.metrics.REGISTRY)``.
+(With ``PROMETHEUS_MULTIPROC_DIR`` set, prometheus-client keeps the values in its
+multi-process files as usual.)
+
+``inc`` runs once per journaled step on the group-commit hot path, so it caches the
+labelled child's bound ``inc`` per (name, labels) tuple: a call is a dict lookup plus the
+child's locked add, not prometheus-client's label validation and child lookup each time.
 """
 
 from __future__ import annotations
 
-from collections import Counter
-from threading import Lock
+from collections.abc import Callable, Iterable
 from typing import Any
 
-_counts: Counter[tuple[str, tuple[tuple[str, str], ...]]] = Counter()
-_lock = Lock()
+from prometheus_client import CollectorRegistry, Counter, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
 
-HELP = {
-    "chainflow_runs_finished_total": "Runs that reached a terminal status, by status.",
-    "chainflow_steps_total": "Steps journaled by this process, by outcome.",
-    "chainflow_reorgs_total": "Chain reorganisations detected, by chain.",
-    "chainflow_reorg_depth_blocks_total": "Blocks orphaned by detected reorganisations, by chain.",
-    "chainflow_rollbacks_total": "Runs rolled back because a reorg broke a finality assumption.",
-    "chainflow_broadcasts_total": "Raw transactions (re-)broadcast, by outcome.",
-    "chainflow_fee_bumps_total": "Same-nonce replacements with raised fees, by chain.",
-    "chainflow_runs": "Runs in the database, by status.",
-    "chainflow_submissions": "On-chain submissions in the database, by chain and state.",
-    "chainflow_reorgs_recorded": "Reorg events the trackers recorded, by chain.",
-    "chainflow_reorg_blocks_recorded": "Blocks orphaned by recorded reorgs, by chain.",
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+_COUNTERS: dict[str, Counter] = {
+    name: Counter(name, doc, labels, registry=REGISTRY)
+    for name, doc, labels in (
+        ("chainflow_runs_finished_total", "Runs that reached a terminal status, by status.", ("status",)),
+        ("chainflow_steps_total", "Steps journaled by this process, by outcome.", ("outcome",)),
+        ("chainflow_reorgs_total", "Chain reorganisations detected, by chain.", ("chain",)),
+        ("chainflow_reorg_depth_blocks_total", "Blocks orphaned by detected reorganisations, by chain.",
+         ("chain",)),
+        ("chainflow_rollbacks_total", "Runs rolled back because a reorg broke a finality assumption.",
+         ("chain",)),
+        ("chainflow_broadcasts_total", "Raw transactions (re-)broadcast, by outcome.", ("chain", "outcome")),
+        ("chainflow_fee_bumps_total", "Same-nonce replacements with raised fees, by chain.", ("chain",)),
+    )
 }
 
-
-def inc(name: str, value: int = 1, **labels: str) -> None:
-    key = (name, tuple(sorted(labels.items())) if len(labels) > 1 else tuple(labels.items()))
-    with _lock:
-        _counts[key] += value
+_children: dict[tuple[str, tuple[tuple[str, Any], ...]], Callable[[float], None]] = {}
 
 
-def snapshot() -> dict[str, int]:
-    with _lock:
-        items = list(_counts.items())
-    return {_series(name, labels): v for (name, labels), v in sorted(items)}
+def inc(name: str, value: int = 1, **labels: Any) -> None:
+    """Add ``value`` to counter ``name`` (one of ``_COUNTERS``) for ``labels``."""
+    key = (name, tuple(labels.items()))
+    add = _children.get(key)
+    if add is None:
+        add = _children[key] = _child(name, labels)
+    add(value)
 
 
-def database_series(conn: Any) -> dict[str, int]:
+def _child(name: str, labels: dict[str, Any]) -> Callable[[float], None]:
+    counter = _COUNTERS.get(name)
+    if counter is None:
+        raise KeyError(f"unknown metric {name!r}; chainflow counts: {', '.join(_COUNTERS)}")
+    # keyword order differs between call sites, but .labels() finds the same child for both
+    return counter.labels(**{k: str(v) for k, v in labels.items()}).inc
+
+
+def database_series(conn: Any) -> list[Metric]:
     """Gauges read from the database, so any process (the CLI, a scraper) sees the
     whole deployment, not just its own counters."""
     import sqlalchemy as sa
 
     from .schema import reorgs, runs, submissions
 
-    out: dict[str, int] = {}
+    by_status = GaugeMetricFamily("chainflow_runs", "Runs in the database, by status.", labels=["status"])
     for status, n in conn.execute(sa.select(runs.c.status, sa.func.count()).group_by(runs.c.status)):
-        out[_series("chainflow_runs", (("status", status),))] = int(n)
+        by_status.add_metric([status], int(n))
+    by_state = GaugeMetricFamily("chainflow_submissions", "On-chain submissions in the database, by chain and state.",
+                                 labels=["chain", "state"])
     for chain, state, n in conn.execute(
         sa.select(submissions.c.chain, submissions.c.state, sa.func.count())
         .group_by(submissions.c.chain, submissions.c.state)
     ):
-        out[_series("chainflow_submissions", (("chain", chain), ("state", state)))] = int(n)
+        by_state.add_metric([chain, state], int(n))
+    events = GaugeMetricFamily("chainflow_reorgs_recorded", "Reorg events the trackers recorded, by chain.",
+                               labels=["chain"])
+    blocks = GaugeMetricFamily("chainflow_reorg_blocks_recorded", "Blocks orphaned by recorded reorgs, by chain.",
+                               labels=["chain"])
     for chain, n, depth in conn.execute(
         sa.select(reorgs.c.chain, sa.func.count(), sa.func.coalesce(sa.func.sum(reorgs.c.depth), 0))
         .group_by(reorgs.c.chain)
     ):
-        out[_series("chainflow_reorgs_recorded", (("chain", chain),))] = int(n)
-        out[_series("chainflow_reorg_blocks_recorded", (("chain", chain),))] = int(depth)
-    return out
+        events.add_metric([chain], int(n))
+        blocks.add_metric([chain], int(depth))
+    return [by_status, by_state, events, blocks]
 
 
-def exposition(extra: dict[str, int] | None = None) -> str:
-    lines: list[str] = []
-    seen: set[str] = set()
-    for series, value in sorted({**snapshot(), **(extra or {})}.items()):
-        name = series.split("{", 1)[0]
-        if name not in seen:
-            seen.add(name)
-            kind = "counter" if name.endswith("_total") else "gauge"
-            lines += [f"# HELP {name} {HELP.get(name, name)}", f"# TYPE {name} {kind}"]
-        lines.append(f"{series} {value}")
-    return "\n".join(lines) + "\n"
+def exposition(extra: Iterable[Metric] = ()) -> str:
+    """This process's counters plus ``extra`` in Prometheus' text format; families
+    without a sample are left out (a CLI process has counted nothing of its own)."""
+    return generate_latest(_Fixed([m for m in [*REGISTRY.collect(), *extra] if m.samples])).decode()
 
 
-def _series(name: str, labels: tuple[tuple[str, str], ...]) -> str:
-    if not labels:
-        return name
-    return name + "{" + ",".join(f'{k}="{v}"' for k, v in labels) + "}"
+class _Fixed:
+    """A collector over families already collected (what ``exposition`` renders)."""
+
+    def __init__(self, families: list[Metric]) -> None:
+        self._families = families
+
+    def collect(self) -> Iterable[Metric]:
+        return self._families

@@ -41,3 +41,12 @@ def test_bench_tracker_and_memory_quick(tmp_path: Path) -> None:
     assert "| 200 | 3 |" in text  # the head's own transaction hashes need no extra call
     assert "| parked runs | worker RSS MB |" in text
     assert "failed:" not in text, text
+
+
+def test_bench_seams_quick(tmp_path: Path) -> None:
+    text = quick(tmp_path, "seams")
+    assert "| seam | ours | µs/op (wall) | alternative |" in text
+    for row in ("| threads | ThreadPool.run |", "| offload | threads.offload |", "| flag | Flag |",
+                "| eager | eager.start |", "| rpc | Rpc (aiohttp) |"):
+        assert row in text
+    assert "failed:" not in text, text

@@ -410,3 +410,25 @@ def test_main_is_the_entry_point(monkeypatch: pytest.MonkeyPatch, capsys: pytest
     assert exit_.value.code == 1
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and "mysql+nothing://x" in err
+
+
+def test_metrics_prints_the_database_gauges_in_prometheus_text(db: Db) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from chainflow.schema import reorgs
+
+    app = cf.Chainflow(db.url)
+    with app.engine.begin() as conn:
+        conn.execute(reorgs.insert().values(chain="local", depth=2, fork_number=9, old_hashes="[]", new_hashes="[]",
+                                            affected="[]", detected_at=0.0))
+    app.engine.dispose()
+    res = invoke("--database-url", db.url, "metrics")
+    assert res.code == 0, res.err
+    gauges = {(s.name, tuple(sorted(s.labels.items()))): s.value
+              for f in text_string_to_metric_families(res.out) if f.type == "gauge" for s in f.samples}
+    assert gauges[("chainflow_runs", (("status", "failed"),))] == 1
+    assert gauges[("chainflow_runs", (("status", "waiting"),))] == 1
+    assert gauges[("chainflow_reorgs_recorded", (("chain", "local"),))] == 1
+    assert gauges[("chainflow_reorg_blocks_recorded", (("chain", "local"),))] == 2
+    assert "# TYPE chainflow_runs gauge" in res.out
+    assert not any(name == "chainflow_submissions" for name, _ in gauges)  # no submissions: no empty family

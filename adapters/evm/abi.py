@@ -25,11 +25,11 @@ from eth_utils import (
 )
 from eth_utils.abi import abi_to_signature, get_abi_input_types
 from web3 import Web3
-from web3._utils.events import get_event_data
+from web3.contract.contract import ContractEvent
 
 from .values import plain
 
-_CODEC = Web3().codec
+_W3 = Web3()  # no provider: only its codec is used, to build event decoders
 Abi = Sequence[Mapping[str, Any]]
 
 
@@ -41,8 +41,8 @@ def abi_ref(abi: Abi) -> str:
 
 class AbiRegistry:
     def __init__(self) -> None:
-        self._by_address: dict[str, dict[str, list[dict[str, Any]]]] = {}  # address -> topic0 -> events
-        self._by_topic: dict[str, list[dict[str, Any]]] = {}
+        self._by_address: dict[str, dict[str, list[ContractEvent]]] = {}  # address -> topic0 -> events
+        self._by_topic: dict[str, list[ContractEvent]] = {}
         self._errors: dict[str, dict[str, Any]] = {}  # 0x-selector -> error ABI
         self._seen: set[str] = set()
 
@@ -56,9 +56,10 @@ class AbiRegistry:
         for item in abi:
             if item.get("type") == "event" and not item.get("anonymous"):
                 topic = "0x" + event_abi_to_log_topic(dict(item)).hex()  # type: ignore[arg-type]
-                _add(self._by_topic.setdefault(topic, []), dict(item))
+                event = _decoder(item)
+                _add(self._by_topic.setdefault(topic, []), event)
                 if address:
-                    _add(self._by_address.setdefault(address.lower(), {}).setdefault(topic, []), dict(item))
+                    _add(self._by_address.setdefault(address.lower(), {}).setdefault(topic, []), event)
             elif item.get("type") == "error":
                 selector = "0x" + function_abi_to_4byte_selector(dict(item)).hex()  # type: ignore[arg-type]
                 self._errors.setdefault(selector, dict(item))
@@ -106,8 +107,14 @@ def _shape(event: Mapping[str, Any]) -> tuple[str, tuple[bool, ...]]:
     return abi_to_signature(event), tuple(bool(i.get("indexed")) for i in event.get("inputs", []))  # type: ignore[arg-type]
 
 
-def _add(bucket: list[dict[str, Any]], event: dict[str, Any]) -> None:
-    if _shape(event) not in {_shape(e) for e in bucket}:
+def _decoder(event: Mapping[str, Any]) -> ContractEvent:
+    """web3's public decoder for one event ABI (a contract holding just that event), so
+    log decoding goes through ``ContractEvent.process_log`` rather than web3 internals."""
+    return _W3.eth.contract(abi=[dict(event)]).events[event["name"]]
+
+
+def _add(bucket: list[ContractEvent], event: ContractEvent) -> None:
+    if _shape(event.abi) not in {_shape(e.abi) for e in bucket}:
         bucket.append(event)
 
 
@@ -116,12 +123,10 @@ def _quantity(value: Any) -> int:
 
 
 def _try_decode(
-    event: dict[str, Any], topics: list[str], data_hex: str, address: str, log_index: int
+    event: ContractEvent, topics: list[str], data_hex: str, address: str, log_index: int
 ) -> tuple[str, dict[str, Any]] | None:
     try:
-        decoded = get_event_data(
-            _CODEC,
-            event,
+        decoded = event.process_log(
             {
                 "topics": [bytes.fromhex(t[2:]) for t in topics],
                 "data": bytes.fromhex(data_hex[2:]),

@@ -189,3 +189,32 @@ def test_log_decoding_tells_same_topic_events_apart() -> None:
     unknown = {"address": "0x" + "55" * 20, "topics": ["0x" + "AB" * 32], "data": "0xFF", "logIndex": 2}
     assert registry.decode_log(unknown) == {"address": Web3.to_checksum_address("0x" + "55" * 20), "log_index": 2,
                                             "topics": ["0x" + "ab" * 32], "data": "0xff"}
+
+
+def test_log_decoding_names_struct_fields_and_keeps_indexed_dynamic_values_as_hashes() -> None:
+    """Pins what the decoder (web3's public ``ContractEvent.process_log``) yields: tuple
+    arguments as dicts named by their components, an indexed ``string`` as its keccak
+    topic, addresses checksummed, bytes as lowercase hex; a log with too few topics for
+    the ABI falls back to the raw form."""
+    from eth_utils import keccak
+
+    paid = {"type": "event", "name": "Paid", "anonymous": False, "inputs": [
+        {"name": "memo", "type": "string", "indexed": True},
+        {"name": "payer", "type": "address", "indexed": True},
+        {"name": "info", "type": "tuple", "indexed": False,
+         "components": [{"name": "amount", "type": "uint256"}, {"name": "token", "type": "address"}]},
+        {"name": "note", "type": "bytes", "indexed": False}]}
+    registry = AbiRegistry()
+    registry.learn([paid])
+    token = "0x" + "ab" * 20
+    log = {"address": "0x" + "11" * 20, "logIndex": "0x3",
+           "topics": ["0x" + event_signature_to_log_topic("Paid(string,address,(uint256,address),bytes)").hex(),
+                      "0x" + keccak(text="hello").hex(), "0x" + "00" * 12 + "22" * 20],
+           "data": "0x" + abi_encode(["(uint256,address)", "bytes"], [(5, token), b"\x01\x02"]).hex()}
+    assert registry.decode_log(log) == {
+        "event": "Paid", "address": Web3.to_checksum_address("0x" + "11" * 20), "log_index": 3,
+        "args": {"memo": "0x" + keccak(text="hello").hex(), "payer": Web3.to_checksum_address("0x" + "22" * 20),
+                 "info": {"amount": 5, "token": Web3.to_checksum_address(token)}, "note": "0x0102"}}
+    short = {**log, "topics": log["topics"][:2]}
+    assert registry.decode_log(short) == {"address": Web3.to_checksum_address("0x" + "11" * 20), "log_index": 3,
+                                          "topics": short["topics"], "data": log["data"]}
