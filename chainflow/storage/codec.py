@@ -36,7 +36,7 @@ MAX_DEPTH = 200
 
 def _too_deep(path: str) -> PayloadError:
     return PayloadError(f"value nested more than {MAX_DEPTH} levels deep at {path or 'top level'} "
-                        f"(chainflow.codec.MAX_DEPTH)")
+                        f"(chainflow.storage.codec.MAX_DEPTH)")
 
 
 def _too_long(what: str) -> PayloadError:

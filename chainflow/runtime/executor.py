@@ -12,17 +12,21 @@ import asyncio
 import json
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-from . import codec, eager, reorg, store
-from .context import CANCEL, FATAL, LEASE_LOST, ROLLBACK, SUSPEND, TIMEOUT, _BRANCH, Context, describe_error
-from .errors import LeaseLostError, NonDeterminismError, PayloadError, RunCancelled, WorkflowTimeout
+from ..chain import reorg
+from ..chain.submission import Submitter
+from ..clock import Clock
+from ..errors import LeaseLostError, NonDeterminismError, PayloadError, RunCancelled, WorkflowTimeout, describe_error
+from ..lease import Lease
+from ..retry import Retry
+from ..storage import codec, store
+from ..threads import ThreadPool
+from . import eager
+from .committer import Committer
+from .context import _BRANCH, CANCEL, FATAL, LEASE_LOST, ROLLBACK, SUSPEND, TIMEOUT, Context
 from .flag import Flag
-from .lease import Lease
 from .registry import WorkflowDef
-
-if TYPE_CHECKING:
-    from .worker import Worker
 
 log = logging.getLogger("chainflow.executor")
 
@@ -41,8 +45,19 @@ class Outcome:
     compensations: dict[str, str] | None = None
 
 
+class ExecutionHost(Protocol):
+    """What an execution uses of the worker running it."""
+
+    clock: Clock
+    inline_wait: float
+    committer: Committer
+    step_pool: ThreadPool
+    default_retry: Retry
+    submitter: Submitter | None
+
+
 class Execution:
-    def __init__(self, worker: Worker, claim: store.Claim, wf: WorkflowDef, history: store.History,
+    def __init__(self, worker: ExecutionHost, claim: store.Claim, wf: WorkflowDef, history: store.History,
                  lease: Lease) -> None:
         self.worker = worker
         self.claim = claim
@@ -73,8 +88,8 @@ class Execution:
         entries, tries = self.history
         ctx = self.ctx = Context(
             run_id=claim.run_id, workflow=claim.workflow, fence=claim.fence, entries=entries, tries=tries,
-            committer=w.committer, clock=w.clock, step_pool=w.step_pool, default_retry=w.app.default_retry,
-            submitter=w.app.submitter, lease=self.lease,
+            committer=w.committer, clock=w.clock, step_pool=w.step_pool, default_retry=w.default_retry,
+            submitter=w.submitter, lease=self.lease,
         )
         self._entries = entries
         if self._reason is not None:
