@@ -1,4 +1,5 @@
-"""Process-local counters on prometheus-client (the database gauges `chainflow metrics` adds come from ``storage.gauges``).
+"""Process-local counters on prometheus-client (``chainflow metrics`` adds the database's
+gauges from ``storage.gauges``).
 
 The counters live in ``REGISTRY``, a ``CollectorRegistry`` of this process rather than
 prometheus-client's global default, so an application embedding chainflow keeps its own

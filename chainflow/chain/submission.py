@@ -155,7 +155,8 @@ class Submitter:
                                           ctx.clock.time()))
             raise StepError(label, f"{type(exc).__module__}.{type(exc).__qualname__}", str(exc), tries) from exc
 
-    async def _resilient(self, ctx: RunScope, slot: store.Slot, retry: Retry, fn: Callable[..., Any], *args: Any) -> Any:
+    async def _resilient(self, ctx: RunScope, slot: store.Slot, retry: Retry, fn: Callable[..., Any],
+                         *args: Any) -> Any:
         """Run a resumable protocol phase, retrying node and network failures.
 
         Every phase picks up from the submission's committed state, so running it again

@@ -1,136 +1,53 @@
-"""What workflow code calls: ``ctx.step``, ``ctx.sleep``, ``ctx.wait_for``...
+"""``Context``: what workflow code may call, and nothing else.
 
-Every operation takes a *slot*: (branch, position in branch, name#occurrence).  The
-position is assigned synchronously when the operation is called, so on replay the same
-code asks for the same slots in the same order; when it does not, the run stops with
-``NonDeterminismError`` instead of silently running a step twice.
-
-Operations that must wait (sleep, retry backoff, signal, confirmations) *park*: they
-await a future the executor controls.  When every branch of the run is parked, the
-executor unwinds the coroutine and records when to wake it, so a parked run costs a
-database row, not a coroutine.
+A workflow function receives a ``Context``.  Everything on it is safe to call from
+workflow code and is journaled or recorded so a replay sees the same values; the
+runtime state underneath (slots, the fenced commit, parks, the lease, compensations,
+stop reasons) lives on the execution's ``Scope``, out of reach, so a workflow cannot
+reach into the engine by accident and the engine can change without breaking it.
+Each method hands straight to the scope (no extra coroutine frame on the step path).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import datetime as dt
-import functools
-import inspect
-import random as _random
-import time
+import logging
 import uuid as _uuid
-from collections import Counter
 from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
-import sqlalchemy as sa
-
-from .. import metrics
-from ..clock import Clock, seconds, to_datetime, to_seconds
-from ..errors import (
-    LeaseLostError,
-    NonDeterminismError,
-    PayloadError,
-    RunCancelled,
-    StepError,
-    StepTimeout,
-    WaitTimeout,
-    describe_error,
-)
-from ..lease import Lease
-from ..retry import DEFAULT_RETRY, Retry
-from ..storage import codec, limits, store
-from ..threads import ThreadPool
-from .committer import Committer
-from .flag import Flag
+from ..retry import Retry
+from .scope import Scope
 
 if TYPE_CHECKING:
-    from ..chain.submission import Submitter
+    from ..chain.adapter import Receipt
+    from ..chain.finality import Policy
 
 T = TypeVar("T")
 
-_BRANCH: contextvars.ContextVar[str] = contextvars.ContextVar("chainflow_branch", default="")
-_YIELD_EVERY = 64  # steps journaled between two turns given to the rest of the event loop
-
-# Why the executor is unwinding the workflow coroutine.
-SUSPEND, CANCEL, TIMEOUT, LEASE_LOST, FATAL = "suspend", "cancel", "timeout", "lease_lost", "fatal"
-ROLLBACK = "rollback"  # replay only, to collect compensations of invalidated steps
-
-
-@dataclass
-class _BranchState:
-    position: int = 0
-    names: Counter[str] = field(default_factory=Counter)
-    children: Counter[str] = field(default_factory=Counter)
-
-
-@dataclass
-class Park:
-    wake_at: float | None
-    signal: str | None
-    future: asyncio.Future[None]
-
-
-@dataclass
-class Compensation:
-    order: tuple[int, int]
-    slot: store.Slot
-    fn: Callable[..., Any]
-    value: Any
-    retry: Retry
-    timeout: float | None
+_log = logging.getLogger("chainflow.workflow")
 
 
 class Context:
     """Handed to each workflow function; one per execution of a run."""
 
-    def __init__(
-        self,
-        *,
-        run_id: str,
-        workflow: str,
-        fence: int,
-        entries: list[store.Entry],
-        tries: dict[tuple[str, str], list[store.AttemptRow]],
-        committer: Committer,
-        clock: Clock,
-        step_pool: ThreadPool,
-        lease: Lease,
-        default_retry: Retry = DEFAULT_RETRY,
-        submitter: Submitter | None = None,
-    ) -> None:
-        self.run_id = run_id
-        self.lease = lease
-        self.workflow = workflow
-        self.fence = fence
-        self._by_pos = {(e.branch, e.position): e for e in entries if e.position >= 0}
-        self._by_key = {(e.branch, e.key): e for e in entries}
-        self._tries = tries
-        self._committer = committer
-        self.clock = clock
-        self._pool = step_pool
-        self.default_retry = default_retry
-        self._submitter = submitter
-        self._branches: dict[str, _BranchState] = {}
-        self._buffer: list[store.Op] = []
-        self._fresh = 0
-        self._journaled = 0  # steps this execution journaled
-        self.compensations: list[Compensation] = []
-        self.tasks: set[asyncio.Future[Any]] = set()
-        self.parks: list[Park] = []
-        self.active = 0
-        self.generation = 0
-        self.changed = Flag()
-        self.stop_reason: str | None = None
-        self.compensating = False  # set once compensations start; cancel/timeout no longer apply
-        self.fatal: BaseException | None = None
+    __slots__ = ("_scope", "log")
 
-    # --- public API ------------------------------------------------------------
+    def __init__(self, scope: Scope) -> None:
+        self._scope = scope
+        #: a logger whose records carry the run id and workflow name (``extra``)
+        self.log = logging.LoggerAdapter(_log, {"run_id": scope.run_id, "workflow": scope.workflow})
 
-    async def step(
+    @property
+    def run_id(self) -> str:
+        return self._scope.run_id
+
+    @property
+    def workflow(self) -> str:
+        return self._scope.workflow
+
+    def step(
         self,
         name: str,
         fn: Callable[..., T | Awaitable[T]],
@@ -140,372 +57,51 @@ class Context:
         timeout: float | dt.timedelta | None = None,
         compensate: Callable[[T], Any] | None = None,
         **kwargs: Any,
-    ) -> T:
-        """Run ``fn`` once (modulo retries), journal its result, return the journaled copy."""
-        limit = None if timeout is None else to_seconds(timeout, f"timeout of step {name!r}", positive=True)
-        slot = self._slot(name, "step")
-        policy = retry or self.default_retry
-        if slot.entry is None:
-            text, value = await self._execute(slot, "step", fn, args, kwargs, policy, limit)
-        elif slot.entry.status == "ok":
-            value = codec.loads(slot.entry.output)
-        else:
-            etype, message = error_parts(slot.entry.error)
-            raise StepError(name, etype, message, slot.entry.attempts)
-        if compensate is not None:
-            self.register_compensation(slot, compensate, value, policy, limit)
-        return value  # type: ignore[no-any-return]
+    ) -> Coroutine[Any, Any, T]:
+        """Run ``fn(*args, **kwargs)`` once (modulo retries), journal its result and
+        return the journaled copy; on replay the journaled result comes back without
+        calling ``fn``.  ``compensate(output)`` undoes it if the run later fails."""
+        return self._scope.step(name, fn, *args, retry=retry, timeout=timeout, compensate=compensate, **kwargs)
 
-    async def sleep(self, name: str, duration: float | dt.timedelta) -> None:
+    def sleep(self, name: str, duration: float | dt.timedelta) -> Coroutine[Any, Any, None]:
         """Durable sleep: the process may be down meanwhile; wakes on the engine's clock."""
-        length = to_seconds(duration, f"duration of sleep {name!r}")
-        slot = self._slot(name, "sleep")
-        if slot.entry is not None:
-            wake_at = float(codec.loads(slot.entry.output))
-        else:
-            self.refuse_new_work()
-            wake_at = self.clock.time() + length
-            now = self.clock.time()
-            await self._commit(self.entry_op(slot, "sleep", "ok", codec.dumps(wake_at), None, 1, now, now))
-        await self.park(wake_at, None)
+        return self._scope.sleep(name, duration)
 
-    async def wait_for(self, name: str, timeout: float | dt.timedelta | None = None) -> Any:
-        """Wait for an external signal; one sent before this point is kept and returned."""
-        limit = seconds(timeout, f"timeout of wait_for {name!r}")
-        limits.text(name, "wait_for signal name", limits.SIGNAL_LENGTH)
-        slot = self._slot(name, "wait")
-        entry = slot.entry
-        if entry is not None and entry.status == "ok":
-            return codec.loads(entry.output)
-        if entry is not None and entry.status == "timeout":
-            raise WaitTimeout(name)
-        if entry is None:
-            self.refuse_new_work()
-            now = self.clock.time()
-            deadline = None if limit is None else now + limit
-            await self._commit(self.entry_op(slot, "wait", "pending", codec.dumps(deadline), None, 1, now, None))
-        else:
-            deadline = codec.loads(entry.output)
-        run_id, branch, key = self.run_id, slot.branch, slot.key
-        while True:
-            self.refuse_new_work()
+    def wait_for(self, name: str, timeout: float | dt.timedelta | None = None) -> Coroutine[Any, Any, Any]:
+        """Wait for the signal ``name``; one sent before this point is kept and returned.
+        Raises ``WaitTimeout`` after ``timeout``."""
+        return self._scope.wait_for(name, timeout)
 
-            def take(conn: Any) -> tuple[bool, str | None]:
-                found, payload = store.consume_signal(conn, run_id, name)
-                if found:
-                    store.update_entry(conn, run_id, branch, key, status="ok", output=payload,
-                                       finished_at=self.clock.time())
-                return found, payload
-
-            (found, payload), = await self._commit(take)
-            if found:
-                return codec.loads(payload)
-            now = self.clock.time()
-            if deadline is not None and now >= deadline:
-                await self._commit(
-                    lambda conn: store.update_entry(conn, run_id, branch, key, status="timeout", finished_at=now)
-                )
-                raise WaitTimeout(name)
-            await self.park(deadline, name)
-
-    def now(self) -> dt.datetime:
-        """Wall-clock time, recorded: a replay sees the same instant."""
-        return to_datetime(self._recorded("now", self.clock.time))
-
-    def uuid(self) -> _uuid.UUID:
-        return _uuid.UUID(self._recorded("uuid", lambda: str(_uuid.uuid4())))
-
-    def random(self) -> float:
-        return float(self._recorded("random", _random.random))
+    def submit(self, name: str, *, chain: str, tx: Any, idempotency_key: str, finality: Policy | None = None,
+               compensate: Callable[[Receipt], Any] | None = None,
+               retry: Retry | None = None) -> Coroutine[Any, Any, Receipt]:
+        """Submit an on-chain transaction exactly once (per ``idempotency_key``) and
+        return its receipt once ``finality`` holds (default: one confirmation)."""
+        return self._scope.submit(name, chain=chain, tx=tx, idempotency_key=idempotency_key, finality=finality,
+                                  compensate=compensate, retry=retry)
 
     def branch(self, name: str, work: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
         """Run ``work`` as a named branch; its steps are journaled under the branch path
         so a reorg can roll back one branch and keep its siblings."""
-        parent = _BRANCH.get()
-        state = self._state(parent)
-        n = state.children[name]
-        label = name if n == 0 else f"{name}{limits.OCCURRENCE_SEP}{n}"
-        path = f"{parent}{limits.BRANCH_SEP}{label}" if parent else label
-        try:
-            limits.slot_name(name, "branch")
-            if len(path) > limits.BRANCH_LENGTH:
-                raise ValueError(f"branch path {path[:60]!r}… is {len(path)} characters long, "
-                                 f"the limit is {limits.BRANCH_LENGTH}")
-        except (ValueError, TypeError):
-            work.close()  # never started: no "coroutine was never awaited" warning
-            raise
-        state.children[name] += 1
-        scope = contextvars.copy_context()
-        scope.run(_BRANCH.set, path)
-        task = asyncio.get_running_loop().create_task(work, context=scope)
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
-        return task
+        return self._scope.branch(name, work)
 
-    async def gather(self, *works: Coroutine[Any, Any, Any], names: list[str] | None = None) -> list[Any]:
-        """``asyncio.gather`` where each awaitable runs as its own branch ("0", "1", ...)."""
-        labels = names or [str(i) for i in range(len(works))]
-        try:
-            if len(labels) != len(works):
-                raise ValueError(f"gather got {len(works)} awaitables but {len(labels)} names")
-            for label in labels:  # all before any branch starts: none runs if one is refused
-                limits.slot_name(label, "gather")
-        except (ValueError, TypeError):
-            for work in works:
-                work.close()
-            raise
-        return list(await asyncio.gather(*(self.branch(n, w) for n, w in zip(labels, works))))
+    def gather(self, *works: Coroutine[Any, Any, Any],
+               names: list[str] | None = None) -> Coroutine[Any, Any, list[Any]]:
+        """``asyncio.gather`` where each awaitable runs as its own branch ("0", "1", ...
+        or ``names``)."""
+        return self._scope.gather(*works, names=names)
 
-    async def submit(self, name: str, *, chain: str, tx: Any, idempotency_key: str, finality: Any = None,
-                     compensate: Callable[[Any], Any] | None = None, retry: Retry | None = None) -> Any:
-        """Submit an on-chain transaction exactly once and return its receipt once final."""
-        if self._submitter is None:
-            raise RuntimeError("this Chainflow app has no chains configured; pass chains=[...]")
-        return await self._submitter.submit(self, name, chain=chain, tx=tx, idempotency_key=idempotency_key,
-                                            finality=finality, compensate=compensate, retry=retry)
+    def now(self) -> dt.datetime:
+        """Wall-clock time, recorded: a replay sees the same instant."""
+        return self._scope.now()
 
-    # --- slots and replay ------------------------------------------------------
+    def uuid(self) -> _uuid.UUID:
+        """A random UUID, recorded: a replay sees the same one."""
+        return self._scope.uuid()
 
-    def _state(self, branch: str) -> _BranchState:
-        state = self._branches.get(branch)
-        if state is None:
-            state = self._branches[branch] = _BranchState()
-        return state
+    def random(self) -> float:
+        """A random float in [0, 1), recorded: a replay sees the same one."""
+        return self._scope.random()
 
-    def _slot(self, name: str, kind: str) -> store.Slot:
-        if self.fatal is not None:
-            raise self.fatal
-        limits.slot_name(name, kind)
-        branch = _BRANCH.get()
-        state = self._state(branch)
-        position = state.position
-        state.position += 1
-        occurrence = state.names[name]
-        state.names[name] += 1
-        key = name if occurrence == 0 else f"{name}{limits.OCCURRENCE_SEP}{occurrence}"
-        at_position = self._by_pos.get((branch, position))
-        if at_position is not None and (at_position.key != key or at_position.kind != kind):
-            self._nondeterminism(branch, position, f"{at_position.kind} {at_position.key}", f"{kind} {key}")
-        entry = self._by_key.get((branch, key))
-        if entry is not None and entry is not at_position:
-            self._nondeterminism(branch, position, "nothing", f"{kind} {key}")
-        self.generation += 1
-        return store.Slot(branch, position, key, entry)
-
-    def _nondeterminism(self, branch: str, position: int, expected: str, actual: str) -> None:
-        self.fatal = NonDeterminismError(self.run_id, branch, position, expected, actual)
-        self.stop_reason = FATAL
-        raise self.fatal
-
-    def register_compensation(self, slot: store.Slot, fn: Callable[..., Any], value: Any, retry: Retry,
-                              timeout: float | None = None) -> None:
-        """``fn(value)`` undoes the operation at ``slot`` if the run fails, is cancelled
-        or rolled back.  Replayed operations keep their journal order; those completed
-        in this execution come after all of them, in the order they completed."""
-        if slot.entry is not None:
-            order = (0, slot.entry.id)
-        else:
-            self._fresh += 1
-            order = (1, self._fresh)
-        self.compensations.append(Compensation(order, slot, fn, value, retry, timeout))
-
-    def slot(self, name: str, kind: str) -> store.Slot:
-        """Slot allocation for extensions (on-chain submission) living outside this module."""
-        return self._slot(name, kind)
-
-    def _recorded(self, kind: str, make: Callable[[], Any]) -> Any:
-        slot = self._slot(kind, kind)
-        if slot.entry is not None:
-            return codec.loads(slot.entry.output)
-        value = make()
-        now = self.clock.time()
-        # buffered: flushed with this run's next durable write, which is the first
-        # moment the value can influence anything outside the process
-        self._buffer.append(self.entry_op(slot, kind, "ok", codec.dumps(value), None, 1, now, now))
-        return value
-
-    def refuse_new_work(self) -> None:
-        if self.fatal is not None:
-            raise self.fatal
-        if self.stop_reason in (CANCEL, TIMEOUT, ROLLBACK):
-            raise RunCancelled(self.run_id)
-
-    async def hold_lease(self) -> None:
-        """Raise ``LeaseLostError`` unless this run is provably still ours: called where
-        something is about to leave the process (a step or compensation attempt, a
-        broadcast), so a worker that was frozen past its lease does not repeat work
-        another worker has taken over.  A float comparison while the heartbeat keeps
-        the lease fresh; a database round trip only once its deadline has passed."""
-        if not await self.lease.prove():
-            self.stop_reason = LEASE_LOST
-            raise LeaseLostError(self.run_id)
-
-    def entry_op(self, slot: store.Slot, kind: str, status: str, output: str | None, error: str | None,
-                  attempts: int, started: float | None, finished: float | None) -> store.Op:
-        return store.EntryInsert(dict(
-            run_id=self.run_id, branch=slot.branch, position=slot.position, key=slot.key, kind=kind, status=status,
-            output=output, error=error, attempts=attempts, started_at=started, finished_at=finished,
-        ))
-
-    # --- execution -------------------------------------------------------------
-
-    async def commit(self, *ops: store.Op) -> list[Any]:
-        """One durable, fenced transaction for this run (plus buffered records)."""
-        return await self._commit(*ops)
-
-    async def _commit(self, *ops: store.Op) -> list[Any]:
-        batch = self._buffer + list(ops)
-        self._buffer = []
-        self.busy(+1)
-        try:
-            # exclusive: this commit is the run's only work in flight
-            results = await self._committer.write(self.run_id, self.fence, batch, exclusive=self.active == 1)
-        except LeaseLostError:
-            self.stop_reason = LEASE_LOST
-            raise
-        except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
-            # the database, not the workflow, failed: abandon this execution (another
-            # worker resumes it after the lease) instead of failing the run
-            self.stop_reason = LEASE_LOST
-            raise LeaseLostError(self.run_id) from exc
-        except Exception:
-            self._buffer = batch[: len(batch) - len(ops)] + self._buffer  # rolled back: keep for the next write
-            raise
-        finally:
-            self.busy(-1)
-        return results[len(results) - len(ops):]
-
-    async def flush(self) -> None:
-        if self._buffer:
-            await self._commit()
-
-    def busy(self, delta: int) -> None:
-        """Count work in flight (+1 / -1): a run with work in flight is never parked."""
-        self.active += delta
-        self.touch()
-
-    def touch(self) -> None:
-        self.generation += 1
-        # the driver only cares about moments when the run might be fully parked;
-        # waking it on every step would cost more than the step's own bookkeeping
-        if self.active == 0 and self.parks:
-            self.changed.set()
-
-    async def _execute(self, slot: store.Slot, kind: str, fn: Callable[..., Any], args: tuple[Any, ...],
-                       kwargs: dict[str, Any], policy: Retry, limit: float | None) -> tuple[str, Any]:
-        """Attempts with journaled backoff; returns (encoded, decoded) output or raises StepError."""
-        self.refuse_new_work()
-        tries = self.tries_of(slot)
-        label = slot.key if not slot.branch else f"{slot.branch}/{slot.key}"
-        while True:
-            if tries:  # tested here: a step's first attempt costs no extra coroutine
-                await self.back_off(tries)
-            self.refuse_new_work()
-            if time.monotonic() >= self.lease.deadline:  # the hot path pays a comparison
-                await self.hold_lease()
-            attempt = len(tries) + 1
-            started = self.clock.time()
-            self.busy(+1)
-            try:
-                result = await self._invoke(label, fn, args, kwargs, limit)
-                text, value = codec.roundtrip(result, what=f"output of step {label!r}")
-            except PayloadError as exc:
-                await self._fail(slot, kind, exc, attempt, started)
-                raise StepError(label, "PayloadError", str(exc), attempt) from exc
-            except Exception as exc:
-                finished = self.clock.time()
-                if not policy.retryable(exc) or attempt >= policy.max_attempts:
-                    await self._fail(slot, kind, exc, attempt, started)
-                    raise StepError(label, f"{type(exc).__module__}.{type(exc).__qualname__}", str(exc),
-                                    attempt) from exc
-                await self.record_attempt(slot, tries, exc, started, finished, finished + policy.delay(attempt))
-                continue
-            finally:
-                self.busy(-1)
-            await self._commit(self.entry_op(slot, kind, "ok", text, None, attempt, started, self.clock.time()))
-            metrics.inc("chainflow_steps_total", outcome="ok")
-            self._journaled += 1
-            if self._journaled % _YIELD_EVERY == 0:
-                # async steps that return at once, committed inline, never suspend: without
-                # this a long run would hold the loop and starve the lease's heartbeat
-                await asyncio.sleep(0)
-            return text, value
-
-    def tries_of(self, slot: store.Slot) -> list[store.AttemptRow]:
-        """The slot's failed attempts, as journaled (loaded at claim) plus this
-        execution's: attempt numbers and backoff resume from them after a park, a
-        replay or another worker, instead of restarting at attempt 1."""
-        return self._tries.setdefault((slot.branch, slot.key), [])
-
-    async def back_off(self, tries: list[store.AttemptRow]) -> None:
-        """Wait out the delay journaled with the last failed attempt (parks if long)."""
-        if tries and tries[-1].next_at is not None:
-            await self.park(tries[-1].next_at, None)
-
-    async def record_attempt(self, slot: store.Slot, tries: list[store.AttemptRow], exc: BaseException,
-                             started: float, finished: float, next_at: float) -> None:
-        """Journal failed attempt ``len(tries) + 1`` and when the next may start."""
-        attempt, error, run_id = len(tries) + 1, describe_error(exc), self.run_id
-        row = dict(branch=slot.branch, key=slot.key, attempt=attempt, error=error,
-                   started_at=started, finished_at=finished, next_at=next_at)
-        await self._commit(lambda conn: store.insert_attempt(conn, run_id, **row))
-        tries.append(store.AttemptRow(attempt, error, next_at))
-
-    async def _fail(self, slot: store.Slot, kind: str, exc: BaseException, attempt: int, started: float) -> None:
-        await self._commit(
-            self.entry_op(slot, kind, "error", None, describe_error(exc), attempt, started, self.clock.time())
-        )
-
-    async def _invoke(self, label: str, fn: Callable[..., Any], args: tuple[Any, ...],
-                      kwargs: dict[str, Any], limit: float | None) -> Any:
-        if inspect.iscoroutinefunction(fn):
-            work: Awaitable[Any] = fn(*args, **kwargs)
-        else:
-            work = self._pool.run(functools.partial(fn, *args, **kwargs))
-        if limit is None:
-            result = await work
-        else:
-            try:
-                result = await asyncio.wait_for(work, limit)
-            except TimeoutError:
-                raise StepTimeout(label, limit) from None
-        if inspect.isawaitable(result):  # a sync callable returning a coroutine
-            result = await result
-        return result
-
-    async def park(self, wake_at: float | None, signal: str | None) -> None:
-        """Wait until ``wake_at`` (or a signal); the executor may unwind us meanwhile."""
-        if wake_at is not None and self.clock.time() >= wake_at:
-            return
-        self.refuse_new_work()
-        park = Park(wake_at, signal, asyncio.get_running_loop().create_future())
-        self.parks.append(park)
-        self.touch()
-        try:
-            await park.future
-        finally:
-            self.parks.remove(park)
-            self.touch()
-        self.refuse_new_work()
-
-    async def run_compensations(self, only: set[int] | None = None) -> list[str]:
-        """Run registered compensations newest first, each journaled once; returns failures.
-
-        ``only``: journal entry ids whose compensations to run (a reorg rollback)."""
-        failures: list[str] = []
-        self.stop_reason = None  # compensations are new work that must be allowed
-        self.compensating = True
-        chosen = [c for c in self.compensations
-                  if only is None or (c.slot.entry is not None and c.slot.entry.id in only)]
-        for comp in sorted(chosen, key=lambda c: c.order, reverse=True):
-            key = f"{limits.COMPENSATION_PREFIX}{comp.slot.key}"
-            slot = store.Slot(comp.slot.branch, -1, key, self._by_key.get((comp.slot.branch, key)))
-            if slot.entry is not None:
-                if slot.entry.status != "ok":
-                    failures.append(slot.key)
-                continue
-            try:
-                await self._execute(slot, "compensation", comp.fn, (comp.value,), {}, comp.retry, comp.timeout)
-            except StepError:
-                failures.append(slot.key)
-        return failures
+    def __repr__(self) -> str:
+        return f"<chainflow.Context run={self.run_id!r} workflow={self.workflow!r}>"

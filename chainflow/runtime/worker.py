@@ -37,9 +37,9 @@ from ..storage.connector import is_local
 from ..storage.database import Database
 from ..threads import ThreadPool, offload
 from .committer import Committer
-from .context import CANCEL, LEASE_LOST
 from .executor import Execution, Outcome
 from .registry import Registry
+from .scope import CANCEL, LEASE_LOST
 
 log = logging.getLogger("chainflow.worker")
 T = TypeVar("T")

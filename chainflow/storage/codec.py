@@ -25,7 +25,7 @@ import uuid
 import zoneinfo
 from typing import Any
 
-from .errors import PayloadError
+from ..errors import PayloadError
 
 TAG = "__cf__"
 _SAFE_INT = 2**53  # beyond this many JSON readers (JS, some drivers) lose precision
