@@ -37,7 +37,7 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
     import sqlalchemy as sa
 
     import chainflow as cf
-    from chainflow.schema import runs
+    from chainflow.storage.schema import runs
 
     n = spec["runs"]
     app = cf.Chainflow(f"sqlite:///{os.path.join(tempfile.mkdtemp(), 'memory.db')}")

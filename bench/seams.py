@@ -95,7 +95,7 @@ async def _offload_stdlib(n: int) -> None:
 
 
 async def _flag_ours(n: int) -> None:
-    from chainflow.flag import Flag
+    from chainflow.runtime.flag import Flag
 
     loop = asyncio.get_running_loop()
     changed, stop = Flag(), Flag()

@@ -42,7 +42,7 @@ def available() -> str | None:
 def _seed(app: Any, chain: str, sender: str, n: int, head: int) -> None:
     import sqlalchemy as sa
 
-    from chainflow.schema import submissions, tx_attempts
+    from chainflow.storage.schema import submissions, tx_attempts
 
     now = time.time()
     rows = [dict(chain=chain, sender=sender, idempotency_key=f"synthetic-{i}", request="{}",
@@ -59,7 +59,7 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
     import chainflow as cf
     from adapters.evm import EvmChain, LocalSigner
     from chainflow import txstore
-    from chainflow.tracker import Tracker
+    from chainflow.chain.tracker import Tracker
     from devnet import Anvil, InProcessEVM
     from devnet.anvil import AnvilNotInstalled, anvil_binary
 
@@ -77,7 +77,7 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
         net.set_automine(False)
 
         async def main() -> dict[str, Any]:
-            tracker = Tracker(app, chain, "bench")
+            tracker = Tracker(app.database, app.clock, chain, "bench")
             head = (await chain.head()).number
             await asyncio.to_thread(_seed, app, "bench", chain.sender(), n, head)
             await tracker.iteration()  # first contact: takes the lease, stores the starting window

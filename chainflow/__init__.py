@@ -1,12 +1,34 @@
 """chainflow: durable, blockchain-aware payment workflows.
 
-See README.md for the tour; the public API is what this module exports.
+See README.md for the tour; the public API is what this module exports, and
+everything under the subpackages is private.
+
+The engine is built in layers; a module imports only from its own layer or the ones
+below it, never above, and no two modules import each other in a circle
+(``tests/test_layers.py`` walks every import and fails on a back-edge):
+
+1. base: ``errors``, ``clock``, ``retry``, ``lease``, ``lograte``, ``metrics``,
+   ``threads`` -- values and small mechanisms every layer shares;
+2. ``storage``: the schema and its migrations, the connector, the payload codec, the
+   runs store (runs, journal, attempts, signals, workers), the group-commit writer
+   and the ``Database`` gateway -- the only code that speaks SQL about runs;
+3. ``chain``: the chain-agnostic submission protocol, the adapter protocols, the
+   submissions and headers stores, finality, the head tracker and reorg handling;
+   it asks the run it submits for through ``chain.scope.RunScope``;
+4. ``runtime``: what executes runs -- the worker, the executor, the per-run context,
+   the group committer and the workflow registry; it reaches the app through
+   ``runtime.worker.WorkerHost``;
+5. ``client``: ``Chainflow``, the registry of workflows plus the client half
+   (start, signal, cancel, status, ...);
+6. the entry points: ``cli``, ``testing`` and this module.
 """
 
-from .adapter import BroadcastOutcome, BroadcastResult, ChainAdapter, Header, Receipt, SignedTx
-from .app import AttemptRecord, Chainflow, JournalEntry, ReorgEvent, RunHandle, RunStatus
+from .chain.adapter import BroadcastOutcome, BroadcastResult, ChainAdapter, Header, Receipt, SignedTx
+from .chain.finality import Confirmations, Finalized, Safe
+from .chain.reorg import REORG_SIGNAL
+from .chain.tracker_config import TrackerConfig
+from .client.app import AttemptRecord, Chainflow, JournalEntry, ReorgEvent, RunHandle, RunStatus
 from .clock import MAX_DURATION, Clock, FakeClock, SystemClock
-from .context import Context
 from .errors import (
     ChainflowError,
     ConfigurationError,
@@ -30,10 +52,8 @@ from .errors import (
     WaitTimeout,
     WorkflowTimeout,
 )
-from .finality import Confirmations, Finalized, Safe
-from .reorg import REORG_SIGNAL
 from .retry import Retry
-from .tracker_config import TrackerConfig
+from .runtime.context import Context
 
 __all__ = [
     "MAX_DURATION", "REORG_SIGNAL", "Confirmations", "Finalized", "Safe", "TrackerConfig", "ReorgEvent",

@@ -32,10 +32,10 @@ from rich.console import Console, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from . import codec
-from .app import AttemptRecord, Chainflow, JournalEntry, RunStatus
+from .client.app import AttemptRecord, Chainflow, JournalEntry, RunStatus
 from .clock import MAX_SECONDS
 from .errors import ChainflowError
+from .storage import codec
 
 # Looked up at print time (not bound at import) so tests can swap in a wide console.
 console = Console()
@@ -275,13 +275,13 @@ def retry(ctx: click.Context, run_id: str) -> None:
 @click.pass_context
 def nonces(ctx: click.Context) -> None:
     """Nonce health per (chain, sender): next nonce, the chain's counts, in flight, gaps."""
-    from .nonces import SenderNonces, report, snapshot
+    from .chain.nonces import SenderNonces, report, snapshot
 
     app = _target(ctx).app()
 
     async def ask_chains() -> list[SenderNonces]:
         try:
-            return await report(app)
+            return await report(app.database, app.chains)
         finally:  # HTTP sessions belong to this loop: close them, failure or not
             for adapter in app.chains.values():
                 await adapter.aclose()
@@ -302,7 +302,8 @@ def nonces(ctx: click.Context) -> None:
 @click.pass_context
 def metrics(ctx: click.Context) -> None:
     """Runs, submissions and reorgs from the database, in Prometheus text format."""
-    from .metrics import database_series, exposition
+    from .metrics import exposition
+    from .storage.gauges import database_series
 
     click.echo(exposition(_target(ctx).app().read(database_series)), nl=False)
 

@@ -6,6 +6,9 @@ surface in a web backend's logs or a CLI one-liner, far from the code that cause
 
 from __future__ import annotations
 
+import json
+import traceback
+
 
 class ChainflowError(Exception):
     """Base class: catch this to handle any engine-raised error."""
@@ -170,3 +173,21 @@ class SubmissionFailedError(ChainflowError):
     def __init__(self, step: str, detail: str) -> None:
         super().__init__(f"submission of step {step!r} failed: {detail}")
         self.step, self.detail = step, detail
+
+
+def describe_error(exc: BaseException) -> str:
+    """An exception as the journal and the runs table store it (JSON: type, message,
+    the traceback's tail): what a replay re-raises and an operator reads."""
+    return json.dumps(
+        {
+            "type": f"{type(exc).__module__}.{type(exc).__qualname__}",
+            "message": str(exc),
+            "traceback": "".join(traceback.format_exception(exc))[-4000:],
+        }
+    )
+
+
+def error_parts(text: str | None) -> tuple[str, str]:
+    """(type, message) of a stored error."""
+    data = json.loads(text) if text else {}
+    return data.get("type", "Error"), data.get("message", "")

@@ -1,4 +1,5 @@
-"""Process-local counters on prometheus-client, and the database gauges ``chainflow metrics`` prints.
+"""Process-local counters on prometheus-client (``chainflow metrics`` adds the database's
+gauges from ``storage.gauges``).
 
 The counters live in ``REGISTRY``, a ``CollectorRegistry`` of this process rather than
 prometheus-client's global default, so an application embedding chainflow keeps its own
@@ -18,7 +19,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import Metric
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -55,36 +56,6 @@ def _child(name: str, labels: dict[str, Any]) -> Callable[[float], None]:
         raise KeyError(f"unknown metric {name!r}; chainflow counts: {', '.join(_COUNTERS)}")
     # keyword order differs between call sites, but .labels() finds the same child for both
     return counter.labels(**{k: str(v) for k, v in labels.items()}).inc
-
-
-def database_series(conn: Any) -> list[Metric]:
-    """Gauges read from the database, so any process (the CLI, a scraper) sees the
-    whole deployment, not just its own counters."""
-    import sqlalchemy as sa
-
-    from .schema import reorgs, runs, submissions
-
-    by_status = GaugeMetricFamily("chainflow_runs", "Runs in the database, by status.", labels=["status"])
-    for status, n in conn.execute(sa.select(runs.c.status, sa.func.count()).group_by(runs.c.status)):
-        by_status.add_metric([status], int(n))
-    by_state = GaugeMetricFamily("chainflow_submissions", "On-chain submissions in the database, by chain and state.",
-                                 labels=["chain", "state"])
-    for chain, state, n in conn.execute(
-        sa.select(submissions.c.chain, submissions.c.state, sa.func.count())
-        .group_by(submissions.c.chain, submissions.c.state)
-    ):
-        by_state.add_metric([chain, state], int(n))
-    events = GaugeMetricFamily("chainflow_reorgs_recorded", "Reorg events the trackers recorded, by chain.",
-                               labels=["chain"])
-    blocks = GaugeMetricFamily("chainflow_reorg_blocks_recorded", "Blocks orphaned by recorded reorgs, by chain.",
-                               labels=["chain"])
-    for chain, n, depth in conn.execute(
-        sa.select(reorgs.c.chain, sa.func.count(), sa.func.coalesce(sa.func.sum(reorgs.c.depth), 0))
-        .group_by(reorgs.c.chain)
-    ):
-        events.add_metric([chain], int(n))
-        blocks.add_metric([chain], int(depth))
-    return [by_status, by_state, events, blocks]
 
 
 def exposition(extra: Iterable[Metric] = ()) -> str:

@@ -19,10 +19,10 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from .app import Chainflow, RunStatus
+from .client.app import Chainflow, RunStatus
 from .clock import FakeClock
-from .schema import runs
-from .store import TERMINAL
+from .storage.schema import runs
+from .storage.store import TERMINAL
 
 
 @dataclass(frozen=True)

@@ -15,8 +15,7 @@ from web3 import Web3
 
 import chainflow as cf
 from adapters.evm import EvmChain, LocalSigner
-from chainflow.finality import Confirmations
-from chainflow.tracker_config import TrackerConfig
+from chainflow import Confirmations, TrackerConfig
 from devnet import InProcessEVM, deploy_token, token_contract
 
 from .ledger import Ledger

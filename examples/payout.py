@@ -16,8 +16,7 @@ from web3 import Web3
 
 import chainflow as cf
 from adapters.evm import EvmChain, LocalSigner
-from chainflow.finality import Confirmations
-from chainflow.tracker_config import TrackerConfig
+from chainflow import Confirmations, TrackerConfig
 from devnet import InProcessEVM
 
 from .ledger import Ledger

@@ -16,7 +16,7 @@ from typing import Any
 
 import chainflow as cf
 from adapters.evm import EvmChain, LocalSigner
-from chainflow.finality import Confirmations
+from chainflow import Confirmations
 
 chain = EvmChain("evm", os.environ.get("CHAINFLOW_EVM_RPC", "http://127.0.0.1:8545"),
                  LocalSigner.from_env("MINTER_KEY"))

@@ -21,8 +21,8 @@ from rich.console import Console
 
 import chainflow as cf
 import chainflow.cli
-from chainflow import reorg
-from chainflow.app import AttemptRecord, JournalEntry, RunStatus
+from chainflow.chain import reorg
+from chainflow.client.app import AttemptRecord, JournalEntry, RunStatus
 from chainflow.cli import cli, timeline
 from chainflow.testing import WorkflowTester
 
@@ -415,7 +415,7 @@ def test_main_is_the_entry_point(monkeypatch: pytest.MonkeyPatch, capsys: pytest
 def test_metrics_prints_the_database_gauges_in_prometheus_text(db: Db) -> None:
     from prometheus_client.parser import text_string_to_metric_families
 
-    from chainflow.schema import reorgs
+    from chainflow.storage.schema import reorgs
 
     app = cf.Chainflow(db.url)
     with app.engine.begin() as conn:

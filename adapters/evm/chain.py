@@ -17,7 +17,7 @@ from typing import Any
 
 from eth_utils import to_checksum_address
 
-from chainflow.adapter import (
+from chainflow.chain.adapter import (
     BroadcastOutcome,
     BroadcastResult,
     EndpointError,

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import re
 
-from chainflow.adapter import BroadcastOutcome
+from chainflow.chain.adapter import BroadcastOutcome
 
 _RULES: list[tuple[BroadcastOutcome, tuple[str, ...]]] = [
     (

@@ -10,7 +10,7 @@ as "bad user input" and fails the step for good, whereas a timeout must be retri
 
 from __future__ import annotations
 
-from chainflow.adapter import TxRejected
+from chainflow.chain.adapter import TxRejected
 from chainflow.errors import ConfigurationError
 
 

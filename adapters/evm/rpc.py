@@ -38,7 +38,7 @@ from web3.exceptions import BadResponseFormat, ProviderConnectionError, Web3RPCE
 from web3.providers import AsyncHTTPProvider, BaseProvider, HTTPProvider
 from web3.providers.async_base import AsyncBaseProvider
 
-from chainflow.adapter import EndpointError
+from chainflow.chain.adapter import EndpointError
 
 from .errors import RpcError, RpcUnavailable
 

@@ -12,8 +12,8 @@ from web3 import EthereumTesterProvider
 from web3.contract import Contract
 
 from adapters.evm import ChainIdMismatch, EvmChain, LocalSigner, TxReverted
-from chainflow import codec
-from chainflow.adapter import (
+from chainflow.storage import codec
+from chainflow.chain.adapter import (
     BroadcastOutcome,
     ChainAdapter,
     Receipt,

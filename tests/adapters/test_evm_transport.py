@@ -10,7 +10,7 @@ import pytest
 from eth_account import Account
 
 from adapters.evm import EvmChain, LocalSigner, RpcUnavailable
-from chainflow.adapter import BroadcastOutcome
+from chainflow.chain.adapter import BroadcastOutcome
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -67,7 +67,7 @@ def claim_count(app: cf.Chainflow, run_id: str) -> int:
     """How many times a worker claimed the run (1 = it never suspended or moved)."""
     import sqlalchemy as sa
 
-    from chainflow.schema import runs
+    from chainflow.storage.schema import runs
 
     with app.engine.begin() as conn:
         return int(conn.execute(sa.select(runs.c.attempt_count).where(runs.c.id == run_id)).scalar_one())

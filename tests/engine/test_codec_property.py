@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
-from chainflow import codec
+from chainflow.storage import codec
 
 # --- strategies -------------------------------------------------------------------
 

@@ -11,8 +11,8 @@ from typing import Any
 import sqlalchemy as sa
 
 import chainflow as cf
-from chainflow.committer import Committer
-from chainflow.connector import is_local
+from chainflow.runtime.committer import Committer
+from chainflow.storage.connector import is_local
 
 
 def _runs(app: cf.Chainflow, n: int) -> list[str]:

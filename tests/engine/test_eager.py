@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from chainflow import eager
+from chainflow.runtime import eager
 
 VAR: contextvars.ContextVar[str] = contextvars.ContextVar("VAR", default="outer")
 

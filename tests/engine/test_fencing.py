@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 import chainflow as cf
-from chainflow import store
+from chainflow.storage import store
 
 from ._util import wait_until
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from chainflow.flag import Flag
+from chainflow.runtime.flag import Flag
 
 
 async def test_waiters_resolve_when_set_and_at_once_once_set() -> None:

@@ -7,7 +7,7 @@ import uuid
 from typing import Any
 
 import chainflow as cf
-from chainflow import codec
+from chainflow.storage import codec
 from chainflow.testing import WorkflowTester
 
 from ._util import error_type, live_keys, wait_until

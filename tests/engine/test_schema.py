@@ -8,8 +8,8 @@ from typing import Any
 import sqlalchemy as sa
 
 import chainflow as cf
-from chainflow import schema, store
-from chainflow.connector import migrate
+from chainflow.storage import schema, store
+from chainflow.storage.connector import migrate
 
 
 def _indexes(app: cf.Chainflow) -> dict[str, str]:

@@ -24,7 +24,7 @@ import pytest
 from click.testing import CliRunner
 
 import chainflow as cf
-from chainflow import codec, limits
+from chainflow.storage import codec, limits
 from chainflow.cli import cli
 from chainflow.testing import CallLog
 
@@ -569,7 +569,7 @@ def test_cli_nonces_with_the_node_down_is_one_line_and_closes_sessions(tmp_path:
     """))
     setup = cf.Chainflow(f"sqlite:///{db}")
     setup.ensure_schema()
-    from chainflow.schema import nonces
+    from chainflow.storage.schema import nonces
 
     with setup.engine.begin() as conn:
         conn.execute(nonces.insert().values(chain="local", sender="0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266",

@@ -12,10 +12,10 @@ import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
 import chainflow as cf
-from chainflow import store
-from chainflow.committer import Committer
+from chainflow.storage import store
+from chainflow.runtime.committer import Committer
 from chainflow.errors import LeaseLostError
-from chainflow.schema import journal
+from chainflow.storage.schema import journal
 
 from .pg_wire import ReplyDropper
 from .tcp_proxy import Link, TcpProxy

@@ -14,9 +14,9 @@ import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
 import chainflow as cf
-from chainflow import store
-from chainflow.entrywriter import EntryWriter
-from chainflow.schema import runs
+from chainflow.storage import store
+from chainflow.storage.entrywriter import EntryWriter
+from chainflow.storage.schema import runs
 
 RUNS, SECONDS, PER_KIND = 48, 4.0, 3
 OWNER = "w"

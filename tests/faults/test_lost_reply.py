@@ -19,8 +19,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
 import chainflow as cf
-from chainflow import codec, store
-from chainflow.schema import attempts, journal, runs
+from chainflow.storage import codec, store
+from chainflow.storage.schema import attempts, journal, runs
 from chainflow.testing import CallLog
 
 from .pg_wire import ReplyDropper

@@ -27,7 +27,7 @@ import pytest
 import sqlalchemy as sa
 
 import chainflow as cf
-from chainflow.schema import journal, runs
+from chainflow.storage.schema import journal, runs
 
 APP = Path(__file__).with_name("paused_app.py")
 RUNS = 4

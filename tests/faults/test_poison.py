@@ -23,9 +23,10 @@ from rich.console import Console
 
 import chainflow as cf
 import chainflow.cli
-from chainflow import executor, store
+from chainflow.runtime import executor
+from chainflow.storage import store
 from chainflow.cli import cli
-from chainflow.schema import runs
+from chainflow.storage.schema import runs
 from chainflow.testing import CallLog
 
 from ..engine._util import running_worker, wait_status

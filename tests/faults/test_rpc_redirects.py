@@ -16,7 +16,7 @@ from eth_account import Account
 from web3 import AsyncHTTPProvider, HTTPProvider
 
 from adapters.evm import EvmChain, LocalSigner, RpcUnavailable
-from chainflow.adapter import EndpointError
+from chainflow.chain.adapter import EndpointError
 from chainflow.errors import ConfigurationError
 
 from ._httpstub import HttpStub

@@ -20,8 +20,8 @@ import pytest
 import sqlalchemy as sa
 
 import chainflow as cf
-from chainflow import codec
-from chainflow.schema import journal, runs
+from chainflow.storage import codec
+from chainflow.storage.schema import journal, runs
 
 from ..engine._util import running_worker, wait_status, wait_until
 

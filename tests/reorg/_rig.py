@@ -21,8 +21,8 @@ from web3 import Web3
 
 import chainflow as cf
 from adapters.evm import EvmChain, LocalSigner
-from chainflow.schema import submissions, tx_attempts
-from chainflow.tracker import HeadStats, Tracker
+from chainflow.storage.schema import submissions, tx_attempts
+from chainflow.chain.tracker import HeadStats, Tracker
 from devnet import deploy_token, token_contract
 
 from ..conftest import CallLog
@@ -46,7 +46,7 @@ class Rig:
         self.config = cf.TrackerConfig(**tracker)
         self.app = cf.Chainflow(db_url, chains=[self.adapter], tracker=self.config, lease_seconds=10.0)
         self.app.ensure_schema()
-        self.tracker = Tracker(self.app, self.adapter, "test-tracker", self.config)
+        self.tracker = Tracker(self.app.database, self.app.clock, self.adapter, "test-tracker", self.config)
         self.heads: list[HeadStats] = []
         self.ledger = ledger
 

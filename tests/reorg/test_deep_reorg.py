@@ -21,7 +21,7 @@ import pytest
 import sqlalchemy as sa
 
 import chainflow as cf
-from chainflow.schema import reorgs
+from chainflow.storage.schema import reorgs
 from devnet import ReorgResult, mark_fork_point, reorg, reorg_to, rollback
 
 from ._rig import Rig, label, register_mint_flow

@@ -22,7 +22,7 @@ import pytest
 import sqlalchemy as sa
 from web3 import Web3
 
-from chainflow.schema import headers, submissions, tx_attempts
+from chainflow.storage.schema import headers, submissions, tx_attempts
 from devnet import deploy_token, reorg
 
 from .worker_proc import build

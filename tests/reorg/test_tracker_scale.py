@@ -23,7 +23,7 @@ import sqlalchemy as sa
 from eth_account import Account
 
 import chainflow as cf
-from chainflow.schema import submissions, tx_attempts
+from chainflow.storage.schema import submissions, tx_attempts
 
 from ..conftest import CallLog
 from ._rig import CHAIN, Rig, build_rig, register_mint_flow

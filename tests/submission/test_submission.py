@@ -25,8 +25,8 @@ from web3 import Web3
 
 import chainflow as cf
 from adapters.evm import EvmChain, LocalSigner
-from chainflow import schema
-from chainflow.adapter import TxRejected
+from chainflow.storage import schema
+from chainflow.chain.adapter import TxRejected
 from devnet import Anvil, deploy_token, token_contract
 from tests.conftest import require_anvil
 

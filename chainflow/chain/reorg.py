@@ -19,8 +19,10 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from . import codec, headers, metrics, store
-from .schema import attempts, journal, reorgs, runs, submissions
+from .. import metrics
+from ..storage import codec, store
+from ..storage.schema import attempts, journal, reorgs, runs, submissions
+from . import headers
 
 SETTLED = ("included", "final")
 REORG_SIGNAL = "chainflow.reorg"  # sent to every run whose transaction a reorg un-included

@@ -25,7 +25,7 @@ import uuid
 import zoneinfo
 from typing import Any
 
-from .errors import PayloadError
+from ..errors import PayloadError
 
 TAG = "__cf__"
 _SAFE_INT = 2**53  # beyond this many JSON readers (JS, some drivers) lose precision
@@ -36,7 +36,7 @@ MAX_DEPTH = 200
 
 def _too_deep(path: str) -> PayloadError:
     return PayloadError(f"value nested more than {MAX_DEPTH} levels deep at {path or 'top level'} "
-                        f"(chainflow.codec.MAX_DEPTH)")
+                        f"(chainflow.storage.codec.MAX_DEPTH)")
 
 
 def _too_long(what: str) -> PayloadError:

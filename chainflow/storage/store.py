@@ -23,7 +23,7 @@ import collections
 import functools
 import json
 import uuid
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,6 +63,17 @@ class Entry:
     output: str | None
     error: str | None
     attempts: int
+
+
+@dataclass(frozen=True)
+class Slot:
+    """Where an operation of a run is journaled: its branch, its position in the
+    branch, its key (name#occurrence), and the live entry already there, if any."""
+
+    branch: str
+    position: int
+    key: str
+    entry: Entry | None
 
 
 @dataclass(frozen=True)
@@ -342,6 +353,11 @@ class RunFinish:
 
     def __init__(self, run_id: str, status: str, output: str | None, error: str | None, now: float) -> None:
         self.run_id, self.status, self.output, self.error, self.now = run_id, status, output, error, now
+
+
+# what a fenced commit applies: a closure over the batch's connection, or plain data
+# the group commit writes in bulk
+Op = Callable[[sa.Connection], Any] | EntryInsert | RunInsert | RunFinish
 
 
 RUN_COLUMNS = tuple(c.name for c in runs.c)

@@ -36,13 +36,11 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from . import recovery, store
-from .entrywriter import EntryWriter
-from .errors import LeaseLostError
-from .threads import ThreadPool
-
-# a closure over the batch's connection, or plain data the batch writes in bulk
-Op = Callable[[sa.Connection], Any] | store.EntryInsert | store.RunInsert | store.RunFinish
+from ..errors import LeaseLostError
+from ..storage import recovery, store
+from ..storage.entrywriter import EntryWriter
+from ..storage.store import Op
+from ..threads import ThreadPool
 
 
 @dataclass

@@ -19,20 +19,21 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import sqlalchemy as sa
 
-from . import codec, finality, headers, metrics, nonces, reorg, store
+from .. import metrics
+from ..clock import Clock
+from ..lease import valid_for
+from ..lograte import FailureLog
+from ..storage import codec, store
+from ..storage.database import Database
+from ..storage.schema import submissions, tx_attempts
+from . import finality, headers, nonces, reorg
 from .adapter import BroadcastOutcome, ChainAdapter, Header, Receipt
-from .lograte import FailureLog
-from .lease import valid_for
-from .schema import submissions, tx_attempts
 from .submission import broadcast_latest, event_name, fill_gap
 from .tracker_config import TrackerConfig
-
-if TYPE_CHECKING:
-    from .app import Chainflow
 
 log = logging.getLogger("chainflow.tracker")
 
@@ -58,8 +59,9 @@ class HeadStats:
 
 
 class Tracker:
-    def __init__(self, app: Chainflow, adapter: ChainAdapter, owner: str, config: TrackerConfig | None = None) -> None:
-        self.app = app
+    def __init__(self, db: Database, clock: Clock, adapter: ChainAdapter, owner: str,
+                 config: TrackerConfig | None = None) -> None:
+        self.db, self.clock = db, clock
         self.adapter = adapter
         self.chain = adapter.name
         self.owner = owner
@@ -101,7 +103,7 @@ class Tracker:
         without the database, on the monotonic clock from when the renewal was sent."""
         ttl = max(5.0, self.config.poll_interval * 10)
         sent = time.monotonic()
-        if await self.app.adb(headers.lead, f"tracker:{self.chain}", self.owner, self.app.clock.time(), ttl):
+        if await self.db.atx(headers.lead, f"tracker:{self.chain}", self.owner, self.clock.time(), ttl):
             self._lead_until = sent + valid_for(ttl)
             return True
         self._lead_until = -math.inf
@@ -122,21 +124,21 @@ class Tracker:
         that depend only on the new blocks and on our own matches in them."""
         self._stats = stats = HeadStats()
         head = await self._rpc(self.adapter.head())
-        tip = self._tip or await self.app.aread(headers.tip, self.chain)
+        tip = self._tip or await self.db.aread(headers.tip, self.chain)
         if tip is None:
             start = max(0, head.number - self.config.start_depth)
             tip = await self._rpc(self.adapter.header_at(start))
-            await self.app.adb(_commit_head, self.chain, [tip], [], [], start, 0, self.app.clock.time())
+            await self.db.atx(_commit_head, self.chain, [tip], [], [], start, 0, self.clock.time())
         new = await self._new_headers(head, tip)
         if new is None:
             fork = await self._find_fork(head, tip)
             await self._reorg(fork, head)
-            tip = await self.app.aread(headers.tip, self.chain)
+            tip = await self.db.aread(headers.tip, self.chain)
             assert tip is not None
             new = await self._new_headers(head, tip) or []
         block_hashes = {h.hash: await self._rpc(self.adapter.block_tx_hashes(h.hash)) for h in new}
         wanted = [tx for hashes in block_hashes.values() for tx in hashes]
-        view = await self.app.aread(_view, self.chain, wanted, head.number - self.config.rebroadcast_blocks,
+        view = await self.db.aread(_view, self.chain, wanted, head.number - self.config.rebroadcast_blocks,
                                     self.config.stuck_batch)
         receipts: list[tuple[int, Receipt]] = []
         for sub_id, tx_hash, policy in view.matches:
@@ -145,8 +147,8 @@ class Tracker:
                 receipts.append((sub_id, receipt))
                 view.included.append((sub_id, policy, receipt.block_number))
         ready = await self._ready(view.included, head.number)
-        await self.app.adb(_commit_head, self.chain, new, receipts, ready, head.number, self.config.window,
-                           self.app.clock.time())
+        await self.db.atx(_commit_head, self.chain, new, receipts, ready, head.number, self.config.window,
+                           self.clock.time())
         self._tip = new[-1] if new else tip
         stats.new_blocks, stats.matched, stats.settled = len(new), len(receipts), len(ready)
         try:
@@ -189,10 +191,10 @@ class Tracker:
     async def _find_fork(self, head: Header, tip: Header) -> int:
         """Height of the last block our stored window shares with the node's chain."""
         self._tip = None
-        low = await self.app.aread(headers.lowest, self.chain) or 0
+        low = await self.db.aread(headers.lowest, self.chain) or 0
         number = min(tip.number, head.number)
         while number >= low:
-            stored = await self.app.aread(headers.at, self.chain, number)
+            stored = await self.db.aread(headers.at, self.chain, number)
             canonical = head if number == head.number else await self._rpc(self.adapter.header_at(number))
             if stored is None or canonical is None or stored.hash == canonical.hash:
                 return number
@@ -200,13 +202,13 @@ class Tracker:
         return low - 1
 
     async def _reorg(self, fork: int, head: Header) -> None:
-        now = self.app.clock.time()
+        now = self.clock.time()
         new_hashes = []
         for number in range(fork + 1, head.number + 1):
             h = head if number == head.number else await self._rpc(self.adapter.header_at(number))
             if h is not None:
                 new_hashes.append(h.hash)
-        depth = await self.app.adb(reorg.record, self.chain, fork, new_hashes, now)
+        depth = await self.db.atx(reorg.record, self.chain, fork, new_hashes, now)
         self._stats.reorg_depth = depth
         log.warning("reorg on %s: %d block(s) orphaned above %d", self.chain, depth, fork)
 
@@ -220,12 +222,12 @@ class Tracker:
             if latest[sub.sender] > int(sub.nonce):
                 await self._resolve_spent(sub)
                 continue
-            attempts = await self.app.adb(lambda c, s=sub.id: list(c.execute(
+            attempts = await self.db.atx(lambda c, s=sub.id: list(c.execute(
                 sa.select(tx_attempts).where(tx_attempts.c.submission_id == s).order_by(tx_attempts.c.id))))
             pending = await self._rpc(self.adapter.in_mempool(attempts[-1].tx_hash))
             if not pending:
                 await self._as_leader()
-                result = await broadcast_latest(self.app, None, self.adapter, sub)
+                result = await broadcast_latest(self.db, self.clock, None, self.adapter, sub)
                 self._stats.rpc_calls += 1
                 self._stats.rebroadcasts += 1
                 # the node dropped it as underpriced (base fee rose above its fee cap): only a
@@ -237,7 +239,7 @@ class Tracker:
                 await self._bump(sub, attempts[-1])
             else:
                 continue
-            await self.app.adb(_touch, sub.id, head)
+            await self.db.atx(_touch, sub.id, head)
 
     async def _fill_gaps(self, orphaned: list[Any]) -> None:
         """Burn nonces whose runs ended between allocation and signing."""
@@ -245,21 +247,21 @@ class Tracker:
             if sub.sender != self.adapter.sender():
                 continue
             await self._as_leader()
-            await fill_gap(self.app, None, self.adapter, int(sub.nonce))
-            await self.app.adb(nonces.mark_abandoned, sub.id, self.app.clock.time())
+            await fill_gap(self.db, self.clock, None, self.adapter, int(sub.nonce))
+            await self.db.atx(nonces.mark_abandoned, sub.id, self.clock.time())
 
     async def _resolve_spent(self, sub: Any) -> None:
         """Our nonce is used on chain: by one of our attempts (missed match) or by a foreign tx."""
-        attempts = await self.app.adb(lambda c: list(c.execute(
+        attempts = await self.db.atx(lambda c: list(c.execute(
             sa.select(tx_attempts.c.tx_hash).where(tx_attempts.c.submission_id == sub.id))))
         for (tx_hash,) in attempts:
             receipt = await self._rpc(self.adapter.receipt(tx_hash))
             if receipt is not None:
-                canonical = await self.app.adb(headers.is_canonical, self.chain, receipt.block_hash)
+                canonical = await self.db.atx(headers.is_canonical, self.chain, receipt.block_hash)
                 if canonical:
-                    await self.app.adb(_store_receipts, [(sub.id, receipt)], self.app.clock.time())
+                    await self.db.atx(_store_receipts, [(sub.id, receipt)], self.clock.time())
                 return  # mined in a block we have not stored yet: the next heads will tell
-        await self.app.adb(_fail_foreign, sub.id, int(sub.nonce), self.app.clock.time())
+        await self.db.atx(_fail_foreign, sub.id, int(sub.nonce), self.clock.time())
 
     async def _bump(self, sub: Any, last: Any) -> None:
         await self._as_leader()
@@ -271,9 +273,9 @@ class Tracker:
         signed = await self._rpc(self.adapter.sign(request, nonce, fees))
         from . import txstore
 
-        await self.app.adb(txstore.add_attempt, sub.id, self.chain, signed, self.app.clock.time())
+        await self.db.atx(txstore.add_attempt, sub.id, self.chain, signed, self.clock.time())
         await self._as_leader()
-        await broadcast_latest(self.app, None, self.adapter, sub)
+        await broadcast_latest(self.db, self.clock, None, self.adapter, sub)
         self._stats.rpc_calls += 1
         self._stats.bumps += 1
         metrics.inc("chainflow_fee_bumps_total", chain=self.chain)

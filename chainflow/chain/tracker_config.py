@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, fields
 
-from .clock import to_seconds
+from ..clock import to_seconds
 
 
 @dataclass

@@ -13,7 +13,6 @@ import functools
 import hashlib
 import json
 import signal as _signal
-import threading
 import time
 import weakref
 from collections import OrderedDict
@@ -23,26 +22,27 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import sqlalchemy as sa
 
-from . import codec, limits, store
-from .adapter import ChainAdapter
-from .clock import Clock, SystemClock, seconds, to_seconds
-from .connector import create_engine, locked_as_error, migrate, resolve_url
-from .errors import (
+from ..chain.adapter import ChainAdapter
+from ..chain.tracker_config import TrackerConfig
+from ..clock import Clock, SystemClock, seconds, to_seconds
+from ..errors import (
     ConfigurationError,
     IdempotencyConflictError,
     RunFinishedError,
     RunNotDeadLetteredError,
     RunNotFoundError,
 )
-from .registry import Registry, WorkflowDef, WorkflowFn, infer_input_type
-from .retry import DEFAULT_RETRY, Retry
-from .threads import offload
-from .tracker_config import TrackerConfig
-from .worker import call_on
+from ..retry import DEFAULT_RETRY, Retry
+from ..runtime.registry import Registry, WorkflowDef, WorkflowFn, infer_input_type
+from ..runtime.worker import call_on
+from ..storage import codec, limits, store
+from ..storage.connector import resolve_url
+from ..storage.database import Database
+from ..threads import offload
 
 if TYPE_CHECKING:
-    from .submission import Submitter
-    from .worker import Worker
+    from ..chain.submission import Submitter
+    from ..runtime.worker import Worker
 
 T = TypeVar("T")
 F = TypeVar("F", bound=WorkflowFn)
@@ -143,8 +143,8 @@ class Chainflow:
         if max_recoveries < 0:
             raise ValueError(f"max_recoveries must be >= 0, got {max_recoveries!r}")
         self.database_url = resolve_url(database_url)
-        self.busy_timeout = to_seconds(busy_timeout, "busy_timeout")
-        self.engine = create_engine(self.database_url, busy_timeout=self.busy_timeout)
+        self.database = Database(self.database_url, busy_timeout=to_seconds(busy_timeout, "busy_timeout"))
+        self.engine = self.database.engine
         self.clock: Clock = clock or SystemClock()
         self.default_retry = default_retry
         self.lease_seconds = to_seconds(lease_seconds, "lease_seconds", positive=True)
@@ -158,11 +158,9 @@ class Chainflow:
             self.chains[chain.name] = chain
         self.submitter: Submitter | None = None
         if self.chains:
-            from .submission import Submitter
+            from ..chain.submission import Submitter
 
-            self.submitter = Submitter(self)
-        self._schema_ready = False
-        self._schema_lock = threading.Lock()
+            self.submitter = Submitter(self.database, self.chains, self.clock)
         self._workers: weakref.WeakSet[Worker] = weakref.WeakSet()
         self._waiters: dict[str, set[asyncio.Future[Any]]] = {}
         # bounded: lets await_run skip waiting for runs that finished before it was called
@@ -185,42 +183,19 @@ class Chainflow:
     # --- schema and plumbing ---------------------------------------------------
 
     def ensure_schema(self) -> None:
-        if self._schema_ready:
-            return
-        with self._schema_lock:
-            if not self._schema_ready:
-                try:
-                    with locked_as_error(self.engine, self.busy_timeout):
-                        migrate(self.engine)
-                except sa.exc.OperationalError as exc:
-                    raise ConfigurationError(
-                        f"cannot reach database {self.engine.url.render_as_string(hide_password=True)}: "
-                        f"{exc.orig}"
-                    ) from None
-                self._schema_ready = True
-
-    def _tx(self, fn: Callable[..., T], *args: Any) -> T:
-        self.ensure_schema()
-        with locked_as_error(self.engine, self.busy_timeout), self.engine.begin() as conn:
-            return fn(conn, *args)
+        self.database.ensure_schema()
 
     def read(self, fn: Callable[..., T], *args: Any) -> T:
         """``fn(conn, *args)`` in one read-only transaction (for tools and extensions)."""
-        return self._read(fn, *args)
-
-    def _read(self, fn: Callable[..., T], *args: Any) -> T:
-        self.ensure_schema()
-        with locked_as_error(self.engine, self.busy_timeout), \
-                self.engine.connect().execution_options(readonly=True) as conn, conn.begin():
-            return fn(conn, *args)
+        return self.database.read(fn, *args)
 
     async def aread(self, fn: Callable[..., T], *args: Any) -> T:
         """``fn(conn, *args)`` in one read-only transaction, off the event loop."""
-        return await offload(self._read, fn, *args)
+        return await self.database.aread(fn, *args)
 
     async def adb(self, fn: Callable[..., T], *args: Any) -> T:
         """``fn(conn, *args)`` in one transaction, off the event loop."""
-        return await offload(self._tx, fn, *args)
+        return await self.database.atx(fn, *args)
 
     def attach(self, worker: Worker) -> None:
         self._workers.add(worker)
@@ -254,10 +229,10 @@ class Chainflow:
 
         try:
             try:
-                handle = self._tx(create)
+                handle = self.database.tx(create)
             except sa.exc.IntegrityError:
                 # a concurrent start with the same key won the insert: answer as it would
-                handle = self._tx(create)
+                handle = self.database.tx(create)
         except BaseException:
             if local is not None:
                 local.adopt(None)
@@ -332,7 +307,7 @@ class Chainflow:
             self._live_run(conn, run_id, f"signal {name!r} to")
             store.insert_signal(conn, run_id, name, text, self.clock.time())
 
-        self._tx(send)
+        self.database.tx(send)
         self._notify()
 
     async def asignal(self, run_id: str, name: str, payload: Any = None) -> None:
@@ -343,7 +318,7 @@ class Chainflow:
             self._live_run(conn, run_id, "cancel")
             store.request_cancel(conn, run_id, self.clock.time())
 
-        self._tx(request)
+        self.database.tx(request)
         self._notify()
 
     async def acancel(self, run_id: str) -> None:
@@ -360,7 +335,7 @@ class Chainflow:
             if not store.retry_dead_lettered(conn, run_id, self.clock.time()):
                 raise RunNotDeadLetteredError(run_id, row.status)
 
-        self._tx(reopen)
+        self.database.tx(reopen)
         self._notify()
 
     async def aretry(self, run_id: str) -> None:
@@ -374,7 +349,7 @@ class Chainflow:
             served = None if row.status in store.TERMINAL else store.served_workflows(conn, self.clock.time())
             return _status_of(row, store.compensations(conn, run_id), served)
 
-        return self._read(read)
+        return self.database.read(read)
 
     async def astatus(self, run_id: str) -> RunStatus:
         return await offload(self.status, run_id)
@@ -395,7 +370,7 @@ class Chainflow:
                 for r in store.journal_rows(conn, run_id)
             ]
 
-        return self._read(read)
+        return self.database.read(read)
 
     async def ajournal(self, run_id: str) -> list[JournalEntry]:
         return await offload(self.journal, run_id)
@@ -408,7 +383,7 @@ class Chainflow:
                 for a in store.attempt_rows(conn, run_id)
             ]
 
-        return self._read(read)
+        return self.database.read(read)
 
     def runs(self, *, status: str | None = None, workflow: str | None = None, limit: int = 100) -> list[RunStatus]:
         def read(conn: sa.Connection) -> list[RunStatus]:
@@ -417,11 +392,11 @@ class Chainflow:
             served = store.served_workflows(conn, self.clock.time()) if live else None
             return [_status_of(r, {}, served) for r in rows]
 
-        return self._read(read)
+        return self.database.read(read)
 
     def reorgs(self, chain: str | None = None, limit: int = 100) -> list[ReorgEvent]:
         """Reorg events the trackers recorded, newest first."""
-        from .schema import reorgs
+        from ..storage.schema import reorgs
 
         def read(conn: sa.Connection) -> list[ReorgEvent]:
             q = sa.select(reorgs).order_by(reorgs.c.id.desc()).limit(limit)
@@ -431,7 +406,7 @@ class Chainflow:
                                json.loads(r.new_hashes), json.loads(r.affected), r.detected_at)
                     for r in conn.execute(q)]
 
-        return self._read(read)
+        return self.database.read(read)
 
     def wait(self, run_id: str, timeout: float | None = None, poll: float = 0.05) -> RunStatus:
         """Block until the run is finished (for scripts and tests; real time)."""
@@ -506,7 +481,7 @@ class Chainflow:
     # --- workers ---------------------------------------------------------------
 
     def worker(self, **options: Any) -> Worker:
-        from .worker import Worker
+        from ..runtime.worker import Worker
 
         return Worker(self, **options)
 

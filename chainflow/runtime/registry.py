@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import DuplicateWorkflowError, InputValidationError, UnknownWorkflowError
+from ..errors import DuplicateWorkflowError, InputValidationError, UnknownWorkflowError
 
 WorkflowFn = Callable[[Any, Any], Awaitable[Any]]
 

@@ -20,8 +20,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
+from ..errors import ConfigurationError, DatabaseLockedError
 from . import schema
-from .errors import ConfigurationError, DatabaseLockedError
 
 ENV_URL = "CHAINFLOW_DATABASE_URL"
 DEFAULT_URL = "sqlite:///chainflow.db"

@@ -1,4 +1,5 @@
-"""What workflow code calls: ``ctx.step``, ``ctx.sleep``, ``ctx.wait_for``...
+"""The runtime side of a workflow's ``ctx``: what ``ctx.step``, ``ctx.sleep``,
+``ctx.wait_for``... do underneath the public ``Context``.
 
 Every operation takes a *slot*: (branch, position in branch, name#occurrence).  The
 position is assigned synchronously when the operation is called, so on replay the same
@@ -18,10 +19,8 @@ import contextvars
 import datetime as dt
 import functools
 import inspect
-import json
 import random as _random
 import time
-import traceback
 import uuid as _uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable, Coroutine
@@ -30,10 +29,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import sqlalchemy as sa
 
-from . import codec, limits, metrics, store
-from .clock import Clock, seconds, to_datetime, to_seconds
-from .committer import Committer, Op
-from .errors import (
+from .. import metrics
+from ..clock import Clock, seconds, to_datetime, to_seconds
+from ..errors import (
     LeaseLostError,
     NonDeterminismError,
     PayloadError,
@@ -41,14 +39,19 @@ from .errors import (
     StepError,
     StepTimeout,
     WaitTimeout,
+    describe_error,
 )
+from ..lease import Lease
+from ..retry import DEFAULT_RETRY, Retry
+from ..storage import codec, limits, store
+from ..threads import ThreadPool
+from .committer import Committer
 from .flag import Flag
-from .lease import Lease
-from .retry import DEFAULT_RETRY, Retry
-from .threads import ThreadPool
 
 if TYPE_CHECKING:
-    from .submission import Submitter
+    from ..chain.adapter import Receipt
+    from ..chain.finality import Policy
+    from ..chain.submission import Submitter
 
 T = TypeVar("T")
 
@@ -67,14 +70,6 @@ class _BranchState:
     children: Counter[str] = field(default_factory=Counter)
 
 
-@dataclass(frozen=True)
-class Slot:
-    branch: str
-    position: int
-    key: str
-    entry: store.Entry | None
-
-
 @dataclass
 class Park:
     wake_at: float | None
@@ -85,30 +80,20 @@ class Park:
 @dataclass
 class Compensation:
     order: tuple[int, int]
-    slot: Slot
+    slot: store.Slot
     fn: Callable[..., Any]
     value: Any
     retry: Retry
     timeout: float | None
 
 
-def describe_error(exc: BaseException) -> str:
-    return json.dumps(
-        {
-            "type": f"{type(exc).__module__}.{type(exc).__qualname__}",
-            "message": str(exc),
-            "traceback": "".join(traceback.format_exception(exc))[-4000:],
-        }
-    )
+class Scope:
+    """One execution's run-side state and operations: slots and replay, the fenced
+    commit, parks, attempts, compensations, the lease proof.
 
-
-def error_parts(text: str | None) -> tuple[str, str]:
-    data = json.loads(text) if text else {}
-    return data.get("type", "Error"), data.get("message", "")
-
-
-class Context:
-    """Handed to each workflow function; one per execution of a run."""
+    Workflow code sees it only through ``Context`` (the public facade), the executor
+    drives it, and the chain layer's submission protocol uses it as its
+    ``RunScope``."""
 
     def __init__(
         self,
@@ -138,7 +123,7 @@ class Context:
         self.default_retry = default_retry
         self._submitter = submitter
         self._branches: dict[str, _BranchState] = {}
-        self._buffer: list[Op] = []
+        self._buffer: list[store.Op] = []
         self._fresh = 0
         self._journaled = 0  # steps this execution journaled
         self.compensations: list[Compensation] = []
@@ -176,8 +161,7 @@ class Context:
             etype, message = error_parts(slot.entry.error)
             raise StepError(name, etype, message, slot.entry.attempts)
         if compensate is not None:
-            order = (0, slot.entry.id) if slot.entry else self.next_order()
-            self.compensations.append(Compensation(order, slot, compensate, value, policy, limit))
+            self.register_compensation(slot, compensate, value, policy, limit)
         return value  # type: ignore[no-any-return]
 
     async def sleep(self, name: str, duration: float | dt.timedelta) -> None:
@@ -280,8 +264,8 @@ class Context:
             raise
         return list(await asyncio.gather(*(self.branch(n, w) for n, w in zip(labels, works))))
 
-    async def submit(self, name: str, *, chain: str, tx: Any, idempotency_key: str, finality: Any = None,
-                     compensate: Callable[[Any], Any] | None = None, retry: Retry | None = None) -> Any:
+    async def submit(self, name: str, *, chain: str, tx: Any, idempotency_key: str, finality: Policy | None = None,
+                     compensate: Callable[[Receipt], Any] | None = None, retry: Retry | None = None) -> Receipt:
         """Submit an on-chain transaction exactly once and return its receipt once final."""
         if self._submitter is None:
             raise RuntimeError("this Chainflow app has no chains configured; pass chains=[...]")
@@ -296,7 +280,7 @@ class Context:
             state = self._branches[branch] = _BranchState()
         return state
 
-    def _slot(self, name: str, kind: str) -> Slot:
+    def _slot(self, name: str, kind: str) -> store.Slot:
         if self.fatal is not None:
             raise self.fatal
         limits.slot_name(name, kind)
@@ -314,19 +298,26 @@ class Context:
         if entry is not None and entry is not at_position:
             self._nondeterminism(branch, position, "nothing", f"{kind} {key}")
         self.generation += 1
-        return Slot(branch, position, key, entry)
+        return store.Slot(branch, position, key, entry)
 
     def _nondeterminism(self, branch: str, position: int, expected: str, actual: str) -> None:
         self.fatal = NonDeterminismError(self.run_id, branch, position, expected, actual)
         self.stop_reason = FATAL
         raise self.fatal
 
-    def next_order(self) -> tuple[int, int]:
-        """Compensation order for a step completed in this execution (after all replayed ones)."""
-        self._fresh += 1
-        return (1, self._fresh)
+    def register_compensation(self, slot: store.Slot, fn: Callable[..., Any], value: Any, retry: Retry,
+                              timeout: float | None = None) -> None:
+        """``fn(value)`` undoes the operation at ``slot`` if the run fails, is cancelled
+        or rolled back.  Replayed operations keep their journal order; those completed
+        in this execution come after all of them, in the order they completed."""
+        if slot.entry is not None:
+            order = (0, slot.entry.id)
+        else:
+            self._fresh += 1
+            order = (1, self._fresh)
+        self.compensations.append(Compensation(order, slot, fn, value, retry, timeout))
 
-    def slot(self, name: str, kind: str) -> Slot:
+    def slot(self, name: str, kind: str) -> store.Slot:
         """Slot allocation for extensions (on-chain submission) living outside this module."""
         return self._slot(name, kind)
 
@@ -357,8 +348,8 @@ class Context:
             self.stop_reason = LEASE_LOST
             raise LeaseLostError(self.run_id)
 
-    def entry_op(self, slot: Slot, kind: str, status: str, output: str | None, error: str | None,
-                  attempts: int, started: float | None, finished: float | None) -> Op:
+    def entry_op(self, slot: store.Slot, kind: str, status: str, output: str | None, error: str | None,
+                  attempts: int, started: float | None, finished: float | None) -> store.Op:
         return store.EntryInsert(dict(
             run_id=self.run_id, branch=slot.branch, position=slot.position, key=slot.key, kind=kind, status=status,
             output=output, error=error, attempts=attempts, started_at=started, finished_at=finished,
@@ -366,11 +357,11 @@ class Context:
 
     # --- execution -------------------------------------------------------------
 
-    async def commit(self, *ops: Op) -> list[Any]:
+    async def commit(self, *ops: store.Op) -> list[Any]:
         """One durable, fenced transaction for this run (plus buffered records)."""
         return await self._commit(*ops)
 
-    async def _commit(self, *ops: Op) -> list[Any]:
+    async def _commit(self, *ops: store.Op) -> list[Any]:
         batch = self._buffer + list(ops)
         self._buffer = []
         self.busy(+1)
@@ -408,7 +399,7 @@ class Context:
         if self.active == 0 and self.parks:
             self.changed.set()
 
-    async def _execute(self, slot: Slot, kind: str, fn: Callable[..., Any], args: tuple[Any, ...],
+    async def _execute(self, slot: store.Slot, kind: str, fn: Callable[..., Any], args: tuple[Any, ...],
                        kwargs: dict[str, Any], policy: Retry, limit: float | None) -> tuple[str, Any]:
         """Attempts with journaled backoff; returns (encoded, decoded) output or raises StepError."""
         self.refuse_new_work()
@@ -448,7 +439,7 @@ class Context:
                 await asyncio.sleep(0)
             return text, value
 
-    def tries_of(self, slot: Slot) -> list[store.AttemptRow]:
+    def tries_of(self, slot: store.Slot) -> list[store.AttemptRow]:
         """The slot's failed attempts, as journaled (loaded at claim) plus this
         execution's: attempt numbers and backoff resume from them after a park, a
         replay or another worker, instead of restarting at attempt 1."""
@@ -459,7 +450,7 @@ class Context:
         if tries and tries[-1].next_at is not None:
             await self.park(tries[-1].next_at, None)
 
-    async def record_attempt(self, slot: Slot, tries: list[store.AttemptRow], exc: BaseException,
+    async def record_attempt(self, slot: store.Slot, tries: list[store.AttemptRow], exc: BaseException,
                              started: float, finished: float, next_at: float) -> None:
         """Journal failed attempt ``len(tries) + 1`` and when the next may start."""
         attempt, error, run_id = len(tries) + 1, describe_error(exc), self.run_id
@@ -468,7 +459,7 @@ class Context:
         await self._commit(lambda conn: store.insert_attempt(conn, run_id, **row))
         tries.append(store.AttemptRow(attempt, error, next_at))
 
-    async def _fail(self, slot: Slot, kind: str, exc: BaseException, attempt: int, started: float) -> None:
+    async def _fail(self, slot: store.Slot, kind: str, exc: BaseException, attempt: int, started: float) -> None:
         await self._commit(
             self.entry_op(slot, kind, "error", None, describe_error(exc), attempt, started, self.clock.time())
         )
@@ -516,7 +507,7 @@ class Context:
                   if only is None or (c.slot.entry is not None and c.slot.entry.id in only)]
         for comp in sorted(chosen, key=lambda c: c.order, reverse=True):
             key = f"{limits.COMPENSATION_PREFIX}{comp.slot.key}"
-            slot = Slot(comp.slot.branch, -1, key, self._by_key.get((comp.slot.branch, key)))
+            slot = store.Slot(comp.slot.branch, -1, key, self._by_key.get((comp.slot.branch, key)))
             if slot.entry is not None:
                 if slot.entry.status != "ok":
                     failures.append(slot.key)

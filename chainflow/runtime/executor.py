@@ -12,17 +12,22 @@ import asyncio
 import json
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-from . import codec, eager, reorg, store
-from .context import CANCEL, FATAL, LEASE_LOST, ROLLBACK, SUSPEND, TIMEOUT, _BRANCH, Context, describe_error
-from .errors import LeaseLostError, NonDeterminismError, PayloadError, RunCancelled, WorkflowTimeout
+from ..chain import reorg
+from ..chain.submission import Submitter
+from ..clock import Clock
+from ..errors import LeaseLostError, NonDeterminismError, PayloadError, RunCancelled, WorkflowTimeout, describe_error
+from ..lease import Lease
+from ..retry import Retry
+from ..storage import codec, store
+from ..threads import ThreadPool
+from . import eager
+from .committer import Committer
+from .context import Context
 from .flag import Flag
-from .lease import Lease
 from .registry import WorkflowDef
-
-if TYPE_CHECKING:
-    from .worker import Worker
+from .scope import _BRANCH, CANCEL, FATAL, LEASE_LOST, ROLLBACK, SUSPEND, TIMEOUT, Scope
 
 log = logging.getLogger("chainflow.executor")
 
@@ -41,15 +46,26 @@ class Outcome:
     compensations: dict[str, str] | None = None
 
 
+class ExecutionHost(Protocol):
+    """What an execution uses of the worker running it."""
+
+    clock: Clock
+    inline_wait: float
+    committer: Committer
+    step_pool: ThreadPool
+    default_retry: Retry
+    submitter: Submitter | None
+
+
 class Execution:
-    def __init__(self, worker: Worker, claim: store.Claim, wf: WorkflowDef, history: store.History,
+    def __init__(self, worker: ExecutionHost, claim: store.Claim, wf: WorkflowDef, history: store.History,
                  lease: Lease) -> None:
         self.worker = worker
         self.claim = claim
         self.lease = lease
         self.history = history
         self.wf = wf
-        self.ctx: Context | None = None
+        self.ctx: Scope | None = None
         self._stop = Flag()
         self._lost = Flag()  # only a lost lease (or close) stops compensations
         self._parked: list[tuple[float | None, str | None]] = []
@@ -71,10 +87,10 @@ class Execution:
     async def run(self) -> Outcome:
         w, claim = self.worker, self.claim
         entries, tries = self.history
-        ctx = self.ctx = Context(
+        ctx = self.ctx = Scope(
             run_id=claim.run_id, workflow=claim.workflow, fence=claim.fence, entries=entries, tries=tries,
-            committer=w.committer, clock=w.clock, step_pool=w.step_pool, default_retry=w.app.default_retry,
-            submitter=w.app.submitter, lease=self.lease,
+            committer=w.committer, clock=w.clock, step_pool=w.step_pool, default_retry=w.default_retry,
+            submitter=w.submitter, lease=self.lease,
         )
         self._entries = entries
         if self._reason is not None:
@@ -93,15 +109,15 @@ class Execution:
         ctx.tasks.add(main)
         return await self._drive(ctx, main)
 
-    async def _main(self, ctx: Context, arg: Any) -> Any:
+    async def _main(self, ctx: Scope, arg: Any) -> Any:
         _BRANCH.set("")
-        return await self.wf.fn(ctx, arg)
+        return await self.wf.fn(Context(ctx), arg)
 
-    async def _drive(self, ctx: Context, main: asyncio.Future[Any]) -> Outcome:
+    async def _drive(self, ctx: Scope, main: asyncio.Future[Any]) -> Outcome:
         await self._pump(ctx, main, self._stop, watch_deadline=True)
         return await self._conclude(ctx, main)
 
-    async def _pump(self, ctx: Context, main: asyncio.Future[Any], stop: Flag, *, watch_deadline: bool) -> None:
+    async def _pump(self, ctx: Scope, main: asyncio.Future[Any], stop: Flag, *, watch_deadline: bool) -> None:
         """Run ``main`` until done, stopped (``stop``) or every branch is parked (suspend)."""
         clock = self.worker.clock
         stop_wait = stop.future()
@@ -133,7 +149,7 @@ class Execution:
         finally:
             stop_wait.cancel()
 
-    async def _settled(self, ctx: Context) -> bool:
+    async def _settled(self, ctx: Scope) -> bool:
         mark = ctx.generation
         for _ in range(_SETTLE_SPINS):
             await asyncio.sleep(0)
@@ -141,7 +157,7 @@ class Execution:
                 return False
         return True
 
-    async def _wait_inline(self, ctx: Context, stop_event: Flag) -> bool:
+    async def _wait_inline(self, ctx: Scope, stop_event: Flag) -> bool:
         """Short timers are waited in-process; returns False when the run should park."""
         clock, limit = self.worker.clock, self.worker.inline_wait
         if any(p.wake_at is None or p.signal for p in ctx.parks):
@@ -162,12 +178,12 @@ class Execution:
                 park.future.set_result(None)
         return True
 
-    async def _unwind(self, ctx: Context) -> None:
+    async def _unwind(self, ctx: Scope) -> None:
         for task in list(ctx.tasks):
             task.cancel()
         await asyncio.gather(*ctx.tasks, return_exceptions=True)
 
-    async def _conclude(self, ctx: Context, main: asyncio.Future[Any]) -> Outcome:
+    async def _conclude(self, ctx: Scope, main: asyncio.Future[Any]) -> Outcome:
         reason = ctx.stop_reason
         if main.done() and not main.cancelled():
             main.exception()  # retrieved: paths below that ignore it must not log "never retrieved"
@@ -202,7 +218,7 @@ class Execution:
             return await self._finish("completed", text, None)
         return await self._compensate_and_finish(ctx, "failed", exc)
 
-    async def _roll_back(self, ctx: Context) -> Outcome:
+    async def _roll_back(self, ctx: Scope) -> Outcome:
         """Compensate what depended on an invalidated step, then reopen the run there."""
         assert self.claim.rollback is not None
         request = reorg.parse(self.claim.rollback)
@@ -218,7 +234,7 @@ class Execution:
             return Outcome("abandoned", "lease lost")
         return Outcome("rolled_back", request["reason"])
 
-    async def _compensate_and_finish(self, ctx: Context, status: str, error: BaseException) -> Outcome:
+    async def _compensate_and_finish(self, ctx: Scope, status: str, error: BaseException) -> Outcome:
         failures = await self._compensations(ctx)
         if isinstance(failures, Outcome):
             return failures
@@ -227,7 +243,7 @@ class Execution:
             info["compensation_failures"] = failures
         return await self._finish(status, None, json.dumps(info))
 
-    async def _compensations(self, ctx: Context, only: set[int] | None = None) -> list[str] | Outcome:
+    async def _compensations(self, ctx: Scope, only: set[int] | None = None) -> list[str] | Outcome:
         """Run the compensations as a driven task, like the workflow itself: a retry
         backoff (or any other park) inside one is waited inline or suspends the run,
         instead of awaiting a park nobody would ever resolve."""
@@ -259,7 +275,7 @@ class Execution:
         comps: dict[str, str] | None = {} if status == "completed" and not any(e.kind == "compensation" for e in self._entries) else None
         return Outcome(status, error or "", row, comps)
 
-    async def _suspend(self, ctx: Context, bounded_by_deadline: bool = True) -> Outcome:
+    async def _suspend(self, ctx: Scope, bounded_by_deadline: bool = True) -> Outcome:
         # a park with no wake time (waiting only for an event) does not bound the wake-up
         wake_at = min((w for w, _ in self._parked if w is not None), default=None)
         signals = sorted({s for _, s in self._parked if s})

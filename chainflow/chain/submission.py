@@ -21,14 +21,13 @@ import dataclasses
 import json
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import sqlalchemy as sa
 
-from . import codec, finality, limits, metrics, store, txstore
-from .adapter import BroadcastOutcome, BroadcastResult, ChainAdapter, EndpointError, Receipt, TxRejected
-from .context import Compensation, Context, Slot, describe_error, error_parts
-from .errors import (
+from .. import metrics
+from ..clock import Clock
+from ..errors import (
     ConfigurationError,
     LeaseLostError,
     NonDeterminismError,
@@ -36,12 +35,16 @@ from .errors import (
     StepError,
     SubmissionFailedError,
     TxRevertedError,
+    describe_error,
+    error_parts,
 )
-from .lograte import FailureLog
-from .retry import Retry
-
-if TYPE_CHECKING:
-    from .app import Chainflow
+from ..lograte import FailureLog
+from ..retry import Retry
+from ..storage import codec, limits, store
+from ..storage.database import Database
+from . import finality, txstore
+from .adapter import BroadcastOutcome, BroadcastResult, ChainAdapter, EndpointError, Receipt, TxRejected
+from .scope import RunScope
 
 log = logging.getLogger("chainflow.submission")
 
@@ -64,7 +67,7 @@ def event_name(sub_id: int) -> str:
     return f"tx:{sub_id}"
 
 
-def step_label(slot: Slot) -> str:
+def step_label(slot: store.Slot) -> str:
     return f"{slot.branch}/{slot.key}" if slot.branch else slot.key
 
 
@@ -77,7 +80,7 @@ class _Unsettled(Exception):
 
 
 def _lock_final(conn: sa.Connection, sub_id: int) -> None:
-    from .schema import submissions
+    from ..storage.schema import submissions
 
     state = conn.execute(
         sa.select(submissions.c.state).where(submissions.c.id == sub_id).with_for_update()
@@ -87,19 +90,21 @@ def _lock_final(conn: sa.Connection, sub_id: int) -> None:
 
 
 class Submitter:
-    def __init__(self, app: Chainflow) -> None:
-        self.app = app
+    """The submission protocol for one app's chains, over its database."""
+
+    def __init__(self, db: Database, chains: dict[str, ChainAdapter], clock: Clock) -> None:
+        self.db, self.chains, self.clock = db, chains, clock
 
     def adapter(self, chain: str) -> ChainAdapter:
         try:
-            return self.app.chains[chain]
+            return self.chains[chain]
         except KeyError:
             raise ConfigurationError(
-                f"no chain named {chain!r} is configured (known: {sorted(self.app.chains)})"
+                f"no chain named {chain!r} is configured (known: {sorted(self.chains)})"
             ) from None
 
     async def submit(
-        self, ctx: Context, name: str, *, chain: str, tx: Any, idempotency_key: str,
+        self, ctx: RunScope, name: str, *, chain: str, tx: Any, idempotency_key: str,
         finality: Any = None, compensate: Callable[[Any], Any] | None = None, retry: Retry | None = None,
     ) -> Receipt:
         # before the slot: a bad key or name is refused before anything is journaled
@@ -118,11 +123,10 @@ class Submitter:
             receipt = await self._submit_new(ctx, slot, chain, tx, idempotency_key, finality,
                                              retry or SUBMIT_RETRY)
         if compensate is not None:
-            order = (0, slot.entry.id) if slot.entry else ctx.next_order()
-            ctx.compensations.append(Compensation(order, slot, compensate, receipt, retry or ctx.default_retry, None))
+            ctx.register_compensation(slot, compensate, receipt, retry or ctx.default_retry)
         return receipt
 
-    async def _submit_new(self, ctx: Context, slot: Slot, chain: str, tx: Any, key: str, policy: Any,
+    async def _submit_new(self, ctx: RunScope, slot: store.Slot, chain: str, tx: Any, key: str, policy: Any,
                           retry: Retry) -> Receipt:
         ctx.refuse_new_work()
         label = step_label(slot)
@@ -151,7 +155,8 @@ class Submitter:
                                           ctx.clock.time()))
             raise StepError(label, f"{type(exc).__module__}.{type(exc).__qualname__}", str(exc), tries) from exc
 
-    async def _resilient(self, ctx: Context, slot: Slot, retry: Retry, fn: Callable[..., Any], *args: Any) -> Any:
+    async def _resilient(self, ctx: RunScope, slot: store.Slot, retry: Retry, fn: Callable[..., Any],
+                         *args: Any) -> Any:
         """Run a resumable protocol phase, retrying node and network failures.
 
         Every phase picks up from the submission's committed state, so running it again
@@ -190,7 +195,7 @@ class Submitter:
             await ctx.record_attempt(slot, tries, exc, started, now, now + delay)
             _failures.failed(exc, f"failed (step {label}, attempt {attempt}, next in {delay:.1f}s)", logging.WARNING)
 
-    async def _run_protocol(self, ctx: Context, slot: Slot, adapter: ChainAdapter, request: dict[str, Any],
+    async def _run_protocol(self, ctx: RunScope, slot: store.Slot, adapter: ChainAdapter, request: dict[str, Any],
                             key: str, policy: Any) -> int:
         label = step_label(slot)
         now = ctx.clock.time()
@@ -213,10 +218,10 @@ class Submitter:
             await self._sign_first(ctx, adapter, sub, label)
             sub = await self._read(ctx, sub_id)
         if sub.state in ("signed", "broadcast"):
-            await broadcast_latest(self.app, ctx, adapter, sub)
+            await broadcast_latest(self.db, self.clock, ctx, adapter, sub)
         return sub_id
 
-    async def _allocate(self, ctx: Context, adapter: ChainAdapter, sub_id: int, sender: str, request: str) -> int:
+    async def _allocate(self, ctx: RunScope, adapter: ChainAdapter, sub_id: int, sender: str, request: str) -> int:
         now = ctx.clock.time()
         (nonce,) = await ctx.commit(lambda conn: txstore.allocate_nonce(conn, sub_id, None, request, now))
         if nonce is None:  # first submission from this sender on this chain: seed from the chain
@@ -224,23 +229,23 @@ class Submitter:
             (nonce,) = await ctx.commit(lambda conn: txstore.allocate_nonce(conn, sub_id, seed, request, now))
         return int(nonce)
 
-    async def _sign_first(self, ctx: Context, adapter: ChainAdapter, sub: sa.Row[Any], label: str) -> None:
+    async def _sign_first(self, ctx: RunScope, adapter: ChainAdapter, sub: sa.Row[Any], label: str) -> None:
         request = codec.loads(sub.request)
         try:
             signed = await adapter.sign(request, int(sub.nonce), None)
         except TxRejected as exc:
             # the nonce is ours forever but this tx can never use it: burn it harmlessly
-            await fill_gap(self.app, ctx, adapter, int(sub.nonce))
+            await fill_gap(self.db, self.clock, ctx, adapter, int(sub.nonce))
             await ctx.commit(lambda conn: txstore.mark_failed(conn, sub.id, exc.reason, ctx.clock.time()))
             raise SubmissionFailedError(label, f"signing failed permanently: {exc.reason}") from None
         now = ctx.clock.time()
         await ctx.commit(lambda conn: txstore.add_attempt(conn, sub.id, adapter.name, signed, now))
 
-    async def _read(self, ctx: Context, sub_id: int) -> sa.Row[Any]:
+    async def _read(self, ctx: RunScope, sub_id: int) -> sa.Row[Any]:
         (row,) = await ctx.commit(lambda conn: txstore.get(conn, sub_id))
         return row  # type: ignore[no-any-return]
 
-    async def _await_final(self, ctx: Context, sub_id: int, label: str) -> Receipt:
+    async def _await_final(self, ctx: RunScope, sub_id: int, label: str) -> Receipt:
         """Park (no worker slot) until the tracker settles the submission."""
         run_id, event = ctx.run_id, event_name(sub_id)
         while True:
@@ -259,10 +264,10 @@ class Submitter:
             await ctx.park(None, event)
 
 
-async def broadcast_latest(app: Chainflow, ctx: Context | None, adapter: ChainAdapter,
+async def broadcast_latest(db: Database, clock: Clock, ctx: RunScope | None, adapter: ChainAdapter,
                            sub: sa.Row[Any]) -> BroadcastResult | None:
     """(Re-)broadcast the newest signed bytes of a submission; never signs anything new."""
-    attempts = await app.adb(txstore.attempts_of, sub.id)
+    attempts = await db.atx(txstore.attempts_of, sub.id)
     if not attempts:
         return None
     if ctx is not None:
@@ -272,28 +277,28 @@ async def broadcast_latest(app: Chainflow, ctx: Context | None, adapter: ChainAd
     if result.outcome is BroadcastOutcome.REJECTED:
         log.warning("node rejected %s for submission %s: %s", attempts[-1].tx_hash, sub.id, result.detail)
     # NONCE_TOO_LOW may mean one of our own attempts is mined: the tracker decides.
-    now = app.clock.time()
+    now = clock.time()
     op = lambda conn: txstore.mark_broadcast(conn, sub.id, now, None)  # noqa: E731
     if ctx is not None:
         await ctx.commit(op)
     else:
-        await app.adb(op)
+        await db.atx(op)
     return result
 
 
-async def fill_gap(app: Chainflow, ctx: Context | None, adapter: ChainAdapter, nonce: int) -> None:
+async def fill_gap(db: Database, clock: Clock, ctx: RunScope | None, adapter: ChainAdapter, nonce: int) -> None:
     """Burn ``nonce`` with a 0-value self-transfer so later nonces can be mined."""
     sender = adapter.sender()
     request = await adapter.estimate(adapter.gap_filler(sender))
-    now = app.clock.time()
-    gap_id = await app.adb(txstore.open_gap_fill, adapter.name, sender, nonce, codec.dumps(request), now)
-    sub = await app.adb(txstore.get, gap_id)
+    now = clock.time()
+    gap_id = await db.atx(txstore.open_gap_fill, adapter.name, sender, nonce, codec.dumps(request), now)
+    sub = await db.atx(txstore.get, gap_id)
     if sub.state == "allocated":
         signed = await adapter.sign(request, nonce, None)
-        await app.adb(txstore.add_attempt, gap_id, adapter.name, signed, app.clock.time())
-        sub = await app.adb(txstore.get, gap_id)
+        await db.atx(txstore.add_attempt, gap_id, adapter.name, signed, clock.time())
+        sub = await db.atx(txstore.get, gap_id)
     if ctx is not None:
         await ctx.hold_lease()
-    await broadcast_latest(app, None, adapter, sub)
+    await broadcast_latest(db, clock, None, adapter, sub)
 
 

@@ -9,15 +9,14 @@ the tracker burns such nonces with a 0-value self-transfer (see docs/submission.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import sqlalchemy as sa
 
-from .schema import nonces, runs, submissions
-from .store import TERMINAL
-
-if TYPE_CHECKING:
-    from .app import Chainflow
+from ..storage.database import Database
+from ..storage.schema import nonces, runs, submissions
+from ..storage.store import TERMINAL
+from .adapter import ChainAdapter
 
 
 @dataclass
@@ -72,11 +71,11 @@ def snapshot(conn: sa.Connection) -> list[SenderNonces]:
     return out
 
 
-async def report(app: Chainflow) -> list[SenderNonces]:
+async def report(db: Database, chains: dict[str, ChainAdapter]) -> list[SenderNonces]:
     """The database's view joined with each chain's own counts."""
-    rows = await app.adb(snapshot)
+    rows = await db.aread(snapshot)
     for row in rows:
-        adapter = app.chains.get(row.chain)
+        adapter = chains.get(row.chain)
         if adapter is not None:
             row.chain_latest = await adapter.latest_nonce(row.sender)
             row.chain_pending = await adapter.pending_nonce(row.sender)

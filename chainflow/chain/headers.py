@@ -11,8 +11,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from ..storage.schema import headers, leaders
 from .adapter import Header
-from .schema import headers, leaders
 
 
 def tip(conn: sa.Connection, chain: str) -> Header | None:

@@ -9,35 +9,63 @@ a long GC pause, fail instead of corrupting the journal.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import math
 import os
 import socket
 import threading
 import time
-from collections import OrderedDict
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Coroutine
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import sqlalchemy as sa
 
-from . import metrics, store
-from .clock import to_seconds
+from .. import metrics
+from ..chain.adapter import ChainAdapter
+from ..chain.submission import Submitter
+from ..chain.tracker_config import TrackerConfig
+from ..clock import Clock, to_seconds
+from ..errors import RunDeadLettered, describe_error
+from ..lease import Lease
+from ..lograte import FailureLog
+from ..retry import Retry
+from ..storage import store
+from ..storage.connector import is_local
+from ..storage.database import Database
+from ..threads import ThreadPool, offload
 from .committer import Committer
-from .connector import is_local
-from .context import CANCEL, LEASE_LOST, describe_error
-from .errors import RunDeadLettered
 from .executor import Execution, Outcome
-from .lease import Lease
-from .lograte import FailureLog
-from .threads import ThreadPool, offload
-
-if TYPE_CHECKING:
-    from .app import Chainflow
+from .registry import Registry
+from .scope import CANCEL, LEASE_LOST
 
 log = logging.getLogger("chainflow.worker")
 T = TypeVar("T")
+
+
+class WorkerHost(Protocol):
+    """What a worker needs from the app it serves (``Chainflow`` provides it): its
+    settings, its workflows and chains, and a way to tell it about runs it finished.
+    The app registers the worker (``attach``) rather than the worker knowing the app's
+    class, so the runtime stays below the client."""
+
+    database: Database
+    clock: Clock
+    lease_seconds: float
+    default_retry: Retry
+    max_recoveries: int
+    registry: Registry
+    chains: dict[str, ChainAdapter]
+    tracker_config: TrackerConfig
+    submitter: Submitter | None
+
+    def attach(self, worker: Worker) -> None: ...
+
+    def detach(self, worker: Worker) -> None: ...
+
+    def finished(self, run_id: str, row: Any = None, compensations: dict[str, str] | None = None) -> None: ...
 
 
 class Worker:
@@ -45,7 +73,7 @@ class Worker:
 
     def __init__(
         self,
-        app: Chainflow,
+        app: WorkerHost,
         *,
         concurrency: int = 32,
         lease: float | None = None,
@@ -61,14 +89,16 @@ class Worker:
             raise ValueError(f"Worker concurrency must be >= 1, got {concurrency!r}")
         self.app = app
         self.clock = app.clock
+        self.default_retry = app.default_retry
+        self.submitter = app.submitter
         self.concurrency = concurrency
         self.lease = to_seconds(app.lease_seconds if lease is None else lease, "Worker lease", positive=True)
         self.poll_interval = to_seconds(poll_interval, "Worker poll_interval", positive=True)
         self.inline_wait = to_seconds(inline_wait, "Worker inline_wait")
         self.id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         # None: commit on the loop for a database on this machine, in a thread otherwise
-        far = not is_local(app.engine.url) if commit_in_thread is None else commit_in_thread
-        self.committer = Committer(app.engine, running=lambda: len(self.executions), in_thread=far)
+        far = not is_local(app.database.engine.url) if commit_in_thread is None else commit_in_thread
+        self.committer = Committer(app.database.engine, running=lambda: len(self.executions), in_thread=far)
         self.step_pool = ThreadPool(max(4, concurrency), "chainflow-step")
         self._db_pool = ThreadPool(2, "chainflow-db")
         self.executions: dict[str, Execution] = {}
@@ -95,11 +125,7 @@ class Worker:
     async def db(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn(conn, *args)`` in one transaction off the event loop."""
 
-        def call() -> T:
-            with self.app.engine.begin() as conn:
-                return fn(conn, *args)
-
-        return await self._db_pool.run(call)
+        return await self._db_pool.run(functools.partial(self.app.database.tx, fn, *args))
 
     def notify(self) -> None:
         """Something became due (a start or signal in this process): poll now.
@@ -117,14 +143,14 @@ class Worker:
         # attached as soon as it has a loop: a start from now on is adopted or notifies
         # this worker, never falls between its attaching and its first claim
         self.app.attach(self)
-        await self._db_pool.run(self.app.ensure_schema)
+        await self._db_pool.run(self.app.database.ensure_schema)
         await self._announce()
         self._announcer = asyncio.create_task(self._keep_announcing(), name="chainflow-announce")
         if self.track:
-            from .tracker import Tracker
+            from ..chain.tracker import Tracker
 
             for adapter in self.app.chains.values():
-                tracker = Tracker(self.app, adapter, self.id, self.app.tracker_config)
+                tracker = Tracker(self.app.database, self.clock, adapter, self.id, self.app.tracker_config)
                 self._trackers.append(asyncio.create_task(tracker.run(self._stopping), name=f"tracker-{adapter.name}"))
 
     async def close(self) -> None:
@@ -157,7 +183,7 @@ class Worker:
         self._db_pool.shutdown(wait=True)
 
     def _release(self, conn: sa.Connection, held: list[str]) -> None:
-        from .schema import runs
+        from ..storage.schema import runs
 
         store.lock_runs(conn, held)  # in the lock order, before updating several runs
         conn.execute(
@@ -359,7 +385,7 @@ class Worker:
                 sent = time.monotonic()
                 try:
                     if conn is None:
-                        conn = self.app.engine.connect()
+                        conn = self.app.database.engine.connect()
                     with conn.begin():
                         alive = store.heartbeat(conn, self.id, {rid: ex.claim.fence for rid, ex in held.items()},
                                                 self.clock.time(), self.lease)

@@ -13,8 +13,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
+from ..storage.schema import nonces, submissions, tx_attempts
 from .adapter import SignedTx
-from .schema import nonces, submissions, tx_attempts
 
 
 def intent(
