@@ -493,10 +493,6 @@ def load_histories(conn: sa.Connection, run_ids: list[str]) -> dict[str, History
     return out
 
 
-def load_history(conn: sa.Connection, run_id: str) -> History:
-    return load_histories(conn, [run_id])[run_id]
-
-
 def update_entry(conn: sa.Connection, run_id: str, branch: str, key: str, **values: Any) -> None:
     conn.execute(
         journal.update()

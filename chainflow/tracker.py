@@ -18,7 +18,7 @@ import json
 import logging
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
@@ -54,7 +54,6 @@ class HeadStats:
     rpc_calls: int = 0
     rebroadcasts: int = 0
     bumps: int = 0
-    notes: list[str] = field(default_factory=list)
 
 
 class Tracker:

@@ -77,15 +77,6 @@ def allocate_nonce(conn: sa.Connection, sub_id: int, seed: int | None, request: 
     return nonce
 
 
-def raise_floor(conn: sa.Connection, chain: str, sender: str, floor: int) -> None:
-    """Never hand out a nonce the chain has already seen used (external sends)."""
-    conn.execute(
-        nonces.update()
-        .where(nonces.c.chain == chain, nonces.c.sender == sender, nonces.c.next_nonce < floor)
-        .values(next_nonce=floor)
-    )
-
-
 def add_attempt(conn: sa.Connection, sub_id: int, chain: str, signed: SignedTx, now: float) -> None:
     """Signed bytes are durable before they are broadcast (step 3 of the protocol)."""
     conn.execute(
