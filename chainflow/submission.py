@@ -20,7 +20,7 @@ import asyncio
 import dataclasses
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
@@ -230,7 +230,7 @@ class Submitter:
             signed = await adapter.sign(request, int(sub.nonce), None)
         except TxRejected as exc:
             # the nonce is ours forever but this tx can never use it: burn it harmlessly
-            await fill_gap(self.app, ctx, adapter, int(sub.nonce))
+            await fill_gap(self.app, adapter, int(sub.nonce), ctx.hold_lease)
             await ctx.commit(lambda conn: txstore.mark_failed(conn, sub.id, exc.reason, ctx.clock.time()))
             raise SubmissionFailedError(label, f"signing failed permanently: {exc.reason}") from None
         now = ctx.clock.time()
@@ -281,8 +281,12 @@ async def broadcast_latest(app: Chainflow, ctx: Context | None, adapter: ChainAd
     return result
 
 
-async def fill_gap(app: Chainflow, ctx: Context | None, adapter: ChainAdapter, nonce: int) -> None:
-    """Burn ``nonce`` with a 0-value self-transfer so later nonces can be mined."""
+async def fill_gap(app: Chainflow, adapter: ChainAdapter, nonce: int, guard: Callable[[], Awaitable[None]]) -> None:
+    """Burn ``nonce`` with a 0-value self-transfer so later nonces can be mined.
+
+    ``guard`` is awaited right before the broadcast and raises when this process may
+    no longer act: a run's ``hold_lease`` when signing failed in a step, the tracker's
+    leadership check for a nonce orphaned by a run that ended."""
     sender = adapter.sender()
     request = await adapter.estimate(adapter.gap_filler(sender))
     now = app.clock.time()
@@ -292,8 +296,7 @@ async def fill_gap(app: Chainflow, ctx: Context | None, adapter: ChainAdapter, n
         signed = await adapter.sign(request, nonce, None)
         await app.adb(txstore.add_attempt, gap_id, adapter.name, signed, app.clock.time())
         sub = await app.adb(txstore.get, gap_id)
-    if ctx is not None:
-        await ctx.hold_lease()
+    await guard()
     await broadcast_latest(app, None, adapter, sub)
 
 

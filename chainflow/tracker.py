@@ -243,8 +243,7 @@ class Tracker:
         for sub in orphaned:
             if sub.sender != self.adapter.sender():
                 continue
-            await self._as_leader()
-            await fill_gap(self.app, None, self.adapter, int(sub.nonce))
+            await fill_gap(self.app, self.adapter, int(sub.nonce), self._as_leader)
             await self.app.adb(nonces.mark_abandoned, sub.id, self.app.clock.time())
 
     async def _resolve_spent(self, sub: Any) -> None:
