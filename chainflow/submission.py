@@ -37,6 +37,7 @@ from .errors import (
     SubmissionFailedError,
     TxRevertedError,
 )
+from .finality import policy_of  # by name: ``submit``'s argument shadows the module
 from .lograte import FailureLog
 from .retry import Retry
 
@@ -104,6 +105,7 @@ class Submitter:
     ) -> Receipt:
         # before the slot: a bad key or name is refused before anything is journaled
         limits.text(idempotency_key, f"idempotency_key of submit {name!r}", limits.IDEMPOTENCY_KEY_LENGTH)
+        policy = policy_of(finality, f"submit {name!r}")
         slot = ctx.slot(name, "submit")
         label = step_label(slot)
         if len(label) > limits.SUBMISSION_LABEL_LENGTH:
@@ -115,19 +117,18 @@ class Submitter:
                 raise StepError(label, etype, message, slot.entry.attempts)
             receipt = receipt_from(codec.loads(slot.entry.output))
         else:
-            receipt = await self._submit_new(ctx, slot, chain, tx, idempotency_key, finality,
+            receipt = await self._submit_new(ctx, slot, chain, tx, idempotency_key, policy,
                                              retry or SUBMIT_RETRY)
         if compensate is not None:
             order = (0, slot.entry.id) if slot.entry else ctx.next_order()
             ctx.compensations.append(Compensation(order, slot, compensate, receipt, retry or ctx.default_retry, None))
         return receipt
 
-    async def _submit_new(self, ctx: Context, slot: Slot, chain: str, tx: Any, key: str, policy: Any,
+    async def _submit_new(self, ctx: Context, slot: Slot, chain: str, tx: Any, key: str, policy: finality.Policy,
                           retry: Retry) -> Receipt:
         ctx.refuse_new_work()
         label = step_label(slot)
         started = ctx.clock.time()
-        policy = policy or finality.Confirmations(1)
         try:
             adapter = self.adapter(chain)
             request = adapter.prepare(tx)
@@ -191,16 +192,24 @@ class Submitter:
             _failures.failed(exc, f"failed (step {label}, attempt {attempt}, next in {delay:.1f}s)", logging.WARNING)
 
     async def _run_protocol(self, ctx: Context, slot: Slot, adapter: ChainAdapter, request: dict[str, Any],
-                            key: str, policy: Any) -> int:
+                            key: str, policy: finality.Policy) -> int:
         label = step_label(slot)
         now = ctx.clock.time()
         sender = adapter.sender()
         request_text = codec.dumps(request, what=f"transaction of step {label!r}")
         run_id = ctx.run_id
         step = f"{slot.branch}\x1f{slot.key}"
-        (sub,) = await ctx.commit(lambda conn: txstore.intent(
-            conn, chain=adapter.name, sender=sender, key=key, run_id=run_id, step=step,
-            request=request_text, finality=json.dumps(policy.to_dict()), now=now))
+        window = self.app.tracker_config.window
+
+        def open_intent(conn: sa.Connection) -> sa.Row[Any]:
+            # only a new intent is held to today's window: one already recorded may hold
+            # a nonce or be on the wire, and the tracker keeps the headers it still needs
+            if txstore.by_key(conn, adapter.name, sender, key) is None:
+                finality.require_window(policy, window, f"submit {label!r}")
+            return txstore.intent(conn, chain=adapter.name, sender=sender, key=key, run_id=run_id, step=step,
+                                  request=request_text, finality=json.dumps(policy.to_dict()), now=now)
+
+        (sub,) = await ctx.commit(open_intent)
         sub_id = int(sub.id)
         if sub.state == "intent":
             try:

@@ -125,7 +125,7 @@ class Tracker:
         if tip is None:
             start = max(0, head.number - self.config.start_depth)
             tip = await self._rpc(self.adapter.header_at(start))
-            await self.app.adb(_commit_head, self.chain, [tip], [], [], start, 0, self.app.clock.time())
+            await self.app.adb(_commit_head, self.chain, [tip], [], [], start, None, self.app.clock.time())
         new = await self._new_headers(head, tip)
         if new is None:
             fork = await self._find_fork(head, tip)
@@ -144,8 +144,8 @@ class Tracker:
                 receipts.append((sub_id, receipt))
                 view.included.append((sub_id, policy, receipt.block_number))
         ready = await self._ready(view.included, head.number)
-        await self.app.adb(_commit_head, self.chain, new, receipts, ready, head.number, self.config.window,
-                           self.app.clock.time())
+        await self.app.adb(_commit_head, self.chain, new, receipts, ready, head.number,
+                           keep_from(head.number, self.config.window, view.included), self.app.clock.time())
         self._tip = new[-1] if new else tip
         stats.new_blocks, stats.matched, stats.settled = len(new), len(receipts), len(ready)
         try:
@@ -334,8 +334,18 @@ def _view(conn: sa.Connection, chain: str, hashes: list[str], older_than: int, l
     return _View(matches, included, stuck, nonces.orphaned_allocations(conn, chain))
 
 
+def keep_from(head: int, window: int, included: list[tuple[int, str, int]]) -> int:
+    """The lowest header height the tracker keeps: ``window`` below the head, and deeper
+    under any submission still waiting for its policy on an older block (a ``Finalized``
+    or ``Safe`` tag lagging more than the window, or a count journaled under a deeper
+    window).  Without its header a reorg of that block is invisible, and the submission
+    would go on to complete on a block no longer in the chain.  ``included`` is what
+    ``_view`` already read for this head: no query of its own."""
+    return min([head - window, *(number for _, _, number in included)])
+
+
 def _commit_head(conn: sa.Connection, chain: str, new: list[Header], receipts: list[tuple[int, Receipt]],
-                 ready: list[int], head: int, window: int, now: float) -> None:
+                 ready: list[int], head: int, keep: int | None, now: float) -> None:
     """Everything one head changes, in one write transaction."""
     for h in new:
         headers.add(conn, chain, h)
@@ -344,8 +354,8 @@ def _commit_head(conn: sa.Connection, chain: str, new: list[Header], receipts: l
         _finalise(conn, ready, now)
     # broadcast but not yet seen by the tracker: start its re-broadcast clock now
     conn.execute(_START_REBROADCAST_CLOCK, {"b_chain": chain, "head": head})
-    if window:
-        headers.prune(conn, chain, head - window)
+    if keep is not None:
+        headers.prune(conn, chain, keep)
 
 
 def _store_receipts(conn: sa.Connection, receipts: list[tuple[int, Receipt]], now: float) -> None:
