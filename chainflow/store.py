@@ -82,7 +82,6 @@ def run_row(
     input_hash: str,
     idempotency_key: str | None,
     deadline: float | None,
-    parent_id: str | None,
     now: float,
     lease_owner: str | None = None,
     lease_until: float | None = None,
@@ -97,7 +96,6 @@ def run_row(
         input=input_text,
         input_hash=input_hash,
         idempotency_key=idempotency_key,
-        parent_id=parent_id,
         deadline=deadline,
         created_at=now,
         updated_at=now,
@@ -111,7 +109,7 @@ def run_row(
 
 
 NEW_RUN_COLUMNS = tuple(run_row(workflow="", input_text="", input_hash="", idempotency_key=None, deadline=None,
-                                 parent_id=None, now=0.0))
+                                 now=0.0))
 
 
 def insert_run(conn: sa.Connection, **fields: Any) -> str:
