@@ -282,7 +282,7 @@ async def broadcast_latest(app: Chainflow, ctx: Context | None, adapter: ChainAd
         log.warning("node rejected %s for submission %s: %s", attempts[-1].tx_hash, sub.id, result.detail)
     # NONCE_TOO_LOW may mean one of our own attempts is mined: the tracker decides.
     now = app.clock.time()
-    op = lambda conn: txstore.mark_broadcast(conn, sub.id, now, None)  # noqa: E731
+    op = lambda conn: txstore.mark_broadcast(conn, sub.id, now)  # noqa: E731
     if ctx is not None:
         await ctx.commit(op)
     else:

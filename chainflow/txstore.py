@@ -100,11 +100,13 @@ def attempts_of(conn: sa.Connection, sub_id: int) -> list[sa.Row[Any]]:
     )
 
 
-def mark_broadcast(conn: sa.Connection, sub_id: int, now: float, head: int | None) -> None:
+def mark_broadcast(conn: sa.Connection, sub_id: int, now: float) -> None:
+    """Sent (again): the re-broadcast clock restarts at the next head the tracker sees,
+    since the sender does not know the chain's height."""
     conn.execute(
         submissions.update()
         .where(submissions.c.id == sub_id, submissions.c.state.in_(("signed", "broadcast")))
-        .values(state="broadcast", last_broadcast_at=now, last_broadcast_block=head, updated_at=now)
+        .values(state="broadcast", last_broadcast_at=now, last_broadcast_block=None, updated_at=now)
     )
 
 
