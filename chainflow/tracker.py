@@ -123,15 +123,16 @@ class Tracker:
         head = await self._rpc(self.adapter.head())
         tip = self._tip or await self.app.aread(headers.tip, self.chain)
         if tip is None:
-            start = max(0, head.number - self.config.start_depth)
-            tip = await self._rpc(self.adapter.header_at(start))
-            await self.app.adb(_commit_head, self.chain, [tip], [], [], start, None, self.app.clock.time())
+            tip = await self._base(max(0, head.number - self.config.start_depth))
         new = await self._new_headers(head, tip)
         if new is None:
             fork = await self._find_fork(head, tip)
             await self._reorg(fork, head)
+            # a reorg reaching below every stored header orphans them all: the window
+            # starts again from the node's header at the fork
             tip = await self.app.aread(headers.tip, self.chain)
-            assert tip is not None
+            if tip is None:
+                tip = await self._base(fork)
             new = await self._new_headers(head, tip) or []
         block_hashes = {h.hash: await self._rpc(self.adapter.block_tx_hashes(h.hash)) for h in new}
         wanted = [tx for hashes in block_hashes.values() for tx in hashes]
@@ -157,6 +158,12 @@ class Tracker:
             log.warning("tracker for %s lost its leadership mid-iteration; leaving the rest to the leader",
                         self.chain)
         return stats
+
+    async def _base(self, number: int) -> Header:
+        """Store the node's header at ``number`` as the bottom of an empty window."""
+        base = await self._rpc(self.adapter.header_at(number))
+        await self.app.adb(_commit_head, self.chain, [base], [], [], number, None, self.app.clock.time())
+        return base
 
     async def _new_headers(self, head: Header, tip: Header) -> list[Header] | None:
         """Headers above ``tip`` up to ``head``, or None when they do not chain onto it."""

@@ -127,3 +127,23 @@ async def test_a_tag_lagging_past_the_window_still_sees_a_deep_reorg_of_its_bloc
     await rig.step()  # nothing waits any more: the window alone decides what is kept
     with rig.app.engine.begin() as conn:
         assert headers.lowest(conn, CHAIN) == rig.head() - WINDOW
+
+
+async def test_a_reorg_below_every_stored_header_restarts_the_window(rig: Rig) -> None:
+    """Nothing waits, so only ``WINDOW`` headers are kept; a reorg twice as deep orphans
+    them all.  The tracker records it and starts the window again from the node's header
+    at the fork, instead of failing every iteration on an empty window."""
+    await rig.mine(3 * WINDOW)
+    await rig.step()
+    result = reorg(rig.net, 2 * WINDOW)
+    stats = await rig.step()
+    assert stats.reorg_depth == WINDOW + 1, "every stored header orphaned"
+    (event,) = rig.app.reorgs()
+    assert event.old_hashes == result.old_hashes[-(WINDOW + 1):]
+    head = rig.w3.eth.get_block("latest")
+    with rig.app.engine.begin() as conn:
+        tip = headers.tip(conn, CHAIN)
+        assert tip is not None and (tip.number, tip.hash) == (head["number"], head["hash"].to_0x_hex())
+    await rig.mine(1)
+    stats = await rig.step()
+    assert (stats.new_blocks, stats.reorg_depth) == (1, 0)
