@@ -89,7 +89,7 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
                 signed = await chain.sign(request, nonce + i, None)
                 sub_id = await app.adb(txstore.open_gap_fill, "bench", chain.sender(), nonce + i, "{}", time.time())
                 await app.adb(txstore.add_attempt, sub_id, "bench", signed, time.time())
-                await app.adb(txstore.mark_broadcast, sub_id, time.time(), None)
+                await app.adb(txstore.mark_broadcast, sub_id, time.time())
                 await chain.broadcast(signed.raw)
                 await asyncio.to_thread(net.mine, 1)
                 calls = chain.rpc.calls

@@ -74,5 +74,4 @@ class Retry:
         return float(self.initial * self.multiplier ** (n - 1))
 
 
-NO_RETRY = Retry(max_attempts=1)
 DEFAULT_RETRY = Retry()

@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from .errors import ConfigurationError
+
 
 @dataclass(frozen=True)
 class Confirmations:
@@ -49,9 +51,35 @@ def from_dict(data: dict[str, Any]) -> Policy:
     raise ValueError(f"unknown finality policy {data!r}")
 
 
-def depth(policy: Policy) -> int:
-    """How many headers back the tracker must keep for this policy to be checkable."""
-    return policy.n if isinstance(policy, Confirmations) else 64
+def policy_of(value: object, what: str) -> Policy:
+    """The policy a ``submit`` asked for (None: one confirmation), refused when it is
+    none of the three: it is journaled as JSON and evaluated by the tracker, so any
+    other object would only fail later, inside the protocol's retries."""
+    if value is None:
+        return Confirmations(1)
+    if not isinstance(value, (Confirmations, Finalized, Safe)):
+        raise TypeError(f"finality of {what} must be cf.Confirmations(n), cf.Finalized() or cf.Safe(), "
+                        f"got {value!r}")
+    return value
+
+
+def require_window(policy: Policy, window: int, what: str) -> None:
+    """Refuse a confirmation count deeper than the tracker's header window.
+
+    The tracker sees a reorg only down to the oldest header it keeps, ``window`` below
+    the head (``TrackerConfig.window``), and that is also how long after a step
+    completes it can still roll the step back.  ``Confirmations(n)`` with ``n`` above
+    the window would complete on a block already at the window's edge, unwatched from
+    the next head on, so a new submission asking for it is refused, naming both numbers.  ``Finalized``
+    and ``Safe`` lag by as much as the chain decides, unknown here: for them (and for a
+    submission journaled under a deeper window) the tracker keeps the header under every
+    submission still waiting for its policy, however deep (``tracker.keep_from``).
+    """
+    if isinstance(policy, Confirmations) and policy.n > window:
+        raise ConfigurationError(
+            f"finality of {what} is Confirmations({policy.n}), deeper than the tracker's window of {window} "
+            f"headers (TrackerConfig.window={window}); a reorg below the window is invisible to the tracker: "
+            f"set TrackerConfig(window={policy.n}) or more, or ask for at most {window} confirmations")
 
 
 def holds(policy: Policy, block_number: int, head: int, tags: dict[str, int | None]) -> bool:

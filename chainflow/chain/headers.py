@@ -1,8 +1,9 @@
 """The tracker's window of canonical headers, per chain.
 
-Kept deeper than the largest finality depth in use so a reorg can be walked back to
-its fork point from stored data, and so a restart (or a reorg while every worker was
-down) is detected by comparing stored hashes with the node's.
+``TrackerConfig.window`` headers below the head, and down to the block of any
+submission still waiting for its finality policy (``tracker.keep_from``), so a reorg
+can be walked back to its fork point from stored data, and a restart (or a reorg while
+every worker was down) is detected by comparing stored hashes with the node's.
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ import asyncio
 import dataclasses
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import sqlalchemy as sa
@@ -44,7 +44,9 @@ from ..storage import codec, limits, store
 from ..storage.database import Database
 from . import finality, txstore
 from .adapter import BroadcastOutcome, BroadcastResult, ChainAdapter, EndpointError, Receipt, TxRejected
+from .finality import policy_of  # by name: ``submit``'s argument shadows the module
 from .scope import RunScope
+from .tracker_config import TrackerConfig
 
 log = logging.getLogger("chainflow.submission")
 
@@ -92,8 +94,8 @@ def _lock_final(conn: sa.Connection, sub_id: int) -> None:
 class Submitter:
     """The submission protocol for one app's chains, over its database."""
 
-    def __init__(self, db: Database, chains: dict[str, ChainAdapter], clock: Clock) -> None:
-        self.db, self.chains, self.clock = db, chains, clock
+    def __init__(self, db: Database, chains: dict[str, ChainAdapter], clock: Clock, tracker: TrackerConfig) -> None:
+        self.db, self.chains, self.clock, self.tracker = db, chains, clock, tracker
 
     def adapter(self, chain: str) -> ChainAdapter:
         try:
@@ -109,6 +111,7 @@ class Submitter:
     ) -> Receipt:
         # before the slot: a bad key or name is refused before anything is journaled
         limits.text(idempotency_key, f"idempotency_key of submit {name!r}", limits.IDEMPOTENCY_KEY_LENGTH)
+        policy = policy_of(finality, f"submit {name!r}")
         slot = ctx.slot(name, "submit")
         label = step_label(slot)
         if len(label) > limits.SUBMISSION_LABEL_LENGTH:
@@ -120,18 +123,18 @@ class Submitter:
                 raise StepError(label, etype, message, slot.entry.attempts)
             receipt = receipt_from(codec.loads(slot.entry.output))
         else:
-            receipt = await self._submit_new(ctx, slot, chain, tx, idempotency_key, finality,
+            receipt = await self._submit_new(ctx, slot, chain, tx, idempotency_key, policy,
                                              retry or SUBMIT_RETRY)
         if compensate is not None:
             ctx.register_compensation(slot, compensate, receipt, retry or ctx.default_retry)
         return receipt
 
-    async def _submit_new(self, ctx: RunScope, slot: store.Slot, chain: str, tx: Any, key: str, policy: Any,
+    async def _submit_new(self, ctx: RunScope, slot: store.Slot, chain: str, tx: Any, key: str,
+                          policy: finality.Policy,
                           retry: Retry) -> Receipt:
         ctx.refuse_new_work()
         label = step_label(slot)
         started = ctx.clock.time()
-        policy = policy or finality.Confirmations(1)
         try:
             adapter = self.adapter(chain)
             request = adapter.prepare(tx)
@@ -196,16 +199,24 @@ class Submitter:
             _failures.failed(exc, f"failed (step {label}, attempt {attempt}, next in {delay:.1f}s)", logging.WARNING)
 
     async def _run_protocol(self, ctx: RunScope, slot: store.Slot, adapter: ChainAdapter, request: dict[str, Any],
-                            key: str, policy: Any) -> int:
+                            key: str, policy: finality.Policy) -> int:
         label = step_label(slot)
         now = ctx.clock.time()
         sender = adapter.sender()
         request_text = codec.dumps(request, what=f"transaction of step {label!r}")
         run_id = ctx.run_id
         step = f"{slot.branch}\x1f{slot.key}"
-        (sub,) = await ctx.commit(lambda conn: txstore.intent(
-            conn, chain=adapter.name, sender=sender, key=key, run_id=run_id, step=step,
-            request=request_text, finality=json.dumps(policy.to_dict()), now=now))
+        window = self.tracker.window
+
+        def open_intent(conn: sa.Connection) -> sa.Row[Any]:
+            # only a new intent is held to today's window: one already recorded may hold
+            # a nonce or be on the wire, and the tracker keeps the headers it still needs
+            if txstore.by_key(conn, adapter.name, sender, key) is None:
+                finality.require_window(policy, window, f"submit {label!r}")
+            return txstore.intent(conn, chain=adapter.name, sender=sender, key=key, run_id=run_id, step=step,
+                                  request=request_text, finality=json.dumps(policy.to_dict()), now=now)
+
+        (sub,) = await ctx.commit(open_intent)
         sub_id = int(sub.id)
         if sub.state == "intent":
             try:
@@ -235,7 +246,7 @@ class Submitter:
             signed = await adapter.sign(request, int(sub.nonce), None)
         except TxRejected as exc:
             # the nonce is ours forever but this tx can never use it: burn it harmlessly
-            await fill_gap(self.db, self.clock, ctx, adapter, int(sub.nonce))
+            await fill_gap(self.db, self.clock, adapter, int(sub.nonce), ctx.hold_lease)
             await ctx.commit(lambda conn: txstore.mark_failed(conn, sub.id, exc.reason, ctx.clock.time()))
             raise SubmissionFailedError(label, f"signing failed permanently: {exc.reason}") from None
         now = ctx.clock.time()
@@ -278,7 +289,7 @@ async def broadcast_latest(db: Database, clock: Clock, ctx: RunScope | None, ada
         log.warning("node rejected %s for submission %s: %s", attempts[-1].tx_hash, sub.id, result.detail)
     # NONCE_TOO_LOW may mean one of our own attempts is mined: the tracker decides.
     now = clock.time()
-    op = lambda conn: txstore.mark_broadcast(conn, sub.id, now, None)  # noqa: E731
+    op = lambda conn: txstore.mark_broadcast(conn, sub.id, now)  # noqa: E731
     if ctx is not None:
         await ctx.commit(op)
     else:
@@ -286,8 +297,13 @@ async def broadcast_latest(db: Database, clock: Clock, ctx: RunScope | None, ada
     return result
 
 
-async def fill_gap(db: Database, clock: Clock, ctx: RunScope | None, adapter: ChainAdapter, nonce: int) -> None:
-    """Burn ``nonce`` with a 0-value self-transfer so later nonces can be mined."""
+async def fill_gap(db: Database, clock: Clock, adapter: ChainAdapter, nonce: int,
+                   guard: Callable[[], Awaitable[None]]) -> None:
+    """Burn ``nonce`` with a 0-value self-transfer so later nonces can be mined.
+
+    ``guard`` is awaited right before the broadcast and raises when this process may
+    no longer act: a run's ``hold_lease`` when signing failed in a step, the tracker's
+    leadership check for a nonce orphaned by a run that ended."""
     sender = adapter.sender()
     request = await adapter.estimate(adapter.gap_filler(sender))
     now = clock.time()
@@ -297,8 +313,7 @@ async def fill_gap(db: Database, clock: Clock, ctx: RunScope | None, adapter: Ch
         signed = await adapter.sign(request, nonce, None)
         await db.atx(txstore.add_attempt, gap_id, adapter.name, signed, clock.time())
         sub = await db.atx(txstore.get, gap_id)
-    if ctx is not None:
-        await ctx.hold_lease()
+    await guard()
     await broadcast_latest(db, clock, None, adapter, sub)
 
 

@@ -18,7 +18,7 @@ import json
 import logging
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
@@ -55,7 +55,6 @@ class HeadStats:
     rpc_calls: int = 0
     rebroadcasts: int = 0
     bumps: int = 0
-    notes: list[str] = field(default_factory=list)
 
 
 class Tracker:
@@ -126,15 +125,16 @@ class Tracker:
         head = await self._rpc(self.adapter.head())
         tip = self._tip or await self.db.aread(headers.tip, self.chain)
         if tip is None:
-            start = max(0, head.number - self.config.start_depth)
-            tip = await self._rpc(self.adapter.header_at(start))
-            await self.db.atx(_commit_head, self.chain, [tip], [], [], start, 0, self.clock.time())
+            tip = await self._base(max(0, head.number - self.config.start_depth))
         new = await self._new_headers(head, tip)
         if new is None:
             fork = await self._find_fork(head, tip)
             await self._reorg(fork, head)
+            # a reorg reaching below every stored header orphans them all: the window
+            # starts again from the node's header at the fork
             tip = await self.db.aread(headers.tip, self.chain)
-            assert tip is not None
+            if tip is None:
+                tip = await self._base(fork)
             new = await self._new_headers(head, tip) or []
         block_hashes = {h.hash: await self._rpc(self.adapter.block_tx_hashes(h.hash)) for h in new}
         wanted = [tx for hashes in block_hashes.values() for tx in hashes]
@@ -147,8 +147,8 @@ class Tracker:
                 receipts.append((sub_id, receipt))
                 view.included.append((sub_id, policy, receipt.block_number))
         ready = await self._ready(view.included, head.number)
-        await self.db.atx(_commit_head, self.chain, new, receipts, ready, head.number, self.config.window,
-                           self.clock.time())
+        await self.db.atx(_commit_head, self.chain, new, receipts, ready, head.number,
+                          keep_from(head.number, self.config.window, view.included), self.clock.time())
         self._tip = new[-1] if new else tip
         stats.new_blocks, stats.matched, stats.settled = len(new), len(receipts), len(ready)
         try:
@@ -160,6 +160,12 @@ class Tracker:
             log.warning("tracker for %s lost its leadership mid-iteration; leaving the rest to the leader",
                         self.chain)
         return stats
+
+    async def _base(self, number: int) -> Header:
+        """Store the node's header at ``number`` as the bottom of an empty window."""
+        base = await self._rpc(self.adapter.header_at(number))
+        await self.db.atx(_commit_head, self.chain, [base], [], [], number, None, self.clock.time())
+        return base
 
     async def _new_headers(self, head: Header, tip: Header) -> list[Header] | None:
         """Headers above ``tip`` up to ``head``, or None when they do not chain onto it."""
@@ -246,8 +252,7 @@ class Tracker:
         for sub in orphaned:
             if sub.sender != self.adapter.sender():
                 continue
-            await self._as_leader()
-            await fill_gap(self.db, self.clock, None, self.adapter, int(sub.nonce))
+            await fill_gap(self.db, self.clock, self.adapter, int(sub.nonce), self._as_leader)
             await self.db.atx(nonces.mark_abandoned, sub.id, self.clock.time())
 
     async def _resolve_spent(self, sub: Any) -> None:
@@ -338,8 +343,18 @@ def _view(conn: sa.Connection, chain: str, hashes: list[str], older_than: int, l
     return _View(matches, included, stuck, nonces.orphaned_allocations(conn, chain))
 
 
+def keep_from(head: int, window: int, included: list[tuple[int, str, int]]) -> int:
+    """The lowest header height the tracker keeps: ``window`` below the head, and deeper
+    under any submission still waiting for its policy on an older block (a ``Finalized``
+    or ``Safe`` tag lagging more than the window, or a count journaled under a deeper
+    window).  Without its header a reorg of that block is invisible, and the submission
+    would go on to complete on a block no longer in the chain.  ``included`` is what
+    ``_view`` already read for this head: no query of its own."""
+    return min([head - window, *(number for _, _, number in included)])
+
+
 def _commit_head(conn: sa.Connection, chain: str, new: list[Header], receipts: list[tuple[int, Receipt]],
-                 ready: list[int], head: int, window: int, now: float) -> None:
+                 ready: list[int], head: int, keep: int | None, now: float) -> None:
     """Everything one head changes, in one write transaction."""
     for h in new:
         headers.add(conn, chain, h)
@@ -348,8 +363,8 @@ def _commit_head(conn: sa.Connection, chain: str, new: list[Header], receipts: l
         _finalise(conn, ready, now)
     # broadcast but not yet seen by the tracker: start its re-broadcast clock now
     conn.execute(_START_REBROADCAST_CLOCK, {"b_chain": chain, "head": head})
-    if window:
-        headers.prune(conn, chain, head - window)
+    if keep is not None:
+        headers.prune(conn, chain, keep)
 
 
 def _store_receipts(conn: sa.Connection, receipts: list[tuple[int, Receipt]], now: float) -> None:

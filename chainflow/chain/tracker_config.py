@@ -12,7 +12,9 @@ from ..clock import to_seconds
 @dataclass
 class TrackerConfig:
     poll_interval: float = 1.0
-    window: int = 128  # headers kept; deeper than any finality depth in use
+    # headers kept below the head: the deepest reorg the tracker sees, and the most
+    # Confirmations(n) a new submission may ask for (finality.require_window)
+    window: int = 128
     start_depth: int = 16  # how far back a fresh tracker starts
     rebroadcast_blocks: int = 3  # not seen for this many blocks: re-broadcast same bytes
     bump_blocks: int = 6  # still pending after this many blocks: same-nonce fee bump

@@ -77,15 +77,6 @@ def allocate_nonce(conn: sa.Connection, sub_id: int, seed: int | None, request: 
     return nonce
 
 
-def raise_floor(conn: sa.Connection, chain: str, sender: str, floor: int) -> None:
-    """Never hand out a nonce the chain has already seen used (external sends)."""
-    conn.execute(
-        nonces.update()
-        .where(nonces.c.chain == chain, nonces.c.sender == sender, nonces.c.next_nonce < floor)
-        .values(next_nonce=floor)
-    )
-
-
 def add_attempt(conn: sa.Connection, sub_id: int, chain: str, signed: SignedTx, now: float) -> None:
     """Signed bytes are durable before they are broadcast (step 3 of the protocol)."""
     conn.execute(
@@ -109,11 +100,13 @@ def attempts_of(conn: sa.Connection, sub_id: int) -> list[sa.Row[Any]]:
     )
 
 
-def mark_broadcast(conn: sa.Connection, sub_id: int, now: float, head: int | None) -> None:
+def mark_broadcast(conn: sa.Connection, sub_id: int, now: float) -> None:
+    """Sent (again): the re-broadcast clock restarts at the next head the tracker sees,
+    since the sender does not know the chain's height."""
     conn.execute(
         submissions.update()
         .where(submissions.c.id == sub_id, submissions.c.state.in_(("signed", "broadcast")))
-        .values(state="broadcast", last_broadcast_at=now, last_broadcast_block=head, updated_at=now)
+        .values(state="broadcast", last_broadcast_at=now, last_broadcast_block=None, updated_at=now)
     )
 
 

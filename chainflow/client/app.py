@@ -160,7 +160,7 @@ class Chainflow:
         if self.chains:
             from ..chain.submission import Submitter
 
-            self.submitter = Submitter(self.database, self.chains, self.clock)
+            self.submitter = Submitter(self.database, self.chains, self.clock, self.tracker_config)
         self._workers: weakref.WeakSet[Worker] = weakref.WeakSet()
         self._waiters: dict[str, set[asyncio.Future[Any]]] = {}
         # bounded: lets await_run skip waiting for runs that finished before it was called
@@ -209,10 +209,9 @@ class Chainflow:
 
     # --- client API ------------------------------------------------------------
 
-    def start(self, workflow: str, input: Any = None, *, idempotency_key: str | None = None,
-              parent_id: str | None = None) -> RunHandle:
+    def start(self, workflow: str, input: Any = None, *, idempotency_key: str | None = None) -> RunHandle:
         """Create a run (or return the existing one for the same idempotency key)."""
-        fields = self._new_run(workflow, input, idempotency_key, parent_id)
+        fields = self._new_run(workflow, input, idempotency_key)
         digest = fields["input_hash"]
         local = next((w for w in list(self._workers) if w.reserve(workflow)), None)
         born, sent = self._born_claimed(local)
@@ -248,7 +247,7 @@ class Chainflow:
         written through that worker's group commit, born claimed: no thread hop, and
         it shares its fsync with whatever else the worker is committing."""
         loop = asyncio.get_running_loop()
-        fields = self._new_run(workflow, input, idempotency_key, None)
+        fields = self._new_run(workflow, input, idempotency_key)
         local = next((w for w in list(self._workers) if w.loop is loop and w.reserve(workflow)), None)
         if local is not None:
             born, sent = self._born_claimed(local)
@@ -264,8 +263,7 @@ class Chainflow:
             # the idempotency key is taken: the ordinary start answers (existing run or conflict)
         return await offload(functools.partial(self.start, workflow, input, idempotency_key=idempotency_key))
 
-    def _new_run(self, workflow: str, input: Any, idempotency_key: str | None,
-                 parent_id: str | None) -> dict[str, Any]:
+    def _new_run(self, workflow: str, input: Any, idempotency_key: str | None) -> dict[str, Any]:
         """Validate and encode a start request: the fields of ``store.run_row``."""
         if idempotency_key is not None:
             limits.text(idempotency_key, "idempotency_key", limits.IDEMPOTENCY_KEY_LENGTH)
@@ -276,7 +274,7 @@ class Chainflow:
         return dict(workflow=workflow, input_text=text,
                     input_hash=hashlib.sha256(f"{workflow}\0{text}".encode()).hexdigest(),
                     idempotency_key=idempotency_key, deadline=None if wf.timeout is None else now + wf.timeout,
-                    parent_id=parent_id, now=now)
+                    now=now)
 
     def _born_claimed(self, local: Worker | None) -> tuple[dict[str, Any], float]:
         """The lease of a run born claimed by ``local``, and ``time.monotonic()`` read

@@ -28,6 +28,8 @@ runs = sa.Table(
     sa.Column("error", sa.Text),
     sa.Column("idempotency_key", sa.String(300), unique=True),
     sa.Column("input_hash", sa.String(64), nullable=False),
+    # the run a child or forked run came from: kept for the replay work, which will
+    # write it; no run has one yet
     sa.Column("parent_id", sa.String(36)),
     sa.Column("created_at", sa.Float, nullable=False),
     sa.Column("updated_at", sa.Float, nullable=False),

@@ -93,7 +93,6 @@ def run_row(
     input_hash: str,
     idempotency_key: str | None,
     deadline: float | None,
-    parent_id: str | None,
     now: float,
     lease_owner: str | None = None,
     lease_until: float | None = None,
@@ -108,7 +107,6 @@ def run_row(
         input=input_text,
         input_hash=input_hash,
         idempotency_key=idempotency_key,
-        parent_id=parent_id,
         deadline=deadline,
         created_at=now,
         updated_at=now,
@@ -122,7 +120,7 @@ def run_row(
 
 
 NEW_RUN_COLUMNS = tuple(run_row(workflow="", input_text="", input_hash="", idempotency_key=None, deadline=None,
-                                 parent_id=None, now=0.0))
+                                 now=0.0))
 
 
 def insert_run(conn: sa.Connection, **fields: Any) -> str:
@@ -507,10 +505,6 @@ def load_histories(conn: sa.Connection, run_ids: list[str]) -> dict[str, History
     ):
         out[a.run_id][1].setdefault((a.branch, a.key), []).append(AttemptRow(a.attempt, a.error, a.next_at))
     return out
-
-
-def load_history(conn: sa.Connection, run_id: str) -> History:
-    return load_histories(conn, [run_id])[run_id]
 
 
 def update_entry(conn: sa.Connection, run_id: str, branch: str, key: str, **values: Any) -> None:

@@ -52,7 +52,7 @@ def test_the_claim_query_searches_the_partial_ready_index(make_app: Any) -> None
     # finished runs (the bulk of a real table) are outside the partial index: with their
     # statistics a planner sees what it costs to reach due runs through (status, workflow)
     finished = [{**store.run_row(workflow=("noop", "other")[i % 2], input_text="1", input_hash="", idempotency_key=None,
-                                 deadline=None, parent_id=None, now=float(i)), "status": "completed", "ready_at": None}
+                                 deadline=None, now=float(i)), "status": "completed", "ready_at": None}
                 for i in range(2000)]
     with app.engine.begin() as conn:
         conn.execute(schema.runs.insert(), finished)
@@ -92,7 +92,7 @@ def test_v3_database_gets_recoveries_and_the_workers_table(make_app: Any) -> Non
         conn.exec_driver_sql("ALTER TABLE cf_runs DROP COLUMN recoveries")
         conn.execute(schema.schema_version.delete().where(schema.schema_version.c.version == 4))
         v3_run = store.run_row(workflow="old", input_text="1", input_hash="", idempotency_key=None, deadline=None,
-                               parent_id=None, now=1.0)
+                               now=1.0)
         conn.execute(schema.runs.insert(), v3_run)  # the columns given only: those v3 has
     inspector = sa.inspect(app.engine)
     assert "recoveries" not in {c["name"] for c in inspector.get_columns("cf_runs")}

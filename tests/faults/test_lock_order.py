@@ -27,7 +27,7 @@ def _run_rows() -> list[dict[str, Any]]:
     physical order is not its id order."""
     now = time.time()
     return [store.run_row(workflow="w", input_text="0", input_hash="h", idempotency_key=None, deadline=None,
-                          parent_id=None, now=now, lease_owner=OWNER, lease_until=now + 60) for _ in range(RUNS)]
+                          now=now, lease_owner=OWNER, lease_until=now + 60) for _ in range(RUNS)]
 
 
 @pytest.mark.postgres

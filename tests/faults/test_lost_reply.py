@@ -87,7 +87,7 @@ def insert_runs(app: cf.Chainflow) -> None:
     for i in range(RUNS):
         text = codec.dumps(i)
         rows.append(store.run_row(workflow="pay", input_text=text, idempotency_key=None, deadline=None,
-                                  parent_id=None, now=time.time(),
+                                  now=time.time(),
                                   input_hash=hashlib.sha256(f"pay\0{text}".encode()).hexdigest()))
     with app.engine.begin() as conn:
         conn.execute(runs.insert(), rows)
