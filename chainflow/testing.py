@@ -19,6 +19,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from .chain.submission import Submitter
 from .client.app import Chainflow, RunStatus
 from .clock import FakeClock
 from .storage.schema import runs
@@ -129,9 +130,8 @@ def run_workflow(
     if isinstance(register, Chainflow):
         app.registry = register.registry
         app.chains = register.chains
-        app.submitter = register.submitter
-        if app.submitter is not None:
-            app.submitter.app = app
+        if register.chains:  # the same chains, over this test's database and fake clock
+            app.submitter = Submitter(app.database, app.chains, app.clock)
     else:
         register(app)
     try:

@@ -40,6 +40,7 @@ from ..errors import (
     StepTimeout,
     WaitTimeout,
     describe_error,
+    error_parts,
 )
 from ..lease import Lease
 from ..retry import DEFAULT_RETRY, Retry
