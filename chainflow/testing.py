@@ -131,7 +131,7 @@ def run_workflow(
         app.registry = register.registry
         app.chains = register.chains
         if register.chains:  # the same chains, over this test's database and fake clock
-            app.submitter = Submitter(app.database, app.chains, app.clock)
+            app.submitter = Submitter(app.database, app.chains, app.clock, app.tracker_config)
     else:
         register(app)
     try:
