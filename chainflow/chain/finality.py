@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import ConfigurationError
+from ..errors import ConfigurationError
 
 
 @dataclass(frozen=True)
