@@ -138,7 +138,7 @@ async def _workflow() -> int:
 
 
 async def _eager_ours(n: int) -> None:
-    from chainflow import eager
+    from chainflow.runtime import eager
 
     for _ in range(n):
         await eager.start(_workflow())

@@ -58,7 +58,7 @@ def _seed(app: Any, chain: str, sender: str, n: int, head: int) -> None:
 def child(spec: dict[str, Any]) -> dict[str, Any]:
     import chainflow as cf
     from adapters.evm import EvmChain, LocalSigner
-    from chainflow import txstore
+    from chainflow.chain import txstore
     from chainflow.chain.tracker import Tracker
     from devnet import Anvil, InProcessEVM
     from devnet.anvil import AnvilNotInstalled, anvil_binary

@@ -272,7 +272,7 @@ def test_signal_reaches_a_waiting_run(db: Db) -> None:
     app = cf.Chainflow(db.url)
     try:
         with app.engine.connect() as conn:
-            from chainflow import store
+            from chainflow.storage import store
 
             assert store.pending_signal_exists(conn, db.waiting_run, ["approval"])
     finally:

@@ -163,7 +163,7 @@ def test_signal_racing_with_suspend_is_not_lost(make_app: Any) -> None:
     signals); the signal commits right after."""
     import threading
 
-    from chainflow import store
+    from chainflow.storage import store
 
     app = make_app()
 

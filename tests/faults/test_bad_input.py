@@ -313,7 +313,7 @@ async def test_names_in_use_still_work(sqlite_app: cf.Chainflow, calls: CallLog)
 
 
 def test_limits_come_from_the_schema() -> None:
-    from chainflow import schema
+    from chainflow.storage import schema
 
     assert limits.KEY_LENGTH == schema.journal.c.key.type.length == 500
     assert limits.SIGNAL_LENGTH == schema.signals.c.name.type.length == 200
@@ -606,7 +606,7 @@ def test_deep_payload_is_refused_even_with_a_raised_recursion_limit() -> None:
     failed test, not a dead test session."""
     probe = (
         "import sys; sys.setrecursionlimit(100_000)\n"
-        "from chainflow import codec, errors\n"
+        "from chainflow import errors\nfrom chainflow.storage import codec\n"
         "for text in ('[' * 200_000 + ']' * 200_000, '{\"a\":' * 200_000):\n"
         "    try:\n"
         "        codec.loads(text)\n"

@@ -22,8 +22,8 @@ import pytest
 import sqlalchemy as sa
 
 import chainflow as cf
-from chainflow import headers, txstore
-from chainflow.schema import submissions
+from chainflow.chain import headers, txstore
+from chainflow.storage.schema import submissions
 from devnet import reorg
 
 from ..conftest import CallLog

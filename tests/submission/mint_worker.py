@@ -56,7 +56,7 @@ def _install_crash(spec: str) -> None:
             os.kill(os.getpid(), signal.SIGKILL)
 
     from adapters.evm import chain as evm_chain
-    from chainflow import submission, txstore
+    from chainflow.chain import submission, txstore
 
     if phase == "allocated":  # nonce committed and bound to the key, nothing signed yet
         sign = evm_chain.EvmChain.sign
@@ -69,15 +69,15 @@ def _install_crash(spec: str) -> None:
     elif phase in ("signed", "broadcast"):
         original = submission.broadcast_latest
 
-        async def broadcast(app: Any, ctx: Any, adapter: Any, sub: Any) -> None:
+        async def broadcast(db: Any, clock: Any, ctx: Any, adapter: Any, sub: Any) -> None:
             if phase == "signed":  # signed bytes committed, nothing sent
                 maybe_die()
             else:  # the node has the tx, our record of the broadcast does not
-                attempts = await app.adb(txstore.attempts_of, sub.id)
+                attempts = await db.atx(txstore.attempts_of, sub.id)
                 if attempts:
                     await adapter.broadcast(attempts[-1].raw)
                     maybe_die()
-            await original(app, ctx, adapter, sub)
+            await original(db, clock, ctx, adapter, sub)
 
         submission.broadcast_latest = broadcast  # type: ignore[assignment]
     elif phase == "final":  # included and final, the step's journal write not committed
