@@ -145,6 +145,7 @@ def _inflight(variant: str, wfs: dict[str, Any], n: int, k: int, width: int) -> 
 
 
 SYNCHRONOUS = {0: "OFF", 1: "NORMAL", 2: "FULL", 3: "EXTRA"}  # PRAGMA synchronous's numbers
+JOURNAL_MODES = ("delete", "truncate", "persist", "memory", "wal", "off")
 
 
 def _watch_sqlite(journal: str | None) -> set[tuple[str, str]]:
@@ -198,6 +199,8 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
     variant = spec.get("dbos_variant") or DEFAULT_VARIANT[mode]
     url = f"sqlite:///{os.path.join(spec['db'], 'dbos.sqlite')}" if backend == "sqlite" else spec["db"]
     journal = spec.get("dbos_journal")
+    if journal is not None and journal not in JOURNAL_MODES:
+        raise ValueError(f"dbos_journal={journal!r}: use one of {', '.join(JOURNAL_MODES)}")
     if journal and backend != "sqlite":
         raise ValueError(f"dbos_journal={journal!r} is a SQLite setting; backend is {backend!r}")
     connections = _watch_sqlite(journal)
@@ -221,5 +224,5 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
         raise AssertionError(f"DBOS recorded {workflows} workflows / {steps} steps, expected {n} / {n * k}")
     if journal and connections != {(journal, "FULL")}:
         raise AssertionError(f"DBOS's SQLite connections ran with {sorted(connections)}, expected {journal} + FULL")
-    settings = "; ".join(f"journal_mode={mode}, synchronous={sync}" for mode, sync in sorted(connections))
+    settings = "; ".join(f"journal_mode={jm}, synchronous={sync}" for jm, sync in sorted(connections))
     return {"elapsed": elapsed, "cpu": cpu, "note": f"{variant}, {settings}" if settings else variant}
