@@ -159,9 +159,9 @@ def run(opts: Options, command: str) -> str:
         for backend in opts.backends:
             for n, k in sizes:
                 for mode in MODES:
-                    for peer in peers:
-                        fig = figures.get((backend, n, k, mode, peer))
-                        if fig is None or fig.problem is not None:
+                    for peer in (p for p in peers if runs_on(p, backend)):
+                        fig = figures[(backend, n, k, mode, peer)]
+                        if fig.problem is not None:
                             continue
                         spec = {"peer": peer, "backend": backend, "n": n, "k": k, "mode": mode,
                                 "concurrency": CONCURRENCY, **_variant(peer)[1]}
