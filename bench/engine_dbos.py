@@ -1,10 +1,20 @@
 """The DBOS Transact peer: the same workload as a DBOS workflow of K ``@DBOS.step()``s.
 
 Configuration (dbos 3.x): ``DBOS(config={"name": ..., "system_database_url": url})``,
-``DBOS.launch()`` before timing, ``DBOS.destroy()`` after.  The SQLite system database
-is left at DBOS's own settings (it sets only busy_timeout and foreign_keys, so SQLite's
-defaults apply: rollback journal, synchronous=FULL); Postgres is reached over
+``DBOS.launch()`` before timing, ``DBOS.destroy()`` after.  Postgres is reached over
 127.0.0.1 with DBOS's default engine (pool of 20, psycopg 3).
+
+SQLite journal (``"dbos_journal"`` in the spec; the ``dbos_wal`` peer sets ``"wal"``).
+DBOS 3.4 has no journal-mode setting: its SQLite engine's connect hook sets only
+``isolation_level = "IMMEDIATE"``, ``busy_timeout`` and ``foreign_keys``, so by default
+SQLite's own defaults apply (rollback journal, ``synchronous=FULL``).  WAL is what a DBOS
+user would pick for speed, so the ``wal`` variant adds a SQLAlchemy ``connect`` listener
+(on the ``Engine`` class, as DBOS creates its engine itself; a custom
+``system_database_engine`` would lose DBOS's own hook) that runs ``PRAGMA
+journal_mode=WAL`` and ``PRAGMA synchronous=FULL`` on each new connection: the same
+durability as chainflow's default and the floor (every commit fsyncs the WAL).  Either
+way the listener reads back what every DBOS connection runs with; the repetition's note
+records it and the ``wal`` variant fails unless every connection was WAL + FULL.
 
 Variants (``"dbos_variant"`` in the spec).  Defaults: ``call`` and ``handles``, the
 idiomatic ones; on this 2-core machine all three 32-in-flight variants measured within
@@ -134,6 +144,34 @@ def _inflight(variant: str, wfs: dict[str, Any], n: int, k: int, width: int) -> 
     raise ValueError(f"unknown 32-in-flight variant {variant!r}")
 
 
+SYNCHRONOUS = {0: "OFF", 1: "NORMAL", 2: "FULL", 3: "EXTRA"}  # PRAGMA synchronous's numbers
+JOURNAL_MODES = ("delete", "truncate", "persist", "memory", "wal", "off")
+
+
+def _watch_sqlite(journal: str | None) -> set[tuple[str, str]]:
+    """Listen to every SQLite connection opened from now on in this process (only DBOS's,
+    in a benchmark child): with ``journal`` set, switch it to that journal mode with
+    synchronous=FULL; either way add its (journal_mode, synchronous) to the returned set."""
+    import sqlite3
+
+    import sqlalchemy as sa
+
+    seen: set[tuple[str, str]] = set()
+
+    def on_connect(dbapi_conn: Any, _record: Any) -> None:
+        if not isinstance(dbapi_conn, sqlite3.Connection):
+            return
+        if journal:
+            dbapi_conn.execute(f"PRAGMA journal_mode={journal}")
+            dbapi_conn.execute("PRAGMA synchronous=FULL")
+        mode = dbapi_conn.execute("PRAGMA journal_mode").fetchone()[0]
+        sync = dbapi_conn.execute("PRAGMA synchronous").fetchone()[0]
+        seen.add((str(mode).lower(), SYNCHRONOUS.get(sync, str(sync))))
+
+    sa.event.listen(sa.Engine, "connect", on_connect)
+    return seen
+
+
 def _count_rows(backend: str, db: str) -> tuple[int, int]:
     """(workflows, step outputs) recorded in the system database after the run."""
     if backend == "sqlite":
@@ -160,6 +198,12 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
     backend, n, k, mode = spec["backend"], spec["n"], spec["k"], spec["mode"]
     variant = spec.get("dbos_variant") or DEFAULT_VARIANT[mode]
     url = f"sqlite:///{os.path.join(spec['db'], 'dbos.sqlite')}" if backend == "sqlite" else spec["db"]
+    journal = spec.get("dbos_journal")
+    if journal is not None and journal not in JOURNAL_MODES:
+        raise ValueError(f"dbos_journal={journal!r}: use one of {', '.join(JOURNAL_MODES)}")
+    if journal and backend != "sqlite":
+        raise ValueError(f"dbos_journal={journal!r} is a SQLite setting; backend is {backend!r}")
+    connections = _watch_sqlite(journal)
     wfs = _workflows()
     config: DBOSConfig = {"name": "chainflow-bench", "system_database_url": url, "log_level": "WARNING"}
     DBOS(config=config)
@@ -178,4 +222,7 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
     workflows, steps = _count_rows(backend, spec["db"])
     if workflows != n or steps < n * k:
         raise AssertionError(f"DBOS recorded {workflows} workflows / {steps} steps, expected {n} / {n * k}")
-    return {"elapsed": elapsed, "cpu": cpu, "note": variant}
+    if journal and connections != {(journal, "FULL")}:
+        raise AssertionError(f"DBOS's SQLite connections ran with {sorted(connections)}, expected {journal} + FULL")
+    settings = "; ".join(f"journal_mode={jm}, synchronous={sync}" for jm, sync in sorted(connections))
+    return {"elapsed": elapsed, "cpu": cpu, "note": f"{variant}, {settings}" if settings else variant}

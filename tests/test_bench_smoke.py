@@ -33,6 +33,29 @@ def test_bench_engine_quick(tmp_path: Path) -> None:
     assert "| 6×3 | 32 in flight |" in text
     assert "**Versions:**" in text and "**Command:**" in text
     assert "failed:" not in text, text
+    # DBOS in WAL mode is a SQLite peer beside DBOS's default, verified like it and with
+    # the settings its connections really ran with in the raw table
+    sqlite, postgres = text.split("### SQLite", 1)[1].split("### Postgres", 1)
+    assert "| DBOS steps/s | DBOS (WAL) steps/s |" in sqlite
+    assert "| workload | mode | chainflow / best DBOS | chainflow / DBOS | chainflow / DBOS (WAL) |" in sqlite
+    assert "| sqlite | 6×3 | sequential | dbos_wal | 1 |" in text
+    assert "call, journal_mode=wal, synchronous=FULL |" in text
+    assert "handles, journal_mode=wal, synchronous=FULL |" in text
+    if "skipped" not in postgres.split("<details>", 1)[0]:
+        assert "| DBOS steps/s |" in postgres and "WAL" not in postgres.split("<details>", 1)[0]
+        assert "| postgres | 6×3 | sequential | dbos_wal |" not in text
+
+
+def test_engine_ratio_against_best_dbos() -> None:
+    from bench.engine import best_ratio
+    from bench.harness import Figure
+
+    chainflow = Figure(values=[1000.0])
+    assert best_ratio(chainflow, {"default": Figure(values=[100.0]), "WAL": Figure(values=[200.0])}) == "5.00× (WAL)"
+    assert best_ratio(chainflow, {"default": Figure(values=[300.0]), "WAL": Figure(values=[200.0])}) == "3.33× (default)"
+    # a failed member leaves the fastest unknown: no ratio rather than one against the slower
+    failed = Figure(problem="failed: exit 1")
+    assert best_ratio(chainflow, {"default": Figure(values=[100.0]), "WAL": failed}) == "—"
 
 
 def test_bench_tracker_and_memory_quick(tmp_path: Path) -> None:
