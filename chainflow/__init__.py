@@ -33,11 +33,12 @@ from .errors import (
 from .finality import Confirmations, Finalized, Safe
 from .reorg import REORG_SIGNAL
 from .retry import Retry
+from .states import EntryState, RunState, SubmissionState
 from .tracker_config import TrackerConfig
 
 __all__ = [
     "MAX_DURATION", "REORG_SIGNAL", "Confirmations", "Finalized", "Safe", "TrackerConfig", "ReorgEvent",
-    "AttemptRecord", "BroadcastOutcome", "BroadcastResult", "ChainAdapter", "Chainflow", "ChainflowError",
+    "AttemptRecord", "BroadcastOutcome", "EntryState", "RunState", "SubmissionState", "BroadcastResult", "ChainAdapter", "Chainflow", "ChainflowError",
     "Clock", "ConfigurationError", "Context", "DatabaseLockedError", "DuplicateWorkflowError", "FakeClock", "Header",
     "IdempotencyConflictError", "InputValidationError", "JournalEntry", "LeaseLostError",
     "NonDeterminismError", "PayloadError", "Receipt", "Retry", "RunCancelled", "RunDeadLettered", "RunFinishedError",

@@ -39,6 +39,7 @@ import sqlalchemy as sa
 
 from . import store
 from .schema import journal, runs
+from .states import RunState
 
 PATIENCE = 5.0  # s to wait for a lost statement's server process to finish it
 _POLL = 0.02
@@ -148,7 +149,7 @@ def _finished(conn: sa.Connection, finishes: list[store.RunFinish]) -> dict[str,
     for row in conn.execute(sa.select(runs).where(runs.c.id.in_(list(by_id)))):
         f = by_id[row.id]
         ours = (row.status, row.output, row.error) == (f.status, f.output, f.error) \
-            or (row.status == "pending" and row.rollback is not None)
+            or (row.status == RunState.PENDING and row.rollback is not None)
         if ours and row.updated_at == f.now and row.lease_owner is None:
             found[row.id] = store.RunRow(*row)
     return found

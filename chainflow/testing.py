@@ -22,7 +22,7 @@ import sqlalchemy as sa
 from .app import Chainflow, RunStatus
 from .clock import FakeClock
 from .schema import runs
-from .store import TERMINAL
+from .states import TERMINAL, EntryState, RunState
 
 
 @dataclass(frozen=True)
@@ -30,7 +30,7 @@ class StepResult:
     key: str
     branch: str
     kind: str
-    status: str
+    status: EntryState
     output: Any
     error: dict[str, Any] | None
     attempts: int
@@ -43,7 +43,7 @@ class TestRun:
     steps: dict[str, StepResult]  # "branch/key" (or "key" on the main branch) -> result
 
     @property
-    def status(self) -> str:
+    def status(self) -> RunState:
         return self.run.status
 
     @property

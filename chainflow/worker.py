@@ -26,11 +26,12 @@ from . import metrics, store
 from .clock import to_seconds
 from .committer import Committer
 from .connector import is_local
-from .context import CANCEL, LEASE_LOST, describe_error
+from .context import StopReason, describe_error
 from .errors import RunDeadLettered
 from .executor import Execution, Outcome
 from .lease import Lease
 from .lograte import FailureLog
+from .states import TERMINAL, RunState
 from .threads import ThreadPool, offload
 
 if TYPE_CHECKING:
@@ -138,7 +139,7 @@ class Worker:
         # taken before stopping: each execution leaves ``executions`` as it unwinds
         held = list(self.executions)
         for ex in list(self.executions.values()):
-            ex.request_stop(LEASE_LOST)
+            ex.request_stop(StopReason.LEASE_LOST)
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._heartbeat:
             await offload(self._heartbeat.join)  # it may be inside a database call
@@ -163,7 +164,7 @@ class Worker:
         conn.execute(
             runs.update()
             .where(runs.c.id.in_(held), runs.c.lease_owner == self.id)
-            .values(lease_owner=None, lease_expires=None, status="pending", ready_at=self.clock.time())
+            .values(lease_owner=None, lease_expires=None, status=RunState.PENDING, ready_at=self.clock.time())
         )
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
@@ -278,9 +279,9 @@ class Worker:
             self.outcomes[ex.claim.run_id] = outcome
             if len(self.outcomes) > 10_000:
                 self.outcomes.popitem(last=False)
-            if outcome.status in store.TERMINAL:
+            if outcome.status in TERMINAL:
                 metrics.inc("chainflow_runs_finished_total", status=outcome.status)
-                if outcome.row is not None and outcome.row.status not in store.TERMINAL:
+                if outcome.row is not None and outcome.row.status not in TERMINAL:
                     return outcome  # reopened by a reorg as it finished: not over yet
                 self.app.finished(ex.claim.run_id, outcome.row, outcome.compensations)
             return outcome
@@ -323,7 +324,7 @@ class Worker:
             return
         if ended:
             log.error("%s", reason)
-            metrics.inc("chainflow_runs_finished_total", status="dead_lettered")
+            metrics.inc("chainflow_runs_finished_total", status=RunState.DEAD_LETTERED)
             self.app.finished(claim.run_id)
 
     async def _announce(self) -> None:
@@ -402,9 +403,9 @@ class Worker:
             if self.executions.get(rid) is not ex:
                 continue  # ended meanwhile
             if rid not in alive:
-                ex.request_stop(LEASE_LOST)
+                ex.request_stop(StopReason.LEASE_LOST)
             elif alive[rid]:
-                ex.request_stop(CANCEL)
+                ex.request_stop(StopReason.CANCEL)
 
     async def _check(self, lease: Lease) -> bool:
         """A lease's deadline passed: ask the database whether the run is still ours
