@@ -38,7 +38,8 @@ from .tracker_config import TrackerConfig
 
 __all__ = [
     "MAX_DURATION", "REORG_SIGNAL", "Confirmations", "Finalized", "Safe", "TrackerConfig", "ReorgEvent",
-    "AttemptRecord", "BroadcastOutcome", "EntryState", "RunState", "SubmissionState", "BroadcastResult", "ChainAdapter", "Chainflow", "ChainflowError",
+    "EntryState", "RunState", "SubmissionState",
+    "AttemptRecord", "BroadcastOutcome", "BroadcastResult", "ChainAdapter", "Chainflow", "ChainflowError",
     "Clock", "ConfigurationError", "Context", "DatabaseLockedError", "DuplicateWorkflowError", "FakeClock", "Header",
     "IdempotencyConflictError", "InputValidationError", "JournalEntry", "LeaseLostError",
     "NonDeterminismError", "PayloadError", "Receipt", "Retry", "RunCancelled", "RunDeadLettered", "RunFinishedError",

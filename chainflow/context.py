@@ -221,7 +221,8 @@ class Context:
             self.refuse_new_work()
             now = self.clock.time()
             deadline = None if limit is None else now + limit
-            await self._commit(self.entry_op(slot, "wait", EntryState.PENDING, codec.dumps(deadline), None, 1, now, None))
+            await self._commit(
+                self.entry_op(slot, "wait", EntryState.PENDING, codec.dumps(deadline), None, 1, now, None))
         else:
             deadline = codec.loads(entry.output)
         run_id, branch, key = self.run_id, slot.branch, slot.key

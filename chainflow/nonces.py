@@ -51,7 +51,8 @@ def orphaned_allocations(conn: sa.Connection, chain: str) -> list[sa.Row[Any]]:
 def mark_abandoned(conn: sa.Connection, sub_id: int, now: float) -> None:
     conn.execute(
         submissions.update().where(submissions.c.id == sub_id, submissions.c.state == SubmissionState.ALLOCATED)
-        .values(state=SubmissionState.FAILED, error="run ended before signing; nonce burned by a gap fill", updated_at=now)
+        .values(state=SubmissionState.FAILED, error="run ended before signing; nonce burned by a gap fill",
+                updated_at=now)
     )
 
 

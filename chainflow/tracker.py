@@ -311,8 +311,9 @@ _START_REBROADCAST_CLOCK = (
 _INCLUDE = (
     submissions.update()
     .where(submissions.c.id == sa.bindparam("sub_id"), submissions.c.state.in_(OPEN))
-    .values(state=SubmissionState.INCLUDED, tx_hash=sa.bindparam("b_tx_hash"), block_number=sa.bindparam("b_block_number"),
-            block_hash=sa.bindparam("b_block_hash"), receipt=sa.bindparam("b_receipt"),
+    .values(state=SubmissionState.INCLUDED, tx_hash=sa.bindparam("b_tx_hash"),
+            block_number=sa.bindparam("b_block_number"), block_hash=sa.bindparam("b_block_hash"),
+            receipt=sa.bindparam("b_receipt"),
             updated_at=sa.bindparam("now"))
 )
 
