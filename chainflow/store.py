@@ -337,7 +337,7 @@ class RunFinish:
 
     __slots__ = ("run_id", "status", "output", "error", "now")
 
-    def __init__(self, run_id: str, status: str, output: str | None, error: str | None, now: float) -> None:
+    def __init__(self, run_id: str, status: RunState, output: str | None, error: str | None, now: float) -> None:
         self.run_id, self.status, self.output, self.error, self.now = run_id, status, output, error, now
 
 

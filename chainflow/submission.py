@@ -148,7 +148,7 @@ class Submitter:
                 return receipt_from(value)
         except TERMINAL as exc:
             tries = len(ctx.tries_of(slot)) + 1
-            await ctx.commit(ctx.entry_op(slot, "submit", "error", None, describe_error(exc), tries, started,
+            await ctx.commit(ctx.entry_op(slot, "submit", EntryState.ERROR, None, describe_error(exc), tries, started,
                                           ctx.clock.time()))
             raise StepError(label, f"{type(exc).__module__}.{type(exc).__qualname__}", str(exc), tries) from exc
 
