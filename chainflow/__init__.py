@@ -54,9 +54,11 @@ from .errors import (
 )
 from .retry import Retry
 from .runtime.context import Context
+from .states import EntryState, RunState, SubmissionState
 
 __all__ = [
     "MAX_DURATION", "REORG_SIGNAL", "Confirmations", "Finalized", "Safe", "TrackerConfig", "ReorgEvent",
+    "EntryState", "RunState", "SubmissionState",
     "AttemptRecord", "BroadcastOutcome", "BroadcastResult", "ChainAdapter", "Chainflow", "ChainflowError",
     "Clock", "ConfigurationError", "Context", "DatabaseLockedError", "DuplicateWorkflowError", "FakeClock", "Header",
     "IdempotencyConflictError", "InputValidationError", "JournalEntry", "LeaseLostError",

@@ -35,19 +35,20 @@ from rich.text import Text
 from .client.app import AttemptRecord, Chainflow, JournalEntry, RunStatus
 from .clock import MAX_SECONDS
 from .errors import ChainflowError
+from .states import EntryState, RunState
 from .storage import codec
 
 # Looked up at print time (not bound at import) so tests can swap in a wide console.
 console = Console()
 
-# Every status a run can have (store/executor/worker write these literals).
-RUN_STATUSES = ("pending", "running", "sleeping", "waiting", "completed", "failed", "cancelled", "dead_lettered")
-
+# by text: runs and journal entries share some ("pending"), and the timeline adds its
+# own labels for failed attempts ("retried") and steps in backoff ("retrying")
 _STATUS_STYLE = {
-    "completed": "green", "ok": "green",
-    "failed": "red", "dead_lettered": "bold red", "error": "red", "timeout": "red", "retried": "red",
-    "cancelled": "yellow", "invalidated": "dim",
-    "sleeping": "blue", "waiting": "blue", "pending": "cyan", "running": "cyan", "retrying": "cyan",
+    RunState.COMPLETED: "green", EntryState.OK: "green",
+    RunState.FAILED: "red", RunState.DEAD_LETTERED: "bold red", EntryState.ERROR: "red", EntryState.TIMEOUT: "red",
+    "retried": "red", RunState.CANCELLED: "yellow", EntryState.INVALIDATED: "dim",
+    RunState.SLEEPING: "blue", RunState.WAITING: "blue", RunState.PENDING: "cyan", RunState.RUNNING: "cyan",
+    "retrying": "cyan",
 }
 _OUTPUT_LIMIT = 80
 _SUMMARY_LIMIT = 500
@@ -221,13 +222,14 @@ def start(ctx: click.Context, workflow: str, input_json: str, idempotency_key: s
 
 
 @cli.command()
-@click.option("--status", type=click.Choice(RUN_STATUSES, case_sensitive=False), help="Only runs in this status.")
+@click.option("--status", type=click.Choice([s.value for s in RunState], case_sensitive=False),
+              help="Only runs in this status.")
 @click.option("--workflow", help="Only runs of this workflow.")
 @click.option("--limit", default=50, show_default=True, type=click.IntRange(1), help="At most this many, newest first.")
 @click.pass_context
 def runs(ctx: click.Context, status: str | None, workflow: str | None, limit: int) -> None:
     """List runs, newest first."""
-    found = _target(ctx).app().runs(status=status.lower() if status else None, workflow=workflow, limit=limit)
+    found = _target(ctx).app().runs(status=status, workflow=workflow, limit=limit)
     console.print(runs_table(found))
 
 
@@ -343,7 +345,7 @@ def timeline(st: RunStatus, journal: Sequence[JournalEntry], attempts: Sequence[
         compensation = e.kind == "compensation"
         row_style = "strike dim" if e.invalidated else ("magenta" if compensation else "")
         # an invalidated row reports status "invalidated" but keeps the output it had
-        shows_output = e.status == "ok" or (e.invalidated and e.output is not None)
+        shows_output = e.status == EntryState.OK or (e.invalidated and e.output is not None)
         detail = error_text(e.error) if e.error else Text(short(e.output) if shows_output else "")
         if e.invalidated:
             detail = Text.assemble(("INVALIDATED", "bold"), f" ({e.reason or 'no reason recorded'}) ", detail)
@@ -413,7 +415,7 @@ def _summary(st: RunStatus) -> RenderableType:
     if st.unserved:
         lines.append(f"\nno live worker serves workflow {st.workflow!r}: this run stays {st.status} until a worker "
                      "that registers it starts", style="yellow")
-    if st.status == "dead_lettered":
+    if st.status == RunState.DEAD_LETTERED:
         lines.append(f"\ndead-lettered: its compensations were not run; `chainflow retry {st.id}` puts it back "
                      "to pending", style="red")
     if st.output is not None:
@@ -430,7 +432,7 @@ def _summary(st: RunStatus) -> RenderableType:
         else:
             lines.append(f"\nrolling back to journal entry {entry}: {reason}", style="yellow")
     if st.compensations:
-        failed = [k for k, v in st.compensations.items() if v != "ok"]
+        failed = [k for k, v in st.compensations.items() if v != EntryState.OK]
         lines.append(f"\ncompensations: {len(st.compensations)} ran, {len(failed)} failed  ",
                      style="red" if failed else "magenta")
         lines.append_text(Text(", ").join(
@@ -442,7 +444,7 @@ def _summary(st: RunStatus) -> RenderableType:
 def _waiting(st: RunStatus) -> str:
     if st.waiting_on:
         return "signal " + ", ".join(st.waiting_on)
-    if st.status == "sleeping" and st.wake_at is not None:
+    if st.status == RunState.SLEEPING and st.wake_at is not None:
         return f"timer until {when(st.wake_at)}"
     return ""
 

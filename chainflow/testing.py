@@ -22,6 +22,7 @@ import sqlalchemy as sa
 from .chain.submission import Submitter
 from .client.app import Chainflow, RunStatus
 from .clock import FakeClock
+from .states import TERMINAL, EntryState, RunState
 from .storage.schema import runs
 from .storage.store import TERMINAL
 
@@ -31,7 +32,7 @@ class StepResult:
     key: str
     branch: str
     kind: str
-    status: str
+    status: EntryState
     output: Any
     error: dict[str, Any] | None
     attempts: int
@@ -44,7 +45,7 @@ class TestRun:
     steps: dict[str, StepResult]  # "branch/key" (or "key" on the main branch) -> result
 
     @property
-    def status(self) -> str:
+    def status(self) -> RunState:
         return self.run.status
 
     @property

@@ -135,6 +135,19 @@ def test_unknown_status_is_a_usage_error(db: Db) -> None:
     assert invoke("--database-url", db.url, "runs", "--status", "bogus").code == 2
 
 
+def test_status_choices_are_the_run_states(db: Db) -> None:
+    """Every RunState is accepted (in any case) and none other: the CLI cannot drift
+    from the states the engine stores."""
+    for state in cf.RunState:
+        res = invoke("--database-url", db.url, "runs", "--status", state.value.upper())
+        assert res.code == 0, (state, res.err)
+        assert (db.failed_run in res.out) == (state is cf.RunState.FAILED), (state, res.out)
+        assert (db.waiting_run in res.out) == (state is cf.RunState.WAITING), (state, res.out)
+    res = CliRunner().invoke(cli, ["--database-url", db.url, "runs", "--status", "done"])
+    assert res.exit_code == 2
+    assert f"'done' is not one of {', '.join(repr(s.value) for s in cf.RunState)}" in res.stderr, res.stderr
+
+
 # --- show -------------------------------------------------------------------------------
 
 

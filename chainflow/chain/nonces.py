@@ -13,6 +13,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from ..states import TERMINAL, SubmissionState
 from ..storage.database import Database
 from ..storage.schema import nonces, runs, submissions
 from ..storage.store import TERMINAL
@@ -28,15 +29,18 @@ class SenderNonces:
     chain_pending: int | None = None
     in_flight: list[int] = field(default_factory=list)  # allocated, not yet mined
     gaps: list[int] = field(default_factory=list)  # allocated, can never sign: need a filler
-    gap_fills: list[tuple[int, str]] = field(default_factory=list)  # (nonce, state)
+    gap_fills: list[tuple[int, SubmissionState]] = field(default_factory=list)  # (nonce, state)
 
 
 _ORPHANED = (  # built once: the tracker asks on every head
     sa.select(submissions.c.id, submissions.c.sender, submissions.c.nonce)
     .join(runs, runs.c.id == submissions.c.run_id)
-    .where(submissions.c.chain == sa.bindparam("chain"), submissions.c.state == "allocated",
+    .where(submissions.c.chain == sa.bindparam("chain"), submissions.c.state == SubmissionState.ALLOCATED,
            submissions.c.gap_fill.is_(sa.false()), runs.c.status.in_(TERMINAL))
 )
+
+
+_UNMINED = (SubmissionState.ALLOCATED, SubmissionState.SIGNED, SubmissionState.BROADCAST)  # hold a nonce
 
 
 def orphaned_allocations(conn: sa.Connection, chain: str) -> list[sa.Row[Any]]:
@@ -46,8 +50,9 @@ def orphaned_allocations(conn: sa.Connection, chain: str) -> list[sa.Row[Any]]:
 
 def mark_abandoned(conn: sa.Connection, sub_id: int, now: float) -> None:
     conn.execute(
-        submissions.update().where(submissions.c.id == sub_id, submissions.c.state == "allocated")
-        .values(state="failed", error="run ended before signing; nonce burned by a gap fill", updated_at=now)
+        submissions.update().where(submissions.c.id == sub_id, submissions.c.state == SubmissionState.ALLOCATED)
+        .values(state=SubmissionState.FAILED, error="run ended before signing; nonce burned by a gap fill",
+                updated_at=now)
     )
 
 
@@ -63,8 +68,8 @@ def snapshot(conn: sa.Connection) -> list[SenderNonces]:
         )
         for s in subs:
             if s.gap_fill:
-                row.gap_fills.append((int(s.nonce), s.state))
-            elif s.state in ("allocated", "signed", "broadcast"):
+                row.gap_fills.append((int(s.nonce), SubmissionState(s.state)))
+            elif s.state in _UNMINED:
                 row.in_flight.append(int(s.nonce))
         row.gaps = [int(r.nonce) for r in orphaned_allocations(conn, n.chain) if r.sender == n.sender]
         out.append(row)

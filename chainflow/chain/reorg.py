@@ -20,11 +20,12 @@ from typing import Any
 import sqlalchemy as sa
 
 from .. import metrics
+from ..states import EntryState, RunState, SubmissionState
 from ..storage import codec, store
 from ..storage.schema import attempts, journal, reorgs, runs, submissions
 from . import headers
 
-SETTLED = ("included", "final")
+SETTLED = (SubmissionState.INCLUDED, SubmissionState.FINAL)
 REORG_SIGNAL = "chainflow.reorg"  # sent to every run whose transaction a reorg un-included
 
 
@@ -49,16 +50,16 @@ def record(conn: sa.Connection, chain: str, fork: int, new_hashes: list[str], no
     for sub in hit:
         conn.execute(
             submissions.update().where(submissions.c.id == sub.id).values(
-                state="broadcast", tx_hash=None, block_number=None, block_hash=None, receipt=None,
+                state=SubmissionState.BROADCAST, tx_hash=None, block_number=None, block_hash=None, receipt=None,
                 last_broadcast_block=None, updated_at=now,
             )
         )
         if sub.run_id:
             # workflows observe reorgs with ctx.wait_for(REORG_SIGNAL)
             info = {"reorg": int(event_id), "chain": chain, "depth": len(orphaned), "fork_number": fork,
-                    "tx_hash": sub.tx_hash, "finality_broken": sub.state == "final"}
+                    "tx_hash": sub.tx_hash, "finality_broken": sub.state == SubmissionState.FINAL}
             store.insert_signal(conn, sub.run_id, REORG_SIGNAL, codec.dumps(info), now)
-        if sub.state == "final" and sub.run_id:
+        if sub.state == SubmissionState.FINAL and sub.run_id:
             reason = f"reorg #{event_id} on {chain}: block {sub.block_number} ({sub.block_hash}) orphaned"
             if request_rollback(conn, sub.run_id, sub.step, reason, now):
                 metrics.inc("chainflow_rollbacks_total", chain=chain)
@@ -73,7 +74,7 @@ def request_rollback(conn: sa.Connection, run_id: str, step: str, reason: str, n
     entry = conn.execute(
         sa.select(journal.c.id).where(
             journal.c.run_id == run_id, journal.c.branch == branch, journal.c.key == key,
-            journal.c.superseded == 0, journal.c.status == "ok",
+            journal.c.superseded == 0, journal.c.status == EntryState.OK,
         )
     ).first()
     if entry is None:
@@ -89,8 +90,8 @@ def request_rollback(conn: sa.Connection, run_id: str, step: str, reason: str, n
     # a completed run is reopened; a failed or cancelled one already compensated everything
     conn.execute(
         runs.update()
-        .where(runs.c.id == run_id, runs.c.status == "completed")
-        .values(status="pending", ready_at=now)
+        .where(runs.c.id == run_id, runs.c.status == RunState.COMPLETED)
+        .values(status=RunState.PENDING, ready_at=now)
     )
     store.wake(conn, run_id, now)
     return True
@@ -131,7 +132,7 @@ def supersede(conn: sa.Connection, run_id: str, doomed: list[store.Entry], reaso
         )
     conn.execute(
         runs.update().where(runs.c.id == run_id).values(
-            rollback=None, status="pending", output=None, error=None, ready_at=now, updated_at=now,
+            rollback=None, status=RunState.PENDING, output=None, error=None, ready_at=now, updated_at=now,
             lease_owner=None, lease_expires=None,
         )
     )

@@ -13,6 +13,7 @@ from typing import Any, Protocol
 
 from ..clock import Clock
 from ..retry import Retry
+from ..states import EntryState
 from ..storage import store
 
 
@@ -30,7 +31,7 @@ class RunScope(Protocol):
     async def hold_lease(self) -> None:
         """Raise ``LeaseLostError`` unless the run is provably still ours."""
 
-    def entry_op(self, slot: store.Slot, kind: str, status: str, output: str | None, error: str | None,
+    def entry_op(self, slot: store.Slot, kind: str, status: EntryState, output: str | None, error: str | None,
                  attempts: int, started: float | None, finished: float | None) -> store.Op:
         """The journal row of ``slot`` as an op for ``commit``."""
 

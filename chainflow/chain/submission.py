@@ -40,6 +40,7 @@ from ..errors import (
 )
 from ..lograte import FailureLog
 from ..retry import Retry
+from ..states import EntryState, SubmissionState
 from ..storage import codec, limits, store
 from ..storage.database import Database
 from . import finality, txstore
@@ -87,7 +88,7 @@ def _lock_final(conn: sa.Connection, sub_id: int) -> None:
     state = conn.execute(
         sa.select(submissions.c.state).where(submissions.c.id == sub_id).with_for_update()
     ).scalar()
-    if state != "final":
+    if state != SubmissionState.FINAL:
         raise _Unsettled(sub_id)
 
 
@@ -118,7 +119,7 @@ class Submitter:
             raise ValueError(f"submit label {label[:60]!r}… (branch path and name) is {len(label)} characters "
                              f"long, the limit is {limits.SUBMISSION_LABEL_LENGTH}")
         if slot.entry is not None:
-            if slot.entry.status != "ok":
+            if slot.entry.status != EntryState.OK:
                 etype, message = error_parts(slot.entry.error)
                 raise StepError(label, etype, message, slot.entry.attempts)
             receipt = receipt_from(codec.loads(slot.entry.output))
@@ -144,7 +145,7 @@ class Submitter:
             while True:
                 receipt = await self._await_final(ctx, sub_id, label)
                 text, value = codec.roundtrip(dataclasses.asdict(receipt), what=f"receipt of step {label!r}")
-                entry = ctx.entry_op(slot, "submit", "ok", text, None, tries, started, ctx.clock.time())
+                entry = ctx.entry_op(slot, "submit", EntryState.OK, text, None, tries, started, ctx.clock.time())
                 try:
                     # journaled only while still final: a reorg racing this commit either
                     # lands first (we wait again) or sees the entry and rolls it back
@@ -154,7 +155,7 @@ class Submitter:
                 return receipt_from(value)
         except TERMINAL as exc:
             tries = len(ctx.tries_of(slot)) + 1
-            await ctx.commit(ctx.entry_op(slot, "submit", "error", None, describe_error(exc), tries, started,
+            await ctx.commit(ctx.entry_op(slot, "submit", EntryState.ERROR, None, describe_error(exc), tries, started,
                                           ctx.clock.time()))
             raise StepError(label, f"{type(exc).__module__}.{type(exc).__qualname__}", str(exc), tries) from exc
 
@@ -218,17 +219,17 @@ class Submitter:
 
         (sub,) = await ctx.commit(open_intent)
         sub_id = int(sub.id)
-        if sub.state == "intent":
+        if sub.state == SubmissionState.INTENT:
             try:
                 request = await adapter.estimate(request)
             except TxRejected as exc:
                 raise TxRevertedError(label, exc.reason) from None
             await self._allocate(ctx, adapter, sub_id, sender, codec.dumps(request))
             sub = await self._read(ctx, sub_id)
-        if sub.state == "allocated":
+        if sub.state == SubmissionState.ALLOCATED:
             await self._sign_first(ctx, adapter, sub, label)
             sub = await self._read(ctx, sub_id)
-        if sub.state in ("signed", "broadcast"):
+        if sub.state in (SubmissionState.SIGNED, SubmissionState.BROADCAST):
             await broadcast_latest(self.db, self.clock, ctx, adapter, sub)
         return sub_id
 
@@ -265,12 +266,12 @@ class Submitter:
                 return txstore.get(conn, sub_id)
 
             (sub,) = await ctx.commit(check)
-            if sub.state == "final":
+            if sub.state == SubmissionState.FINAL:
                 receipt = receipt_from(codec.loads(sub.receipt))
                 if not receipt.succeeded:
                     raise TxRevertedError(label, receipt.revert_reason, receipt.tx_hash)
                 return receipt
-            if sub.state == "failed":
+            if sub.state == SubmissionState.FAILED:
                 raise SubmissionFailedError(label, sub.error or "the transaction can no longer be included")
             await ctx.park(None, event)
 
@@ -309,7 +310,7 @@ async def fill_gap(db: Database, clock: Clock, adapter: ChainAdapter, nonce: int
     now = clock.time()
     gap_id = await db.atx(txstore.open_gap_fill, adapter.name, sender, nonce, codec.dumps(request), now)
     sub = await db.atx(txstore.get, gap_id)
-    if sub.state == "allocated":
+    if sub.state == SubmissionState.ALLOCATED:
         signed = await adapter.sign(request, nonce, None)
         await db.atx(txstore.add_attempt, gap_id, adapter.name, signed, clock.time())
         sub = await db.atx(txstore.get, gap_id)

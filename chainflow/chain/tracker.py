@@ -27,6 +27,7 @@ from .. import metrics
 from ..clock import Clock
 from ..lease import valid_for
 from ..lograte import FailureLog
+from ..states import SubmissionState
 from ..storage import codec, store
 from ..storage.database import Database
 from ..storage.schema import submissions, tx_attempts
@@ -37,7 +38,7 @@ from .tracker_config import TrackerConfig
 
 log = logging.getLogger("chainflow.tracker")
 
-OPEN = ("signed", "broadcast")
+OPEN = (SubmissionState.SIGNED, SubmissionState.BROADCAST)
 
 
 class _Deposed(Exception):
@@ -299,7 +300,7 @@ _MATCHES = (
 )
 _INCLUDED = (
     sa.select(submissions.c.id, submissions.c.finality, submissions.c.block_number)
-    .where(submissions.c.chain == sa.bindparam("chain"), submissions.c.state == "included")
+    .where(submissions.c.chain == sa.bindparam("chain"), submissions.c.state == SubmissionState.INCLUDED)
 )
 _STUCK = (
     sa.select(submissions)
@@ -317,8 +318,9 @@ _START_REBROADCAST_CLOCK = (
 _INCLUDE = (
     submissions.update()
     .where(submissions.c.id == sa.bindparam("sub_id"), submissions.c.state.in_(OPEN))
-    .values(state="included", tx_hash=sa.bindparam("b_tx_hash"), block_number=sa.bindparam("b_block_number"),
-            block_hash=sa.bindparam("b_block_hash"), receipt=sa.bindparam("b_receipt"),
+    .values(state=SubmissionState.INCLUDED, tx_hash=sa.bindparam("b_tx_hash"),
+            block_number=sa.bindparam("b_block_number"), block_hash=sa.bindparam("b_block_hash"),
+            receipt=sa.bindparam("b_receipt"),
             updated_at=sa.bindparam("now"))
 )
 
@@ -384,8 +386,9 @@ _OWNERS = sa.select(submissions.c.id, submissions.c.run_id).where(
     submissions.c.id.in_(sa.bindparam("ids", expanding=True)))
 _FINAL = (
     submissions.update()
-    .where(submissions.c.id.in_(sa.bindparam("ids", expanding=True)), submissions.c.state == "included")
-    .values(state="final", updated_at=sa.bindparam("now"))
+    .where(submissions.c.id.in_(sa.bindparam("ids", expanding=True)),
+           submissions.c.state == SubmissionState.INCLUDED)
+    .values(state=SubmissionState.FINAL, updated_at=sa.bindparam("now"))
 )
 
 
@@ -404,7 +407,7 @@ def _touch(conn: sa.Connection, sub_id: int, head: int) -> None:
 def _fail_foreign(conn: sa.Connection, sub_id: int, nonce: int, now: float) -> None:
     conn.execute(
         submissions.update().where(submissions.c.id == sub_id, submissions.c.state.in_(OPEN))
-        .values(state="failed", error=f"nonce {nonce} was used by a transaction chainflow did not sign",
+        .values(state=SubmissionState.FAILED, error=f"nonce {nonce} was used by a transaction chainflow did not sign",
                 updated_at=now)
     )
     row = conn.execute(sa.select(submissions.c.run_id).where(submissions.c.id == sub_id)).first()

@@ -13,6 +13,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
+from ..states import SubmissionState
 from ..storage.schema import nonces, submissions, tx_attempts
 from .adapter import SignedTx
 
@@ -28,7 +29,7 @@ def intent(
     conn.execute(
         submissions.insert().values(
             chain=chain, sender=sender, idempotency_key=key, run_id=run_id, step=step, request=request,
-            finality=finality, state="intent", created_at=now, updated_at=now,
+            finality=finality, state=SubmissionState.INTENT, created_at=now, updated_at=now,
         )
     )
     row = by_key(conn, chain, sender, key)
@@ -72,7 +73,7 @@ def allocate_nonce(conn: sa.Connection, sub_id: int, seed: int | None, request: 
     conn.execute(
         submissions.update()
         .where(submissions.c.id == sub_id)
-        .values(nonce=nonce, state="allocated", request=request, updated_at=now)
+        .values(nonce=nonce, state=SubmissionState.ALLOCATED, request=request, updated_at=now)
     )
     return nonce
 
@@ -87,8 +88,9 @@ def add_attempt(conn: sa.Connection, sub_id: int, chain: str, signed: SignedTx, 
     )
     conn.execute(
         submissions.update()
-        .where(submissions.c.id == sub_id, submissions.c.state.in_(("intent", "allocated")))
-        .values(state="signed", updated_at=now)
+        .where(submissions.c.id == sub_id,
+               submissions.c.state.in_((SubmissionState.INTENT, SubmissionState.ALLOCATED)))
+        .values(state=SubmissionState.SIGNED, updated_at=now)
     )
 
 
@@ -105,13 +107,15 @@ def mark_broadcast(conn: sa.Connection, sub_id: int, now: float) -> None:
     since the sender does not know the chain's height."""
     conn.execute(
         submissions.update()
-        .where(submissions.c.id == sub_id, submissions.c.state.in_(("signed", "broadcast")))
-        .values(state="broadcast", last_broadcast_at=now, last_broadcast_block=None, updated_at=now)
+        .where(submissions.c.id == sub_id,
+               submissions.c.state.in_((SubmissionState.SIGNED, SubmissionState.BROADCAST)))
+        .values(state=SubmissionState.BROADCAST, last_broadcast_at=now, last_broadcast_block=None, updated_at=now)
     )
 
 
 def mark_failed(conn: sa.Connection, sub_id: int, error: str, now: float) -> None:
-    conn.execute(submissions.update().where(submissions.c.id == sub_id).values(state="failed", error=error, updated_at=now))
+    conn.execute(submissions.update().where(submissions.c.id == sub_id)
+                 .values(state=SubmissionState.FAILED, error=error, updated_at=now))
 
 
 def open_gap_fill(conn: sa.Connection, chain: str, sender: str, nonce: int, request: str, now: float) -> int:
@@ -123,7 +127,7 @@ def open_gap_fill(conn: sa.Connection, chain: str, sender: str, nonce: int, requ
     res = conn.execute(
         submissions.insert().values(
             chain=chain, sender=sender, idempotency_key=key, request=request,
-            finality=json.dumps({"kind": "confirmations", "n": 1}), nonce=nonce, state="allocated",
+            finality=json.dumps({"kind": "confirmations", "n": 1}), nonce=nonce, state=SubmissionState.ALLOCATED,
             gap_fill=True, created_at=now, updated_at=now,
         )
     )

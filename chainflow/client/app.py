@@ -35,6 +35,7 @@ from ..errors import (
 from ..retry import DEFAULT_RETRY, Retry
 from ..runtime.registry import Registry, WorkflowDef, WorkflowFn, infer_input_type
 from ..runtime.worker import call_on
+from ..states import TERMINAL, EntryState, RunState
 from ..storage import codec, limits, store
 from ..storage.connector import resolve_url
 from ..storage.database import Database
@@ -61,7 +62,7 @@ class JournalEntry:
     position: int
     key: str
     kind: str
-    status: str  # ok | error | pending | timeout | invalidated
+    status: EntryState
     output: Any
     error: dict[str, Any] | None
     attempts: int
@@ -98,7 +99,7 @@ class ReorgEvent:
 class RunStatus:
     id: str
     workflow: str
-    status: str
+    status: RunState
     input: Any
     output: Any
     error: dict[str, Any] | None
@@ -107,7 +108,7 @@ class RunStatus:
     wake_at: float | None
     waiting_on: list[str]
     cancel_requested: bool
-    compensations: dict[str, str] = field(default_factory=dict)  # "branch/step" -> ok | error
+    compensations: dict[str, EntryState] = field(default_factory=dict)  # "branch/step" -> ok | error
     # a reorg's request to roll back to a journal entry: {"entry_id": …, "reason": …}; on a
     # failed or cancelled run it stays unapplied (its compensations had already run)
     rollback: dict[str, Any] | None = None
@@ -117,7 +118,7 @@ class RunStatus:
 
     @property
     def done(self) -> bool:
-        return self.status in store.TERMINAL
+        return self.status in TERMINAL
 
 
 class Chainflow:
@@ -293,7 +294,7 @@ class Chainflow:
         row = store.get_run(conn, run_id)
         if row is None:
             raise RunNotFoundError(run_id)
-        if row.status in store.TERMINAL:
+        if row.status in TERMINAL:
             raise RunFinishedError(run_id, row.status, action)
         return row
 
@@ -344,7 +345,7 @@ class Chainflow:
             row = store.get_run(conn, run_id)
             if row is None:
                 raise RunNotFoundError(run_id)
-            served = None if row.status in store.TERMINAL else store.served_workflows(conn, self.clock.time())
+            served = None if row.status in TERMINAL else store.served_workflows(conn, self.clock.time())
             return _status_of(row, store.compensations(conn, run_id), served)
 
         return self.database.read(read)
@@ -360,8 +361,9 @@ class Chainflow:
                 raise RunNotFoundError(run_id)
             return [
                 JournalEntry(
-                    r.branch, r.position, r.key, r.kind, "invalidated" if r.superseded else r.status,
-                    codec.loads(r.output) if r.status == "ok" else None,
+                    r.branch, r.position, r.key, r.kind,
+                    EntryState.INVALIDATED if r.superseded else EntryState(r.status),
+                    codec.loads(r.output) if r.status == EntryState.OK else None,
                     json.loads(r.error) if r.error else None, r.attempts, r.started_at, r.finished_at,
                     bool(r.superseded), r.reason,
                 )
@@ -383,10 +385,15 @@ class Chainflow:
 
         return self.database.read(read)
 
-    def runs(self, *, status: str | None = None, workflow: str | None = None, limit: int = 100) -> list[RunStatus]:
+    def runs(self, *, status: RunState | str | None = None, workflow: str | None = None,
+             limit: int = 100) -> list[RunStatus]:
+        """The newest ``limit`` runs, of one ``status`` (a ``RunState`` or its text) and
+        ``workflow`` when given."""
+        state = None if status is None else _run_state(status)
+
         def read(conn: sa.Connection) -> list[RunStatus]:
-            rows = store.list_runs(conn, status, workflow, limit)
-            live = any(r.status not in store.TERMINAL for r in rows)
+            rows = store.list_runs(conn, state, workflow, limit)
+            live = any(r.status not in TERMINAL for r in rows)
             served = store.served_workflows(conn, self.clock.time()) if live else None
             return [_status_of(r, {}, served) for r in rows]
 
@@ -463,7 +470,7 @@ class Chainflow:
             if not listeners and self._waiters.get(run_id) is listeners:
                 del self._waiters[run_id]
 
-    def finished(self, run_id: str, row: Any = None, compensations: dict[str, str] | None = None) -> None:
+    def finished(self, run_id: str, row: Any = None, compensations: dict[str, EntryState] | None = None) -> None:
         """A worker of this process finished ``run_id``: wake whoever awaits it, handing
         over the final status when the worker knows all of it (``row`` as written and
         ``compensations``)."""
@@ -507,14 +514,21 @@ def _resolve(news: asyncio.Future[Any], known: RunStatus | object | None) -> Non
         news.set_result(known)
 
 
-def _status_of(row: sa.Row[Any], comps: dict[str, str], served: set[str] | None = None) -> RunStatus:
+def _run_state(status: RunState | str) -> RunState:
+    try:
+        return RunState(status)
+    except ValueError:
+        raise ValueError(f"status must be one of {', '.join(RunState)}, got {status!r}") from None
+
+
+def _status_of(row: sa.Row[Any], comps: dict[str, EntryState], served: set[str] | None = None) -> RunStatus:
     """``served``: the workflows live workers announce (None: not looked up)."""
     return RunStatus(
-        id=row.id, workflow=row.workflow, status=row.status, input=codec.loads(row.input),
+        id=row.id, workflow=row.workflow, status=RunState(row.status), input=codec.loads(row.input),
         output=codec.loads(row.output), error=json.loads(row.error) if row.error else None,
         created_at=row.created_at, updated_at=row.updated_at, wake_at=row.ready_at,
         waiting_on=json.loads(row.waiting_on) if row.waiting_on else [],
         cancel_requested=bool(row.cancel_requested), compensations=comps,
         rollback=json.loads(row.rollback) if row.rollback else None,
-        unserved=served is not None and row.status not in store.TERMINAL and row.workflow not in served,
+        unserved=served is not None and row.status not in TERMINAL and row.workflow not in served,
     )

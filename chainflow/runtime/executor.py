@@ -12,6 +12,7 @@ import asyncio
 import json
 import logging
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any, Protocol
 
 from ..chain import reorg
@@ -20,6 +21,7 @@ from ..clock import Clock
 from ..errors import LeaseLostError, NonDeterminismError, PayloadError, RunCancelled, WorkflowTimeout, describe_error
 from ..lease import Lease
 from ..retry import Retry
+from ..states import EntryState, RunState
 from ..storage import codec, store
 from ..threads import ThreadPool
 from . import eager
@@ -27,23 +29,37 @@ from .committer import Committer
 from .context import Context
 from .flag import Flag
 from .registry import WorkflowDef
-from .scope import _BRANCH, CANCEL, FATAL, LEASE_LOST, ROLLBACK, SUSPEND, TIMEOUT, Scope
+from .scope import _BRANCH, Scope, StopReason
 
 log = logging.getLogger("chainflow.executor")
 
 # quiescence: once no operation is in flight and something is parked, let the event
 # loop spin this many times without any new operation before unwinding the run
 _SETTLE_SPINS = 8
+# a stop that unwinds the run at once, whatever it is doing
+_UNWINDING = (StopReason.CANCEL, StopReason.TIMEOUT, StopReason.LEASE_LOST, StopReason.FATAL)
 
 
-@dataclass
+class Unfinished(StrEnum):
+    """How an execution ends that leaves its run unfinished (one that finishes it
+    ends with the run's final ``RunState``)."""
+
+    SUSPENDED = "suspended"  # parked: the detail is the run's new state (sleeping or waiting)
+    ABANDONED = "abandoned"  # the lease was lost: another worker resumes the run
+    ROLLED_BACK = "rolled_back"  # a reorg's rollback was applied: the run is pending again
+
+
+@dataclass(frozen=True)  # one shared instance stands for every lost lease
 class Outcome:
-    status: str  # completed | failed | cancelled | suspended | abandoned
+    status: RunState | Unfinished
     detail: str = ""
     # the run's row as the final write left it, and its compensations when known
     # without a query: lets an awaiting client of this process skip a status read
     row: Any = None
-    compensations: dict[str, str] | None = None
+    compensations: dict[str, EntryState] | None = None
+
+
+_ABANDONED = Outcome(Unfinished.ABANDONED, "lease lost")
 
 
 class ExecutionHost(Protocol):
@@ -69,19 +85,20 @@ class Execution:
         self._stop = Flag()
         self._lost = Flag()  # only a lost lease (or close) stops compensations
         self._parked: list[tuple[float | None, str | None]] = []
-        self._reason: str | None = None
+        self._reason: StopReason | None = None
         self._entries: list[store.Entry] = []
 
-    def request_stop(self, reason: str) -> None:
+    def request_stop(self, reason: StopReason) -> None:
         """Called by the heartbeat (cancel, lost lease); the driver reacts."""
         self._reason = self._reason or reason
         ctx = self.ctx
         # once compensating, a cancel or timeout has nothing left to stop: the
         # compensations are what it asks for; only losing the lease interrupts them
-        if ctx is not None and ctx.stop_reason in (None, SUSPEND) and (not ctx.compensating or reason == LEASE_LOST):
+        if ctx is not None and ctx.stop_reason in (None, StopReason.SUSPEND) and (
+                not ctx.compensating or reason == StopReason.LEASE_LOST):
             ctx.stop_reason = reason
         self._stop.set()
-        if reason == LEASE_LOST:
+        if reason == StopReason.LEASE_LOST:
             self._lost.set()
 
     async def run(self) -> Outcome:
@@ -96,15 +113,15 @@ class Execution:
         if self._reason is not None:
             ctx.stop_reason = self._reason
         elif claim.rollback is not None:
-            ctx.stop_reason = ROLLBACK
+            ctx.stop_reason = StopReason.ROLLBACK
         elif claim.cancel_requested:
-            ctx.stop_reason = CANCEL
+            ctx.stop_reason = StopReason.CANCEL
         elif claim.deadline is not None and w.clock.time() >= claim.deadline:
-            ctx.stop_reason = TIMEOUT
+            ctx.stop_reason = StopReason.TIMEOUT
         try:
             arg = self.wf.decode_input(codec.loads(claim.input))
         except Exception as exc:  # input stored by an older version of the workflow
-            return await self._finish("failed", None, describe_error(exc))
+            return await self._finish(RunState.FAILED, None, describe_error(exc))
         main = eager.start(self._main(ctx, arg))
         ctx.tasks.add(main)
         return await self._drive(ctx, main)
@@ -123,7 +140,7 @@ class Execution:
         stop_wait = stop.future()
         try:
             while not main.done():
-                if ctx.stop_reason in (CANCEL, TIMEOUT, LEASE_LOST, FATAL) and stop.is_set():
+                if ctx.stop_reason in _UNWINDING and stop.is_set():
                     await self._unwind(ctx)
                     break
                 changed = ctx.changed.future()
@@ -138,11 +155,11 @@ class Execution:
                 changed.cancel()
                 ctx.changed.clear()
                 if deadline is not None and clock.time() >= deadline and not main.done():
-                    self.request_stop(TIMEOUT)
+                    self.request_stop(StopReason.TIMEOUT)
                     continue
                 if not main.done() and ctx.active == 0 and ctx.parks and await self._settled(ctx):
                     if not await self._wait_inline(ctx, stop):
-                        ctx.stop_reason = SUSPEND
+                        ctx.stop_reason = StopReason.SUSPEND
                         self._parked = [(p.wake_at, p.signal) for p in ctx.parks]
                         await self._unwind(ctx)
                         break
@@ -187,36 +204,36 @@ class Execution:
         reason = ctx.stop_reason
         if main.done() and not main.cancelled():
             main.exception()  # retrieved: paths below that ignore it must not log "never retrieved"
-        if reason == LEASE_LOST:
-            return Outcome("abandoned", "lease lost")
-        if reason == SUSPEND:
+        if reason == StopReason.LEASE_LOST:
+            return _ABANDONED
+        if reason == StopReason.SUSPEND:
             return await self._suspend(ctx)
-        if reason == ROLLBACK:
+        if reason == StopReason.ROLLBACK:
             if ctx.tasks - {main}:
                 await self._unwind(ctx)
             return await self._roll_back(ctx)
         # let sibling branches settle before deciding (a failed branch leaves others running)
         if ctx.tasks - {main}:
             await self._unwind(ctx)
-        if reason == FATAL or isinstance(ctx.fatal, NonDeterminismError):
+        if reason == StopReason.FATAL or isinstance(ctx.fatal, NonDeterminismError):
             assert ctx.fatal is not None
             log.error("%s", ctx.fatal)
-            return await self._finish("failed", None, describe_error(ctx.fatal))
-        if reason in (CANCEL, TIMEOUT):
-            error: BaseException = RunCancelled(self.claim.run_id) if reason == CANCEL else WorkflowTimeout(
-                self.claim.run_id)
-            return await self._compensate_and_finish(ctx, "cancelled" if reason == CANCEL else "failed", error)
+            return await self._finish(RunState.FAILED, None, describe_error(ctx.fatal))
+        if reason == StopReason.CANCEL:
+            return await self._compensate_and_finish(ctx, RunState.CANCELLED, RunCancelled(self.claim.run_id))
+        if reason == StopReason.TIMEOUT:
+            return await self._compensate_and_finish(ctx, RunState.FAILED, WorkflowTimeout(self.claim.run_id))
         exc = main.exception() if not main.cancelled() else RunCancelled(self.claim.run_id)
         if isinstance(exc, LeaseLostError):
-            return Outcome("abandoned", "lease lost")
+            return _ABANDONED
         if exc is None:
             try:
                 text = codec.dumps(main.result(), what=f"result of workflow {self.wf.name!r}")
             except PayloadError as perr:
-                return await self._compensate_and_finish(ctx, "failed", perr)
+                return await self._compensate_and_finish(ctx, RunState.FAILED, perr)
             await ctx.flush()
-            return await self._finish("completed", text, None)
-        return await self._compensate_and_finish(ctx, "failed", exc)
+            return await self._finish(RunState.COMPLETED, text, None)
+        return await self._compensate_and_finish(ctx, RunState.FAILED, exc)
 
     async def _roll_back(self, ctx: Scope) -> Outcome:
         """Compensate what depended on an invalidated step, then reopen the run there."""
@@ -231,10 +248,10 @@ class Execution:
             run_id, now, reason = self.claim.run_id, self.worker.clock.time(), request["reason"]
             await ctx.commit(lambda conn: reorg.supersede(conn, run_id, doomed, reason, now))
         except LeaseLostError:
-            return Outcome("abandoned", "lease lost")
-        return Outcome("rolled_back", request["reason"])
+            return _ABANDONED
+        return Outcome(Unfinished.ROLLED_BACK, request["reason"])
 
-    async def _compensate_and_finish(self, ctx: Scope, status: str, error: BaseException) -> Outcome:
+    async def _compensate_and_finish(self, ctx: Scope, status: RunState, error: BaseException) -> Outcome:
         failures = await self._compensations(ctx)
         if isinstance(failures, Outcome):
             return failures
@@ -248,31 +265,32 @@ class Execution:
         backoff (or any other park) inside one is waited inline or suspends the run,
         instead of awaiting a park nobody would ever resolve."""
         if self._lost.is_set():
-            return Outcome("abandoned", "lease lost")
+            return _ABANDONED
         task = asyncio.get_running_loop().create_task(ctx.run_compensations(only))
         ctx.tasks.add(task)
         task.add_done_callback(ctx.tasks.discard)
         await self._pump(ctx, task, self._lost, watch_deadline=False)
-        if ctx.stop_reason == SUSPEND:
+        if ctx.stop_reason == StopReason.SUSPEND:
             return await self._suspend(ctx, bounded_by_deadline=False)
-        if ctx.stop_reason == LEASE_LOST or task.cancelled():
-            return Outcome("abandoned", "lease lost")
+        if ctx.stop_reason == StopReason.LEASE_LOST or task.cancelled():
+            return _ABANDONED
         exc = task.exception()
         if isinstance(exc, LeaseLostError):
-            return Outcome("abandoned", "lease lost")
+            return _ABANDONED
         if exc is not None:
             raise exc
         return task.result()
 
-    async def _finish(self, status: str, output: str | None, error: str | None) -> Outcome:
+    async def _finish(self, status: RunState, output: str | None, error: str | None) -> Outcome:
         run_id, now = self.claim.run_id, self.worker.clock.time()
         assert self.ctx is not None
         try:
             row, = await self.ctx.commit(store.RunFinish(run_id, status, output, error, now))
         except LeaseLostError:
-            return Outcome("abandoned", "lease lost")
+            return _ABANDONED
         # compensations are known without a query only when none ever ran
-        comps: dict[str, str] | None = {} if status == "completed" and not any(e.kind == "compensation" for e in self._entries) else None
+        comps: dict[str, EntryState] | None = {} if status == RunState.COMPLETED and not any(
+            e.kind == "compensation" for e in self._entries) else None
         return Outcome(status, error or "", row, comps)
 
     async def _suspend(self, ctx: Scope, bounded_by_deadline: bool = True) -> Outcome:
@@ -281,10 +299,10 @@ class Execution:
         signals = sorted({s for _, s in self._parked if s})
         if self.claim.deadline is not None and bounded_by_deadline:
             wake_at = self.claim.deadline if wake_at is None else min(wake_at, self.claim.deadline)
-        status = "waiting" if signals or wake_at is None else "sleeping"
+        status = RunState.WAITING if signals or wake_at is None else RunState.SLEEPING
         run_id, now = self.claim.run_id, self.worker.clock.time()
         try:
             await ctx.commit(lambda conn: store.suspend_run(conn, run_id, status, wake_at, signals, now))
         except LeaseLostError:
-            return Outcome("abandoned", "lease lost")
-        return Outcome("suspended", status)
+            return _ABANDONED
+        return Outcome(Unfinished.SUSPENDED, status)

@@ -25,6 +25,7 @@ import uuid as _uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import sqlalchemy as sa
@@ -44,6 +45,7 @@ from ..errors import (
 )
 from ..lease import Lease
 from ..retry import DEFAULT_RETRY, Retry
+from ..states import EntryState
 from ..storage import codec, limits, store
 from ..threads import ThreadPool
 from .committer import Committer
@@ -59,9 +61,21 @@ T = TypeVar("T")
 _BRANCH: contextvars.ContextVar[str] = contextvars.ContextVar("chainflow_branch", default="")
 _YIELD_EVERY = 64  # steps journaled between two turns given to the rest of the event loop
 
-# Why the executor is unwinding the workflow coroutine.
-SUSPEND, CANCEL, TIMEOUT, LEASE_LOST, FATAL = "suspend", "cancel", "timeout", "lease_lost", "fatal"
-ROLLBACK = "rollback"  # replay only, to collect compensations of invalidated steps
+
+class StopReason(StrEnum):
+    """Why the executor is unwinding the workflow coroutine."""
+
+    SUSPEND = "suspend"  # every branch is parked
+    CANCEL = "cancel"
+    TIMEOUT = "timeout"  # the workflow's own deadline
+    LEASE_LOST = "lease_lost"  # another worker may own the run: stop without writing
+    FATAL = "fatal"  # non-determinism
+    ROLLBACK = "rollback"  # replay only, to collect compensations of invalidated steps
+
+
+# bound once: looked up on every step (see ``states`` on Enum attribute access)
+_OK = EntryState.OK
+_REFUSING = (StopReason.CANCEL, StopReason.TIMEOUT, StopReason.ROLLBACK)  # no new work may start
 
 
 @dataclass
@@ -133,7 +147,7 @@ class Scope:
         self.active = 0
         self.generation = 0
         self.changed = Flag()
-        self.stop_reason: str | None = None
+        self.stop_reason: StopReason | None = None
         self.compensating = False  # set once compensations start; cancel/timeout no longer apply
         self.fatal: BaseException | None = None
 
@@ -156,7 +170,7 @@ class Scope:
         policy = retry or self.default_retry
         if slot.entry is None:
             text, value = await self._execute(slot, "step", fn, args, kwargs, policy, limit)
-        elif slot.entry.status == "ok":
+        elif slot.entry.status == _OK:
             value = codec.loads(slot.entry.output)
         else:
             etype, message = error_parts(slot.entry.error)
@@ -175,7 +189,7 @@ class Scope:
             self.refuse_new_work()
             wake_at = self.clock.time() + length
             now = self.clock.time()
-            await self._commit(self.entry_op(slot, "sleep", "ok", codec.dumps(wake_at), None, 1, now, now))
+            await self._commit(self.entry_op(slot, "sleep", EntryState.OK, codec.dumps(wake_at), None, 1, now, now))
         await self.park(wake_at, None)
 
     async def wait_for(self, name: str, timeout: float | dt.timedelta | None = None) -> Any:
@@ -184,15 +198,16 @@ class Scope:
         limits.text(name, "wait_for signal name", limits.SIGNAL_LENGTH)
         slot = self._slot(name, "wait")
         entry = slot.entry
-        if entry is not None and entry.status == "ok":
+        if entry is not None and entry.status == EntryState.OK:
             return codec.loads(entry.output)
-        if entry is not None and entry.status == "timeout":
+        if entry is not None and entry.status == EntryState.TIMEOUT:
             raise WaitTimeout(name)
         if entry is None:
             self.refuse_new_work()
             now = self.clock.time()
             deadline = None if limit is None else now + limit
-            await self._commit(self.entry_op(slot, "wait", "pending", codec.dumps(deadline), None, 1, now, None))
+            await self._commit(
+                self.entry_op(slot, "wait", EntryState.PENDING, codec.dumps(deadline), None, 1, now, None))
         else:
             deadline = codec.loads(entry.output)
         run_id, branch, key = self.run_id, slot.branch, slot.key
@@ -202,7 +217,7 @@ class Scope:
             def take(conn: Any) -> tuple[bool, str | None]:
                 found, payload = store.consume_signal(conn, run_id, name)
                 if found:
-                    store.update_entry(conn, run_id, branch, key, status="ok", output=payload,
+                    store.update_entry(conn, run_id, branch, key, status=EntryState.OK, output=payload,
                                        finished_at=self.clock.time())
                 return found, payload
 
@@ -212,7 +227,8 @@ class Scope:
             now = self.clock.time()
             if deadline is not None and now >= deadline:
                 await self._commit(
-                    lambda conn: store.update_entry(conn, run_id, branch, key, status="timeout", finished_at=now)
+                    lambda conn: store.update_entry(conn, run_id, branch, key, status=EntryState.TIMEOUT,
+                                                   finished_at=now)
                 )
                 raise WaitTimeout(name)
             await self.park(deadline, name)
@@ -303,7 +319,7 @@ class Scope:
 
     def _nondeterminism(self, branch: str, position: int, expected: str, actual: str) -> None:
         self.fatal = NonDeterminismError(self.run_id, branch, position, expected, actual)
-        self.stop_reason = FATAL
+        self.stop_reason = StopReason.FATAL
         raise self.fatal
 
     def register_compensation(self, slot: store.Slot, fn: Callable[..., Any], value: Any, retry: Retry,
@@ -330,13 +346,13 @@ class Scope:
         now = self.clock.time()
         # buffered: flushed with this run's next durable write, which is the first
         # moment the value can influence anything outside the process
-        self._buffer.append(self.entry_op(slot, kind, "ok", codec.dumps(value), None, 1, now, now))
+        self._buffer.append(self.entry_op(slot, kind, _OK, codec.dumps(value), None, 1, now, now))
         return value
 
     def refuse_new_work(self) -> None:
         if self.fatal is not None:
             raise self.fatal
-        if self.stop_reason in (CANCEL, TIMEOUT, ROLLBACK):
+        if self.stop_reason in _REFUSING:
             raise RunCancelled(self.run_id)
 
     async def hold_lease(self) -> None:
@@ -346,10 +362,10 @@ class Scope:
         another worker has taken over.  A float comparison while the heartbeat keeps
         the lease fresh; a database round trip only once its deadline has passed."""
         if not await self.lease.prove():
-            self.stop_reason = LEASE_LOST
+            self.stop_reason = StopReason.LEASE_LOST
             raise LeaseLostError(self.run_id)
 
-    def entry_op(self, slot: store.Slot, kind: str, status: str, output: str | None, error: str | None,
+    def entry_op(self, slot: store.Slot, kind: str, status: EntryState, output: str | None, error: str | None,
                   attempts: int, started: float | None, finished: float | None) -> store.Op:
         return store.EntryInsert(dict(
             run_id=self.run_id, branch=slot.branch, position=slot.position, key=slot.key, kind=kind, status=status,
@@ -370,12 +386,12 @@ class Scope:
             # exclusive: this commit is the run's only work in flight
             results = await self._committer.write(self.run_id, self.fence, batch, exclusive=self.active == 1)
         except LeaseLostError:
-            self.stop_reason = LEASE_LOST
+            self.stop_reason = StopReason.LEASE_LOST
             raise
         except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
             # the database, not the workflow, failed: abandon this execution (another
             # worker resumes it after the lease) instead of failing the run
-            self.stop_reason = LEASE_LOST
+            self.stop_reason = StopReason.LEASE_LOST
             raise LeaseLostError(self.run_id) from exc
         except Exception:
             self._buffer = batch[: len(batch) - len(ops)] + self._buffer  # rolled back: keep for the next write
@@ -431,7 +447,7 @@ class Scope:
                 continue
             finally:
                 self.busy(-1)
-            await self._commit(self.entry_op(slot, kind, "ok", text, None, attempt, started, self.clock.time()))
+            await self._commit(self.entry_op(slot, kind, _OK, text, None, attempt, started, self.clock.time()))
             metrics.inc("chainflow_steps_total", outcome="ok")
             self._journaled += 1
             if self._journaled % _YIELD_EVERY == 0:
@@ -462,7 +478,7 @@ class Scope:
 
     async def _fail(self, slot: store.Slot, kind: str, exc: BaseException, attempt: int, started: float) -> None:
         await self._commit(
-            self.entry_op(slot, kind, "error", None, describe_error(exc), attempt, started, self.clock.time())
+            self.entry_op(slot, kind, EntryState.ERROR, None, describe_error(exc), attempt, started, self.clock.time())
         )
 
     async def _invoke(self, label: str, fn: Callable[..., Any], args: tuple[Any, ...],
@@ -510,7 +526,7 @@ class Scope:
             key = f"{limits.COMPENSATION_PREFIX}{comp.slot.key}"
             slot = store.Slot(comp.slot.branch, -1, key, self._by_key.get((comp.slot.branch, key)))
             if slot.entry is not None:
-                if slot.entry.status != "ok":
+                if slot.entry.status != EntryState.OK:
                     failures.append(slot.key)
                 continue
             try:

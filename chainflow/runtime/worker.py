@@ -32,6 +32,7 @@ from ..errors import RunDeadLettered, describe_error
 from ..lease import Lease
 from ..lograte import FailureLog
 from ..retry import Retry
+from ..states import TERMINAL, EntryState, RunState
 from ..storage import store
 from ..storage.connector import is_local
 from ..storage.database import Database
@@ -39,7 +40,7 @@ from ..threads import ThreadPool, offload
 from .committer import Committer
 from .executor import Execution, Outcome
 from .registry import Registry
-from .scope import CANCEL, LEASE_LOST
+from .scope import StopReason
 
 log = logging.getLogger("chainflow.worker")
 T = TypeVar("T")
@@ -65,7 +66,8 @@ class WorkerHost(Protocol):
 
     def detach(self, worker: Worker) -> None: ...
 
-    def finished(self, run_id: str, row: Any = None, compensations: dict[str, str] | None = None) -> None: ...
+    def finished(self, run_id: str, row: Any = None,
+                 compensations: dict[str, EntryState] | None = None) -> None: ...
 
 
 class Worker:
@@ -164,7 +166,7 @@ class Worker:
         # taken before stopping: each execution leaves ``executions`` as it unwinds
         held = list(self.executions)
         for ex in list(self.executions.values()):
-            ex.request_stop(LEASE_LOST)
+            ex.request_stop(StopReason.LEASE_LOST)
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._heartbeat:
             await offload(self._heartbeat.join)  # it may be inside a database call
@@ -189,7 +191,7 @@ class Worker:
         conn.execute(
             runs.update()
             .where(runs.c.id.in_(held), runs.c.lease_owner == self.id)
-            .values(lease_owner=None, lease_expires=None, status="pending", ready_at=self.clock.time())
+            .values(lease_owner=None, lease_expires=None, status=RunState.PENDING, ready_at=self.clock.time())
         )
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
@@ -304,9 +306,9 @@ class Worker:
             self.outcomes[ex.claim.run_id] = outcome
             if len(self.outcomes) > 10_000:
                 self.outcomes.popitem(last=False)
-            if outcome.status in store.TERMINAL:
+            if outcome.status in TERMINAL:
                 metrics.inc("chainflow_runs_finished_total", status=outcome.status)
-                if outcome.row is not None and outcome.row.status not in store.TERMINAL:
+                if outcome.row is not None and outcome.row.status not in TERMINAL:
                     return outcome  # reopened by a reorg as it finished: not over yet
                 self.app.finished(ex.claim.run_id, outcome.row, outcome.compensations)
             return outcome
@@ -349,7 +351,7 @@ class Worker:
             return
         if ended:
             log.error("%s", reason)
-            metrics.inc("chainflow_runs_finished_total", status="dead_lettered")
+            metrics.inc("chainflow_runs_finished_total", status=RunState.DEAD_LETTERED)
             self.app.finished(claim.run_id)
 
     async def _announce(self) -> None:
@@ -428,9 +430,9 @@ class Worker:
             if self.executions.get(rid) is not ex:
                 continue  # ended meanwhile
             if rid not in alive:
-                ex.request_stop(LEASE_LOST)
+                ex.request_stop(StopReason.LEASE_LOST)
             elif alive[rid]:
-                ex.request_stop(CANCEL)
+                ex.request_stop(StopReason.CANCEL)
 
     async def _check(self, lease: Lease) -> bool:
         """A lease's deadline passed: ask the database whether the run is still ours

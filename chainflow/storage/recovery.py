@@ -37,6 +37,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from ..states import RunState
 from . import store
 from .schema import journal, runs
 
@@ -148,7 +149,7 @@ def _finished(conn: sa.Connection, finishes: list[store.RunFinish]) -> dict[str,
     for row in conn.execute(sa.select(runs).where(runs.c.id.in_(list(by_id)))):
         f = by_id[row.id]
         ours = (row.status, row.output, row.error) == (f.status, f.output, f.error) \
-            or (row.status == "pending" and row.rollback is not None)
+            or (row.status == RunState.PENDING and row.rollback is not None)
         if ours and row.updated_at == f.now and row.lease_owner is None:
             found[row.id] = store.RunRow(*row)
     return found

@@ -22,7 +22,7 @@ runs = sa.Table(
     metadata,
     sa.Column("id", sa.String(36), primary_key=True),
     sa.Column("workflow", sa.String(200), nullable=False),
-    sa.Column("status", sa.String(20), nullable=False),
+    sa.Column("status", sa.String(20), nullable=False),  # a states.RunState
     sa.Column("input", sa.Text, nullable=False),
     sa.Column("output", sa.Text),
     sa.Column("error", sa.Text),
@@ -65,7 +65,7 @@ journal = sa.Table(
     sa.Column("position", sa.Integer, nullable=False),
     sa.Column("key", sa.String(500), nullable=False),
     sa.Column("kind", sa.String(20), nullable=False),
-    sa.Column("status", sa.String(20), nullable=False),
+    sa.Column("status", sa.String(20), nullable=False),  # a states.EntryState
     sa.Column("output", sa.Text),
     sa.Column("error", sa.Text),
     sa.Column("attempts", sa.Integer, nullable=False, server_default="1"),
@@ -128,8 +128,7 @@ submissions = sa.Table(
     sa.Column("request", sa.Text, nullable=False),
     sa.Column("finality", sa.Text, nullable=False),
     sa.Column("nonce", sa.BigInteger),
-    # intent -> signed -> broadcast -> included -> final | reverted | failed
-    sa.Column("state", sa.String(20), nullable=False),
+    sa.Column("state", sa.String(20), nullable=False),  # a states.SubmissionState
     sa.Column("tx_hash", sa.String(100)),  # the attempt that was mined
     sa.Column("block_number", sa.BigInteger),
     sa.Column("block_hash", sa.String(100)),

@@ -29,11 +29,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from ..states import TERMINAL, EntryState, RunState
 from .schema import attempts, journal, runs, signals, workers
-
-# dead_lettered: given up after too many recoveries; ends like the others (no wake-up,
-# signal or cancel reaches it) but an operator may ``retry`` it
-TERMINAL = ("completed", "failed", "cancelled", "dead_lettered")
 
 
 @dataclass(frozen=True)
@@ -59,7 +56,7 @@ class Entry:
     position: int
     key: str
     kind: str
-    status: str
+    status: str  # an EntryState's text, as read: replay compares it with members, never converts
     output: str | None
     error: str | None
     attempts: int
@@ -103,7 +100,7 @@ def run_row(
     return dict(
         id=str(uuid.uuid4()),
         workflow=workflow,
-        status="running" if claimed else "pending",
+        status=RunState.RUNNING if claimed else RunState.PENDING,
         input=input_text,
         input_hash=input_hash,
         idempotency_key=idempotency_key,
@@ -138,10 +135,10 @@ _COMPENSATIONS = (
 )
 
 
-def compensations(conn: sa.Connection, run_id: str) -> dict[str, str]:
+def compensations(conn: sa.Connection, run_id: str) -> dict[str, EntryState]:
     """Live compensation outcomes of a run, labelled "branch/step"."""
     return {
-        "/".join(filter(None, (r.branch, r.key.removeprefix("compensate:")))): r.status
+        "/".join(filter(None, (r.branch, r.key.removeprefix("compensate:")))): EntryState(r.status)
         for r in conn.execute(_COMPENSATIONS, {"rid": run_id})
     }
 
@@ -180,7 +177,7 @@ def _claim_statement(lock_rows: bool) -> sa.Update:
         runs.update()
         .where(runs.c.id.in_(due.scalar_subquery()))
         .values(
-            status="running",
+            status=RunState.RUNNING,
             lease_owner=sa.bindparam("owner"),
             lease_expires=sa.bindparam("until"),
             ready_at=sa.bindparam("until"),
@@ -349,7 +346,7 @@ class RunFinish:
 
     __slots__ = ("run_id", "status", "output", "error", "now")
 
-    def __init__(self, run_id: str, status: str, output: str | None, error: str | None, now: float) -> None:
+    def __init__(self, run_id: str, status: RunState, output: str | None, error: str | None, now: float) -> None:
         self.run_id, self.status, self.output, self.error, self.now = run_id, status, output, error, now
 
 
@@ -367,7 +364,7 @@ def finish_set(status: str, output: str, error: str, now: str) -> str:
     broke a finality assumption meanwhile (``rollback`` set) reopens the run instead,
     due now."""
     ok = '"rollback" IS NULL'  # quoted: a keyword in both dialects
-    return (f"status = CASE WHEN {ok} THEN {status} ELSE 'pending' END, "
+    return (f"status = CASE WHEN {ok} THEN {status} ELSE '{RunState.PENDING}' END, "
             f"output = CASE WHEN {ok} THEN {output} END, error = CASE WHEN {ok} THEN {error} END, "
             f"ready_at = CASE WHEN {ok} THEN NULL ELSE {now} END, "
             f"lease_owner = NULL, lease_expires = NULL, waiting_on = NULL, updated_at = {now}")
@@ -421,7 +418,7 @@ def release_crashed(conn: sa.Connection, run_id: str, fence: int) -> None:
     conn.execute(
         runs.update()
         .where(runs.c.id == run_id, runs.c.fence == fence)
-        .values(status="pending", lease_owner=None, lease_expires=None, fence=runs.c.fence + 1,
+        .values(status=RunState.PENDING, lease_owner=None, lease_expires=None, fence=runs.c.fence + 1,
                 recoveries=runs.c.recoveries + 1)
     )
 
@@ -432,7 +429,7 @@ def dead_letter(conn: sa.Connection, run_id: str, fence: int, recoveries: int, e
     return bool(conn.execute(
         runs.update()
         .where(runs.c.id == run_id, runs.c.fence == fence)
-        .values(status="dead_lettered", error=error, recoveries=recoveries, ready_at=None, lease_owner=None,
+        .values(status=RunState.DEAD_LETTERED, error=error, recoveries=recoveries, ready_at=None, lease_owner=None,
                 lease_expires=None, waiting_on=None, fence=runs.c.fence + 1, updated_at=now)
     ).rowcount)
 
@@ -442,8 +439,8 @@ def retry_dead_lettered(conn: sa.Connection, run_id: str, now: float) -> bool:
     it resumes from its journal.  False when it is not (or no longer) dead-lettered."""
     return bool(conn.execute(
         runs.update()
-        .where(runs.c.id == run_id, runs.c.status == "dead_lettered")
-        .values(status="pending", error=None, recoveries=0, ready_at=now, updated_at=now)
+        .where(runs.c.id == run_id, runs.c.status == RunState.DEAD_LETTERED)
+        .values(status=RunState.PENDING, error=None, recoveries=0, ready_at=now, updated_at=now)
     ).rowcount)
 
 

@@ -9,8 +9,7 @@ from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
 import chainflow as cf
-
-TERMINAL = ("completed", "failed", "cancelled")
+from chainflow.states import TERMINAL
 
 
 @contextlib.asynccontextmanager

@@ -23,6 +23,7 @@ import chainflow as cf
 from adapters.evm import EvmChain, LocalSigner
 from chainflow.storage.schema import submissions, tx_attempts
 from chainflow.chain.tracker import HeadStats, Tracker
+from chainflow.states import TERMINAL
 from devnet import deploy_token, token_contract
 
 from ..conftest import CallLog
@@ -30,7 +31,6 @@ from ..engine._util import running_worker, wait_status
 
 CHAIN = "local"
 PREMINE = 4  # blocks above the token's deployment: deep reorgs below a run's tx keep the token
-TERMINAL = ("completed", "failed", "cancelled")
 
 
 class Rig:

@@ -27,13 +27,13 @@ import chainflow as cf
 from adapters.evm import EvmChain, LocalSigner
 from chainflow.storage import schema
 from chainflow.chain.adapter import TxRejected
+from chainflow.states import TERMINAL
 from devnet import Anvil, deploy_token, token_contract
 from tests.conftest import require_anvil
 
 from .mint_worker import build
 
 ROOT = Path(__file__).resolve().parents[2]
-TERMINAL = ("completed", "failed", "cancelled")
 
 
 @pytest.fixture
