@@ -14,9 +14,9 @@ import pytest
 import sqlalchemy as sa
 
 import chainflow as cf
-from chainflow import txstore
-from chainflow.adapter import SignedTx
-from chainflow.schema import journal, runs, submissions
+from chainflow.chain import txstore
+from chainflow.chain.adapter import SignedTx
+from chainflow.storage.schema import journal, runs, submissions
 from chainflow.testing import WorkflowTester
 
 
@@ -109,7 +109,7 @@ def test_submission_states_are_stored_as_their_text(make_app: Any) -> None:
         assert state() == cf.SubmissionState.ALLOCATED
         txstore.add_attempt(conn, sub_id, "c", SignedTx(raw=b"\x01", tx_hash="0x01", fees={}), 3.0)
         assert state() == cf.SubmissionState.SIGNED
-        txstore.mark_broadcast(conn, sub_id, 4.0, 10)
+        txstore.mark_broadcast(conn, sub_id, 4.0)
         assert state() == cf.SubmissionState.BROADCAST
         txstore.mark_failed(conn, sub_id, "refused", 5.0)
         assert state() == cf.SubmissionState.FAILED
