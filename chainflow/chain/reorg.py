@@ -140,3 +140,11 @@ def supersede(conn: sa.Connection, run_id: str, doomed: list[store.Entry], reaso
 
 def parse(text: str) -> dict[str, Any]:
     return json.loads(text)  # type: ignore[no-any-return]
+
+
+def recorded(conn: sa.Connection, chain: str | None, limit: int) -> list[sa.Row[Any]]:
+    """Reorg events as the trackers recorded them, newest first (``Chainflow.reorgs``)."""
+    q = sa.select(reorgs).order_by(reorgs.c.id.desc()).limit(limit)
+    if chain:
+        q = q.where(reorgs.c.chain == chain)
+    return list(conn.execute(q))

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import sqlalchemy as sa
 
+from ..chain import reorg
 from ..chain.adapter import ChainAdapter
 from ..chain.tracker_config import TrackerConfig
 from ..clock import Clock, SystemClock, seconds, to_seconds
@@ -401,17 +402,9 @@ class Chainflow:
 
     def reorgs(self, chain: str | None = None, limit: int = 100) -> list[ReorgEvent]:
         """Reorg events the trackers recorded, newest first."""
-        from ..storage.schema import reorgs
-
-        def read(conn: sa.Connection) -> list[ReorgEvent]:
-            q = sa.select(reorgs).order_by(reorgs.c.id.desc()).limit(limit)
-            if chain:
-                q = q.where(reorgs.c.chain == chain)
-            return [ReorgEvent(r.id, r.chain, r.depth, r.fork_number, json.loads(r.old_hashes),
-                               json.loads(r.new_hashes), json.loads(r.affected), r.detected_at)
-                    for r in conn.execute(q)]
-
-        return self.database.read(read)
+        rows = self.database.read(reorg.recorded, chain, limit)
+        return [ReorgEvent(r.id, r.chain, r.depth, r.fork_number, json.loads(r.old_hashes),
+                           json.loads(r.new_hashes), json.loads(r.affected), r.detected_at) for r in rows]
 
     def wait(self, run_id: str, timeout: float | None = None, poll: float = 0.05) -> RunStatus:
         """Block until the run is finished (for scripts and tests; real time)."""
