@@ -235,13 +235,11 @@ class Committer:
             # one long-lived connection: a pool checkout per batch costs more than the insert
             self._conn = self._engine.connect()
         conn = self._conn
-        xid: str | None = None
         with conn.begin() as transaction:
             dbapi, style = conn.connection.dbapi_connection, self._engine.dialect.paramstyle
-            if self._engine.dialect.name == "postgresql":
-                # one round trip per batch with closures (none on the journal-only path):
-                # the id a lost COMMIT reply is settled by
-                xid = recovery.transaction_id(conn)
+            # the id a lost COMMIT reply is settled by (one round trip per batch with
+            # closures on Postgres, none on the journal-only path; None on SQLite)
+            xid = recovery.transaction_id(conn)
             ours = store.fences_ok(dbapi, style, fences)
             entries: list[dict[str, Any]] = []
             new_runs: list[dict[str, Any]] = []

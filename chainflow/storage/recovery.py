@@ -155,9 +155,12 @@ def _finished(conn: sa.Connection, finishes: list[store.RunFinish]) -> dict[str,
     return found
 
 
-def transaction_id(conn: sa.Connection) -> str:
-    """The id of ``conn``'s open transaction (Postgres), read before COMMIT is sent so
-    a lost COMMIT reply can be settled by ``transaction_committed``."""
+def transaction_id(conn: sa.Connection) -> str | None:
+    """The id of ``conn``'s open transaction, read before COMMIT is sent so a lost
+    COMMIT reply can be settled by ``transaction_committed``; None on SQLite, whose
+    commit on a local file has no reply to lose."""
+    if conn.dialect.name != "postgresql":
+        return None
     return str(conn.exec_driver_sql("SELECT pg_current_xact_id()::text").scalar_one())
 
 
