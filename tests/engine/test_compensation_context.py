@@ -153,3 +153,39 @@ def test_compensation_prefix_is_reserved_in_branch_names(name: str) -> None:
         limits.slot_name(name, "branch")
     assert limits.in_compensation(limits.compensation_branch("a/b", "pay#2"))
     assert not limits.in_compensation("a/b")
+
+
+def test_rollback_supersedes_a_compensations_branch_with_the_entry_it_undoes(make_app: Any) -> None:
+    """A reorg rollback invalidates ``credit`` and whatever its compensation journaled
+    in ``compensate:credit`` (so a later undo runs its steps afresh), while the branch
+    of a kept entry's compensation and sibling rows stay; compensation-branch rows are
+    never dependents in their own right."""
+    import sqlalchemy as sa
+
+    from chainflow.chain import reorg
+    from chainflow.storage import schema, store
+
+    app = make_app()
+    app.ensure_schema()
+    rows = [("", "mint", "submit"), ("", "credit", "step"), ("compensate:credit", "refund", "step"),
+            ("compensate:credit/inner", "x", "step"), ("", "compensate:credit", "compensation"),
+            ("compensate:creditor", "y", "step"), ("", "other", "step")]
+    with app.engine.begin() as conn:
+        for pos, (branch, key, kind) in enumerate(rows):
+            conn.execute(schema.journal.insert().values(run_id="r", branch=branch, position=pos, key=key,
+                                                        kind=kind, status="ok", attempts=1))
+        for branch, key in (("compensate:credit", "refund"), ("compensate:creditor", "y")):
+            conn.execute(schema.attempts.insert().values(run_id="r", branch=branch, key=key, attempt=1,
+                                                         error="{}", started_at=0, finished_at=0, next_at=0))
+        entries = [store.Entry(r.id, r.branch, r.position, r.key, r.kind, r.status, None, None, 1)
+                   for r in conn.execute(sa.select(schema.journal).order_by(schema.journal.c.id))]
+    target = entries[1]  # credit
+    doomed = reorg.dependents(entries, target)
+    assert [(e.branch, e.key) for e in doomed] == [("", "credit"), ("", "compensate:credit"), ("", "other")]
+    with app.engine.begin() as conn:
+        reorg.supersede(conn, "r", doomed, "reorg #1", 1.0)
+        live = [(r.branch, r.key) for r in conn.execute(
+            sa.select(schema.journal).where(schema.journal.c.superseded == 0).order_by(schema.journal.c.id))]
+        tries = [r.branch for r in conn.execute(sa.select(schema.attempts).where(schema.attempts.c.superseded == 0))]
+    assert live == [("", "mint"), ("compensate:creditor", "y")]
+    assert tries == ["compensate:creditor"]

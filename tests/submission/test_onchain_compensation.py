@@ -64,8 +64,13 @@ def test_burn_is_submitted_once_through_worker_kills(net: Any, db_url: str) -> N
     kills = []
     for phase in ("burn-signed", "burn-broadcast", "burn-final"):
         proc = _worker(db_url, chain, crash=f"{phase}:1", name=phase)
-        code = proc.wait(90)
-        assert code == -signal.SIGKILL, f"the worker crashing at {phase} exited with {code}"
+        try:
+            # returns early (False) only if the worker dies: finished runs mean the burn
+            # never reached the crash point
+            assert not _wait_done(client, ids, 90, proc), f"the runs finished without reaching {phase}"
+        finally:
+            _stop(proc)
+        assert proc.returncode == -signal.SIGKILL, f"the worker crashing at {phase} exited with {proc.returncode}"
         kills.append(phase)
     proc = _worker(db_url, chain, name="clean")
     try:
