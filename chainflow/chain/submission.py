@@ -127,7 +127,10 @@ class Submitter:
             receipt = await self._submit_new(ctx, slot, chain, tx, idempotency_key, policy,
                                              retry or SUBMIT_RETRY)
         if compensate is not None:
-            ctx.register_compensation(slot, compensate, receipt, retry or ctx.default_retry)
+            # the intent, not the run: two runs sharing a key share one submission, and
+            # so one undo of it (its key derived from this origin)
+            origin = f"submit\x1f{chain}\x1f{self.adapter(chain).sender()}\x1f{idempotency_key}"
+            ctx.register_compensation(slot, compensate, receipt, retry or ctx.default_retry, origin=origin)
         return receipt
 
     async def _submit_new(self, ctx: RunScope, slot: store.Slot, chain: str, tx: Any, key: str,
