@@ -199,11 +199,12 @@ def reserve(conn: sa.Connection, sub_id: int, chain: str, coins: list[Coin], req
     if state != SubmissionState.INTENT:
         return True  # reserved already (a retry after a lost commit answer)
     taken = 0
-    for coin in coins:
+    for coin in coins:  # RETURNING, not rowcount: psycopg reports -1 for a skipped conflict
         taken += conn.execute(
             _insert(conn, reservations).values(chain=chain, outpoint=coin.outpoint, submission_id=sub_id,
-                                               value=coin.value, created_at=now).on_conflict_do_nothing()
-        ).rowcount
+                                               value=coin.value, created_at=now)
+            .on_conflict_do_nothing().returning(reservations.c.outpoint)
+        ).first() is not None
     if taken < len(coins):
         release(conn, sub_id)
         return False
