@@ -341,3 +341,33 @@ async def test_a_deep_reorg_after_finality_rolls_back_and_pays_once(rig: Rig) ->
     assert len(rig.attempts(sub.id)) == 1
     assert _paid(rig, 30_000) == [attempt.tx_hash], "paid once on the canonical chain"
     assert st.output["block_hash"] == final.block_hash
+
+
+async def test_coins_of_an_intent_that_never_signed_are_released(rig: Rig) -> None:
+    """The worker dies after reserving coins, before signing; the run is then cancelled.
+    Nothing was ever signed, so the intent is provably dead: the tracker releases its
+    coins (no gap to fill on a UTXO chain) and a later payment may spend them."""
+    crashing = CrashingAdapter(rig.chain, "allocated")
+    first, _ = rig.new_app(crashing)
+    stop = asyncio.Event()
+    task = asyncio.create_task(first.worker(track=False, poll_interval=0.02).run(stop))
+    await rig.step()
+    h = await first.astart("pay_flow", {"id": "order-1", "sats": 30_000})
+    await asyncio.wait_for(crashing.reached.wait(), 10)
+    held = rig.reserved(rig.sub("order-1").id)
+    assert held
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await asyncio.wait_for(task, 10)
+    await rig.app.acancel(h.id)
+    async with running_worker(rig.app, track=False):
+        await rig.drive(lambda: rig.app.status(h.id).done, mine=False, what="the cancellation")
+        assert rig.app.status(h.id).status == "cancelled"
+        await rig.drive(lambda: rig.sub("order-1").state == "failed", mine=False, what="the release")
+        sub = rig.sub("order-1")
+        assert "released" in sub.error and rig.reserved(sub.id) == [] and rig.attempts(sub.id) == []
+        again = await rig.app.astart("pay_flow", {"id": "order-2", "sats": 30_000})
+        await rig.drive(lambda: rig.app.status(again.id).done, what="the next payment")
+    assert rig.app.status(again.id).status == "completed"
+    assert rig.reserved(rig.sub("order-2").id) == held, "the released coin is the one selected again"
+    assert len(_paid(rig, 30_000)) == 1
