@@ -9,7 +9,6 @@ the tracker burns such nonces with a 0-value self-transfer (see docs/submission.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 import sqlalchemy as sa
 
