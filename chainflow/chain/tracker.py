@@ -31,9 +31,11 @@ from ..states import SubmissionState
 from ..storage import codec, store
 from ..storage.database import Database
 from ..storage.schema import submissions, tx_attempts
-from . import finality, headers, nonces, reorg
+from . import finality, headers, reorg, txstore
 from .adapter import BroadcastOutcome, ChainAdapter, Header, Receipt
-from .submission import broadcast_latest, event_name, fill_gap
+from .candidates import broadcast_latest
+from .domain import domain_for
+from .submission import event_name
 from .tracker_config import TrackerConfig
 
 log = logging.getLogger("chainflow.tracker")
@@ -64,6 +66,7 @@ class Tracker:
         self.db, self.clock = db, clock
         self.adapter = adapter
         self.chain = adapter.name
+        self.domain = domain_for(adapter, db, clock)
         self.owner = owner
         self.config = config or TrackerConfig()
         self._stats = HeadStats()
@@ -156,7 +159,7 @@ class Tracker:
             if view.stuck:
                 await self._unstick(view.stuck, head.number)
             if view.orphaned:
-                await self._fill_gaps(view.orphaned)
+                await self._abandon(view.orphaned)
         except _Deposed:
             log.warning("tracker for %s lost its leadership mid-iteration; leaving the rest to the leader",
                         self.chain)
@@ -222,15 +225,12 @@ class Tracker:
     async def _unstick(self, stuck: list[Any], head: int) -> None:
         """Re-broadcast what the node lost; bump fees on what it will not mine."""
         cfg = self.config
-        latest: dict[str, int] = {}
+        used = await self.domain.used(stuck, self._rpc)
         for sub in stuck:
-            if sub.sender not in latest:
-                latest[sub.sender] = await self._rpc(self.adapter.latest_nonce(sub.sender))
-            if latest[sub.sender] > int(sub.nonce):
-                await self._resolve_spent(sub)
+            if sub.id in used:
+                await self._resolve_spent(sub, used[sub.id])
                 continue
-            attempts = await self.db.atx(lambda c, s=sub.id: list(c.execute(
-                sa.select(tx_attempts).where(tx_attempts.c.submission_id == s).order_by(tx_attempts.c.id))))
+            attempts = await self.db.aread(txstore.attempts_of, sub.id)
             pending = await self._rpc(self.adapter.in_mempool(attempts[-1].tx_hash))
             if not pending:
                 await self._as_leader()
@@ -248,37 +248,36 @@ class Tracker:
                 continue
             await self.db.atx(_touch, sub.id, head)
 
-    async def _fill_gaps(self, orphaned: list[Any]) -> None:
-        """Burn nonces whose runs ended between allocation and signing."""
+    async def _abandon(self, orphaned: list[Any]) -> None:
+        """Free the conflict domains of intents whose runs ended between allocation and
+        signing: burn the nonce (account chains), release the coins (UTXO chains)."""
         for sub in orphaned:
-            if sub.sender != self.adapter.sender():
-                continue
-            await fill_gap(self.db, self.clock, self.adapter, int(sub.nonce), self._as_leader)
-            await self.db.atx(nonces.mark_abandoned, sub.id, self.clock.time())
+            reason = await self.domain.abandon(sub, self._as_leader)
+            if reason is not None:
+                await self.db.atx(txstore.mark_abandoned, sub.id, reason, self.clock.time())
 
-    async def _resolve_spent(self, sub: Any) -> None:
-        """Our nonce is used on chain: by one of our attempts (missed match) or by a foreign tx."""
-        attempts = await self.db.atx(lambda c: list(c.execute(
-            sa.select(tx_attempts.c.tx_hash).where(tx_attempts.c.submission_id == sub.id))))
-        for (tx_hash,) in attempts:
+    async def _resolve_spent(self, sub: Any, what: str) -> None:
+        """The intent's conflict domain is used on chain: by one of our candidates (a
+        missed match) or by a foreign transaction, which fails the intent."""
+        for tx_hash in await self.db.aread(txstore.candidate_hashes, sub.id):
             receipt = await self._rpc(self.adapter.receipt(tx_hash))
             if receipt is not None:
                 canonical = await self.db.atx(headers.is_canonical, self.chain, receipt.block_hash)
                 if canonical:
                     await self.db.atx(_store_receipts, [(sub.id, receipt)], self.clock.time())
                 return  # mined in a block we have not stored yet: the next heads will tell
-        await self.db.atx(_fail_foreign, sub.id, int(sub.nonce), self.clock.time())
+        await self.db.atx(_fail_foreign, sub.id, f"{what} by a transaction chainflow did not sign",
+                          self.clock.time())
 
     async def _bump(self, sub: Any, last: Any) -> None:
         await self._as_leader()
-        request, nonce = codec.loads(sub.request), int(sub.nonce)
+        # the same domain as every earlier version: the same nonce, or all the same coins
+        request, bound = codec.loads(sub.request), await self.domain.bound(sub)
         bumped = self.adapter.bump_fees(json.loads(last.fees), self.config.bump_factor)
         # at least the node's replacement rule, and at least what the market asks now
-        market = (await self._rpc(self.adapter.sign(request, nonce, None))).fees
+        market = (await self._rpc(self.adapter.sign(request, bound, None))).fees
         fees = {k: max(v, market.get(k, 0)) for k, v in bumped.items()}
-        signed = await self._rpc(self.adapter.sign(request, nonce, fees))
-        from . import txstore
-
+        signed = await self._rpc(self.adapter.sign(request, bound, fees))
         await self.db.atx(txstore.add_attempt, sub.id, self.chain, signed, self.clock.time())
         await self._as_leader()
         await broadcast_latest(self.db, self.clock, None, self.adapter, sub)
@@ -306,7 +305,7 @@ _STUCK = (
     sa.select(submissions)
     .where(submissions.c.chain == sa.bindparam("chain"), submissions.c.state.in_(OPEN),
            submissions.c.last_broadcast_block <= sa.bindparam("older_than"))
-    .order_by(submissions.c.nonce)
+    .order_by(submissions.c.nonce, submissions.c.id)
     .limit(sa.bindparam("limit"))
 )
 _START_REBROADCAST_CLOCK = (
@@ -342,7 +341,7 @@ def _view(conn: sa.Connection, chain: str, hashes: list[str], older_than: int, l
                        for r in conn.execute(_MATCHES, {"chain": chain, "hashes": chunk}))
     included = [(int(r.id), r.finality, int(r.block_number)) for r in conn.execute(_INCLUDED, {"chain": chain})]
     stuck = list(conn.execute(_STUCK, {"chain": chain, "older_than": older_than, "limit": limit}))
-    return _View(matches, included, stuck, nonces.orphaned_allocations(conn, chain))
+    return _View(matches, included, stuck, txstore.orphaned_allocations(conn, chain))
 
 
 def keep_from(head: int, window: int, included: list[tuple[int, str, int]]) -> int:
@@ -372,14 +371,8 @@ def _commit_head(conn: sa.Connection, chain: str, new: list[Header], receipts: l
 def _store_receipts(conn: sa.Connection, receipts: list[tuple[int, Receipt]], now: float) -> None:
     for sub_id, r in receipts:
         conn.execute(_INCLUDE, {"sub_id": sub_id, "b_tx_hash": r.tx_hash, "b_block_number": r.block_number,
-                                "b_block_hash": r.block_hash, "b_receipt": codec.dumps(_receipt_dict(r)),
+                                "b_block_hash": r.block_hash, "b_receipt": codec.dumps(r.to_dict()),
                                 "now": now})
-
-
-def _receipt_dict(r: Receipt) -> dict[str, Any]:
-    import dataclasses
-
-    return dataclasses.asdict(r)
 
 
 _OWNERS = sa.select(submissions.c.id, submissions.c.run_id).where(
@@ -404,11 +397,10 @@ def _touch(conn: sa.Connection, sub_id: int, head: int) -> None:
     conn.execute(submissions.update().where(submissions.c.id == sub_id).values(last_broadcast_block=head))
 
 
-def _fail_foreign(conn: sa.Connection, sub_id: int, nonce: int, now: float) -> None:
+def _fail_foreign(conn: sa.Connection, sub_id: int, error: str, now: float) -> None:
     conn.execute(
         submissions.update().where(submissions.c.id == sub_id, submissions.c.state.in_(OPEN))
-        .values(state=SubmissionState.FAILED, error=f"nonce {nonce} was used by a transaction chainflow did not sign",
-                updated_at=now)
+        .values(state=SubmissionState.FAILED, error=error, updated_at=now)
     )
     row = conn.execute(sa.select(submissions.c.run_id).where(submissions.c.id == sub_id)).first()
     if row and row.run_id:

@@ -1,8 +1,10 @@
-"""SQL for on-chain submissions: intents, the nonce table, signed attempts.
+"""SQL for on-chain submissions: intents, their conflict domains, signed candidates.
 
-The nonce table is the single source of nonces per (chain, sender); a nonce is handed
-out in the same transaction that binds it to an idempotency key, so a key has exactly
-one nonce forever and no nonce is given twice, with any number of workers.
+An intent's conflict domain is bound to it in the same transaction that moves it to
+``allocated``, so a key has exactly one domain forever and no domain is given to two
+intents, with any number of workers: the nonce table is the single source of nonces
+per (chain, sender) on account chains; the reservations table's primary key makes an
+outpoint belong to one intent on UTXO chains.
 """
 
 from __future__ import annotations
@@ -13,9 +15,9 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
-from ..states import SubmissionState
-from ..storage.schema import nonces, submissions, tx_attempts
-from .adapter import SignedTx
+from ..states import TERMINAL, SubmissionState
+from ..storage.schema import nonces, reservations, runs, submissions, tx_attempts
+from .adapter import Coin, SignedTx
 
 
 def intent(
@@ -57,9 +59,8 @@ def allocate_nonce(conn: sa.Connection, sub_id: int, seed: int | None, request: 
     if row.nonce is not None:
         return int(row.nonce)
     if seed is not None:
-        insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
         conn.execute(
-            insert(nonces).values(chain=row.chain, sender=row.sender, next_nonce=seed).on_conflict_do_nothing()
+            _insert(conn, nonces).values(chain=row.chain, sender=row.sender, next_nonce=seed).on_conflict_do_nothing()
         )
     got = conn.execute(
         nonces.update()
@@ -132,3 +133,90 @@ def open_gap_fill(conn: sa.Connection, chain: str, sender: str, nonce: int, requ
         )
     )
     return int(res.inserted_primary_key[0])  # type: ignore[index]
+
+
+def lock_final(conn: sa.Connection, sub_id: int) -> bool:
+    """Whether the submission is final, its row locked until the transaction ends: the
+    step journals its receipt only under this lock, so a reorg racing the journal write
+    either lands first or sees the entry and rolls it back."""
+    state = conn.execute(
+        sa.select(submissions.c.state).where(submissions.c.id == sub_id).with_for_update()
+    ).scalar()
+    return state == SubmissionState.FINAL
+
+
+def candidate_hashes(conn: sa.Connection, sub_id: int) -> list[str]:
+    """Every signed version's hash, oldest first: the intent's candidate set."""
+    return [r.tx_hash for r in conn.execute(
+        sa.select(tx_attempts.c.tx_hash).where(tx_attempts.c.submission_id == sub_id).order_by(tx_attempts.c.id))]
+
+
+# --- never-signed intents whose run ended --------------------------------------------
+
+_ORPHANED = (  # built once: the tracker asks on every head
+    sa.select(submissions.c.id, submissions.c.sender, submissions.c.nonce)
+    .join(runs, runs.c.id == submissions.c.run_id)
+    .where(submissions.c.chain == sa.bindparam("chain"), submissions.c.state == SubmissionState.ALLOCATED,
+           submissions.c.gap_fill.is_(sa.false()), runs.c.status.in_(TERMINAL))
+)
+
+
+def orphaned_allocations(conn: sa.Connection, chain: str) -> list[sa.Row[Any]]:
+    """Submissions holding a conflict domain (a nonce, coins) they will never sign
+    with: their run is over.  Nothing of theirs was signed, so they are provably dead."""
+    return list(conn.execute(_ORPHANED, {"chain": chain}))
+
+
+def mark_abandoned(conn: sa.Connection, sub_id: int, reason: str, now: float) -> None:
+    conn.execute(
+        submissions.update().where(submissions.c.id == sub_id, submissions.c.state == SubmissionState.ALLOCATED)
+        .values(state=SubmissionState.FAILED, error=reason, updated_at=now)
+    )
+
+
+# --- a UTXO chain's conflict domain: reserved coins ----------------------------------
+
+def reserved_outpoints(conn: sa.Connection, chain: str) -> set[str]:
+    """Every outpoint an intent owns on ``chain``: never offered to another intent."""
+    return {r.outpoint for r in conn.execute(sa.select(reservations.c.outpoint).where(reservations.c.chain == chain))}
+
+
+def reservation_of(conn: sa.Connection, sub_id: int) -> list[str]:
+    """The outpoints reserved for one intent, sorted: what every version spends."""
+    return [r.outpoint for r in conn.execute(
+        sa.select(reservations.c.outpoint).where(reservations.c.submission_id == sub_id)
+        .order_by(reservations.c.outpoint))]
+
+
+def reserve(conn: sa.Connection, sub_id: int, chain: str, coins: list[Coin], request: str, now: float) -> bool:
+    """Reserve ``coins`` for the intent and move it to ``allocated``, all or nothing.
+
+    False when another intent reserved one of them first (a concurrent worker): the
+    caller selects again.  Conflicts are detected by the primary key with ``ON
+    CONFLICT DO NOTHING`` rather than by an error, which would roll back the other
+    runs' writes sharing this group commit."""
+    state = conn.execute(sa.select(submissions.c.state).where(submissions.c.id == sub_id)).scalar_one()
+    if state != SubmissionState.INTENT:
+        return True  # reserved already (a retry after a lost commit answer)
+    taken = 0
+    for coin in coins:  # RETURNING, not rowcount: psycopg reports -1 for a skipped conflict
+        taken += conn.execute(
+            _insert(conn, reservations).values(chain=chain, outpoint=coin.outpoint, submission_id=sub_id,
+                                               value=coin.value, created_at=now)
+            .on_conflict_do_nothing().returning(reservations.c.outpoint)
+        ).first() is not None
+    if taken < len(coins):
+        release(conn, sub_id)
+        return False
+    conn.execute(submissions.update().where(submissions.c.id == sub_id)
+                 .values(state=SubmissionState.ALLOCATED, request=request, updated_at=now))
+    return True
+
+
+def release(conn: sa.Connection, sub_id: int) -> None:
+    """Give an intent's coins back: only for an intent that is provably dead."""
+    conn.execute(reservations.delete().where(reservations.c.submission_id == sub_id))
+
+
+def _insert(conn: sa.Connection, table: sa.Table) -> Any:
+    return (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(table)
