@@ -67,11 +67,6 @@ ENDPOINT_ATTEMPTS = 3
 _failures = FailureLog(log, "submission")
 
 
-def event_name(sub_id: int) -> str:
-    """The signal the tracker sends a parked run when its submission settles."""
-    return f"tx:{sub_id}"
-
-
 def step_label(slot: store.Slot) -> str:
     return f"{slot.branch}/{slot.key}" if slot.branch else slot.key
 
@@ -262,7 +257,7 @@ class Submitter:
 
     async def _await_final(self, ctx: RunScope, sub_id: int, label: str) -> Receipt:
         """Park (no worker slot) until the tracker settles the submission."""
-        run_id, event = ctx.run_id, event_name(sub_id)
+        run_id, event = ctx.run_id, txstore.event_name(sub_id)
         while True:
             def check(conn: sa.Connection) -> sa.Row[Any]:
                 store.consume_signals(conn, run_id, event)

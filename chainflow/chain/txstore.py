@@ -10,14 +10,17 @@ outpoint belong to one intent on UTXO chains.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
 from ..states import TERMINAL, SubmissionState
+from ..storage import codec, store
 from ..storage.schema import nonces, reservations, runs, submissions, tx_attempts
-from .adapter import Coin, SignedTx
+from . import headers
+from .adapter import Coin, Header, Receipt, SignedTx
 
 
 def intent(
@@ -220,3 +223,123 @@ def release(conn: sa.Connection, sub_id: int) -> None:
 
 def _insert(conn: sa.Connection, table: sa.Table) -> Any:
     return (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(table)
+
+
+# signed and not yet seen in a block: what the tracker matches and re-broadcasts
+OPEN = (SubmissionState.SIGNED, SubmissionState.BROADCAST)
+
+
+def event_name(sub_id: int) -> str:
+    """The signal the tracker sends a parked run when its submission settles."""
+    return f"tx:{sub_id}"
+
+
+# --- what the tracker reads and writes per head ------------------------------------
+# Built once with bind parameters: building a Core statement costs several times its
+# execution against a local database, and these run on every head.
+
+_MATCHES = (
+    sa.select(tx_attempts.c.submission_id, tx_attempts.c.tx_hash, submissions.c.finality)
+    .join(submissions, submissions.c.id == tx_attempts.c.submission_id)
+    .where(tx_attempts.c.chain == sa.bindparam("chain"),
+           tx_attempts.c.tx_hash.in_(sa.bindparam("hashes", expanding=True)),
+           submissions.c.state.in_(OPEN))
+)
+_INCLUDED = (
+    sa.select(submissions.c.id, submissions.c.finality, submissions.c.block_number)
+    .where(submissions.c.chain == sa.bindparam("chain"), submissions.c.state == SubmissionState.INCLUDED)
+)
+_STUCK = (
+    sa.select(submissions)
+    .where(submissions.c.chain == sa.bindparam("chain"), submissions.c.state.in_(OPEN),
+           submissions.c.last_broadcast_block <= sa.bindparam("older_than"))
+    .order_by(submissions.c.nonce, submissions.c.id)
+    .limit(sa.bindparam("limit"))
+)
+_START_REBROADCAST_CLOCK = (
+    submissions.update()
+    .where(submissions.c.chain == sa.bindparam("b_chain"), submissions.c.state.in_(OPEN),
+           submissions.c.last_broadcast_block.is_(None))
+    .values(last_broadcast_block=sa.bindparam("head"))
+)
+_INCLUDE = (
+    submissions.update()
+    .where(submissions.c.id == sa.bindparam("sub_id"), submissions.c.state.in_(OPEN))
+    .values(state=SubmissionState.INCLUDED, tx_hash=sa.bindparam("b_tx_hash"),
+            block_number=sa.bindparam("b_block_number"), block_hash=sa.bindparam("b_block_hash"),
+            receipt=sa.bindparam("b_receipt"),
+            updated_at=sa.bindparam("now"))
+)
+
+
+@dataclass
+class HeadView:
+    matches: list[tuple[int, str, str]]  # (submission, tx hash, finality policy JSON)
+    included: list[tuple[int, str, int]]  # (submission, finality policy JSON, block number)
+    stuck: list[Any]
+    orphaned: list[Any]
+
+
+def head_view(conn: sa.Connection, chain: str, hashes: list[str], older_than: int, limit: int) -> HeadView:
+    """Everything one head needs to know from the database, in one read transaction."""
+    matches: list[tuple[int, str, str]] = []
+    for i in range(0, len(hashes), 500):
+        chunk = [h.lower() for h in hashes[i : i + 500]]
+        matches.extend((int(r.submission_id), r.tx_hash, r.finality)
+                       for r in conn.execute(_MATCHES, {"chain": chain, "hashes": chunk}))
+    included = [(int(r.id), r.finality, int(r.block_number)) for r in conn.execute(_INCLUDED, {"chain": chain})]
+    stuck = list(conn.execute(_STUCK, {"chain": chain, "older_than": older_than, "limit": limit}))
+    return HeadView(matches, included, stuck, orphaned_allocations(conn, chain))
+
+
+def commit_head(conn: sa.Connection, chain: str, new: list[Header], receipts: list[tuple[int, Receipt]],
+                 ready: list[int], head: int, keep: int | None, now: float) -> None:
+    """Everything one head changes, in one write transaction."""
+    for h in new:
+        headers.add(conn, chain, h)
+    store_receipts(conn, receipts, now)
+    if ready:
+        _finalise(conn, ready, now)
+    # broadcast but not yet seen by the tracker: start its re-broadcast clock now
+    conn.execute(_START_REBROADCAST_CLOCK, {"b_chain": chain, "head": head})
+    if keep is not None:
+        headers.prune(conn, chain, keep)
+
+
+def store_receipts(conn: sa.Connection, receipts: list[tuple[int, Receipt]], now: float) -> None:
+    for sub_id, r in receipts:
+        conn.execute(_INCLUDE, {"sub_id": sub_id, "b_tx_hash": r.tx_hash, "b_block_number": r.block_number,
+                                "b_block_hash": r.block_hash, "b_receipt": codec.dumps(r.to_dict()),
+                                "now": now})
+
+
+_OWNERS = sa.select(submissions.c.id, submissions.c.run_id).where(
+    submissions.c.id.in_(sa.bindparam("ids", expanding=True)))
+_FINAL = (
+    submissions.update()
+    .where(submissions.c.id.in_(sa.bindparam("ids", expanding=True)),
+           submissions.c.state == SubmissionState.INCLUDED)
+    .values(state=SubmissionState.FINAL, updated_at=sa.bindparam("now"))
+)
+
+
+def _finalise(conn: sa.Connection, ids: list[int], now: float) -> None:
+    rows = list(conn.execute(_OWNERS, {"ids": ids}))
+    conn.execute(_FINAL, {"ids": ids, "now": now})
+    for r in rows:
+        if r.run_id:
+            store.insert_signal(conn, r.run_id, event_name(int(r.id)), "null", now)
+
+
+def touch(conn: sa.Connection, sub_id: int, head: int) -> None:
+    conn.execute(submissions.update().where(submissions.c.id == sub_id).values(last_broadcast_block=head))
+
+
+def fail_foreign(conn: sa.Connection, sub_id: int, error: str, now: float) -> None:
+    conn.execute(
+        submissions.update().where(submissions.c.id == sub_id, submissions.c.state.in_(OPEN))
+        .values(state=SubmissionState.FAILED, error=error, updated_at=now)
+    )
+    row = conn.execute(sa.select(submissions.c.run_id).where(submissions.c.id == sub_id)).first()
+    if row and row.run_id:
+        store.insert_signal(conn, row.run_id, event_name(sub_id), "null", now)
