@@ -23,7 +23,20 @@ below it, never above, and no two modules import each other in a circle
 6. the entry points: ``cli``, ``testing`` and this module.
 """
 
-from .chain.adapter import BroadcastOutcome, BroadcastResult, ChainAdapter, Header, Receipt, SignedTx
+from .chain.adapter import (
+    BroadcastOutcome,
+    BroadcastResult,
+    Broadcaster,
+    ChainAdapter,
+    ChainReader,
+    Coin,
+    CoinSource,
+    Header,
+    NonceSource,
+    Receipt,
+    SignedTx,
+    TxBuilder,
+)
 from .chain.finality import Confirmations, Finalized, Safe
 from .chain.reorg import REORG_SIGNAL
 from .chain.tracker_config import TrackerConfig
@@ -59,6 +72,7 @@ from .states import EntryState, RunState, SubmissionState
 __all__ = [
     "MAX_DURATION", "REORG_SIGNAL", "Confirmations", "Finalized", "Safe", "TrackerConfig", "ReorgEvent",
     "EntryState", "RunState", "SubmissionState",
+    "Broadcaster", "ChainReader", "Coin", "CoinSource", "NonceSource", "TxBuilder",
     "AttemptRecord", "BroadcastOutcome", "BroadcastResult", "ChainAdapter", "Chainflow", "ChainflowError",
     "Clock", "ConfigurationError", "Context", "DatabaseLockedError", "DuplicateWorkflowError", "FakeClock", "Header",
     "IdempotencyConflictError", "InputValidationError", "JournalEntry", "LeaseLostError",

@@ -22,7 +22,7 @@ def module_name(path: Path) -> str:
 
 
 def layer(module: str) -> str:
-    if module in ENTRY:
+    if module in ENTRY or module.startswith("chainflow.testing."):
         return "entry"
     parts = module.split(".")
     if len(parts) >= 2 and parts[1] in LAYERS:

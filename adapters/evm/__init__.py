@@ -1,7 +1,7 @@
 """EVM chains through web3 + eth-account: ``EvmChain`` implements chainflow's
-``ChainAdapter``; ``Signer`` is the seam for a KMS/HSM, ``LocalSigner`` the in-process key."""
+``ChainAdapter`` and ``NonceSource``; ``Signer`` is the seam for a KMS/HSM, ``LocalSigner`` the in-process key."""
 
-from .chain import EvmChain
+from .chain import EvmChain, EvmReceipt
 from .errors import (
     ChainIdMismatch,
     EvmAdapterError,
@@ -17,6 +17,7 @@ __all__ = [
     "ChainIdMismatch",
     "EvmAdapterError",
     "EvmChain",
+    "EvmReceipt",
     "LocalSigner",
     "RpcError",
     "RpcUnavailable",

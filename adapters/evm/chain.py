@@ -1,4 +1,5 @@
-"""``EvmChain``: chainflow's ``ChainAdapter`` for any EVM JSON-RPC node.
+"""``EvmChain``: chainflow's adapter for any EVM JSON-RPC node (a ``ChainAdapter`` and
+a ``NonceSource``: an account chain's conflict domain is the sender's nonce).
 
 Stateless towards the engine: it keeps only caches that are safe to lose (the chain
 id, whether the chain has a base fee, ABIs seen in ``prepare``, the transaction hashes
@@ -13,6 +14,7 @@ from __future__ import annotations
 import inspect
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from eth_utils import to_checksum_address
@@ -46,6 +48,14 @@ from .values import hex_lower, quantity
 GAP_FILL_GAS = 21_000
 FINALITY_TAGS = frozenset({"finalized", "safe"})
 _REMEMBERED_BLOCKS = 256
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvmReceipt(Receipt, family="evm"):
+    """An EVM receipt: the chain-neutral fields plus what only an account chain has."""
+
+    gas_used: int
+    nonce: int
 
 
 def _header(block: Mapping[str, Any]) -> Header:
@@ -195,7 +205,7 @@ class EvmChain:
 
     # --- reading ----------------------------------------------------------------
 
-    async def receipt(self, tx_hash: str) -> Receipt | None:
+    async def receipt(self, tx_hash: str) -> EvmReceipt | None:
         raw = await self.rpc.call("eth_getTransactionReceipt", tx_hash)
         if not raw or raw.get("blockHash") is None or raw.get("blockNumber") is None:
             return None
@@ -208,13 +218,15 @@ class EvmChain:
         # OP-stack rollups charge the L1 data fee on top and report it in the receipt
         l1_fee = quantity(raw["l1Fee"]) if raw.get("l1Fee") is not None else 0
         reason = await self._revert_reason(tx, raw["blockNumber"]) if status == 0 else None
-        return Receipt(
+        index = raw.get("transactionIndex")
+        return EvmReceipt(
             tx_hash=hex_lower(raw["transactionHash"]),
             block_number=quantity(raw["blockNumber"]),
             block_hash=hex_lower(raw["blockHash"]),
             status=status,
             gas_used=gas_used,
             effective_fee=gas_used * price + l1_fee,
+            position=None if index is None else quantity(index),
             nonce=quantity(tx["nonce"]),
             logs=[self.abis.decode_log(log) for log in raw.get("logs") or []],
             revert_reason=reason,

@@ -9,15 +9,14 @@ the tracker burns such nonces with a 0-value self-transfer (see docs/submission.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 import sqlalchemy as sa
 
-from ..states import TERMINAL, SubmissionState
+from ..states import SubmissionState
 from ..storage.database import Database
-from ..storage.schema import nonces, runs, submissions
-from ..storage.store import TERMINAL
-from .adapter import ChainAdapter
+from ..storage.schema import nonces, submissions
+from .adapter import ChainAdapter, NonceSource
+from .txstore import orphaned_allocations
 
 
 @dataclass
@@ -32,28 +31,7 @@ class SenderNonces:
     gap_fills: list[tuple[int, SubmissionState]] = field(default_factory=list)  # (nonce, state)
 
 
-_ORPHANED = (  # built once: the tracker asks on every head
-    sa.select(submissions.c.id, submissions.c.sender, submissions.c.nonce)
-    .join(runs, runs.c.id == submissions.c.run_id)
-    .where(submissions.c.chain == sa.bindparam("chain"), submissions.c.state == SubmissionState.ALLOCATED,
-           submissions.c.gap_fill.is_(sa.false()), runs.c.status.in_(TERMINAL))
-)
-
-
 _UNMINED = (SubmissionState.ALLOCATED, SubmissionState.SIGNED, SubmissionState.BROADCAST)  # hold a nonce
-
-
-def orphaned_allocations(conn: sa.Connection, chain: str) -> list[sa.Row[Any]]:
-    """Submissions holding a nonce they will never sign: their run is over."""
-    return list(conn.execute(_ORPHANED, {"chain": chain}))
-
-
-def mark_abandoned(conn: sa.Connection, sub_id: int, now: float) -> None:
-    conn.execute(
-        submissions.update().where(submissions.c.id == sub_id, submissions.c.state == SubmissionState.ALLOCATED)
-        .values(state=SubmissionState.FAILED, error="run ended before signing; nonce burned by a gap fill",
-                updated_at=now)
-    )
 
 
 def snapshot(conn: sa.Connection) -> list[SenderNonces]:
@@ -81,7 +59,7 @@ async def report(db: Database, chains: dict[str, ChainAdapter]) -> list[SenderNo
     rows = await db.aread(snapshot)
     for row in rows:
         adapter = chains.get(row.chain)
-        if adapter is not None:
+        if isinstance(adapter, NonceSource):
             row.chain_latest = await adapter.latest_nonce(row.sender)
             row.chain_pending = await adapter.pending_nonce(row.sender)
     return rows

@@ -21,7 +21,7 @@ import sqlalchemy as sa
 
 from .. import metrics
 from ..states import EntryState, RunState, SubmissionState
-from ..storage import codec, store
+from ..storage import codec, limits, store
 from ..storage.schema import attempts, journal, reorgs, runs, submissions
 from . import headers
 
@@ -79,6 +79,10 @@ def request_rollback(conn: sa.Connection, run_id: str, step: str, reason: str, n
     ).first()
     if entry is None:
         return False  # not journaled yet: the step sees the submission pending and waits again
+    if limits.in_compensation(branch):
+        # an undo has no dependents to undo in turn: the submission is back to
+        # broadcast, and the tracker re-broadcasts its signed bytes until it is final
+        return False
     current = conn.execute(sa.select(runs.c.rollback).where(runs.c.id == run_id)).scalar()
     if current is not None and json.loads(current)["entry_id"] <= entry.id:
         return True  # an earlier entry is already being rolled back; it covers this one
@@ -100,11 +104,12 @@ def request_rollback(conn: sa.Connection, run_id: str, step: str, reason: str, n
 def dependents(entries: list[store.Entry], target: store.Entry) -> list[store.Entry]:
     """The target, later entries of its branch and sub-branches, and entries of its
     ancestor branches recorded after it (i.e. after the branch joined them).  Sibling
-    branches are independent and kept."""
+    branches are independent and kept.  Entries in compensations' branches are never
+    dependents of their own: they go with the entry they compensate (``supersede``)."""
     b = target.branch
 
     def depends(e: store.Entry) -> bool:
-        if e.id < target.id:
+        if e.id < target.id or limits.in_compensation(e.branch):
             return False
         in_branch = not b or e.branch == b or e.branch.startswith(b + "/")
         ancestor = e.branch == "" or b.startswith(e.branch + "/")
@@ -114,22 +119,24 @@ def dependents(entries: list[store.Entry], target: store.Entry) -> list[store.En
 
 
 def supersede(conn: sa.Connection, run_id: str, doomed: list[store.Entry], reason: str, now: float) -> None:
-    """Mark rolled-back entries (and their compensations and attempts) invalidated and
-    reopen the run at the invalidated step."""
+    """Mark rolled-back entries (and their compensations, with everything a compensation
+    journaled in its branch, and their attempts) invalidated and reopen the run at the
+    invalidated step.  A compensation of an entry that runs again after the resume is
+    then a new one, with fresh steps; its submissions' keys are derived from the same
+    intent, so an undo already on the chain is found, not sent twice."""
     for e in doomed:
-        keys = [e.key, f"compensate:{e.key}"]
-        conn.execute(
-            journal.update()
-            .where(journal.c.run_id == run_id, journal.c.branch == e.branch, journal.c.key.in_(keys),
-                   journal.c.superseded == 0)
-            .values(superseded=journal.c.id, reason=reason)
-        )
-        conn.execute(
-            attempts.update()
-            .where(attempts.c.run_id == run_id, attempts.c.branch == e.branch, attempts.c.key.in_(keys),
-                   attempts.c.superseded == 0)
-            .values(superseded=attempts.c.id)
-        )
+        keys = [e.key, f"{limits.COMPENSATION_PREFIX}{e.key}"]
+        inside = limits.compensation_branch(e.branch, e.key)
+        for table, values in ((journal, dict(superseded=journal.c.id, reason=reason)),
+                              (attempts, dict(superseded=attempts.c.id))):
+            conn.execute(
+                table.update()
+                .where(table.c.run_id == run_id, table.c.superseded == 0,
+                       sa.or_(sa.and_(table.c.branch == e.branch, table.c.key.in_(keys)),
+                              table.c.branch == inside,
+                              table.c.branch.startswith(inside + limits.BRANCH_SEP, autoescape=True)))
+                .values(**values)
+            )
     conn.execute(
         runs.update().where(runs.c.id == run_id).values(
             rollback=None, status=RunState.PENDING, output=None, error=None, ready_at=now, updated_at=now,

@@ -55,5 +55,7 @@ class RunScope(Protocol):
         """Wait for a time or a signal; the run may be unwound and resumed meanwhile."""
 
     def register_compensation(self, slot: store.Slot, fn: Callable[..., Any], value: Any, retry: Retry,
-                              timeout: float | None = None) -> None:
-        """Undo the operation at ``slot`` with ``fn(value)`` if the run fails."""
+                              timeout: float | None = None, origin: str | None = None) -> None:
+        """Undo the operation at ``slot`` with ``fn(value)`` (or ``fn(ctx, value)``) if
+        the run fails; ``origin`` names the intent undone, under which the undo's own
+        submissions derive their idempotency keys."""

@@ -2,14 +2,16 @@
 
 The protocol (docs/submission.md has the state diagram):
 
-  intent ──estimate──▶ allocated(nonce) ──sign+commit──▶ signed ──broadcast──▶ broadcast
-     │                      │                                                     │
-     └─ revert: step fails  └─ permanent sign failure: gap-fill the nonce          ▼
-                                                      included ──policy holds──▶ final
+  intent ──estimate──▶ allocated(domain) ──sign+commit──▶ signed ──broadcast──▶ broadcast
+     │                      │                                                       │
+     └─ revert: step fails  └─ permanent sign failure: free the domain              ▼
+                                                        included ──policy holds──▶ final
 
-Every arrow that leaves the process (broadcast) happens only after the state it
-depends on is committed, so a crash anywhere leads to re-broadcasting the *same*
-signed bytes, never to a second nonce.  After the first broadcast the run parks and
+The conflict domain (``domain.py``) is a nonce on account chains and a set of reserved
+outpoints on UTXO chains; every signed version of the intent is a candidate
+(``candidates.py``).  Every arrow that leaves the process (broadcast) happens only
+after the state it depends on is committed, so a crash anywhere leads to
+re-broadcasting the *same* signed bytes, never to a second domain.  After the first broadcast the run parks and
 holds no worker slot; the chain's tracker follows heads, re-broadcasts, bumps fees and
 wakes the run once the finality policy holds.
 """
@@ -17,15 +19,13 @@ wakes the run once the finality policy holds.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 import sqlalchemy as sa
 
-from .. import metrics
 from ..clock import Clock
 from ..errors import (
     ConfigurationError,
@@ -44,7 +44,9 @@ from ..states import EntryState, SubmissionState
 from ..storage import codec, limits, store
 from ..storage.database import Database
 from . import finality, txstore
-from .adapter import BroadcastOutcome, BroadcastResult, ChainAdapter, EndpointError, Receipt, TxRejected
+from .adapter import ChainAdapter, EndpointError, Receipt, TxRejected
+from .candidates import broadcast_latest  # a module global: the crash tests wrap it here
+from .domain import ConflictDomain, domain_for
 from .finality import policy_of  # by name: ``submit``'s argument shadows the module
 from .scope import RunScope
 from .tracker_config import TrackerConfig
@@ -65,17 +67,12 @@ ENDPOINT_ATTEMPTS = 3
 _failures = FailureLog(log, "submission")
 
 
-def event_name(sub_id: int) -> str:
-    """The signal the tracker sends a parked run when its submission settles."""
-    return f"tx:{sub_id}"
-
-
 def step_label(slot: store.Slot) -> str:
     return f"{slot.branch}/{slot.key}" if slot.branch else slot.key
 
 
 def receipt_from(data: dict[str, Any]) -> Receipt:
-    return Receipt(**data)
+    return Receipt.from_dict(data)
 
 
 class _Unsettled(Exception):
@@ -83,12 +80,7 @@ class _Unsettled(Exception):
 
 
 def _lock_final(conn: sa.Connection, sub_id: int) -> None:
-    from ..storage.schema import submissions
-
-    state = conn.execute(
-        sa.select(submissions.c.state).where(submissions.c.id == sub_id).with_for_update()
-    ).scalar()
-    if state != SubmissionState.FINAL:
+    if not txstore.lock_final(conn, sub_id):
         raise _Unsettled(sub_id)
 
 
@@ -97,6 +89,12 @@ class Submitter:
 
     def __init__(self, db: Database, chains: dict[str, ChainAdapter], clock: Clock, tracker: TrackerConfig) -> None:
         self.db, self.chains, self.clock, self.tracker = db, chains, clock, tracker
+        self._domains: dict[str, ConflictDomain] = {}
+
+    def domain(self, adapter: ChainAdapter) -> ConflictDomain:
+        if adapter.name not in self._domains:
+            self._domains[adapter.name] = domain_for(adapter, self.db, self.clock)
+        return self._domains[adapter.name]
 
     def adapter(self, chain: str) -> ChainAdapter:
         try:
@@ -127,7 +125,10 @@ class Submitter:
             receipt = await self._submit_new(ctx, slot, chain, tx, idempotency_key, policy,
                                              retry or SUBMIT_RETRY)
         if compensate is not None:
-            ctx.register_compensation(slot, compensate, receipt, retry or ctx.default_retry)
+            # the intent, not the run: two runs sharing a key share one submission, and
+            # so one undo of it (its key derived from this origin)
+            origin = f"submit\x1f{chain}\x1f{self.adapter(chain).sender()}\x1f{idempotency_key}"
+            ctx.register_compensation(slot, compensate, receipt, retry or ctx.default_retry, origin=origin)
         return receipt
 
     async def _submit_new(self, ctx: RunScope, slot: store.Slot, chain: str, tx: Any, key: str,
@@ -144,7 +145,7 @@ class Submitter:
             tries = len(ctx.tries_of(slot)) + 1  # the attempt that got through
             while True:
                 receipt = await self._await_final(ctx, sub_id, label)
-                text, value = codec.roundtrip(dataclasses.asdict(receipt), what=f"receipt of step {label!r}")
+                text, value = codec.roundtrip(receipt.to_dict(), what=f"receipt of step {label!r}")
                 entry = ctx.entry_op(slot, "submit", EntryState.OK, text, None, tries, started, ctx.clock.time())
                 try:
                     # journaled only while still final: a reorg racing this commit either
@@ -219,35 +220,32 @@ class Submitter:
 
         (sub,) = await ctx.commit(open_intent)
         sub_id = int(sub.id)
+        domain = self.domain(adapter)
         if sub.state == SubmissionState.INTENT:
             try:
                 request = await adapter.estimate(request)
             except TxRejected as exc:
                 raise TxRevertedError(label, exc.reason) from None
-            await self._allocate(ctx, adapter, sub_id, sender, codec.dumps(request))
+            try:
+                await domain.allocate(ctx.commit, sub_id, sender, request, ctx.clock.time())
+            except TxRejected as exc:  # e.g. not enough unreserved coins: nothing was reserved
+                raise SubmissionFailedError(label, exc.reason) from None
             sub = await self._read(ctx, sub_id)
         if sub.state == SubmissionState.ALLOCATED:
-            await self._sign_first(ctx, adapter, sub, label)
+            await self._sign_first(ctx, adapter, domain, sub, label)
             sub = await self._read(ctx, sub_id)
         if sub.state in (SubmissionState.SIGNED, SubmissionState.BROADCAST):
             await broadcast_latest(self.db, self.clock, ctx, adapter, sub)
         return sub_id
 
-    async def _allocate(self, ctx: RunScope, adapter: ChainAdapter, sub_id: int, sender: str, request: str) -> int:
-        now = ctx.clock.time()
-        (nonce,) = await ctx.commit(lambda conn: txstore.allocate_nonce(conn, sub_id, None, request, now))
-        if nonce is None:  # first submission from this sender on this chain: seed from the chain
-            seed = await adapter.pending_nonce(sender)
-            (nonce,) = await ctx.commit(lambda conn: txstore.allocate_nonce(conn, sub_id, seed, request, now))
-        return int(nonce)
-
-    async def _sign_first(self, ctx: RunScope, adapter: ChainAdapter, sub: sa.Row[Any], label: str) -> None:
+    async def _sign_first(self, ctx: RunScope, adapter: ChainAdapter, domain: ConflictDomain, sub: sa.Row[Any],
+                          label: str) -> None:
         request = codec.loads(sub.request)
         try:
-            signed = await adapter.sign(request, int(sub.nonce), None)
+            signed = await adapter.sign(request, await domain.bound(sub), None)
         except TxRejected as exc:
-            # the nonce is ours forever but this tx can never use it: burn it harmlessly
-            await fill_gap(self.db, self.clock, adapter, int(sub.nonce), ctx.hold_lease)
+            # the domain is the intent's forever but no version can ever use it: free it
+            await domain.release_unsigned(sub, ctx.hold_lease)
             await ctx.commit(lambda conn: txstore.mark_failed(conn, sub.id, exc.reason, ctx.clock.time()))
             raise SubmissionFailedError(label, f"signing failed permanently: {exc.reason}") from None
         now = ctx.clock.time()
@@ -259,7 +257,7 @@ class Submitter:
 
     async def _await_final(self, ctx: RunScope, sub_id: int, label: str) -> Receipt:
         """Park (no worker slot) until the tracker settles the submission."""
-        run_id, event = ctx.run_id, event_name(sub_id)
+        run_id, event = ctx.run_id, txstore.event_name(sub_id)
         while True:
             def check(conn: sa.Connection) -> sa.Row[Any]:
                 store.consume_signals(conn, run_id, event)
@@ -274,47 +272,3 @@ class Submitter:
             if sub.state == SubmissionState.FAILED:
                 raise SubmissionFailedError(label, sub.error or "the transaction can no longer be included")
             await ctx.park(None, event)
-
-
-async def broadcast_latest(db: Database, clock: Clock, ctx: RunScope | None, adapter: ChainAdapter,
-                           sub: sa.Row[Any]) -> BroadcastResult | None:
-    """(Re-)broadcast the newest signed bytes of a submission; never signs anything new."""
-    attempts = await db.atx(txstore.attempts_of, sub.id)
-    if not attempts:
-        return None
-    if ctx is not None:
-        await ctx.hold_lease()  # a worker frozen past its lease leaves this to the new owner
-    result = await adapter.broadcast(attempts[-1].raw)
-    metrics.inc("chainflow_broadcasts_total", chain=adapter.name, outcome=result.outcome.value)
-    if result.outcome is BroadcastOutcome.REJECTED:
-        log.warning("node rejected %s for submission %s: %s", attempts[-1].tx_hash, sub.id, result.detail)
-    # NONCE_TOO_LOW may mean one of our own attempts is mined: the tracker decides.
-    now = clock.time()
-    op = lambda conn: txstore.mark_broadcast(conn, sub.id, now)  # noqa: E731
-    if ctx is not None:
-        await ctx.commit(op)
-    else:
-        await db.atx(op)
-    return result
-
-
-async def fill_gap(db: Database, clock: Clock, adapter: ChainAdapter, nonce: int,
-                   guard: Callable[[], Awaitable[None]]) -> None:
-    """Burn ``nonce`` with a 0-value self-transfer so later nonces can be mined.
-
-    ``guard`` is awaited right before the broadcast and raises when this process may
-    no longer act: a run's ``hold_lease`` when signing failed in a step, the tracker's
-    leadership check for a nonce orphaned by a run that ended."""
-    sender = adapter.sender()
-    request = await adapter.estimate(adapter.gap_filler(sender))
-    now = clock.time()
-    gap_id = await db.atx(txstore.open_gap_fill, adapter.name, sender, nonce, codec.dumps(request), now)
-    sub = await db.atx(txstore.get, gap_id)
-    if sub.state == SubmissionState.ALLOCATED:
-        signed = await adapter.sign(request, nonce, None)
-        await db.atx(txstore.add_attempt, gap_id, adapter.name, signed, clock.time())
-        sub = await db.atx(txstore.get, gap_id)
-    await guard()
-    await broadcast_latest(db, clock, None, adapter, sub)
-
-

@@ -27,18 +27,16 @@ from .. import metrics
 from ..clock import Clock
 from ..lease import valid_for
 from ..lograte import FailureLog
-from ..states import SubmissionState
-from ..storage import codec, store
+from ..storage import codec
 from ..storage.database import Database
-from ..storage.schema import submissions, tx_attempts
-from . import finality, headers, nonces, reorg
+from . import finality, headers, reorg, txstore
 from .adapter import BroadcastOutcome, ChainAdapter, Header, Receipt
-from .submission import broadcast_latest, event_name, fill_gap
+from .candidates import broadcast_latest
+from .domain import domain_for
 from .tracker_config import TrackerConfig
 
 log = logging.getLogger("chainflow.tracker")
 
-OPEN = (SubmissionState.SIGNED, SubmissionState.BROADCAST)
 
 
 class _Deposed(Exception):
@@ -64,6 +62,7 @@ class Tracker:
         self.db, self.clock = db, clock
         self.adapter = adapter
         self.chain = adapter.name
+        self.domain = domain_for(adapter, db, clock)
         self.owner = owner
         self.config = config or TrackerConfig()
         self._stats = HeadStats()
@@ -139,7 +138,7 @@ class Tracker:
             new = await self._new_headers(head, tip) or []
         block_hashes = {h.hash: await self._rpc(self.adapter.block_tx_hashes(h.hash)) for h in new}
         wanted = [tx for hashes in block_hashes.values() for tx in hashes]
-        view = await self.db.aread(_view, self.chain, wanted, head.number - self.config.rebroadcast_blocks,
+        view = await self.db.aread(txstore.head_view, self.chain, wanted, head.number - self.config.rebroadcast_blocks,
                                     self.config.stuck_batch)
         receipts: list[tuple[int, Receipt]] = []
         for sub_id, tx_hash, policy in view.matches:
@@ -148,7 +147,7 @@ class Tracker:
                 receipts.append((sub_id, receipt))
                 view.included.append((sub_id, policy, receipt.block_number))
         ready = await self._ready(view.included, head.number)
-        await self.db.atx(_commit_head, self.chain, new, receipts, ready, head.number,
+        await self.db.atx(txstore.commit_head, self.chain, new, receipts, ready, head.number,
                           keep_from(head.number, self.config.window, view.included), self.clock.time())
         self._tip = new[-1] if new else tip
         stats.new_blocks, stats.matched, stats.settled = len(new), len(receipts), len(ready)
@@ -156,7 +155,7 @@ class Tracker:
             if view.stuck:
                 await self._unstick(view.stuck, head.number)
             if view.orphaned:
-                await self._fill_gaps(view.orphaned)
+                await self._abandon(view.orphaned)
         except _Deposed:
             log.warning("tracker for %s lost its leadership mid-iteration; leaving the rest to the leader",
                         self.chain)
@@ -165,7 +164,7 @@ class Tracker:
     async def _base(self, number: int) -> Header:
         """Store the node's header at ``number`` as the bottom of an empty window."""
         base = await self._rpc(self.adapter.header_at(number))
-        await self.db.atx(_commit_head, self.chain, [base], [], [], number, None, self.clock.time())
+        await self.db.atx(txstore.commit_head, self.chain, [base], [], [], number, None, self.clock.time())
         return base
 
     async def _new_headers(self, head: Header, tip: Header) -> list[Header] | None:
@@ -222,15 +221,12 @@ class Tracker:
     async def _unstick(self, stuck: list[Any], head: int) -> None:
         """Re-broadcast what the node lost; bump fees on what it will not mine."""
         cfg = self.config
-        latest: dict[str, int] = {}
+        used = await self.domain.used(stuck, self._rpc)
         for sub in stuck:
-            if sub.sender not in latest:
-                latest[sub.sender] = await self._rpc(self.adapter.latest_nonce(sub.sender))
-            if latest[sub.sender] > int(sub.nonce):
-                await self._resolve_spent(sub)
+            if sub.id in used:
+                await self._resolve_spent(sub, used[sub.id])
                 continue
-            attempts = await self.db.atx(lambda c, s=sub.id: list(c.execute(
-                sa.select(tx_attempts).where(tx_attempts.c.submission_id == s).order_by(tx_attempts.c.id))))
+            attempts = await self.db.aread(txstore.attempts_of, sub.id)
             pending = await self._rpc(self.adapter.in_mempool(attempts[-1].tx_hash))
             if not pending:
                 await self._as_leader()
@@ -246,39 +242,38 @@ class Tracker:
                 await self._bump(sub, attempts[-1])
             else:
                 continue
-            await self.db.atx(_touch, sub.id, head)
+            await self.db.atx(txstore.touch, sub.id, head)
 
-    async def _fill_gaps(self, orphaned: list[Any]) -> None:
-        """Burn nonces whose runs ended between allocation and signing."""
+    async def _abandon(self, orphaned: list[Any]) -> None:
+        """Free the conflict domains of intents whose runs ended between allocation and
+        signing: burn the nonce (account chains), release the coins (UTXO chains)."""
         for sub in orphaned:
-            if sub.sender != self.adapter.sender():
-                continue
-            await fill_gap(self.db, self.clock, self.adapter, int(sub.nonce), self._as_leader)
-            await self.db.atx(nonces.mark_abandoned, sub.id, self.clock.time())
+            reason = await self.domain.abandon(sub, self._as_leader)
+            if reason is not None:
+                await self.db.atx(txstore.mark_abandoned, sub.id, reason, self.clock.time())
 
-    async def _resolve_spent(self, sub: Any) -> None:
-        """Our nonce is used on chain: by one of our attempts (missed match) or by a foreign tx."""
-        attempts = await self.db.atx(lambda c: list(c.execute(
-            sa.select(tx_attempts.c.tx_hash).where(tx_attempts.c.submission_id == sub.id))))
-        for (tx_hash,) in attempts:
+    async def _resolve_spent(self, sub: Any, what: str) -> None:
+        """The intent's conflict domain is used on chain: by one of our candidates (a
+        missed match) or by a foreign transaction, which fails the intent."""
+        for tx_hash in await self.db.aread(txstore.candidate_hashes, sub.id):
             receipt = await self._rpc(self.adapter.receipt(tx_hash))
             if receipt is not None:
                 canonical = await self.db.atx(headers.is_canonical, self.chain, receipt.block_hash)
                 if canonical:
-                    await self.db.atx(_store_receipts, [(sub.id, receipt)], self.clock.time())
+                    await self.db.atx(txstore.store_receipts, [(sub.id, receipt)], self.clock.time())
                 return  # mined in a block we have not stored yet: the next heads will tell
-        await self.db.atx(_fail_foreign, sub.id, int(sub.nonce), self.clock.time())
+        await self.db.atx(txstore.fail_foreign, sub.id, f"{what} by a transaction chainflow did not sign",
+                          self.clock.time())
 
     async def _bump(self, sub: Any, last: Any) -> None:
         await self._as_leader()
-        request, nonce = codec.loads(sub.request), int(sub.nonce)
+        # the same domain as every earlier version: the same nonce, or all the same coins
+        request, bound = codec.loads(sub.request), await self.domain.bound(sub)
         bumped = self.adapter.bump_fees(json.loads(last.fees), self.config.bump_factor)
         # at least the node's replacement rule, and at least what the market asks now
-        market = (await self._rpc(self.adapter.sign(request, nonce, None))).fees
+        market = (await self._rpc(self.adapter.sign(request, bound, None))).fees
         fees = {k: max(v, market.get(k, 0)) for k, v in bumped.items()}
-        signed = await self._rpc(self.adapter.sign(request, nonce, fees))
-        from . import txstore
-
+        signed = await self._rpc(self.adapter.sign(request, bound, fees))
         await self.db.atx(txstore.add_attempt, sub.id, self.chain, signed, self.clock.time())
         await self._as_leader()
         await broadcast_latest(self.db, self.clock, None, self.adapter, sub)
@@ -287,129 +282,11 @@ class Tracker:
         metrics.inc("chainflow_fee_bumps_total", chain=self.chain)
 
 
-# --- SQL used only by the tracker ---------------------------------------------------
-# Built once with bind parameters: building a Core statement costs several times its
-# execution against a local database, and these run on every head.
-
-_MATCHES = (
-    sa.select(tx_attempts.c.submission_id, tx_attempts.c.tx_hash, submissions.c.finality)
-    .join(submissions, submissions.c.id == tx_attempts.c.submission_id)
-    .where(tx_attempts.c.chain == sa.bindparam("chain"),
-           tx_attempts.c.tx_hash.in_(sa.bindparam("hashes", expanding=True)),
-           submissions.c.state.in_(OPEN))
-)
-_INCLUDED = (
-    sa.select(submissions.c.id, submissions.c.finality, submissions.c.block_number)
-    .where(submissions.c.chain == sa.bindparam("chain"), submissions.c.state == SubmissionState.INCLUDED)
-)
-_STUCK = (
-    sa.select(submissions)
-    .where(submissions.c.chain == sa.bindparam("chain"), submissions.c.state.in_(OPEN),
-           submissions.c.last_broadcast_block <= sa.bindparam("older_than"))
-    .order_by(submissions.c.nonce)
-    .limit(sa.bindparam("limit"))
-)
-_START_REBROADCAST_CLOCK = (
-    submissions.update()
-    .where(submissions.c.chain == sa.bindparam("b_chain"), submissions.c.state.in_(OPEN),
-           submissions.c.last_broadcast_block.is_(None))
-    .values(last_broadcast_block=sa.bindparam("head"))
-)
-_INCLUDE = (
-    submissions.update()
-    .where(submissions.c.id == sa.bindparam("sub_id"), submissions.c.state.in_(OPEN))
-    .values(state=SubmissionState.INCLUDED, tx_hash=sa.bindparam("b_tx_hash"),
-            block_number=sa.bindparam("b_block_number"), block_hash=sa.bindparam("b_block_hash"),
-            receipt=sa.bindparam("b_receipt"),
-            updated_at=sa.bindparam("now"))
-)
-
-
-@dataclass
-class _View:
-    matches: list[tuple[int, str, str]]  # (submission, tx hash, finality policy JSON)
-    included: list[tuple[int, str, int]]  # (submission, finality policy JSON, block number)
-    stuck: list[Any]
-    orphaned: list[Any]
-
-
-def _view(conn: sa.Connection, chain: str, hashes: list[str], older_than: int, limit: int) -> _View:
-    """Everything one head needs to know from the database, in one read transaction."""
-    matches: list[tuple[int, str, str]] = []
-    for i in range(0, len(hashes), 500):
-        chunk = [h.lower() for h in hashes[i : i + 500]]
-        matches.extend((int(r.submission_id), r.tx_hash, r.finality)
-                       for r in conn.execute(_MATCHES, {"chain": chain, "hashes": chunk}))
-    included = [(int(r.id), r.finality, int(r.block_number)) for r in conn.execute(_INCLUDED, {"chain": chain})]
-    stuck = list(conn.execute(_STUCK, {"chain": chain, "older_than": older_than, "limit": limit}))
-    return _View(matches, included, stuck, nonces.orphaned_allocations(conn, chain))
-
-
 def keep_from(head: int, window: int, included: list[tuple[int, str, int]]) -> int:
     """The lowest header height the tracker keeps: ``window`` below the head, and deeper
     under any submission still waiting for its policy on an older block (a ``Finalized``
     or ``Safe`` tag lagging more than the window, or a count journaled under a deeper
     window).  Without its header a reorg of that block is invisible, and the submission
     would go on to complete on a block no longer in the chain.  ``included`` is what
-    ``_view`` already read for this head: no query of its own."""
+    ``txstore.head_view`` already read for this head: no query of its own."""
     return min([head - window, *(number for _, _, number in included)])
-
-
-def _commit_head(conn: sa.Connection, chain: str, new: list[Header], receipts: list[tuple[int, Receipt]],
-                 ready: list[int], head: int, keep: int | None, now: float) -> None:
-    """Everything one head changes, in one write transaction."""
-    for h in new:
-        headers.add(conn, chain, h)
-    _store_receipts(conn, receipts, now)
-    if ready:
-        _finalise(conn, ready, now)
-    # broadcast but not yet seen by the tracker: start its re-broadcast clock now
-    conn.execute(_START_REBROADCAST_CLOCK, {"b_chain": chain, "head": head})
-    if keep is not None:
-        headers.prune(conn, chain, keep)
-
-
-def _store_receipts(conn: sa.Connection, receipts: list[tuple[int, Receipt]], now: float) -> None:
-    for sub_id, r in receipts:
-        conn.execute(_INCLUDE, {"sub_id": sub_id, "b_tx_hash": r.tx_hash, "b_block_number": r.block_number,
-                                "b_block_hash": r.block_hash, "b_receipt": codec.dumps(_receipt_dict(r)),
-                                "now": now})
-
-
-def _receipt_dict(r: Receipt) -> dict[str, Any]:
-    import dataclasses
-
-    return dataclasses.asdict(r)
-
-
-_OWNERS = sa.select(submissions.c.id, submissions.c.run_id).where(
-    submissions.c.id.in_(sa.bindparam("ids", expanding=True)))
-_FINAL = (
-    submissions.update()
-    .where(submissions.c.id.in_(sa.bindparam("ids", expanding=True)),
-           submissions.c.state == SubmissionState.INCLUDED)
-    .values(state=SubmissionState.FINAL, updated_at=sa.bindparam("now"))
-)
-
-
-def _finalise(conn: sa.Connection, ids: list[int], now: float) -> None:
-    rows = list(conn.execute(_OWNERS, {"ids": ids}))
-    conn.execute(_FINAL, {"ids": ids, "now": now})
-    for r in rows:
-        if r.run_id:
-            store.insert_signal(conn, r.run_id, event_name(int(r.id)), "null", now)
-
-
-def _touch(conn: sa.Connection, sub_id: int, head: int) -> None:
-    conn.execute(submissions.update().where(submissions.c.id == sub_id).values(last_broadcast_block=head))
-
-
-def _fail_foreign(conn: sa.Connection, sub_id: int, nonce: int, now: float) -> None:
-    conn.execute(
-        submissions.update().where(submissions.c.id == sub_id, submissions.c.state.in_(OPEN))
-        .values(state=SubmissionState.FAILED, error=f"nonce {nonce} was used by a transaction chainflow did not sign",
-                updated_at=now)
-    )
-    row = conn.execute(sa.select(submissions.c.run_id).where(submissions.c.id == sub_id)).first()
-    if row and row.run_id:
-        store.insert_signal(conn, row.run_id, event_name(sub_id), "null", now)

@@ -1,21 +1,26 @@
-"""SQL for on-chain submissions: intents, the nonce table, signed attempts.
+"""SQL for on-chain submissions: intents, their conflict domains, signed candidates.
 
-The nonce table is the single source of nonces per (chain, sender); a nonce is handed
-out in the same transaction that binds it to an idempotency key, so a key has exactly
-one nonce forever and no nonce is given twice, with any number of workers.
+An intent's conflict domain is bound to it in the same transaction that moves it to
+``allocated``, so a key has exactly one domain forever and no domain is given to two
+intents, with any number of workers: the nonce table is the single source of nonces
+per (chain, sender) on account chains; the reservations table's primary key makes an
+outpoint belong to one intent on UTXO chains.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
-from ..states import SubmissionState
-from ..storage.schema import nonces, submissions, tx_attempts
-from .adapter import SignedTx
+from ..states import TERMINAL, SubmissionState
+from ..storage import codec, store
+from ..storage.schema import nonces, reservations, runs, submissions, tx_attempts
+from . import headers
+from .adapter import Coin, Header, Receipt, SignedTx
 
 
 def intent(
@@ -57,9 +62,8 @@ def allocate_nonce(conn: sa.Connection, sub_id: int, seed: int | None, request: 
     if row.nonce is not None:
         return int(row.nonce)
     if seed is not None:
-        insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
         conn.execute(
-            insert(nonces).values(chain=row.chain, sender=row.sender, next_nonce=seed).on_conflict_do_nothing()
+            _insert(conn, nonces).values(chain=row.chain, sender=row.sender, next_nonce=seed).on_conflict_do_nothing()
         )
     got = conn.execute(
         nonces.update()
@@ -132,3 +136,210 @@ def open_gap_fill(conn: sa.Connection, chain: str, sender: str, nonce: int, requ
         )
     )
     return int(res.inserted_primary_key[0])  # type: ignore[index]
+
+
+def lock_final(conn: sa.Connection, sub_id: int) -> bool:
+    """Whether the submission is final, its row locked until the transaction ends: the
+    step journals its receipt only under this lock, so a reorg racing the journal write
+    either lands first or sees the entry and rolls it back."""
+    state = conn.execute(
+        sa.select(submissions.c.state).where(submissions.c.id == sub_id).with_for_update()
+    ).scalar()
+    return state == SubmissionState.FINAL
+
+
+def candidate_hashes(conn: sa.Connection, sub_id: int) -> list[str]:
+    """Every signed version's hash, oldest first: the intent's candidate set."""
+    return [r.tx_hash for r in conn.execute(
+        sa.select(tx_attempts.c.tx_hash).where(tx_attempts.c.submission_id == sub_id).order_by(tx_attempts.c.id))]
+
+
+# --- never-signed intents whose run ended --------------------------------------------
+
+_ORPHANED = (  # built once: the tracker asks on every head
+    sa.select(submissions.c.id, submissions.c.sender, submissions.c.nonce)
+    .join(runs, runs.c.id == submissions.c.run_id)
+    .where(submissions.c.chain == sa.bindparam("chain"), submissions.c.state == SubmissionState.ALLOCATED,
+           submissions.c.gap_fill.is_(sa.false()), runs.c.status.in_(TERMINAL))
+)
+
+
+def orphaned_allocations(conn: sa.Connection, chain: str) -> list[sa.Row[Any]]:
+    """Submissions holding a conflict domain (a nonce, coins) they will never sign
+    with: their run is over.  Nothing of theirs was signed, so they are provably dead."""
+    return list(conn.execute(_ORPHANED, {"chain": chain}))
+
+
+def mark_abandoned(conn: sa.Connection, sub_id: int, reason: str, now: float) -> None:
+    conn.execute(
+        submissions.update().where(submissions.c.id == sub_id, submissions.c.state == SubmissionState.ALLOCATED)
+        .values(state=SubmissionState.FAILED, error=reason, updated_at=now)
+    )
+
+
+# --- a UTXO chain's conflict domain: reserved coins ----------------------------------
+
+def reserved_outpoints(conn: sa.Connection, chain: str) -> set[str]:
+    """Every outpoint an intent owns on ``chain``: never offered to another intent."""
+    return {r.outpoint for r in conn.execute(sa.select(reservations.c.outpoint).where(reservations.c.chain == chain))}
+
+
+def reservation_of(conn: sa.Connection, sub_id: int) -> list[str]:
+    """The outpoints reserved for one intent, sorted: what every version spends."""
+    return [r.outpoint for r in conn.execute(
+        sa.select(reservations.c.outpoint).where(reservations.c.submission_id == sub_id)
+        .order_by(reservations.c.outpoint))]
+
+
+def reserve(conn: sa.Connection, sub_id: int, chain: str, coins: list[Coin], request: str, now: float) -> bool:
+    """Reserve ``coins`` for the intent and move it to ``allocated``, all or nothing.
+
+    False when another intent reserved one of them first (a concurrent worker): the
+    caller selects again.  Conflicts are detected by the primary key with ``ON
+    CONFLICT DO NOTHING`` rather than by an error, which would roll back the other
+    runs' writes sharing this group commit."""
+    state = conn.execute(sa.select(submissions.c.state).where(submissions.c.id == sub_id)).scalar_one()
+    if state != SubmissionState.INTENT:
+        return True  # reserved already (a retry after a lost commit answer)
+    taken = 0
+    for coin in coins:  # RETURNING, not rowcount: psycopg reports -1 for a skipped conflict
+        taken += conn.execute(
+            _insert(conn, reservations).values(chain=chain, outpoint=coin.outpoint, submission_id=sub_id,
+                                               value=coin.value, created_at=now)
+            .on_conflict_do_nothing().returning(reservations.c.outpoint)
+        ).first() is not None
+    if taken < len(coins):
+        release(conn, sub_id)
+        return False
+    conn.execute(submissions.update().where(submissions.c.id == sub_id)
+                 .values(state=SubmissionState.ALLOCATED, request=request, updated_at=now))
+    return True
+
+
+def release(conn: sa.Connection, sub_id: int) -> None:
+    """Give an intent's coins back: only for an intent that is provably dead."""
+    conn.execute(reservations.delete().where(reservations.c.submission_id == sub_id))
+
+
+def _insert(conn: sa.Connection, table: sa.Table) -> Any:
+    return (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(table)
+
+
+# signed and not yet seen in a block: what the tracker matches and re-broadcasts
+OPEN = (SubmissionState.SIGNED, SubmissionState.BROADCAST)
+
+
+def event_name(sub_id: int) -> str:
+    """The signal the tracker sends a parked run when its submission settles."""
+    return f"tx:{sub_id}"
+
+
+# --- what the tracker reads and writes per head ------------------------------------
+# Built once with bind parameters: building a Core statement costs several times its
+# execution against a local database, and these run on every head.
+
+_MATCHES = (
+    sa.select(tx_attempts.c.submission_id, tx_attempts.c.tx_hash, submissions.c.finality)
+    .join(submissions, submissions.c.id == tx_attempts.c.submission_id)
+    .where(tx_attempts.c.chain == sa.bindparam("chain"),
+           tx_attempts.c.tx_hash.in_(sa.bindparam("hashes", expanding=True)),
+           submissions.c.state.in_(OPEN))
+)
+_INCLUDED = (
+    sa.select(submissions.c.id, submissions.c.finality, submissions.c.block_number)
+    .where(submissions.c.chain == sa.bindparam("chain"), submissions.c.state == SubmissionState.INCLUDED)
+)
+_STUCK = (
+    sa.select(submissions)
+    .where(submissions.c.chain == sa.bindparam("chain"), submissions.c.state.in_(OPEN),
+           submissions.c.last_broadcast_block <= sa.bindparam("older_than"))
+    .order_by(submissions.c.nonce, submissions.c.id)
+    .limit(sa.bindparam("limit"))
+)
+_START_REBROADCAST_CLOCK = (
+    submissions.update()
+    .where(submissions.c.chain == sa.bindparam("b_chain"), submissions.c.state.in_(OPEN),
+           submissions.c.last_broadcast_block.is_(None))
+    .values(last_broadcast_block=sa.bindparam("head"))
+)
+_INCLUDE = (
+    submissions.update()
+    .where(submissions.c.id == sa.bindparam("sub_id"), submissions.c.state.in_(OPEN))
+    .values(state=SubmissionState.INCLUDED, tx_hash=sa.bindparam("b_tx_hash"),
+            block_number=sa.bindparam("b_block_number"), block_hash=sa.bindparam("b_block_hash"),
+            receipt=sa.bindparam("b_receipt"),
+            updated_at=sa.bindparam("now"))
+)
+
+
+@dataclass
+class HeadView:
+    matches: list[tuple[int, str, str]]  # (submission, tx hash, finality policy JSON)
+    included: list[tuple[int, str, int]]  # (submission, finality policy JSON, block number)
+    stuck: list[Any]
+    orphaned: list[Any]
+
+
+def head_view(conn: sa.Connection, chain: str, hashes: list[str], older_than: int, limit: int) -> HeadView:
+    """Everything one head needs to know from the database, in one read transaction."""
+    matches: list[tuple[int, str, str]] = []
+    for i in range(0, len(hashes), 500):
+        chunk = [h.lower() for h in hashes[i : i + 500]]
+        matches.extend((int(r.submission_id), r.tx_hash, r.finality)
+                       for r in conn.execute(_MATCHES, {"chain": chain, "hashes": chunk}))
+    included = [(int(r.id), r.finality, int(r.block_number)) for r in conn.execute(_INCLUDED, {"chain": chain})]
+    stuck = list(conn.execute(_STUCK, {"chain": chain, "older_than": older_than, "limit": limit}))
+    return HeadView(matches, included, stuck, orphaned_allocations(conn, chain))
+
+
+def commit_head(conn: sa.Connection, chain: str, new: list[Header], receipts: list[tuple[int, Receipt]],
+                 ready: list[int], head: int, keep: int | None, now: float) -> None:
+    """Everything one head changes, in one write transaction."""
+    for h in new:
+        headers.add(conn, chain, h)
+    store_receipts(conn, receipts, now)
+    if ready:
+        _finalise(conn, ready, now)
+    # broadcast but not yet seen by the tracker: start its re-broadcast clock now
+    conn.execute(_START_REBROADCAST_CLOCK, {"b_chain": chain, "head": head})
+    if keep is not None:
+        headers.prune(conn, chain, keep)
+
+
+def store_receipts(conn: sa.Connection, receipts: list[tuple[int, Receipt]], now: float) -> None:
+    for sub_id, r in receipts:
+        conn.execute(_INCLUDE, {"sub_id": sub_id, "b_tx_hash": r.tx_hash, "b_block_number": r.block_number,
+                                "b_block_hash": r.block_hash, "b_receipt": codec.dumps(r.to_dict()),
+                                "now": now})
+
+
+_OWNERS = sa.select(submissions.c.id, submissions.c.run_id).where(
+    submissions.c.id.in_(sa.bindparam("ids", expanding=True)))
+_FINAL = (
+    submissions.update()
+    .where(submissions.c.id.in_(sa.bindparam("ids", expanding=True)),
+           submissions.c.state == SubmissionState.INCLUDED)
+    .values(state=SubmissionState.FINAL, updated_at=sa.bindparam("now"))
+)
+
+
+def _finalise(conn: sa.Connection, ids: list[int], now: float) -> None:
+    rows = list(conn.execute(_OWNERS, {"ids": ids}))
+    conn.execute(_FINAL, {"ids": ids, "now": now})
+    for r in rows:
+        if r.run_id:
+            store.insert_signal(conn, r.run_id, event_name(int(r.id)), "null", now)
+
+
+def touch(conn: sa.Connection, sub_id: int, head: int) -> None:
+    conn.execute(submissions.update().where(submissions.c.id == sub_id).values(last_broadcast_block=head))
+
+
+def fail_foreign(conn: sa.Connection, sub_id: int, error: str, now: float) -> None:
+    conn.execute(
+        submissions.update().where(submissions.c.id == sub_id, submissions.c.state.in_(OPEN))
+        .values(state=SubmissionState.FAILED, error=error, updated_at=now)
+    )
+    row = conn.execute(sa.select(submissions.c.run_id).where(submissions.c.id == sub_id)).first()
+    if row and row.run_id:
+        store.insert_signal(conn, row.run_id, event_name(sub_id), "null", now)

@@ -55,12 +55,14 @@ class Context:
         *args: Any,
         retry: Retry | None = None,
         timeout: float | dt.timedelta | None = None,
-        compensate: Callable[[T], Any] | None = None,
+        compensate: Callable[[T], Any] | Callable[[Context, T], Awaitable[Any]] | None = None,
         **kwargs: Any,
     ) -> Coroutine[Any, Any, T]:
         """Run ``fn(*args, **kwargs)`` once (modulo retries), journal its result and
         return the journaled copy; on replay the journaled result comes back without
-        calling ``fn``.  ``compensate(output)`` undoes it if the run later fails."""
+        calling ``fn``.  ``compensate(output)`` undoes it if the run later fails;
+        ``async def compensate(ctx, output)`` may itself run steps and submit
+        transactions, each journaled once in a branch of its own."""
         return self._scope.step(name, fn, *args, retry=retry, timeout=timeout, compensate=compensate, **kwargs)
 
     def sleep(self, name: str, duration: float | dt.timedelta) -> Coroutine[Any, Any, None]:
@@ -72,11 +74,16 @@ class Context:
         Raises ``WaitTimeout`` after ``timeout``."""
         return self._scope.wait_for(name, timeout)
 
-    def submit(self, name: str, *, chain: str, tx: Any, idempotency_key: str, finality: Policy | None = None,
-               compensate: Callable[[Receipt], Any] | None = None,
+    def submit(self, name: str, *, chain: str, tx: Any, idempotency_key: str | None = None,
+               finality: Policy | None = None,
+               compensate: Callable[[Receipt], Any] | Callable[[Context, Receipt], Awaitable[Any]] | None = None,
                retry: Retry | None = None) -> Coroutine[Any, Any, Receipt]:
         """Submit an on-chain transaction exactly once (per ``idempotency_key``) and
-        return its receipt once ``finality`` holds (default: one confirmation)."""
+        return its receipt once ``finality`` holds (default: one confirmation).
+
+        ``idempotency_key`` is required in workflow code.  In a compensation
+        (``async def undo(ctx, receipt)``) it is optional and namespaced under the
+        compensated intent: the undo of one intent is one submission, ever."""
         return self._scope.submit(name, chain=chain, tx=tx, idempotency_key=idempotency_key, finality=finality,
                                   compensate=compensate, retry=retry)
 

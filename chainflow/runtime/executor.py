@@ -266,7 +266,7 @@ class Execution:
         instead of awaiting a park nobody would ever resolve."""
         if self._lost.is_set():
             return _ABANDONED
-        task = asyncio.get_running_loop().create_task(ctx.run_compensations(only))
+        task = asyncio.get_running_loop().create_task(ctx.run_compensations(Context, only))
         ctx.tasks.add(task)
         task.add_done_callback(ctx.tasks.discard)
         await self._pump(ctx, task, self._lost, watch_deadline=False)

@@ -59,6 +59,9 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 _BRANCH: contextvars.ContextVar[str] = contextvars.ContextVar("chainflow_branch", default="")
+# set while a compensation that takes a context runs (and in branches it starts): the
+# compensated intent, under which its submissions' idempotency keys are namespaced
+_ORIGIN: contextvars.ContextVar[str | None] = contextvars.ContextVar("chainflow_origin", default=None)
 _YIELD_EVERY = 64  # steps journaled between two turns given to the rest of the event loop
 
 
@@ -100,6 +103,33 @@ class Compensation:
     value: Any
     retry: Retry
     timeout: float | None
+    origin: str  # the compensated intent: namespace of the keys its submissions derive
+    in_context: bool  # ``fn(ctx, value)`` run as a branch, rather than ``fn(value)`` as a step
+
+
+_POSITIONAL = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+
+
+def takes_context(fn: Any, what: str) -> bool:
+    """Whether a compensation is the context form ``async def undo(ctx, output)``.
+
+    Told by the number of positional parameters it *requires*: two means
+    ``(ctx, output)``.  Every compensation that works today requires one (it is called
+    ``fn(output)``), so none of them changes meaning; an annotation is not needed and
+    not consulted (under ``from __future__ import annotations`` it is only a string)."""
+    if not callable(fn):
+        raise TypeError(f"{what} must be callable, got {fn!r}")
+    try:
+        parameters = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):  # a builtin without a signature: the plain form, as always
+        return False
+    required = [p for p in parameters if p.kind in _POSITIONAL and p.default is inspect.Parameter.empty]
+    if len(required) != 2:
+        return False
+    if not inspect.iscoroutinefunction(fn):
+        raise TypeError(f"{what} takes (ctx, output) but is not an async def: a compensation that uses the "
+                        f"context awaits its steps and submissions, got {fn!r}")
+    return True
 
 
 class Scope:
@@ -161,11 +191,13 @@ class Scope:
         *args: Any,
         retry: Retry | None = None,
         timeout: float | dt.timedelta | None = None,
-        compensate: Callable[[T], Any] | None = None,
+        compensate: Callable[..., Any] | None = None,
         **kwargs: Any,
     ) -> T:
         """Run ``fn`` once (modulo retries), journal its result, return the journaled copy."""
         limit = None if timeout is None else to_seconds(timeout, f"timeout of step {name!r}", positive=True)
+        if compensate is not None:
+            self.check_compensation(compensate, f"compensate of step {name!r}")
         slot = self._slot(name, "step")
         policy = retry or self.default_retry
         if slot.entry is None:
@@ -281,12 +313,28 @@ class Scope:
             raise
         return list(await asyncio.gather(*(self.branch(n, w) for n, w in zip(labels, works))))
 
-    async def submit(self, name: str, *, chain: str, tx: Any, idempotency_key: str, finality: Policy | None = None,
-                     compensate: Callable[[Receipt], Any] | None = None, retry: Retry | None = None) -> Receipt:
-        """Submit an on-chain transaction exactly once and return its receipt once final."""
+    async def submit(self, name: str, *, chain: str, tx: Any, idempotency_key: str | None = None,
+                     finality: Policy | None = None, compensate: Callable[..., Any] | None = None,
+                     retry: Retry | None = None) -> Receipt:
+        """Submit an on-chain transaction exactly once and return its receipt once final.
+
+        Inside a compensation the key is derived from the compensated intent (the
+        given key, or the submit's name, namespaced under it): the same undo of the same
+        intent is one submission, whichever run, execution or worker performs it."""
         if self._submitter is None:
             raise RuntimeError("this Chainflow app has no chains configured; pass chains=[...]")
-        return await self._submitter.submit(self, name, chain=chain, tx=tx, idempotency_key=idempotency_key,
+        origin = _ORIGIN.get()
+        what = f"idempotency_key of submit {name!r}"
+        if origin is None:
+            if idempotency_key is None:
+                raise TypeError(f"submit {name!r} needs an idempotency_key (only the submissions of a "
+                                "compensation derive theirs)")
+            key = limits.idempotency_key(idempotency_key, what)
+        else:
+            key = limits.compensation_key(origin, name if idempotency_key is None else idempotency_key, what)
+        if compensate is not None:
+            self.check_compensation(compensate, f"compensate of submit {name!r}")
+        return await self._submitter.submit(self, name, chain=chain, tx=tx, idempotency_key=key,
                                             finality=finality, compensate=compensate, retry=retry)
 
     # --- slots and replay ------------------------------------------------------
@@ -322,17 +370,30 @@ class Scope:
         self.stop_reason = StopReason.FATAL
         raise self.fatal
 
+    def check_compensation(self, fn: Any, what: str) -> bool:
+        """Refuse a compensation before the operation it undoes runs; returns whether it
+        takes a context.  One registered inside a compensation would never run (the
+        compensations to run are chosen when compensating starts), so it is refused."""
+        if _ORIGIN.get() is not None:
+            raise ValueError(f"{what}: a compensation's own steps and submissions cannot take compensate=")
+        return takes_context(fn, what)
+
     def register_compensation(self, slot: store.Slot, fn: Callable[..., Any], value: Any, retry: Retry,
-                              timeout: float | None = None) -> None:
-        """``fn(value)`` undoes the operation at ``slot`` if the run fails, is cancelled
-        or rolled back.  Replayed operations keep their journal order; those completed
-        in this execution come after all of them, in the order they completed."""
+                              timeout: float | None = None, origin: str | None = None) -> None:
+        """``fn(value)`` (or ``fn(ctx, value)``) undoes the operation at ``slot`` if the
+        run fails, is cancelled or rolled back.  Replayed operations keep their journal
+        order; those completed in this execution come after all of them, in the order
+        they completed.  ``origin`` names the intent undone (a submission's chain,
+        sender and key); a step's is its slot in this run."""
+        in_context = self.check_compensation(fn, f"compensation of {slot.key!r}")
         if slot.entry is not None:
             order = (0, slot.entry.id)
         else:
             self._fresh += 1
             order = (1, self._fresh)
-        self.compensations.append(Compensation(order, slot, fn, value, retry, timeout))
+        if origin is None:
+            origin = f"step\x1f{self.run_id}\x1f{slot.branch}\x1f{slot.key}"
+        self.compensations.append(Compensation(order, slot, fn, value, retry, timeout, origin, in_context))
 
     def slot(self, name: str, kind: str) -> store.Slot:
         """Slot allocation for extensions (on-chain submission) living outside this module."""
@@ -513,10 +574,11 @@ class Scope:
             self.touch()
         self.refuse_new_work()
 
-    async def run_compensations(self, only: set[int] | None = None) -> list[str]:
+    async def run_compensations(self, facade: Callable[[Scope], Any], only: set[int] | None = None) -> list[str]:
         """Run registered compensations newest first, each journaled once; returns failures.
 
-        ``only``: journal entry ids whose compensations to run (a reorg rollback)."""
+        ``facade`` makes the workflow-side context handed to a compensation that takes
+        one; ``only``: journal entry ids whose compensations to run (a reorg rollback)."""
         failures: list[str] = []
         self.stop_reason = None  # compensations are new work that must be allowed
         self.compensating = True
@@ -530,7 +592,43 @@ class Scope:
                     failures.append(slot.key)
                 continue
             try:
-                await self._execute(slot, "compensation", comp.fn, (comp.value,), {}, comp.retry, comp.timeout)
+                if comp.in_context:
+                    await self._compensate_in_branch(slot, comp, facade)
+                else:
+                    await self._execute(slot, "compensation", comp.fn, (comp.value,), {}, comp.retry,
+                                        comp.timeout)
             except StepError:
                 failures.append(slot.key)
         return failures
+
+    async def _compensate_in_branch(self, slot: store.Slot, comp: Compensation,
+                                    facade: Callable[[Scope], Any]) -> None:
+        """Run ``fn(ctx, value)`` like a small workflow in a branch of its own.
+
+        Its steps, sleeps and submissions take journal slots under
+        ``limits.compensation_branch`` of the compensated slot, so a later execution
+        (after a park or a crash) replays what it did and continues where it stopped;
+        its submissions derive their keys from ``comp.origin``; the compensation's own
+        entry (``slot``) is journaled once the body returns, so it completes once.
+
+        The body is not retried as a whole: each of its steps and submissions carries
+        its own retry policy and timeout (a timeout around the body would cut a
+        submission waiting for its confirmations), and a step that failed for good
+        would only fail again on replay."""
+        self.refuse_new_work()
+        label = slot.key if not slot.branch else f"{slot.branch}/{slot.key}"
+        branch = _BRANCH.set(limits.compensation_branch(comp.slot.branch, comp.slot.key))
+        origin = _ORIGIN.set(comp.origin)
+        started = self.clock.time()
+        try:
+            result = await comp.fn(facade(self), comp.value)
+            text, _ = codec.roundtrip(result, what=f"output of compensation {label!r}")
+        except (LeaseLostError, NonDeterminismError):
+            raise  # the execution's end, not the compensation's failure
+        except Exception as exc:
+            await self._fail(slot, "compensation", exc, 1, started)
+            raise StepError(label, f"{type(exc).__module__}.{type(exc).__qualname__}", str(exc), 1) from exc
+        finally:
+            _BRANCH.reset(branch)
+            _ORIGIN.reset(origin)
+        await self._commit(self.entry_op(slot, "compensation", _OK, text, None, 1, started, self.clock.time()))

@@ -172,7 +172,7 @@ class Worker:
             await offload(self._heartbeat.join)  # it may be inside a database call
         await self.committer.close()
         if held:
-            await self.db(self._release, held)
+            await self.db(store.release_runs, held, self.id, self.clock.time())
         if self._announcer:
             await asyncio.gather(self._announcer, return_exceptions=True)
             try:
@@ -183,16 +183,6 @@ class Worker:
             await adapter.aclose()  # HTTP sessions are bound to this event loop
         self.step_pool.shutdown(wait=False)
         self._db_pool.shutdown(wait=True)
-
-    def _release(self, conn: sa.Connection, held: list[str]) -> None:
-        from ..storage.schema import runs
-
-        store.lock_runs(conn, held)  # in the lock order, before updating several runs
-        conn.execute(
-            runs.update()
-            .where(runs.c.id.in_(held), runs.c.lease_owner == self.id)
-            .values(lease_owner=None, lease_expires=None, status=RunState.PENDING, ready_at=self.clock.time())
-        )
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
         """Work until ``stop`` is set (or forever)."""

@@ -13,6 +13,7 @@ collide with a key the engine derives, so such names are refused rather than enc
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import sqlalchemy as sa
@@ -37,6 +38,9 @@ WORKFLOW_NAME_LENGTH = _length(runs.c.workflow)
 SUBMISSION_LABEL_LENGTH = _length(submissions.c.step)  # "branch/key" of a ctx.submit
 # the longest slot name whose every key (occurrence suffix, compensation prefix) fits
 NAME_LENGTH = KEY_LENGTH - len(COMPENSATION_PREFIX) - _OCCURRENCE_ROOM
+_ORIGIN_DIGEST = 32  # hex characters of the compensated intent's digest in a derived key
+# the longest key a compensation's ``ctx.submit`` may give: it is stored under a prefix
+COMPENSATION_KEY_LENGTH = IDEMPOTENCY_KEY_LENGTH - len(COMPENSATION_PREFIX) - _ORIGIN_DIGEST - 1
 
 
 def text(value: Any, what: str, limit: int) -> str:
@@ -64,3 +68,35 @@ def slot_name(value: Any, kind: str) -> str:
                              "it derives (repeated names, branch paths)")
     raise ValueError(f"{what} {value!r} starts with {COMPENSATION_PREFIX!r}, which chainflow reserves "
                      "for compensation keys")
+
+
+def compensation_branch(branch: str, key: str) -> str:
+    """The branch path a compensation that takes a context runs in: under the branch of
+    the slot it compensates, named ``compensate:<key>``, which no user branch can be
+    (user names may not start with the prefix), so its steps never share a slot."""
+    label = f"{COMPENSATION_PREFIX}{key}"
+    return f"{branch}{BRANCH_SEP}{label}" if branch else label
+
+
+def in_compensation(branch: str) -> bool:
+    """Whether a journal branch path lies inside a compensation's branch."""
+    return branch.startswith(COMPENSATION_PREFIX) or f"{BRANCH_SEP}{COMPENSATION_PREFIX}" in branch
+
+
+def idempotency_key(value: Any, what: str) -> str:
+    """A forward submission's key, which must not use the prefix of derived keys."""
+    text(value, what, IDEMPOTENCY_KEY_LENGTH)
+    if value.startswith(COMPENSATION_PREFIX):
+        raise ValueError(f"{what} {value[:60]!r} starts with {COMPENSATION_PREFIX!r}, which chainflow reserves "
+                         "for the keys of compensations' submissions")
+    return value  # type: ignore[no-any-return]
+
+
+def compensation_key(origin: str, key: Any, what: str) -> str:
+    """The idempotency key of a submission made by a compensation: ``key`` namespaced
+    under a digest of the compensated intent (``origin``).  The prefix is refused on
+    forward keys and the digest has a fixed length, so a derived key can equal neither
+    a forward submission's key nor the key of another intent's compensation."""
+    text(key, what, COMPENSATION_KEY_LENGTH)
+    digest = hashlib.sha256(origin.encode()).hexdigest()[:_ORIGIN_DIGEST]
+    return f"{COMPENSATION_PREFIX}{digest}:{key}"

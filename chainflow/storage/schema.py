@@ -108,6 +108,8 @@ signals = sa.Table(
 
 # --- on-chain submission (chain-agnostic) ---------------------------------------
 
+# An account chain's conflict domain: the next nonce per (chain, sender).
+
 nonces = sa.Table(
     "cf_nonces",
     metadata,
@@ -157,6 +159,21 @@ tx_attempts = sa.Table(
     sa.Column("fees", sa.Text, nullable=False),
     sa.Column("created_at", sa.Float, nullable=False),
     sa.Index("ix_cf_tx_attempts_hash", "chain", "tx_hash", unique=True),
+)
+
+# A UTXO chain's conflict domain: the outpoints reserved for an intent (v5).  A row
+# is written in the same transaction that moves the intent to "allocated" and is
+# deleted only when the intent is provably dead without having signed anything (run
+# ended before signing, permanent signing failure); an intent that signed keeps its
+# coins for good, since any of its candidates may still be (re-)included.
+reservations = sa.Table(
+    "cf_reservations",
+    metadata,
+    sa.Column("chain", sa.String(100), primary_key=True),
+    sa.Column("outpoint", sa.String(200), primary_key=True),  # "txid:index"
+    sa.Column("submission_id", BigId, nullable=False, index=True),
+    sa.Column("value", sa.BigInteger, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
 )
 
 # --- head tracking and reorgs --------------------------------------------------
@@ -245,5 +262,12 @@ def _v4(conn: sa.Connection) -> None:
     workers.create(conn, checkfirst=True)
 
 
-MIGRATIONS: list[tuple[int, Callable[[sa.Connection], None]]] = [(1, _v1), (2, _v2), (3, _v3), (4, _v4)]
+def _v5(conn: sa.Connection) -> None:
+    """UTXO chains reserve coins per intent (``cf_reservations``); a database created by
+    this version's ``_v1`` has the table already."""
+    reservations.create(conn, checkfirst=True)
+
+
+MIGRATIONS: list[tuple[int, Callable[[sa.Connection], None]]] = [
+    (1, _v1), (2, _v2), (3, _v3), (4, _v4), (5, _v5)]
 LATEST = MIGRATIONS[-1][0]

@@ -249,6 +249,17 @@ def lock_runs(conn: sa.Connection, ids: list[str], *columns: sa.ColumnElement[An
     return list(conn.execute(query.with_for_update(key_share=True)))
 
 
+def release_runs(conn: sa.Connection, ids: list[str], owner: str, now: float) -> None:
+    """Hand runs a closing worker still holds back to the queue, due now: others need
+    not wait for the lease to expire."""
+    lock_runs(conn, ids)  # in the lock order, before updating several runs
+    conn.execute(
+        runs.update()
+        .where(runs.c.id.in_(ids), runs.c.lease_owner == owner)
+        .values(lease_owner=None, lease_expires=None, status=RunState.PENDING, ready_at=now)
+    )
+
+
 # hot-path statements are built once: constructing a Core statement costs more than
 # executing it on SQLite
 ENTRY_COLUMNS = ("run_id", "branch", "position", "key", "kind", "status", "output", "error", "attempts",

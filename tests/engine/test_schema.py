@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 import sqlalchemy as sa
 
 import chainflow as cf
@@ -90,14 +91,14 @@ def test_v3_database_gets_recoveries_and_the_workers_table(make_app: Any) -> Non
     with app.engine.begin() as conn:  # back to the v3 shape, with a run written by v3
         conn.exec_driver_sql("DROP TABLE cf_workers")
         conn.exec_driver_sql("ALTER TABLE cf_runs DROP COLUMN recoveries")
-        conn.execute(schema.schema_version.delete().where(schema.schema_version.c.version == 4))
+        conn.execute(schema.schema_version.delete().where(schema.schema_version.c.version >= 4))
         v3_run = store.run_row(workflow="old", input_text="1", input_hash="", idempotency_key=None, deadline=None,
                                now=1.0)
         conn.execute(schema.runs.insert(), v3_run)  # the columns given only: those v3 has
     inspector = sa.inspect(app.engine)
     assert "recoveries" not in {c["name"] for c in inspector.get_columns("cf_runs")}
     assert not inspector.has_table("cf_workers")
-    assert migrate(app.engine) == schema.LATEST == 4
+    assert migrate(app.engine) == schema.LATEST == 5
     inspector = sa.inspect(app.engine)
     assert "recoveries" in {c["name"] for c in inspector.get_columns("cf_runs")}
     assert {c["name"] for c in inspector.get_columns("cf_workers")} == {c.name for c in schema.workers.c}
@@ -106,4 +107,30 @@ def test_v3_database_gets_recoveries_and_the_workers_table(make_app: Any) -> Non
         # and the claim (which counts recoveries) works on the migrated table
         (claim,) = store.claim(conn, "w", 5, now=1e12, lease=30, workflows=["old"])
     assert (claim.run_id, claim.recoveries) == (v3_run["id"], 0)
+    assert migrate(app.engine) == schema.LATEST  # nothing left to apply
+
+
+def test_v4_database_gets_the_reservations_table(make_app: Any) -> None:
+    """v5: UTXO chains reserve coins per intent; a v4 database (with a submission of an
+    account chain in it) gains the table and keeps what it had."""
+    app = make_app()
+    app.ensure_schema()
+    with app.engine.begin() as conn:  # back to the v4 shape
+        conn.exec_driver_sql("DROP TABLE cf_reservations")
+        conn.execute(schema.schema_version.delete().where(schema.schema_version.c.version == 5))
+        conn.execute(schema.submissions.insert().values(
+            chain="evm", sender="0xabc", idempotency_key="k", request="{}", finality="{}", nonce=3,
+            state="final", created_at=1.0, updated_at=1.0))
+    assert not sa.inspect(app.engine).has_table("cf_reservations")
+    assert migrate(app.engine) == schema.LATEST == 5
+    inspector = sa.inspect(app.engine)
+    assert {c["name"] for c in inspector.get_columns("cf_reservations")} == {c.name for c in schema.reservations.c}
+    with app.engine.begin() as conn:
+        conn.execute(schema.reservations.insert().values(chain="btc", outpoint="aa:0", submission_id=1, value=5,
+                                                         created_at=1.0))
+        with pytest.raises(sa.exc.IntegrityError):  # an outpoint is reserved by one intent only
+            with conn.begin_nested():
+                conn.execute(schema.reservations.insert().values(chain="btc", outpoint="aa:0", submission_id=2,
+                                                                 value=5, created_at=1.0))
+        assert conn.execute(sa.select(schema.submissions.c.nonce)).scalar_one() == 3
     assert migrate(app.engine) == schema.LATEST  # nothing left to apply

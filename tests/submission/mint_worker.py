@@ -6,7 +6,9 @@ Environment:
     CF_URL, CF_RPC, CF_TOKEN, CF_KEY   database, node, token address, minter key (dev key)
     CF_CONCURRENCY                     worker slots (default 32)
     CF_CRASH_AT                        "<phase>:<n>": SIGKILL this process at the n-th time it
-                                       reaches <phase>: allocated | signed | broadcast | final
+                                       reaches <phase>: allocated | signed | broadcast | final,
+                                       or burn-signed | burn-broadcast | burn-final: the same
+                                       points, reached by a compensation's submission only
     CF_WORKER                          worker id
 
 Kill points are monkeypatched onto the engine here, in the test's worker: the engine
@@ -42,7 +44,25 @@ def build(url: str, rpc_url: str, token_address: str, key: str, lease: float = 2
                              idempotency_key=ev["id"], finality=cf.Confirmations(1))
         return {"tx": r.tx_hash, "nonce": r.nonce, "block": r.block_number}
 
+    @app.workflow("mint-then-fail")
+    async def mint_then_fail(ctx: cf.Context, ev: dict[str, Any]) -> None:
+        """Mint to ``ev["to"]``; the ledger step after it fails for good, so the
+        compensation burns what was minted, on chain, through the exactly-once path."""
+
+        async def burn_minted(ctx: cf.Context, receipt: cf.Receipt) -> dict[str, Any]:
+            r = await ctx.submit("burn", chain=CHAIN, tx=token.functions.burn(ev["to"], ev["amount"]),
+                                 finality=cf.Confirmations(1))
+            return {"burn": r.tx_hash, "mint": receipt.tx_hash}
+
+        await ctx.submit("mint", chain=CHAIN, tx=token.functions.mint(ev["to"], ev["amount"]),
+                         idempotency_key=ev["id"], finality=cf.Confirmations(1), compensate=burn_minted)
+        await ctx.step("credit-ledger", _ledger_down, retry=cf.Retry(max_attempts=1))
+
     return app
+
+
+def _ledger_down() -> None:
+    raise RuntimeError("ledger account closed")
 
 
 def _install_crash(spec: str) -> None:
@@ -57,6 +77,18 @@ def _install_crash(spec: str) -> None:
 
     from adapters.evm import chain as evm_chain
     from chainflow.chain import submission, txstore
+    from chainflow.storage import limits
+
+    if phase.startswith("burn-"):  # only a compensation's submission, whose key is derived
+        phase = phase.removeprefix("burn-")
+        if phase not in ("signed", "broadcast", "final"):
+            raise SystemExit(f"unknown crash phase burn-{phase!r}")
+
+        def is_burn(sub: Any) -> bool:
+            return str(sub.idempotency_key).startswith(limits.COMPENSATION_PREFIX)
+    else:
+        def is_burn(sub: Any) -> bool:
+            return True
 
     if phase == "allocated":  # nonce committed and bound to the key, nothing signed yet
         sign = evm_chain.EvmChain.sign
@@ -70,7 +102,9 @@ def _install_crash(spec: str) -> None:
         original = submission.broadcast_latest
 
         async def broadcast(db: Any, clock: Any, ctx: Any, adapter: Any, sub: Any) -> None:
-            if phase == "signed":  # signed bytes committed, nothing sent
+            if not is_burn(sub):
+                pass
+            elif phase == "signed":  # signed bytes committed, nothing sent
                 maybe_die()
             else:  # the node has the tx, our record of the broadcast does not
                 attempts = await db.atx(txstore.attempts_of, sub.id)
@@ -85,7 +119,8 @@ def _install_crash(spec: str) -> None:
 
         def die_before_journal(conn: Any, sub_id: int) -> None:
             lock(conn, sub_id)
-            maybe_die()
+            if is_burn(txstore.get(conn, sub_id)):
+                maybe_die()
 
         submission._lock_final = die_before_journal  # type: ignore[assignment]
     else:

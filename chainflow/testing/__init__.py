@@ -1,4 +1,5 @@
-"""Run workflows to completion in-process, for users' own tests.
+"""Run workflows to completion in-process, for users' own tests; and an in-memory
+UTXO chain (``FakeUtxoChain``, ``FakeUtxoAdapter``, ``pay``) to submit to.
 
 Time is a ``FakeClock`` that the harness moves straight to the next wake-up whenever
 nothing is runnable, so a 30-day trial period takes milliseconds and no global time
@@ -19,12 +20,16 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from .chain.submission import Submitter
-from .client.app import Chainflow, RunStatus
-from .clock import FakeClock
-from .states import TERMINAL, EntryState, RunState
-from .storage.schema import runs
-from .storage.store import TERMINAL
+from ..chain.submission import Submitter
+from ..client.app import Chainflow, RunStatus
+from ..clock import FakeClock
+from ..states import TERMINAL, EntryState, RunState
+from ..storage.schema import runs
+from ..storage.store import TERMINAL
+from .utxo import FakeTx, FakeUtxoAdapter, FakeUtxoChain, pay
+
+__all__ = ["CallLog", "FakeTx", "FakeUtxoAdapter", "FakeUtxoChain", "StepResult", "TestRun", "WorkflowTester",
+           "pay", "run_workflow"]
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,44 @@
+"""An intent's candidates: every signed version is kept, and only stored bytes are sent.
+
+Whichever candidate the chain includes settles the intent (the tracker matches block
+transactions against all of them); what is (re-)broadcast is always the newest stored
+version, so nothing here ever signs.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import sqlalchemy as sa
+
+from .. import metrics
+from ..clock import Clock
+from ..storage.database import Database
+from . import txstore
+from .adapter import BroadcastOutcome, BroadcastResult, ChainAdapter
+from .scope import RunScope
+
+log = logging.getLogger("chainflow.submission")
+
+
+async def broadcast_latest(db: Database, clock: Clock, ctx: RunScope | None, adapter: ChainAdapter,
+                           sub: sa.Row[Any]) -> BroadcastResult | None:
+    """(Re-)broadcast the newest signed bytes of a submission; never signs anything new."""
+    attempts = await db.atx(txstore.attempts_of, sub.id)
+    if not attempts:
+        return None
+    if ctx is not None:
+        await ctx.hold_lease()  # a worker frozen past its lease leaves this to the new owner
+    result = await adapter.broadcast(attempts[-1].raw)
+    metrics.inc("chainflow_broadcasts_total", chain=adapter.name, outcome=result.outcome.value)
+    if result.outcome is BroadcastOutcome.REJECTED:
+        log.warning("node rejected %s for submission %s: %s", attempts[-1].tx_hash, sub.id, result.detail)
+    # NONCE_TOO_LOW / SPENT may mean one of our own candidates is mined: the tracker decides.
+    now = clock.time()
+    op = lambda conn: txstore.mark_broadcast(conn, sub.id, now)  # noqa: E731
+    if ctx is not None:
+        await ctx.commit(op)
+    else:
+        await db.atx(op)
+    return result

@@ -1,0 +1,184 @@
+"""Conflict domains: what makes every version of one intent exclude the others.
+
+An intent (one idempotency key) is bound forever to a *conflict domain* chosen so that
+all its versions (the original, fee bumps, replacements) conflict with each other and
+at most one can ever be included:
+
+* an account chain (the adapter is a ``NonceSource``): the ``(sender, nonce)`` pair,
+  handed out by the nonce table.  A nonce that will never be signed blocks every later
+  one, so it is burned by a gap fill (a 0-value self-transfer);
+* a UTXO chain (the adapter is a ``CoinSource``): the set of outpoints reserved for the
+  intent, durably and exclusively (``cf_reservations``).  Every version spends all of
+  them.  Nothing blocks anything else, so there are no gaps to repair; coins go back
+  only when the intent provably never signed (its run ended first, or signing failed
+  for good), never because a transaction left a mempool.
+
+The engine picks the strategy from the protocol the adapter implements
+(``domain_for``).  Each answers the same questions for the protocol and the tracker:
+bind a domain to an intent, the value a signature needs, whether the domain is used on
+chain (by one of our candidates or by a foreign transaction), and how a never-signed
+intent frees it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+import sqlalchemy as sa
+
+from ..clock import Clock
+from ..errors import ConfigurationError
+from ..states import SubmissionState
+from ..storage import codec
+from ..storage.database import Database
+from . import txstore
+from .adapter import ChainAdapter, CoinSource, NonceSource
+from .candidates import broadcast_latest
+
+Commit = Callable[..., Awaitable[list[Any]]]  # RunScope.commit or Database-backed twin
+Rpc = Callable[[Awaitable[Any]], Awaitable[Any]]  # the tracker's counting wrapper
+Guard = Callable[[], Awaitable[None]]
+
+# selections lost to a concurrent worker before the step gives up for this attempt
+# (it is retried under the step's policy): each loss means another intent got coins
+RESERVE_TRIES = 5
+
+
+class ConflictDomain(Protocol):
+    kind: str
+
+    async def allocate(self, commit: Commit, sub_id: int, sender: str, request: dict[str, Any], now: float) -> None:
+        """Bind a domain to the intent (state ``intent`` -> ``allocated``), durably."""
+
+    async def bound(self, sub: sa.Row[Any]) -> Any:
+        """The domain bound to this intent, as ``TxBuilder.sign`` takes it."""
+
+    async def used(self, subs: list[sa.Row[Any]], rpc: Rpc) -> dict[int, str]:
+        """Of ``subs``, those whose domain is used in the canonical chain, each with a
+        sentence naming what is used.  Whether by one of our candidates or by a foreign
+        transaction is for the caller to tell, from the candidates' receipts."""
+
+    async def abandon(self, sub: sa.Row[Any], guard: Guard) -> str | None:
+        """Free the domain of an intent that never signed and never will; the reason
+        to record, or None when this process cannot (another sender's nonce)."""
+
+    async def release_unsigned(self, sub: sa.Row[Any], guard: Guard) -> None:
+        """Signing failed for good before any version existed: free the domain."""
+
+
+def domain_for(adapter: ChainAdapter, db: Database, clock: Clock) -> ConflictDomain:
+    """The strategy for the adapter's chain family: nonces or coins."""
+    if isinstance(adapter, NonceSource):
+        return AccountDomain(adapter, db, clock)
+    if isinstance(adapter, CoinSource):
+        return CoinDomain(adapter, db, clock)
+    raise ConfigurationError(
+        f"chain {adapter.name!r}: its adapter {type(adapter).__name__} implements neither NonceSource "
+        f"(account chains) nor CoinSource (UTXO chains), so the engine cannot bind a conflict domain to a "
+        f"submission")
+
+
+class _Account(ChainAdapter, NonceSource, Protocol):
+    pass
+
+
+class _Utxo(ChainAdapter, CoinSource, Protocol):
+    pass
+
+
+class AccountDomain:
+    kind = "nonce"
+
+    def __init__(self, adapter: _Account, db: Database, clock: Clock) -> None:
+        self.adapter, self.db, self.clock = adapter, db, clock
+
+    async def allocate(self, commit: Commit, sub_id: int, sender: str, request: dict[str, Any], now: float) -> None:
+        text = codec.dumps(request)
+        (nonce,) = await commit(lambda conn: txstore.allocate_nonce(conn, sub_id, None, text, now))
+        if nonce is None:  # first submission from this sender on this chain: seed from the chain
+            seed = await self.adapter.pending_nonce(sender)
+            await commit(lambda conn: txstore.allocate_nonce(conn, sub_id, seed, text, now))
+
+    async def bound(self, sub: sa.Row[Any]) -> int:
+        return int(sub.nonce)
+
+    async def used(self, subs: list[sa.Row[Any]], rpc: Rpc) -> dict[int, str]:
+        latest: dict[str, int] = {}
+        out = {}
+        for sub in subs:
+            if sub.sender not in latest:
+                latest[sub.sender] = await rpc(self.adapter.latest_nonce(sub.sender))
+            if latest[sub.sender] > int(sub.nonce):
+                out[int(sub.id)] = f"nonce {int(sub.nonce)} was used"
+        return out
+
+    async def abandon(self, sub: sa.Row[Any], guard: Guard) -> str | None:
+        if sub.sender != self.adapter.sender():
+            return None
+        await fill_gap(self.db, self.clock, self.adapter, int(sub.nonce), guard)
+        return "run ended before signing; nonce burned by a gap fill"
+
+    async def release_unsigned(self, sub: sa.Row[Any], guard: Guard) -> None:
+        """Signing failed for good: the nonce is the intent's forever but no version
+        can use it, so burn it, or every later nonce of the sender stays unmined."""
+        await fill_gap(self.db, self.clock, self.adapter, int(sub.nonce), guard)
+
+
+class CoinDomain:
+    kind = "coins"
+
+    def __init__(self, adapter: _Utxo, db: Database, clock: Clock) -> None:
+        self.adapter, self.db, self.clock = adapter, db, clock
+
+    async def allocate(self, commit: Commit, sub_id: int, sender: str, request: dict[str, Any], now: float) -> None:
+        text, chain = codec.dumps(request), self.adapter.name
+        for _ in range(RESERVE_TRIES):
+            coins = await self.adapter.coins(sender)
+            (taken,) = await commit(lambda conn: txstore.reserved_outpoints(conn, chain))
+            chosen = self.adapter.select(request, [c for c in coins if c.outpoint not in taken])
+            (ok,) = await commit(lambda conn: txstore.reserve(conn, sub_id, chain, chosen, text, now))
+            if ok:
+                return
+        raise RuntimeError(f"coins for submission {sub_id} on {chain!r} were taken by other intents "
+                           f"{RESERVE_TRIES} times in a row")
+
+    async def bound(self, sub: sa.Row[Any]) -> list[str]:
+        return await self.db.aread(txstore.reservation_of, int(sub.id))
+
+    async def used(self, subs: list[sa.Row[Any]], rpc: Rpc) -> dict[int, str]:
+        out = {}
+        for sub in subs:
+            for outpoint in await self.db.aread(txstore.reservation_of, int(sub.id)):
+                spender = await rpc(self.adapter.spender(outpoint))
+                if spender is not None:
+                    out[int(sub.id)] = f"reserved input {outpoint} was spent by {spender}"
+                    break
+        return out
+
+    async def abandon(self, sub: sa.Row[Any], guard: Guard) -> str | None:
+        await self.db.atx(txstore.release, int(sub.id))
+        return "run ended before signing; its reserved coins were released"
+
+    async def release_unsigned(self, sub: sa.Row[Any], guard: Guard) -> None:
+        """Signing failed for good before any version existed: the coins are free again."""
+        await self.db.atx(txstore.release, int(sub.id))
+
+
+async def fill_gap(db: Database, clock: Clock, adapter: _Account, nonce: int, guard: Guard) -> None:
+    """Burn ``nonce`` with a 0-value self-transfer so later nonces can be mined.
+
+    ``guard`` is awaited right before the broadcast and raises when this process may
+    no longer act: a run's ``hold_lease`` when signing failed in a step, the tracker's
+    leadership check for a nonce orphaned by a run that ended."""
+    sender = adapter.sender()
+    request = await adapter.estimate(adapter.gap_filler(sender))
+    now = clock.time()
+    gap_id = await db.atx(txstore.open_gap_fill, adapter.name, sender, nonce, codec.dumps(request), now)
+    sub = await db.atx(txstore.get, gap_id)
+    if sub.state == SubmissionState.ALLOCATED:
+        signed = await adapter.sign(request, nonce, None)
+        await db.atx(txstore.add_attempt, gap_id, adapter.name, signed, clock.time())
+        sub = await db.atx(txstore.get, gap_id)
+    await guard()
+    await broadcast_latest(db, clock, None, adapter, sub)

@@ -1,0 +1,379 @@
+"""The whole submission protocol against the in-memory UTXO chain (chainflow.testing):
+a non-EVM family through the real engine, its worker, tracker and reorg rollback, on
+SQLite and Postgres (``db_url``).
+
+The adapter implements ``CoinSource`` and no ``NonceSource``, so every intent's
+conflict domain is a set of reserved outpoints.  The chain never mines by itself: the
+test mines, and steps the tracker by hand, so each scenario's order is exact.  What is
+asserted is read from the chain (payments, spends, mempool) and from the tables.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+import chainflow as cf
+from chainflow.chain.tracker import Tracker
+from chainflow.storage.schema import reservations, submissions, tx_attempts
+from chainflow.testing import CallLog, FakeTx, FakeUtxoAdapter, FakeUtxoChain, pay
+
+from ..engine._util import running_worker
+
+CHAIN = "fakebtc"
+PAYEE = "bc1payee"
+
+
+class Rig:
+    def __init__(self, db_url: str, ledger: CallLog, chain: FakeUtxoChain | None = None, **tracker: Any) -> None:
+        self.db_url, self.ledger = db_url, ledger
+        self.chain = chain or FakeUtxoChain()
+        tracker.setdefault("rebroadcast_blocks", 1)
+        tracker.setdefault("start_depth", 0)
+        self.config = cf.TrackerConfig(poll_interval=0.05, **tracker)
+        self.apps: list[cf.Chainflow] = []
+        self.app, self.adapter = self.new_app()
+        self.tracker = Tracker(self.app.database, self.app.clock, self.adapter, "test-tracker", self.config)
+
+    def new_app(self, adapter: FakeUtxoAdapter | None = None) -> tuple[cf.Chainflow, FakeUtxoAdapter]:
+        """An app over the same database and chain, as a restarted worker process has."""
+        adapter = adapter or FakeUtxoAdapter(CHAIN, self.chain)
+        app = cf.Chainflow(self.db_url, chains=[adapter], tracker=self.config, lease_seconds=1.0)
+        app.ensure_schema()
+        register_pay_flow(app, self.ledger, cf.Confirmations(2))
+        self.apps.append(app)
+        return app, adapter
+
+    def close(self) -> None:
+        for app in self.apps:
+            app.engine.dispose()
+
+    async def step(self) -> Any:
+        return await self.tracker.step()
+
+    async def drive(self, done: Callable[[], bool], *, mine: bool = True, timeout: float = 20.0,
+                    what: str = "condition") -> None:
+        """Step the tracker (mining a block each round) until ``done()`` holds."""
+        end = time.monotonic() + timeout
+        while True:
+            await self.step()
+            for _ in range(10):
+                if done():
+                    return
+                await asyncio.sleep(0.02)
+            if time.monotonic() > end:
+                raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+            if mine:
+                self.chain.mine()
+
+    def sub(self, key: str) -> Any:
+        with self.app.engine.begin() as conn:
+            return conn.execute(sa.select(submissions).where(submissions.c.idempotency_key == key)).one()
+
+    def state(self, key: str) -> str | None:
+        """The submission's state, None before the step recorded its intent."""
+        with self.app.engine.begin() as conn:
+            return conn.execute(sa.select(submissions.c.state)
+                                .where(submissions.c.idempotency_key == key)).scalar()
+
+    def attempts(self, sub_id: int) -> list[Any]:
+        with self.app.engine.begin() as conn:
+            return list(conn.execute(
+                sa.select(tx_attempts).where(tx_attempts.c.submission_id == sub_id).order_by(tx_attempts.c.id)))
+
+    def reserved(self, sub_id: int) -> list[str]:
+        with self.app.engine.begin() as conn:
+            return sorted(r.outpoint for r in conn.execute(
+                sa.select(reservations.c.outpoint).where(reservations.c.submission_id == sub_id)))
+
+    def effects(self) -> list[str]:
+        return [line.split()[0] for line in self.ledger.lines()]
+
+
+def register_pay_flow(app: cf.Chainflow, ledger: CallLog, finality: Any) -> None:
+    """reserve (compensated) -> pay (compensated) -> credit -> notify (compensated)."""
+
+    def reserve(order: str) -> str:
+        ledger.hit(f"reserve {order}")
+        return order
+
+    def unreserve(order: str) -> None:
+        ledger.hit(f"unreserve {order}")
+
+    def refund(receipt: cf.Receipt) -> None:
+        ledger.hit(f"refund {receipt.tx_hash}")
+
+    def credit(tx_hash: str) -> str:
+        ledger.hit(f"credit {tx_hash}")
+        return tx_hash
+
+    def debit(tx_hash: str) -> None:
+        ledger.hit(f"debit {tx_hash}")
+
+    def notify(tx_hash: str) -> str:
+        ledger.hit(f"notify {tx_hash}")
+        return tx_hash
+
+    def unnotify(tx_hash: str) -> None:
+        ledger.hit(f"unnotify {tx_hash}")
+
+    @app.workflow("pay_flow")
+    async def flow(ctx: cf.Context, ev: dict[str, Any]) -> dict[str, Any]:
+        await ctx.step("reserve", reserve, ev["id"], compensate=unreserve)
+        r = await ctx.submit("pay", chain=CHAIN, tx=pay(PAYEE, ev["sats"]), idempotency_key=ev["id"],
+                             finality=finality, compensate=refund)
+        tx = await ctx.step("credit", credit, r.tx_hash, compensate=debit)
+        await ctx.step("notify", notify, tx, compensate=unnotify)
+        return {"tx": r.tx_hash, "block": r.block_number, "block_hash": r.block_hash, "fee": r.effective_fee,
+                "position": r.position}
+
+
+@pytest.fixture
+def ledger(tmp_path: Path) -> CallLog:
+    return CallLog(tmp_path / "ledger.log")
+
+
+@pytest.fixture
+def rig(db_url: str, ledger: CallLog) -> Any:
+    r = Rig(db_url, ledger)
+    r.chain.fund("wallet", 100_000)
+    r.chain.fund("wallet", 40_000)
+    yield r
+    r.close()
+
+
+def _paid(rig: Rig, sats: int) -> list[str]:
+    return [txid for txid, value in rig.chain.payments(PAYEE) if value == sats]
+
+
+async def test_a_payment_settles_once_on_reserved_coins(rig: Rig) -> None:
+    async with running_worker(rig.app, track=False):
+        await rig.step()
+        h = await rig.app.astart("pay_flow", {"id": "order-1", "sats": 30_000})
+        await rig.drive(lambda: rig.app.status(h.id).done, what="completion")
+    st = rig.app.status(h.id)
+    assert st.status == "completed", st.error
+    sub = rig.sub("order-1")
+    (attempt,) = rig.attempts(sub.id)
+    assert (sub.state, sub.nonce, sub.tx_hash) == ("final", None, attempt.tx_hash)
+    # the largest coin funds 30_000 + the fee budget; the reservation is the tx's inputs, kept
+    tx = FakeTx.parse(attempt.raw)
+    assert list(tx.inputs) == rig.reserved(sub.id) and len(tx.inputs) == 1
+    assert rig.chain.output(tx.inputs[0]) == ("wallet", 100_000)
+    assert _paid(rig, 30_000) == [attempt.tx_hash]
+    assert st.output["tx"] == attempt.tx_hash and st.output["fee"] == 500 and st.output["position"] == 0
+    receipt = json.loads(sub.receipt)
+    assert receipt["family"] == "" and receipt["extra"]["inputs"] == list(tx.inputs)
+    assert rig.effects() == ["reserve", "credit", "notify"]
+
+
+async def test_concurrent_intents_never_share_a_coin(rig: Rig) -> None:
+    """Two payments at once: each gets its own coin; a third, more than the wallet's
+    unreserved coins hold, fails with a clear error, reserving nothing."""
+    async with running_worker(rig.app, track=False):
+        await rig.step()
+        a = await rig.app.astart("pay_flow", {"id": "a", "sats": 30_000})
+        b = await rig.app.astart("pay_flow", {"id": "b", "sats": 20_000})
+        await rig.drive(lambda: rig.app.status(a.id).done and rig.app.status(b.id).done, what="both")
+        c = await rig.app.astart("pay_flow", {"id": "c", "sats": 200_000})
+        await rig.drive(lambda: rig.app.status(c.id).done, mine=False, what="the third")
+    assert rig.app.status(a.id).status == rig.app.status(b.id).status == "completed"
+    ra, rb = rig.reserved(rig.sub("a").id), rig.reserved(rig.sub("b").id)
+    assert ra and rb and not set(ra) & set(rb)
+    st = rig.app.status(c.id)
+    assert st.status == "failed" and "insufficient funds" in st.error["message"]
+    assert rig.sub("c").state == "intent" and rig.reserved(rig.sub("c").id) == []
+
+
+class CrashingAdapter(FakeUtxoAdapter):
+    """Hangs for good at one protocol phase, so the test can kill the worker there:
+    ``allocated`` (coins reserved, nothing signed), ``signed`` (bytes committed, nothing
+    sent), ``broadcast`` (the node took the bytes, the answer never came back)."""
+
+    def __init__(self, chain: FakeUtxoChain, phase: str) -> None:
+        super().__init__(CHAIN, chain)
+        self.phase = phase
+        self.reached = asyncio.Event()
+
+    async def _hang(self) -> None:
+        self.reached.set()
+        await asyncio.Event().wait()
+
+    async def sign(self, request: dict[str, Any], domain: Any, fees: dict[str, int] | None) -> Any:
+        if self.phase == "allocated":
+            await self._hang()
+        return await super().sign(request, domain, fees)
+
+    async def broadcast(self, raw: bytes) -> Any:
+        if self.phase == "broadcast":
+            self.chain.submit(raw)
+        if self.phase in ("signed", "broadcast"):
+            await self._hang()
+        return await super().broadcast(raw)
+
+
+@pytest.mark.parametrize("phase", ["allocated", "signed", "broadcast"])
+async def test_a_worker_killed_mid_protocol_is_resumed_with_the_same_bytes(rig: Rig, phase: str) -> None:
+    """The first worker dies at ``phase`` (its task is cancelled mid-call, its lease
+    left to expire); a second app over the same database and chain resumes the run:
+    same reserved coins, same signed bytes re-broadcast, one payment on chain."""
+    crashing = CrashingAdapter(rig.chain, phase)
+    first, _ = rig.new_app(crashing)
+    stop = asyncio.Event()
+    task = asyncio.create_task(first.worker(track=False, poll_interval=0.02).run(stop))
+    await rig.step()
+    h = await first.astart("pay_flow", {"id": "order-1", "sats": 30_000})
+    await asyncio.wait_for(crashing.reached.wait(), 10)
+    sub = rig.sub("order-1")
+    held = rig.reserved(sub.id)
+    attempts = rig.attempts(sub.id)
+    assert held and sub.state == {"allocated": "allocated", "signed": "signed", "broadcast": "signed"}[phase]
+    assert len(attempts) == (0 if phase == "allocated" else 1)
+    task.cancel()  # the process dies: no clean shutdown of the hung call
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await asyncio.wait_for(task, 10)
+
+    async with running_worker(rig.app, track=False):
+        await rig.drive(lambda: rig.app.status(h.id).done, what="the resumed run")
+    st = rig.app.status(h.id)
+    assert st.status == "completed", st.error
+    sub = rig.sub("order-1")
+    (attempt,) = rig.attempts(sub.id)
+    if attempts:
+        assert attempt.tx_hash == attempts[0].tx_hash and attempt.raw == attempts[0].raw
+    assert rig.reserved(sub.id) == held == list(FakeTx.parse(attempt.raw).inputs)
+    assert _paid(rig, 30_000) == [attempt.tx_hash], "exactly one payment on chain"
+    sent = [raw for raw in rig.chain.broadcasts if FakeTx.parse(raw).signer == "wallet"]
+    assert set(sent) == {attempt.raw}, "only the one signed version was ever broadcast"
+    if phase == "broadcast":
+        assert len(sent) >= 2, "the restart re-broadcast the bytes the node already had"
+    assert rig.effects() == ["reserve", "credit", "notify"]
+
+
+async def test_a_foreign_spend_of_a_reserved_coin_fails_the_intent(rig: Rig) -> None:
+    """Mining paused; another key spends our reserved input and that spend is mined: the
+    step fails naming the outpoint and the spender, compensations run, our tx is in no
+    block, and the coin stays reserved by the dead intent (it is spent anyway)."""
+    async with running_worker(rig.app, track=False):
+        await rig.step()
+        h = await rig.app.astart("pay_flow", {"id": "order-1", "sats": 30_000})
+        await rig.drive(lambda: rig.state("order-1") == "broadcast", mine=False, what="the broadcast")
+        sub = rig.sub("order-1")
+        (attempt,) = rig.attempts(sub.id)
+        assert attempt.tx_hash in rig.chain.mempool
+        (outpoint,) = rig.reserved(sub.id)
+        thief = rig.chain.foreign_spend(outpoint)
+        assert attempt.tx_hash not in rig.chain.mempool, "the mined conflict evicted ours"
+        await rig.drive(lambda: rig.app.status(h.id).done, what="the failure")
+    st = rig.app.status(h.id)
+    assert st.status == "failed"
+    assert "chainflow did not sign" in st.error["message"] and outpoint in st.error["message"]
+    sub = rig.sub("order-1")
+    assert sub.state == "failed" and thief in sub.error and outpoint in sub.error
+    assert rig.chain.spender(outpoint) == thief and rig.chain.location(attempt.tx_hash) is None
+    assert _paid(rig, 30_000) == []
+    assert rig.effects() == ["reserve", "unreserve"], "the payment never happened: nothing to refund"
+    assert rig.reserved(sub.id) == [outpoint]
+
+
+async def test_a_stuck_payment_is_replaced_spending_all_the_same_inputs(db_url: str, ledger: CallLog) -> None:
+    """Blocks keep coming but none takes a fee under 1000: the tracker bumps the fee
+    (factor 2: 500 -> 1000); the replacement spends every input of the original, the
+    original leaves the mempool, only the replacement confirms and completes the step."""
+    rig = Rig(db_url, ledger, FakeUtxoChain(min_mining_fee=1000), bump_blocks=2, bump_factor=2.0)
+    try:
+        rig.chain.fund("wallet", 30_000)
+        rig.chain.fund("wallet", 20_000)  # two coins needed: a multi-input intent
+        async with running_worker(rig.app, track=False):
+            await rig.step()
+            h = await rig.app.astart("pay_flow", {"id": "order-1", "sats": 40_000})
+            await rig.drive(lambda: rig.app.status(h.id).done, what="completion")
+        st = rig.app.status(h.id)
+        assert st.status == "completed", st.error
+        sub = rig.sub("order-1")
+        attempts = rig.attempts(sub.id)
+        assert len(attempts) >= 2, "the stuck version was replaced"
+        held = rig.reserved(sub.id)
+        assert len(held) == 2
+        fees = [json.loads(a.fees)["fee"] for a in attempts]
+        assert fees == sorted(fees) and fees[0] == 500 and fees[-1] >= 1000
+        for a in attempts:  # every version spends all the intent's inputs: they all conflict
+            assert sorted(FakeTx.parse(a.raw).inputs) == held
+        mined = [a.tx_hash for a in attempts if rig.chain.location(a.tx_hash) is not None]
+        assert mined == [sub.tx_hash] == [st.output["tx"]] and sub.tx_hash == attempts[-1].tx_hash
+        assert not any(a.tx_hash in rig.chain.mempool for a in attempts)
+        assert _paid(rig, 40_000) == [sub.tx_hash] and st.output["fee"] == fees[-1]
+    finally:
+        rig.close()
+
+
+async def test_a_deep_reorg_after_finality_rolls_back_and_pays_once(rig: Rig) -> None:
+    """Confirmations(2); the run completes; the chain is replaced from below the
+    payment's block and the node forgets the tx (mempool lost).  The step is
+    invalidated, its dependents compensated newest first, the same bytes re-broadcast
+    and re-confirmed on the new chain: one payment, one signed version."""
+    async with running_worker(rig.app, track=False):
+        await rig.step()
+        h = await rig.app.astart("pay_flow", {"id": "order-1", "sats": 30_000})
+        await rig.drive(lambda: rig.app.status(h.id).done, what="the first completion")
+        assert rig.app.status(h.id).status == "completed"
+        sub = rig.sub("order-1")
+        (attempt,) = rig.attempts(sub.id)
+        old_block = sub.block_hash
+        await rig.step()
+        depth = rig.chain.height - int(sub.block_number) + 2
+        orphaned = rig.chain.reorg(depth, drop_txs=True)
+        assert old_block in orphaned and rig.chain.location(attempt.tx_hash) is None
+        stats = await rig.step()
+        assert stats.reorg_depth == depth
+        assert rig.app.status(h.id).status != "completed", "the run is reopened for its rollback"
+        await rig.drive(lambda: rig.app.status(h.id).status == "completed", what="the re-completion")
+    st = rig.app.status(h.id)
+    assert st.status == "completed", st.error
+    assert rig.effects() == ["reserve", "credit", "notify", "unnotify", "debit", "credit", "notify"]
+    (event,) = rig.app.reorgs()
+    assert event.chain == CHAIN and event.depth == depth and event.affected_txs == [attempt.tx_hash]
+    final = rig.sub("order-1")
+    assert (final.id, final.state, final.tx_hash) == (sub.id, "final", attempt.tx_hash)
+    assert final.block_hash != old_block and final.block_hash not in orphaned
+    assert len(rig.attempts(sub.id)) == 1
+    assert _paid(rig, 30_000) == [attempt.tx_hash], "paid once on the canonical chain"
+    assert st.output["block_hash"] == final.block_hash
+
+
+async def test_coins_of_an_intent_that_never_signed_are_released(rig: Rig) -> None:
+    """The worker dies after reserving coins, before signing; the run is then cancelled.
+    Nothing was ever signed, so the intent is provably dead: the tracker releases its
+    coins (no gap to fill on a UTXO chain) and a later payment may spend them."""
+    crashing = CrashingAdapter(rig.chain, "allocated")
+    first, _ = rig.new_app(crashing)
+    stop = asyncio.Event()
+    task = asyncio.create_task(first.worker(track=False, poll_interval=0.02).run(stop))
+    await rig.step()
+    h = await first.astart("pay_flow", {"id": "order-1", "sats": 30_000})
+    await asyncio.wait_for(crashing.reached.wait(), 10)
+    held = rig.reserved(rig.sub("order-1").id)
+    assert held
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await asyncio.wait_for(task, 10)
+    await rig.app.acancel(h.id)
+    async with running_worker(rig.app, track=False):
+        await rig.drive(lambda: rig.app.status(h.id).done, mine=False, what="the cancellation")
+        assert rig.app.status(h.id).status == "cancelled"
+        await rig.drive(lambda: rig.state("order-1") == "failed", mine=False, what="the release")
+        sub = rig.sub("order-1")
+        assert "released" in sub.error and rig.reserved(sub.id) == [] and rig.attempts(sub.id) == []
+        again = await rig.app.astart("pay_flow", {"id": "order-2", "sats": 30_000})
+        await rig.drive(lambda: rig.app.status(again.id).done, what="the next payment")
+    assert rig.app.status(again.id).status == "completed"
+    assert rig.reserved(rig.sub("order-2").id) == held, "the released coin is the one selected again"
+    assert len(_paid(rig, 30_000)) == 1

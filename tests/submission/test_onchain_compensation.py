@@ -1,0 +1,143 @@
+"""On-chain compensations: mint, a dependent step fails for good, the compensation
+burns what was minted through the exactly-once path -- once, although the worker
+running it is SIGKILLed after the burn's signed bytes are committed, after its
+broadcast and after it is final but before the compensation is journaled.
+
+Checked on the chain (one burn transaction per intent, balances back where they
+started) and in the tables (one submission per burn key, the compensation journaled
+ok once), on anvil and on the in-process EVM, with real worker processes."""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+import chainflow as cf
+from chainflow.storage import schema
+from devnet import Anvil, InProcessEVM
+from tests.conftest import require_anvil
+
+from .mint_worker import build
+from .test_submission import Chain, _stop, _wait_done, _worker
+
+_BURN = "0x9dc29fac"  # burn(address,uint256)
+
+
+@pytest.fixture(params=[pytest.param("inprocess"), pytest.param("anvil", marks=pytest.mark.anvil)])
+def net(request: pytest.FixtureRequest) -> Iterator[Any]:
+    """A node mining each transaction at once and a block every second (so the
+    tracker sees confirmations accrue and re-examines what it re-broadcasts)."""
+    if request.param == "anvil":
+        require_anvil()
+        node: Any = Anvil(block_time=1, extra_args=["--mixed-mining"])
+    else:
+        node = InProcessEVM(block_time=1)
+    with node:
+        yield node
+
+
+def _burns(chain: Chain) -> list[Any]:
+    return [tx for tx in chain.sender_txs()
+            if tx["to"] == chain.token.address and "0x" + bytes(tx["input"]).hex()[:8] == _BURN]
+
+
+def _transfers(chain: Chain, **filters: str) -> list[tuple[str, str, int]]:
+    logs = chain.token.events.Transfer().get_logs(from_block=0, argument_filters=filters or None)
+    return sorted((e["args"]["sender"], e["args"]["receiver"], int(e["args"]["value"])) for e in logs)
+
+
+@pytest.mark.slow
+def test_burn_is_submitted_once_through_worker_kills(net: Any, db_url: str) -> None:
+    chain = Chain(net)
+    holders = [a.address for a in net.accounts()[1:3]]
+    client = build(db_url, net.rpc_url, chain.token.address, chain.minter.private_key)
+    supply = chain.token.functions.totalSupply().call()
+    before = {h: chain.token.functions.balanceOf(h).call() for h in holders}
+    amounts = {holders[0]: 700, holders[1]: 900}
+    ids = [client.start("mint-then-fail", {"id": f"pay-{n}", "to": h, "amount": amounts[h]}).id
+           for n, h in enumerate(holders)]
+
+    kills = []
+    for phase in ("burn-signed", "burn-broadcast", "burn-final"):
+        proc = _worker(db_url, chain, crash=f"{phase}:1", name=phase)
+        try:
+            # returns early (False) only if the worker dies: finished runs mean the burn
+            # never reached the crash point
+            assert not _wait_done(client, ids, 90, proc), f"the runs finished without reaching {phase}"
+        finally:
+            _stop(proc)
+        assert proc.returncode == -signal.SIGKILL, f"the worker crashing at {phase} exited with {proc.returncode}"
+        kills.append(phase)
+    proc = _worker(db_url, chain, name="clean")
+    try:
+        assert _wait_done(client, ids, 120, proc), "runs did not finish after the last restart"
+    finally:
+        _stop(proc)
+    assert len(kills) == 3
+
+    for run_id in ids:
+        st = client.status(run_id)
+        assert st.status == "failed"
+        assert "ledger account closed" in st.error["message"] and "compensation_failures" not in st.error
+        assert st.compensations == {"mint": "ok"}
+
+    # on chain: one mint and one burn per intent, balances and supply back where they were
+    burns = _burns(chain)
+    assert len(burns) == 2, f"expected one burn per intent, found {[tx['hash'].hex() for tx in burns]}"
+    zero = "0x" + "00" * 20
+    assert _transfers(chain, receiver=zero) == sorted((h, zero, a) for h, a in amounts.items())
+    assert _transfers(chain, sender=zero) == sorted((zero, h, a) for h, a in amounts.items())
+    assert {h: chain.token.functions.balanceOf(h).call() for h in holders} == before
+    assert chain.token.functions.totalSupply().call() == supply
+    nonces = sorted(int(tx["nonce"]) for tx in chain.sender_txs())
+    assert nonces == list(range(len(nonces))), f"sender nonces are not contiguous: {nonces}"
+
+    with client.engine.connect() as conn:
+        subs = list(conn.execute(sa.select(schema.submissions).order_by(schema.submissions.c.id)))
+        journal = list(conn.execute(sa.select(schema.journal).where(schema.journal.c.superseded == 0)))
+    burn_subs = [s for s in subs if s.idempotency_key.startswith("compensate:")]
+    assert len(burn_subs) == 2 and all(s.state == cf.SubmissionState.FINAL for s in burn_subs)
+    assert {s.run_id for s in burn_subs} == set(ids)
+    assert {s.step for s in burn_subs} == {"compensate:mint\x1fburn"}
+    assert sorted(s.tx_hash.removeprefix("0x") for s in burn_subs) == \
+        sorted(tx["hash"].hex().removeprefix("0x") for tx in burns)
+    for run_id in ids:
+        rows = [(e.branch, e.key, e.kind, e.status) for e in journal if e.run_id == run_id]
+        assert [r for r in rows if r[2] == "compensation"] == [("", "compensate:mint", "compensation", "ok")]
+        assert [r for r in rows if r[0] == "compensate:mint"] == [("compensate:mint", "burn", "submit", "ok")]
+        comp = next(e for e in journal if e.run_id == run_id and e.key == "compensate:mint")
+        burn_sub = next(s for s in burn_subs if s.run_id == run_id)
+        assert burn_sub.tx_hash in comp.output
+
+
+def test_compensation_keys_cannot_collide_with_forward_keys(net: Any, tmp_path: Any) -> None:
+    """A forward submission may not use the prefix derived keys live under, and outside
+    a compensation the key is required: both refused before anything is journaled."""
+    chain = Chain(net)
+    client = build(f"sqlite:///{tmp_path / 'keys.db'}", net.rpc_url, chain.token.address,
+                   chain.minter.private_key)
+    tx = chain.token.functions.mint(chain.minter.address, 1)
+
+    @client.workflow("prefixed")
+    async def prefixed(ctx: cf.Context, _: Any) -> None:
+        await ctx.submit("mint", chain="local", tx=tx, idempotency_key="compensate:abc:burn")
+
+    @client.workflow("keyless")
+    async def keyless(ctx: cf.Context, _: Any) -> None:
+        await ctx.submit("mint", chain="local", tx=tx)
+
+    import asyncio
+
+    from .test_submission import _run_inline
+
+    st = asyncio.run(_run_inline(client, "prefixed", None))
+    assert st.status == "failed" and "starts with 'compensate:'" in st.error["message"]
+    st = asyncio.run(_run_inline(client, "keyless", None))
+    assert st.status == "failed" and "submit 'mint' needs an idempotency_key" in st.error["message"]
+    with client.engine.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(schema.submissions)).scalar() == 0
+    assert chain.sender_txs() == [tx for tx in chain.sender_txs() if tx["to"] is None]  # only the deploy
