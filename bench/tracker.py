@@ -32,8 +32,8 @@ HEADS = 20
 
 def available() -> str | None:
     try:
-        import devnet  # noqa: F401
         import adapters.evm  # noqa: F401
+        import devnet  # noqa: F401
     except Exception as exc:  # noqa: BLE001
         return f"not available: {exc}"
     return None
@@ -58,7 +58,7 @@ def _seed(app: Any, chain: str, sender: str, n: int, head: int) -> None:
 def child(spec: dict[str, Any]) -> dict[str, Any]:
     import chainflow as cf
     from adapters.evm import EvmChain, LocalSigner
-    from chainflow.chain import txstore
+    from chainflow.chain import chainstore
     from chainflow.chain.tracker import Tracker
     from devnet import Anvil, InProcessEVM
     from devnet.anvil import AnvilNotInstalled, anvil_binary
@@ -87,9 +87,9 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
             for i in range(HEADS):
                 # one real tracked tx per head, so the match path (receipt fetch) runs too
                 signed = await chain.sign(request, nonce + i, None)
-                sub_id = await app.adb(txstore.open_gap_fill, "bench", chain.sender(), nonce + i, "{}", time.time())
-                await app.adb(txstore.add_attempt, sub_id, "bench", signed, time.time())
-                await app.adb(txstore.mark_broadcast, sub_id, time.time())
+                sub_id = await app.adb(chainstore.open_gap_fill, "bench", chain.sender(), nonce + i, "{}", time.time())
+                await app.adb(chainstore.add_attempt, sub_id, "bench", signed, time.time())
+                await app.adb(chainstore.mark_broadcast, sub_id, time.time())
                 await chain.broadcast(signed.raw)
                 await asyncio.to_thread(net.mine, 1)
                 calls = chain.rpc.calls

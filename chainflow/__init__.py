@@ -24,9 +24,9 @@ below it, never above, and no two modules import each other in a circle
 """
 
 from .chain.adapter import (
+    Broadcaster,
     BroadcastOutcome,
     BroadcastResult,
-    Broadcaster,
     ChainAdapter,
     ChainReader,
     Coin,

@@ -21,9 +21,9 @@ from rich.console import Console
 
 import chainflow as cf
 import chainflow.cli
-from chainflow.chain import reorg
-from chainflow.client.app import AttemptRecord, JournalEntry, RunStatus
 from chainflow.cli import cli, timeline
+from chainflow.client.app import AttemptRecord, JournalEntry, RunStatus
+from chainflow.storage import store
 from chainflow.testing import WorkflowTester
 
 
@@ -186,7 +186,7 @@ def test_show_says_a_reorg_came_after_the_run_had_failed(db: Db) -> None:
     already ran); status and show say so instead of leaving the flag invisible."""
     app = cf.Chainflow(db.url)
     with app.engine.begin() as conn:  # what the monitor does for a submit step named "create"
-        assert reorg.request_rollback(conn, db.failed_run, "\x1fcreate", "reorg at block 12", 0.0)
+        assert store.request_rollback(conn, db.failed_run, "\x1fcreate", "reorg at block 12", 0.0)
     st = app.status(db.failed_run)
     app.engine.dispose()
     assert st.status == "failed" and st.rollback is not None and st.rollback["reason"] == "reorg at block 12"

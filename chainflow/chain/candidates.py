@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from .. import metrics
 from ..clock import Clock
 from ..storage.database import Database
-from . import txstore
+from . import chainstore
 from .adapter import BroadcastOutcome, BroadcastResult, ChainAdapter
 from .scope import RunScope
 
@@ -25,7 +25,7 @@ log = logging.getLogger("chainflow.submission")
 async def broadcast_latest(db: Database, clock: Clock, ctx: RunScope | None, adapter: ChainAdapter,
                            sub: sa.Row[Any]) -> BroadcastResult | None:
     """(Re-)broadcast the newest signed bytes of a submission; never signs anything new."""
-    attempts = await db.atx(txstore.attempts_of, sub.id)
+    attempts = await db.atx(chainstore.attempts_of, sub.id)
     if not attempts:
         return None
     if ctx is not None:
@@ -36,7 +36,7 @@ async def broadcast_latest(db: Database, clock: Clock, ctx: RunScope | None, ada
         log.warning("node rejected %s for submission %s: %s", attempts[-1].tx_hash, sub.id, result.detail)
     # NONCE_TOO_LOW / SPENT may mean one of our own candidates is mined: the tracker decides.
     now = clock.time()
-    op = lambda conn: txstore.mark_broadcast(conn, sub.id, now)  # noqa: E731
+    op = lambda conn: chainstore.mark_broadcast(conn, sub.id, now)  # noqa: E731
     if ctx is not None:
         await ctx.commit(op)
     else:

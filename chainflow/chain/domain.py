@@ -32,7 +32,7 @@ from ..errors import ConfigurationError
 from ..states import SubmissionState
 from ..storage import codec
 from ..storage.database import Database
-from . import txstore
+from . import chainstore
 from .adapter import ChainAdapter, CoinSource, NonceSource
 from .candidates import broadcast_latest
 
@@ -95,10 +95,10 @@ class AccountDomain:
 
     async def allocate(self, commit: Commit, sub_id: int, sender: str, request: dict[str, Any], now: float) -> None:
         text = codec.dumps(request)
-        (nonce,) = await commit(lambda conn: txstore.allocate_nonce(conn, sub_id, None, text, now))
+        (nonce,) = await commit(lambda conn: chainstore.allocate_nonce(conn, sub_id, None, text, now))
         if nonce is None:  # first submission from this sender on this chain: seed from the chain
             seed = await self.adapter.pending_nonce(sender)
-            await commit(lambda conn: txstore.allocate_nonce(conn, sub_id, seed, text, now))
+            await commit(lambda conn: chainstore.allocate_nonce(conn, sub_id, seed, text, now))
 
     async def bound(self, sub: sa.Row[Any]) -> int:
         return int(sub.nonce)
@@ -135,21 +135,21 @@ class CoinDomain:
         text, chain = codec.dumps(request), self.adapter.name
         for _ in range(RESERVE_TRIES):
             coins = await self.adapter.coins(sender)
-            (taken,) = await commit(lambda conn: txstore.reserved_outpoints(conn, chain))
+            (taken,) = await commit(lambda conn: chainstore.reserved_outpoints(conn, chain))
             chosen = self.adapter.select(request, [c for c in coins if c.outpoint not in taken])
-            (ok,) = await commit(lambda conn: txstore.reserve(conn, sub_id, chain, chosen, text, now))
+            (ok,) = await commit(lambda conn: chainstore.reserve(conn, sub_id, chain, chosen, text, now))
             if ok:
                 return
         raise RuntimeError(f"coins for submission {sub_id} on {chain!r} were taken by other intents "
                            f"{RESERVE_TRIES} times in a row")
 
     async def bound(self, sub: sa.Row[Any]) -> list[str]:
-        return await self.db.aread(txstore.reservation_of, int(sub.id))
+        return await self.db.aread(chainstore.reservation_of, int(sub.id))
 
     async def used(self, subs: list[sa.Row[Any]], rpc: Rpc) -> dict[int, str]:
         out = {}
         for sub in subs:
-            for outpoint in await self.db.aread(txstore.reservation_of, int(sub.id)):
+            for outpoint in await self.db.aread(chainstore.reservation_of, int(sub.id)):
                 spender = await rpc(self.adapter.spender(outpoint))
                 if spender is not None:
                     out[int(sub.id)] = f"reserved input {outpoint} was spent by {spender}"
@@ -157,12 +157,12 @@ class CoinDomain:
         return out
 
     async def abandon(self, sub: sa.Row[Any], guard: Guard) -> str | None:
-        await self.db.atx(txstore.release, int(sub.id))
+        await self.db.atx(chainstore.release, int(sub.id))
         return "run ended before signing; its reserved coins were released"
 
     async def release_unsigned(self, sub: sa.Row[Any], guard: Guard) -> None:
         """Signing failed for good before any version existed: the coins are free again."""
-        await self.db.atx(txstore.release, int(sub.id))
+        await self.db.atx(chainstore.release, int(sub.id))
 
 
 async def fill_gap(db: Database, clock: Clock, adapter: _Account, nonce: int, guard: Guard) -> None:
@@ -174,11 +174,11 @@ async def fill_gap(db: Database, clock: Clock, adapter: _Account, nonce: int, gu
     sender = adapter.sender()
     request = await adapter.estimate(adapter.gap_filler(sender))
     now = clock.time()
-    gap_id = await db.atx(txstore.open_gap_fill, adapter.name, sender, nonce, codec.dumps(request), now)
-    sub = await db.atx(txstore.get, gap_id)
+    gap_id = await db.atx(chainstore.open_gap_fill, adapter.name, sender, nonce, codec.dumps(request), now)
+    sub = await db.atx(chainstore.get, gap_id)
     if sub.state == SubmissionState.ALLOCATED:
         signed = await adapter.sign(request, nonce, None)
-        await db.atx(txstore.add_attempt, gap_id, adapter.name, signed, clock.time())
-        sub = await db.atx(txstore.get, gap_id)
+        await db.atx(chainstore.add_attempt, gap_id, adapter.name, signed, clock.time())
+        sub = await db.atx(chainstore.get, gap_id)
     await guard()
     await broadcast_latest(db, clock, None, adapter, sub)

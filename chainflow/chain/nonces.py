@@ -16,7 +16,7 @@ from ..states import SubmissionState
 from ..storage.database import Database
 from ..storage.schema import nonces, submissions
 from .adapter import ChainAdapter, NonceSource
-from .txstore import orphaned_allocations
+from .chainstore import orphaned_allocations
 
 
 @dataclass

@@ -43,7 +43,7 @@ from ..retry import Retry
 from ..states import EntryState, SubmissionState
 from ..storage import codec, limits, store
 from ..storage.database import Database
-from . import finality, txstore
+from . import chainstore, finality
 from .adapter import ChainAdapter, EndpointError, Receipt, TxRejected
 from .candidates import broadcast_latest  # a module global: the crash tests wrap it here
 from .domain import ConflictDomain, domain_for
@@ -80,7 +80,7 @@ class _Unsettled(Exception):
 
 
 def _lock_final(conn: sa.Connection, sub_id: int) -> None:
-    if not txstore.lock_final(conn, sub_id):
+    if not chainstore.lock_final(conn, sub_id):
         raise _Unsettled(sub_id)
 
 
@@ -213,9 +213,9 @@ class Submitter:
         def open_intent(conn: sa.Connection) -> sa.Row[Any]:
             # only a new intent is held to today's window: one already recorded may hold
             # a nonce or be on the wire, and the tracker keeps the headers it still needs
-            if txstore.by_key(conn, adapter.name, sender, key) is None:
+            if chainstore.by_key(conn, adapter.name, sender, key) is None:
                 finality.require_window(policy, window, f"submit {label!r}")
-            return txstore.intent(conn, chain=adapter.name, sender=sender, key=key, run_id=run_id, step=step,
+            return chainstore.intent(conn, chain=adapter.name, sender=sender, key=key, run_id=run_id, step=step,
                                   request=request_text, finality=json.dumps(policy.to_dict()), now=now)
 
         (sub,) = await ctx.commit(open_intent)
@@ -246,22 +246,22 @@ class Submitter:
         except TxRejected as exc:
             # the domain is the intent's forever but no version can ever use it: free it
             await domain.release_unsigned(sub, ctx.hold_lease)
-            await ctx.commit(lambda conn: txstore.mark_failed(conn, sub.id, exc.reason, ctx.clock.time()))
+            await ctx.commit(lambda conn: chainstore.mark_failed(conn, sub.id, exc.reason, ctx.clock.time()))
             raise SubmissionFailedError(label, f"signing failed permanently: {exc.reason}") from None
         now = ctx.clock.time()
-        await ctx.commit(lambda conn: txstore.add_attempt(conn, sub.id, adapter.name, signed, now))
+        await ctx.commit(lambda conn: chainstore.add_attempt(conn, sub.id, adapter.name, signed, now))
 
     async def _read(self, ctx: RunScope, sub_id: int) -> sa.Row[Any]:
-        (row,) = await ctx.commit(lambda conn: txstore.get(conn, sub_id))
+        (row,) = await ctx.commit(lambda conn: chainstore.get(conn, sub_id))
         return row  # type: ignore[no-any-return]
 
     async def _await_final(self, ctx: RunScope, sub_id: int, label: str) -> Receipt:
         """Park (no worker slot) until the tracker settles the submission."""
-        run_id, event = ctx.run_id, txstore.event_name(sub_id)
+        run_id, event = ctx.run_id, chainstore.event_name(sub_id)
         while True:
             def check(conn: sa.Connection) -> sa.Row[Any]:
                 store.consume_signals(conn, run_id, event)
-                return txstore.get(conn, sub_id)
+                return chainstore.get(conn, sub_id)
 
             (sub,) = await ctx.commit(check)
             if sub.state == SubmissionState.FINAL:

@@ -29,7 +29,7 @@ from ..lease import valid_for
 from ..lograte import FailureLog
 from ..storage import codec
 from ..storage.database import Database
-from . import finality, headers, reorg, txstore
+from . import chainstore, finality
 from .adapter import BroadcastOutcome, ChainAdapter, Header, Receipt
 from .candidates import broadcast_latest
 from .domain import domain_for
@@ -102,7 +102,7 @@ class Tracker:
         without the database, on the monotonic clock from when the renewal was sent."""
         ttl = max(5.0, self.config.poll_interval * 10)
         sent = time.monotonic()
-        if await self.db.atx(headers.lead, f"tracker:{self.chain}", self.owner, self.clock.time(), ttl):
+        if await self.db.atx(chainstore.lead, f"tracker:{self.chain}", self.owner, self.clock.time(), ttl):
             self._lead_until = sent + valid_for(ttl)
             return True
         self._lead_until = -math.inf
@@ -123,7 +123,7 @@ class Tracker:
         that depend only on the new blocks and on our own matches in them."""
         self._stats = stats = HeadStats()
         head = await self._rpc(self.adapter.head())
-        tip = self._tip or await self.db.aread(headers.tip, self.chain)
+        tip = self._tip or await self.db.aread(chainstore.header_tip, self.chain)
         if tip is None:
             tip = await self._base(max(0, head.number - self.config.start_depth))
         new = await self._new_headers(head, tip)
@@ -132,13 +132,13 @@ class Tracker:
             await self._reorg(fork, head)
             # a reorg reaching below every stored header orphans them all: the window
             # starts again from the node's header at the fork
-            tip = await self.db.aread(headers.tip, self.chain)
+            tip = await self.db.aread(chainstore.header_tip, self.chain)
             if tip is None:
                 tip = await self._base(fork)
             new = await self._new_headers(head, tip) or []
         block_hashes = {h.hash: await self._rpc(self.adapter.block_tx_hashes(h.hash)) for h in new}
         wanted = [tx for hashes in block_hashes.values() for tx in hashes]
-        view = await self.db.aread(txstore.head_view, self.chain, wanted, head.number - self.config.rebroadcast_blocks,
+        view = await self.db.aread(chainstore.head_view, self.chain, wanted, head.number - self.config.rebroadcast_blocks,
                                     self.config.stuck_batch)
         receipts: list[tuple[int, Receipt]] = []
         for sub_id, tx_hash, policy in view.matches:
@@ -147,7 +147,7 @@ class Tracker:
                 receipts.append((sub_id, receipt))
                 view.included.append((sub_id, policy, receipt.block_number))
         ready = await self._ready(view.included, head.number)
-        await self.db.atx(txstore.commit_head, self.chain, new, receipts, ready, head.number,
+        await self.db.atx(chainstore.commit_head, self.chain, new, receipts, ready, head.number,
                           keep_from(head.number, self.config.window, view.included), self.clock.time())
         self._tip = new[-1] if new else tip
         stats.new_blocks, stats.matched, stats.settled = len(new), len(receipts), len(ready)
@@ -164,7 +164,7 @@ class Tracker:
     async def _base(self, number: int) -> Header:
         """Store the node's header at ``number`` as the bottom of an empty window."""
         base = await self._rpc(self.adapter.header_at(number))
-        await self.db.atx(txstore.commit_head, self.chain, [base], [], [], number, None, self.clock.time())
+        await self.db.atx(chainstore.commit_head, self.chain, [base], [], [], number, None, self.clock.time())
         return base
 
     async def _new_headers(self, head: Header, tip: Header) -> list[Header] | None:
@@ -197,10 +197,10 @@ class Tracker:
     async def _find_fork(self, head: Header, tip: Header) -> int:
         """Height of the last block our stored window shares with the node's chain."""
         self._tip = None
-        low = await self.db.aread(headers.lowest, self.chain) or 0
+        low = await self.db.aread(chainstore.lowest_header, self.chain) or 0
         number = min(tip.number, head.number)
         while number >= low:
-            stored = await self.db.aread(headers.at, self.chain, number)
+            stored = await self.db.aread(chainstore.header_at, self.chain, number)
             canonical = head if number == head.number else await self._rpc(self.adapter.header_at(number))
             if stored is None or canonical is None or stored.hash == canonical.hash:
                 return number
@@ -214,7 +214,7 @@ class Tracker:
             h = head if number == head.number else await self._rpc(self.adapter.header_at(number))
             if h is not None:
                 new_hashes.append(h.hash)
-        depth = await self.db.atx(reorg.record, self.chain, fork, new_hashes, now)
+        depth = await self.db.atx(chainstore.record_reorg, self.chain, fork, new_hashes, now)
         self._stats.reorg_depth = depth
         log.warning("reorg on %s: %d block(s) orphaned above %d", self.chain, depth, fork)
 
@@ -226,7 +226,7 @@ class Tracker:
             if sub.id in used:
                 await self._resolve_spent(sub, used[sub.id])
                 continue
-            attempts = await self.db.aread(txstore.attempts_of, sub.id)
+            attempts = await self.db.aread(chainstore.attempts_of, sub.id)
             pending = await self._rpc(self.adapter.in_mempool(attempts[-1].tx_hash))
             if not pending:
                 await self._as_leader()
@@ -242,7 +242,7 @@ class Tracker:
                 await self._bump(sub, attempts[-1])
             else:
                 continue
-            await self.db.atx(txstore.touch, sub.id, head)
+            await self.db.atx(chainstore.touch, sub.id, head)
 
     async def _abandon(self, orphaned: list[Any]) -> None:
         """Free the conflict domains of intents whose runs ended between allocation and
@@ -250,19 +250,19 @@ class Tracker:
         for sub in orphaned:
             reason = await self.domain.abandon(sub, self._as_leader)
             if reason is not None:
-                await self.db.atx(txstore.mark_abandoned, sub.id, reason, self.clock.time())
+                await self.db.atx(chainstore.mark_abandoned, sub.id, reason, self.clock.time())
 
     async def _resolve_spent(self, sub: Any, what: str) -> None:
         """The intent's conflict domain is used on chain: by one of our candidates (a
         missed match) or by a foreign transaction, which fails the intent."""
-        for tx_hash in await self.db.aread(txstore.candidate_hashes, sub.id):
+        for tx_hash in await self.db.aread(chainstore.candidate_hashes, sub.id):
             receipt = await self._rpc(self.adapter.receipt(tx_hash))
             if receipt is not None:
-                canonical = await self.db.atx(headers.is_canonical, self.chain, receipt.block_hash)
+                canonical = await self.db.atx(chainstore.is_canonical, self.chain, receipt.block_hash)
                 if canonical:
-                    await self.db.atx(txstore.store_receipts, [(sub.id, receipt)], self.clock.time())
+                    await self.db.atx(chainstore.store_receipts, [(sub.id, receipt)], self.clock.time())
                 return  # mined in a block we have not stored yet: the next heads will tell
-        await self.db.atx(txstore.fail_foreign, sub.id, f"{what} by a transaction chainflow did not sign",
+        await self.db.atx(chainstore.fail_foreign, sub.id, f"{what} by a transaction chainflow did not sign",
                           self.clock.time())
 
     async def _bump(self, sub: Any, last: Any) -> None:
@@ -274,7 +274,7 @@ class Tracker:
         market = (await self._rpc(self.adapter.sign(request, bound, None))).fees
         fees = {k: max(v, market.get(k, 0)) for k, v in bumped.items()}
         signed = await self._rpc(self.adapter.sign(request, bound, fees))
-        await self.db.atx(txstore.add_attempt, sub.id, self.chain, signed, self.clock.time())
+        await self.db.atx(chainstore.add_attempt, sub.id, self.chain, signed, self.clock.time())
         await self._as_leader()
         await broadcast_latest(self.db, self.clock, None, self.adapter, sub)
         self._stats.rpc_calls += 1
@@ -288,5 +288,5 @@ def keep_from(head: int, window: int, included: list[tuple[int, str, int]]) -> i
     or ``Safe`` tag lagging more than the window, or a count journaled under a deeper
     window).  Without its header a reorg of that block is invisible, and the submission
     would go on to complete on a block no longer in the chain.  ``included`` is what
-    ``txstore.head_view`` already read for this head: no query of its own."""
+    ``chainstore.head_view`` already read for this head: no query of its own."""
     return min([head - window, *(number for _, _, number in included)])

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import sqlalchemy as sa
 
-from ..chain import reorg
+from ..chain import chainstore
 from ..chain.adapter import ChainAdapter
 from ..chain.tracker_config import TrackerConfig
 from ..clock import Clock, SystemClock, seconds, to_seconds
@@ -402,7 +402,7 @@ class Chainflow:
 
     def reorgs(self, chain: str | None = None, limit: int = 100) -> list[ReorgEvent]:
         """Reorg events the trackers recorded, newest first."""
-        rows = self.database.read(reorg.recorded, chain, limit)
+        rows = self.database.read(chainstore.reorg_events, chain, limit)
         return [ReorgEvent(r.id, r.chain, r.depth, r.fork_number, json.loads(r.old_hashes),
                            json.loads(r.new_hashes), json.loads(r.affected), r.detected_at) for r in rows]
 

@@ -246,7 +246,7 @@ class Execution:
             if isinstance(done, Outcome):
                 return done
             run_id, now, reason = self.claim.run_id, self.worker.clock.time(), request["reason"]
-            await ctx.commit(lambda conn: reorg.supersede(conn, run_id, doomed, reason, now))
+            await ctx.commit(lambda conn: store.supersede(conn, run_id, doomed, reason, now))
         except LeaseLostError:
             return _ABANDONED
         return Outcome(Unfinished.ROLLED_BACK, request["reason"])

@@ -4,7 +4,7 @@ Every layer that reads or writes tables (the client, the worker's claims and
 heartbeats, the submission protocol, the tracker, the CLI) hands a function of a
 connection to ``tx`` or ``read`` here, and the schema check, the lock-wait error and
 the thread hand-off live in one place instead of one copy per layer.  The SQL itself
-stays in the stores (``store``, ``chain.txstore``, ``chain.headers``); this object
+stays in the stores (``store`` for runs, ``chain.chainstore`` for the chain); this object
 only decides how a transaction is opened.
 """
 

@@ -10,7 +10,7 @@ ascending id order, with one statement whose ORDER BY id sits under the lock (``
 SHARE`` / ``FOR NO KEY UPDATE``: rows are locked as the sort hands them out), before
 any UPDATE of several rows (an UPDATE locks in whatever order its plan visits them).
 So does the fence read, the group commit's one statement (``entrywriter``), the
-heartbeat, the hand-back of held runs and the reorg (``reorg.record``); the claim
+heartbeat, the hand-back of held runs and the reorg (``chainstore.record_reorg``); the claim
 locks with SKIP LOCKED and never waits; suspend, signal and cancel lock one run.  Runs
 are locked before submissions (a step locks its run's fence, then its submission).
 Two transactions taking locks in one order can wait for each other but never in a
@@ -30,6 +30,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from ..states import TERMINAL, EntryState, RunState
+from . import limits
 from .schema import attempts, journal, runs, signals, workers
 
 
@@ -586,4 +587,67 @@ def consume_signals(conn: sa.Connection, run_id: str, name: str) -> None:
         signals.update()
         .where(signals.c.run_id == run_id, signals.c.name == name, signals.c.consumed.is_(sa.false()))
         .values(consumed=True)
+    )
+
+
+# --- reorg rollbacks ------------------------------------------------------------------
+
+
+def request_rollback(conn: sa.Connection, run_id: str, step: str, reason: str, now: float) -> bool:
+    """Flag the run if the submit step journaled success on the now-broken assumption."""
+    branch, _, key = step.partition("\x1f")
+    entry = conn.execute(
+        sa.select(journal.c.id).where(
+            journal.c.run_id == run_id, journal.c.branch == branch, journal.c.key == key,
+            journal.c.superseded == 0, journal.c.status == EntryState.OK,
+        )
+    ).first()
+    if entry is None:
+        return False  # not journaled yet: the step sees the submission pending and waits again
+    if limits.in_compensation(branch):
+        # an undo has no dependents to undo in turn: the submission is back to
+        # broadcast, and the tracker re-broadcasts its signed bytes until it is final
+        return False
+    current = conn.execute(sa.select(runs.c.rollback).where(runs.c.id == run_id)).scalar()
+    if current is not None and json.loads(current)["entry_id"] <= entry.id:
+        return True  # an earlier entry is already being rolled back; it covers this one
+    conn.execute(
+        runs.update().where(runs.c.id == run_id).values(
+            rollback=json.dumps({"entry_id": int(entry.id), "reason": reason}), updated_at=now,
+        )
+    )
+    # a completed run is reopened; a failed or cancelled one already compensated everything
+    conn.execute(
+        runs.update()
+        .where(runs.c.id == run_id, runs.c.status == RunState.COMPLETED)
+        .values(status=RunState.PENDING, ready_at=now)
+    )
+    wake(conn, run_id, now)
+    return True
+
+
+def supersede(conn: sa.Connection, run_id: str, doomed: list[Entry], reason: str, now: float) -> None:
+    """Mark rolled-back entries (and their compensations, with everything a compensation
+    journaled in its branch, and their attempts) invalidated and reopen the run at the
+    invalidated step.  A compensation of an entry that runs again after the resume is
+    then a new one, with fresh steps; its submissions' keys are derived from the same
+    intent, so an undo already on the chain is found, not sent twice."""
+    for e in doomed:
+        keys = [e.key, f"{limits.COMPENSATION_PREFIX}{e.key}"]
+        inside = limits.compensation_branch(e.branch, e.key)
+        for table, values in ((journal, dict(superseded=journal.c.id, reason=reason)),
+                              (attempts, dict(superseded=attempts.c.id))):
+            conn.execute(
+                table.update()
+                .where(table.c.run_id == run_id, table.c.superseded == 0,
+                       sa.or_(sa.and_(table.c.branch == e.branch, table.c.key.in_(keys)),
+                              table.c.branch == inside,
+                              table.c.branch.startswith(inside + limits.BRANCH_SEP, autoescape=True)))
+                .values(**values)
+            )
+    conn.execute(
+        runs.update().where(runs.c.id == run_id).values(
+            rollback=None, status=RunState.PENDING, output=None, error=None, ready_at=now, updated_at=now,
+            lease_owner=None, lease_expires=None,
+        )
     )

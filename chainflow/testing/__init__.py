@@ -25,7 +25,6 @@ from ..client.app import Chainflow, RunStatus
 from ..clock import FakeClock
 from ..states import TERMINAL, EntryState, RunState
 from ..storage.schema import runs
-from ..storage.store import TERMINAL
 from .utxo import FakeTx, FakeUtxoAdapter, FakeUtxoChain, pay
 
 __all__ = ["CallLog", "FakeTx", "FakeUtxoAdapter", "FakeUtxoChain", "StepResult", "TestRun", "WorkflowTester",

@@ -12,19 +12,18 @@ from web3 import EthereumTesterProvider
 from web3.contract import Contract
 
 from adapters.evm import ChainIdMismatch, EvmChain, EvmReceipt, LocalSigner, TxReverted
-from chainflow.storage import codec
 from chainflow.chain.adapter import (
-    CoinSource,
-    NonceSource,
     BroadcastOutcome,
     ChainAdapter,
+    CoinSource,
+    NonceSource,
     Receipt,
     SignedTx,
     TxRejected,
 )
 from chainflow.errors import ConfigurationError
+from chainflow.storage import codec
 from devnet import Anvil, load_token_artifact
-
 from tests.conftest import require_anvil
 
 from .conftest import TOKEN_CAP

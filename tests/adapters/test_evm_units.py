@@ -16,8 +16,8 @@ from adapters.evm.abi import AbiRegistry
 from adapters.evm.classify import classify
 from adapters.evm.fees import bump
 from adapters.evm.revert import decode_revert, revert_data
-from chainflow.storage import codec
 from chainflow.chain.adapter import BroadcastOutcome
+from chainflow.storage import codec
 from devnet import load_token_artifact
 
 K = BroadcastOutcome

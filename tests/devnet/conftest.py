@@ -10,11 +10,11 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-
-from tests.conftest import require_anvil
 from web3 import Web3
 
 from devnet.base import Devnet
+from tests.conftest import require_anvil
+
 
 @pytest.fixture
 def anvil_installed() -> None:

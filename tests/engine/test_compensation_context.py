@@ -183,7 +183,7 @@ def test_rollback_supersedes_a_compensations_branch_with_the_entry_it_undoes(mak
     doomed = reorg.dependents(entries, target)
     assert [(e.branch, e.key) for e in doomed] == [("", "credit"), ("", "compensate:credit"), ("", "other")]
     with app.engine.begin() as conn:
-        reorg.supersede(conn, "r", doomed, "reorg #1", 1.0)
+        store.supersede(conn, "r", doomed, "reorg #1", 1.0)
         live = [(r.branch, r.key) for r in conn.execute(
             sa.select(schema.journal).where(schema.journal.c.superseded == 0).order_by(schema.journal.c.id))]
         tries = [r.branch for r in conn.execute(sa.select(schema.attempts).where(schema.attempts.c.superseded == 0))]

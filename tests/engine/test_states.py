@@ -14,7 +14,7 @@ import pytest
 import sqlalchemy as sa
 
 import chainflow as cf
-from chainflow.chain import txstore
+from chainflow.chain import chainstore
 from chainflow.chain.adapter import SignedTx
 from chainflow.storage.schema import journal, runs, submissions
 from chainflow.testing import WorkflowTester
@@ -102,16 +102,16 @@ def test_submission_states_are_stored_as_their_text(make_app: Any) -> None:
             written.append(text)
             return str(text)
 
-        sub_id = int(txstore.intent(conn, chain="c", sender="s", key="k", run_id="r", step="x", request="{}",
+        sub_id = int(chainstore.intent(conn, chain="c", sender="s", key="k", run_id="r", step="x", request="{}",
                                     finality="{}", now=1.0).id)
         assert state() == cf.SubmissionState.INTENT
-        assert txstore.allocate_nonce(conn, sub_id, 7, "{}", 2.0) == 7
+        assert chainstore.allocate_nonce(conn, sub_id, 7, "{}", 2.0) == 7
         assert state() == cf.SubmissionState.ALLOCATED
-        txstore.add_attempt(conn, sub_id, "c", SignedTx(raw=b"\x01", tx_hash="0x01", fees={}), 3.0)
+        chainstore.add_attempt(conn, sub_id, "c", SignedTx(raw=b"\x01", tx_hash="0x01", fees={}), 3.0)
         assert state() == cf.SubmissionState.SIGNED
-        txstore.mark_broadcast(conn, sub_id, 4.0)
+        chainstore.mark_broadcast(conn, sub_id, 4.0)
         assert state() == cf.SubmissionState.BROADCAST
-        txstore.mark_failed(conn, sub_id, "refused", 5.0)
+        chainstore.mark_failed(conn, sub_id, "refused", 5.0)
         assert state() == cf.SubmissionState.FAILED
     assert [type(t) for t in written] == [str] * 5  # plain text back from the driver, not members
     assert [cf.SubmissionState(t).value for t in written] == ["intent", "allocated", "signed", "broadcast", "failed"]

@@ -24,8 +24,8 @@ import pytest
 from click.testing import CliRunner
 
 import chainflow as cf
-from chainflow.storage import codec, limits
 from chainflow.cli import cli
+from chainflow.storage import codec, limits
 from chainflow.testing import CallLog
 
 pytestmark = pytest.mark.timeout(60)  # the defects hang (NaN spins): fail, do not wait

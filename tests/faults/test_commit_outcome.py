@@ -12,9 +12,9 @@ import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
 import chainflow as cf
-from chainflow.storage import store
-from chainflow.runtime.committer import Committer
 from chainflow.errors import LeaseLostError
+from chainflow.runtime.committer import Committer
+from chainflow.storage import store
 from chainflow.storage.schema import journal
 
 from .pg_wire import ReplyDropper

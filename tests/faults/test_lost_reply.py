@@ -12,7 +12,6 @@ import asyncio
 import hashlib
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 import sqlalchemy as sa

@@ -23,9 +23,9 @@ from rich.console import Console
 
 import chainflow as cf
 import chainflow.cli
+from chainflow.cli import cli
 from chainflow.runtime import executor
 from chainflow.storage import store
-from chainflow.cli import cli
 from chainflow.storage.schema import runs
 from chainflow.testing import CallLog
 

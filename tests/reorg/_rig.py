@@ -21,9 +21,9 @@ from web3 import Web3
 
 import chainflow as cf
 from adapters.evm import EvmChain, LocalSigner
-from chainflow.storage.schema import submissions, tx_attempts
 from chainflow.chain.tracker import HeadStats, Tracker
 from chainflow.states import TERMINAL
+from chainflow.storage.schema import submissions, tx_attempts
 from devnet import deploy_token, token_contract
 
 from ..conftest import CallLog

@@ -22,7 +22,7 @@ import pytest
 import sqlalchemy as sa
 
 import chainflow as cf
-from chainflow.chain import headers, txstore
+from chainflow.chain import chainstore
 from chainflow.storage.schema import submissions
 from devnet import reorg
 
@@ -74,7 +74,7 @@ async def test_a_recorded_intent_is_not_refused_when_the_window_shrank(rig: Rig)
     register_mint_flow(rig, deep)
     h = await rig.app.astart("mint_flow", {"id": "order-1"})
     with rig.app.engine.begin() as conn:  # as the submitting process left it before any worker ran
-        txstore.intent(conn, chain=CHAIN, sender=rig.adapter.sender(), key="order-1", run_id=h.id,
+        chainstore.intent(conn, chain=CHAIN, sender=rig.adapter.sender(), key="order-1", run_id=h.id,
                        step="\x1fmint", request="{}", finality=json.dumps(deep.to_dict()), now=0.0)
     async with rig.worker():
         await rig.step()
@@ -126,7 +126,7 @@ async def test_a_tag_lagging_past_the_window_still_sees_a_deep_reorg_of_its_bloc
 
     await rig.step()  # nothing waits any more: the window alone decides what is kept
     with rig.app.engine.begin() as conn:
-        assert headers.lowest(conn, CHAIN) == rig.head() - WINDOW
+        assert chainstore.lowest_header(conn, CHAIN) == rig.head() - WINDOW
 
 
 async def test_a_reorg_below_every_stored_header_restarts_the_window(rig: Rig) -> None:
@@ -142,7 +142,7 @@ async def test_a_reorg_below_every_stored_header_restarts_the_window(rig: Rig) -
     assert event.old_hashes == result.old_hashes[-(WINDOW + 1):]
     head = rig.w3.eth.get_block("latest")
     with rig.app.engine.begin() as conn:
-        tip = headers.tip(conn, CHAIN)
+        tip = chainstore.header_tip(conn, CHAIN)
         assert tip is not None and (tip.number, tip.hash) == (head["number"], head["hash"].to_0x_hex())
     await rig.mine(1)
     stats = await rig.step()

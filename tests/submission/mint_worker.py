@@ -76,7 +76,7 @@ def _install_crash(spec: str) -> None:
             os.kill(os.getpid(), signal.SIGKILL)
 
     from adapters.evm import chain as evm_chain
-    from chainflow.chain import submission, txstore
+    from chainflow.chain import chainstore, submission
     from chainflow.storage import limits
 
     if phase.startswith("burn-"):  # only a compensation's submission, whose key is derived
@@ -107,7 +107,7 @@ def _install_crash(spec: str) -> None:
             elif phase == "signed":  # signed bytes committed, nothing sent
                 maybe_die()
             else:  # the node has the tx, our record of the broadcast does not
-                attempts = await db.atx(txstore.attempts_of, sub.id)
+                attempts = await db.atx(chainstore.attempts_of, sub.id)
                 if attempts:
                     await adapter.broadcast(attempts[-1].raw)
                     maybe_die()
@@ -119,7 +119,7 @@ def _install_crash(spec: str) -> None:
 
         def die_before_journal(conn: Any, sub_id: int) -> None:
             lock(conn, sub_id)
-            if is_burn(txstore.get(conn, sub_id)):
+            if is_burn(chainstore.get(conn, sub_id)):
                 maybe_die()
 
         submission._lock_final = die_before_journal  # type: ignore[assignment]

@@ -25,9 +25,9 @@ from web3 import Web3
 
 import chainflow as cf
 from adapters.evm import EvmChain, LocalSigner
-from chainflow.storage import schema
 from chainflow.chain.adapter import TxRejected
 from chainflow.states import TERMINAL
+from chainflow.storage import schema
 from devnet import Anvil, deploy_token, token_contract
 from tests.conftest import require_anvil
 

@@ -1,4 +1,7 @@
-"""SQL for on-chain submissions: intents, their conflict domains, signed candidates.
+"""The chain layer's store: every SQL statement about on-chain submissions (intents,
+their conflict domains, signed candidates, nonces and coin reservations), the tracked
+headers and the tracker's leadership, and recorded reorgs.  The runs store
+(``storage.store``) holds the rest; nothing else in the chain layer speaks SQL.
 
 An intent's conflict domain is bound to it in the same transaction that moves it to
 ``allocated``, so a key has exactly one domain forever and no domain is given to two
@@ -16,11 +19,12 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
+from .. import metrics
 from ..states import TERMINAL, SubmissionState
 from ..storage import codec, store
-from ..storage.schema import nonces, reservations, runs, submissions, tx_attempts
-from . import headers
+from ..storage.schema import headers, leaders, nonces, reorgs, reservations, runs, submissions, tx_attempts
 from .adapter import Coin, Header, Receipt, SignedTx
+from .reorg import REORG_SIGNAL, SETTLED
 
 
 def intent(
@@ -296,14 +300,14 @@ def commit_head(conn: sa.Connection, chain: str, new: list[Header], receipts: li
                  ready: list[int], head: int, keep: int | None, now: float) -> None:
     """Everything one head changes, in one write transaction."""
     for h in new:
-        headers.add(conn, chain, h)
+        add_header(conn, chain, h)
     store_receipts(conn, receipts, now)
     if ready:
         _finalise(conn, ready, now)
     # broadcast but not yet seen by the tracker: start its re-broadcast clock now
     conn.execute(_START_REBROADCAST_CLOCK, {"b_chain": chain, "head": head})
     if keep is not None:
-        headers.prune(conn, chain, keep)
+        prune_headers(conn, chain, keep)
 
 
 def store_receipts(conn: sa.Connection, receipts: list[tuple[int, Receipt]], now: float) -> None:
@@ -343,3 +347,153 @@ def fail_foreign(conn: sa.Connection, sub_id: int, error: str, now: float) -> No
     row = conn.execute(sa.select(submissions.c.run_id).where(submissions.c.id == sub_id)).first()
     if row and row.run_id:
         store.insert_signal(conn, row.run_id, event_name(sub_id), "null", now)
+
+
+# --- tracked headers and the tracker's leadership ---------------------------------
+# TrackerConfig.window headers below the head, and down to the block of any submission
+# still waiting for its finality policy (``tracker.keep_from``), so a reorg can be walked
+# back to its fork point from stored data, and a restart (or a reorg while every worker
+# was down) is detected by comparing stored hashes with the node's.
+
+def header_tip(conn: sa.Connection, chain: str) -> Header | None:
+    row = conn.execute(
+        sa.select(headers)
+        .where(headers.c.chain == chain, headers.c.orphaned.is_(sa.false()))
+        .order_by(headers.c.number.desc())
+        .limit(1)
+    ).first()
+    return _header(row) if row else None
+
+
+def header_at(conn: sa.Connection, chain: str, number: int) -> Header | None:
+    row = conn.execute(
+        sa.select(headers).where(
+            headers.c.chain == chain, headers.c.number == number, headers.c.orphaned.is_(sa.false())
+        )
+    ).first()
+    return _header(row) if row else None
+
+
+def lowest_header(conn: sa.Connection, chain: str) -> int | None:
+    return conn.execute(
+        sa.select(sa.func.min(headers.c.number)).where(headers.c.chain == chain, headers.c.orphaned.is_(sa.false()))
+    ).scalar()
+
+
+# The head follower's statements, built once with bind parameters (it runs them on
+# every head; building a Core statement costs more than running it locally).
+_SAME_HASH = sa.and_(headers.c.chain == sa.bindparam("b_chain"), headers.c.hash == sa.bindparam("b_hash"))
+_EXISTS = sa.select(headers.c.hash).where(_SAME_HASH)
+_RESTORE = headers.update().where(_SAME_HASH).values(orphaned=False)
+_INSERT = headers.insert()
+_PRUNE = headers.delete().where(headers.c.chain == sa.bindparam("b_chain"), headers.c.number < sa.bindparam("below"))
+
+
+def add_header(conn: sa.Connection, chain: str, h: Header) -> None:
+    key = {"b_chain": chain, "b_hash": h.hash}
+    if conn.execute(_EXISTS, key).first():
+        conn.execute(_RESTORE, key)
+        return
+    conn.execute(_INSERT, {"chain": chain, "hash": h.hash, "number": h.number, "parent_hash": h.parent_hash,
+                           "timestamp": h.timestamp})
+
+
+def orphan_headers_above(conn: sa.Connection, chain: str, fork: int) -> list[Header]:
+    rows = list(
+        conn.execute(
+            sa.select(headers)
+            .where(headers.c.chain == chain, headers.c.number > fork, headers.c.orphaned.is_(sa.false()))
+            .order_by(headers.c.number)
+        )
+    )
+    conn.execute(
+        headers.update()
+        .where(headers.c.chain == chain, headers.c.number > fork, headers.c.orphaned.is_(sa.false()))
+        .values(orphaned=True)
+    )
+    return [_header(r) for r in rows]
+
+
+def is_canonical(conn: sa.Connection, chain: str, block_hash: str) -> bool:
+    return conn.execute(
+        sa.select(headers.c.hash).where(
+            headers.c.chain == chain, headers.c.hash == block_hash, headers.c.orphaned.is_(sa.false())
+        )
+    ).first() is not None
+
+
+def prune_headers(conn: sa.Connection, chain: str, below: int) -> None:
+    conn.execute(_PRUNE, {"b_chain": chain, "below": below})
+
+
+_RENEW = (
+    leaders.update()
+    .where(leaders.c.name == sa.bindparam("b_name"),
+           sa.or_(leaders.c.owner == sa.bindparam("b_owner"), leaders.c.expires < sa.bindparam("now")))
+    .values(owner=sa.bindparam("b_owner"), expires=sa.bindparam("until"))
+)
+_LEADER = sa.select(leaders.c.name).where(leaders.c.name == sa.bindparam("b_name"))
+
+
+def lead(conn: sa.Connection, name: str, owner: str, now: float, ttl: float) -> bool:
+    """Take or keep a named leadership lease (one head follower per chain)."""
+    if conn.execute(_RENEW, {"b_name": name, "b_owner": owner, "now": now, "until": now + ttl}).rowcount:
+        return True
+    if conn.execute(_LEADER, {"b_name": name}).first() is None:
+        conn.execute(leaders.insert().values(name=name, owner=owner, expires=now + ttl))
+        return True
+    return False
+
+
+def _header(row: Any) -> Header:
+    return Header(int(row.number), row.hash, row.parent_hash, int(row.timestamp))
+
+
+# --- recorded reorgs ------------------------------------------------------------------
+
+
+def record_reorg(conn: sa.Connection, chain: str, fork: int, new_hashes: list[str], now: float) -> int:
+    """Orphan headers above ``fork``; un-include and flag what stood on them. Returns depth."""
+    orphaned = orphan_headers_above(conn, chain, fork)
+    if not orphaned:
+        return 0
+    old = [h.hash for h in orphaned]
+    settled_there = sa.and_(submissions.c.chain == chain, submissions.c.block_hash.in_(old),
+                            submissions.c.state.in_(SETTLED))
+    # the lock order (store): their runs first, in id order, then the submissions
+    store.lock_runs(conn, sorted(set(conn.execute(
+        sa.select(submissions.c.run_id).where(settled_there, submissions.c.run_id.is_not(None))).scalars())))
+    hit = list(conn.execute(sa.select(submissions).where(settled_there).order_by(submissions.c.id).with_for_update()))
+    event_id = conn.execute(
+        reorgs.insert().values(
+            chain=chain, depth=len(orphaned), fork_number=fork, old_hashes=json.dumps(old),
+            new_hashes=json.dumps(new_hashes), affected=json.dumps([s.tx_hash for s in hit]), detected_at=now,
+        )
+    ).inserted_primary_key[0]  # type: ignore[index]
+    for sub in hit:
+        conn.execute(
+            submissions.update().where(submissions.c.id == sub.id).values(
+                state=SubmissionState.BROADCAST, tx_hash=None, block_number=None, block_hash=None, receipt=None,
+                last_broadcast_block=None, updated_at=now,
+            )
+        )
+        if sub.run_id:
+            # workflows observe reorgs with ctx.wait_for(REORG_SIGNAL)
+            info = {"reorg": int(event_id), "chain": chain, "depth": len(orphaned), "fork_number": fork,
+                    "tx_hash": sub.tx_hash, "finality_broken": sub.state == SubmissionState.FINAL}
+            store.insert_signal(conn, sub.run_id, REORG_SIGNAL, codec.dumps(info), now)
+        if sub.state == SubmissionState.FINAL and sub.run_id:
+            reason = f"reorg #{event_id} on {chain}: block {sub.block_number} ({sub.block_hash}) orphaned"
+            if store.request_rollback(conn, sub.run_id, sub.step, reason, now):
+                metrics.inc("chainflow_rollbacks_total", chain=chain)
+    metrics.inc("chainflow_reorgs_total", chain=chain)
+    metrics.inc("chainflow_reorg_depth_blocks_total", len(orphaned), chain=chain)
+    return len(orphaned)
+
+
+def reorg_events(conn: sa.Connection, chain: str | None, limit: int) -> list[sa.Row[Any]]:
+    """Reorg events as the trackers recorded them, newest first (``Chainflow.reorgs``)."""
+    q = sa.select(reorgs).order_by(reorgs.c.id.desc()).limit(limit)
+    if chain:
+        q = q.where(reorgs.c.chain == chain)
+    return list(conn.execute(q))
