@@ -37,7 +37,7 @@ from .chain.adapter import (
     SignedTx,
     TxBuilder,
 )
-from .chain.finality import Confirmations, Finalized, Safe
+from .chain.finality import Confirmations, Finality, Finalized, Safe
 from .chain.reorg import REORG_SIGNAL
 from .chain.tracker_config import TrackerConfig
 from .client.app import AttemptRecord, Chainflow, JournalEntry, ReorgEvent, RunHandle, RunStatus
@@ -70,7 +70,7 @@ from .runtime.context import Context
 from .states import EntryState, RunState, SubmissionState
 
 __all__ = [
-    "MAX_DURATION", "REORG_SIGNAL", "Confirmations", "Finalized", "Safe", "TrackerConfig", "ReorgEvent",
+    "MAX_DURATION", "REORG_SIGNAL", "Confirmations", "Finality", "Finalized", "Safe", "TrackerConfig", "ReorgEvent",
     "EntryState", "RunState", "SubmissionState",
     "Broadcaster", "ChainReader", "Coin", "CoinSource", "NonceSource", "TxBuilder",
     "AttemptRecord", "BroadcastOutcome", "BroadcastResult", "ChainAdapter", "Chainflow", "ChainflowError",

@@ -37,10 +37,11 @@ class Safe:
         return {"kind": "safe"}
 
 
-Policy = Confirmations | Finalized | Safe
+# what ``ctx.submit(finality=...)`` takes: a count of confirmations or a finality tag
+Finality = Confirmations | Finalized | Safe
 
 
-def from_dict(data: dict[str, Any]) -> Policy:
+def from_dict(data: dict[str, Any]) -> Finality:
     kind = data.get("kind")
     if kind == "confirmations":
         return Confirmations(int(data["n"]))
@@ -51,7 +52,7 @@ def from_dict(data: dict[str, Any]) -> Policy:
     raise ValueError(f"unknown finality policy {data!r}")
 
 
-def policy_of(value: object, what: str) -> Policy:
+def policy_of(value: object, what: str) -> Finality:
     """The policy a ``submit`` asked for (None: one confirmation), refused when it is
     none of the three: it is journaled as JSON and evaluated by the tracker, so any
     other object would only fail later, inside the protocol's retries."""
@@ -63,7 +64,7 @@ def policy_of(value: object, what: str) -> Policy:
     return value
 
 
-def require_window(policy: Policy, window: int, what: str) -> None:
+def require_window(policy: Finality, window: int, what: str) -> None:
     """Refuse a confirmation count deeper than the tracker's header window.
 
     The tracker sees a reorg only down to the oldest header it keeps, ``window`` below
@@ -82,7 +83,7 @@ def require_window(policy: Policy, window: int, what: str) -> None:
             f"set TrackerConfig(window={policy.n}) or more, or ask for at most {window} confirmations")
 
 
-def holds(policy: Policy, block_number: int, head: int, tags: dict[str, int | None]) -> bool:
+def holds(policy: Finality, block_number: int, head: int, tags: dict[str, int | None]) -> bool:
     if isinstance(policy, Confirmations):
         return head - block_number + 1 >= policy.n
     tagged = tags.get("finalized" if isinstance(policy, Finalized) else "safe")

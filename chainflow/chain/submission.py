@@ -132,7 +132,7 @@ class Submitter:
         return receipt
 
     async def _submit_new(self, ctx: RunScope, slot: store.Slot, chain: str, tx: Any, key: str,
-                          policy: finality.Policy,
+                          policy: finality.Finality,
                           retry: Retry) -> Receipt:
         ctx.refuse_new_work()
         label = step_label(slot)
@@ -201,7 +201,7 @@ class Submitter:
             _failures.failed(exc, f"failed (step {label}, attempt {attempt}, next in {delay:.1f}s)", logging.WARNING)
 
     async def _run_protocol(self, ctx: RunScope, slot: store.Slot, adapter: ChainAdapter, request: dict[str, Any],
-                            key: str, policy: finality.Policy) -> int:
+                            key: str, policy: finality.Finality) -> int:
         label = step_label(slot)
         now = ctx.clock.time()
         sender = adapter.sender()

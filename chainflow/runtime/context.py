@@ -22,7 +22,7 @@ from .scope import Scope
 
 if TYPE_CHECKING:
     from ..chain.adapter import Receipt
-    from ..chain.finality import Policy
+    from ..chain.finality import Finality
 
 T = TypeVar("T")
 
@@ -75,7 +75,7 @@ class Context:
         return self._scope.wait_for(name, timeout)
 
     def submit(self, name: str, *, chain: str, tx: Any, idempotency_key: str | None = None,
-               finality: Policy | None = None,
+               finality: Finality | None = None,
                compensate: Callable[[Receipt], Any] | Callable[[Context, Receipt], Awaitable[Any]] | None = None,
                retry: Retry | None = None) -> Coroutine[Any, Any, Receipt]:
         """Submit an on-chain transaction exactly once (per ``idempotency_key``) and

@@ -53,7 +53,7 @@ from .flag import Flag
 
 if TYPE_CHECKING:
     from ..chain.adapter import Receipt
-    from ..chain.finality import Policy
+    from ..chain.finality import Finality
     from ..chain.submission import Submitter
 
 T = TypeVar("T")
@@ -314,7 +314,7 @@ class Scope:
         return list(await asyncio.gather(*(self.branch(n, w) for n, w in zip(labels, works))))
 
     async def submit(self, name: str, *, chain: str, tx: Any, idempotency_key: str | None = None,
-                     finality: Policy | None = None, compensate: Callable[..., Any] | None = None,
+                     finality: Finality | None = None, compensate: Callable[..., Any] | None = None,
                      retry: Retry | None = None) -> Receipt:
         """Submit an on-chain transaction exactly once and return its receipt once final.
 
