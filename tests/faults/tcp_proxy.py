@@ -33,7 +33,7 @@ class Link:
     state: dict[str, Any] = field(default_factory=dict)  # the policy's own
 
 
-Finality = Callable[[Link, str, bytes], "bytes | None"]
+Policy = Callable[[Link, str, bytes], "bytes | None"]
 
 
 def forward_all(link: Link, direction: str, chunk: bytes) -> bytes | None:
@@ -44,7 +44,7 @@ class TcpProxy:
     """``with TcpProxy(host, port, policy) as proxy:`` clients connect to
     ``proxy.port`` on 127.0.0.1 instead of ``host:port``."""
 
-    def __init__(self, host: str, port: int, policy: Finality = forward_all, *, lifetime: float = 300.0) -> None:
+    def __init__(self, host: str, port: int, policy: Policy = forward_all, *, lifetime: float = 300.0) -> None:
         self.target = (host, port)
         self.policy = policy
         self.lifetime = lifetime
