@@ -349,6 +349,20 @@ def fail_foreign(conn: sa.Connection, sub_id: int, error: str, now: float) -> No
         store.insert_signal(conn, row.run_id, event_name(sub_id), "null", now)
 
 
+
+def nonce_counters(conn: sa.Connection) -> list[sa.Row[Any]]:
+    """Every (chain, sender) nonce counter, for ``chainflow nonces``."""
+    return list(conn.execute(sa.select(nonces).order_by(nonces.c.chain, nonces.c.sender)))
+
+
+def nonces_in_use(conn: sa.Connection, chain: str, sender: str) -> list[sa.Row[Any]]:
+    """The nonces a sender's submissions hold (nonce, state, gap_fill), lowest first."""
+    return list(conn.execute(
+        sa.select(submissions.c.nonce, submissions.c.state, submissions.c.gap_fill)
+        .where(submissions.c.chain == chain, submissions.c.sender == sender, submissions.c.nonce.is_not(None))
+        .order_by(submissions.c.nonce)
+    ))
+
 # --- tracked headers and the tracker's leadership ---------------------------------
 # TrackerConfig.window headers below the head, and down to the block of any submission
 # still waiting for its finality policy (``tracker.keep_from``), so a reorg can be walked

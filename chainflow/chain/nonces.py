@@ -14,9 +14,8 @@ import sqlalchemy as sa
 
 from ..states import SubmissionState
 from ..storage.database import Database
-from ..storage.schema import nonces, submissions
+from . import chainstore
 from .adapter import ChainAdapter, NonceSource
-from .chainstore import orphaned_allocations
 
 
 @dataclass
@@ -36,20 +35,14 @@ _UNMINED = (SubmissionState.ALLOCATED, SubmissionState.SIGNED, SubmissionState.B
 
 def snapshot(conn: sa.Connection) -> list[SenderNonces]:
     out = []
-    for n in conn.execute(sa.select(nonces).order_by(nonces.c.chain, nonces.c.sender)):
+    for n in chainstore.nonce_counters(conn):
         row = SenderNonces(n.chain, n.sender, int(n.next_nonce))
-        subs = conn.execute(
-            sa.select(submissions.c.nonce, submissions.c.state, submissions.c.gap_fill)
-            .where(submissions.c.chain == n.chain, submissions.c.sender == n.sender,
-                   submissions.c.nonce.is_not(None))
-            .order_by(submissions.c.nonce)
-        )
-        for s in subs:
+        for s in chainstore.nonces_in_use(conn, n.chain, n.sender):
             if s.gap_fill:
                 row.gap_fills.append((int(s.nonce), SubmissionState(s.state)))
             elif s.state in _UNMINED:
                 row.in_flight.append(int(s.nonce))
-        row.gaps = [int(r.nonce) for r in orphaned_allocations(conn, n.chain) if r.sender == n.sender]
+        row.gaps = [int(r.nonce) for r in chainstore.orphaned_allocations(conn, n.chain) if r.sender == n.sender]
         out.append(row)
     return out
 
