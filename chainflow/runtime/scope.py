@@ -104,7 +104,6 @@ class Compensation:
     retry: Retry
     timeout: float | None
     origin: str  # the compensated intent: namespace of the keys its submissions derive
-    in_context: bool  # ``fn(ctx, value)`` run as a branch, rather than ``fn(value)`` as a step
 
 
 _POSITIONAL = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
@@ -370,13 +369,14 @@ class Scope:
         self.stop_reason = StopReason.FATAL
         raise self.fatal
 
-    def check_compensation(self, fn: Any, what: str) -> bool:
-        """Refuse a compensation before the operation it undoes runs; returns whether it
-        takes a context.  One registered inside a compensation would never run (the
-        compensations to run are chosen when compensating starts), so it is refused."""
+    def check_compensation(self, fn: Any, what: str) -> None:
+        """Refuse a bad compensation before the operation it undoes runs (``step`` and
+        ``submit`` call this; registering then needs no second look).  One registered
+        inside a compensation would never run (the compensations to run are chosen when
+        compensating starts), so it is refused."""
         if _ORIGIN.get() is not None:
             raise ValueError(f"{what}: a compensation's own steps and submissions cannot take compensate=")
-        return takes_context(fn, what)
+        takes_context(fn, what)
 
     def register_compensation(self, slot: store.Slot, fn: Callable[..., Any], value: Any, retry: Retry,
                               timeout: float | None = None, origin: str | None = None) -> None:
@@ -384,8 +384,8 @@ class Scope:
         run fails, is cancelled or rolled back.  Replayed operations keep their journal
         order; those completed in this execution come after all of them, in the order
         they completed.  ``origin`` names the intent undone (a submission's chain,
-        sender and key); a step's is its slot in this run."""
-        in_context = self.check_compensation(fn, f"compensation of {slot.key!r}")
+        sender and key); a step's is its slot in this run.  ``fn`` was checked by
+        ``check_compensation`` before the operation ran."""
         if slot.entry is not None:
             order = (0, slot.entry.id)
         else:
@@ -393,7 +393,7 @@ class Scope:
             order = (1, self._fresh)
         if origin is None:
             origin = f"step\x1f{self.run_id}\x1f{slot.branch}\x1f{slot.key}"
-        self.compensations.append(Compensation(order, slot, fn, value, retry, timeout, origin, in_context))
+        self.compensations.append(Compensation(order, slot, fn, value, retry, timeout, origin))
 
     def slot(self, name: str, kind: str) -> store.Slot:
         """Slot allocation for extensions (on-chain submission) living outside this module."""
@@ -592,7 +592,9 @@ class Scope:
                     failures.append(slot.key)
                 continue
             try:
-                if comp.in_context:
+                # which form: told once more here, for the few compensations that run,
+                # rather than kept for every registration
+                if takes_context(comp.fn, f"compensation of {comp.slot.key!r}"):
                     await self._compensate_in_branch(slot, comp, facade)
                 else:
                     await self._execute(slot, "compensation", comp.fn, (comp.value,), {}, comp.retry,
