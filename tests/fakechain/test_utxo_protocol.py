@@ -59,6 +59,10 @@ class Rig:
     async def step(self) -> Any:
         return await self.tracker.step()
 
+    async def until_done(self, run_id: str, *, what: str, mine: bool = True) -> None:
+        """Drive the chain until the run has finished."""
+        await self.drive(lambda: self.app.status(run_id).done, mine=mine, what=what)
+
     async def drive(self, done: Callable[[], bool], *, mine: bool = True, timeout: float = 20.0,
                     what: str = "condition") -> None:
         """Step the tracker (mining a block each round) until ``done()`` holds."""
@@ -158,7 +162,7 @@ async def test_a_payment_settles_once_on_reserved_coins(rig: Rig) -> None:
     async with running_worker(rig.app, track=False):
         await rig.step()
         h = await rig.app.astart("pay_flow", {"id": "order-1", "sats": 30_000})
-        await rig.drive(lambda: rig.app.status(h.id).done, what="completion")
+        await rig.until_done(h.id, what="completion")
     st = rig.app.status(h.id)
     assert st.status == "completed", st.error
     sub = rig.sub("order-1")
@@ -242,7 +246,7 @@ async def test_a_worker_killed_mid_protocol_is_resumed_with_the_same_bytes(rig: 
         await asyncio.wait_for(task, 10)
 
     async with running_worker(rig.app, track=False):
-        await rig.drive(lambda: rig.app.status(h.id).done, what="the resumed run")
+        await rig.until_done(h.id, what="the resumed run")
     st = rig.app.status(h.id)
     assert st.status == "completed", st.error
     sub = rig.sub("order-1")
@@ -272,7 +276,7 @@ async def test_a_foreign_spend_of_a_reserved_coin_fails_the_intent(rig: Rig) -> 
         (outpoint,) = rig.reserved(sub.id)
         thief = rig.chain.foreign_spend(outpoint)
         assert attempt.tx_hash not in rig.chain.mempool, "the mined conflict evicted ours"
-        await rig.drive(lambda: rig.app.status(h.id).done, what="the failure")
+        await rig.until_done(h.id, what="the failure")
     st = rig.app.status(h.id)
     assert st.status == "failed"
     assert "chainflow did not sign" in st.error["message"] and outpoint in st.error["message"]
@@ -295,7 +299,7 @@ async def test_a_stuck_payment_is_replaced_spending_all_the_same_inputs(db_url: 
         async with running_worker(rig.app, track=False):
             await rig.step()
             h = await rig.app.astart("pay_flow", {"id": "order-1", "sats": 40_000})
-            await rig.drive(lambda: rig.app.status(h.id).done, what="completion")
+            await rig.until_done(h.id, what="completion")
         st = rig.app.status(h.id)
         assert st.status == "completed", st.error
         sub = rig.sub("order-1")
@@ -323,7 +327,7 @@ async def test_a_deep_reorg_after_finality_rolls_back_and_pays_once(rig: Rig) ->
     async with running_worker(rig.app, track=False):
         await rig.step()
         h = await rig.app.astart("pay_flow", {"id": "order-1", "sats": 30_000})
-        await rig.drive(lambda: rig.app.status(h.id).done, what="the first completion")
+        await rig.until_done(h.id, what="the first completion")
         assert rig.app.status(h.id).status == "completed"
         sub = rig.sub("order-1")
         (attempt,) = rig.attempts(sub.id)
@@ -367,7 +371,7 @@ async def test_coins_of_an_intent_that_never_signed_are_released(rig: Rig) -> No
         await asyncio.wait_for(task, 10)
     await rig.app.acancel(h.id)
     async with running_worker(rig.app, track=False):
-        await rig.drive(lambda: rig.app.status(h.id).done, mine=False, what="the cancellation")
+        await rig.until_done(h.id, mine=False, what="the cancellation")
         assert rig.app.status(h.id).status == "cancelled"
         await rig.drive(lambda: rig.state("order-1") == "failed", mine=False, what="the release")
         sub = rig.sub("order-1")
