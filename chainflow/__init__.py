@@ -39,7 +39,7 @@ from .chain.adapter import (
 )
 from .chain.finality import Confirmations, Finality, Finalized, Safe
 from .chain.reorg import REORG_SIGNAL
-from .chain.tracker_config import TrackerConfig
+from .chain.tracker_config import Batching, TrackerConfig
 from .client.app import AttemptRecord, Chainflow, JournalEntry, ReorgEvent, RunHandle, RunStatus
 from .clock import MAX_DURATION, Clock, FakeClock, SystemClock
 from .errors import (
@@ -70,7 +70,7 @@ from .runtime.context import Context
 from .states import EntryState, RunState, SubmissionState
 
 __all__ = [
-    "MAX_DURATION", "REORG_SIGNAL", "Confirmations", "Finality", "Finalized", "Safe", "TrackerConfig", "ReorgEvent",
+    "MAX_DURATION", "REORG_SIGNAL", "Batching", "Confirmations", "Finality", "Finalized", "Safe", "TrackerConfig", "ReorgEvent",
     "EntryState", "RunState", "SubmissionState",
     "Broadcaster", "ChainReader", "Coin", "CoinSource", "NonceSource", "TxBuilder",
     "AttemptRecord", "BroadcastOutcome", "BroadcastResult", "ChainAdapter", "Chainflow", "ChainflowError",

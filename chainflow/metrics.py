@@ -35,6 +35,9 @@ _COUNTERS: dict[str, Counter] = {
          ("chain",)),
         ("chainflow_broadcasts_total", "Raw transactions (re-)broadcast, by outcome.", ("chain", "outcome")),
         ("chainflow_fee_bumps_total", "Same-nonce replacements with raised fees, by chain.", ("chain",)),
+        ("chainflow_submissions_stuck_total", "Submissions left unmined with their fee budget spent, by chain.",
+         ("chain",)),
+        ("chainflow_batches_total", "Batched payout transactions recorded, by chain.", ("chain",)),
     )
 }
 

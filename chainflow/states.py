@@ -53,7 +53,8 @@ class SubmissionState(StrEnum):
     """``cf_submissions.state``; see the diagram in ``submission``."""
 
     INTENT = "intent"  # bound to its idempotency key, nothing else yet
-    ALLOCATED = "allocated"  # holds a nonce, not yet signed
+    QUEUED = "queued"  # checked, waiting for the chain's batcher to put it in a batch (UTXO chains)
+    ALLOCATED = "allocated"  # holds its conflict domain (a nonce, reserved coins), not yet signed
     SIGNED = "signed"  # signed bytes are durable; may or may not have been sent
     BROADCAST = "broadcast"  # sent at least once (or sent back here by a reorg)
     INCLUDED = "included"  # mined, finality policy not yet met

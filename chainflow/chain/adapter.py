@@ -258,5 +258,20 @@ class CoinSource(Protocol):
 
 
 @runtime_checkable
+class BatchBuilder(Protocol):
+    """A UTXO chain's batching: many payout intents paid by one transaction.
+
+    The engine decides which intents share a batch and when (``TrackerConfig.batching``);
+    the adapter only knows how requests combine and how a batch's receipt reads for
+    one of its members."""
+
+    def merge(self, requests: list[dict[str, Any]]) -> dict[str, Any]:
+        """One request paying every request's outputs, in the order given (change last)."""
+
+    def member_receipt(self, receipt: Receipt, index: int) -> Receipt:
+        """The receipt of the ``index``-th merged request: the same transaction, its output."""
+
+
+@runtime_checkable
 class ChainAdapter(ChainReader, Broadcaster, TxBuilder, Protocol):
     """What every adapter implements; add ``NonceSource`` or ``CoinSource``."""

@@ -96,10 +96,16 @@ def add_attempt(conn: sa.Connection, sub_id: int, chain: str, signed: SignedTx, 
     )
     conn.execute(
         submissions.update()
-        .where(submissions.c.id == sub_id,
-               submissions.c.state.in_((SubmissionState.INTENT, SubmissionState.ALLOCATED)))
+        .where(_with_members(sub_id),
+               submissions.c.state.in_((SubmissionState.INTENT, SubmissionState.QUEUED, SubmissionState.ALLOCATED)))
         .values(state=SubmissionState.SIGNED, updated_at=now)
     )
+
+
+def _with_members(sub_id: int) -> Any:
+    """The submission and, when it is a batch, its members: a batch's members follow
+    its state (signed, broadcast, failed) since they are paid by its transactions."""
+    return sa.or_(submissions.c.id == sub_id, submissions.c.batch_id == sub_id)
 
 
 def attempts_of(conn: sa.Connection, sub_id: int) -> list[sa.Row[Any]]:
@@ -115,15 +121,27 @@ def mark_broadcast(conn: sa.Connection, sub_id: int, now: float) -> None:
     since the sender does not know the chain's height."""
     conn.execute(
         submissions.update()
-        .where(submissions.c.id == sub_id,
+        .where(_with_members(sub_id),
                submissions.c.state.in_((SubmissionState.SIGNED, SubmissionState.BROADCAST)))
         .values(state=SubmissionState.BROADCAST, last_broadcast_at=now, last_broadcast_block=None, updated_at=now)
     )
 
 
 def mark_failed(conn: sa.Connection, sub_id: int, error: str, now: float) -> None:
-    conn.execute(submissions.update().where(submissions.c.id == sub_id)
-                 .values(state=SubmissionState.FAILED, error=error, updated_at=now))
+    """Failed for good, with a batch's members; their runs are woken to raise it (a
+    single intent's own run is executing the step that failed it, and reads it then)."""
+    _fail(conn, _with_members(sub_id), error, now, skip=sub_id)
+
+
+def _fail(conn: sa.Connection, where: Any, error: str, now: float, skip: int | None = None) -> None:
+    """Fail the submissions ``where`` selects and wake their parked runs (all but
+    ``skip``'s), taking the run locks first as everywhere (``store`` lock order)."""
+    woken = [r for r in conn.execute(sa.select(submissions.c.id, submissions.c.run_id).where(where))
+             if r.run_id and r.id != skip]
+    store.lock_runs(conn, sorted({r.run_id for r in woken}))
+    conn.execute(submissions.update().where(where).values(state=SubmissionState.FAILED, error=error, updated_at=now))
+    for r in woken:
+        store.insert_signal(conn, r.run_id, event_name(int(r.id)), "null", now)
 
 
 def open_gap_fill(conn: sa.Connection, chain: str, sender: str, nonce: int, request: str, now: float) -> int:
@@ -225,6 +243,110 @@ def release(conn: sa.Connection, sub_id: int) -> None:
     conn.execute(reservations.delete().where(reservations.c.submission_id == sub_id))
 
 
+def held_by_failed(conn: sa.Connection, chain: str) -> list[sa.Row[Any]]:
+    """Failed intents still holding coins: a foreign transaction spent one of them,
+    and they are held until that spend is final (any of our candidates could still be
+    included if it is reorged out)."""
+    return list(conn.execute(
+        sa.select(submissions).where(
+            submissions.c.chain == chain, submissions.c.state == SubmissionState.FAILED,
+            submissions.c.id.in_(sa.select(reservations.c.submission_id).where(
+                reservations.c.chain == chain, reservations.c.spent_at_block.is_(None))))
+        .order_by(submissions.c.id)))
+
+
+def coin_reservations(conn: sa.Connection, chain: str | None = None) -> list[sa.Row[Any]]:
+    """Every held reservation with its owner intent, for ``chainflow coins``."""
+    q = (sa.select(reservations.c.chain, reservations.c.outpoint, reservations.c.value,
+                   reservations.c.submission_id, submissions.c.idempotency_key, submissions.c.state,
+                   submissions.c.run_id, submissions.c.batch_id)
+         .join(submissions, submissions.c.id == reservations.c.submission_id)
+         .where(reservations.c.spent_at_block.is_(None))
+         .order_by(reservations.c.chain, reservations.c.outpoint))
+    if chain is not None:
+        q = q.where(reservations.c.chain == chain)
+    return list(conn.execute(q))
+
+
+# --- batches of payouts (UTXO chains) -------------------------------------------------
+
+
+def queue(conn: sa.Connection, sub_id: int, request: str, now: float) -> None:
+    """Checked and waiting for the chain's batcher (``batcher``)."""
+    conn.execute(submissions.update()
+                 .where(submissions.c.id == sub_id, submissions.c.state == SubmissionState.INTENT)
+                 .values(state=SubmissionState.QUEUED, request=request, updated_at=now))
+
+
+def queued(conn: sa.Connection, chain: str) -> list[sa.Row[Any]]:
+    """Intents waiting for a batch, oldest first, with their run's status."""
+    return list(conn.execute(
+        sa.select(submissions.c.id, submissions.c.request, submissions.c.finality, submissions.c.updated_at,
+                  runs.c.status.label("run_status"))
+        .join(runs, runs.c.id == submissions.c.run_id, isouter=True)
+        .where(submissions.c.chain == chain, submissions.c.state == SubmissionState.QUEUED,
+               submissions.c.batch_id.is_(None))
+        .order_by(submissions.c.id)))
+
+
+def fail_queued(conn: sa.Connection, ids: list[int], error: str, now: float) -> None:
+    """Queued intents that will never be batched (their run ended, or their payout
+    alone cannot be funded): nothing was reserved for them."""
+    _fail(conn, sa.and_(submissions.c.id.in_(ids), submissions.c.state == SubmissionState.QUEUED,
+                        submissions.c.batch_id.is_(None)), error, now)
+
+
+class CoinsTaken(Exception):
+    """A batch's coins or members changed hands before it was recorded: try again."""
+
+
+def open_batch(conn: sa.Connection, chain: str, sender: str, member_ids: list[int], request: str, finality: str,
+               coins: list[Coin], now: float) -> int:
+    """Record a batch: its row (allocated, holding ``coins``) and its members, all or
+    nothing.  Members are listed in merge order (ascending ids), which is how a
+    member's output index is found again (``members_of``)."""
+    res = conn.execute(submissions.insert().values(
+        chain=chain, sender=sender, idempotency_key=f"batch:{member_ids[0]}", request=request, finality=finality,
+        state=SubmissionState.ALLOCATED, created_at=now, updated_at=now))
+    batch_id = int(res.inserted_primary_key[0])  # type: ignore[index]
+    conn.execute(submissions.update().where(submissions.c.id == batch_id).values(batch_id=batch_id))
+    linked = conn.execute(
+        submissions.update().where(submissions.c.id.in_(member_ids), submissions.c.state == SubmissionState.QUEUED,
+                                   submissions.c.batch_id.is_(None))
+        .values(batch_id=batch_id, updated_at=now).returning(submissions.c.id)).all()
+    if len(linked) != len(member_ids):
+        raise CoinsTaken(f"members of batch {batch_id} changed")
+    for coin in coins:
+        if conn.execute(
+            _insert(conn, reservations).values(chain=chain, outpoint=coin.outpoint, submission_id=batch_id,
+                                               value=coin.value, created_at=now)
+            .on_conflict_do_nothing().returning(reservations.c.outpoint)
+        ).first() is None:
+            raise CoinsTaken(coin.outpoint)
+    return batch_id
+
+
+def unsent_batches(conn: sa.Connection, chain: str) -> list[sa.Row[Any]]:
+    """Batches recorded but not yet sent: the batcher finishes them (after a crash)."""
+    return list(conn.execute(
+        sa.select(submissions).where(
+            submissions.c.chain == chain, submissions.c.batch_id == submissions.c.id,
+            submissions.c.state.in_((SubmissionState.ALLOCATED, SubmissionState.SIGNED)))
+        .order_by(submissions.c.id)))
+
+
+def members_of(conn: sa.Connection, batch_ids: list[int]) -> dict[int, list[tuple[int, str]]]:
+    """Each batch's members (id, finality policy JSON) in merge order."""
+    out: dict[int, list[tuple[int, str]]] = {b: [] for b in batch_ids}
+    for r in conn.execute(
+        sa.select(submissions.c.id, submissions.c.batch_id, submissions.c.finality)
+        .where(submissions.c.batch_id.in_(batch_ids), submissions.c.id != submissions.c.batch_id)
+        .order_by(submissions.c.id)
+    ):
+        out[int(r.batch_id)].append((int(r.id), r.finality))
+    return out
+
+
 def _insert(conn: sa.Connection, table: sa.Table) -> Any:
     return (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(table)
 
@@ -243,7 +365,7 @@ def event_name(sub_id: int) -> str:
 # execution against a local database, and these run on every head.
 
 _MATCHES = (
-    sa.select(tx_attempts.c.submission_id, tx_attempts.c.tx_hash, submissions.c.finality)
+    sa.select(tx_attempts.c.submission_id, tx_attempts.c.tx_hash, submissions.c.finality, submissions.c.batch_id)
     .join(submissions, submissions.c.id == tx_attempts.c.submission_id)
     .where(tx_attempts.c.chain == sa.bindparam("chain"),
            tx_attempts.c.tx_hash.in_(sa.bindparam("hashes", expanding=True)),
@@ -256,7 +378,9 @@ _INCLUDED = (
 _STUCK = (
     sa.select(submissions)
     .where(submissions.c.chain == sa.bindparam("chain"), submissions.c.state.in_(OPEN),
-           submissions.c.last_broadcast_block <= sa.bindparam("older_than"))
+           submissions.c.last_broadcast_block <= sa.bindparam("older_than"),
+           # a batch's members have no transactions of their own: the batch is handled
+           sa.or_(submissions.c.batch_id.is_(None), submissions.c.batch_id == submissions.c.id))
     .order_by(submissions.c.nonce, submissions.c.id)
     .limit(sa.bindparam("limit"))
 )
@@ -271,7 +395,7 @@ _INCLUDE = (
     .where(submissions.c.id == sa.bindparam("sub_id"), submissions.c.state.in_(OPEN))
     .values(state=SubmissionState.INCLUDED, tx_hash=sa.bindparam("b_tx_hash"),
             block_number=sa.bindparam("b_block_number"), block_hash=sa.bindparam("b_block_hash"),
-            receipt=sa.bindparam("b_receipt"),
+            receipt=sa.bindparam("b_receipt"), stuck_since=None,
             updated_at=sa.bindparam("now"))
 )
 
@@ -282,18 +406,23 @@ class HeadView:
     included: list[tuple[int, str, int]]  # (submission, finality policy JSON, block number)
     stuck: list[Any]
     orphaned: list[Any]
+    members: dict[int, list[tuple[int, str]]]  # of each matched batch (``members_of``)
 
 
 def head_view(conn: sa.Connection, chain: str, hashes: list[str], older_than: int, limit: int) -> HeadView:
     """Everything one head needs to know from the database, in one read transaction."""
     matches: list[tuple[int, str, str]] = []
+    batches: list[int] = []
     for i in range(0, len(hashes), 500):
         chunk = [h.lower() for h in hashes[i : i + 500]]
-        matches.extend((int(r.submission_id), r.tx_hash, r.finality)
-                       for r in conn.execute(_MATCHES, {"chain": chain, "hashes": chunk}))
+        for r in conn.execute(_MATCHES, {"chain": chain, "hashes": chunk}):
+            matches.append((int(r.submission_id), r.tx_hash, r.finality))
+            if r.batch_id is not None:
+                batches.append(int(r.submission_id))
     included = [(int(r.id), r.finality, int(r.block_number)) for r in conn.execute(_INCLUDED, {"chain": chain})]
     stuck = list(conn.execute(_STUCK, {"chain": chain, "older_than": older_than, "limit": limit}))
-    return HeadView(matches, included, stuck, orphaned_allocations(conn, chain))
+    members = members_of(conn, batches) if batches else {}
+    return HeadView(matches, included, stuck, orphaned_allocations(conn, chain), members)
 
 
 def commit_head(conn: sa.Connection, chain: str, new: list[Header], receipts: list[tuple[int, Receipt]],
@@ -308,6 +437,8 @@ def commit_head(conn: sa.Connection, chain: str, new: list[Header], receipts: li
     conn.execute(_START_REBROADCAST_CLOCK, {"b_chain": chain, "head": head})
     if keep is not None:
         prune_headers(conn, chain, keep)
+        # spends below the window can no longer be reorged out as far as we follow
+        conn.execute(_FORGET_SPENT, {"b_chain": chain, "below": keep})
 
 
 def store_receipts(conn: sa.Connection, receipts: list[tuple[int, Receipt]], now: float) -> None:
@@ -325,11 +456,21 @@ _FINAL = (
            submissions.c.state == SubmissionState.INCLUDED)
     .values(state=SubmissionState.FINAL, updated_at=sa.bindparam("now"))
 )
+# a final intent's coins are spent by its own transaction: recorded, no longer held
+_SPENT = (
+    reservations.update()
+    .where(reservations.c.submission_id.in_(sa.bindparam("ids", expanding=True)))
+    .values(spent_at_block=sa.select(submissions.c.block_number)
+            .where(submissions.c.id == reservations.c.submission_id).scalar_subquery())
+)
+_FORGET_SPENT = reservations.delete().where(reservations.c.chain == sa.bindparam("b_chain"),
+                                            reservations.c.spent_at_block < sa.bindparam("below"))
 
 
 def _finalise(conn: sa.Connection, ids: list[int], now: float) -> None:
     rows = list(conn.execute(_OWNERS, {"ids": ids}))
     conn.execute(_FINAL, {"ids": ids, "now": now})
+    conn.execute(_SPENT, {"ids": ids})
     for r in rows:
         if r.run_id:
             store.insert_signal(conn, r.run_id, event_name(int(r.id)), "null", now)
@@ -339,14 +480,16 @@ def touch(conn: sa.Connection, sub_id: int, head: int) -> None:
     conn.execute(submissions.update().where(submissions.c.id == sub_id).values(last_broadcast_block=head))
 
 
+def mark_stuck(conn: sa.Connection, sub_id: int, now: float) -> bool:
+    """Flag an unmined submission whose fee budget is spent; True the first time.
+    Cleared when it is included (``_INCLUDE``)."""
+    return bool(conn.execute(
+        submissions.update().where(submissions.c.id == sub_id, submissions.c.stuck_since.is_(None))
+        .values(stuck_since=now)).rowcount)
+
+
 def fail_foreign(conn: sa.Connection, sub_id: int, error: str, now: float) -> None:
-    conn.execute(
-        submissions.update().where(submissions.c.id == sub_id, submissions.c.state.in_(OPEN))
-        .values(state=SubmissionState.FAILED, error=error, updated_at=now)
-    )
-    row = conn.execute(sa.select(submissions.c.run_id).where(submissions.c.id == sub_id)).first()
-    if row and row.run_id:
-        store.insert_signal(conn, row.run_id, event_name(sub_id), "null", now)
+    _fail(conn, sa.and_(_with_members(sub_id), submissions.c.state.in_(OPEN)), error, now)
 
 
 
@@ -484,6 +627,9 @@ def record_reorg(conn: sa.Connection, chain: str, fork: int, new_hashes: list[st
             new_hashes=json.dumps(new_hashes), affected=json.dumps([s.tx_hash for s in hit]), detected_at=now,
         )
     ).inserted_primary_key[0]  # type: ignore[index]
+    # a final intent's coins are held again: its transaction is no longer in the chain
+    conn.execute(reservations.update().where(reservations.c.submission_id.in_([s.id for s in hit]))
+                 .values(spent_at_block=None))
     for sub in hit:
         conn.execute(
             submissions.update().where(submissions.c.id == sub.id).values(

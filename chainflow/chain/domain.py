@@ -22,6 +22,7 @@ intent frees it.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
@@ -32,7 +33,7 @@ from ..errors import ConfigurationError
 from ..states import SubmissionState
 from ..storage import codec
 from ..storage.database import Database
-from . import chainstore
+from . import chainstore, finality
 from .adapter import ChainAdapter, CoinSource, NonceSource
 from .candidates import broadcast_latest
 
@@ -65,6 +66,10 @@ class ConflictDomain(Protocol):
 
     async def release_unsigned(self, sub: sa.Row[Any], guard: Guard) -> None:
         """Signing failed for good before any version existed: free the domain."""
+
+    async def release_failed(self, head: int, rpc: Rpc) -> int:
+        """Free what failed intents still hold once the foreign transaction that failed
+        them is final; how many were freed."""
 
 
 def domain_for(adapter: ChainAdapter, db: Database, clock: Clock) -> ConflictDomain:
@@ -124,6 +129,9 @@ class AccountDomain:
         can use it, so burn it, or every later nonce of the sender stays unmined."""
         await fill_gap(self.db, self.clock, self.adapter, int(sub.nonce), guard)
 
+    async def release_failed(self, head: int, rpc: Rpc) -> int:
+        return 0  # a nonce used by a foreign transaction is used: nothing to give back
+
 
 class CoinDomain:
     kind = "coins"
@@ -163,6 +171,25 @@ class CoinDomain:
     async def release_unsigned(self, sub: sa.Row[Any], guard: Guard) -> None:
         """Signing failed for good before any version existed: the coins are free again."""
         await self.db.atx(chainstore.release, int(sub.id))
+
+    async def release_failed(self, head: int, rpc: Rpc) -> int:
+        """Coins of an intent failed by a foreign spend go back only once that spend is
+        as final as the intent asked its own payout to be: until then a reorg could drop
+        the foreign spend, and one of our candidates, still signed and valid, could be
+        included after all.  A coin unspent again stays held for that reason."""
+        freed = 0
+        for sub in await self.db.aread(chainstore.held_by_failed, self.adapter.name):
+            policy = finality.from_dict(json.loads(sub.finality))
+            for outpoint in await self.db.aread(chainstore.reservation_of, int(sub.id)):
+                spender = await rpc(self.adapter.spender(outpoint))
+                if spender is None:
+                    continue
+                receipt = await rpc(self.adapter.receipt(spender))
+                if receipt is not None and finality.holds(policy, receipt.block_number, head, {}):
+                    await self.db.atx(chainstore.release, int(sub.id))
+                    freed += 1
+                    break
+        return freed
 
 
 async def fill_gap(db: Database, clock: Clock, adapter: _Account, nonce: int, guard: Guard) -> None:

@@ -226,11 +226,17 @@ class Submitter:
                 request = await adapter.estimate(request)
             except TxRejected as exc:
                 raise TxRevertedError(label, exc.reason) from None
+            if adapter.name in self.tracker.batching:  # the chain's batcher takes it from here
+                text = codec.dumps(request)
+                await ctx.commit(lambda conn: chainstore.queue(conn, sub_id, text, ctx.clock.time()))
+                return sub_id
             try:
                 await domain.allocate(ctx.commit, sub_id, sender, request, ctx.clock.time())
             except TxRejected as exc:  # e.g. not enough unreserved coins: nothing was reserved
                 raise SubmissionFailedError(label, exc.reason) from None
             sub = await self._read(ctx, sub_id)
+        if sub.state == SubmissionState.QUEUED or sub.batch_id is not None:
+            return sub_id  # paid by a batch: signed and sent by the batcher, settled by the tracker
         if sub.state == SubmissionState.ALLOCATED:
             await self._sign_first(ctx, adapter, domain, sub, label)
             sub = await self._read(ctx, sub_id)

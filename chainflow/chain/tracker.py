@@ -30,7 +30,8 @@ from ..lograte import FailureLog
 from ..storage import codec
 from ..storage.database import Database
 from . import chainstore, finality
-from .adapter import BroadcastOutcome, ChainAdapter, Header, Receipt
+from .adapter import BroadcastOutcome, ChainAdapter, Header, Receipt, TxRejected
+from .batcher import Batcher
 from .candidates import broadcast_latest
 from .domain import domain_for
 from .tracker_config import TrackerConfig
@@ -54,6 +55,7 @@ class HeadStats:
     rpc_calls: int = 0
     rebroadcasts: int = 0
     bumps: int = 0
+    batches: int = 0
 
 
 class Tracker:
@@ -69,6 +71,8 @@ class Tracker:
         self._tip: Header | None = None  # cached newest canonical header while we lead
         self._failures = FailureLog(log, f"tracker for {self.chain}")
         self._lead_until = -math.inf  # time.monotonic() until which our leadership is proven
+        policy = self.config.batching.get(self.chain)
+        self.batcher = None if policy is None else Batcher(db, clock, adapter, policy, self._as_leader, self._rpc)
 
     async def _rpc(self, call: Any) -> Any:
         self._stats.rpc_calls += 1
@@ -144,8 +148,9 @@ class Tracker:
         for sub_id, tx_hash, policy in view.matches:
             receipt = await self._rpc(self.adapter.receipt(tx_hash))
             if receipt is not None and receipt.block_hash in block_hashes:
-                receipts.append((sub_id, receipt))
-                view.included.append((sub_id, policy, receipt.block_number))
+                for member, member_policy, member_receipt in self._with_members(sub_id, policy, receipt, view.members):
+                    receipts.append((member, member_receipt))
+                    view.included.append((member, member_policy, receipt.block_number))
         ready = await self._ready(view.included, head.number)
         await self.db.atx(chainstore.commit_head, self.chain, new, receipts, ready, head.number,
                           keep_from(head.number, self.config.window, view.included), self.clock.time())
@@ -156,10 +161,25 @@ class Tracker:
                 await self._unstick(view.stuck, head.number)
             if view.orphaned:
                 await self._abandon(view.orphaned)
+            if new:
+                await self.domain.release_failed(head.number, self._rpc)
+            if self.batcher is not None:
+                stats.batches = await self.batcher.step()
         except _Deposed:
             log.warning("tracker for %s lost its leadership mid-iteration; leaving the rest to the leader",
                         self.chain)
         return stats
+
+    def _with_members(self, sub_id: int, policy: str, receipt: Receipt,
+                      members: dict[int, list[tuple[int, str]]]) -> list[tuple[int, str, Receipt]]:
+        """A matched submission's receipt, and for a batch each member's own (its output),
+        so every member is included and settles under its own finality policy."""
+        out = [(sub_id, policy, receipt)]
+        if sub_id in members:
+            builder: Any = self.adapter
+            out += [(member, member_policy, builder.member_receipt(receipt, index))
+                    for index, (member, member_policy) in enumerate(members[sub_id])]
+        return out
 
     async def _base(self, number: int) -> Header:
         """Store the node's header at ``number`` as the bottom of an empty window."""
@@ -235,11 +255,10 @@ class Tracker:
                 self._stats.rebroadcasts += 1
                 # the node dropped it as underpriced (base fee rose above its fee cap): only a
                 # same-nonce replacement with higher fees can get it mined
-                if result is not None and result.outcome is BroadcastOutcome.UNDERPRICED \
-                        and len(attempts) <= cfg.max_bumps:
-                    await self._bump(sub, attempts[-1])
-            elif head - int(sub.last_broadcast_block) >= cfg.bump_blocks and len(attempts) <= cfg.max_bumps:
-                await self._bump(sub, attempts[-1])
+                if result is not None and result.outcome is BroadcastOutcome.UNDERPRICED:
+                    await self._bump(sub, attempts)
+            elif head - int(sub.last_broadcast_block) >= cfg.bump_blocks:
+                await self._bump(sub, attempts)
             else:
                 continue
             await self.db.atx(chainstore.touch, sub.id, head)
@@ -260,26 +279,45 @@ class Tracker:
             if receipt is not None:
                 canonical = await self.db.atx(chainstore.is_canonical, self.chain, receipt.block_hash)
                 if canonical:
-                    await self.db.atx(chainstore.store_receipts, [(sub.id, receipt)], self.clock.time())
+                    members = await self.db.aread(chainstore.members_of, [int(sub.id)])
+                    found = self._with_members(int(sub.id), sub.finality, receipt, members)
+                    await self.db.atx(chainstore.store_receipts, [(m, r) for m, _, r in found], self.clock.time())
                 return  # mined in a block we have not stored yet: the next heads will tell
         await self.db.atx(chainstore.fail_foreign, sub.id, f"{what} by a transaction chainflow did not sign",
                           self.clock.time())
 
-    async def _bump(self, sub: Any, last: Any) -> None:
+    async def _bump(self, sub: Any, attempts: list[Any]) -> None:
+        """Replace with higher fees, until the bump count or the adapter's fee budget
+        runs out: then the submission is flagged stuck (an alert, not a failure: the
+        last version may still be mined) and re-broadcast as it is."""
+        if len(attempts) > self.config.max_bumps:
+            await self._stuck(sub, f"{self.config.max_bumps} fee bump(s) made, TrackerConfig.max_bumps reached")
+            return
         await self._as_leader()
         # the same domain as every earlier version: the same nonce, or all the same coins
         request, bound = codec.loads(sub.request), await self.domain.bound(sub)
-        bumped = self.adapter.bump_fees(json.loads(last.fees), self.config.bump_factor)
-        # at least the node's replacement rule, and at least what the market asks now
-        market = (await self._rpc(self.adapter.sign(request, bound, None))).fees
-        fees = {k: max(v, market.get(k, 0)) for k, v in bumped.items()}
-        signed = await self._rpc(self.adapter.sign(request, bound, fees))
+        try:
+            bumped = self.adapter.bump_fees(json.loads(attempts[-1].fees), self.config.bump_factor)
+            # at least the node's replacement rule, and at least what the market asks now
+            market = (await self._rpc(self.adapter.sign(request, bound, None))).fees
+            fees = {k: max(v, market.get(k, 0)) for k, v in bumped.items()}
+            signed = await self._rpc(self.adapter.sign(request, bound, fees))
+        except TxRejected as exc:
+            await self._stuck(sub, exc.reason)
+            return
         await self.db.atx(chainstore.add_attempt, sub.id, self.chain, signed, self.clock.time())
         await self._as_leader()
         await broadcast_latest(self.db, self.clock, None, self.adapter, sub)
         self._stats.rpc_calls += 1
         self._stats.bumps += 1
         metrics.inc("chainflow_fee_bumps_total", chain=self.chain)
+
+
+    async def _stuck(self, sub: Any, reason: str) -> None:
+        if await self.db.atx(chainstore.mark_stuck, sub.id, self.clock.time()):
+            metrics.inc("chainflow_submissions_stuck_total", chain=self.chain)
+            log.warning("submission %s on %s is stuck unmined: %s; it keeps being re-broadcast as it is",
+                        sub.id, self.chain, reason)
 
 
 def keep_from(head: int, window: int, included: list[tuple[int, str, int]]) -> int:

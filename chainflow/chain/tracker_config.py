@@ -4,9 +4,27 @@ importing the tracker machinery)."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 
 from ..clock import to_seconds
+
+
+@dataclass(frozen=True)
+class Batching:
+    """Payouts on a UTXO chain that share one transaction: each intent keeps its own
+    idempotency key and receipt (its output), and a batch never changes once signed,
+    so a fee bump can never drop an earlier payout.
+
+    A batch is signed once its oldest intent has waited ``window`` seconds or
+    ``max_size`` intents wait, whichever comes first."""
+
+    window: float = 2.0
+    max_size: int = 50
+
+    def __post_init__(self) -> None:
+        to_seconds(self.window, "Batching.window")
+        if not isinstance(self.max_size, int) or isinstance(self.max_size, bool) or self.max_size < 1:
+            raise ValueError(f"Batching.max_size must be an int >= 1, got {self.max_size!r}")
 
 
 @dataclass
@@ -21,6 +39,8 @@ class TrackerConfig:
     bump_factor: float = 1.125  # the common node replacement rule (12.5%)
     max_bumps: int = 5  # cap on replacements per submission
     stuck_batch: int = 32  # stuck submissions handled per head, bounding RPC
+    # chain name -> how its payouts are batched; chains not named are not batched
+    batching: dict[str, Batching] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         """Refuse what would spin (a zero or NaN poll interval) or never act (a negative
@@ -38,3 +58,6 @@ class TrackerConfig:
         if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not math.isfinite(factor) \
                 or factor < 1:
             raise ValueError(f"TrackerConfig.bump_factor must be a finite number >= 1, got {factor!r}")
+        for chain, policy in self.batching.items():
+            if not isinstance(policy, Batching):
+                raise TypeError(f"TrackerConfig.batching[{chain!r}] must be a cf.Batching, got {policy!r}")

@@ -159,6 +159,10 @@ class Chainflow:
                 raise ConfigurationError(f"two chains are named {chain.name!r}")
             self.chains[chain.name] = chain
         self.submitter: Submitter | None = None
+        if self.tracker_config.batching:
+            from ..chain import batcher
+
+            batcher.check(self.chains, self.tracker_config.batching)
         if self.chains:
             from ..chain.submission import Submitter
 

@@ -141,11 +141,16 @@ submissions = sa.Table(
     sa.Column("updated_at", sa.Float, nullable=False),
     sa.Column("last_broadcast_at", sa.Float),
     sa.Column("last_broadcast_block", sa.BigInteger),
+    # batching (v6): a batch row has batch_id = its own id, its members the batch's id
+    sa.Column("batch_id", sa.BigInteger),
+    # v6: when the fee budget (or the bump count) ran out with the tx still unmined
+    sa.Column("stuck_since", sa.Float),
     sa.UniqueConstraint("chain", "sender", "idempotency_key", name="uq_cf_submission_key"),
     sa.Index("ix_cf_submissions_state", "chain", "state"),
     sa.Index("ix_cf_submissions_nonce", "chain", "sender", "nonce"),
     # the tracker's per-head "stuck?" query must not scan every pending submission
     sa.Index("ix_cf_submissions_stuck", "chain", "state", "last_broadcast_block"),
+    sa.Index("ix_cf_submissions_batch", "batch_id"),
 )
 
 tx_attempts = sa.Table(
@@ -162,10 +167,13 @@ tx_attempts = sa.Table(
 )
 
 # A UTXO chain's conflict domain: the outpoints reserved for an intent (v5).  A row
-# is written in the same transaction that moves the intent to "allocated" and is
-# deleted only when the intent is provably dead without having signed anything (run
-# ended before signing, permanent signing failure); an intent that signed keeps its
-# coins for good, since any of its candidates may still be (re-)included.
+# is written in the same transaction that moves the intent to "allocated".  It is
+# *held* (``spent_at_block`` NULL) while any candidate may still be included, and
+# deleted only when the intent is provably dead: it never signed (run ended first,
+# permanent signing failure), or a foreign spend of its coins is final.  Once one of
+# the intent's own candidates is final the row records the spend (``spent_at_block``,
+# v6) instead of holding the coin, is held again if a reorg un-finalises it, and is
+# pruned with the tracker's header window, below which no reorg is followed.
 reservations = sa.Table(
     "cf_reservations",
     metadata,
@@ -174,6 +182,8 @@ reservations = sa.Table(
     sa.Column("submission_id", BigId, nullable=False, index=True),
     sa.Column("value", sa.BigInteger, nullable=False),
     sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("spent_at_block", sa.BigInteger),
+    sa.Index("ix_cf_reservations_spent", "chain", "spent_at_block"),
 )
 
 # --- head tracking and reorgs --------------------------------------------------
@@ -251,14 +261,20 @@ def _v3(conn: sa.Connection) -> None:
             index.create(conn, checkfirst=True)
 
 
+def _add_missing(conn: sa.Connection, table: sa.Table, names: tuple[str, ...]) -> None:
+    have = {c["name"] for c in sa.inspect(conn).get_columns(table.name)}
+    for name in names:
+        if name not in have:
+            column = sa.schema.CreateColumn(table.c[name]).compile(dialect=conn.dialect)
+            conn.exec_driver_sql(f"ALTER TABLE {table.name} ADD COLUMN {column}")
+
+
 def _v4(conn: sa.Connection) -> None:
     """Runs count their recoveries (dead-lettering); workers announce what they serve.
 
     Both are declared above, so a database created by this version's ``_v1`` has them
     already: each is added only where missing."""
-    if "recoveries" not in {c["name"] for c in sa.inspect(conn).get_columns(runs.name)}:
-        column = sa.schema.CreateColumn(runs.c.recoveries).compile(dialect=conn.dialect)
-        conn.exec_driver_sql(f"ALTER TABLE {runs.name} ADD COLUMN {column}")
+    _add_missing(conn, runs, ("recoveries",))
     workers.create(conn, checkfirst=True)
 
 
@@ -268,6 +284,15 @@ def _v5(conn: sa.Connection) -> None:
     reservations.create(conn, checkfirst=True)
 
 
+def _v6(conn: sa.Connection) -> None:
+    """Batched payouts, stuck submissions, reservations that record their own spend."""
+    _add_missing(conn, submissions, ("batch_id", "stuck_since"))
+    _add_missing(conn, reservations, ("spent_at_block",))
+    for index in (*submissions.indexes, *reservations.indexes):
+        if index.name in ("ix_cf_submissions_batch", "ix_cf_reservations_spent"):
+            index.create(conn, checkfirst=True)
+
+
 MIGRATIONS: list[tuple[int, Callable[[sa.Connection], None]]] = [
-    (1, _v1), (2, _v2), (3, _v3), (4, _v4), (5, _v5)]
+    (1, _v1), (2, _v2), (3, _v3), (4, _v4), (5, _v5), (6, _v6)]
 LATEST = MIGRATIONS[-1][0]

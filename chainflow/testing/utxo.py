@@ -22,6 +22,7 @@ miniature:
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -244,6 +245,10 @@ def pay(to: str, value: int) -> dict[str, Any]:
     return {"to": to, "value": value}
 
 
+def _paid(request: dict[str, Any]) -> int:
+    return sum(int(value) for _, value in request["outputs"])
+
+
 class FakeUtxoAdapter:
     """One wallet on a ``FakeUtxoChain``: reading, broadcasting, building and a coin source.
 
@@ -256,7 +261,7 @@ class FakeUtxoAdapter:
         if not isinstance(name, str) or not name:
             raise ValueError(f"FakeUtxoAdapter needs a non-empty name, got {name!r}")
         self.name, self.chain, self.wallet = name, chain, wallet
-        self.fee, self.fee_budget = fee, fee_budget
+        self.fee, self.fee_budget = fee, fee_budget  # no version ever pays more than fee_budget
 
     # --- building -----------------------------------------------------------------
 
@@ -271,14 +276,20 @@ class FakeUtxoAdapter:
             raise ValueError(f"tx 'to' must be a non-empty address, got {to!r}")
         if not isinstance(value, int) or isinstance(value, bool) or value <= DUST:
             raise ValueError(f"tx 'value' must be an int above the dust limit {DUST}, got {value!r}")
-        return {"to": to, "value": value}
+        return {"outputs": [[to, value]]}
+
+    def merge(self, requests: list[dict[str, Any]]) -> dict[str, Any]:
+        return {"outputs": [o for r in requests for o in r["outputs"]]}
+
+    def member_receipt(self, receipt: Receipt, index: int) -> Receipt:
+        return dataclasses.replace(receipt, extra={**receipt.extra, "output_index": index})
 
     async def estimate(self, request: dict[str, Any]) -> dict[str, Any]:
         return request
 
     def select(self, request: dict[str, Any], available: list[Coin]) -> list[Coin]:
-        """Largest coins first until the payment and the fee budget are covered."""
-        need = int(request["value"]) + self.fee_budget
+        """Largest coins first until the payments and the fee budget are covered."""
+        need = _paid(request) + self.fee_budget
         chosen: list[Coin] = []
         for coin in sorted(available, key=lambda c: (-c.value, c.outpoint)):
             if sum(c.value for c in chosen) >= need:
@@ -286,7 +297,7 @@ class FakeUtxoAdapter:
             chosen.append(coin)
         have = sum(c.value for c in chosen)
         if have < need:
-            raise TxRejected(f"insufficient funds: paying {request['value']} needs {need} with the fee budget, "
+            raise TxRejected(f"insufficient funds: paying {_paid(request)} needs {need} with the fee budget, "
                              f"the wallet's unreserved coins hold {have}", reverted=False)
         return chosen
 
@@ -296,15 +307,20 @@ class FakeUtxoAdapter:
         if not inputs:
             raise ValueError("a UTXO transaction needs the intent's reserved outpoints, got none")
         fee = int(fees["fee"]) if fees else self.fee
-        change = sum(self.chain.output(op)[1] for op in inputs) - int(request["value"]) - fee
+        change = sum(self.chain.output(op)[1] for op in inputs) - _paid(request) - fee
         if change < 0:
             raise TxRejected(f"fee {fee} exceeds what the reserved inputs leave", reverted=False)
-        outputs = ((request["to"], int(request["value"])),) + (((self.wallet, change),) if change >= DUST else ())
+        paid = tuple((str(to), int(value)) for to, value in request["outputs"])
+        outputs = paid + (((self.wallet, change),) if change >= DUST else ())
         tx = FakeTx(inputs, outputs, self.wallet)
         return SignedTx(tx.raw, tx.txid, {"fee": fee})
 
     def bump_fees(self, fees: dict[str, int], factor: float) -> dict[str, int]:
-        return {"fee": max(fees["fee"] + self.chain.incremental_fee, math.ceil(fees["fee"] * factor))}
+        if fees["fee"] >= self.fee_budget:
+            raise TxRejected(f"fee budget exhausted: the last version pays {fees['fee']}, the budget is "
+                             f"{self.fee_budget}", reverted=False)
+        raised = max(fees["fee"] + self.chain.incremental_fee, math.ceil(fees["fee"] * factor))
+        return {"fee": min(raised, self.fee_budget)}
 
     # --- coins ----------------------------------------------------------------------
 

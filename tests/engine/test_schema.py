@@ -98,7 +98,7 @@ def test_v3_database_gets_recoveries_and_the_workers_table(make_app: Any) -> Non
     inspector = sa.inspect(app.engine)
     assert "recoveries" not in {c["name"] for c in inspector.get_columns("cf_runs")}
     assert not inspector.has_table("cf_workers")
-    assert migrate(app.engine) == schema.LATEST == 5
+    assert migrate(app.engine) == schema.LATEST == 6
     inspector = sa.inspect(app.engine)
     assert "recoveries" in {c["name"] for c in inspector.get_columns("cf_runs")}
     assert {c["name"] for c in inspector.get_columns("cf_workers")} == {c.name for c in schema.workers.c}
@@ -117,12 +117,12 @@ def test_v4_database_gets_the_reservations_table(make_app: Any) -> None:
     app.ensure_schema()
     with app.engine.begin() as conn:  # back to the v4 shape
         conn.exec_driver_sql("DROP TABLE cf_reservations")
-        conn.execute(schema.schema_version.delete().where(schema.schema_version.c.version == 5))
+        conn.execute(schema.schema_version.delete().where(schema.schema_version.c.version >= 5))
         conn.execute(schema.submissions.insert().values(
             chain="evm", sender="0xabc", idempotency_key="k", request="{}", finality="{}", nonce=3,
             state="final", created_at=1.0, updated_at=1.0))
     assert not sa.inspect(app.engine).has_table("cf_reservations")
-    assert migrate(app.engine) == schema.LATEST == 5
+    assert migrate(app.engine) == schema.LATEST == 6
     inspector = sa.inspect(app.engine)
     assert {c["name"] for c in inspector.get_columns("cf_reservations")} == {c.name for c in schema.reservations.c}
     with app.engine.begin() as conn:
@@ -133,4 +133,28 @@ def test_v4_database_gets_the_reservations_table(make_app: Any) -> None:
                 conn.execute(schema.reservations.insert().values(chain="btc", outpoint="aa:0", submission_id=2,
                                                                  value=5, created_at=1.0))
         assert conn.execute(sa.select(schema.submissions.c.nonce)).scalar_one() == 3
+    assert migrate(app.engine) == schema.LATEST  # nothing left to apply
+
+
+def test_v5_database_gets_batches_stuck_marks_and_recorded_spends(make_app: Any) -> None:
+    """v6: a v5 database (a held reservation in it) gains the batch, stuck and spend
+    columns; what it had stays, held."""
+    app = make_app()
+    app.ensure_schema()
+    with app.engine.begin() as conn:  # back to the v5 shape
+        conn.exec_driver_sql("DROP INDEX ix_cf_submissions_batch")
+        conn.exec_driver_sql("DROP INDEX ix_cf_reservations_spent")
+        for table, column in (("cf_submissions", "batch_id"), ("cf_submissions", "stuck_since"),
+                              ("cf_reservations", "spent_at_block")):
+            conn.exec_driver_sql(f"ALTER TABLE {table} DROP COLUMN {column}")
+        conn.execute(schema.schema_version.delete().where(schema.schema_version.c.version == 6))
+        conn.exec_driver_sql("INSERT INTO cf_reservations (chain, outpoint, submission_id, value, created_at) "
+                             "VALUES ('btc', 'aa:0', 1, 5, 1.0)")
+    assert migrate(app.engine) == schema.LATEST == 6
+    inspector = sa.inspect(app.engine)
+    assert {"batch_id", "stuck_since"} <= {c["name"] for c in inspector.get_columns("cf_submissions")}
+    assert {i["name"] for i in inspector.get_indexes("cf_reservations")} >= {"ix_cf_reservations_spent"}
+    with app.engine.begin() as conn:
+        row = conn.execute(sa.select(schema.reservations)).one()
+    assert (row.outpoint, row.spent_at_block) == ("aa:0", None)
     assert migrate(app.engine) == schema.LATEST  # nothing left to apply

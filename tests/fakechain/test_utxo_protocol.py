@@ -15,7 +15,6 @@ import contextlib
 import json
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -98,6 +97,13 @@ class Rig:
             return sorted(r.outpoint for r in conn.execute(
                 sa.select(reservations.c.outpoint).where(reservations.c.submission_id == sub_id)))
 
+    def held(self, sub_id: int) -> list[str]:
+        """Reserved and not yet recorded as spent by the intent's own final transaction."""
+        with self.app.engine.begin() as conn:
+            return sorted(r.outpoint for r in conn.execute(
+                sa.select(reservations.c.outpoint).where(reservations.c.submission_id == sub_id,
+                                                         reservations.c.spent_at_block.is_(None))))
+
     def effects(self) -> list[str]:
         return [line.split()[0] for line in self.ledger.lines()]
 
@@ -141,11 +147,6 @@ def register_pay_flow(app: cf.Chainflow, ledger: CallLog, finality: Any) -> None
 
 
 @pytest.fixture
-def ledger(tmp_path: Path) -> CallLog:
-    return CallLog(tmp_path / "ledger.log")
-
-
-@pytest.fixture
 def rig(db_url: str, ledger: CallLog) -> Any:
     r = Rig(db_url, ledger)
     r.chain.fund("wallet", 100_000)
@@ -171,6 +172,7 @@ async def test_a_payment_settles_once_on_reserved_coins(rig: Rig) -> None:
     # the largest coin funds 30_000 + the fee budget; the reservation is the tx's inputs, kept
     tx = FakeTx.parse(attempt.raw)
     assert list(tx.inputs) == rig.reserved(sub.id) and len(tx.inputs) == 1
+    assert rig.held(sub.id) == [], "a final intent's coins are recorded as spent, not held"
     assert rig.chain.output(tx.inputs[0]) == ("wallet", 100_000)
     assert _paid(rig, 30_000) == [attempt.tx_hash]
     assert st.output["tx"] == attempt.tx_hash and st.output["fee"] == 500 and st.output["position"] == 0
@@ -265,7 +267,8 @@ async def test_a_worker_killed_mid_protocol_is_resumed_with_the_same_bytes(rig: 
 async def test_a_foreign_spend_of_a_reserved_coin_fails_the_intent(rig: Rig) -> None:
     """Mining paused; another key spends our reserved input and that spend is mined: the
     step fails naming the outpoint and the spender, compensations run, our tx is in no
-    block, and the coin stays reserved by the dead intent (it is spent anyway)."""
+    block, and the coin stays reserved by the dead intent until the foreign spend is as
+    final as the payout asked (2 confirmations): a reorg could still drop it before."""
     async with running_worker(rig.app, track=False):
         await rig.step()
         h = await rig.app.astart("pay_flow", {"id": "order-1", "sats": 30_000})
@@ -285,7 +288,13 @@ async def test_a_foreign_spend_of_a_reserved_coin_fails_the_intent(rig: Rig) -> 
     assert rig.chain.spender(outpoint) == thief and rig.chain.location(attempt.tx_hash) is None
     assert _paid(rig, 30_000) == []
     assert rig.effects() == ["reserve", "unreserve"], "the payment never happened: nothing to refund"
-    assert rig.reserved(sub.id) == [outpoint]
+    found = rig.chain.location(thief)
+    assert found is not None
+    while rig.chain.height - found[0].number + 1 < 2:
+        assert rig.reserved(sub.id) == [outpoint], "released before the foreign spend was final"
+        rig.chain.mine()
+        await rig.step()
+    assert rig.reserved(sub.id) == [], "the foreign spend is final: the dead intent's coins are released"
 
 
 async def test_a_stuck_payment_is_replaced_spending_all_the_same_inputs(db_url: str, ledger: CallLog) -> None:
