@@ -302,6 +302,38 @@ def nonces(ctx: click.Context) -> None:
 
 @cli.command()
 @click.pass_context
+def coins(ctx: click.Context) -> None:
+    """Coin health per UTXO chain: reserved coins and their owner intents, the wallet's
+    coins on chain, and what new payouts can spend."""
+    from .chain.coins import ChainCoins, report, snapshot
+
+    app = _target(ctx).app()
+
+    async def ask_chains() -> list[ChainCoins]:
+        try:
+            return await report(app.database, app.chains)
+        finally:  # HTTP sessions belong to this loop: close them, failure or not
+            for adapter in app.chains.values():
+                await adapter.aclose()
+
+    try:
+        rows = asyncio.run(ask_chains()) if app.chains else app.read(snapshot)
+    except ValueError as exc:  # adapters raise ValueError naming bad key material or config
+        fail(str(exc))
+    summary = Table("chain", "wallet", "coins on chain", "value on chain", "reserved", "reserved value", "spendable")
+    held = Table("chain", "outpoint", "value", "owner key", "owner state", "run")
+    for c in rows:
+        summary.add_row(Text(c.chain), Text(c.sender or "-"), _opt(c.on_chain), _opt(c.on_chain_value),
+                        str(len(c.reserved)), str(c.reserved_value), _opt(c.spendable))
+        for r in c.reserved:
+            held.add_row(Text(c.chain), Text(r.outpoint), str(r.value),
+                         Text(r.owner_key + (" (batch)" if r.batch else "")), Text(r.owner_state), Text(r.run_id or "-"))
+    console.print(summary)
+    console.print(held if any(c.reserved for c in rows) else Text("no coin is reserved", style="dim"))
+
+
+@cli.command()
+@click.pass_context
 def metrics(ctx: click.Context) -> None:
     """Runs, submissions and reorgs from the database, in Prometheus text format."""
     from .metrics import exposition

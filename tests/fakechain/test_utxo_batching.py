@@ -6,7 +6,10 @@ and the tables."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import sys
+import types
 from typing import Any
 
 import pytest
@@ -207,3 +210,37 @@ def test_batching_names_a_chain_that_can_batch(db_url: str) -> None:
                      tracker=cf.TrackerConfig(batching={CHAIN: cf.Batching()}))
     with pytest.raises(ValueError, match="max_size"):
         cf.Batching(max_size=0)
+
+
+def test_coins_command_shows_reservations_owners_and_spendable(db_url: str, ledger: CallLog,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """``chainflow coins`` with a batch in flight (mining paused): the batch's reserved
+    coin with its owner, the wallet's coins on chain, and what is left to spend."""
+    from click.testing import CliRunner
+
+    from chainflow.cli import cli
+
+    rig = batching_rig(db_url, ledger)
+    rig.chain.fund("wallet", 70_000)
+
+    async def in_flight() -> None:
+        async with running_worker(rig.app, track=False):
+            await rig.step()
+            await rig.app.astart("pay_flow", {"id": "c1", "sats": 10_000})
+            await rig.drive(lambda: rig.state("c1") == "broadcast", mine=False, what="the batch sent")
+
+    try:
+        asyncio.run(in_flight())
+        (batch,) = batches(rig)
+        (outpoint,) = rig.held(batch.id)
+        module = types.ModuleType("cf_coins_app")
+        module.app = rig.app  # type: ignore[attr-defined]
+        monkeypatch.setitem(sys.modules, "cf_coins_app", module)
+        res = CliRunner().invoke(cli, ["--app", "cf_coins_app:app", "coins"], catch_exceptions=False,
+                                 env={"COLUMNS": "250"})
+    finally:
+        rig.close()
+    assert res.exit_code == 0, res.output
+    assert outpoint in res.output and batch.idempotency_key in res.output and "(batch)" in res.output
+    # two coins on chain (500,000 and 70,000); the larger one is held by the batch
+    assert "570000" in res.output and "500000" in res.output and "70000" in res.output
