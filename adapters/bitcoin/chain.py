@@ -215,8 +215,8 @@ class BitcoinChain:
             raise ValueError(f"chain {self.name!r}: fees must hold an int 'feerate' (sat/kvB), got {fees!r}")
         feerate = await self._market_feerate() if given is None else int(given)
         if feerate > self.max_feerate:
-            raise TxRejected(f"fee rate {feerate} sat/kvB exceeds chain {self.name!r}'s max_feerate "
-                             f"{self.max_feerate} sat/kvB", reverted=False)
+            raise TxRejected(f"fee rate {feerate} sat/kvB exceeds the max_feerate {self.max_feerate} sat/kvB of "
+                             f"chain {self.name!r}", reverted=False)
         await self._check_node()
         inputs = [await self._prevout(op) for op in outpoints]
         return transaction.sign(self.keyring, self.network, inputs, payments, feerate)

@@ -44,9 +44,10 @@ def _misconfigured(status: int) -> bool:
 
 
 class BitcoinRpc:
-    """Calls one node; ``url`` may carry ``user:password@`` (percent-encoded)."""
+    """Calls one node; ``url`` may carry ``user:password@`` (percent-encoded).
+    ``transport`` replaces httpx's network transport (tests: ``httpx.MockTransport``)."""
 
-    def __init__(self, url: str, *, timeout: float) -> None:
+    def __init__(self, url: str, *, timeout: float, transport: httpx.AsyncBaseTransport | None = None) -> None:
         parts = urlsplit(url) if isinstance(url, str) else None
         if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError("rpc must be an http(s) URL such as http://user:pass@127.0.0.1:8332")
@@ -62,6 +63,7 @@ class BitcoinRpc:
         self._secrets = [s for s in (parts.password, unquote(parts.password or ""), parts.path.strip("/"),
                                      parts.query) if s and len(s) >= 4]
         self._timeout = timeout
+        self._transport = transport
         self._clients: dict[asyncio.AbstractEventLoop, httpx.AsyncClient] = {}
         self._lock = threading.Lock()
         self._ids = itertools.count(1)
@@ -114,7 +116,8 @@ class BitcoinRpc:
                 # never follow a redirect: it would re-send a signed transaction to
                 # another origin, or take a stranger's answer for the node's
                 client = self._clients[loop] = httpx.AsyncClient(
-                    auth=self._auth, timeout=self._timeout, follow_redirects=False, trust_env=False)
+                    auth=self._auth, timeout=self._timeout, follow_redirects=False, trust_env=False,
+                    transport=self._transport)
             return client
 
     async def aclose(self) -> None:

@@ -65,6 +65,13 @@ def select(payments: Sequence[tuple[bytes, int]], available: Sequence[Coin], cha
                      f"max_feerate {max_feerate} sat/kvB), unreserved coins hold {held}", reverted=False)
 
 
+def p2wpkh_digest(tx: CMutableTransaction, index: int, value: int, pubkey: bytes) -> bytes:
+    """BIP143's signature hash (SIGHASH_ALL) of input ``index`` spending ``value``
+    from the P2WPKH output of ``pubkey``: its script code is the P2PKH script."""
+    return bytes(SignatureHash(CScript(p2pkh_script(hash160(pubkey))), tx, index, SIGHASH_ALL, amount=value,
+                               sigversion=SIGVERSION_WITNESS_V0))
+
+
 def sign(keyring: Keyring, network: Network, inputs: Sequence[Prevout], payments: Sequence[tuple[bytes, int]],
          feerate: int) -> SignedTx:
     """Spend every one of ``inputs`` to ``payments`` (then change to the wallet's
@@ -94,8 +101,7 @@ def sign(keyring: Keyring, network: Network, inputs: Sequence[Prevout], payments
         if index is None:
             raise TxRejected(f"input {prev.outpoint} does not pay one of the wallet's addresses", reverted=False)
         pubkey = keyring.pubkeys[index]
-        digest = SignatureHash(CScript(p2pkh_script(hash160(pubkey))), tx, i, SIGHASH_ALL, amount=prev.value,
-                               sigversion=SIGVERSION_WITNESS_V0)
+        digest = p2wpkh_digest(tx, i, prev.value, pubkey)
         signature = keyring.sign(index, digest) + bytes([SIGHASH_ALL])
         witnesses.append(CTxInWitness(CScriptWitness([signature, pubkey])))
     tx.wit = CTxWitness(witnesses)

@@ -117,7 +117,9 @@ class DescriptorWallet(_Secret):
         if value is None or not value.strip():
             del value
             _fail(f"environment variable {var!r} is not set (expected an xprv/tprv, a wpkh() descriptor or WIF keys)")
-        return cls._build(value, f"environment variable {var!r}")
+        wallet, problem = cls._attempt(value, f"environment variable {var!r}")
+        del value
+        return wallet if problem is None else _fail(problem)
 
     @classmethod
     def from_file(cls, path: str | Path) -> DescriptorWallet:
@@ -128,20 +130,18 @@ class DescriptorWallet(_Secret):
             problem = f"cannot read wallet file {str(path)!r}: {getattr(exc, 'strerror', None) or type(exc).__name__}"
         if problem is not None:
             _fail(problem)
-        return cls._build(text, f"file {str(path)!r}")
+        wallet, problem = cls._attempt(text, f"file {str(path)!r}")
+        del text
+        return wallet if problem is None else _fail(problem)
 
     @classmethod
-    def _build(cls, secret: str, source: str) -> DescriptorWallet:
-        """The wallet, or its error raised from a frame that no longer holds ``secret``."""
-        problem: str | None = None
+    def _attempt(cls, secret: str, source: str) -> tuple[Any, str | None]:
+        """(the wallet, None) or (None, its error): the caller drops its copy of the
+        secret before raising, so no frame of the traceback holds it."""
         try:
-            wallet = cls(secret, source=source)
+            return cls(secret, source=source), None
         except WalletError as exc:
-            problem = str(exc)
-        del secret
-        if problem is not None:
-            _fail(problem)
-        return wallet
+            return None, str(exc)
 
     def _describe(self) -> str:
         return f"{self._kind}, from {self._source}"
