@@ -238,13 +238,28 @@ class BitcoinChain:
         known = self._txs.get(txid)
         if known is not None:
             return known
+        raw = await self._lookup("getrawtransaction", txid, False)
+        return None if raw is None else _remember(self._txs, txid, CTransaction.deserialize(x(raw)), _CACHED_TXS)
+
+    async def _lookup(self, method: str, *params: Any, missing: int = RPC_INVALID_ADDRESS_OR_KEY) -> Any:
+        """The result of a call looking something up; None when the node answers
+        that it has no such thing (error code ``missing``)."""
         try:
-            raw = await self.rpc.call("getrawtransaction", txid, False)
+            return await self.rpc.call(method, *params)
         except RpcError as exc:
-            if exc.code == RPC_INVALID_ADDRESS_OR_KEY:
+            if exc.code == missing:
                 return None
             raise
-        return _remember(self._txs, txid, CTransaction.deserialize(x(raw)), _CACHED_TXS)
+
+    async def _located(self, txid: str) -> tuple[dict[str, Any], dict[str, Any]] | None:
+        """The verbose transaction and the header of the active-chain block holding
+        it; None when no such block (mempool, unknown, or a block a reorg orphaned,
+        which ``-txindex`` may still point into)."""
+        tx = await self._lookup("getrawtransaction", txid, True)
+        if tx is None or not tx.get("blockhash"):
+            return None
+        header = await self.rpc.call("getblockheader", tx["blockhash"])
+        return (tx, header) if int(header.get("confirmations", 0)) >= 1 else None
 
     async def _check_node(self) -> None:
         """Once: the node serves this chain's network and indexes transactions."""
@@ -316,9 +331,10 @@ class BitcoinChain:
         txid, index = parse_outpoint(outpoint)
         if await self.rpc.call("gettxout", txid, index, False) is not None:
             return None
-        created = await self._confirmed_height(txid)
-        if created is None:
+        located = await self._located(txid)
+        if located is None:
             return None
+        created = int(located[1]["height"])
         block_hash: str | None = await self.rpc.call("getbestblockhash")
         for _ in range(self.spender_lookback):
             if block_hash is None:
@@ -330,19 +346,6 @@ class BitcoinChain:
                 break
             block_hash = parent
         return f"a transaction more than {self.spender_lookback} blocks below the tip (not searched further)"
-
-    async def _confirmed_height(self, txid: str) -> int | None:
-        """Height of the active-chain block holding ``txid``; None when it is in none."""
-        try:
-            tx = await self.rpc.call("getrawtransaction", txid, True)
-        except RpcError as exc:
-            if exc.code == RPC_INVALID_ADDRESS_OR_KEY:
-                return None
-            raise
-        if not tx.get("blockhash"):
-            return None
-        header = await self.rpc.call("getblockheader", tx["blockhash"])
-        return int(header["height"]) if int(header.get("confirmations", 0)) >= 1 else None
 
     async def _spends(self, block_hash: str) -> tuple[dict[tuple[str, int], str], int, str | None]:
         """Which outpoints a block spends (and by which txid), its height and parent;
@@ -377,18 +380,11 @@ class BitcoinChain:
     # --- reading ------------------------------------------------------------------
 
     async def receipt(self, tx_hash: str) -> BitcoinReceipt | None:
-        try:
-            raw = await self.rpc.call("getrawtransaction", tx_hash, True)
-        except RpcError as exc:
-            if exc.code == RPC_INVALID_ADDRESS_OR_KEY:
-                return None
-            raise
-        block_hash = raw.get("blockhash")
-        if not block_hash:
+        located = await self._located(tx_hash)
+        if located is None:
             return None
-        header = await self.rpc.call("getblockheader", block_hash)
-        if int(header.get("confirmations", 0)) < 1:
-            return None  # -txindex still points into a block a reorg orphaned
+        raw, header = located
+        block_hash = str(header["hash"])
         tx = _remember(self._txs, tx_hash, CTransaction.deserialize(x(raw["hex"])), _CACHED_TXS)
         txids = await self.block_tx_hashes(block_hash)
         paid = sum(int(out.nValue) for out in tx.vout)
@@ -410,13 +406,7 @@ class BitcoinChain:
                       int(out.nValue)] for out in tx.vout])
 
     async def in_mempool(self, tx_hash: str) -> bool:
-        try:
-            await self.rpc.call("getmempoolentry", tx_hash)
-        except RpcError as exc:
-            if exc.code == RPC_INVALID_ADDRESS_OR_KEY:
-                return False
-            raise
-        return True
+        return await self._lookup("getmempoolentry", tx_hash) is not None
 
     async def head(self) -> Header:
         await self._check_node()
@@ -425,23 +415,15 @@ class BitcoinChain:
     async def header_at(self, number: int) -> Header | None:
         if number < 0:
             return None
-        try:
-            block_hash = await self.rpc.call("getblockhash", number)
-        except RpcError as exc:
-            if exc.code == RPC_INVALID_PARAMETER:
-                return None  # above the tip
-            raise
-        return _header(await self.rpc.call("getblockheader", block_hash))
+        block_hash = await self._lookup("getblockhash", number, missing=RPC_INVALID_PARAMETER)  # above the tip
+        return None if block_hash is None else _header(await self.rpc.call("getblockheader", block_hash))
 
     async def block_tx_hashes(self, block_hash: str) -> list[str]:
         known = self._block_txids.get(block_hash)
         if known is None:
-            try:
-                block = await self.rpc.call("getblock", block_hash, 1)
-            except RpcError as exc:
-                if exc.code == RPC_INVALID_ADDRESS_OR_KEY:
-                    return []
-                raise
+            block = await self._lookup("getblock", block_hash, 1)
+            if block is None:
+                return []
             known = _remember(self._block_txids, block_hash, [str(t) for t in block.get("tx") or []], _CACHED_BLOCKS)
         return list(known)
 
