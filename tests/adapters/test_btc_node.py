@@ -74,7 +74,9 @@ async def test_a_payment_is_accepted_rebroadcast_idempotently_and_its_receipt_ex
     request, outpoints = await _pay(btc, node, (payee, 150_000))
     assert outpoints == [funded]
     signed = await btc.sign(request, outpoints, None)
-    assert signed.fees["feerate"] == btc.fallback_feerate  # regtest has no fee estimate
+    estimate = node.rpc("estimatesmartfee", btc.fee_target)  # none on a fresh regtest chain
+    market = _sats(estimate["feerate"]) if "feerate" in estimate else btc.fallback_feerate
+    assert signed.fees["feerate"] == request["feerate"] == min(max(market, 1000), btc.max_feerate)
     assert (await btc.broadcast(signed.raw)).outcome is BroadcastOutcome.ACCEPTED
     assert await btc.in_mempool(signed.tx_hash)
     entry = node.rpc("getmempoolentry", signed.tx_hash)
@@ -112,7 +114,7 @@ async def test_a_bumped_replacement_evicts_the_original(btc: BitcoinChain, node:
     request, outpoints = await _pay(btc, node, (node.rpc("getnewaddress"), 100_000))
     first = await btc.sign(request, outpoints, None)
     assert (await btc.broadcast(first.raw)).outcome is BroadcastOutcome.ACCEPTED
-    same_rate = await btc.sign(request, outpoints, {"feerate": first.fees["feerate"] + 1})
+    same_rate = await btc.sign(request, outpoints, {"feerate": first.fees["feerate"] + 100})
     assert (await btc.broadcast(same_rate.raw)).outcome is BroadcastOutcome.UNDERPRICED  # BIP125: not enough more
     bumped = await btc.sign(request, outpoints, btc.bump_fees(first.fees, 1.125))
     assert bumped.fees["fee"] > first.fees["fee"]
@@ -196,3 +198,65 @@ async def test_a_node_of_another_network_is_refused(node: Any) -> None:
                                            r"http://127\.0\.0\.1:\d+ serves another network"):
         await chain.head()
     await chain.aclose()
+
+
+async def test_the_engine_pays_once_through_the_adapter(node: Any, db_url: str) -> None:
+    """``ctx.submit`` end to end: reserved coins, signed and broadcast bytes, the tracker
+    settling the receipt on ``Confirmations(2)``; checked on chain and in the tables."""
+    import asyncio
+    import json
+
+    import sqlalchemy as sa
+
+    import chainflow as cf
+    from chainflow.chain.tracker import Tracker
+    from chainflow.storage.schema import reservations, submissions, tx_attempts
+
+    from ..engine._util import running_worker, wait_until
+
+    btc = _chain(node)
+    funded = node.fund(btc.sender(), 600_000)
+    payee = node.rpc("getnewaddress")
+    config = cf.TrackerConfig(poll_interval=0.05, start_depth=0)
+    app = cf.Chainflow(db_url, chains=[btc], tracker=config, lease_seconds=1.0)
+    app.ensure_schema()
+
+    @app.workflow("payout")
+    async def payout(ctx: cf.Context, order: str) -> dict[str, Any]:
+        r = await ctx.submit("pay", chain="btc", tx=btc.pay(payee, sats=150_000), idempotency_key=f"payout:{order}",
+                             finality=cf.Confirmations(2))
+        return {"tx": r.tx_hash, "fee": r.effective_fee, "output": r.output_index}  # type: ignore[attr-defined]
+
+    tracker = Tracker(app.database, app.clock, btc, "test-tracker", config)
+    try:
+        async with running_worker(app, track=False):
+            await tracker.step()
+            run = await app.astart("payout", "o-1")
+            for _ in range(100):
+                await tracker.step()
+                if app.status(run.id).done:
+                    break
+                with app.engine.begin() as conn:
+                    signed = conn.execute(sa.select(sa.func.count()).select_from(tx_attempts)).scalar()
+                if signed:
+                    node.mine(1)  # the first block holds the broadcast payment, the next confirm it
+                else:
+                    await asyncio.sleep(0.05)
+            await wait_until(lambda: app.status(run.id).done, what="completion")
+        status = app.status(run.id)
+        assert status.status == "completed", status.error
+        with app.engine.begin() as conn:
+            sub = conn.execute(sa.select(submissions)).one()
+            (attempt,) = conn.execute(sa.select(tx_attempts).where(tx_attempts.c.submission_id == sub.id)).all()
+            reserved = [r.outpoint for r in conn.execute(sa.select(reservations.c.outpoint))]
+        fee = json.loads(attempt.fees)["fee"]
+        assert status.output == {"tx": attempt.tx_hash, "fee": fee, "output": 0}
+        assert reserved == [funded]
+        tx = node.rpc("getrawtransaction", attempt.tx_hash, True)
+        assert [f"{i['txid']}:{i['vout']}" for i in tx["vin"]] == [funded]
+        assert _sats(tx["vout"][0]["value"]) == 150_000 and tx["confirmations"] >= 2
+        receipt = json.loads(sub.receipt)
+        assert (receipt["family"], receipt["effective_fee"], receipt["outputs"][0]) == ("bitcoin", fee, [payee, 150_000])
+    finally:
+        app.engine.dispose()
+        await btc.aclose()
