@@ -36,7 +36,16 @@ from ..errors import StepError, StepTimeout, WaitTimeout, describe_error, error_
 from ..retry import Retry
 from ..runtime.context import Context
 from ..runtime.registry import WorkflowDef
-from ..runtime.scope import _BRANCH, _ORIGIN, BranchState, gather_branches, open_branch, takes_context
+from ..runtime.scope import (
+    _BRANCH,
+    _ORIGIN,
+    BranchState,
+    check_compensation,
+    gather_branches,
+    open_branch,
+    submission_key,
+    takes_context,
+)
 from ..states import TERMINAL, EntryState, RunState
 from ..storage import codec, limits
 from .diff import diff
@@ -188,7 +197,7 @@ class ReplayScope:
                    **kwargs: Any) -> T:
         limit = None if timeout is None else to_seconds(timeout, f"timeout of step {name!r}", positive=True)
         if compensate is not None:
-            self._check_compensation(compensate, f"compensate of step {name!r}")
+            check_compensation(compensate, f"compensate of step {name!r}")
         slot = self._slot(name, "step")
         override = self._options.steps.get(name)
         entry = slot.entry
@@ -282,17 +291,9 @@ class ReplayScope:
     async def submit(self, name: str, *, chain: str, tx: Any, idempotency_key: str | None = None,
                      finality: Any = None, compensate: Callable[..., Any] | None = None,
                      retry: Retry | None = None) -> Receipt:
-        origin = _ORIGIN.get()
-        what = f"idempotency_key of submit {name!r}"
-        if origin is None:
-            if idempotency_key is None:
-                raise TypeError(f"submit {name!r} needs an idempotency_key (only the submissions of a "
-                                "compensation derive theirs)")
-            key = limits.idempotency_key(idempotency_key, what)
-        else:
-            key = limits.compensation_key(origin, name if idempotency_key is None else idempotency_key, what)
+        key = submission_key(name, idempotency_key)
         if compensate is not None:
-            self._check_compensation(compensate, f"compensate of submit {name!r}")
+            check_compensation(compensate, f"compensate of submit {name!r}")
         slot = self._slot(name, "submit")
         adapter = self._options.chains.get(chain)
         entry = slot.entry
@@ -380,11 +381,6 @@ class ReplayScope:
         return await gather_branches(self.branch, works, names)
 
     # --- compensations ---------------------------------------------------------------
-
-    def _check_compensation(self, fn: Any, what: str) -> None:
-        if _ORIGIN.get() is not None:
-            raise ValueError(f"{what}: a compensation's own steps and submissions cannot take compensate=")
-        takes_context(fn, what)
 
     def _register(self, slot: _Slot, fn: Callable[..., Any], value: Any, origin: str | None) -> None:
         if slot.entry is not None:

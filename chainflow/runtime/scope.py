@@ -184,6 +184,30 @@ def takes_context(fn: Any, what: str) -> bool:
     return True
 
 
+def check_compensation(fn: Any, what: str) -> None:
+    """Refuse a bad compensation before the operation it undoes runs (``step`` and
+    ``submit`` call this; registering then needs no second look).  One registered
+    inside a compensation would never run (the compensations to run are chosen when
+    compensating starts), so it is refused."""
+    if _ORIGIN.get() is not None:
+        raise ValueError(f"{what}: a compensation's own steps and submissions cannot take compensate=")
+    takes_context(fn, what)
+
+
+def submission_key(name: str, idempotency_key: str | None) -> str:
+    """The idempotency key a ``ctx.submit`` uses: the given one in workflow code; inside
+    a compensation, derived from the compensated intent (the given key, or the submit's
+    name, namespaced under it), so the undo of one intent is one submission, ever."""
+    origin = _ORIGIN.get()
+    what = f"idempotency_key of submit {name!r}"
+    if origin is None:
+        if idempotency_key is None:
+            raise TypeError(f"submit {name!r} needs an idempotency_key (only the submissions of a "
+                            "compensation derive theirs)")
+        return limits.idempotency_key(idempotency_key, what)
+    return limits.compensation_key(origin, name if idempotency_key is None else idempotency_key, what)
+
+
 class Scope:
     """One execution's run-side state and operations: slots and replay, the fenced
     commit, parks, attempts, compensations, the lease proof.
@@ -252,7 +276,7 @@ class Scope:
         """Run ``fn`` once (modulo retries), journal its result, return the journaled copy."""
         limit = None if timeout is None else to_seconds(timeout, f"timeout of step {name!r}", positive=True)
         if compensate is not None:
-            self.check_compensation(compensate, f"compensate of step {name!r}")
+            check_compensation(compensate, f"compensate of step {name!r}")
         slot = self._slot(name, "step")
         policy = retry or self.default_retry
         if slot.entry is None:
@@ -351,17 +375,9 @@ class Scope:
         intent is one submission, whichever run, execution or worker performs it."""
         if self._submitter is None:
             raise RuntimeError("this Chainflow app has no chains configured; pass chains=[...]")
-        origin = _ORIGIN.get()
-        what = f"idempotency_key of submit {name!r}"
-        if origin is None:
-            if idempotency_key is None:
-                raise TypeError(f"submit {name!r} needs an idempotency_key (only the submissions of a "
-                                "compensation derive theirs)")
-            key = limits.idempotency_key(idempotency_key, what)
-        else:
-            key = limits.compensation_key(origin, name if idempotency_key is None else idempotency_key, what)
+        key = submission_key(name, idempotency_key)
         if compensate is not None:
-            self.check_compensation(compensate, f"compensate of submit {name!r}")
+            check_compensation(compensate, f"compensate of submit {name!r}")
         return await self._submitter.submit(self, name, chain=chain, tx=tx, idempotency_key=key,
                                             finality=finality, compensate=compensate, retry=retry)
 
@@ -392,15 +408,6 @@ class Scope:
         self.fatal = NonDeterminismError(self.run_id, branch, position, expected, actual)
         self.stop_reason = StopReason.FATAL
         raise self.fatal
-
-    def check_compensation(self, fn: Any, what: str) -> None:
-        """Refuse a bad compensation before the operation it undoes runs (``step`` and
-        ``submit`` call this; registering then needs no second look).  One registered
-        inside a compensation would never run (the compensations to run are chosen when
-        compensating starts), so it is refused."""
-        if _ORIGIN.get() is not None:
-            raise ValueError(f"{what}: a compensation's own steps and submissions cannot take compensate=")
-        takes_context(fn, what)
 
     def register_compensation(self, slot: store.Slot, fn: Callable[..., Any], value: Any, retry: Retry,
                               timeout: float | None = None, origin: str | None = None) -> None:

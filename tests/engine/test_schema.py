@@ -98,7 +98,7 @@ def test_v3_database_gets_recoveries_and_the_workers_table(make_app: Any) -> Non
     inspector = sa.inspect(app.engine)
     assert "recoveries" not in {c["name"] for c in inspector.get_columns("cf_runs")}
     assert not inspector.has_table("cf_workers")
-    assert migrate(app.engine) == schema.LATEST == 5
+    assert migrate(app.engine) == schema.LATEST == 6
     inspector = sa.inspect(app.engine)
     assert "recoveries" in {c["name"] for c in inspector.get_columns("cf_runs")}
     assert {c["name"] for c in inspector.get_columns("cf_workers")} == {c.name for c in schema.workers.c}
@@ -117,12 +117,12 @@ def test_v4_database_gets_the_reservations_table(make_app: Any) -> None:
     app.ensure_schema()
     with app.engine.begin() as conn:  # back to the v4 shape
         conn.exec_driver_sql("DROP TABLE cf_reservations")
-        conn.execute(schema.schema_version.delete().where(schema.schema_version.c.version == 5))
+        conn.execute(schema.schema_version.delete().where(schema.schema_version.c.version >= 5))
         conn.execute(schema.submissions.insert().values(
             chain="evm", sender="0xabc", idempotency_key="k", request="{}", finality="{}", nonce=3,
             state="final", created_at=1.0, updated_at=1.0))
     assert not sa.inspect(app.engine).has_table("cf_reservations")
-    assert migrate(app.engine) == schema.LATEST == 5
+    assert migrate(app.engine) == schema.LATEST == 6
     inspector = sa.inspect(app.engine)
     assert {c["name"] for c in inspector.get_columns("cf_reservations")} == {c.name for c in schema.reservations.c}
     with app.engine.begin() as conn:
@@ -133,4 +133,24 @@ def test_v4_database_gets_the_reservations_table(make_app: Any) -> None:
                 conn.execute(schema.reservations.insert().values(chain="btc", outpoint="aa:0", submission_id=2,
                                                                  value=5, created_at=1.0))
         assert conn.execute(sa.select(schema.submissions.c.nonce)).scalar_one() == 3
+    assert migrate(app.engine) == schema.LATEST  # nothing left to apply
+
+
+def test_v5_database_gets_the_overrides_column(make_app: Any) -> None:
+    """v6: a fork carries the code it runs (``cf_runs.overrides``); a v5 database (with
+    a run in it) gains the column, and its runs are claimed as before."""
+    app = make_app()
+    app.ensure_schema()
+    with app.engine.begin() as conn:  # back to the v5 shape, with a run written by v5
+        conn.exec_driver_sql("ALTER TABLE cf_runs DROP COLUMN overrides")
+        conn.execute(schema.schema_version.delete().where(schema.schema_version.c.version == 6))
+        v5_run = store.run_row(workflow="old", input_text="1", input_hash="", idempotency_key=None, deadline=None,
+                               now=1.0)
+        conn.execute(schema.runs.insert(), v5_run)
+    assert "overrides" not in {c["name"] for c in sa.inspect(app.engine).get_columns("cf_runs")}
+    assert migrate(app.engine) == schema.LATEST == 6
+    assert "overrides" in {c["name"] for c in sa.inspect(app.engine).get_columns("cf_runs")}
+    with app.engine.begin() as conn:
+        (claim,) = store.claim(conn, "w", 5, now=1e12, lease=30, workflows=["old"])
+    assert (claim.run_id, claim.parent_id, claim.overrides) == (v5_run["id"], None, None)
     assert migrate(app.engine) == schema.LATEST  # nothing left to apply
