@@ -219,7 +219,7 @@ def fork_many(app: Chainflow, run_ids: list[str], point: forking.ForkPoint,
                     continue
                 try:
                     row, entries, tries = _fork_row(app, found[run_id], point, swap)
-                except forking.ForkPointError as exc:
+                except forking.ForkError as exc:
                     summary.skipped[run_id] = str(exc)
                     continue
                 store.insert_fork(conn, row, entries, tries)

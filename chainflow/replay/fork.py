@@ -20,13 +20,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import ChainflowError
-from ..states import EntryState
+from ..states import TERMINAL, EntryState
 from ..storage import limits
 from .history import History, RecordedEntry
 
 
-class ForkPointError(ChainflowError):
-    """The fork point asked for is not in the run's history."""
+class ForkError(ChainflowError):
+    """A fork that cannot be made: the source is still unfinished (it and its fork would
+    both execute the steps after the point), or the point is not in its history."""
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,9 @@ def _forkable(e: RecordedEntry) -> bool:
 
 def fork_entry(history: History, point: ForkPoint) -> RecordedEntry:
     """The live entry the fork re-executes from (it and everything after run anew)."""
+    if history.run.status not in TERMINAL:
+        raise ForkError(f"run {history.run.id} is {history.run.status}: fork a finished run (cancel this one "
+                        "first), or it and its fork would both execute the steps after the fork point")
     candidates = [e for e in history.live() if _forkable(e)]
     if point.step is not None:
         found = next((e for e in candidates if e.label == point.step), None)
@@ -66,7 +70,7 @@ def fork_entry(history: History, point: ForkPoint) -> RecordedEntry:
         found = next((e for e in candidates if e.started_at is not None and e.started_at >= point.after), None)
     if found is None:
         shown = ", ".join(dict.fromkeys(e.label for e in candidates)) or "none"
-        raise ForkPointError(f"run {history.run.id} has no {point.describe()} in its journal (its steps: {shown})")
+        raise ForkError(f"run {history.run.id} has no {point.describe()} in its journal (its steps: {shown})")
     return found
 
 

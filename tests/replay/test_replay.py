@@ -282,6 +282,10 @@ async def test_fork_points_by_meaning_and_clear_errors(make_app: Any) -> None:
     with pytest.raises(ValueError, match="exactly one of"):
         app.fork(source, from_step="reserve", from_failed=True)
     assert len(app.runs()) == 1  # nothing was written by the refused forks
+    waiting = (await app.astart("payment", "order-12")).id
+    await tester.run_until_idle()
+    with pytest.raises(cf.ChainflowError, match="is waiting: fork a finished run"):
+        app.fork(waiting, from_step="approve")
 
     handle = app.fork(source, from_step="approve", overrides={"credit-ledger": "tests.replay._flows:ledger"})
     assert [e.key for e in app.journal(handle.id)] == ["reserve", "now", "uuid", "settle"]
