@@ -38,6 +38,7 @@ BENCHMARKS: list[Benchmark] = [
     Benchmark("tracker", "bench.tracker", "tracker scale"),
     Benchmark("memory", "bench.memory", "memory of 10k parked runs"),
     Benchmark("seams", "bench.seams", "hand-written pieces (threads, flag, eager, JSON-RPC client) vs their alternatives"),
+    Benchmark("replay", "bench.replay", "replay sweep: 10,000 recorded 5-step runs, one step overridden"),
 ]
 
 BY_NAME = {b.name: b for b in BENCHMARKS}

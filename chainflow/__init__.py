@@ -18,9 +18,11 @@ below it, never above, and no two modules import each other in a circle
 4. ``runtime``: what executes runs -- the worker, the executor, the per-run context,
    the group committer and the workflow registry; it reaches the app through
    ``runtime.worker.WorkerHost``;
-5. ``client``: ``Chainflow``, the registry of workflows plus the client half
-   (start, signal, cancel, status, ...);
-6. the entry points: ``cli``, ``testing`` and this module.
+5. ``replay``: time travel -- a run's history in memory, workflow code executed
+   against it (``ReplayScope``), the report, fork points;
+6. ``client``: ``Chainflow``, the registry of workflows plus the client half
+   (start, signal, cancel, status, replay, fork, export, ...);
+7. the entry points: ``cli``, ``testing`` and this module.
 """
 
 from .chain.adapter import (
@@ -35,6 +37,8 @@ from .chain.adapter import (
     NonceSource,
     Receipt,
     SignedTx,
+    Simulation,
+    Simulator,
     TxBuilder,
 )
 from .chain.finality import Confirmations, Finality, Finalized, Safe
@@ -65,6 +69,9 @@ from .errors import (
     WaitTimeout,
     WorkflowTimeout,
 )
+from .replay.history import History
+from .replay.replayer import Override
+from .replay.report import Change, RunReport, SweepReport
 from .retry import Retry
 from .runtime.context import Context
 from .states import EntryState, RunState, SubmissionState
@@ -79,5 +86,5 @@ __all__ = [
     "NonDeterminismError", "PayloadError", "Receipt", "Retry", "RunCancelled", "RunDeadLettered", "RunFinishedError",
     "RunHandle", "RunNotDeadLetteredError", "RunNotFoundError", "RunStatus", "SignedTx", "StepError", "StepTimeout",
     "SubmissionFailedError", "SystemClock", "TxRevertedError", "UnknownWorkflowError", "WaitTimeout",
-    "WorkflowTimeout",
+    "WorkflowTimeout", "Change", "History", "Override", "RunReport", "Simulation", "Simulator", "SweepReport",
 ]

@@ -1,11 +1,12 @@
-"""``chainflow`` command line: run workers and inspect, start, signal, cancel and retry runs.
+"""``chainflow`` command line: run workers and inspect, start, signal, cancel and retry runs;
+replay, fork and export them (time travel).
 
 Every expected failure (unknown or finished run, bad database URL, bad APP path, bad
 JSON) prints one ``error: …`` line on stderr and exits 1: operators read these in a
 terminal or a CI log, where a traceback hides the one sentence that matters.  Usage
 mistakes keep click's exit code 2.
 
-Only ``worker`` and ``start`` import user code.  Everything else reads the database
+Only ``worker``, ``start``, ``replay`` and ``fork`` import user code.  Everything else reads the database
 with a bare ``Chainflow(url)``: journal, status, signals and cancels need no registered
 workflow, so an operator can inspect production runs without the app's dependencies.
 
@@ -33,6 +34,8 @@ from rich.table import Table
 from rich.text import Text
 
 from .client.app import AttemptRecord, Chainflow, JournalEntry, RunStatus
+from .replay.diff import Difference
+from .replay.report import Change, RunReport, SweepReport
 from .clock import MAX_SECONDS
 from .errors import ChainflowError
 from .states import EntryState, RunState
@@ -342,6 +345,184 @@ def metrics(ctx: click.Context) -> None:
     click.echo(exposition(_target(ctx).app().read(database_series)), nl=False)
 
 
+# --- time travel: replay, fork, export ------------------------------------------------
+
+# a replay that found changes exits with this status (errors exit 1, usage mistakes 2):
+# a CI job tells "the new code changes history" from "the replay could not run"
+CHANGED_EXIT = 3
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_overrides(values: Sequence[str]) -> dict[str, str]:
+    """``--override STEP=MODULE:FUNCTION`` options as {step: "module:function"}."""
+    found: dict[str, str] = {}
+    for value in values:
+        step, sep, spec = value.partition("=")
+        if not sep or not step or ":" not in spec:
+            raise click.BadParameter(f"{value!r} must look like STEP=MODULE:FUNCTION", param_hint="'--override'")
+        if step in found:
+            raise click.BadParameter(f"step {step!r} is overridden twice", param_hint="'--override'")
+        found[step] = spec
+    return found
+
+
+def parse_since(text: str | None) -> float | dt.timedelta | None:
+    """``--since``: a span back from now (``90s``, ``30m``, ``12h``, ``7d``, ``2w``) or an
+    ISO 8601 time with its zone."""
+    if text is None:
+        return None
+    number, unit = text[:-1], text[-1:].lower()
+    if unit in _UNITS and number.isdigit():
+        return dt.timedelta(seconds=int(number) * _UNITS[unit])
+    try:
+        when_ = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is neither a span like 7d, 12h, 30m nor an ISO time",
+                                 param_hint="'--since'") from None
+    if when_.tzinfo is None:
+        raise click.BadParameter(f"{text!r} has no time zone (add +00:00 or Z)", param_hint="'--since'")
+    return when_.timestamp()
+
+
+def _user_code(target: Target, command: str) -> Chainflow:
+    """The app of a command that runs user code (replay, fork): its workflows and chains,
+    with the current directory importable for ``--override`` / ``--workflow`` paths."""
+    if not target.app_spec:
+        raise click.UsageError(f"{command} needs --app MODULE:ATTR (or CHAINFLOW_APP): it runs your workflow code")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    return target.app()
+
+
+def _selection(run_id: str | None, workflow_name: str | None, status: str | None, since: str | None) -> bool:
+    """True for a selection of runs (filters), False for one RUN; refuses both or neither."""
+    filters = workflow_name is not None or status is not None or since is not None
+    if run_id is not None and filters:
+        raise click.UsageError("give RUN or a selection (--workflow-name, --status, --since), not both")
+    if run_id is None and not filters:
+        raise click.UsageError("give RUN, or select runs with --workflow-name, --status and/or --since")
+    return filters
+
+
+def _progress(label: str) -> Any:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    return Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                    console=Console(stderr=True), transient=True)
+
+
+_SELECTION_OPTIONS = [
+    click.option("--workflow-name", metavar="NAME", help="Select runs of this workflow (instead of RUN)."),
+    click.option("--status", type=click.Choice([s.value for s in RunState], case_sensitive=False),
+                 help="Select runs in this status."),
+    click.option("--since", metavar="SPAN|TIME", help="Select runs created since: 7d, 12h, 30m, or an ISO time."),
+    click.option("--override", "overrides", multiple=True, metavar="STEP=MODULE:FUNCTION",
+                 help="Swap the function ctx.step(STEP, ...) calls (repeatable)."),
+    click.option("--workflow", "workflow_spec", metavar="MODULE:FUNCTION", help="Swap the workflow function."),
+]
+
+
+def _with_selection(fn: Any) -> Any:
+    for option in reversed(_SELECTION_OPTIONS):
+        fn = option(fn)
+    return fn
+
+
+@cli.command()
+@click.argument("run_id", metavar="RUN", required=False)
+@_with_selection
+@click.option("--sample", type=click.IntRange(1), metavar="N", help="Replay a random sample of N selected runs.")
+@click.option("--pure", multiple=True, metavar="STEP",
+              help="STEP's code has no side effects: it may run in the replay (repeatable).")
+@click.option("--allow-effects", is_flag=True, help="Run effectful new code too (else reported as \"would run\").")
+@click.option("--allow-changes", is_flag=True, help=f"Exit 0 even when something changed (else {CHANGED_EXIT}).")
+@click.option("--json", "as_json", is_flag=True, help="The report as JSON on stdout.")
+@click.pass_context
+def replay(ctx: click.Context, run_id: str | None, workflow_name: str | None, status: str | None,
+           since: str | None, overrides: tuple[str, ...], workflow_spec: str | None, sample: int | None,
+           pure: tuple[str, ...], allow_effects: bool, allow_changes: bool, as_json: bool) -> None:
+    """Re-run RUN (or a selection of runs) against current or swapped code, against a
+    copy of its history: nothing is written, signed, broadcast or signalled.  Reports
+    per step what changed; exits 3 when anything did (a CI regression gate)."""
+    swaps = parse_overrides(overrides)
+    span = parse_since(since)
+    sweep_ = _selection(run_id, workflow_name, status, since)
+    if sample is not None and not sweep_:
+        raise click.UsageError("--sample selects among runs: use it with --workflow-name, --status or --since")
+    app = _user_code(_target(ctx), "replay")
+    options: dict[str, Any] = dict(overrides=swaps, workflow=workflow_spec, pure=pure, allow_effects=allow_effects)
+    changed: bool
+    if not sweep_:
+        assert run_id is not None
+        report = app.replay(run_id, **options)
+        changed = report.changed
+        if as_json:
+            click.echo(report.to_json())
+        else:
+            console.print(replay_table(report))
+    else:
+        with _progress("replaying") as bar:
+            task = bar.add_task("replay", total=None)
+            found = app.replay_sweep(workflow_name=workflow_name, status=status, since=span, sample=sample,
+                                     progress=lambda done, total: bar.update(task, completed=done, total=total),
+                                     **options)
+        changed = found.changed
+        if as_json:
+            click.echo(json.dumps(found.to_dict(), indent=1))
+        else:
+            console.print(sweep_table(found))
+    if changed and not allow_changes:
+        ctx.exit(CHANGED_EXIT)
+
+
+@cli.command()
+@click.argument("run_id", metavar="RUN", required=False)
+@_with_selection
+@click.option("--from-step", metavar="STEP", help="Fork point: this step (name, name#2, branch/name).")
+@click.option("--from-failed", is_flag=True, help="Fork point: the first failed step.")
+@click.option("--after", metavar="TIME", help="Fork point: the first step started at or after this ISO time.")
+@click.pass_context
+def fork(ctx: click.Context, run_id: str | None, workflow_name: str | None, status: str | None, since: str | None,
+         overrides: tuple[str, ...], workflow_spec: str | None, from_step: str | None, from_failed: bool,
+         after: str | None) -> None:
+    """Start a new live run from RUN (or from each selected run, once: an interrupted bulk
+    fork resumes) that reuses the recorded steps before the fork point and executes
+    from there with current or swapped code.  Prints the new run ids."""
+    swaps = parse_overrides(overrides)
+    span = parse_since(since)
+    bulk = _selection(run_id, workflow_name, status, since)
+    if sum((from_step is not None, from_failed, after is not None)) != 1:
+        raise click.UsageError("give exactly one fork point: --from-step, --from-failed or --after")
+    point = parse_since(after) if after is not None else None
+    if isinstance(point, dt.timedelta):
+        raise click.BadParameter("--after takes an ISO time with its zone, not a span", param_hint="'--after'")
+    app = _user_code(_target(ctx), "fork")
+    options: dict[str, Any] = dict(from_step=from_step, from_failed=from_failed, after=point, overrides=swaps,
+                                   workflow=workflow_spec)
+    if not bulk:
+        assert run_id is not None
+        click.echo(app.fork(run_id, **options).id)
+        return
+    with _progress("forking") as bar:
+        task = bar.add_task("fork", total=None)
+        summary = app.fork_many(workflow_name=workflow_name, status=status, since=span,
+                                progress=lambda done, total: bar.update(task, completed=done, total=total), **options)
+    for source, forked in summary.created.items():
+        click.echo(forked)
+    click.echo(f"{len(summary.created)} fork(s) created, {len(summary.skipped)} run(s) skipped", err=True)
+    for source, why in summary.skipped.items():
+        click.echo(f"  skipped {source}: {why}", err=True)
+
+
+@cli.command()
+@click.argument("run_id", metavar="RUN")
+@click.pass_context
+def export(ctx: click.Context, run_id: str) -> None:
+    """RUN's whole history as JSON on stdout (chainflow export RUN > run.json): what
+    `replay` and chainflow.testing.replay_history take back, exact to the last wei."""
+    click.echo(_target(ctx).app().export(run_id))
+
+
 # --- rendering (pure functions of the client API's records, so tests need no DB) --------
 
 
@@ -361,6 +542,66 @@ def runs_table(found: Sequence[RunStatus]) -> RenderableType:
             status.append(" (no live worker serves it)", style="yellow")
         table.add_row(r.id, Text(r.workflow), status, when(r.created_at), when(r.updated_at), Text(_waiting(r)))
     return table
+
+
+_CHANGE_STYLE: dict[str, str] = {
+    Change.UNCHANGED: "green", Change.OUTPUT_CHANGED: "yellow", Change.ERROR_CHANGED: "red",
+    Change.TX_CHANGED: "bold yellow", Change.NEW: "cyan", Change.MISSING: "magenta", Change.DIVERGENCE: "bold red",
+    Change.WOULD_RUN: "blue", Change.NOT_REACHED: "dim",
+}
+
+
+def replay_table(report: RunReport) -> RenderableType:
+    """A run's replay: header, one row per operation (differences and transactions under
+    it), and what became of the run's own result."""
+    verdict = Text("changed", style="bold yellow") if report.changed else Text("unchanged", style="green")
+    header = Text.assemble(("replay of run ", "bold"), (report.run_id, "bold"), "  workflow ",
+                           Text(report.workflow, style="bold"), "  ", verdict)
+    header.append(f"\nrecorded {report.recorded_status}, replayed {report.replayed_status}", style="dim")
+    if report.divergence:
+        header.append(f"\nfirst divergence {report.divergence}", style="bold red")
+    table = Table("step", "op", "change", "detail", title="operations, in the order the new code asked for them",
+                  title_justify="left")
+    for s in report.steps:
+        table.add_row(Text(s.label), Text(s.op), Text(s.change.value, style=_CHANGE_STYLE.get(s.change, "")),
+                      Text(s.detail))
+        for d in s.diff:
+            table.add_row("", "", "", Text(_difference(d), style="yellow"))
+        if s.tx is not None:
+            table.add_row("", "", "", Text(f"recorded: {short(s.tx.recorded, _SUMMARY_LIMIT)}  key {s.tx.recorded_key}"))
+            table.add_row("", "", "", Text(f"new:      {short(s.tx.replayed, _SUMMARY_LIMIT)}  key {s.tx.replayed_key}"))
+            sim = s.tx.simulation
+            table.add_row("", "", "", Text(
+                f"simulated at block {sim['block_number']}: {'succeeds' if sim['succeeded'] else 'reverts'} "
+                f"({_clip(str(sim['detail']), _OUTPUT_LIMIT)})" if sim is not None else
+                f"not simulated: {s.tx.not_simulated}", style="cyan" if sim is not None else "dim"))
+    footer = Text()
+    for d in report.output_diff:
+        footer.append(f"run output {_difference(d)}\n", style="yellow")
+    if report.error_changed:
+        footer.append(f"run error {report.error_changed}\n", style="red")
+    for inv in report.invalidated:
+        footer.append(f"recorded reorg invalidation: {inv['step']} ({inv['reason'] or 'no reason recorded'})\n",
+                      style="dim")
+    return Group(header, table, footer)
+
+
+def _difference(d: Difference) -> str:
+    return f"{d.path or '$'} {d.edit.value}: {short(d.recorded, _SUMMARY_LIMIT)} -> {short(d.replayed, _SUMMARY_LIMIT)}"
+
+
+def sweep_table(found: SweepReport) -> RenderableType:
+    """A sweep's summary: how many runs show each kind of change, a few of their ids."""
+    runs_ = len(found.reports) + len(found.failures)
+    changed = sum(r.changed for r in found.reports)
+    header = Text(f"{runs_} run(s) replayed: {changed} changed, {len(found.failures)} could not be replayed",
+                  style="bold yellow" if found.changed else "green")
+    table = Table("change", "runs", "for example", title="grouped by kind of change", title_justify="left")
+    for kind, ids in sorted(found.by_change().items()):
+        table.add_row(Text(kind, style=_CHANGE_STYLE.get(kind, "yellow")), str(len(ids)), ", ".join(ids[:3]))
+    for run_id, why in list(found.failures.items())[:10]:
+        table.add_row(Text("not replayed", style="red"), "", Text(f"{run_id}: {why}"))
+    return Group(header, table)
 
 
 def timeline(st: RunStatus, journal: Sequence[JournalEntry], attempts: Sequence[AttemptRecord]) -> RenderableType:

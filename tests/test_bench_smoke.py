@@ -77,3 +77,10 @@ def test_bench_seams_quick(tmp_path: Path) -> None:
                 "| eager | eager.start |", "| rpc | Rpc (aiohttp) |"):
         assert row in text
     assert "failed:" not in text, text
+
+
+def test_bench_replay_quick(tmp_path: Path) -> None:
+    text = quick(tmp_path, "replay")
+    assert "| backend | runs/s | CPU s per sweep | wall s per sweep |" in text
+    assert "| sqlite | " in text
+    assert "failed:" not in text, text

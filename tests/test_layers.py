@@ -12,7 +12,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent / "chainflow"
 # rank of each layer; a module may import ranks <= its own
-LAYERS = {"base": 0, "storage": 1, "chain": 2, "runtime": 3, "client": 4, "entry": 5}
+LAYERS = {"base": 0, "storage": 1, "chain": 2, "runtime": 3, "replay": 4, "client": 5, "entry": 6}
 ENTRY = {"chainflow", "chainflow.cli", "chainflow.testing"}
 
 

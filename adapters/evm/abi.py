@@ -44,6 +44,7 @@ class AbiRegistry:
         self._by_address: dict[str, dict[str, list[ContractEvent]]] = {}  # address -> topic0 -> events
         self._by_topic: dict[str, list[ContractEvent]] = {}
         self._errors: dict[str, dict[str, Any]] = {}  # 0x-selector -> error ABI
+        self._functions: dict[str, dict[str, Any]] = {}  # 0x-selector -> function ABI
         self._seen: set[str] = set()
 
     def learn(self, abi: Abi, address: str | None = None) -> str:
@@ -60,9 +61,10 @@ class AbiRegistry:
                 _add(self._by_topic.setdefault(topic, []), event)
                 if address:
                     _add(self._by_address.setdefault(address.lower(), {}).setdefault(topic, []), event)
-            elif item.get("type") == "error":
+            elif item.get("type") in ("error", "function"):
                 selector = "0x" + function_abi_to_4byte_selector(dict(item)).hex()  # type: ignore[arg-type]
-                self._errors.setdefault(selector, dict(item))
+                table = self._errors if item["type"] == "error" else self._functions
+                table.setdefault(selector, dict(item))
         return ref
 
     def learn_all(self, abis: Iterable[Abi]) -> None:
@@ -87,16 +89,31 @@ class AbiRegistry:
 
     def custom_error(self, data: bytes) -> str | None:
         """``Name(arg, ...)`` for revert data matching a known custom error."""
-        error = self._errors.get("0x" + data[:4].hex())
-        if error is None:
+        decoded = _decode_call(self._errors, data)
+        if decoded is None:
             return None
-        types = get_abi_input_types(error)  # type: ignore[arg-type]
-        try:
-            values = abi_decode(types, data[4:])
-        except Exception:  # noqa: BLE001 - payload does not match the ABI: caller shows raw data
-            return None
-        shown = [to_checksum_address(v) if t == "address" else plain(v) for t, v in zip(types, values)]
-        return f"{error['name']}(" + ", ".join(_show(v) for v in shown) + ")"
+        name, values = decoded
+        return f"{name}(" + ", ".join(_show(v) for v in values.values()) + ")"
+
+    def decode_call(self, data: bytes) -> tuple[str, dict[str, Any]] | None:
+        """(function name, {argument: value}) for calldata of a known function."""
+        return _decode_call(self._functions, data)
+
+
+def _decode_call(known: Mapping[str, Mapping[str, Any]], data: bytes) -> tuple[str, dict[str, Any]] | None:
+    """Selector and ABI-encoded arguments (calldata, custom-error revert data) decoded
+    with the matching ABI, arguments by name (by position where unnamed)."""
+    item = known.get("0x" + data[:4].hex())
+    if item is None:
+        return None
+    types = get_abi_input_types(item)  # type: ignore[arg-type]
+    try:
+        values = abi_decode(types, data[4:])
+    except Exception:  # noqa: BLE001 - payload does not match the ABI: caller shows raw data
+        return None
+    names = [i.get("name") or str(n) for n, i in enumerate(item.get("inputs", []))]
+    return str(item["name"]), {name: to_checksum_address(v) if t == "address" else plain(v)
+                               for name, t, v in zip(names, types, values)}
 
 
 def _show(value: Any) -> str:

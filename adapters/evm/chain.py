@@ -26,6 +26,7 @@ from chainflow.chain.adapter import (
     Header,
     Receipt,
     SignedTx,
+    Simulation,
 )
 
 from . import fees as fee_market
@@ -148,6 +149,27 @@ class EvmChain:
                 raise TxInvalid(exc.message) from None
             raise
         return {**request, "gas": -(-gas * self._headroom_permille // 1000)}
+
+    # --- replay (``chainflow.chain.adapter.Simulator``) ----------------------------
+
+    def describe(self, request: dict[str, Any]) -> dict[str, Any]:
+        plain_fields = {"to": request["to"], "value": int(request["value"]), "data": request["data"]}
+        decoded = self.abis.decode_call(bytes.fromhex(str(request["data"])[2:]))
+        if decoded is None:
+            return plain_fields
+        function, args = decoded
+        return {"to": request["to"], "value": int(request["value"]), "function": function, "args": args}
+
+    async def simulate(self, request: dict[str, Any], block_number: int) -> Simulation:
+        """``eth_call`` from this adapter's sender at ``block_number``: the state that
+        block left, with no nonce used and nothing signed."""
+        try:
+            data = await self.rpc.call("eth_call", self._call_object(request), hex(block_number))
+        except RpcError as exc:
+            if is_revert(exc.code, exc.message):
+                return Simulation(block_number, False, decode_revert(revert_data(exc.data), exc.message, self.abis))
+            raise
+        return Simulation(block_number, True, str(data))
 
     # --- signing and sending ----------------------------------------------------
 

@@ -275,3 +275,27 @@ class BatchBuilder(Protocol):
 @runtime_checkable
 class ChainAdapter(ChainReader, Broadcaster, TxBuilder, Protocol):
     """What every adapter implements; add ``NonceSource`` or ``CoinSource``."""
+
+
+@dataclass(frozen=True)
+class Simulation:
+    """What a node said a transaction would do at a past block, without it being sent."""
+
+    block_number: int
+    succeeded: bool
+    detail: str  # the call's return data (hex), or the decoded revert reason
+
+
+@runtime_checkable
+class Simulator(Protocol):
+    """Optional: what replay asks of a chain when new code builds another transaction
+    than history holds.  Neither method signs or sends anything."""
+
+    def describe(self, request: dict[str, Any]) -> dict[str, Any]:
+        """``request`` (from ``prepare``) for a reader: the function called and its
+        arguments where an ABI is known, else the plain fields.  Pure."""
+
+    async def simulate(self, request: dict[str, Any], block_number: int) -> Simulation:
+        """Execute ``request`` as a call against the state at ``block_number`` (an
+        archive node or a devnet keeps it).  Raises when the node cannot answer for
+        that block (pruned state): the caller then reports it as not simulated."""

@@ -54,6 +54,18 @@ def by_key(conn: sa.Connection, chain: str, sender: str, key: str) -> sa.Row[Any
     ).first()
 
 
+def submissions_of(conn: sa.Connection, run_ids: list[str], tx_hashes: list[str]) -> list[sa.Row[Any]]:
+    """The submissions runs made, and those their receipts name (a fork's submission
+    with a key its parent used resolved to the parent's): what a replay compares a new
+    transaction with."""
+    found: dict[int, sa.Row[Any]] = {}
+    for column, values in ((submissions.c.run_id, run_ids), (submissions.c.tx_hash, tx_hashes)):
+        for i in range(0, len(values), 500):
+            for row in conn.execute(sa.select(submissions).where(column.in_(values[i:i + 500]))):
+                found[row.id] = row
+    return [found[i] for i in sorted(found)]
+
+
 def get(conn: sa.Connection, sub_id: int) -> sa.Row[Any]:
     return conn.execute(sa.select(submissions).where(submissions.c.id == sub_id)).one()
 

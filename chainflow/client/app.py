@@ -16,7 +16,7 @@ import signal as _signal
 import time
 import weakref
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -44,7 +44,10 @@ from ..threads import offload
 
 if TYPE_CHECKING:
     from ..chain.submission import Submitter
+    from ..replay.history import History
+    from ..replay.report import RunReport, SweepReport
     from ..runtime.worker import Worker
+    from .timetravel import ForkSummary, Progress, StepCode, WorkflowCode
 
 T = TypeVar("T")
 F = TypeVar("F", bound=WorkflowFn)
@@ -480,6 +483,103 @@ class Chainflow:
             for news in list(listeners):  # a copy: awaiters on other loops change the set
                 call_on(news.get_loop(), _resolve, news, known)
 
+    # --- time travel (``chainflow.replay``) --------------------------------------------
+
+    def replay(self, run: str | History, *, overrides: Mapping[str, StepCode] | None = None,
+               workflow: WorkflowCode = None, pure: Iterable[str] = (), allow_effects: bool = False) -> RunReport:
+        """What run ``run`` (an id, or a ``History`` from ``export``) would have done with
+        other code, compared step by step with what it did; writes nothing, sends
+        nothing.  ``overrides``: step name -> new function (an ``Override`` marks it
+        pure); ``workflow``: another workflow function; ``pure``: step names whose code
+        may run where history holds no output; ``allow_effects``: run effectful new
+        code too (otherwise reported as "would run")."""
+        return self._run_async(self.areplay(run, overrides=overrides, workflow=workflow, pure=pure,
+                                            allow_effects=allow_effects))
+
+    async def areplay(self, run: str | History, *, overrides: Mapping[str, StepCode] | None = None,
+                      workflow: WorkflowCode = None, pure: Iterable[str] = (),
+                      allow_effects: bool = False) -> RunReport:
+        from . import timetravel
+
+        return await timetravel.replay_one(self, run, overrides=overrides, workflow=workflow, pure=pure,
+                                           allow_effects=allow_effects)
+
+    def replay_sweep(self, *, workflow_name: str | None = None, status: RunState | str | None = None,
+                     since: float | dt.datetime | dt.timedelta | None = None, sample: int | None = None,
+                     overrides: Mapping[str, StepCode] | None = None, workflow: WorkflowCode = None,
+                     pure: Iterable[str] = (), allow_effects: bool = False,
+                     progress: Progress | None = None) -> SweepReport:
+        """``replay`` over every run matching the filters (``since``: epoch seconds, a
+        datetime, or a timedelta back from now), or a random ``sample`` of them."""
+        return self._run_async(self.areplay_sweep(
+            workflow_name=workflow_name, status=status, since=since, sample=sample, overrides=overrides,
+            workflow=workflow, pure=pure, allow_effects=allow_effects, progress=progress))
+
+    async def areplay_sweep(self, *, workflow_name: str | None = None, status: RunState | str | None = None,
+                            since: float | dt.datetime | dt.timedelta | None = None, sample: int | None = None,
+                            overrides: Mapping[str, StepCode] | None = None, workflow: WorkflowCode = None,
+                            pure: Iterable[str] = (), allow_effects: bool = False,
+                            progress: Progress | None = None) -> SweepReport:
+        from . import timetravel
+
+        ids = await offload(functools.partial(timetravel.select, self, workflow_name=workflow_name, status=status,
+                                              since=since, sample=sample))
+        return await timetravel.sweep(self, ids, overrides=overrides, workflow=workflow, pure=pure,
+                                      allow_effects=allow_effects, progress=progress)
+
+    def export(self, run_id: str) -> str:
+        """The run's whole history as versioned JSON (``chainflow export``): what
+        ``replay`` and ``chainflow.testing.replay_history`` take back."""
+        from . import timetravel
+
+        return timetravel.export(self, run_id)
+
+    def fork(self, run_id: str, *, from_step: str | None = None, from_failed: bool = False,
+             after: float | dt.datetime | None = None,
+             overrides: Mapping[str, Callable[..., Any] | str] | None = None,
+             workflow: Callable[..., Any] | str | None = None) -> RunHandle:
+        """A new live run (``parent_id`` = ``run_id``) that reuses the source's recorded
+        outputs before the fork point and executes from there, with ``overrides``
+        (step name -> function or "module:function", importable by the workers) or
+        another ``workflow``.  Point: ``from_step`` ("name", "name#2", "branch/name"),
+        ``from_failed`` or ``after`` a time.  A submission with a key the source used
+        resolves to the source's submission: paying again needs a new key."""
+        from . import timetravel
+
+        fork_id, name = timetravel.fork_one(self, run_id, _fork_point(from_step, from_failed, after), overrides,
+                                            workflow)
+        self._notify()
+        return RunHandle(fork_id, name, True)
+
+    def fork_many(self, *, workflow_name: str | None = None, status: RunState | str | None = None,
+                  since: float | dt.datetime | dt.timedelta | None = None, from_step: str | None = None,
+                  from_failed: bool = False, after: float | dt.datetime | None = None,
+                  overrides: Mapping[str, Callable[..., Any] | str] | None = None,
+                  workflow: Callable[..., Any] | str | None = None,
+                  progress: Progress | None = None) -> ForkSummary:
+        """``fork`` every run matching the filters, each once: running it again after an
+        interruption skips the sources already forked."""
+        from . import timetravel
+
+        point = _fork_point(from_step, from_failed, after)
+        ids = timetravel.select(self, workflow_name=workflow_name, status=status, since=since)
+        summary = timetravel.fork_many(self, ids, point, overrides, workflow, progress)
+        self._notify()
+        return summary
+
+    def _run_async(self, work: Coroutine[Any, Any, T]) -> T:
+        """``work`` on an event loop of its own (the sync twin of an async method),
+        closing the chains' sessions bound to that loop."""
+
+        async def main() -> T:
+            try:
+                return await work
+            finally:
+                for chain in self.chains.values():
+                    await chain.aclose()
+
+        return asyncio.run(main())
+
     # --- workers ---------------------------------------------------------------
 
     def worker(self, **options: Any) -> Worker:
@@ -509,6 +609,16 @@ _QUIET = object()  # an await_run turn ended with no word from a worker
 def _resolve(news: asyncio.Future[Any], known: RunStatus | object | None) -> None:
     if not news.done():
         news.set_result(known)
+
+
+def _fork_point(step: str | None, failed: bool, after: float | dt.datetime | None) -> Any:
+    from ..replay.fork import ForkPoint
+
+    if isinstance(after, dt.datetime):
+        if after.tzinfo is None:
+            raise ValueError(f"after must be timezone-aware, got naive {after!r}")
+        after = after.timestamp()
+    return ForkPoint(step, failed, after)
 
 
 def _run_state(status: RunState | str) -> RunState:

@@ -6,6 +6,10 @@ runtime state underneath (slots, the fenced commit, parks, the lease, compensati
 stop reasons) lives on the execution's ``Scope``, out of reach, so a workflow cannot
 reach into the engine by accident and the engine can change without breaking it.
 Each method hands straight to the scope (no extra coroutine frame on the step path).
+
+What the facade needs of the object under it is ``Operations``: a live execution's
+``Scope`` provides it, and so does replay's recording-backed scope, which runs the
+same workflow code against a history without touching the database.
 """
 
 from __future__ import annotations
@@ -15,10 +19,9 @@ import datetime as dt
 import logging
 import uuid as _uuid
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from ..retry import Retry
-from .scope import Scope
 
 if TYPE_CHECKING:
     from ..chain.adapter import Receipt
@@ -29,12 +32,42 @@ T = TypeVar("T")
 _log = logging.getLogger("chainflow.workflow")
 
 
+class Operations(Protocol):
+    """What ``Context`` hands each call to (see the methods of ``Context``)."""
+
+    run_id: str
+    workflow: str
+
+    def step(self, name: str, fn: Callable[..., Any], /, *args: Any, retry: Retry | None = None,
+             timeout: float | dt.timedelta | None = None, compensate: Callable[..., Any] | None = None,
+             **kwargs: Any) -> Coroutine[Any, Any, Any]: ...
+
+    def sleep(self, name: str, duration: float | dt.timedelta) -> Coroutine[Any, Any, None]: ...
+
+    def wait_for(self, name: str, timeout: float | dt.timedelta | None = None) -> Coroutine[Any, Any, Any]: ...
+
+    def submit(self, name: str, *, chain: str, tx: Any, idempotency_key: str | None = None,
+               finality: Finality | None = None, compensate: Callable[..., Any] | None = None,
+               retry: Retry | None = None) -> Coroutine[Any, Any, Receipt]: ...
+
+    def branch(self, name: str, work: Coroutine[Any, Any, T]) -> asyncio.Task[T]: ...
+
+    def gather(self, *works: Coroutine[Any, Any, Any],
+               names: list[str] | None = None) -> Coroutine[Any, Any, list[Any]]: ...
+
+    def now(self) -> dt.datetime: ...
+
+    def uuid(self) -> _uuid.UUID: ...
+
+    def random(self) -> float: ...
+
+
 class Context:
     """Handed to each workflow function; one per execution of a run."""
 
     __slots__ = ("_scope", "log")
 
-    def __init__(self, scope: Scope) -> None:
+    def __init__(self, scope: Operations) -> None:
         self._scope = scope
         #: a logger whose records carry the run id and workflow name (``extra``)
         self.log = logging.LoggerAdapter(_log, {"run_id": scope.run_id, "workflow": scope.workflow})

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Protocol
@@ -18,7 +19,15 @@ from typing import Any, Protocol
 from ..chain import reorg
 from ..chain.submission import Submitter
 from ..clock import Clock
-from ..errors import LeaseLostError, NonDeterminismError, PayloadError, RunCancelled, WorkflowTimeout, describe_error
+from ..errors import (
+    ConfigurationError,
+    LeaseLostError,
+    NonDeterminismError,
+    PayloadError,
+    RunCancelled,
+    WorkflowTimeout,
+    describe_error,
+)
 from ..lease import Lease
 from ..retry import Retry
 from ..states import EntryState, RunState
@@ -28,6 +37,7 @@ from . import eager
 from .committer import Committer
 from .context import Context
 from .flag import Flag
+from .overrides import Overrides
 from .registry import WorkflowDef
 from .scope import _BRANCH, Scope, StopReason
 
@@ -81,6 +91,7 @@ class Execution:
         self.lease = lease
         self.history = history
         self.wf = wf
+        self._fn: Callable[..., Any] = wf.fn  # a fork may swap it (``runtime.overrides``)
         self.ctx: Scope | None = None
         self._stop = Flag()
         self._lost = Flag()  # only a lost lease (or close) stops compensations
@@ -104,11 +115,22 @@ class Execution:
     async def run(self) -> Outcome:
         w, claim = self.worker, self.claim
         entries, tries = self.history
+        steps: dict[str, Callable[..., Any]] | None = None
+        swap_failed: ConfigurationError | None = None
+        if claim.overrides is not None:  # a fork with swapped code: imported here, in this worker
+            try:
+                overrides = Overrides.from_json(claim.overrides)
+                steps = overrides.step_functions() or None
+                self._fn = overrides.workflow_function() or self.wf.fn
+            except ConfigurationError as exc:
+                swap_failed = exc
         ctx = self.ctx = Scope(
             run_id=claim.run_id, workflow=claim.workflow, fence=claim.fence, entries=entries, tries=tries,
             committer=w.committer, clock=w.clock, step_pool=w.step_pool, default_retry=w.default_retry,
-            submitter=w.submitter, lease=self.lease,
+            submitter=w.submitter, lease=self.lease, step_overrides=steps,
         )
+        if swap_failed is not None:
+            return await self._finish(RunState.FAILED, None, describe_error(swap_failed))
         self._entries = entries
         if self._reason is not None:
             ctx.stop_reason = self._reason
@@ -128,7 +150,7 @@ class Execution:
 
     async def _main(self, ctx: Scope, arg: Any) -> Any:
         _BRANCH.set("")
-        return await self.wf.fn(Context(ctx), arg)
+        return await self._fn(Context(ctx), arg)
 
     async def _drive(self, ctx: Scope, main: asyncio.Future[Any]) -> Outcome:
         await self._pump(ctx, main, self._stop, watch_deadline=True)

@@ -82,10 +82,63 @@ _REFUSING = (StopReason.CANCEL, StopReason.TIMEOUT, StopReason.ROLLBACK)  # no n
 
 
 @dataclass
-class _BranchState:
+class BranchState:
+    """Where a branch's next operation goes: its position and each name's occurrence."""
+
     position: int = 0
     names: Counter[str] = field(default_factory=Counter)
     children: Counter[str] = field(default_factory=Counter)
+
+    def take(self, name: str) -> tuple[int, str]:
+        """The next position in the branch and the key of ``name``'s next occurrence."""
+        position = self.position
+        self.position += 1
+        occurrence = self.names[name]
+        self.names[name] += 1
+        return position, name if occurrence == 0 else f"{name}{limits.OCCURRENCE_SEP}{occurrence}"
+
+
+def open_branch(state: Callable[[str], BranchState], tasks: set[asyncio.Future[Any]], name: str,
+                work: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
+    """Start ``work`` as the next branch ``name`` of the calling branch (``state`` gives
+    a branch path's ``BranchState``), its task kept in ``tasks`` while it runs."""
+    parent = _BRANCH.get()
+    siblings = state(parent)
+    n = siblings.children[name]
+    label = name if n == 0 else f"{name}{limits.OCCURRENCE_SEP}{n}"
+    path = f"{parent}{limits.BRANCH_SEP}{label}" if parent else label
+    try:
+        limits.slot_name(name, "branch")
+        if len(path) > limits.BRANCH_LENGTH:
+            raise ValueError(f"branch path {path[:60]!r}… is {len(path)} characters long, "
+                             f"the limit is {limits.BRANCH_LENGTH}")
+    except (ValueError, TypeError):
+        work.close()  # never started: no "coroutine was never awaited" warning
+        raise
+    siblings.children[name] += 1
+    scope = contextvars.copy_context()
+    scope.run(_BRANCH.set, path)
+    task = asyncio.get_running_loop().create_task(work, context=scope)
+    tasks.add(task)
+    task.add_done_callback(tasks.discard)
+    return task
+
+
+async def gather_branches(branch: Callable[[str, Coroutine[Any, Any, Any]], asyncio.Task[Any]],
+                          works: tuple[Coroutine[Any, Any, Any], ...], names: list[str] | None) -> list[Any]:
+    """``asyncio.gather`` of ``works``, each started by ``branch`` as its own branch
+    ("0", "1", ... or ``names``); every name is checked before any branch starts."""
+    labels = names or [str(i) for i in range(len(works))]
+    try:
+        if len(labels) != len(works):
+            raise ValueError(f"gather got {len(works)} awaitables but {len(labels)} names")
+        for label in labels:
+            limits.slot_name(label, "gather")
+    except (ValueError, TypeError):
+        for work in works:
+            work.close()
+        raise
+    return list(await asyncio.gather(*(branch(n, w) for n, w in zip(labels, works))))
 
 
 @dataclass
@@ -131,6 +184,30 @@ def takes_context(fn: Any, what: str) -> bool:
     return True
 
 
+def check_compensation(fn: Any, what: str) -> None:
+    """Refuse a bad compensation before the operation it undoes runs (``step`` and
+    ``submit`` call this; registering then needs no second look).  One registered
+    inside a compensation would never run (the compensations to run are chosen when
+    compensating starts), so it is refused."""
+    if _ORIGIN.get() is not None:
+        raise ValueError(f"{what}: a compensation's own steps and submissions cannot take compensate=")
+    takes_context(fn, what)
+
+
+def submission_key(name: str, idempotency_key: str | None) -> str:
+    """The idempotency key a ``ctx.submit`` uses: the given one in workflow code; inside
+    a compensation, derived from the compensated intent (the given key, or the submit's
+    name, namespaced under it), so the undo of one intent is one submission, ever."""
+    origin = _ORIGIN.get()
+    what = f"idempotency_key of submit {name!r}"
+    if origin is None:
+        if idempotency_key is None:
+            raise TypeError(f"submit {name!r} needs an idempotency_key (only the submissions of a "
+                            "compensation derive theirs)")
+        return limits.idempotency_key(idempotency_key, what)
+    return limits.compensation_key(origin, name if idempotency_key is None else idempotency_key, what)
+
+
 class Scope:
     """One execution's run-side state and operations: slots and replay, the fenced
     commit, parks, attempts, compensations, the lease proof.
@@ -153,6 +230,7 @@ class Scope:
         lease: Lease,
         default_retry: Retry = DEFAULT_RETRY,
         submitter: Submitter | None = None,
+        step_overrides: dict[str, Callable[..., Any]] | None = None,
     ) -> None:
         self.run_id = run_id
         self.lease = lease
@@ -166,7 +244,9 @@ class Scope:
         self._pool = step_pool
         self.default_retry = default_retry
         self._submitter = submitter
-        self._branches: dict[str, _BranchState] = {}
+        # a fork's swapped step code, by step name (``runtime.overrides``); None for most runs
+        self._overrides = step_overrides
+        self._branches: dict[str, BranchState] = {}
         self._buffer: list[store.Op] = []
         self._fresh = 0
         self._journaled = 0  # steps this execution journaled
@@ -196,10 +276,12 @@ class Scope:
         """Run ``fn`` once (modulo retries), journal its result, return the journaled copy."""
         limit = None if timeout is None else to_seconds(timeout, f"timeout of step {name!r}", positive=True)
         if compensate is not None:
-            self.check_compensation(compensate, f"compensate of step {name!r}")
+            check_compensation(compensate, f"compensate of step {name!r}")
         slot = self._slot(name, "step")
         policy = retry or self.default_retry
         if slot.entry is None:
+            if self._overrides is not None:
+                fn = self._overrides.get(name, fn)
             text, value = await self._execute(slot, "step", fn, args, kwargs, policy, limit)
         elif slot.entry.status == _OK:
             value = codec.loads(slot.entry.output)
@@ -277,40 +359,11 @@ class Scope:
     def branch(self, name: str, work: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
         """Run ``work`` as a named branch; its steps are journaled under the branch path
         so a reorg can roll back one branch and keep its siblings."""
-        parent = _BRANCH.get()
-        state = self._state(parent)
-        n = state.children[name]
-        label = name if n == 0 else f"{name}{limits.OCCURRENCE_SEP}{n}"
-        path = f"{parent}{limits.BRANCH_SEP}{label}" if parent else label
-        try:
-            limits.slot_name(name, "branch")
-            if len(path) > limits.BRANCH_LENGTH:
-                raise ValueError(f"branch path {path[:60]!r}… is {len(path)} characters long, "
-                                 f"the limit is {limits.BRANCH_LENGTH}")
-        except (ValueError, TypeError):
-            work.close()  # never started: no "coroutine was never awaited" warning
-            raise
-        state.children[name] += 1
-        scope = contextvars.copy_context()
-        scope.run(_BRANCH.set, path)
-        task = asyncio.get_running_loop().create_task(work, context=scope)
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
-        return task
+        return open_branch(self._state, self.tasks, name, work)
 
     async def gather(self, *works: Coroutine[Any, Any, Any], names: list[str] | None = None) -> list[Any]:
         """``asyncio.gather`` where each awaitable runs as its own branch ("0", "1", ...)."""
-        labels = names or [str(i) for i in range(len(works))]
-        try:
-            if len(labels) != len(works):
-                raise ValueError(f"gather got {len(works)} awaitables but {len(labels)} names")
-            for label in labels:  # all before any branch starts: none runs if one is refused
-                limits.slot_name(label, "gather")
-        except (ValueError, TypeError):
-            for work in works:
-                work.close()
-            raise
-        return list(await asyncio.gather(*(self.branch(n, w) for n, w in zip(labels, works))))
+        return await gather_branches(self.branch, works, names)
 
     async def submit(self, name: str, *, chain: str, tx: Any, idempotency_key: str | None = None,
                      finality: Finality | None = None, compensate: Callable[..., Any] | None = None,
@@ -322,26 +375,18 @@ class Scope:
         intent is one submission, whichever run, execution or worker performs it."""
         if self._submitter is None:
             raise RuntimeError("this Chainflow app has no chains configured; pass chains=[...]")
-        origin = _ORIGIN.get()
-        what = f"idempotency_key of submit {name!r}"
-        if origin is None:
-            if idempotency_key is None:
-                raise TypeError(f"submit {name!r} needs an idempotency_key (only the submissions of a "
-                                "compensation derive theirs)")
-            key = limits.idempotency_key(idempotency_key, what)
-        else:
-            key = limits.compensation_key(origin, name if idempotency_key is None else idempotency_key, what)
+        key = submission_key(name, idempotency_key)
         if compensate is not None:
-            self.check_compensation(compensate, f"compensate of submit {name!r}")
+            check_compensation(compensate, f"compensate of submit {name!r}")
         return await self._submitter.submit(self, name, chain=chain, tx=tx, idempotency_key=key,
                                             finality=finality, compensate=compensate, retry=retry)
 
     # --- slots and replay ------------------------------------------------------
 
-    def _state(self, branch: str) -> _BranchState:
+    def _state(self, branch: str) -> BranchState:
         state = self._branches.get(branch)
         if state is None:
-            state = self._branches[branch] = _BranchState()
+            state = self._branches[branch] = BranchState()
         return state
 
     def _slot(self, name: str, kind: str) -> store.Slot:
@@ -349,12 +394,7 @@ class Scope:
             raise self.fatal
         limits.slot_name(name, kind)
         branch = _BRANCH.get()
-        state = self._state(branch)
-        position = state.position
-        state.position += 1
-        occurrence = state.names[name]
-        state.names[name] += 1
-        key = name if occurrence == 0 else f"{name}{limits.OCCURRENCE_SEP}{occurrence}"
+        position, key = self._state(branch).take(name)
         at_position = self._by_pos.get((branch, position))
         if at_position is not None and (at_position.key != key or at_position.kind != kind):
             self._nondeterminism(branch, position, f"{at_position.kind} {at_position.key}", f"{kind} {key}")
@@ -368,15 +408,6 @@ class Scope:
         self.fatal = NonDeterminismError(self.run_id, branch, position, expected, actual)
         self.stop_reason = StopReason.FATAL
         raise self.fatal
-
-    def check_compensation(self, fn: Any, what: str) -> None:
-        """Refuse a bad compensation before the operation it undoes runs (``step`` and
-        ``submit`` call this; registering then needs no second look).  One registered
-        inside a compensation would never run (the compensations to run are chosen when
-        compensating starts), so it is refused."""
-        if _ORIGIN.get() is not None:
-            raise ValueError(f"{what}: a compensation's own steps and submissions cannot take compensate=")
-        takes_context(fn, what)
 
     def register_compensation(self, slot: store.Slot, fn: Callable[..., Any], value: Any, retry: Retry,
                               timeout: float | None = None, origin: str | None = None) -> None:

@@ -162,6 +162,12 @@ _DECODER = json.JSONDecoder(object_hook=_hook)
 _PLAIN = (type(None), bool, str, float)
 
 
+def plain(value: Any) -> Any:
+    """``value`` in the tagged plain-data form ``dumps`` writes as text: for reports
+    that embed exact values in a JSON document of their own."""
+    return _encode(value, "")
+
+
 def dumps(value: Any, *, what: str = "") -> str:
     """Encode ``value``; ``what`` names the payload in the error (e.g. "output of step 'x'")."""
     try:

@@ -28,9 +28,12 @@ runs = sa.Table(
     sa.Column("error", sa.Text),
     sa.Column("idempotency_key", sa.String(300), unique=True),
     sa.Column("input_hash", sa.String(64), nullable=False),
-    # the run a child or forked run came from: kept for the replay work, which will
-    # write it; no run has one yet
+    # the run a fork was made from (``chainflow fork``): its journal starts as a copy of
+    # the parent's entries before the fork point
     sa.Column("parent_id", sa.String(36)),
+    # a fork's swapped code, JSON {"workflow": "module:fn" | null, "steps": {name: "module:fn"}}
+    # (``runtime.overrides``); NULL for every other run (v7)
+    sa.Column("overrides", sa.Text),
     sa.Column("created_at", sa.Float, nullable=False),
     sa.Column("updated_at", sa.Float, nullable=False),
     # claimable when ready_at <= now and (no lease or lease expired); NULL = waits for an event
@@ -293,6 +296,12 @@ def _v6(conn: sa.Connection) -> None:
             index.create(conn, checkfirst=True)
 
 
+def _v7(conn: sa.Connection) -> None:
+    """A fork carries the code it runs instead of its registered code (``overrides``);
+    a database created by this version's ``_v1`` has the column already."""
+    _add_missing(conn, runs, ("overrides",))
+
+
 MIGRATIONS: list[tuple[int, Callable[[sa.Connection], None]]] = [
-    (1, _v1), (2, _v2), (3, _v3), (4, _v4), (5, _v5), (6, _v6)]
+    (1, _v1), (2, _v2), (3, _v3), (4, _v4), (5, _v5), (6, _v6), (7, _v7)]
 LATEST = MIGRATIONS[-1][0]

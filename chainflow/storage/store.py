@@ -46,6 +46,8 @@ class Claim:
     rollback: str | None = None
     claims: int = 1  # how many times the run was claimed, this one included
     recoveries: int = 0  # of those claims, how many took it over from an expired lease or a crash
+    parent_id: str | None = None  # a fork's source: its journal holds the parent's copied entries
+    overrides: str | None = None  # a fork's swapped code (``runtime.overrides.Overrides`` JSON)
 
 
 @dataclass
@@ -192,7 +194,7 @@ def _claim_statement(lock_rows: bool) -> sa.Update:
         .returning(
             runs.c.id, runs.c.workflow, runs.c.input, runs.c.fence,
             runs.c.cancel_requested, runs.c.deadline, runs.c.created_at, runs.c.rollback, runs.c.attempt_count,
-            runs.c.recoveries,
+            runs.c.recoveries, runs.c.parent_id, runs.c.overrides,
         )
     )
 
@@ -221,8 +223,9 @@ def claim_with_history(
 ) -> list[tuple[Claim, History]]:
     """Claim and load what replay needs in one transaction (one commit per claim batch)."""
     claims = claim(conn, owner, limit, now, lease, workflows=workflows)
-    # a run claimed for the first time has no journal yet: skip the reads
-    known = [c.run_id for c in claims if c.claims > 1]
+    # a run claimed for the first time has no journal yet (a fork's holds its copied
+    # entries from birth): skip the reads
+    known = [c.run_id for c in claims if c.claims > 1 or c.parent_id is not None]
     histories = load_histories(conn, known) if known else {}
     return [(c, histories.get(c.run_id, ([], {}))) for c in claims]
 
@@ -456,6 +459,40 @@ def retry_dead_lettered(conn: sa.Connection, run_id: str, now: float) -> bool:
     ).rowcount)
 
 
+def select_runs(conn: sa.Connection, *, workflow: str | None = None, status: str | None = None,
+                since: float | None = None) -> list[str]:
+    """Ids of the runs matching every filter given, oldest first (a replay sweep's or a
+    bulk fork's selection)."""
+    q = sa.select(runs.c.id).order_by(runs.c.created_at, runs.c.id)
+    if workflow is not None:
+        q = q.where(runs.c.workflow == workflow)
+    if status is not None:
+        q = q.where(runs.c.status == status)
+    if since is not None:
+        q = q.where(runs.c.created_at >= since)
+    return list(conn.execute(q).scalars())
+
+
+def forked(conn: sa.Connection, parent_ids: list[str]) -> set[str]:
+    """Which of ``parent_ids`` some fork was already made from (a bulk fork resumes
+    past them)."""
+    found: set[str] = set()
+    for part in _chunks(parent_ids):
+        found.update(conn.execute(sa.select(runs.c.parent_id).where(runs.c.parent_id.in_(part))).scalars())
+    return found
+
+
+def insert_fork(conn: sa.Connection, row: dict[str, Any], entries: list[dict[str, Any]],
+                tries: list[dict[str, Any]]) -> None:
+    """A fork: its run row (``run_row`` plus ``parent_id`` and ``overrides``), due now,
+    with the copied journal entries and failed attempts it starts from."""
+    conn.execute(_INSERT_RUN, row)
+    if entries:
+        conn.execute(journal.insert(), [{**e, "run_id": row["id"]} for e in entries])
+    if tries:
+        conn.execute(attempts.insert(), [{**a, "run_id": row["id"]} for a in tries])
+
+
 def request_cancel(conn: sa.Connection, run_id: str, now: float) -> None:
     conn.execute(runs.update().where(runs.c.id == run_id).values(cancel_requested=True, updated_at=now))
     wake(conn, run_id, now)
@@ -514,6 +551,31 @@ def load_histories(conn: sa.Connection, run_ids: list[str]) -> dict[str, History
     ):
         out[a.run_id][1].setdefault((a.branch, a.key), []).append(AttemptRow(a.attempt, a.error, a.next_at))
     return out
+
+
+def _chunks(ids: list[str], size: int = 500) -> list[list[str]]:
+    """``ids`` in slices small enough for one IN list on either dialect."""
+    return [ids[i:i + size] for i in range(0, len(ids), size)]
+
+
+@dataclass(frozen=True)
+class RecordedRows:
+    """Everything recorded about some runs, superseded rows included, each list in
+    recording order: what replay and export read."""
+
+    runs: list[sa.Row[Any]]
+    journal: list[sa.Row[Any]]
+    attempts: list[sa.Row[Any]]
+    signals: list[sa.Row[Any]]
+
+
+def recorded_rows(conn: sa.Connection, run_ids: list[str]) -> RecordedRows:
+    found = RecordedRows([], [], [], [])
+    for part in _chunks(run_ids):
+        found.runs.extend(conn.execute(sa.select(runs).where(runs.c.id.in_(part))))
+        for table, rows in ((journal, found.journal), (attempts, found.attempts), (signals, found.signals)):
+            rows.extend(conn.execute(sa.select(table).where(table.c.run_id.in_(part)).order_by(table.c.id)))
+    return found
 
 
 def update_entry(conn: sa.Connection, run_id: str, branch: str, key: str, **values: Any) -> None:

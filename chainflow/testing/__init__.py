@@ -1,5 +1,7 @@
-"""Run workflows to completion in-process, for users' own tests; and an in-memory
-UTXO chain (``FakeUtxoChain``, ``FakeUtxoAdapter``, ``pay``) to submit to.
+"""Run workflows to completion in-process, for users' own tests; replay exported
+production histories against the current code (``replay_history``,
+``assert_unchanged``, ``histories``); and an in-memory UTXO chain
+(``FakeUtxoChain``, ``FakeUtxoAdapter``, ``pay``) to submit to.
 
 Time is a ``FakeClock`` that the harness moves straight to the next wake-up whenever
 nothing is runnable, so a 30-day trial period takes milliseconds and no global time
@@ -22,13 +24,16 @@ import sqlalchemy as sa
 
 from ..chain.submission import Submitter
 from ..client.app import Chainflow, RunStatus
+from ..client.timetravel import StepCode, WorkflowCode
 from ..clock import FakeClock
+from ..replay.history import History
+from ..replay.report import Change, RunReport
 from ..states import TERMINAL, EntryState, RunState
 from ..storage.schema import runs
 from .utxo import FakeTx, FakeUtxoAdapter, FakeUtxoChain, pay
 
 __all__ = ["CallLog", "FakeTx", "FakeUtxoAdapter", "FakeUtxoChain", "StepResult", "TestRun", "WorkflowTester",
-           "pay", "run_workflow"]
+           "assert_unchanged", "histories", "pay", "replay_history", "run_workflow"]
 
 
 @dataclass(frozen=True)
@@ -144,6 +149,40 @@ def run_workflow(
     finally:
         app.engine.dispose()
         tmp.cleanup()
+
+
+def histories(directory: str | Path) -> list[Path]:
+    """The exported histories (``*.json``) in ``directory``, sorted: for
+    ``@pytest.mark.parametrize("history", histories("tests/histories"))``."""
+    found = sorted(Path(directory).glob("*.json"))
+    if not found:
+        raise FileNotFoundError(f"no exported histories (*.json) in {directory}: "
+                                "add some with `chainflow export RUN > {directory}/RUN.json`")
+    return found
+
+
+def replay_history(app: Chainflow, path: str | Path, *, overrides: dict[str, StepCode] | None = None,
+                   workflow: WorkflowCode = None, pure: tuple[str, ...] = (),
+                   allow_effects: bool = False) -> RunReport:
+    """Replay a history ``chainflow export`` wrote against ``app``'s current code (and
+    ``overrides``): no database is read or written, nothing is sent to a chain.  Keep
+    real production histories in the repository and this turns them into regression
+    tests; ``assert_unchanged`` fails the test on any change."""
+    history = History.from_json(Path(path).read_text(), source=str(path))
+    return app.replay(history, overrides=overrides, workflow=workflow, pure=pure, allow_effects=allow_effects)
+
+
+def assert_unchanged(report: RunReport) -> None:
+    """Fail (``AssertionError``) listing every change a replay found."""
+    if not report.changed:
+        return
+    lines = [f"replay of run {report.run_id} ({report.workflow}) changed: recorded {report.recorded_status}, "
+             f"replayed {report.replayed_status}"]
+    lines += [f"  {s.label}: {s.change.value} {s.detail}".rstrip() for s in report.steps if s.change != Change.UNCHANGED]
+    lines += [f"  run output {d.path or '$'}: {d.recorded!r} -> {d.replayed!r}" for d in report.output_diff]
+    if report.error_changed:
+        lines.append(f"  run error: {report.error_changed}")
+    raise AssertionError("\n".join(lines))
 
 
 class CallLog:
