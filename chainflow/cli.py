@@ -23,9 +23,9 @@ import importlib
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
 import sqlalchemy as sa
@@ -34,12 +34,16 @@ from rich.table import Table
 from rich.text import Text
 
 from .client.app import AttemptRecord, Chainflow, JournalEntry, RunStatus
-from .replay.diff import Difference
-from .replay.report import Change, RunReport, SweepReport
 from .clock import MAX_SECONDS
 from .errors import ChainflowError
+from .replay.diff import Difference
+from .replay.report import Change, RunReport, SweepReport
 from .states import EntryState, RunState
 from .storage import codec
+
+if TYPE_CHECKING:
+    from .chain.adapter import ChainAdapter
+    from .storage.database import Database
 
 # Looked up at print time (not bound at import) so tests can swap in a wide console.
 console = Console()
@@ -276,15 +280,17 @@ def retry(ctx: click.Context, run_id: str) -> None:
     click.echo(f"run {run_id} is pending again")
 
 
-@cli.command()
-@click.pass_context
-def nonces(ctx: click.Context) -> None:
-    """Nonce health per (chain, sender): next nonce, the chain's counts, in flight, gaps."""
-    from .chain.nonces import SenderNonces, report, snapshot
+T = TypeVar("T")
 
-    app = _target(ctx).app()
 
-    async def ask_chains() -> list[SenderNonces]:
+def _chain_health(app: Chainflow, report: Callable[[Database, dict[str, ChainAdapter]], Awaitable[list[T]]],
+                  snapshot: Callable[[sa.Connection], list[T]]) -> list[T]:
+    """The database's view joined with the chains' own (``report``), or the database's
+    alone (``snapshot``) when the app configures no chain."""
+    if not app.chains:
+        return app.read(snapshot)
+
+    async def ask_chains() -> list[T]:
         try:
             return await report(app.database, app.chains)
         finally:  # HTTP sessions belong to this loop: close them, failure or not
@@ -292,9 +298,18 @@ def nonces(ctx: click.Context) -> None:
                 await adapter.aclose()
 
     try:
-        rows = asyncio.run(ask_chains()) if app.chains else app.read(snapshot)
+        return asyncio.run(ask_chains())
     except ValueError as exc:  # adapters raise ValueError naming bad key material or config
         fail(str(exc))
+
+
+@cli.command()
+@click.pass_context
+def nonces(ctx: click.Context) -> None:
+    """Nonce health per (chain, sender): next nonce, the chain's counts, in flight, gaps."""
+    from .chain.nonces import report, snapshot
+
+    rows = _chain_health(_target(ctx).app(), report, snapshot)
     table = Table("chain", "sender", "next", "chain latest", "chain pending", "in flight", "gaps", "gap fills")
     for r in rows:
         table.add_row(Text(r.chain), Text(r.sender), str(r.next_nonce), _opt(r.chain_latest), _opt(r.chain_pending),
@@ -308,21 +323,9 @@ def nonces(ctx: click.Context) -> None:
 def coins(ctx: click.Context) -> None:
     """Coin health per UTXO chain: reserved coins and their owner intents, the wallet's
     coins on chain, and what new payouts can spend."""
-    from .chain.coins import ChainCoins, report, snapshot
+    from .chain.coins import report, snapshot
 
-    app = _target(ctx).app()
-
-    async def ask_chains() -> list[ChainCoins]:
-        try:
-            return await report(app.database, app.chains)
-        finally:  # HTTP sessions belong to this loop: close them, failure or not
-            for adapter in app.chains.values():
-                await adapter.aclose()
-
-    try:
-        rows = asyncio.run(ask_chains()) if app.chains else app.read(snapshot)
-    except ValueError as exc:  # adapters raise ValueError naming bad key material or config
-        fail(str(exc))
+    rows = _chain_health(_target(ctx).app(), report, snapshot)
     summary = Table("chain", "wallet", "coins on chain", "value on chain", "reserved", "reserved value", "spendable")
     held = Table("chain", "outpoint", "value", "owner key", "owner state", "run")
     for c in rows:
