@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import tempfile
-import threading
 import time
 import weakref
 from collections.abc import Sequence
@@ -22,6 +20,7 @@ from devnet.accounts import (
 from devnet.base import RpcControls
 from devnet.errors import AnvilNotInstalled, DevnetError, RpcError
 from devnet.ports import LOOPBACK, free_loopback_port
+from devnet.process import terminate, with_parent_death_signal
 from devnet.rpc import JsonRpcClient, to_quantity
 
 #: Version pinned in the root package.json; bump both together.
@@ -146,7 +145,7 @@ class Anvil(RpcControls):
         fd, log_name = tempfile.mkstemp(prefix="anvil-", suffix=".log")
         self.log_path = Path(log_name)
         env = {k: v for k, v in os.environ.items() if k != "ANVIL_IP_ADDR"}
-        argv = _with_parent_death_signal(self.command(port))
+        argv = with_parent_death_signal(self.command(port))
         with os.fdopen(fd, "wb") as log:
             self._proc = subprocess.Popen(
                 argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env
@@ -210,27 +209,8 @@ def _format_seconds(seconds: float) -> str:
     return str(int(seconds)) if float(seconds).is_integer() else repr(float(seconds))
 
 
-def _with_parent_death_signal(argv: list[str]) -> list[str]:
-    """Make the kernel SIGKILL anvil if we die without running atexit (e.g. SIGKILL).
-
-    PR_SET_PDEATHSIG fires when the *thread* that forked the child exits, so
-    it is only armed from the main thread; worker-thread launches rely on the
-    finalizer alone rather than risk anvil vanishing mid-test.
-    """
-    setpriv = shutil.which("setpriv")
-    if setpriv is None or threading.current_thread() is not threading.main_thread():
-        return argv
-    return [setpriv, "--pdeathsig", "KILL", "--", *argv]
-
-
 def _terminate(proc: subprocess.Popen[bytes], log_path: Path | None) -> None:
     # Module-level (not a method) so the finalizer holds no reference to the Anvil object.
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=3)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=3)
+    terminate(proc)
     if log_path is not None:
         log_path.unlink(missing_ok=True)

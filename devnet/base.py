@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from types import TracebackType
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, Self, runtime_checkable
 
 from devnet.accounts import DevAccount, derive_accounts
 from devnet.rpc import JsonRpcClient, to_quantity
@@ -52,7 +52,28 @@ class Devnet(Protocol):
     ) -> None: ...
 
 
-class RpcControls:
+class Lifecycle:
+    """`with node:` starts it and always stops it, for every devnet (EVM or regtest)."""
+
+    def start(self) -> Self:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+class RpcControls(Lifecycle):
     """Devnet control calls that both backends answer with the same JSON-RPC methods.
 
     Kept as a mixin over plain JSON-RPC (rather than calling the in-process
@@ -78,23 +99,6 @@ class RpcControls:
         self.mnemonic = mnemonic
         self.derivation_path = derivation_path
         self.balance_eth = balance_eth
-
-    def start(self) -> Any:
-        raise NotImplementedError
-
-    def stop(self) -> None:
-        raise NotImplementedError
-
-    def __enter__(self) -> Any:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def accounts(self) -> list[DevAccount]:
         """The funded dev accounts with their (public, well-known) private keys; the

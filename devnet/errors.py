@@ -12,11 +12,12 @@ class DevnetError(RuntimeError):
 class RpcError(DevnetError):
     """A JSON-RPC error object, kept structured so callers can match on code/data."""
 
-    def __init__(self, code: int, message: str, data: Any = None) -> None:
-        super().__init__(f"[{code}] {message}")
+    def __init__(self, code: int, message: str, data: Any = None, *, method: str | None = None) -> None:
+        super().__init__(f"{method}: [{code}] {message}" if method else f"[{code}] {message}")
         self.code = code
         self.message = message
         self.data = data
+        self.method = method  # the call that failed, when raised by a client
 
     def to_json(self) -> dict[str, Any]:
         """Wire form of the error object (`data` omitted when absent, like geth)."""
@@ -28,3 +29,7 @@ class RpcError(DevnetError):
 
 class AnvilNotInstalled(DevnetError):
     """The pinned anvil binary is missing; the message says how to install it."""
+
+
+class RegtestNotInstalled(DevnetError):
+    """No usable regtest node binary; the message says how to get one."""

@@ -24,7 +24,8 @@ from devnet.rpc import to_quantity
 
 @dataclass(frozen=True, slots=True)
 class ReorgResult:
-    """What a reorg did; hashes are 0x-hex, lists ordered by ascending height."""
+    """What a reorg did, lists ordered by ascending height; hashes in the chain's own
+    notation (0x-hex on the EVM devnets, plain hex on `RegtestNode`)."""
 
     fork_height: int  # last block shared by the old and the new branch
     old_hashes: list[str]

@@ -13,7 +13,7 @@ import os
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 # Imported up front on purpose: otherwise hypothesis' pytest plugin imports it lazily in
 # the terminal summary, deep in pytest's stack, and CPython 3.11.7's parser then fails
@@ -22,6 +22,9 @@ import hypothesis  # noqa: F401
 import pytest
 
 from chainflow.testing import CallLog
+
+if TYPE_CHECKING:
+    from devnet import RegtestNode
 
 ADMIN_URL = os.environ.get("CHAINFLOW_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 
@@ -55,14 +58,19 @@ def postgres_problem() -> str | None:
     return _pg_state["problem"]
 
 
-def require_postgres() -> None:
-    problem = postgres_problem()
-    if problem is None:
-        return
-    message = f"PostgreSQL at {ADMIN_URL} is unreachable ({problem})"
+def unavailable(message: str, local_hint: str = "") -> NoReturn:
+    """A test's service or binary is missing: skip locally, fail under CI=true (never a
+    silent skip there)."""
     if in_ci():
         pytest.fail(f"{message}; CI=true, so this is a failure, not a skip", pytrace=False)
-    pytest.skip(f"{message}; set CHAINFLOW_TEST_PG or start Postgres to run the Postgres half")
+    pytest.skip(f"{message}; {local_hint}" if local_hint else message)
+
+
+def require_postgres() -> None:
+    problem = postgres_problem()
+    if problem is not None:
+        unavailable(f"PostgreSQL at {ADMIN_URL} is unreachable ({problem})",
+                    "set CHAINFLOW_TEST_PG or start Postgres to run the Postgres half")
 
 
 def _sqlalchemy_url(dbname: str) -> str:
@@ -152,9 +160,29 @@ def require_anvil() -> None:
     try:
         anvil_binary()
     except AnvilNotInstalled as exc:
-        if in_ci():
-            pytest.fail(f"{exc}; CI=true, so this is a failure, not a skip", pytrace=False)
-        pytest.skip(str(exc))
+        unavailable(str(exc))
+
+
+def require_regtest() -> None:
+    """Skip when no bitcoind/litecoind is installed, or fail when CI=true (never a silent skip)."""
+    from devnet import RegtestNotInstalled
+    from devnet.regtest import require_node_binary
+
+    try:
+        require_node_binary()
+    except RegtestNotInstalled as exc:
+        unavailable(str(exc))
+
+
+@pytest.fixture
+def regtest_node() -> Iterator[RegtestNode]:
+    """A started regtest node of its own (about 0.6 s to start with a funded wallet at
+    height 110, 0.1 s to stop), so a test may reorg or mine freely."""
+    require_regtest()
+    from devnet import RegtestNode
+
+    with RegtestNode() as node:
+        yield node
 
 
 @pytest.fixture(params=[pytest.param("inprocess"), pytest.param("anvil", marks=pytest.mark.anvil)])
