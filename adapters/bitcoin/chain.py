@@ -5,11 +5,11 @@ payment spends all of them.
 
 The node is used as a read-only index of the chain plus a broadcaster; it holds no
 wallet and never sees a key.  The adapter signs locally from a ``DescriptorWallet``,
-reads coins with ``scantxoutset`` (the UTXO set follows the active chain, so coins of
-an orphaned block disappear by themselves), and needs ``-txindex`` to read any
-transaction by id (receipts, the values of the inputs it spends).  What it keeps are
-caches that are safe to lose: transactions and block contents by hash (immutable),
-the wallet's coins for one best-block hash.
+learns the wallet's coins with one ``scantxoutset`` and then block by block, walking
+reorgs back (``coinview``), and needs ``-txindex`` to read any transaction by id
+(receipts, the values of the inputs it spends).  What it keeps is safe to lose:
+transactions and block contents by hash (immutable), and the coin view, rebuilt by a
+scan after a restart.
 """
 
 from __future__ import annotations
@@ -37,14 +37,14 @@ from . import fees as fee_math
 from . import transaction
 from .addresses import address_of, dust_limit, script_for
 from .classify import classify
+from .coinview import CoinView
 from .errors import NodeMismatch, RpcError
 from .networks import Network, network as network_named
 from .rpc import BitcoinRpc
 from .transaction import Prevout, parse_outpoint
-from .values import payment_amount, satoshis
+from .values import payment_amount
 from .wallet import DescriptorWallet
 
-COINBASE_MATURITY = 100
 RPC_INVALID_ADDRESS_OR_KEY = -5  # "No such mempool or blockchain transaction", "Block not found"
 RPC_INVALID_PARAMETER = -8  # "Block height out of range", "Scan already in progress"
 SCAN_TRIES = 10  # another scantxoutset on the node (another worker): wait for it this many times
@@ -119,7 +119,8 @@ class BitcoinChain:
         self._txs: OrderedDict[str, CTransaction] = OrderedDict()
         self._block_txids: OrderedDict[str, list[str]] = OrderedDict()
         self._block_spends: OrderedDict[str, tuple[dict[tuple[str, int], str], int, str | None]] = OrderedDict()
-        self._coins: tuple[str, list[Coin]] | None = None
+        self._coins = CoinView(self.rpc, self._scan,
+                               lambda script: self.keyring.index_of(bytes.fromhex(script)) is not None)
 
     def __repr__(self) -> str:
         return f"BitcoinChain({self.name!r}, network={self.network.name}, sender={self.sender()}, rpc={self.rpc!r})"
@@ -284,26 +285,11 @@ class BitcoinChain:
 
     async def coins(self, owner: str) -> list[Coin]:
         """The wallet's confirmed, spendable outputs in the active chain, by outpoint:
-        one ``scantxoutset`` per best block at most."""
+        a ``scantxoutset`` on first use, then each new block once (``CoinView``)."""
         if owner != self.sender():
             raise ValueError(f"chain {self.name!r} holds the coins of {self.sender()}, not of {owner!r}")
         await self._check_node()
-        best = await self.rpc.call("getbestblockhash")
-        if self._coins is not None and self._coins[0] == best:
-            return list(self._coins[1])
-        scan = await self._scan()
-        tip = int(scan["height"])
-        coins = []
-        for utxo in scan.get("unspents") or []:
-            txid, index, height = str(utxo["txid"]), int(utxo["vout"]), int(utxo["height"])
-            if height > tip - COINBASE_MATURITY + 1:
-                tx = await self._tx(txid)
-                if tx is None or tx.is_coinbase():
-                    continue  # an immature coinbase cannot be spent yet
-            coins.append(Coin(f"{txid}:{index}", satoshis(utxo["amount"], f"scantxoutset amount of {txid}:{index}")))
-        coins.sort(key=lambda c: parse_outpoint(c.outpoint))
-        self._coins = (str(scan.get("bestblock") or best), coins)
-        return list(coins)
+        return await self._coins.coins()
 
     async def _scan(self) -> dict[str, Any]:
         descriptors = [f"addr({a})" for a in self.keyring.addresses]

@@ -15,20 +15,12 @@ import pytest
 from adapters.bitcoin import BitcoinChain, BitcoinReceipt, DescriptorWallet, NodeMismatch
 from chainflow.chain.adapter import BroadcastOutcome, Coin, EndpointError
 
-from ..conftest import in_ci
 from ._btc import master_key
 
 
 @pytest.fixture
-def node(request: pytest.FixtureRequest) -> Any:
-    """The devnet's regtest node; skipped where the devnet provides none, except under CI."""
-    try:
-        return request.getfixturevalue("regtest_node")
-    except pytest.FixtureLookupError:
-        message = "no regtest_node fixture (devnet/regtest.py and its fixture are not installed)"
-        if in_ci():
-            pytest.fail(f"{message}; CI=true, so this is a failure, not a skip", pytrace=False)
-        pytest.skip(message)
+def node(regtest_node: Any) -> Any:
+    return regtest_node
 
 
 def _chain(node: Any, seed: bytes | None = None, **options: Any) -> BitcoinChain:
