@@ -13,6 +13,7 @@ number of payouts in flight.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -57,6 +58,7 @@ class CoinView:
         self._blocks: list[_Applied] = []  # applied since the scan, oldest first (at most ``depth``)
         self._tip: tuple[str, int] | None = None  # (hash, height) the view is at
         self._base: tuple[str, int] | None = None  # what the oldest remembered block stands on
+        self._lock = asyncio.Lock()
 
     async def coins(self) -> list[Coin]:
         """Spendable coins at the node's best block: mature, in the active chain."""
@@ -68,11 +70,14 @@ class CoinView:
                       key=lambda c: parse_outpoint(c.outpoint))
 
     async def refresh(self) -> None:
-        best = str(await self._rpc.call("getbestblockhash"))
-        if self._tip is not None and self._tip[0] == best:
-            return
-        if self._tip is None or not await self._follow(best):
-            await self._rescan()
+        # one walk at a time: the runs of a worker ask for coins concurrently, and two
+        # walks interleaving would apply or undo a block twice
+        async with self._lock:
+            best = str(await self._rpc.call("getbestblockhash"))
+            if self._tip is not None and self._tip[0] == best:
+                return
+            if self._tip is None or not await self._follow(best):
+                await self._rescan()
 
     async def _follow(self, best: str) -> bool:
         """Walk from the view's tip to ``best``: back over orphaned blocks, forward over
