@@ -388,6 +388,15 @@ class RegtestNode(Lifecycle):
             return list(self.rpc("generatetoaddress", n, to))
         return list(self.rpc("generatetodescriptor", n, self._next_coinbase()))
 
+    def mine_empty(self, n: int = 1) -> list[str]:
+        """Mine `n` blocks holding no transaction, whatever the mempool holds; their hashes.
+
+        "Mining paused" for everything waiting while heads still advance: what
+        makes a fee bumper act, and what a fork's filler blocks are.
+        """
+        _check_count("n", n, minimum=1)
+        return [str(self.rpc("generateblock", self._next_coinbase(), [])["hash"]) for _ in range(n)]
+
     # -- the node wallet -----------------------------------------------------
 
     def wallet_send(self, address: str, sats: int) -> str:
@@ -453,7 +462,8 @@ class RegtestNode(Lifecycle):
                 f"reorg: the first fork block, holding include={[t[:16] for t in included]}, is invalid on top "
                 f"of height {tip - depth} ({exc}); the original chain is restored. {self.log_tail(600)}"
             ) from exc
-        new_hashes += [str(self.rpc("generateblock", self._next_coinbase(), [])["hash"]) for _ in range(blocks - 1)]
+        if blocks > 1:
+            new_hashes += self.mine_empty(blocks - 1)
         return ReorgResult(
             fork_height=tip - depth,
             old_hashes=old_hashes,

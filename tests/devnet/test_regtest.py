@@ -258,6 +258,20 @@ def test_mine_returns_the_new_tip_hashes_and_pays_to_an_address(node: RegtestNod
 
 
 @regtest
+def test_mine_empty_leaves_the_mempool_waiting(node: RegtestNode) -> None:
+    txid = node.wallet_send(node.rpc("getnewaddress"), 100_000)
+    start = node.height()
+    hashes = node.mine_empty(2)
+    assert hashes == [node.rpc("getblockhash", h) for h in range(start + 1, start + 3)]
+    assert all(node.rpc("getblock", h, 1)["tx"][1:] == [] for h in hashes), "only the coinbase"
+    assert txid in node.mempool()
+    (block_hash,) = node.mine(1)
+    assert txid in node.rpc("getblock", block_hash, 1)["tx"]
+    with pytest.raises(ValueError):
+        node.mine_empty(0)
+
+
+@regtest
 def test_fund_pays_exact_sats_in_one_confirmed_output(node: RegtestNode) -> None:
     address = node.rpc("getnewaddress")
     height = node.height()
