@@ -633,10 +633,12 @@ def record_reorg(conn: sa.Connection, chain: str, fork: int, new_hashes: list[st
     store.lock_runs(conn, sorted(set(conn.execute(
         sa.select(submissions.c.run_id).where(settled_there, submissions.c.run_id.is_not(None))).scalars())))
     hit = list(conn.execute(sa.select(submissions).where(settled_there).order_by(submissions.c.id).with_for_update()))
+    # a batch and its members share one transaction: it is listed once
+    affected = list(dict.fromkeys(s.tx_hash for s in hit))
     event_id = conn.execute(
         reorgs.insert().values(
             chain=chain, depth=len(orphaned), fork_number=fork, old_hashes=json.dumps(old),
-            new_hashes=json.dumps(new_hashes), affected=json.dumps([s.tx_hash for s in hit]), detected_at=now,
+            new_hashes=json.dumps(new_hashes), affected=json.dumps(affected), detected_at=now,
         )
     ).inserted_primary_key[0]  # type: ignore[index]
     # a final intent's coins are held again: its transaction is no longer in the chain

@@ -206,3 +206,182 @@ async def test_a_deep_reorg_after_finality_rolls_back_and_the_same_payout_reconf
     assert event.depth == depth and event.affected_txs == [attempt.tx_hash]
     assert rig.paid(payee) == [(f"{attempt.tx_hash}:0", 150_000)], "paid once on the canonical chain"
     assert rig.held(final.id) == []
+
+
+async def test_a_double_spend_mined_on_a_fork_fails_the_payout_and_frees_its_coin_once_final(
+        node: RegtestNode, db_url: str, ledger: CallLog) -> None:
+    """The payout is mined (one confirmation of the three it asks for); a fork replaces
+    its block with one holding another spend of its reserved coin, signed with the
+    wallet's key but not by chainflow.  The step fails naming the coin and the spender,
+    compensations run, the node drops our payout; the coin stays reserved by the failed
+    intent until the conflicting spend has three confirmations, then is released."""
+    rig = NodeRig(node, db_url, ledger, finality=cf.Confirmations(3))
+    try:
+        coin = node.fund(rig.btc.sender(), 500_000)
+        payee, elsewhere = rig.payees[0], rig.payees[1]
+        async with rig.worker():
+            h = await rig.app.astart("payout", {"id": "o-1", "to": payee, "sats": 150_000})
+            await rig.drive(lambda: rig.state("o-1") == "broadcast", mine=False, what="the broadcast")
+            (attempt,) = rig.attempts()
+            await rig.mine()
+            sub = rig.sub("o-1")
+            assert sub.state == "included" and rig.held(sub.id) == [coin]
+
+            funding = node.rpc("getrawtransaction", coin.split(":")[0], True)["vout"][int(coin.split(":")[1])]
+            spent = Prevout(coin, sats(funding["value"]), bytes.fromhex(funding["scriptPubKey"]["hex"]))
+            conflict = sign(rig.btc.keyring, rig.btc.network, [spent],
+                            [(script_for(elsewhere, rig.btc.network, CHAIN), 300_000)], 2000)
+            reorg = node.reorg(1, blocks=1, include=[conflict.raw.hex()])
+            assert attempt.tx_hash in reorg.orphaned_txs and attempt.tx_hash not in node.mempool()
+            assert rig.onchain(conflict.tx_hash)
+
+            st = await rig.until_done(h.id, what="the failure")
+            sub = rig.sub("o-1")
+            assert st.status == "failed"
+            assert coin in st.error["message"] and "chainflow did not sign" in st.error["message"]
+            assert sub.state == "failed" and coin in sub.error and conflict.tx_hash in sub.error
+            assert rig.effects() == ["reserve", "unreserve"], "never paid: nothing to refund"
+            while (confirmations := rig.onchain(conflict.tx_hash)["confirmations"]) < 3:
+                held = rig.reservations(sub.id)
+                assert [(r.outpoint, r.spent_at_block) for r in held] == [(coin, None)], \
+                    f"released at {confirmations} confirmation(s) of the conflicting spend"
+                await rig.mine()
+            assert rig.reservations() == [], "the conflicting spend is final: the coin is released"
+    finally:
+        await rig.close()
+    assert rig.onchain(attempt.tx_hash) is None and attempt.tx_hash not in node.mempool()
+    assert rig.paid(payee) == [] and rig.paid(elsewhere) == [(f"{conflict.tx_hash}:0", 300_000)]
+    assert rig.app.status(h.id).compensations == {"reserve": "ok"}
+
+
+async def test_a_deep_reorg_of_a_batch_rolls_back_each_member_and_pays_each_once(
+        node: RegtestNode, db_url: str, ledger: CallLog) -> None:
+    """Three payouts share one batch transaction; all complete on Confirmations(2).  A
+    reorg replaces the batch's block and the one above: every member run is rolled back
+    and completes again on the re-mined batch, each payee paid once, by its own output."""
+    rig = NodeRig(node, db_url, ledger, batching={CHAIN: cf.Batching(window=0.2, max_size=10)})
+    try:
+        node.fund(rig.btc.sender(), 500_000)
+        amounts = [50_000, 51_000, 52_000]
+        async with rig.worker():
+            handles = [await rig.app.astart("payout", {"id": f"o-{i}", "to": rig.payees[i], "sats": sats_})
+                       for i, sats_ in enumerate(amounts)]
+            await rig.drive(lambda: all(rig.state(f"o-{i}") == "queued" for i in range(3)), mine=False,
+                            what="all three queued")
+            for h in handles:
+                st = await rig.until_done(h.id, what="the first completions")
+                assert st.status == "completed", st.error
+            members = [rig.sub(f"o-{i}") for i in range(3)]
+            (batch,) = [s for s in rig.subs() if s.batch_id == s.id]
+            (attempt,) = rig.attempts(batch.id)
+            assert [m.batch_id for m in members] == [batch.id] * 3
+            depth = node.height() - int(batch.block_number) + 1
+            reorg = node.reorg(depth)
+            assert batch.block_hash in reorg.old_hashes and attempt.tx_hash in node.mempool()
+            await rig.step()
+            assert not any(rig.app.status(h.id).status == "completed" for h in handles), "every member reopened"
+            for h in handles:
+                st = await rig.until_done(h.id, what="the re-completions")
+                assert st.status == "completed", st.error
+    finally:
+        await rig.close()
+    for i, (h, sats_) in enumerate(zip(handles, amounts, strict=True)):
+        assert rig.effects(f"o-{i}") == ["reserve", "credit", "notify", "unnotify", "debit", "credit", "notify"]
+        member = rig.sub(f"o-{i}")
+        assert (member.state, member.tx_hash) == ("final", attempt.tx_hash)
+        assert member.block_hash not in reorg.old_hashes
+        assert rig.app.status(h.id).output == {"tx": attempt.tx_hash, "block_hash": member.block_hash,
+                                               "fee": rig.fees(attempt)["fee"], "output": i}
+        assert rig.paid(rig.payees[i]) == [(f"{attempt.tx_hash}:{i}", sats_)], "each payee paid once"
+    assert rig.attempts() == [attempt], "one batch transaction, signed once"
+    (event,) = rig.app.reorgs()
+    assert event.depth == depth and event.affected_txs == [attempt.tx_hash]
+
+
+# --- amounts and addresses ------------------------------------------------------------
+
+
+async def test_bad_amounts_and_addresses_are_refused_before_anything_is_recorded(
+        rig: NodeRig, node: RegtestNode) -> None:
+    """Dust, a mainnet address on this regtest chain, a float and a Decimal amount: each
+    payout step fails with an error naming what is wrong; no intent, coin or signed
+    transaction is recorded, nothing reaches the node."""
+    node.fund(rig.btc.sender(), 500_000)
+    payee, mainnet = rig.payees[0], BIP84_ADDRESSES[0]
+    limit = dust_limit(script_for(payee, rig.btc.network, CHAIN), rig.btc.network)
+    cases = {
+        "dust": ({"to": payee, "sats": 200},
+                 f"payment of 200 sats to {payee} is below the dust limit of {limit} sats"),
+        "network": ({"to": mainnet, "sats": 150_000},
+                    f"{mainnet!r} is a mainnet address; chain {CHAIN!r} is on {rig.btc.network.name}"),
+        "float": ({"to": payee, "sats": 150_000.0}, "must be an int of satoshis, got float 150000.0"),
+        "decimal": ({"to": payee, "sats": "decimal"}, "must be an int of satoshis, got Decimal"),
+    }
+    mempool = set(node.mempool())
+    async with rig.worker():
+        handles = {name: await rig.app.astart("payout", {"id": name, **tx}) for name, (tx, _) in cases.items()}
+        for name, h in handles.items():
+            st = await rig.until_done(h.id, mine=False, what=name)
+            assert st.status == "failed", name
+            assert cases[name][1] in st.error["message"], (name, st.error)
+            assert rig.effects(name) == ["reserve", "unreserve"]
+    assert limit > 200
+    assert rig.subs() == [] and rig.reservations() == [] and rig.attempts() == []
+    assert set(node.mempool()) == mempool
+    with pytest.raises(ValueError, match=re.escape(cases["network"][1])):
+        rig.btc.pay(mainnet, sats=150_000)  # where the user writes it, too
+    with pytest.raises(ValueError, match="never floats"):
+        rig.btc.pay(payee, sats=1.5)
+
+
+async def test_a_payout_of_the_whole_balance_spends_every_coin_without_a_change_output(
+        node: RegtestNode, db_url: str, ledger: CallLog) -> None:
+    """Two coins, and a payout leaving one satoshi less than the dust limit over the
+    fee: both coins are spent, the would-be change goes to the fee, and on chain the
+    transaction pays exactly the payout and nothing else; the wallet holds nothing."""
+    rig = NodeRig(node, db_url, ledger, chain={"fallback_feerate": 1000, "max_feerate": 1000})
+    try:
+        coins = sorted([node.fund(rig.btc.sender(), 300_000), node.fund(rig.btc.sender(), 200_000)])
+        payee, net = rig.payees[0], rig.btc.network
+        change_script = script_for(rig.btc.sender(), net, CHAIN)
+        with_change = fee_for(1000, vsize(2, [script_for(payee, net, CHAIN), change_script]))
+        left_over = with_change + dust_limit(change_script, net) - 1
+        amount = 500_000 - left_over
+        async with rig.worker():
+            h = await rig.app.astart("payout", {"id": "o-1", "to": payee, "sats": amount})
+            st = await rig.until_done(h.id, what="the completion")
+        assert st.status == "completed", st.error
+        sub = rig.sub("o-1")
+        (attempt,) = rig.attempts(sub.id)
+        tx = rig.decode(attempt.raw)
+        assert tx["inputs"] == coins == rig.reserved(sub.id)
+        assert [(o["scriptPubKey"]["hex"], sats(o["value"])) for o in tx["vout"]] == [
+            (script_for(payee, net, CHAIN).hex(), amount)], "no change output"
+        assert tx["fee"] == left_over == st.output["fee"] == rig.fees(attempt)["fee"]
+        assert rig.onchain(attempt.tx_hash) and rig.paid(payee) == [(f"{attempt.tx_hash}:0", amount)]
+        assert rig.paid(rig.btc.sender()) == [] and await rig.btc.coins(rig.btc.sender()) == [], "nothing left"
+    finally:
+        await rig.close()
+
+
+async def test_insufficient_funds_fail_the_payout_with_nothing_reserved(rig: NodeRig, node: RegtestNode) -> None:
+    """The wallet holds 100_000 sats; a payout of 1_000_000 fails with the adapter's
+    reason, its intent recorded but no coin reserved and nothing signed, and the coin
+    stays spendable: the next payout takes it."""
+    coin = node.fund(rig.btc.sender(), 100_000)
+    async with rig.worker():
+        big = await rig.app.astart("payout", {"id": "big", "to": rig.payees[0], "sats": 1_000_000})
+        st = await rig.until_done(big.id, mine=False, what="the failure")
+        assert st.status == "failed"
+        assert st.error["type"] == "chainflow.errors.StepError"
+        assert "chainflow.errors.SubmissionFailedError: " in st.error["message"]
+        assert re.search(r"insufficient funds: need \d+ sats \(payments 1000000 \+ fee budget \d+ at max_feerate "
+                         r"\d+ sat/kvB\), unreserved coins hold 100000", st.error["message"]), st.error
+        sub = rig.sub("big")
+        assert sub.state == "intent" and rig.reservations() == [] and rig.attempts() == []
+        assert rig.effects("big") == ["reserve", "unreserve"]
+        small = await rig.app.astart("payout", {"id": "small", "to": rig.payees[1], "sats": 50_000})
+        done = await rig.until_done(small.id, what="the next payout")
+    assert done.status == "completed", done.error
+    assert rig.reserved(rig.sub("small").id) == [coin]
+    assert rig.paid(rig.payees[0]) == [] and len(rig.paid(rig.payees[1])) == 1
