@@ -40,6 +40,13 @@ def node() -> Iterator[RegtestNode]:
         yield started
 
 
+def no_estimate(node: RegtestNode, btc: Any) -> None:
+    """The fee tests' premise: the node has no fee estimate, so versions start at the
+    fallback rate (true of a young regtest chain)."""
+    estimate = node.rpc("estimatesmartfee", btc.fee_target)
+    assert "feerate" not in estimate, f"the node estimates fees now ({estimate}): the test needs the fallback"
+
+
 @pytest.fixture
 def ledger(tmp_path: Any) -> CallLog:
     return CallLog(tmp_path / "ledger.log")
@@ -62,6 +69,7 @@ async def test_a_low_fee_payout_is_bumped_while_mining_is_paused_and_confirms_on
     transactions again the newest version confirms, alone: every version spent the same
     inputs, each paid more than the one it replaced (BIP125), and each is recorded."""
     rig = NodeRig(node, db_url, ledger, chain={"fallback_feerate": 1000}, bump_blocks=1)
+    no_estimate(node, rig.btc)
     try:
         coins = sorted([node.fund(rig.btc.sender(), 300_000), node.fund(rig.btc.sender(), 200_000)])
         payee = rig.payees[0]
@@ -111,6 +119,7 @@ async def test_bumps_stop_at_the_fee_budget_and_the_payout_is_flagged_stuck_not_
     3000): then the submission is flagged stuck (``stuck_since``, the metric), keeps its
     last version on the wire and its run waiting; when blocks take it, it confirms."""
     rig = NodeRig(node, db_url, ledger, chain={"fallback_feerate": 1000, "max_feerate": 2500}, bump_blocks=1)
+    no_estimate(node, rig.btc)
     before = metrics.REGISTRY.get_sample_value("chainflow_submissions_stuck_total", {"chain": CHAIN}) or 0.0
     try:
         (coin,) = [node.fund(rig.btc.sender(), 300_000)]
