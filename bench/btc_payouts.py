@@ -44,7 +44,8 @@ from .harness import Figure, Options, environment, environment_markdown, fresh_d
 TITLE = "Bitcoin payouts on a regtest node: chainflow (batched, unbatched) vs sendtoaddress + 1 confirmation"
 PAYOUTS, NAIVE_PAYOUTS, BLOCK_MS = 500, 30, 1000
 PENDING, HEADS = [10, 100, 500], 10
-QUICK = {"payouts": 24, "naive": 3, "block_ms": 500, "pending": [5, 20], "heads": 3}
+QUICK = {"payouts": 24, "naive": 3, "block_ms": 500, "heads": 3}
+QUICK_PENDING = [5, 20]
 PEERS = ("naive", "batched", "unbatched")
 SATS = 10_000  # each payout pays SATS + its index: every amount on chain tells its payout
 COIN_SATS = 100_000  # unbatched: one funded coin per payout, the fee budget at max_feerate included
@@ -119,6 +120,7 @@ def database_url(spec: dict[str, Any]) -> str:
 
 def payout_app(url: str, btc: Any, batched: bool, **tracker: Any) -> Any:
     import chainflow as cf
+    from adapters.bitcoin import BitcoinReceipt
 
     config = cf.TrackerConfig(poll_interval=0.1, batching={"btc": cf.Batching()} if batched else {}, **tracker)
     app = cf.Chainflow(url, chains=[btc], tracker=config)
@@ -127,6 +129,7 @@ def payout_app(url: str, btc: Any, batched: bool, **tracker: Any) -> Any:
     async def payout(ctx: cf.Context, order: dict[str, Any]) -> list[Any]:
         rcpt = await ctx.submit("payout", chain="btc", tx=btc.pay(order["to"], sats=order["sats"]),
                                 idempotency_key=f"payout:{order['id']}", finality=cf.Confirmations(1))
+        assert isinstance(rcpt, BitcoinReceipt)  # the chain's family: it says which output pays
         return [rcpt.tx_hash, rcpt.output_index]
 
     app.ensure_schema()
@@ -333,7 +336,7 @@ def run(opts: Options, command: str) -> str:
     n = QUICK["payouts"] if opts.quick else PAYOUTS
     n_naive = QUICK["naive"] if opts.quick else NAIVE_PAYOUTS
     block_ms = QUICK["block_ms"] if opts.quick else BLOCK_MS
-    pending = QUICK["pending"] if opts.quick else PENDING
+    pending = QUICK_PENDING if opts.quick else PENDING
     heads = QUICK["heads"] if opts.quick else HEADS
     peers = [p for p in PEERS if opts.wants(p)]
     throughput = {(b, p): Figure() for b in opts.backends for p in peers}

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import chainflow as cf
-from adapters.bitcoin import BitcoinChain, DescriptorWallet, master_key
+from adapters.bitcoin import BitcoinChain, BitcoinReceipt, DescriptorWallet, master_key
 
 from .ledger import Ledger
 
@@ -52,6 +52,7 @@ def build(db_url: str, btc: BitcoinChain, ledger: Ledger, *, confirmations: int 
         await ctx.step("debit-balance", debit, order, compensate=credit_back)
         rcpt = await ctx.submit("payout", chain=btc.name, tx=btc.pay(order["address"], sats=order["sats"]),
                                 idempotency_key=f"payout:{order['id']}", finality=cf.Confirmations(confirmations))
+        assert isinstance(rcpt, BitcoinReceipt)  # the chain's family: it says which output pays the order
         return {"txid": rcpt.tx_hash, "output": rcpt.output_index, "block": rcpt.block_number}
 
     return app

@@ -62,7 +62,7 @@ async def test_orders_are_paid_once_and_a_failed_payout_credits_the_ledger(db_ur
     paid = {status.output["txid"] for status in statuses[:2]}
     assert len(paid) == 2, "one transaction per order, each on a coin of its own"
     big = statuses[2]
-    assert big.status == "failed" and "insufficient funds" in big.error["message"]
+    assert big.status == "failed" and big.error is not None and "insufficient funds" in big.error["message"]
     assert ledger.balance("bob") == 1_000_000 - 150_000 - 123_457, "the failed payout's debit is credited back"
     with app.engine.begin() as conn:
         state = {r.idempotency_key: r.state for r in conn.execute(sa.select(submissions))}
