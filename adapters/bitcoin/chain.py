@@ -120,6 +120,7 @@ class BitcoinChain:
         self._block_txids: OrderedDict[str, list[str]] = OrderedDict()
         self._block_spends: OrderedDict[str, tuple[dict[tuple[str, int], str], int, str | None]] = OrderedDict()
         self._coins: tuple[str, list[Coin]] | None = None
+        self._scan_locks: dict[asyncio.AbstractEventLoop, asyncio.Lock] = {}
 
     def __repr__(self) -> str:
         return f"BitcoinChain({self.name!r}, network={self.network.name}, sender={self.sender()}, rpc={self.rpc!r})"
@@ -291,19 +292,34 @@ class BitcoinChain:
         best = await self.rpc.call("getbestblockhash")
         if self._coins is not None and self._coins[0] == best:
             return list(self._coins[1])
-        scan = await self._scan()
-        tip = int(scan["height"])
-        coins = []
-        for utxo in scan.get("unspents") or []:
-            txid, index, height = str(utxo["txid"]), int(utxo["vout"]), int(utxo["height"])
-            if height > tip - COINBASE_MATURITY + 1:
-                tx = await self._tx(txid)
-                if tx is None or tx.is_coinbase():
-                    continue  # an immature coinbase cannot be spent yet
-            coins.append(Coin(f"{txid}:{index}", satoshis(utxo["amount"], f"scantxoutset amount of {txid}:{index}")))
-        coins.sort(key=lambda c: parse_outpoint(c.outpoint))
-        self._coins = (str(scan.get("bestblock") or best), coins)
-        return list(coins)
+        async with self._scan_lock():
+            if self._coins is not None and self._coins[0] == best:  # scanned while this call waited
+                return list(self._coins[1])
+            scan = await self._scan()
+            tip = int(scan["height"])
+            coins = []
+            for utxo in scan.get("unspents") or []:
+                txid, index, height = str(utxo["txid"]), int(utxo["vout"]), int(utxo["height"])
+                if height > tip - COINBASE_MATURITY + 1:
+                    tx = await self._tx(txid)
+                    if tx is None or tx.is_coinbase():
+                        continue  # an immature coinbase cannot be spent yet
+                coins.append(Coin(f"{txid}:{index}",
+                                  satoshis(utxo["amount"], f"scantxoutset amount of {txid}:{index}")))
+            coins.sort(key=lambda c: parse_outpoint(c.outpoint))
+            self._coins = (str(scan.get("bestblock") or best), coins)
+            return list(coins)
+
+    def _scan_lock(self) -> asyncio.Lock:
+        """One scan at a time per event loop.  Payouts allocating at once after a new
+        block would otherwise each start a ``scantxoutset``: the node runs one at a time
+        and refuses the others ("in progress"), so they sleep and retry, and the scans
+        stall every other call to the node meanwhile.  Waiting callers take the answer
+        of the scan they waited for."""
+        loop = asyncio.get_running_loop()
+        for ended in [lp for lp in self._scan_locks if lp.is_closed()]:
+            self._scan_locks.pop(ended, None)
+        return self._scan_locks.setdefault(loop, asyncio.Lock())
 
     async def _scan(self) -> dict[str, Any]:
         descriptors = [f"addr({a})" for a in self.keyring.addresses]
