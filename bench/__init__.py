@@ -39,6 +39,8 @@ BENCHMARKS: list[Benchmark] = [
     Benchmark("memory", "bench.memory", "memory of 10k parked runs"),
     Benchmark("seams", "bench.seams", "hand-written pieces (threads, flag, eager, JSON-RPC client) vs their alternatives"),
     Benchmark("replay", "bench.replay", "replay sweep: 10,000 recorded 5-step runs, one step overridden"),
+    Benchmark("btc_payouts", "bench.btc_payouts",
+              "Bitcoin payouts on regtest: chainflow batched/unbatched vs sendtoaddress, RPC per block"),
 ]
 
 BY_NAME = {b.name: b for b in BENCHMARKS}

@@ -14,6 +14,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -83,4 +85,18 @@ def test_bench_replay_quick(tmp_path: Path) -> None:
     text = quick(tmp_path, "replay")
     assert "| backend | runs/s | CPU s per sweep | wall s per sweep |" in text
     assert "| sqlite | " in text
+    assert "failed:" not in text, text
+
+
+@pytest.mark.slow  # nine fresh regtest nodes and databases: about two minutes on 2 cores
+def test_bench_btc_payouts_quick(tmp_path: Path) -> None:
+    """Skipped (failed under CI) without a regtest node, like the node tests."""
+    from .conftest import require_regtest
+
+    require_regtest()
+    text = quick(tmp_path, "btc_payouts")
+    assert "| backend | peer | payouts/s | transactions on chain | chainflow / naive |" in text
+    assert "| sqlite | chainflow, batching on" in text and "| sqlite | chainflow, batching off" in text
+    assert "| pending payouts | adapter calls per head (`HeadStats.rpc_calls`) |" in text
+    assert "| sqlite | 20 | 3 " in text  # head, its block's txids, our payout's receipt: nothing per pending
     assert "failed:" not in text, text

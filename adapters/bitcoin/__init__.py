@@ -5,7 +5,7 @@ the keys it signs with, which never leave the process."""
 from .chain import BitcoinChain, BitcoinReceipt
 from .errors import AddressError, BitcoinAdapterError, NodeMismatch, RpcError, RpcUnavailable, WalletError
 from .networks import Network, network, names
-from .wallet import DescriptorWallet
+from .wallet import DescriptorWallet, master_key
 
 __all__ = [
     "AddressError",
@@ -18,6 +18,7 @@ __all__ = [
     "RpcError",
     "RpcUnavailable",
     "WalletError",
+    "master_key",
     "names",
     "network",
 ]

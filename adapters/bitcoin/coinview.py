@@ -58,7 +58,7 @@ class CoinView:
         self._blocks: list[_Applied] = []  # applied since the scan, oldest first (at most ``depth``)
         self._tip: tuple[str, int] | None = None  # (hash, height) the view is at
         self._base: tuple[str, int] | None = None  # what the oldest remembered block stands on
-        self._lock = asyncio.Lock()
+        self._locks: dict[asyncio.AbstractEventLoop, asyncio.Lock] = {}
 
     async def coins(self) -> list[Coin]:
         """Spendable coins at the node's best block: mature, in the active chain."""
@@ -72,12 +72,20 @@ class CoinView:
     async def refresh(self) -> None:
         # one walk at a time: the runs of a worker ask for coins concurrently, and two
         # walks interleaving would apply or undo a block twice
-        async with self._lock:
+        async with self._lock():
             best = str(await self._rpc.call("getbestblockhash"))
             if self._tip is not None and self._tip[0] == best:
                 return
             if self._tip is None or not await self._follow(best):
                 await self._rescan()
+
+    def _lock(self) -> asyncio.Lock:
+        """One walk (or scan) at a time per event loop: an asyncio lock belongs to one
+        loop, and an adapter may outlive one (each CLI command runs its own)."""
+        loop = asyncio.get_running_loop()
+        for ended in [lp for lp in self._locks if lp.is_closed()]:
+            del self._locks[ended]
+        return self._locks.setdefault(loop, asyncio.Lock())
 
     async def _follow(self, best: str) -> bool:
         """Walk from the view's tip to ``best``: back over orphaned blocks, forward over

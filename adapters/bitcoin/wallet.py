@@ -26,9 +26,9 @@ from typing import Any, NoReturn
 import coincurve
 
 from .addresses import address_of, p2wpkh_script
-from .encoding import Base58CheckError, b58check_decode, hash160
+from .encoding import Base58CheckError, b58check_decode, b58check_encode, hash160
 from .errors import NodeMismatch, WalletError
-from .networks import Network, networks_where
+from .networks import Network, network as network_named, networks_where
 
 HARDENED = 0x80000000
 
@@ -226,6 +226,17 @@ class DescriptorWallet(_Secret):
                                        f"{networks_where(wif=version)} key; {where}")
             keys = [key for _, key in self._wifs]
         return Keyring(network, keys, self._describe())
+
+
+def master_key(seed: bytes, network: str) -> str:
+    """The BIP32 master extended private key (``tprv…`` off mainnet) of ``seed`` on
+    ``network``: how a devnet, test or benchmark wallet is made reproducibly from a
+    fixed seed, with no key checked in.  A fixed seed is public: never fund such a key
+    on a real network."""
+    if not isinstance(seed, bytes):
+        raise TypeError(f"a BIP32 seed is bytes, not {type(seed).__name__}")
+    digest = hmac.new(b"Bitcoin seed", seed, hashlib.sha512).digest()
+    return b58check_encode(network_named(network).xprv + b"\0" * 9 + digest[32:] + b"\0" + digest[:32])
 
 
 def _derive(key: _ExtendedKey, path: tuple[int, ...]) -> _ExtendedKey:

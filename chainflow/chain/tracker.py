@@ -129,7 +129,7 @@ class Tracker:
         head = await self._rpc(self.adapter.head())
         tip = self._tip or await self.db.aread(chainstore.header_tip, self.chain)
         if tip is None:
-            tip = await self._base(max(0, head.number - self.config.start_depth))
+            tip = await self._base(max(0, head.number - self.config.start_depth), head.number)
         new = await self._new_headers(head, tip)
         if new is None:
             fork = await self._find_fork(head, tip)
@@ -138,7 +138,7 @@ class Tracker:
             # starts again from the node's header at the fork
             tip = await self.db.aread(chainstore.header_tip, self.chain)
             if tip is None:
-                tip = await self._base(fork)
+                tip = await self._base(fork, head.number)
             new = await self._new_headers(head, tip) or []
         block_hashes = {h.hash: await self._rpc(self.adapter.block_tx_hashes(h.hash)) for h in new}
         wanted = [tx for hashes in block_hashes.values() for tx in hashes]
@@ -181,10 +181,15 @@ class Tracker:
                     for index, (member, member_policy) in enumerate(members[sub_id])]
         return out
 
-    async def _base(self, number: int) -> Header:
-        """Store the node's header at ``number`` as the bottom of an empty window."""
+    async def _base(self, number: int, head: int) -> Header:
+        """Store the node's header at ``number`` as the bottom of an empty window.
+
+        Submissions broadcast before the tracker first looked start their re-broadcast
+        clock at ``head``, not at the base: a fresh tracker starting ``start_depth``
+        below the head would otherwise find every pending one overdue and fee-bump
+        them all at once."""
         base = await self._rpc(self.adapter.header_at(number))
-        await self.db.atx(chainstore.commit_head, self.chain, [base], [], [], number, None, self.clock.time())
+        await self.db.atx(chainstore.commit_head, self.chain, [base], [], [], head, None, self.clock.time())
         return base
 
     async def _new_headers(self, head: Header, tip: Header) -> list[Header] | None:

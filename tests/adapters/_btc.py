@@ -3,10 +3,8 @@ is checked in, and every test gets keys of the network it needs."""
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-
 from adapters.bitcoin import BitcoinChain, DescriptorWallet
+from adapters.bitcoin import master_key as wallet_master_key
 from adapters.bitcoin.encoding import b58check_encode
 from adapters.bitcoin.networks import network
 
@@ -19,8 +17,7 @@ BIP84_ADDRESSES = ["bc1qcr8te4kr609gcawutmrza0j4xv80jy8z306fyu", "bc1qnjg0jd8228
 
 def master_key(seed: bytes, net: str = "regtest") -> str:
     """The BIP32 master extended private key of ``seed`` for ``net``."""
-    digest = hmac.new(b"Bitcoin seed", seed, hashlib.sha512).digest()
-    return b58check_encode(network(net).xprv + b"\0" * 9 + digest[32:] + b"\0" + digest[:32])
+    return wallet_master_key(seed, net)
 
 
 def wif(secret: bytes, net: str = "regtest") -> str:
