@@ -26,6 +26,7 @@ crash hooks.
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import sys
@@ -35,15 +36,18 @@ import chainflow as cf
 from adapters.bitcoin import BitcoinChain, BitcoinReceipt, DescriptorWallet
 
 CHAIN = "btc"
+BUMP_BLOCKS = 3  # pending for this many blocks: the tracker bumps the fee
 PHASES = ("allocated", "signed", "broadcast", "final", "batch-recorded", "batch-signed", "batch-broadcast")
 
 
 def build(url: str, rpc_url: str, network: str, wallet: DescriptorWallet, *, batching: bool,
           lease: float = 2.0) -> cf.Chainflow:
     btc = BitcoinChain(CHAIN, rpc=rpc_url, network=network, wallet=wallet, lookahead=20)
-    tracker = cf.TrackerConfig(poll_interval=0.05, rebroadcast_blocks=2, bump_blocks=4,
+    tracker = cf.TrackerConfig(poll_interval=0.05, rebroadcast_blocks=2, bump_blocks=BUMP_BLOCKS,
                                batching={CHAIN: cf.Batching(window=0.5, max_size=10)} if batching else {})
     app = cf.Chainflow(url, chains=[btc], lease_seconds=lease, tracker=tracker)
+    # the wallet and the chain as a user would log them: their reprs must hide the key
+    logging.getLogger("payout_worker").info("paying from %r with %r, batching %s", wallet, btc, batching)
 
     @app.workflow("payout")
     async def payout(ctx: cf.Context, ev: dict[str, Any]) -> dict[str, Any]:
@@ -69,18 +73,17 @@ def _install_crash(spec: str) -> None:
         if seen["n"] >= limit:
             os.kill(os.getpid(), signal.SIGKILL)
 
-    from adapters.bitcoin import chain as btc_chain
     from chainflow.chain import batcher, chainstore, submission
     from chainflow.states import SubmissionState
 
-    if phase == "allocated":
-        sign = btc_chain.BitcoinChain.sign
+    if phase == "allocated":  # the first signature only: a fee bump signs too
+        sign_first = submission.Submitter._sign_first
 
-        async def die_before_signing(self: Any, *args: Any) -> Any:
+        async def die_before_signing(self: Any, *args: Any) -> None:
             maybe_die()
-            return await sign(self, *args)
+            await sign_first(self, *args)
 
-        btc_chain.BitcoinChain.sign = die_before_signing  # type: ignore[method-assign]
+        submission.Submitter._sign_first = die_before_signing  # type: ignore[method-assign]
     elif phase in ("signed", "broadcast"):
         original = submission.broadcast_latest
 
@@ -129,6 +132,9 @@ def _install_crash(spec: str) -> None:
 
 def main() -> None:
     env = os.environ
+    # the engine's own log, so the test can check that no key material ever reaches it
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per RPC call
     if env.get("CF_CRASH_AT"):
         _install_crash(env["CF_CRASH_AT"])
     app = build(env["CF_URL"], env["CF_RPC"], env["CF_NETWORK"], DescriptorWallet.from_env("CF_XPRV"),

@@ -20,6 +20,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.parse
 from collections import Counter, defaultdict
 from decimal import Decimal
 from pathlib import Path
@@ -32,10 +33,11 @@ from bitcoin.core import CTransaction, b2lx
 import chainflow as cf
 from adapters.bitcoin import DescriptorWallet, network
 from chainflow.storage import schema
+from devnet import RpcError
 from tests.adapters._btc import master_key
 from tests.submission.test_submission import _assert_no_key, _statuses, _stop, _wait_done
 
-from .payout_worker import build
+from .payout_worker import BUMP_BLOCKS, build
 
 ROOT = Path(__file__).resolve().parents[2]
 WALLET_ADDRESSES = 20  # the worker's lookahead: every funding output pays one of them
@@ -50,17 +52,48 @@ SCHEDULE = [(False, "allocated"), (False, "signed"), (False, "broadcast"), (Fals
 
 
 class Miner:
-    """A block every 0.3-0.5 s with whatever the mempool holds, as a real chain keeps
-    producing blocks whether or not anyone is alive to watch them."""
+    """A block every 0.3-0.5 s, as a real chain keeps producing blocks whether or not
+    anyone is alive to watch them, each with whatever the mempool holds.
+
+    While ``congested`` is set, a transaction is mined only once the coins it spends
+    have waited in the mempool for ``AGE`` blocks (under any version), so the tracker
+    bumps the fees of what is in flight (after BUMP_BLOCKS) and intents end up with
+    several candidates, whichever of them is mined."""
+
+    AGE = BUMP_BLOCKS + 2
 
     def __init__(self, node: Any, rng: random.Random) -> None:
         self.node, self.rng = node, rng
         self.halt = threading.Event()
+        self.congested = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
+        self.error: BaseException | None = None
+        self._inputs: dict[str, list[str]] = {}  # txid -> outpoints it spends
+        self._first_seen: dict[str, int] = {}  # outpoint -> tip when a spend of it was first seen
 
     def _run(self) -> None:
-        while not self.halt.wait(self.rng.uniform(0.3, 0.5)):
-            self.node.mine(1)
+        try:
+            while not self.halt.wait(self.rng.uniform(0.3, 0.5)):
+                if self.congested.is_set():
+                    self._mine_aged()
+                else:
+                    self.node.mine(1)
+        except BaseException as exc:  # a silent dead miner would read as a stuck engine
+            self.error = exc
+            raise
+
+    def _mine_aged(self) -> None:
+        tip, aged = self.node.height(), []
+        for txid in self.node.mempool():
+            if txid not in self._inputs:
+                vin = self.node.rpc("getrawtransaction", txid, True)["vin"]
+                self._inputs[txid] = [f"{i['txid']}:{i['vout']}" for i in vin]
+            if tip - min(self._first_seen.setdefault(op, tip) for op in self._inputs[txid]) >= self.AGE:
+                aged.append(txid)
+        try:  # an OP_RETURN coinbase: nobody's coin
+            self.node.rpc("generateblock", "raw(6a)", aged)
+        except RpcError:  # one of them was replaced meanwhile: the next block takes its successor
+            self.node.rpc("generateblock", "raw(6a)", [])
 
     def __enter__(self) -> Miner:
         self.thread.start()
@@ -69,6 +102,8 @@ class Miner:
     def __exit__(self, *exc: object) -> None:
         self.halt.set()
         self.thread.join(10)
+        if self.error is not None:
+            raise AssertionError(f"the miner thread died: {self.error!r}") from self.error
 
 
 class Workers:
@@ -141,8 +176,10 @@ def test_crash_at_every_phase_pays_each_key_exactly_once(regtest_node: Any, db_u
             ids.append(run.id)
         return ids
 
-    with Miner(node, random.Random(rng.random())):
+    with Miner(node, random.Random(rng.random())) as miner:
         for batching, phase in SCHEDULE:
+            if batching:  # from here on, payouts in flight get fee-bumped too
+                miner.congested.set()
             ids = start(PER_PHASE)
             for _ in range(KILLS_PER_PHASE):
                 occurrence = rng.randint(1, 2 if phase.startswith("batch-") else 4)
@@ -211,6 +248,7 @@ def test_crash_at_every_phase_pays_each_key_exactly_once(regtest_node: Any, db_u
         spends[attempt.submission_id].add(_outpoints(attempt.raw))
         hashes[attempt.submission_id].add(attempt.tx_hash)
     assert all(len(sets) == 1 for sets in spends.values()), "an intent's candidates spend different inputs"
+    assert any(len(h) > 1 for h in hashes.values()), "no fee bump happened: the check above proved nothing"
     owners: dict[str, list[int]] = defaultdict(list)
     for sub_id, (inputs,) in spends.items():
         for outpoint in inputs:
@@ -235,7 +273,9 @@ def test_crash_at_every_phase_pays_each_key_exactly_once(regtest_node: Any, db_u
 
     # --- the key material: never in a table, never in a worker's output ------------------
     output = workers.output().lower()
+    assert "paying from descriptorwallet(" in output, "the workers' log was not captured: nothing below is proven"
     for secret in _secrets(seed, tprv, keyring):
         _assert_no_key(client, secret)
         assert secret.lower() not in output, "key material in a worker's output"
+    assert urllib.parse.urlsplit(node.rpc_url).password not in output, "the node's RPC password was logged"
     client.engine.dispose()
