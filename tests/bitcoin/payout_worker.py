@@ -83,7 +83,7 @@ def _install_crash(spec: str) -> None:
             maybe_die()
             await sign_first(self, *args)
 
-        submission.Submitter._sign_first = die_before_signing  # type: ignore[method-assign]
+        submission.Submitter._sign_first = die_before_signing  # type: ignore[method-assign,assignment]
     elif phase in ("signed", "broadcast"):
         original = submission.broadcast_latest
 

@@ -218,8 +218,10 @@ def test_crash_at_every_phase_pays_each_key_exactly_once(regtest_node: Any, db_u
     # --- the chain: each payee paid exactly once, the exact amount, in a confirmed block ---
     scripts = {script.hex(): address for script, address in zip(payees.scripts, payees.addresses, strict=True)}
     paid: dict[str, list[tuple[str, int, int]]] = defaultdict(list)
+    mined: dict[str, list[str]] = {}  # txid -> the outpoints it spends, every tx since the start
     for height in range(start_height + 1, node.height() + 1):
         for tx in node.rpc("getblock", node.rpc("getblockhash", height), 2)["tx"]:
+            mined[tx["txid"]] = [f"{i['txid']}:{i['vout']}" for i in tx["vin"] if "txid" in i]
             for out in tx["vout"]:
                 address = scripts.get(out["scriptPubKey"]["hex"])
                 if address is not None:
@@ -255,6 +257,15 @@ def test_crash_at_every_phase_pays_each_key_exactly_once(regtest_node: Any, db_u
             owners[outpoint].append(sub_id)
     shared = {op: ids for op, ids in owners.items() if len(ids) > 1}
     assert not shared, f"outpoints spent by candidates of two intents: {shared}"
+    confirmed: dict[int, set[str]] = defaultdict(set)  # intent -> its txs on chain
+    for txid, spent in mined.items():
+        for outpoint in spent:
+            if outpoint in owners:
+                (owner,) = owners[outpoint]
+                assert txid in hashes[owner], f"{txid} on chain spends {outpoint} of intent {owner}, not a candidate"
+                confirmed[owner].add(txid)
+    assert set(confirmed) == set(spends) and all(len(t) == 1 for t in confirmed.values()), \
+        "an intent has no transaction on chain, or more than one"
     batches = {s.id for s in subs.values() if s.batch_id == s.id}
     payout_subs = [s for s in subs.values() if s.id not in batches]
     assert len(payout_subs) == len(payouts) and all(s.state == "final" for s in subs.values())
@@ -268,8 +279,8 @@ def test_crash_at_every_phase_pays_each_key_exactly_once(regtest_node: Any, db_u
             f"reserved {row.outpoint} is not what submission {row.submission_id}'s candidates spend"
     held = [r for r in reservations if r.spent_at_block is None and subs[r.submission_id].state in ("final", "failed")]
     assert not held, f"coins still held by finished intents: {held}"
-    runs_with_entry = dict(journal)
-    assert set(runs_with_entry) == set(payouts) and set(runs_with_entry.values()) == {1}
+    entries: dict[str, int] = {run: count for run, count in journal}
+    assert set(entries) == set(payouts) and set(entries.values()) == {1}, "not one live submit entry per run"
 
     # --- the key material: never in a table, never in a worker's output ------------------
     output = workers.output().lower()
