@@ -243,7 +243,7 @@ def show(ctx: click.Context, run_id: str) -> None:
     """RUN's timeline: steps in order, retries, durations, outputs or errors, compensations."""
     app = _target(ctx).app()
     st = app.status(run_id)  # first: an unknown id fails here with RunNotFoundError
-    console.print(timeline(st, app.journal(run_id), app.attempts(run_id)))
+    console.print(timeline(st, app.journal(run_id), app.attempts(run_id), app.children(run_id)))
 
 
 @cli.command()
@@ -604,12 +604,18 @@ def sweep_table(found: SweepReport) -> RenderableType:
     return Group(header, table)
 
 
-def timeline(st: RunStatus, journal: Sequence[JournalEntry], attempts: Sequence[AttemptRecord]) -> RenderableType:
-    """Header, one row per journal entry (with its failed attempts beneath it), summary."""
+def timeline(st: RunStatus, journal: Sequence[JournalEntry], attempts: Sequence[AttemptRecord],
+             children: Sequence[RunStatus] = ()) -> RenderableType:
+    """Header, one row per journal entry (with its failed attempts beneath it), the child
+    runs it started, summary."""
     header = Text.assemble(("run ", "bold"), (st.id, "bold"), "  workflow ", Text(st.workflow, style="bold"),
                            "  ", status_text(st.status))
     header.append(f"\ncreated {when(st.created_at)}  updated {when(st.updated_at)} (UTC)", style="dim")
     header.append(f"\ninput {short(st.input, _SUMMARY_LIMIT)}", style="dim")
+    if st.parent is not None:
+        header.append(f"\nchild of run {st.parent} (its step {st.parent_step})", style="dim")
+    if st.forked_from is not None:
+        header.append(f"\nforked from run {st.forked_from}", style="dim")
 
     table = Table("branch", "pos", "step", "kind", "status", "tries", "duration", "output / error",
                   title="timeline (journal order; struck-through rows were invalidated)", title_justify="left")
@@ -623,7 +629,7 @@ def timeline(st: RunStatus, journal: Sequence[JournalEntry], attempts: Sequence[
         if e.invalidated:
             detail = Text.assemble(("INVALIDATED", "bold"), f" ({e.reason or 'no reason recorded'}) ", detail)
         table.add_row(
-            Text(e.branch or "-"), "comp" if e.position < 0 else str(e.position),
+            Text(e.branch or "-"), str(e.position) if e.position >= 0 else "comp" if compensation else "-",
             Text(("<- " if compensation else "") + e.key), Text(e.kind),
             status_text(e.status), str(e.attempts), duration(e.started_at, e.finished_at), detail,
             style=row_style,
@@ -637,7 +643,13 @@ def timeline(st: RunStatus, journal: Sequence[JournalEntry], attempts: Sequence[
         for a in tries:
             table.add_row(*_attempt_cells(a), style="dim")
 
-    return Group(header, table, _summary(st))
+    parts: list[RenderableType] = [header, table]
+    if children:
+        kids = Table("step", "child run", "workflow", "status", title="child runs (ctx.child)", title_justify="left")
+        for c in children:
+            kids.add_row(Text(c.parent_step or ""), Text(c.id, no_wrap=True), Text(c.workflow), status_text(c.status))
+        parts.append(kids)
+    return Group(*parts, _summary(st))
 
 
 def _attempt_cells(a: AttemptRecord) -> list[RenderableType]:

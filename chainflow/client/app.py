@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import functools
-import hashlib
 import json
 import signal as _signal
 import time
@@ -119,6 +118,11 @@ class RunStatus:
     # unfinished, and no live worker announces its workflow: it stays where it is until
     # a worker that registers the workflow starts (a deploy is missing, not slow)
     unserved: bool = False
+    # a child run's parent (``ctx.child``) and its slot there ("branch/name"); None for
+    # other runs (a fork's source is not its parent: ``forked_from``)
+    parent: str | None = None
+    parent_step: str | None = None
+    forked_from: str | None = None
 
     @property
     def done(self) -> bool:
@@ -276,14 +280,9 @@ class Chainflow:
         """Validate and encode a start request: the fields of ``store.run_row``."""
         if idempotency_key is not None:
             limits.text(idempotency_key, "idempotency_key", limits.IDEMPOTENCY_KEY_LENGTH)
-        wf = self.registry.get(workflow)
-        text = codec.dumps(wf.validate_input(input), what=f"input of workflow {workflow!r}")
-        now = self.clock.time()
+        fields = self.registry.get(workflow).new_run(input, idempotency_key, self.clock.time())
         self.ensure_schema()
-        return dict(workflow=workflow, input_text=text,
-                    input_hash=hashlib.sha256(f"{workflow}\0{text}".encode()).hexdigest(),
-                    idempotency_key=idempotency_key, deadline=None if wf.timeout is None else now + wf.timeout,
-                    now=now)
+        return fields
 
     def _born_claimed(self, local: Worker | None) -> tuple[dict[str, Any], float]:
         """The lease of a run born claimed by ``local``, and ``time.monotonic()`` read
@@ -360,6 +359,17 @@ class Chainflow:
 
     async def astatus(self, run_id: str) -> RunStatus:
         return await offload(self.status, run_id)
+
+    def children(self, run_id: str) -> list[RunStatus]:
+        """The child runs ``run_id`` started (``ctx.child``), oldest first; a slot a reorg
+        rolled back may have had an earlier, cancelled child."""
+
+        def read(conn: sa.Connection) -> list[RunStatus]:
+            if store.get_run(conn, run_id) is None:
+                raise RunNotFoundError(run_id)
+            return [_status_of(r, {}) for r in store.children(conn, run_id)]
+
+        return self.database.read(read)
 
     def journal(self, run_id: str) -> list[JournalEntry]:
         """Every journal row of a run, invalidated ones included, in recording order."""
@@ -638,4 +648,6 @@ def _status_of(row: sa.Row[Any], comps: dict[str, EntryState], served: set[str] 
         cancel_requested=bool(row.cancel_requested), compensations=comps,
         rollback=json.loads(row.rollback) if row.rollback else None,
         unserved=served is not None and row.status not in TERMINAL and row.workflow not in served,
+        parent=row.parent_id if row.parent_slot is not None else None, parent_step=row.parent_slot,
+        forked_from=row.parent_id if row.parent_slot is None else None,
     )

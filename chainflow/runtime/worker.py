@@ -93,6 +93,7 @@ class Worker:
         self.clock = app.clock
         self.default_retry = app.default_retry
         self.submitter = app.submitter
+        self.registry = app.registry
         self.concurrency = concurrency
         self.lease = to_seconds(app.lease_seconds if lease is None else lease, "Worker lease", positive=True)
         self.poll_interval = to_seconds(poll_interval, "Worker poll_interval", positive=True)
