@@ -44,7 +44,15 @@ from .chain.adapter import (
 from .chain.finality import Confirmations, Finality, Finalized, Safe
 from .chain.reorg import REORG_SIGNAL
 from .chain.tracker_config import Batching, TrackerConfig
-from .client.app import AttemptRecord, Chainflow, JournalEntry, ReorgEvent, RunHandle, RunStatus
+from .client.app import (
+    AttemptRecord,
+    Chainflow,
+    JournalEntry,
+    ReorgEvent,
+    RunHandle,
+    RunStatus,
+    ScheduleStatus,
+)
 from .clock import MAX_DURATION, Clock, FakeClock, SystemClock
 from .errors import (
     ChainflowError,
@@ -61,6 +69,7 @@ from .errors import (
     RunFinishedError,
     RunNotDeadLetteredError,
     RunNotFoundError,
+    ScheduleNotFoundError,
     StepError,
     StepTimeout,
     SubmissionFailedError,
@@ -86,5 +95,5 @@ __all__ = [
     "NonDeterminismError", "PayloadError", "Receipt", "Retry", "RunCancelled", "RunDeadLettered", "RunFinishedError",
     "RunHandle", "RunNotDeadLetteredError", "RunNotFoundError", "RunStatus", "SignedTx", "StepError", "StepTimeout",
     "SubmissionFailedError", "SystemClock", "TxRevertedError", "UnknownWorkflowError", "WaitTimeout",
-    "WorkflowTimeout", "Change", "History", "Override", "RunReport", "Simulation", "Simulator", "SweepReport",
+    "WorkflowTimeout", "ScheduleNotFoundError", "ScheduleStatus", "Change", "History", "Override", "RunReport", "Simulation", "Simulator", "SweepReport",
 ]

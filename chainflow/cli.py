@@ -33,7 +33,7 @@ from rich.console import Console, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from .client.app import AttemptRecord, Chainflow, JournalEntry, RunStatus
+from .client.app import AttemptRecord, Chainflow, JournalEntry, RunStatus, ScheduleStatus
 from .replay.diff import Difference
 from .replay.report import Change, RunReport, SweepReport
 from .clock import MAX_SECONDS
@@ -265,6 +265,25 @@ def cancel(ctx: click.Context, run_id: str) -> None:
     """Request cancellation of RUN; a worker stops it and runs its compensations."""
     _target(ctx).app().cancel(run_id)
     click.echo(f"cancel requested for run {run_id}")
+
+
+@cli.command()
+@click.pass_context
+def schedules(ctx: click.Context) -> None:
+    """List schedules: trigger, missed-fire policy, paused, next and last fire."""
+    console.print(schedules_table(_target(ctx).app().list_schedules()))
+
+
+@cli.command()
+@click.argument("action", type=click.Choice(["pause", "resume"]))
+@click.argument("name")
+@click.pass_context
+def schedule(ctx: click.Context, action: str, name: str) -> None:
+    """Pause schedule NAME (runs it started go on), or resume it from its next fire time
+    after now (the paused fires are not made up)."""
+    app = _target(ctx).app()
+    (app.pause_schedule if action == "pause" else app.resume_schedule)(name)
+    click.echo(f"schedule {name!r} {action}d")
 
 
 @cli.command()
@@ -541,6 +560,22 @@ def runs_table(found: Sequence[RunStatus]) -> RenderableType:
         if r.unserved:
             status.append(" (no live worker serves it)", style="yellow")
         table.add_row(r.id, Text(r.workflow), status, when(r.created_at), when(r.updated_at), Text(_waiting(r)))
+    return table
+
+
+def schedules_table(found: Sequence[ScheduleStatus]) -> RenderableType:
+    if not found:
+        return Text("no schedules recorded (a worker of the app that declares them records them)", style="dim")
+    table = Table(title=f"{len(found)} schedule(s); times UTC", title_justify="left")
+    for name in ("name", "workflow", "trigger", "missed fires", "state", "next fire", "last fire", "last run"):
+        table.add_column(name, no_wrap=name == "last run")
+    for s in found:
+        spec = s.spec
+        trigger = f"cron {spec['cron']} ({spec['timezone']})" if spec.get("cron") else f"every {spec['every']:g}s"
+        policy = f"{spec['missed']}" + (f" (at most {spec['max_missed']})" if spec["missed"] == "all" else "")
+        state = Text("paused", style="yellow") if s.paused else Text("active", style="green")
+        table.add_row(Text(s.name), Text(s.workflow), Text(trigger), Text(policy), state,
+                      when(s.next_fire) if not s.paused else "", when(s.last_fire), s.last_run_id or "")
     return table
 
 

@@ -35,6 +35,12 @@ class DuplicateWorkflowError(ChainflowError):
         self.name = name
 
 
+class ScheduleNotFoundError(ChainflowError):
+    def __init__(self, name: str) -> None:
+        super().__init__(f"no schedule named {name!r} (a worker of the app that declares it records it)")
+        self.name = name
+
+
 class UnknownWorkflowError(ChainflowError):
     def __init__(self, name: str) -> None:
         super().__init__(f"no workflow named {name!r} is registered")

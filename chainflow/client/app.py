@@ -31,12 +31,14 @@ from ..errors import (
     RunFinishedError,
     RunNotDeadLetteredError,
     RunNotFoundError,
+    ScheduleNotFoundError,
 )
 from ..retry import DEFAULT_RETRY, Retry
+from ..runtime import schedules as scheduling
 from ..runtime.registry import Registry, WorkflowDef, WorkflowFn, infer_input_type
 from ..runtime.worker import call_on
 from ..states import TERMINAL, EntryState, RunState
-from ..storage import codec, limits, store
+from ..storage import codec, limits, schedulestore, store
 from ..storage.connector import resolve_url
 from ..storage.database import Database
 from ..threads import offload
@@ -96,6 +98,19 @@ class ReorgEvent:
     new_hashes: list[str]
     affected_txs: list[str]
     detected_at: float
+
+
+@dataclass(frozen=True)
+class ScheduleStatus:
+    """A schedule as ``cf_schedules`` holds it (``chainflow schedules``)."""
+
+    name: str
+    workflow: str
+    spec: dict[str, Any]  # cron or every, time zone, missed-fire policy
+    paused: bool
+    next_fire: float | None  # None: timed afresh by the next worker to look (new or resumed)
+    last_fire: float | None
+    last_run_id: str | None
 
 
 @dataclass(frozen=True)
@@ -160,6 +175,7 @@ class Chainflow:
         self.max_recoveries = max_recoveries
         self.tracker_config = tracker or TrackerConfig()
         self.registry = Registry()
+        self.schedules: dict[str, scheduling.Schedule] = {}  # declared with ``schedule``, by name
         self.chains: dict[str, ChainAdapter] = {}
         for chain in chains:
             if chain.name in self.chains:
@@ -192,6 +208,66 @@ class Chainflow:
             return fn
 
         return register
+
+    def schedule(
+        self, cron: str | None = None, *, every: float | dt.timedelta | None = None, name: str | None = None,
+        workflow: str | None = None, input: Any = None, missed: str = "once", max_missed: int = 10,
+        grace: float | dt.timedelta = 60.0, window: float | dt.timedelta = dt.timedelta(days=1),
+        start: float | dt.datetime = 0.0, timezone: str = "UTC",
+    ) -> Callable[[F], F]:
+        """Start ``workflow`` with ``input`` at each fire of a cron expression (``cron``,
+        five fields, in ``timezone``) or every ``every`` seconds (anchored at ``start``).
+        Workers of this app fire it; each fire time starts exactly one run, with the
+        idempotency key ``schedule:<name>:<fire time>``, however many workers run.
+
+        Fires missed while no worker ran: ``missed="skip"`` (only fires at most
+        ``grace`` late start), ``"once"`` (one run, for the latest) or ``"all"`` (each,
+        at most ``max_missed``); fires older than ``window`` never start.
+
+        ``name`` defaults to the workflow's.  Without ``workflow=`` it decorates a
+        workflow function registered already (put it above ``@app.workflow()``)."""
+
+        def add(wf_name: str) -> None:
+            s = scheduling.declare(name or wf_name, wf_name, input, cron=cron, every=every, start=start,
+                                   timezone=timezone, missed=missed, max_missed=max_missed, grace=grace,
+                                   window=window, registry=self.registry)
+            if s.name in self.schedules:
+                raise ConfigurationError(f"two schedules are named {s.name!r}; give one a name=")
+            self.schedules[s.name] = s
+
+        if workflow is not None:
+            add(workflow)
+            return lambda fn: fn
+
+        def decorate(fn: F) -> F:
+            registered = self.registry.name_of(fn)
+            if registered is None:
+                raise ConfigurationError(f"@schedule on {getattr(fn, '__qualname__', fn)!r}: not a registered "
+                                         "workflow; put @app.schedule(...) above @app.workflow(), or pass workflow=")
+            add(registered)
+            return fn
+
+        return decorate
+
+    def list_schedules(self) -> list[ScheduleStatus]:
+        """Every schedule some worker recorded, by name."""
+        self.ensure_schema()
+        return [ScheduleStatus(r.name, r.workflow, json.loads(r.spec), bool(r.paused), r.next_fire, r.last_fire,
+                               r.last_run_id) for r in self.database.read(schedulestore.all_schedules)]
+
+    def pause_schedule(self, name: str) -> None:
+        """Stop firing ``name`` until ``resume_schedule``; its runs already started go on."""
+        self._set_paused(name, True)
+
+    def resume_schedule(self, name: str) -> None:
+        """Fire ``name`` again from its next fire time after now: the fires of the pause
+        are not made up."""
+        self._set_paused(name, False)
+
+    def _set_paused(self, name: str, paused: bool) -> None:
+        self.ensure_schema()
+        if not self.database.tx(schedulestore.set_paused, name, paused, self.clock.time()):
+            raise ScheduleNotFoundError(name)
 
     # --- schema and plumbing ---------------------------------------------------
 

@@ -96,6 +96,10 @@ class Registry:
         except KeyError:
             raise UnknownWorkflowError(name) from None
 
+    def name_of(self, fn: Callable[..., Any]) -> str | None:
+        """The name ``fn`` is registered under, if it is."""
+        return next((wf.name for wf in self._defs.values() if wf.fn is fn), None)
+
     def __contains__(self, name: str) -> bool:
         return name in self._defs
 
