@@ -16,7 +16,7 @@ below it, never above, and no two modules import each other in a circle
    submissions and headers stores, finality, the head tracker and reorg handling;
    it asks the run it submits for through ``chain.scope.RunScope``;
 4. ``runtime``: what executes runs -- the worker, the executor, the per-run context,
-   the group committer and the workflow registry; it reaches the app through
+   the group committer, the workflow registry and the schedules' loop; it reaches the app through
    ``runtime.worker.WorkerHost``;
 5. ``replay``: time travel -- a run's history in memory, workflow code executed
    against it (``ReplayScope``), the report, fork points;

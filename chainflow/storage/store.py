@@ -10,8 +10,11 @@ ascending id order, with one statement whose ORDER BY id sits under the lock (``
 SHARE`` / ``FOR NO KEY UPDATE``: rows are locked as the sort hands them out), before
 any UPDATE of several rows (an UPDATE locks in whatever order its plan visits them).
 So does the fence read, the group commit's one statement (``entrywriter``), the
-heartbeat, the hand-back of held runs and the reorg (``chainstore.record_reorg``); the claim
-locks with SKIP LOCKED and never waits; suspend, signal and cancel lock one run.  Runs
+heartbeat, the hand-back of held runs, a cancel with the runs below it
+(``cancel_runs``), a child's finish with its parent (``finish_child``) and the reorg
+(``chainstore.record_reorg``); the claim locks with SKIP LOCKED and never waits;
+suspend and signal lock one run.  A fenced commit locks only its own run: what must
+lock a child with its parent goes through a transaction of its own.  Runs
 are locked before submissions (a step locks its run's fence, then its submission).
 Two transactions taking locks in one order can wait for each other but never in a
 circle: no deadlock between heartbeats and commits.
