@@ -16,7 +16,7 @@ below it, never above, and no two modules import each other in a circle
    submissions and headers stores, finality, the head tracker and reorg handling;
    it asks the run it submits for through ``chain.scope.RunScope``;
 4. ``runtime``: what executes runs -- the worker, the executor, the per-run context,
-   the group committer and the workflow registry; it reaches the app through
+   the group committer, the workflow registry and the schedules' loop; it reaches the app through
    ``runtime.worker.WorkerHost``;
 5. ``replay``: time travel -- a run's history in memory, workflow code executed
    against it (``ReplayScope``), the report, fork points;
@@ -44,7 +44,15 @@ from .chain.adapter import (
 from .chain.finality import Confirmations, Finality, Finalized, Safe
 from .chain.reorg import REORG_SIGNAL
 from .chain.tracker_config import Batching, TrackerConfig
-from .client.app import AttemptRecord, Chainflow, JournalEntry, ReorgEvent, RunHandle, RunStatus
+from .client.app import (
+    AttemptRecord,
+    Chainflow,
+    JournalEntry,
+    ReorgEvent,
+    RunHandle,
+    RunStatus,
+    ScheduleStatus,
+)
 from .clock import MAX_DURATION, Clock, FakeClock, SystemClock
 from .errors import (
     ChainflowError,
@@ -61,6 +69,7 @@ from .errors import (
     RunFinishedError,
     RunNotDeadLetteredError,
     RunNotFoundError,
+    ScheduleNotFoundError,
     StepError,
     StepTimeout,
     SubmissionFailedError,
@@ -86,5 +95,5 @@ __all__ = [
     "NonDeterminismError", "PayloadError", "Receipt", "Retry", "RunCancelled", "RunDeadLettered", "RunFinishedError",
     "RunHandle", "RunNotDeadLetteredError", "RunNotFoundError", "RunStatus", "SignedTx", "StepError", "StepTimeout",
     "SubmissionFailedError", "SystemClock", "TxRevertedError", "UnknownWorkflowError", "WaitTimeout",
-    "WorkflowTimeout", "Change", "History", "Override", "RunReport", "Simulation", "Simulator", "SweepReport",
+    "WorkflowTimeout", "ScheduleNotFoundError", "ScheduleStatus", "Change", "History", "Override", "RunReport", "Simulation", "Simulator", "SweepReport",
 ]

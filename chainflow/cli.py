@@ -33,7 +33,7 @@ from rich.console import Console, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from .client.app import AttemptRecord, Chainflow, JournalEntry, RunStatus
+from .client.app import AttemptRecord, Chainflow, JournalEntry, RunStatus, ScheduleStatus
 from .clock import MAX_SECONDS
 from .errors import ChainflowError
 from .replay.diff import Difference
@@ -247,7 +247,7 @@ def show(ctx: click.Context, run_id: str) -> None:
     """RUN's timeline: steps in order, retries, durations, outputs or errors, compensations."""
     app = _target(ctx).app()
     st = app.status(run_id)  # first: an unknown id fails here with RunNotFoundError
-    console.print(timeline(st, app.journal(run_id), app.attempts(run_id)))
+    console.print(timeline(st, app.journal(run_id), app.attempts(run_id), app.children(run_id)))
 
 
 @cli.command()
@@ -269,6 +269,25 @@ def cancel(ctx: click.Context, run_id: str) -> None:
     """Request cancellation of RUN; a worker stops it and runs its compensations."""
     _target(ctx).app().cancel(run_id)
     click.echo(f"cancel requested for run {run_id}")
+
+
+@cli.command()
+@click.pass_context
+def schedules(ctx: click.Context) -> None:
+    """List schedules: trigger, missed-fire policy, paused, next and last fire."""
+    console.print(schedules_table(_target(ctx).app().list_schedules()))
+
+
+@cli.command()
+@click.argument("action", type=click.Choice(["pause", "resume"]))
+@click.argument("name")
+@click.pass_context
+def schedule(ctx: click.Context, action: str, name: str) -> None:
+    """Pause schedule NAME (runs it started go on), or resume it from its next fire time
+    after now (the paused fires are not made up)."""
+    app = _target(ctx).app()
+    (app.pause_schedule if action == "pause" else app.resume_schedule)(name)
+    click.echo(f"schedule {name!r} {action}d")
 
 
 @cli.command()
@@ -547,6 +566,22 @@ def runs_table(found: Sequence[RunStatus]) -> RenderableType:
     return table
 
 
+def schedules_table(found: Sequence[ScheduleStatus]) -> RenderableType:
+    if not found:
+        return Text("no schedules recorded (a worker of the app that declares them records them)", style="dim")
+    table = Table(title=f"{len(found)} schedule(s); times UTC", title_justify="left")
+    for name in ("name", "workflow", "trigger", "missed fires", "state", "next fire", "last fire", "last run"):
+        table.add_column(name, no_wrap=name == "last run")
+    for s in found:
+        spec = s.spec
+        trigger = f"cron {spec['cron']} ({spec['timezone']})" if spec.get("cron") else f"every {spec['every']:g}s"
+        policy = f"{spec['missed']}" + (f" (at most {spec['max_missed']})" if spec["missed"] == "all" else "")
+        state = Text("paused", style="yellow") if s.paused else Text("active", style="green")
+        table.add_row(Text(s.name), Text(s.workflow), Text(trigger), Text(policy), state,
+                      when(s.next_fire) if not s.paused else "", when(s.last_fire), s.last_run_id or "")
+    return table
+
+
 _CHANGE_STYLE: dict[str, str] = {
     Change.UNCHANGED: "green", Change.OUTPUT_CHANGED: "yellow", Change.ERROR_CHANGED: "red",
     Change.TX_CHANGED: "bold yellow", Change.NEW: "cyan", Change.MISSING: "magenta", Change.DIVERGENCE: "bold red",
@@ -607,12 +642,18 @@ def sweep_table(found: SweepReport) -> RenderableType:
     return Group(header, table)
 
 
-def timeline(st: RunStatus, journal: Sequence[JournalEntry], attempts: Sequence[AttemptRecord]) -> RenderableType:
-    """Header, one row per journal entry (with its failed attempts beneath it), summary."""
+def timeline(st: RunStatus, journal: Sequence[JournalEntry], attempts: Sequence[AttemptRecord],
+             children: Sequence[RunStatus] = ()) -> RenderableType:
+    """Header, one row per journal entry (with its failed attempts beneath it), the child
+    runs it started, summary."""
     header = Text.assemble(("run ", "bold"), (st.id, "bold"), "  workflow ", Text(st.workflow, style="bold"),
                            "  ", status_text(st.status))
     header.append(f"\ncreated {when(st.created_at)}  updated {when(st.updated_at)} (UTC)", style="dim")
     header.append(f"\ninput {short(st.input, _SUMMARY_LIMIT)}", style="dim")
+    if st.parent is not None:
+        header.append(f"\nchild of run {st.parent} (its step {st.parent_step})", style="dim")
+    if st.forked_from is not None:
+        header.append(f"\nforked from run {st.forked_from}", style="dim")
 
     table = Table("branch", "pos", "step", "kind", "status", "tries", "duration", "output / error",
                   title="timeline (journal order; struck-through rows were invalidated)", title_justify="left")
@@ -626,7 +667,7 @@ def timeline(st: RunStatus, journal: Sequence[JournalEntry], attempts: Sequence[
         if e.invalidated:
             detail = Text.assemble(("INVALIDATED", "bold"), f" ({e.reason or 'no reason recorded'}) ", detail)
         table.add_row(
-            Text(e.branch or "-"), "comp" if e.position < 0 else str(e.position),
+            Text(e.branch or "-"), str(e.position) if e.position >= 0 else "comp" if compensation else "-",
             Text(("<- " if compensation else "") + e.key), Text(e.kind),
             status_text(e.status), str(e.attempts), duration(e.started_at, e.finished_at), detail,
             style=row_style,
@@ -640,7 +681,13 @@ def timeline(st: RunStatus, journal: Sequence[JournalEntry], attempts: Sequence[
         for a in tries:
             table.add_row(*_attempt_cells(a), style="dim")
 
-    return Group(header, table, _summary(st))
+    parts: list[RenderableType] = [header, table]
+    if children:
+        kids = Table("step", "child run", "workflow", "status", title="child runs (ctx.child)", title_justify="left")
+        for c in children:
+            kids.add_row(Text(c.parent_step or ""), Text(c.id, no_wrap=True), Text(c.workflow), status_text(c.status))
+        parts.append(kids)
+    return Group(*parts, _summary(st))
 
 
 def _attempt_cells(a: AttemptRecord) -> list[RenderableType]:

@@ -35,6 +35,12 @@ class DuplicateWorkflowError(ChainflowError):
         self.name = name
 
 
+class ScheduleNotFoundError(ChainflowError):
+    def __init__(self, name: str) -> None:
+        super().__init__(f"no schedule named {name!r} (a worker of the app that declares it records it)")
+        self.name = name
+
+
 class UnknownWorkflowError(ChainflowError):
     def __init__(self, name: str) -> None:
         super().__init__(f"no workflow named {name!r} is registered")
@@ -104,7 +110,9 @@ class NonDeterminismError(ChainflowError):
         where = f"branch {branch!r} " if branch else ""
         super().__init__(
             f"non-determinism in run {run_id!r}: at {where}position {position} the journal "
-            f"holds {expected!r} but the workflow code now asks for {actual!r}"
+            f"holds {expected!r} but the workflow code now asks for {actual!r}; if the code changed while "
+            f"this run was in flight, keep the old path for it behind ctx.patched('<change-id>') "
+            f"(docs/operations.md, Versioning)"
         )
         self.run_id, self.branch, self.position = run_id, branch, position
         self.expected, self.actual = expected, actual

@@ -38,6 +38,7 @@ _COUNTERS: dict[str, Counter] = {
         ("chainflow_submissions_stuck_total", "Submissions left unmined with their fee budget spent, by chain.",
          ("chain",)),
         ("chainflow_batches_total", "Batched payout transactions recorded, by chain.", ("chain",)),
+        ("chainflow_schedule_fires_total", "Runs started by schedules' fires, by schedule.", ("schedule",)),
     )
 }
 

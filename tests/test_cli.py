@@ -23,6 +23,7 @@ import chainflow as cf
 import chainflow.cli
 from chainflow.cli import cli, timeline
 from chainflow.client.app import AttemptRecord, JournalEntry, RunStatus
+from chainflow.runtime.schedules import Scheduler
 from chainflow.storage import store
 from chainflow.testing import WorkflowTester
 
@@ -445,3 +446,78 @@ def test_metrics_prints_the_database_gauges_in_prometheus_text(db: Db) -> None:
     assert gauges[("chainflow_reorg_blocks_recorded", (("chain", "local"),))] == 2
     assert "# TYPE chainflow_runs gauge" in res.out
     assert not any(name == "chainflow_submissions" for name, _ in gauges)  # no submissions: no empty family
+
+
+# --- schedules, child runs ----------------------------------------------------------------
+
+
+def row(out: str, name: str) -> str:
+    """The table line whose first cell is ``name``."""
+    return next(line for line in out.splitlines() if line.strip("│ ").startswith(name + " "))
+
+
+def test_schedules_list_pause_and_resume(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'cli.db'}"
+    clock = cf.FakeClock(1_699_999_200.0)
+    app = cf.Chainflow(url, clock=clock)
+
+    @app.schedule("*/5 * * * *", name="sweep")
+    @app.workflow("sweeper")
+    async def sweeper(ctx: cf.Context, _: Any) -> None:
+        pass
+
+    app.schedule(every=30, workflow="sweeper", name="poke", missed="all", max_missed=4)
+    app.ensure_schema()
+    scheduler = Scheduler(app.database, clock, app.registry, app.schedules)
+    scheduler.declare()
+    scheduler.tick()
+    clock.advance(300)
+    started = scheduler.tick()
+    assert len(started) == 1 + 4  # sweep's fire; poke's ten missed fires, at most four
+    app.engine.dispose()
+
+    res = invoke("--database-url", url, "schedules")
+    assert res.code == 0, res.err
+    sweep = row(res.out, "sweep")
+    assert "cron */5 * * * * (UTC)" in sweep and "once" in sweep and "active" in sweep
+    poke = row(res.out, "poke")
+    assert "every 30s" in poke and "all (at most 4)" in poke
+
+    res = invoke("--database-url", url, "schedule", "pause", "sweep")
+    assert res.code == 0 and "schedule 'sweep' paused" in res.out
+    assert app.list_schedules()[1].paused and not app.list_schedules()[0].paused
+    res = invoke("--database-url", url, "schedules")
+    assert "paused" in row(res.out, "sweep")
+    res = invoke("--database-url", url, "schedule", "resume", "sweep")
+    assert res.code == 0 and not app.list_schedules()[1].paused
+    res = invoke("--database-url", url, "schedule", "pause", "nope")
+    assert res.code == 1 and "no schedule named 'nope'" in res.err and "Traceback" not in res.err
+    assert {s.last_run_id for s in app.list_schedules()} <= set(started)
+    app.engine.dispose()
+
+
+def test_show_lists_a_runs_children_and_a_childs_parent(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'cli.db'}"
+    app = cf.Chainflow(url, clock=cf.FakeClock())
+
+    @app.workflow("kid")
+    async def kid(ctx: cf.Context, n: int) -> int:
+        return n + 1
+
+    @app.workflow("mom")
+    async def mom(ctx: cf.Context, _: Any) -> int:
+        return await ctx.child("first", "kid", 1) + await ctx.child("second", "kid", 2)
+
+    done = asyncio.run(WorkflowTester(app).run("mom", None))
+    assert done.status == "completed" and done.output == 5
+    kids = {k.parent_step: k for k in app.children(done.run.id)}
+    first, second = kids["first"], kids["second"]
+    app.engine.dispose()
+    res = invoke("--database-url", url, "show", done.run.id)
+    assert res.code == 0, res.err
+    lines = res.out.splitlines()
+    assert "child runs" in res.out
+    assert any(first.id in line and "kid" in line and "completed" in line and "first" in line for line in lines)
+    assert any(second.id in line and "second" in line for line in lines)
+    res = invoke("--database-url", url, "show", first.id)
+    assert f"child of run {done.run.id} (its step first)" in res.out

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import functools
-import hashlib
 import json
 import signal as _signal
 import time
@@ -32,12 +31,14 @@ from ..errors import (
     RunFinishedError,
     RunNotDeadLetteredError,
     RunNotFoundError,
+    ScheduleNotFoundError,
 )
 from ..retry import DEFAULT_RETRY, Retry
+from ..runtime import schedules as scheduling
 from ..runtime.registry import Registry, WorkflowDef, WorkflowFn, infer_input_type
 from ..runtime.worker import call_on
 from ..states import TERMINAL, EntryState, RunState
-from ..storage import codec, limits, store
+from ..storage import codec, limits, schedulestore, store
 from ..storage.connector import resolve_url
 from ..storage.database import Database
 from ..threads import offload
@@ -100,6 +101,19 @@ class ReorgEvent:
 
 
 @dataclass(frozen=True)
+class ScheduleStatus:
+    """A schedule as ``cf_schedules`` holds it (``chainflow schedules``)."""
+
+    name: str
+    workflow: str
+    spec: dict[str, Any]  # cron or every, time zone, missed-fire policy
+    paused: bool
+    next_fire: float | None  # None: timed afresh by the next worker to look (new or resumed)
+    last_fire: float | None
+    last_run_id: str | None
+
+
+@dataclass(frozen=True)
 class RunStatus:
     id: str
     workflow: str
@@ -119,6 +133,11 @@ class RunStatus:
     # unfinished, and no live worker announces its workflow: it stays where it is until
     # a worker that registers the workflow starts (a deploy is missing, not slow)
     unserved: bool = False
+    # a child run's parent (``ctx.child``) and its slot there ("branch/name"); None for
+    # other runs (a fork's source is not its parent: ``forked_from``)
+    parent: str | None = None
+    parent_step: str | None = None
+    forked_from: str | None = None
 
     @property
     def done(self) -> bool:
@@ -156,6 +175,7 @@ class Chainflow:
         self.max_recoveries = max_recoveries
         self.tracker_config = tracker or TrackerConfig()
         self.registry = Registry()
+        self.schedules: dict[str, scheduling.Schedule] = {}  # declared with ``schedule``, by name
         self.chains: dict[str, ChainAdapter] = {}
         for chain in chains:
             if chain.name in self.chains:
@@ -188,6 +208,66 @@ class Chainflow:
             return fn
 
         return register
+
+    def schedule(
+        self, cron: str | None = None, *, every: float | dt.timedelta | None = None, name: str | None = None,
+        workflow: str | None = None, input: Any = None, missed: str = "once", max_missed: int = 10,
+        grace: float | dt.timedelta = 60.0, window: float | dt.timedelta = dt.timedelta(days=1),
+        start: float | dt.datetime = 0.0, timezone: str = "UTC",
+    ) -> Callable[[F], F]:
+        """Start ``workflow`` with ``input`` at each fire of a cron expression (``cron``,
+        five fields, in ``timezone``) or every ``every`` seconds (anchored at ``start``).
+        Workers of this app fire it; each fire time starts exactly one run, with the
+        idempotency key ``schedule:<name>:<fire time>``, however many workers run.
+
+        Fires missed while no worker ran: ``missed="skip"`` (only fires at most
+        ``grace`` late start), ``"once"`` (one run, for the latest) or ``"all"`` (each,
+        at most ``max_missed``); fires older than ``window`` never start.
+
+        ``name`` defaults to the workflow's.  Without ``workflow=`` it decorates a
+        workflow function registered already (put it above ``@app.workflow()``)."""
+
+        def add(wf_name: str) -> None:
+            s = scheduling.declare(name or wf_name, wf_name, input, cron=cron, every=every, start=start,
+                                   timezone=timezone, missed=missed, max_missed=max_missed, grace=grace,
+                                   window=window, registry=self.registry)
+            if s.name in self.schedules:
+                raise ConfigurationError(f"two schedules are named {s.name!r}; give one a name=")
+            self.schedules[s.name] = s
+
+        if workflow is not None:
+            add(workflow)
+            return lambda fn: fn
+
+        def decorate(fn: F) -> F:
+            registered = self.registry.name_of(fn)
+            if registered is None:
+                raise ConfigurationError(f"@schedule on {getattr(fn, '__qualname__', fn)!r}: not a registered "
+                                         "workflow; put @app.schedule(...) above @app.workflow(), or pass workflow=")
+            add(registered)
+            return fn
+
+        return decorate
+
+    def list_schedules(self) -> list[ScheduleStatus]:
+        """Every schedule some worker recorded, by name."""
+        self.ensure_schema()
+        return [ScheduleStatus(r.name, r.workflow, json.loads(r.spec), bool(r.paused), r.next_fire, r.last_fire,
+                               r.last_run_id) for r in self.database.read(schedulestore.all_schedules)]
+
+    def pause_schedule(self, name: str) -> None:
+        """Stop firing ``name`` until ``resume_schedule``; its runs already started go on."""
+        self._set_paused(name, True)
+
+    def resume_schedule(self, name: str) -> None:
+        """Fire ``name`` again from its next fire time after now: the fires of the pause
+        are not made up."""
+        self._set_paused(name, False)
+
+    def _set_paused(self, name: str, paused: bool) -> None:
+        self.ensure_schema()
+        if not self.database.tx(schedulestore.set_paused, name, paused, self.clock.time()):
+            raise ScheduleNotFoundError(name)
 
     # --- schema and plumbing ---------------------------------------------------
 
@@ -276,14 +356,9 @@ class Chainflow:
         """Validate and encode a start request: the fields of ``store.run_row``."""
         if idempotency_key is not None:
             limits.text(idempotency_key, "idempotency_key", limits.IDEMPOTENCY_KEY_LENGTH)
-        wf = self.registry.get(workflow)
-        text = codec.dumps(wf.validate_input(input), what=f"input of workflow {workflow!r}")
-        now = self.clock.time()
+        fields = self.registry.get(workflow).new_run(input, idempotency_key, self.clock.time())
         self.ensure_schema()
-        return dict(workflow=workflow, input_text=text,
-                    input_hash=hashlib.sha256(f"{workflow}\0{text}".encode()).hexdigest(),
-                    idempotency_key=idempotency_key, deadline=None if wf.timeout is None else now + wf.timeout,
-                    now=now)
+        return fields
 
     def _born_claimed(self, local: Worker | None) -> tuple[dict[str, Any], float]:
         """The lease of a run born claimed by ``local``, and ``time.monotonic()`` read
@@ -360,6 +435,17 @@ class Chainflow:
 
     async def astatus(self, run_id: str) -> RunStatus:
         return await offload(self.status, run_id)
+
+    def children(self, run_id: str) -> list[RunStatus]:
+        """The child runs ``run_id`` started (``ctx.child``), oldest first; a slot a reorg
+        rolled back may have had an earlier, cancelled child."""
+
+        def read(conn: sa.Connection) -> list[RunStatus]:
+            if store.get_run(conn, run_id) is None:
+                raise RunNotFoundError(run_id)
+            return [_status_of(r, {}) for r in store.children(conn, run_id)]
+
+        return self.database.read(read)
 
     def journal(self, run_id: str) -> list[JournalEntry]:
         """Every journal row of a run, invalidated ones included, in recording order."""
@@ -638,4 +724,6 @@ def _status_of(row: sa.Row[Any], comps: dict[str, EntryState], served: set[str] 
         cancel_requested=bool(row.cancel_requested), compensations=comps,
         rollback=json.loads(row.rollback) if row.rollback else None,
         unserved=served is not None and row.status not in TERMINAL and row.workflow not in served,
+        parent=row.parent_id if row.parent_slot is not None else None, parent_step=row.parent_slot,
+        forked_from=row.parent_id if row.parent_slot is None else None,
     )

@@ -130,6 +130,7 @@ class ReplayScope:
         self._by_pos = {(e.branch, e.position): e for e in live if e.position >= 0}
         self._by_key = {(e.branch, e.key): e for e in live}
         self._branches: dict[str, BranchState] = {}
+        self._patches: dict[str, bool] = {}
         self._used: set[int] = set()
         self._ongoing = history.run.status not in TERMINAL  # history ends where the run is now
         error_type = error_parts(history.run.error)[0] if history.run.error else ""
@@ -355,6 +356,39 @@ class ReplayScope:
         self._report(slot, "submit", Change.TX_CHANGED, detail, tx=TxComparison(
             recorded.chain, _described(adapter, before), _described(adapter, request), recorded.idempotency_key, key,
             simulation, not_simulated))
+
+    async def child(self, name: str, workflow: str, input: Any = None, *,
+                    compensate: Callable[..., Any] | None = None) -> Any:
+        """The recorded child's outcome; a replay starts no run."""
+        if compensate is not None:
+            check_compensation(compensate, f"compensate of child {name!r}")
+        slot = self._slot(name, "child")
+        entry = slot.entry
+        if entry is None:
+            self._report(slot, "child", Change.NEW, f"would start a child run of {workflow!r}")
+            raise _Halt("halted")
+        if entry.status == EntryState.PENDING:
+            self._report(slot, "child", Change.UNCHANGED, "history ends here: the run waits for its child")
+            raise _Halt(self.history.run.status)
+        self._report(slot, "child", Change.UNCHANGED)
+        value = self._recorded_value(name, entry)
+        if compensate is not None:
+            self._register(slot, compensate, value, None)
+        return value
+
+    def patched(self, change: str) -> bool:
+        """The recorded answer; where history holds none, decided as a live execution
+        would (False if history goes past this point, else True)."""
+        limits.slot_name(change, "patch")
+        key = f"{change}{limits.OCCURRENCE_SEP}patch"
+        entry = self._by_key.get(("", key))
+        if entry is not None:
+            self._used.add(entry.id)
+            return bool(codec.loads(entry.output))
+        if change not in self._patches:
+            branch = _BRANCH.get()
+            self._patches[change] = (branch, self._state(branch).position) not in self._by_pos
+        return self._patches[change]
 
     def now(self) -> dt.datetime:
         return to_datetime(self._recorded("now", time.time))

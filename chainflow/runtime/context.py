@@ -50,6 +50,11 @@ class Operations(Protocol):
                finality: Finality | None = None, compensate: Callable[..., Any] | None = None,
                retry: Retry | None = None) -> Coroutine[Any, Any, Receipt]: ...
 
+    def child(self, name: str, workflow: str, input: Any = None, *,
+              compensate: Callable[..., Any] | None = None) -> Coroutine[Any, Any, Any]: ...
+
+    def patched(self, change: str) -> bool: ...
+
     def branch(self, name: str, work: Coroutine[Any, Any, T]) -> asyncio.Task[T]: ...
 
     def gather(self, *works: Coroutine[Any, Any, Any],
@@ -119,6 +124,26 @@ class Context:
         compensated intent: the undo of one intent is one submission, ever."""
         return self._scope.submit(name, chain=chain, tx=tx, idempotency_key=idempotency_key, finality=finality,
                                   compensate=compensate, retry=retry)
+
+    def child(self, name: str, workflow: str, input: Any = None, *,
+              compensate: Callable[[Any], Any] | Callable[[Context, Any], Awaitable[Any]] | None = None,
+              ) -> Coroutine[Any, Any, Any]:
+        """Start the registered ``workflow`` with ``input`` as a child run and return its
+        output once it completes; awaited like a step (this run parks, holding no
+        worker, meanwhile).  The child starts once: its id is journaled in this slot and
+        its idempotency key derives from this run and slot.  A failed or cancelled child
+        raises ``StepError`` here; cancelling this run cancels the child.
+        ``compensate(output)`` undoes a completed child if this run later fails, is
+        cancelled or rolled back (docs/operations.md)."""
+        return self._scope.child(name, workflow, input, compensate=compensate)
+
+    def patched(self, change: str) -> bool:
+        """Whether this run takes the code of ``change`` (a name for a code change):
+        True for runs that reach this point first on code asking it, False for runs
+        whose journal went past this point before it existed.  Journaled, so the run
+        keeps its answer on every later execution.  Keep both paths until no run
+        recorded before the change is unfinished (docs/operations.md)."""
+        return self._scope.patched(change)
 
     def branch(self, name: str, work: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
         """Run ``work`` as a named branch; its steps are journaled under the branch path

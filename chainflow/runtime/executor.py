@@ -14,7 +14,9 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
+
+import sqlalchemy as sa
 
 from ..chain import reorg
 from ..chain.submission import Submitter
@@ -38,10 +40,11 @@ from .committer import Committer
 from .context import Context
 from .flag import Flag
 from .overrides import Overrides
-from .registry import WorkflowDef
+from .registry import Registry, WorkflowDef
 from .scope import _BRANCH, Scope, StopReason
 
 log = logging.getLogger("chainflow.executor")
+T = TypeVar("T")
 
 # quiescence: once no operation is in flight and something is parked, let the event
 # loop spin this many times without any new operation before unwinding the run
@@ -81,6 +84,11 @@ class ExecutionHost(Protocol):
     step_pool: ThreadPool
     default_retry: Retry
     submitter: Submitter | None
+    registry: Registry  # the workflows a ``ctx.child`` may start
+
+    def notify(self) -> None: ...
+
+    async def db(self, fn: Callable[..., T], *args: Any) -> T: ...
 
 
 class Execution:
@@ -127,7 +135,8 @@ class Execution:
         ctx = self.ctx = Scope(
             run_id=claim.run_id, workflow=claim.workflow, fence=claim.fence, entries=entries, tries=tries,
             committer=w.committer, clock=w.clock, step_pool=w.step_pool, default_retry=w.default_retry,
-            submitter=w.submitter, lease=self.lease, step_overrides=steps,
+            submitter=w.submitter, lease=self.lease, step_overrides=steps, registry=w.registry,
+            notify=w.notify,
         )
         if swap_failed is not None:
             return await self._finish(RunState.FAILED, None, describe_error(swap_failed))
@@ -264,6 +273,11 @@ class Execution:
         target = next((e for e in self._entries if e.id == request["entry_id"]), None)
         doomed = reorg.dependents(self._entries, target) if target is not None else []
         try:
+            # children started after the broken step are cancelled (their compensations
+            # run as on any cancel), before their slots are superseded: a crash between
+            # the two repeats an idempotent cancel
+            await self._cancel_children([codec.loads(e.output) for e in doomed
+                                         if e.kind == "child" and e.status == EntryState.PENDING])
             done = await self._compensations(ctx, only={e.id for e in doomed if target is None or e.id != target.id})
             if isinstance(done, Outcome):
                 return done
@@ -303,11 +317,37 @@ class Execution:
             raise exc
         return task.result()
 
-    async def _finish(self, status: RunState, output: str | None, error: str | None) -> Outcome:
-        run_id, now = self.claim.run_id, self.worker.clock.time()
-        assert self.ctx is not None
+    async def _cancel_children(self, child_ids: list[str]) -> None:
+        """Cancel these children of the run (and their descendants) that are unfinished,
+        in a transaction of their own: locking them in the run's fenced commit would take
+        the run before its children, against the lock order (``storage.store``)."""
+        if child_ids:
+            await self._db(store.cancel_runs, child_ids, self.worker.clock.time())
+
+    async def _db(self, fn: Callable[..., T], *args: Any) -> T:
         try:
-            row, = await self.ctx.commit(store.RunFinish(run_id, status, output, error, now))
+            return await self.worker.db(fn, *args)
+        except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
+            raise LeaseLostError(self.claim.run_id) from exc  # as a fenced commit's failure would
+
+    async def _finish(self, status: RunState, output: str | None, error: str | None) -> Outcome:
+        """The run's final write.  Children it started and did not await are cancelled
+        first (a run's children do not outlive it); a child's own finish wakes its parent
+        in the same transaction (``store.finish_child``)."""
+        run_id, now = self.claim.run_id, self.worker.clock.time()
+        ctx = self.ctx
+        assert ctx is not None
+        finish = store.RunFinish(run_id, status, output, error, now)
+        try:
+            if ctx.started_children or any(e.kind == "child" for e in self._entries):
+                await self._db(lambda conn: store.cancel_runs(conn, store.unfinished_children(conn, run_id), now))
+            if self.claim.parent_slot is None or self.claim.parent_id is None:
+                row, = await ctx.commit(finish)
+            else:
+                await ctx.flush()
+                row = await self._db(store.finish_child, finish, self.claim.fence, self.claim.parent_id)
+                if row is None:
+                    return _ABANDONED
         except LeaseLostError:
             return _ABANDONED
         # compensations are known without a query only when none ever ran

@@ -7,6 +7,7 @@ half-created run behind; the stored input is the validated, plain-data form.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import inspect
 import typing
 from collections.abc import Awaitable, Callable
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import DuplicateWorkflowError, InputValidationError, UnknownWorkflowError
+from ..storage import codec
 
 WorkflowFn = Callable[[Any, Any], Awaitable[Any]]
 
@@ -44,6 +46,15 @@ class WorkflowDef:
         except (TypeError, ValueError) as exc:
             raise InputValidationError(self.name, str(exc).strip()) from None
         return value
+
+    def new_run(self, input: Any, idempotency_key: str | None, now: float) -> dict[str, Any]:
+        """Validate and encode a start request (a client's, a parent's ``ctx.child``, a
+        schedule's fire): the fields of ``storage.store.run_row``."""
+        text = codec.dumps(self.validate_input(input), what=f"input of workflow {self.name!r}")
+        return dict(workflow=self.name, input_text=text,
+                    input_hash=hashlib.sha256(f"{self.name}\0{text}".encode()).hexdigest(),
+                    idempotency_key=idempotency_key, deadline=None if self.timeout is None else now + self.timeout,
+                    now=now)
 
     def decode_input(self, data: Any) -> Any:
         tp = self.input_type
@@ -84,6 +95,10 @@ class Registry:
             return self._defs[name]
         except KeyError:
             raise UnknownWorkflowError(name) from None
+
+    def name_of(self, fn: Callable[..., Any]) -> str | None:
+        """The name ``fn`` is registered under, if it is."""
+        return next((wf.name for wf in self._defs.values() if wf.fn is fn), None)
 
     def __contains__(self, name: str) -> bool:
         return name in self._defs

@@ -45,11 +45,12 @@ from ..errors import (
 )
 from ..lease import Lease
 from ..retry import DEFAULT_RETRY, Retry
-from ..states import EntryState
+from ..states import EntryState, RunState
 from ..storage import codec, limits, store
 from ..threads import ThreadPool
 from .committer import Committer
 from .flag import Flag
+from .registry import Registry
 
 if TYPE_CHECKING:
     from ..chain.adapter import Receipt
@@ -231,6 +232,8 @@ class Scope:
         default_retry: Retry = DEFAULT_RETRY,
         submitter: Submitter | None = None,
         step_overrides: dict[str, Callable[..., Any]] | None = None,
+        registry: Registry | None = None,
+        notify: Callable[[], None] | None = None,
     ) -> None:
         self.run_id = run_id
         self.lease = lease
@@ -246,7 +249,11 @@ class Scope:
         self._submitter = submitter
         # a fork's swapped step code, by step name (``runtime.overrides``); None for most runs
         self._overrides = step_overrides
+        self._registry = registry  # the workflows a ``ctx.child`` may start
+        self._notify = notify  # a child was created: the worker may claim it now
+        self.started_children = False  # this execution started a child run
         self._branches: dict[str, BranchState] = {}
+        self._patches: dict[str, bool] = {}  # ``patched`` answers decided in this execution
         self._buffer: list[store.Op] = []
         self._fresh = 0
         self._journaled = 0  # steps this execution journaled
@@ -345,6 +352,92 @@ class Scope:
                 )
                 raise WaitTimeout(name)
             await self.park(deadline, name)
+
+    async def child(self, name: str, workflow: str, input: Any = None, *,
+                    compensate: Callable[..., Any] | None = None) -> Any:
+        """Start the child run ``workflow(input)`` once (the slot records its id), park
+        until it is finished and return its output; a failed or cancelled child raises
+        ``StepError``."""
+        if compensate is not None:
+            check_compensation(compensate, f"compensate of child {name!r}")
+        slot = self._slot(name, "child")
+        label = slot.key if not slot.branch else f"{slot.branch}{limits.BRANCH_SEP}{slot.key}"
+        entry = slot.entry
+        if entry is None:
+            self.refuse_new_work()
+            if self._registry is None:
+                raise RuntimeError("child runs need a worker's registry of workflows")
+            now = self.clock.time()
+            row = store.run_row(**self._registry.get(workflow).new_run(input, limits.child_key(self.run_id, label),
+                                                                       now))
+            parent_id = self.run_id
+            await self._commit(lambda conn: store.insert_child(conn, row, parent_id, label),
+                               self.entry_op(slot, "child", EntryState.PENDING, codec.dumps(row["id"]), None, 1, now,
+                                             None))
+            child_id: str = row["id"]
+            self.started_children = True
+            if self._notify is not None:
+                self._notify()
+        elif entry.status == EntryState.PENDING:
+            child_id = codec.loads(entry.output)
+        if entry is None or entry.status == EntryState.PENDING:
+            value = await self._await_child(slot, child_id, label)
+        elif entry.status == _OK:
+            value = codec.loads(entry.output)
+        else:
+            etype, message = error_parts(entry.error)
+            raise StepError(label, etype, message, entry.attempts)
+        if compensate is not None:
+            self.register_compensation(slot, compensate, value, self.default_retry)
+        return value
+
+    async def _await_child(self, slot: store.Slot, child_id: str, label: str) -> Any:
+        """Park on the child's finish signal until it is finished, then journal its
+        outcome in the slot.  A dead-lettered child keeps its parent waiting: an
+        operator's retry may still finish it."""
+        run_id, signal = self.run_id, store.child_signal(child_id)
+        while True:
+            self.refuse_new_work()
+
+            def look(conn: Any) -> tuple[str, str | None, str | None]:
+                status, output, error = store.child_outcome(conn, child_id)
+                store.consume_signals(conn, run_id, signal)
+                if status in (RunState.COMPLETED, RunState.FAILED, RunState.CANCELLED):
+                    ok = status == RunState.COMPLETED
+                    store.update_entry(conn, run_id, slot.branch, slot.key,
+                                       status=EntryState.OK if ok else EntryState.ERROR,
+                                       output=output if ok else None, error=None if ok else error,
+                                       finished_at=self.clock.time())
+                return status, output, error
+
+            (status, output, error), = await self._commit(look)
+            if status == RunState.COMPLETED:
+                return codec.loads(output)
+            if status in (RunState.FAILED, RunState.CANCELLED):
+                etype, message = error_parts(error)
+                raise StepError(label, etype, message, 1)
+            await self.park(None, signal)
+
+    def patched(self, change: str) -> bool:
+        """Whether this run takes the code of ``change``: True where the run reaches this
+        point first on code that asks (and from then on), False where its journal was
+        recorded past this point before the change existed.  The answer is journaled
+        once per run and change (no position taken: runs recorded without it replay
+        unchanged), so every later execution, on any worker, gets the same one."""
+        limits.slot_name(change, "patch")
+        key = f"{change}{limits.OCCURRENCE_SEP}patch"
+        entry = self._by_key.get(("", key))
+        if entry is not None:
+            return bool(codec.loads(entry.output))
+        decided = self._patches.get(change)
+        if decided is None:
+            branch = _BRANCH.get()
+            decided = self._patches[change] = (branch, self._state(branch).position) not in self._by_pos
+            now = self.clock.time()
+            slot = store.Slot("", -1, key, None)
+            # buffered like ``now()``: flushed with the run's next durable write
+            self._buffer.append(self.entry_op(slot, "patch", _OK, codec.dumps(decided), None, 1, now, now))
+        return decided
 
     def now(self) -> dt.datetime:
         """Wall-clock time, recorded: a replay sees the same instant."""

@@ -40,6 +40,7 @@ from ..threads import ThreadPool, offload
 from .committer import Committer
 from .executor import Execution, Outcome
 from .registry import Registry
+from .schedules import Schedule, Scheduler
 from .scope import StopReason
 
 log = logging.getLogger("chainflow.worker")
@@ -61,6 +62,7 @@ class WorkerHost(Protocol):
     chains: dict[str, ChainAdapter]
     tracker_config: TrackerConfig
     submitter: Submitter | None
+    schedules: dict[str, Schedule]
 
     def attach(self, worker: Worker) -> None: ...
 
@@ -93,6 +95,7 @@ class Worker:
         self.clock = app.clock
         self.default_retry = app.default_retry
         self.submitter = app.submitter
+        self.registry = app.registry
         self.concurrency = concurrency
         self.lease = to_seconds(app.lease_seconds if lease is None else lease, "Worker lease", positive=True)
         self.poll_interval = to_seconds(poll_interval, "Worker poll_interval", positive=True)
@@ -119,6 +122,7 @@ class Worker:
         self._backlog = False  # the last claim filled every free slot: more may be due
         self.track = track  # run a (leader-elected) head follower per configured chain
         self._trackers: list[asyncio.Task[None]] = []
+        self._scheduler: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
         self._claim_failures = FailureLog(log, "claiming runs")
         self._beat_failures = FailureLog(log, "heartbeat")
@@ -128,6 +132,9 @@ class Worker:
         """Run ``fn(conn, *args)`` in one transaction off the event loop."""
 
         return await self._db_pool.run(functools.partial(self.app.database.tx, fn, *args))
+
+    async def _offload(self, fn: Callable[..., T], *args: Any) -> T:
+        return await self._db_pool.run(functools.partial(fn, *args))
 
     def notify(self) -> None:
         """Something became due (a start or signal in this process): poll now.
@@ -148,6 +155,9 @@ class Worker:
         await self._db_pool.run(self.app.database.ensure_schema)
         await self._announce()
         self._announcer = asyncio.create_task(self._keep_announcing(), name="chainflow-announce")
+        if self.app.schedules:
+            scheduler = Scheduler(self.app.database, self.clock, self.app.registry, self.app.schedules, self.notify)
+            self._scheduler = asyncio.create_task(scheduler.run(self._stopping, self._offload), name="scheduler")
         if self.track:
             from ..chain.tracker import Tracker
 
@@ -159,7 +169,7 @@ class Worker:
         """Stop executing and hand held runs back at once (no lease wait for others)."""
         self.app.detach(self)
         self._stopping.set()
-        await asyncio.gather(*self._trackers, return_exceptions=True)
+        await asyncio.gather(*self._trackers, *filter(None, [self._scheduler]), return_exceptions=True)
         self._beat_stop.set()
         if self._announcer:
             self._announcer.cancel()

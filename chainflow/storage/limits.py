@@ -100,3 +100,13 @@ def compensation_key(origin: str, key: Any, what: str) -> str:
     text(key, what, COMPENSATION_KEY_LENGTH)
     digest = hashlib.sha256(origin.encode()).hexdigest()[:_ORIGIN_DIGEST]
     return f"{COMPENSATION_PREFIX}{digest}:{key}"
+
+
+def child_key(parent_id: str, label: str) -> str:
+    """The idempotency key of the child run a parent starts at slot ``label``
+    ("branch/key"): ``child:<parent id>:<label>``, or a digest of the label where that
+    would not fit.  A user key cannot take it unknowingly: it names the parent's id."""
+    key = f"child:{parent_id}:{label}"
+    if len(key) + 4 > IDEMPOTENCY_KEY_LENGTH:  # room for the "@n" of a rolled-back slot's next child
+        key = f"child:{parent_id}:{hashlib.sha256(label.encode()).hexdigest()}"
+    return key

@@ -31,6 +31,9 @@ runs = sa.Table(
     # the run a fork was made from (``chainflow fork``): its journal starts as a copy of
     # the parent's entries before the fork point
     sa.Column("parent_id", sa.String(36)),
+    # a child run's slot in its parent ("branch/key" of the parent's ``ctx.child``); NULL
+    # for a fork, whose ``parent_id`` names its source instead (v8)
+    sa.Column("parent_slot", sa.Text),
     # a fork's swapped code, JSON {"workflow": "module:fn" | null, "steps": {name: "module:fn"}}
     # (``runtime.overrides``); NULL for every other run (v7)
     sa.Column("overrides", sa.Text),
@@ -230,6 +233,22 @@ workers = sa.Table(
     sa.Column("expires", sa.Float, nullable=False),
 )
 
+# Schedules (v8): the state of each schedule an app declares (``app.schedule``).  The
+# trigger is recomputed from ``spec`` by the workers that declare it; the row holds what
+# must be shared: the next fire time not yet started, and whether it is paused.
+schedules = sa.Table(
+    "cf_schedules",
+    metadata,
+    sa.Column("name", sa.String(200), primary_key=True),
+    sa.Column("workflow", sa.String(200), nullable=False),
+    sa.Column("spec", sa.Text, nullable=False),  # JSON: the trigger and the missed-fire policy
+    sa.Column("next_fire", sa.Float),  # NULL: recompute from now (new, resumed, spec changed)
+    sa.Column("last_fire", sa.Float),  # the latest fire time a run was started for
+    sa.Column("last_run_id", sa.String(36)),
+    sa.Column("paused", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("updated_at", sa.Float, nullable=False),
+)
+
 leaders = sa.Table(
     "cf_leaders",
     metadata,
@@ -302,6 +321,13 @@ def _v7(conn: sa.Connection) -> None:
     _add_missing(conn, runs, ("overrides",))
 
 
+def _v8(conn: sa.Connection) -> None:
+    """Child runs name their slot in the parent (``parent_slot``); schedules
+    (``cf_schedules``).  A database created by this version's ``_v1`` has both."""
+    _add_missing(conn, runs, ("parent_slot",))
+    schedules.create(conn, checkfirst=True)
+
+
 MIGRATIONS: list[tuple[int, Callable[[sa.Connection], None]]] = [
-    (1, _v1), (2, _v2), (3, _v3), (4, _v4), (5, _v5), (6, _v6), (7, _v7)]
+    (1, _v1), (2, _v2), (3, _v3), (4, _v4), (5, _v5), (6, _v6), (7, _v7), (8, _v8)]
 LATEST = MIGRATIONS[-1][0]

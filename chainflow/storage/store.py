@@ -10,8 +10,11 @@ ascending id order, with one statement whose ORDER BY id sits under the lock (``
 SHARE`` / ``FOR NO KEY UPDATE``: rows are locked as the sort hands them out), before
 any UPDATE of several rows (an UPDATE locks in whatever order its plan visits them).
 So does the fence read, the group commit's one statement (``entrywriter``), the
-heartbeat, the hand-back of held runs and the reorg (``chainstore.record_reorg``); the claim
-locks with SKIP LOCKED and never waits; suspend, signal and cancel lock one run.  Runs
+heartbeat, the hand-back of held runs, a cancel with the runs below it
+(``cancel_runs``), a child's finish with its parent (``finish_child``) and the reorg
+(``chainstore.record_reorg``); the claim locks with SKIP LOCKED and never waits;
+suspend and signal lock one run.  A fenced commit locks only its own run: what must
+lock a child with its parent goes through a transaction of its own.  Runs
 are locked before submissions (a step locks its run's fence, then its submission).
 Two transactions taking locks in one order can wait for each other but never in a
 circle: no deadlock between heartbeats and commits.
@@ -48,6 +51,7 @@ class Claim:
     recoveries: int = 0  # of those claims, how many took it over from an expired lease or a crash
     parent_id: str | None = None  # a fork's source: its journal holds the parent's copied entries
     overrides: str | None = None  # a fork's swapped code (``runtime.overrides.Overrides`` JSON)
+    parent_slot: str | None = None  # a child run's slot in its parent (``parent_id``); None for a fork
 
 
 @dataclass
@@ -194,7 +198,7 @@ def _claim_statement(lock_rows: bool) -> sa.Update:
         .returning(
             runs.c.id, runs.c.workflow, runs.c.input, runs.c.fence,
             runs.c.cancel_requested, runs.c.deadline, runs.c.created_at, runs.c.rollback, runs.c.attempt_count,
-            runs.c.recoveries, runs.c.parent_id, runs.c.overrides,
+            runs.c.recoveries, runs.c.parent_id, runs.c.overrides, runs.c.parent_slot,
         )
     )
 
@@ -224,8 +228,8 @@ def claim_with_history(
     """Claim and load what replay needs in one transaction (one commit per claim batch)."""
     claims = claim(conn, owner, limit, now, lease, workflows=workflows)
     # a run claimed for the first time has no journal yet (a fork's holds its copied
-    # entries from birth): skip the reads
-    known = [c.run_id for c in claims if c.claims > 1 or c.parent_id is not None]
+    # entries from birth, a child's nothing): skip the reads
+    known = [c.run_id for c in claims if c.claims > 1 or (c.parent_id is not None and c.parent_slot is None)]
     histories = load_histories(conn, known) if known else {}
     return [(c, histories.get(c.run_id, ([], {}))) for c in claims]
 
@@ -478,7 +482,8 @@ def forked(conn: sa.Connection, parent_ids: list[str]) -> set[str]:
     past them)."""
     found: set[str] = set()
     for part in _chunks(parent_ids):
-        found.update(conn.execute(sa.select(runs.c.parent_id).where(runs.c.parent_id.in_(part))).scalars())
+        found.update(conn.execute(sa.select(runs.c.parent_id).where(
+            runs.c.parent_id.in_(part), runs.c.parent_slot.is_(None))).scalars())
     return found
 
 
@@ -494,8 +499,85 @@ def insert_fork(conn: sa.Connection, row: dict[str, Any], entries: list[dict[str
 
 
 def request_cancel(conn: sa.Connection, run_id: str, now: float) -> None:
-    conn.execute(runs.update().where(runs.c.id == run_id).values(cancel_requested=True, updated_at=now))
-    wake(conn, run_id, now)
+    """Ask the run and every unfinished run below it (children, their children...) to
+    stop: a parent's cancel reaches its children at once, not after its compensations."""
+    cancel_runs(conn, [run_id], now)
+
+
+def cancel_runs(conn: sa.Connection, run_ids: list[str], now: float) -> None:
+    """Request the cancel of ``run_ids`` and of their unfinished descendants, locked in
+    id order (the module's lock order) before any of them is updated."""
+    tree = set(run_ids)
+    frontier = list(run_ids)
+    while frontier:
+        below = [r for part in _chunks(frontier) for r in conn.execute(
+            sa.select(runs.c.id).where(runs.c.parent_id.in_(part), runs.c.parent_slot.is_not(None),
+                                       runs.c.status.not_in(TERMINAL))).scalars() if r not in tree]
+        tree.update(below)
+        frontier = below
+    ids = sorted(tree)
+    lock_runs(conn, ids)
+    for part in _chunks(ids):
+        conn.execute(runs.update().where(runs.c.id.in_(part), runs.c.status.not_in(TERMINAL))
+                     .values(cancel_requested=True, updated_at=now))
+        conn.execute(runs.update()
+                     .where(runs.c.id.in_(part), runs.c.lease_owner.is_(None), runs.c.status.not_in(TERMINAL))
+                     .values(ready_at=now))
+
+
+# --- child runs -------------------------------------------------------------------
+
+
+def insert_child(conn: sa.Connection, row: dict[str, Any], parent_id: str, parent_slot: str) -> str:
+    """A child run (``run_row`` fields, ``idempotency_key`` derived from the parent's
+    slot), due now; returns its id.  The key may be taken by the child a reorg
+    rollback of the same slot cancelled: the slot's next child takes ``key@2``, ``@3``..."""
+    base, n = row["idempotency_key"], 1
+    while run_by_key(conn, row["idempotency_key"]) is not None:
+        n += 1
+        row["idempotency_key"] = f"{base}@{n}"
+    conn.execute(_INSERT_RUN, {**row, "parent_id": parent_id, "parent_slot": parent_slot})
+    return str(row["id"])
+
+
+def child_outcome(conn: sa.Connection, child_id: str) -> tuple[str, str | None, str | None]:
+    """(status, output, error) of a child run."""
+    row = conn.execute(sa.select(runs.c.status, runs.c.output, runs.c.error).where(runs.c.id == child_id)).one()
+    return row.status, row.output, row.error
+
+
+def children(conn: sa.Connection, run_id: str) -> list[sa.Row[Any]]:
+    """The child runs a run started (not its forks), oldest first."""
+    return list(conn.execute(sa.select(runs).where(runs.c.parent_id == run_id, runs.c.parent_slot.is_not(None))
+                             .order_by(runs.c.created_at, runs.c.id)))
+
+
+def unfinished_children(conn: sa.Connection, run_id: str) -> list[str]:
+    return list(conn.execute(sa.select(runs.c.id).where(
+        runs.c.parent_id == run_id, runs.c.parent_slot.is_not(None), runs.c.status.not_in(TERMINAL))).scalars())
+
+
+def child_signal(child_id: str) -> str:
+    """The signal a child's finish sends its parent, parked on it in ``ctx.child``."""
+    return f"child:{child_id}"
+
+
+def finish_child(conn: sa.Connection, finish: RunFinish, fence: int, parent_id: str) -> RunRow | None:
+    """A child run's final write, which also wakes its parent: the child and the parent
+    are locked in id order first (the module's lock order), then the child's fence is
+    checked, so the finish and the parent's wake-up are one transaction and a child
+    finishing never deadlocks with a heartbeat or a cancel holding both.  None when the
+    child is no longer ours."""
+    rows = {r.id: r for r in lock_runs(conn, sorted({finish.run_id, parent_id}), runs.c.fence, runs.c.status)}
+    mine = rows.get(finish.run_id)
+    if mine is None or mine.fence != fence:
+        return None
+    dbapi = conn.connection.dbapi_connection
+    row: Any = finish_runs(dbapi, conn.dialect.paramstyle, [finish])[finish.run_id]
+    parent = rows.get(parent_id)
+    if row.status in TERMINAL and parent is not None and parent.status not in TERMINAL:
+        insert_signal(conn, parent_id, child_signal(finish.run_id), "null", finish.now)
+    return row
 
 
 # --- workers --------------------------------------------------------------------
