@@ -119,6 +119,7 @@ class RunStatus:
     # unfinished, and no live worker announces its workflow: it stays where it is until
     # a worker that registers the workflow starts (a deploy is missing, not slow)
     unserved: bool = False
+    parent_id: str | None = None  # the run this one was forked from (``fork``)
 
     @property
     def done(self) -> bool:
@@ -393,19 +394,29 @@ class Chainflow:
 
         return self.database.read(read)
 
-    def runs(self, *, status: RunState | str | None = None, workflow: str | None = None,
-             limit: int = 100) -> list[RunStatus]:
+    def runs(self, *, status: RunState | str | None = None, workflow: str | None = None, limit: int = 100,
+             since: float | None = None, until: float | None = None,
+             before: tuple[float, str] | None = None) -> list[RunStatus]:
         """The newest ``limit`` runs, of one ``status`` (a ``RunState`` or its text) and
-        ``workflow`` when given."""
+        ``workflow`` when given, created in [``since``, ``until``) (epoch seconds).
+        ``before``: the (created_at, id) of the last run of the previous page; the
+        next page starts below it (keyset pagination: as fast at the millionth run)."""
         state = None if status is None else _run_state(status)
 
         def read(conn: sa.Connection) -> list[RunStatus]:
-            rows = store.list_runs(conn, state, workflow, limit)
-            live = any(r.status not in TERMINAL for r in rows)
-            served = store.served_workflows(conn, self.clock.time()) if live else None
-            return [_status_of(r, {}, served) for r in rows]
+            rows = store.list_runs(conn, state, workflow, limit, since=since, until=until, before=before)
+            return self._statuses(conn, rows)
 
         return self.database.read(read)
+
+    def forks(self, run_id: str) -> list[RunStatus]:
+        """The runs forked from ``run_id`` (``fork``), oldest first."""
+        return self.database.read(lambda conn: self._statuses(conn, store.forks_of(conn, run_id)))
+
+    def _statuses(self, conn: sa.Connection, rows: list[sa.Row[Any]]) -> list[RunStatus]:
+        live = any(r.status not in TERMINAL for r in rows)
+        served = store.served_workflows(conn, self.clock.time()) if live else None
+        return [_status_of(r, {}, served) for r in rows]
 
     def reorgs(self, chain: str | None = None, limit: int = 100) -> list[ReorgEvent]:
         """Reorg events the trackers recorded, newest first."""
@@ -638,4 +649,5 @@ def _status_of(row: sa.Row[Any], comps: dict[str, EntryState], served: set[str] 
         cancel_requested=bool(row.cancel_requested), compensations=comps,
         rollback=json.loads(row.rollback) if row.rollback else None,
         unserved=served is not None and row.status not in TERMINAL and row.workflow not in served,
+        parent_id=row.parent_id,
     )

@@ -57,6 +57,11 @@ runs = sa.Table(
     *(sa.Index(f"ix_cf_runs_{column}", column, sqlite_where=sa.text(f"{column} IS NOT NULL"),
                postgresql_where=sa.text(f"{column} IS NOT NULL")) for column in ("ready_at", "parent_id")),
     sa.Index("ix_cf_runs_status_workflow", "status", "workflow"),
+    # v8: the dashboard's runs page, newest first, one keyset page at a time, unfiltered
+    # or by status or workflow: each page is an index range, however deep it goes
+    sa.Index("ix_cf_runs_created", "created_at", "id"),
+    sa.Index("ix_cf_runs_status_created", "status", "created_at", "id"),
+    sa.Index("ix_cf_runs_workflow_created", "workflow", "created_at", "id"),
 )
 
 journal = sa.Table(
@@ -154,6 +159,8 @@ submissions = sa.Table(
     # the tracker's per-head "stuck?" query must not scan every pending submission
     sa.Index("ix_cf_submissions_stuck", "chain", "state", "last_broadcast_block"),
     sa.Index("ix_cf_submissions_batch", "batch_id"),
+    # v8: a run's submissions (the dashboard's run page, replay) without a scan
+    sa.Index("ix_cf_submissions_run", "run_id"),
 )
 
 tx_attempts = sa.Table(
@@ -302,6 +309,17 @@ def _v7(conn: sa.Connection) -> None:
     _add_missing(conn, runs, ("overrides",))
 
 
+def _v8(conn: sa.Connection) -> None:
+    """Indexes for the dashboard: runs newest first (all, by status, by workflow) and a
+    run's submissions; a database created by this version's ``_v1`` has them already."""
+    for index in (*runs.indexes, *submissions.indexes):
+        if index.name in _V8_INDEXES:
+            index.create(conn, checkfirst=True)
+
+
+_V8_INDEXES = ("ix_cf_runs_created", "ix_cf_runs_status_created", "ix_cf_runs_workflow_created",
+               "ix_cf_submissions_run")
+
 MIGRATIONS: list[tuple[int, Callable[[sa.Connection], None]]] = [
-    (1, _v1), (2, _v2), (3, _v3), (4, _v4), (5, _v5), (6, _v6), (7, _v7)]
+    (1, _v1), (2, _v2), (3, _v3), (4, _v4), (5, _v5), (6, _v6), (7, _v7), (8, _v8)]
 LATEST = MIGRATIONS[-1][0]
