@@ -39,6 +39,7 @@ BENCHMARKS: list[Benchmark] = [
     Benchmark("memory", "bench.memory", "memory of 10k parked runs"),
     Benchmark("seams", "bench.seams", "hand-written pieces (threads, flag, eager, JSON-RPC client) vs their alternatives"),
     Benchmark("replay", "bench.replay", "replay sweep: 10,000 recorded 5-step runs, one step overridden"),
+    Benchmark("ui_pages", "bench.ui_pages", "dashboard pages over 1,000,000 runs: server time per page"),
 ]
 
 BY_NAME = {b.name: b for b in BENCHMARKS}

@@ -56,9 +56,10 @@ runs = sa.Table(
     # for each would be one page more to write with each creation and finish
     *(sa.Index(f"ix_cf_runs_{column}", column, sqlite_where=sa.text(f"{column} IS NOT NULL"),
                postgresql_where=sa.text(f"{column} IS NOT NULL")) for column in ("ready_at", "parent_id")),
-    sa.Index("ix_cf_runs_status_workflow", "status", "workflow"),
     # v8: the dashboard's runs page, newest first, one keyset page at a time, unfiltered
-    # or by status or workflow: each page is an index range, however deep it goes
+    # or by status, workflow or both: each page is an index range, however deep it goes
+    # (the first index also serves counts by status and workflow, as its v1 shape did)
+    sa.Index("ix_cf_runs_status_workflow", "status", "workflow", "created_at", "id"),
     sa.Index("ix_cf_runs_created", "created_at", "id"),
     sa.Index("ix_cf_runs_status_created", "status", "created_at", "id"),
     sa.Index("ix_cf_runs_workflow_created", "workflow", "created_at", "id"),
@@ -310,14 +311,22 @@ def _v7(conn: sa.Connection) -> None:
 
 
 def _v8(conn: sa.Connection) -> None:
-    """Indexes for the dashboard: runs newest first (all, by status, by workflow) and a
-    run's submissions; a database created by this version's ``_v1`` has them already."""
+    """Indexes for the dashboard: runs newest first (all, by status, by workflow, by
+    both: (status, workflow) gains the creation order) and a run's submissions; a
+    database created by this version's ``_v1`` has them already."""
+    if "created_at" not in _index_columns(conn, "cf_runs", "ix_cf_runs_status_workflow"):
+        conn.exec_driver_sql("DROP INDEX IF EXISTS ix_cf_runs_status_workflow")
     for index in (*runs.indexes, *submissions.indexes):
         if index.name in _V8_INDEXES:
             index.create(conn, checkfirst=True)
 
 
-_V8_INDEXES = ("ix_cf_runs_created", "ix_cf_runs_status_created", "ix_cf_runs_workflow_created",
+def _index_columns(conn: sa.Connection, table: str, name: str) -> list[str]:
+    found = [i for i in sa.inspect(conn).get_indexes(table) if i["name"] == name]
+    return [str(c) for c in found[0]["column_names"]] if found else []
+
+
+_V8_INDEXES = ("ix_cf_runs_status_workflow", "ix_cf_runs_created", "ix_cf_runs_status_created", "ix_cf_runs_workflow_created",
                "ix_cf_submissions_run")
 
 MIGRATIONS: list[tuple[int, Callable[[sa.Connection], None]]] = [
