@@ -4,5 +4,6 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash scripts/bootstrap.sh test
 bash scripts/install-anvil.sh
+bash scripts/install-browser.sh
 bash scripts/ensure-postgres.sh
 exec .venv/bin/python -m pytest "$@"

@@ -105,3 +105,16 @@ async def test_actions_need_the_token_and_a_same_origin_request(make_app: Callab
                               headers={"Origin": guarded.url, "Sec-Fetch-Site": "same-origin"})
         assert r.status_code == 303 and r.headers["location"] == f"/runs/{run_id}?done=cancel"
     assert cancel_requested(data.app, run_id)
+
+
+def test_the_ui_command_refuses_a_short_token_and_a_missing_database(tmp_path: Any) -> None:
+    from click.testing import CliRunner
+
+    from chainflow.cli import cli
+
+    missing = f"sqlite:///{tmp_path / 'nope.db'}"
+    r = CliRunner().invoke(cli, ["--database-url", missing, "ui", "--token", "short"])
+    assert r.exit_code == 2 and "at least 12 characters" in r.output
+    r = CliRunner().invoke(cli, ["--database-url", missing, "ui"])
+    assert r.exit_code == 1 and "no chainflow database at" in r.output
+    assert not (tmp_path / "nope.db").exists()
