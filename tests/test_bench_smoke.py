@@ -84,3 +84,9 @@ def test_bench_replay_quick(tmp_path: Path) -> None:
     assert "| backend | runs/s | CPU s per sweep | wall s per sweep |" in text
     assert "| sqlite | " in text
     assert "failed:" not in text, text
+
+
+def test_bench_ui_pages_quick(tmp_path: Path) -> None:
+    text = quick(tmp_path, "ui_pages")
+    assert "| page | median ms | p95 ms |" in text and "| run page |" in text
+    assert "failed:" not in text, text
