@@ -41,6 +41,7 @@ BENCHMARKS: list[Benchmark] = [
     Benchmark("replay", "bench.replay", "replay sweep: 10,000 recorded 5-step runs, one step overridden"),
     Benchmark("btc_payouts", "bench.btc_payouts",
               "Bitcoin payouts on regtest: chainflow batched/unbatched vs sendtoaddress, RPC per block"),
+    Benchmark("ui_pages", "bench.ui_pages", "dashboard pages over 1,000,000 runs: server time per page"),
 ]
 
 BY_NAME = {b.name: b for b in BENCHMARKS}

@@ -1,5 +1,5 @@
 """``chainflow`` command line: run workers and inspect, start, signal, cancel and retry runs;
-replay, fork and export them (time travel).
+replay, fork and export them (time travel); serve the web dashboard (``ui``).
 
 Every expected failure (unknown or finished run, bad database URL, bad APP path, bad
 JSON) prints one ``error: …`` line on stderr and exits 1: operators read these in a
@@ -34,6 +34,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .client.app import AttemptRecord, Chainflow, JournalEntry, RunStatus, ScheduleStatus
+from .client.timeline import attach_attempts, duration, when
 from .clock import MAX_SECONDS
 from .errors import ChainflowError
 from .replay.diff import Difference
@@ -367,6 +368,41 @@ def metrics(ctx: click.Context) -> None:
     click.echo(exposition(_target(ctx).app().read(database_series)), nl=False)
 
 
+@cli.command()
+@click.argument("app_spec", metavar="APP", required=False)
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to bind; anything but a loopback address exposes the dashboard to the network.")
+@click.option("--port", default=8321, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--token", envvar="CHAINFLOW_UI_TOKEN", metavar="TOKEN", show_envvar=True,
+              help="Allow actions (signal, cancel, retry) to whoever types this token (12+ characters); "
+                   "without it the dashboard is read-only.")
+@click.pass_context
+def ui(ctx: click.Context, app_spec: str | None, host: str, port: int, token: str | None) -> None:
+    """Serve the web dashboard over APP's database (or the global --database-url): runs,
+    timelines, submissions with live confirmations, chains and reorgs, charts."""
+    try:
+        import uvicorn
+
+        from .ui.security import check_token
+        from .ui.server import create_app
+    except ModuleNotFoundError as exc:
+        fail(f"the dashboard needs the ui extra (pip install 'chainflow[ui]'): {exc.name} is not installed")
+    try:
+        token = check_token(token)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="'--token'") from None
+    app = load_app(app_spec) if app_spec else _target(ctx).app()
+    _require_sqlite_file(app)
+    app.ensure_schema()  # fail on a bad database before serving anything
+    mode = "actions allowed with the token" if token else "read-only (no --token)"
+    click.echo(f"chainflow ui: http://{host}:{port}/ over {app.engine.url.render_as_string(hide_password=True)}, "
+               f"{mode}", err=True)
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        click.echo(f"warning: bound to {host}: anyone who can reach it can read every run", err=True)
+    uvicorn.run(create_app(app, token=token), host=host, port=port, log_level="warning",
+                timeout_graceful_shutdown=2)
+
+
 # --- time travel: replay, fork, export ------------------------------------------------
 
 # a replay that found changes exits with this status (errors exit 1, usage mistakes 2):
@@ -657,7 +693,7 @@ def timeline(st: RunStatus, journal: Sequence[JournalEntry], attempts: Sequence[
 
     table = Table("branch", "pos", "step", "kind", "status", "tries", "duration", "output / error",
                   title="timeline (journal order; struck-through rows were invalidated)", title_justify="left")
-    by_entry, unmatched = _attach_attempts(journal, attempts)
+    by_entry, unmatched = attach_attempts(journal, attempts)
     for i, e in enumerate(journal):
         compensation = e.kind == "compensation"
         row_style = "strike dim" if e.invalidated else ("magenta" if compensation else "")
@@ -696,34 +732,6 @@ def _attempt_cells(a: AttemptRecord) -> list[RenderableType]:
         retry = f" (retry after {duration(a.finished_at, a.next_at)})"
     return ["", "", Text(f"  attempt {a.attempt}"), "", status_text("retried"), "",
             duration(a.started_at, a.finished_at), Text.assemble(error_text(a.error), retry)]
-
-
-def _attach_attempts(
-    journal: Sequence[JournalEntry], attempts: Sequence[AttemptRecord]
-) -> tuple[dict[int, list[AttemptRecord]], dict[tuple[str, str], list[AttemptRecord]]]:
-    """Which journal row each failed attempt led up to.
-
-    AttemptRecord does not reference its journal row, and a reorg re-executes a step
-    under the same (branch, key), so match by time: an attempt belongs to the first row
-    of its step that started at or after it (the row records the final attempt)."""
-    rows: dict[tuple[str, str], list[int]] = {}
-    for i, e in enumerate(journal):
-        rows.setdefault((e.branch, e.key), []).append(i)
-    by_entry: dict[int, list[AttemptRecord]] = {}
-    unmatched: dict[tuple[str, str], list[AttemptRecord]] = {}
-    for a in attempts:
-        start = a.started_at if a.started_at is not None else float("-inf")
-        owner = next((i for i in rows.get((a.branch, a.key), []) if _started(journal[i]) >= start), None)
-        if owner is None:
-            unmatched.setdefault((a.branch, a.key), []).append(a)
-        else:
-            by_entry.setdefault(owner, []).append(a)
-    return by_entry, unmatched
-
-
-def _started(e: JournalEntry) -> float:
-    """A row without a start time is still open: every attempt so far precedes it."""
-    return e.started_at if e.started_at is not None else float("inf")
 
 
 def _summary(st: RunStatus) -> RenderableType:
@@ -798,27 +806,6 @@ def short(value: Any, limit: int = _OUTPUT_LIMIT) -> str:
 
 def _clip(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def when(ts: float | None) -> str:
-    if ts is None:
-        return ""
-    return dt.datetime.fromtimestamp(ts, tz=dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
-
-
-def duration(start: float | None, end: float | None) -> str:
-    if start is None or end is None:
-        return ""
-    s = max(0.0, end - start)
-    if s < 1:
-        return f"{s * 1000:.0f}ms"
-    if s < 60:
-        return f"{s:.2f}s"
-    if s < 3600:
-        return f"{int(s // 60)}m{int(s % 60):02d}s"
-    if s < 86400:
-        return f"{int(s // 3600)}h{int(s % 3600 // 60):02d}m"
-    return f"{int(s // 86400)}d{int(s % 86400 // 3600):02d}h"
 
 
 def parse_json(text: str, option: str) -> Any:

@@ -99,4 +99,7 @@ def test_bench_btc_payouts_quick(tmp_path: Path) -> None:
     assert "| sqlite | chainflow, batching on" in text and "| sqlite | chainflow, batching off" in text
     assert "| pending payouts | adapter calls per head (`HeadStats.rpc_calls`) |" in text
     assert "| sqlite | 20 | 3 " in text  # head, its block's txids, our payout's receipt: nothing per pending
+def test_bench_ui_pages_quick(tmp_path: Path) -> None:
+    text = quick(tmp_path, "ui_pages")
+    assert "| page | median ms | p95 ms |" in text and "| run page |" in text
     assert "failed:" not in text, text

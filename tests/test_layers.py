@@ -13,7 +13,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent / "chainflow"
 # rank of each layer; a module may import ranks <= its own
 LAYERS = {"base": 0, "storage": 1, "chain": 2, "runtime": 3, "replay": 4, "client": 5, "entry": 6}
-ENTRY = {"chainflow", "chainflow.cli", "chainflow.testing"}
+ENTRY = {"chainflow", "chainflow.cli", "chainflow.testing", "chainflow.ui"}
 
 
 def module_name(path: Path) -> str:
@@ -22,7 +22,7 @@ def module_name(path: Path) -> str:
 
 
 def layer(module: str) -> str:
-    if module in ENTRY or module.startswith("chainflow.testing."):
+    if module in ENTRY or module.startswith(("chainflow.testing.", "chainflow.ui.")):
         return "entry"
     parts = module.split(".")
     if len(parts) >= 2 and parts[1] in LAYERS:
@@ -95,6 +95,15 @@ def test_no_import_circle() -> None:
     for node in sorted(edges):
         if node not in state:
             visit(node)
+
+
+def test_the_dashboard_is_an_entry_point_nothing_below_imports() -> None:
+    """chainflow/ui reads through the client and the stores; no layer imports it."""
+    edges = graph()
+    assert all(layer(m) == "entry" for m in edges if m.startswith("chainflow.ui"))
+    importers = sorted(m for m, targets in edges.items() for t in targets
+                       if t.startswith("chainflow.ui") and not m.startswith("chainflow.ui") and m != "chainflow.cli")
+    assert not importers, importers
 
 
 def test_the_rule_catches_a_back_edge(tmp_path: Path) -> None:

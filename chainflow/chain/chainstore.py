@@ -671,3 +671,88 @@ def reorg_events(conn: sa.Connection, chain: str | None, limit: int) -> list[sa.
     if chain:
         q = q.where(reorgs.c.chain == chain)
     return list(conn.execute(q))
+
+
+# --- what the dashboard reads (``chainflow ui``) ----------------------------------------
+
+
+def submission_page(conn: sa.Connection, chain: str | None, state: str | None, before: int | None,
+                    limit: int) -> list[sa.Row[Any]]:
+    """Submissions newest first (by id), below the ``before`` id: keyset pages."""
+    q = sa.select(submissions).order_by(submissions.c.id.desc()).limit(limit)
+    if chain:
+        q = q.where(submissions.c.chain == chain)
+    if state:
+        q = q.where(submissions.c.state == state)
+    if before is not None:
+        q = q.where(submissions.c.id < before)
+    return list(conn.execute(q))
+
+
+def candidates_of(conn: sa.Connection, sub_ids: list[int]) -> list[sa.Row[Any]]:
+    """Every signed version of these submissions (id, hash, fees, time; never the raw
+    bytes), oldest first: a submission's first candidate and its fee bumps."""
+    found: list[sa.Row[Any]] = []
+    for i in range(0, len(sub_ids), 500):
+        found.extend(conn.execute(
+            sa.select(tx_attempts.c.submission_id, tx_attempts.c.tx_hash, tx_attempts.c.fees,
+                      tx_attempts.c.created_at)
+            .where(tx_attempts.c.submission_id.in_(sub_ids[i:i + 500])).order_by(tx_attempts.c.id)))
+    return found
+
+
+def reservations_of(conn: sa.Connection, sub_ids: list[int]) -> list[sa.Row[Any]]:
+    """The coins reserved for these submissions (held or recorded as spent)."""
+    found: list[sa.Row[Any]] = []
+    for i in range(0, len(sub_ids), 500):
+        found.extend(conn.execute(
+            sa.select(reservations.c.submission_id, reservations.c.outpoint, reservations.c.value,
+                      reservations.c.spent_at_block)
+            .where(reservations.c.submission_id.in_(sub_ids[i:i + 500])).order_by(reservations.c.outpoint)))
+    return found
+
+
+def progress_of(conn: sa.Connection, sub_ids: list[int]) -> list[sa.Row[Any]]:
+    """(id, chain, state, block_number, finality) of these submissions: what a live
+    confirmations bar needs, with the chain's tip (``header_tip``)."""
+    return list(conn.execute(
+        sa.select(submissions.c.id, submissions.c.chain, submissions.c.state, submissions.c.block_number,
+                  submissions.c.finality)
+        .where(submissions.c.id.in_(sub_ids))))
+
+
+def tracked_chains(conn: sa.Connection) -> list[str]:
+    """Every chain some tracker stored headers or a submission for."""
+    found = set(conn.execute(sa.select(headers.c.chain).distinct()).scalars())
+    found.update(conn.execute(sa.select(nonces.c.chain).distinct()).scalars())
+    found.update(conn.execute(sa.select(reservations.c.chain).distinct()).scalars())
+    return sorted(found)
+
+
+def leader(conn: sa.Connection, name: str) -> sa.Row[Any] | None:
+    """Who holds a leadership lease (``lead``) and until when."""
+    return conn.execute(sa.select(leaders).where(leaders.c.name == name)).first()
+
+
+def runs_of_txs(conn: sa.Connection, chain: str, tx_hashes: list[str]) -> dict[str, str]:
+    """tx hash -> the run whose submission signed it (a reorg's affected runs)."""
+    found: dict[str, str] = {}
+    for i in range(0, len(tx_hashes), 500):
+        for r in conn.execute(
+            sa.select(tx_attempts.c.tx_hash, submissions.c.run_id)
+            .join(submissions, submissions.c.id == tx_attempts.c.submission_id)
+            .where(tx_attempts.c.chain == chain, tx_attempts.c.tx_hash.in_(tx_hashes[i:i + 500]),
+                   submissions.c.run_id.is_not(None))
+        ):
+            found[r.tx_hash] = r.run_id
+    return found
+
+
+def confirmation_times(conn: sa.Connection, chain: str, since: float, limit: int) -> list[sa.Row[Any]]:
+    """(created_at, updated_at) of final submissions on ``chain`` created since ``since``,
+    newest first: a final intent's row is last written when it turned final."""
+    return list(conn.execute(
+        sa.select(submissions.c.created_at, submissions.c.updated_at)
+        .where(submissions.c.chain == chain, submissions.c.state == SubmissionState.FINAL,
+               submissions.c.created_at >= since)
+        .order_by(submissions.c.id.desc()).limit(limit)))

@@ -479,19 +479,29 @@ class Chainflow:
 
         return self.database.read(read)
 
-    def runs(self, *, status: RunState | str | None = None, workflow: str | None = None,
-             limit: int = 100) -> list[RunStatus]:
+    def runs(self, *, status: RunState | str | None = None, workflow: str | None = None, limit: int = 100,
+             since: float | None = None, until: float | None = None,
+             before: tuple[float, str] | None = None) -> list[RunStatus]:
         """The newest ``limit`` runs, of one ``status`` (a ``RunState`` or its text) and
-        ``workflow`` when given."""
+        ``workflow`` when given, created in [``since``, ``until``) (epoch seconds).
+        ``before``: the (created_at, id) of the last run of the previous page; the
+        next page starts below it (keyset pagination: as fast at the millionth run)."""
         state = None if status is None else _run_state(status)
 
         def read(conn: sa.Connection) -> list[RunStatus]:
-            rows = store.list_runs(conn, state, workflow, limit)
-            live = any(r.status not in TERMINAL for r in rows)
-            served = store.served_workflows(conn, self.clock.time()) if live else None
-            return [_status_of(r, {}, served) for r in rows]
+            rows = store.list_runs(conn, state, workflow, limit, since=since, until=until, before=before)
+            return self._statuses(conn, rows)
 
         return self.database.read(read)
+
+    def forks(self, run_id: str) -> list[RunStatus]:
+        """The runs forked from ``run_id`` (``fork``), oldest first."""
+        return self.database.read(lambda conn: self._statuses(conn, store.forks_of(conn, run_id)))
+
+    def _statuses(self, conn: sa.Connection, rows: list[sa.Row[Any]]) -> list[RunStatus]:
+        live = any(r.status not in TERMINAL for r in rows)
+        served = store.served_workflows(conn, self.clock.time()) if live else None
+        return [_status_of(r, {}, served) for r in rows]
 
     def reorgs(self, chain: str | None = None, limit: int = 100) -> list[ReorgEvent]:
         """Reorg events the trackers recorded, newest first."""

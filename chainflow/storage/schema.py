@@ -59,7 +59,13 @@ runs = sa.Table(
     # for each would be one page more to write with each creation and finish
     *(sa.Index(f"ix_cf_runs_{column}", column, sqlite_where=sa.text(f"{column} IS NOT NULL"),
                postgresql_where=sa.text(f"{column} IS NOT NULL")) for column in ("ready_at", "parent_id")),
-    sa.Index("ix_cf_runs_status_workflow", "status", "workflow"),
+    # v9: the dashboard's runs page, newest first, one keyset page at a time, unfiltered
+    # or by status, workflow or both: each page is an index range, however deep it goes
+    # (the first index also serves counts by status and workflow, as its v1 shape did)
+    sa.Index("ix_cf_runs_status_workflow", "status", "workflow", "created_at", "id"),
+    sa.Index("ix_cf_runs_created", "created_at", "id"),
+    sa.Index("ix_cf_runs_status_created", "status", "created_at", "id"),
+    sa.Index("ix_cf_runs_workflow_created", "workflow", "created_at", "id"),
 )
 
 journal = sa.Table(
@@ -157,6 +163,8 @@ submissions = sa.Table(
     # the tracker's per-head "stuck?" query must not scan every pending submission
     sa.Index("ix_cf_submissions_stuck", "chain", "state", "last_broadcast_block"),
     sa.Index("ix_cf_submissions_batch", "batch_id"),
+    # v9: a run's submissions (the dashboard's run page, replay) without a scan
+    sa.Index("ix_cf_submissions_run", "run_id"),
 )
 
 tx_attempts = sa.Table(
@@ -328,6 +336,26 @@ def _v8(conn: sa.Connection) -> None:
     schedules.create(conn, checkfirst=True)
 
 
+def _v9(conn: sa.Connection) -> None:
+    """Indexes for the dashboard: runs newest first (all, by status, by workflow, by
+    both: (status, workflow) gains the creation order) and a run's submissions; a
+    database created by this version's ``_v1`` has them already."""
+    if "created_at" not in _index_columns(conn, "cf_runs", "ix_cf_runs_status_workflow"):
+        conn.exec_driver_sql("DROP INDEX IF EXISTS ix_cf_runs_status_workflow")
+    for index in (*runs.indexes, *submissions.indexes):
+        if index.name in _V9_INDEXES:
+            index.create(conn, checkfirst=True)
+
+
+def _index_columns(conn: sa.Connection, table: str, name: str) -> list[str]:
+    found = [i for i in sa.inspect(conn).get_indexes(table) if i["name"] == name]
+    return [str(c) for c in found[0]["column_names"]] if found else []
+
+
+_V9_INDEXES = ("ix_cf_runs_status_workflow", "ix_cf_runs_created", "ix_cf_runs_status_created",
+               "ix_cf_runs_workflow_created", "ix_cf_submissions_run")
+
+
 MIGRATIONS: list[tuple[int, Callable[[sa.Connection], None]]] = [
-    (1, _v1), (2, _v2), (3, _v3), (4, _v4), (5, _v5), (6, _v6), (7, _v7), (8, _v8)]
+    (1, _v1), (2, _v2), (3, _v3), (4, _v4), (5, _v5), (6, _v6), (7, _v7), (8, _v8), (9, _v9)]
 LATEST = MIGRATIONS[-1][0]

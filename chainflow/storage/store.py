@@ -159,14 +159,60 @@ def get_run(conn: sa.Connection, run_id: str) -> sa.Row[Any] | None:
 
 
 def list_runs(
-    conn: sa.Connection, status: str | None, workflow: str | None, limit: int
+    conn: sa.Connection, status: str | None, workflow: str | None, limit: int, *, since: float | None = None,
+    until: float | None = None, before: tuple[float, str] | None = None,
 ) -> list[sa.Row[Any]]:
-    q = sa.select(runs).order_by(runs.c.created_at.desc()).limit(limit)
+    """Newest first by (created_at, id), created in [since, until) when given, and below
+    the ``before`` cursor (the last run of the previous page): keyset pagination, so
+    every page is one range of ``ix_cf_runs_created`` (or its status / workflow twin)
+    however deep it lies, where an OFFSET would walk every row above it."""
+    q = sa.select(runs).order_by(runs.c.created_at.desc(), runs.c.id.desc()).limit(limit)
     if status:
         q = q.where(runs.c.status == status)
     if workflow:
         q = q.where(runs.c.workflow == workflow)
+    if since is not None:
+        q = q.where(runs.c.created_at >= since)
+    if until is not None:
+        q = q.where(runs.c.created_at < until)
+    if before is not None:
+        q = q.where(sa.tuple_(runs.c.created_at, runs.c.id) < sa.tuple_(*before))
     return list(conn.execute(q))
+
+
+def forks_of(conn: sa.Connection, run_id: str) -> list[sa.Row[Any]]:
+    """The runs forked from ``run_id`` (``parent_id``), oldest first."""
+    return list(conn.execute(sa.select(runs).where(runs.c.parent_id == run_id)
+                             .order_by(runs.c.created_at, runs.c.id)))
+
+
+def _bucket(conn: sa.Connection, column: sa.ColumnElement[float], width: float) -> sa.ColumnElement[int]:
+    """``floor(column / width)``: SQLite has no floor() everywhere, and its integer cast
+    truncates (the times are positive); Postgres' cast rounds, so it floors first."""
+    if conn.dialect.name == "postgresql":
+        return sa.cast(sa.func.floor(column / width), sa.BigInteger)
+    return sa.cast(column / width, sa.Integer)
+
+
+def run_counts(conn: sa.Connection, since: float, width: float) -> list[sa.Row[Any]]:
+    """(bucket, status, n): runs created since ``since`` per ``width`` seconds (bucket
+    = floor(created_at / width)) and current status; a range of ``ix_cf_runs_created``."""
+    bucket = _bucket(conn, runs.c.created_at, width).label("bucket")
+    return list(conn.execute(
+        sa.select(bucket, runs.c.status, sa.func.count().label("n"))
+        .where(runs.c.created_at >= since).group_by(bucket, runs.c.status)))
+
+
+def step_timings(conn: sa.Connection, since: float, limit: int) -> list[sa.Row[Any]]:
+    """(key, status, started_at, finished_at) of the finished steps of the newest runs
+    created since ``since``, at most ``limit`` rows: the journal has no time index (one
+    more page per step to write), so the runs' creation index leads."""
+    return list(conn.execute(
+        sa.select(journal.c.key, journal.c.status, journal.c.started_at, journal.c.finished_at)
+        .select_from(runs.join(journal, journal.c.run_id == runs.c.id))
+        .where(runs.c.created_at >= since, journal.c.kind == "step", journal.c.finished_at.is_not(None),
+               journal.c.started_at.is_not(None))
+        .order_by(runs.c.created_at.desc()).limit(limit)))
 
 
 def _claim_statement(lock_rows: bool) -> sa.Update:
