@@ -8,7 +8,7 @@ below it, never above, and no two modules import each other in a circle
 (``tests/test_layers.py`` walks every import and fails on a back-edge):
 
 1. base: ``errors``, ``clock``, ``retry``, ``lease``, ``lograte``, ``metrics``,
-   ``threads`` -- values and small mechanisms every layer shares;
+   ``events``, ``logs``, ``threads`` -- values and small mechanisms every layer shares;
 2. ``storage``: the schema and its migrations, the connector, the payload codec, the
    runs store (runs, journal, attempts, signals, workers), the group-commit writer
    and the ``Database`` gateway -- the only code that speaks SQL about runs;
@@ -69,6 +69,7 @@ from .errors import (
     WaitTimeout,
     WorkflowTimeout,
 )
+from .events import Event
 from .replay.history import History
 from .replay.replayer import Override
 from .replay.report import Change, RunReport, SweepReport
@@ -86,5 +87,5 @@ __all__ = [
     "NonDeterminismError", "PayloadError", "Receipt", "Retry", "RunCancelled", "RunDeadLettered", "RunFinishedError",
     "RunHandle", "RunNotDeadLetteredError", "RunNotFoundError", "RunStatus", "SignedTx", "StepError", "StepTimeout",
     "SubmissionFailedError", "SystemClock", "TxRevertedError", "UnknownWorkflowError", "WaitTimeout",
-    "WorkflowTimeout", "Change", "History", "Override", "RunReport", "Simulation", "Simulator", "SweepReport",
+    "WorkflowTimeout", "Change", "Event", "History", "Override", "RunReport", "Simulation", "Simulator", "SweepReport",
 ]

@@ -28,6 +28,7 @@ from ..errors import (
     WorkflowTimeout,
     describe_error,
 )
+from ..events import Events
 from ..lease import Lease
 from ..retry import Retry
 from ..states import EntryState, RunState
@@ -81,6 +82,7 @@ class ExecutionHost(Protocol):
     step_pool: ThreadPool
     default_retry: Retry
     submitter: Submitter | None
+    events: Events
 
 
 class Execution:
@@ -127,7 +129,7 @@ class Execution:
         ctx = self.ctx = Scope(
             run_id=claim.run_id, workflow=claim.workflow, fence=claim.fence, entries=entries, tries=tries,
             committer=w.committer, clock=w.clock, step_pool=w.step_pool, default_retry=w.default_retry,
-            submitter=w.submitter, lease=self.lease, step_overrides=steps,
+            submitter=w.submitter, lease=self.lease, events=w.events, step_overrides=steps,
         )
         if swap_failed is not None:
             return await self._finish(RunState.FAILED, None, describe_error(swap_failed))
@@ -277,6 +279,10 @@ class Execution:
         failures = await self._compensations(ctx)
         if isinstance(failures, Outcome):
             return failures
+        if ctx.compensations:
+            self.worker.events.emit("run_compensated", run_id=self.claim.run_id, workflow=self.wf.name,
+                                    status=status, error=f"{len(failures)} compensation(s) failed" if failures
+                                    else None)
         info = json.loads(describe_error(error))
         if failures:
             info["compensation_failures"] = failures
