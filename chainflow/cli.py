@@ -1004,5 +1004,28 @@ def _ranges(values: list[int]) -> str:
     return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in spans)
 
 
+PLUGIN_GROUP = "chainflow.commands"
+
+
+def load_plugins() -> None:
+    """Attach the subcommands installed packages declare under the ``chainflow.commands``
+    entry point (``devnet`` comes from this project's own devnet package).  A plugin
+    that fails to import costs its command and one line on stderr, never the CLI."""
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group=PLUGIN_GROUP):
+        if ep.name in cli.commands:
+            continue
+        try:
+            command = ep.load()
+        except Exception as exc:  # noqa: BLE001 - any import failure of someone else's code
+            click.echo(f"warning: `chainflow {ep.name}` unavailable ({ep.value}): {type(exc).__name__}: {exc}",
+                       err=True)
+            continue
+        if isinstance(command, click.Command):
+            cli.add_command(command, ep.name)
+
+
 def main() -> None:
+    load_plugins()
     cli(prog_name="chainflow")
