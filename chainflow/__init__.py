@@ -22,7 +22,8 @@ below it, never above, and no two modules import each other in a circle
    against it (``ReplayScope``), the report, fork points;
 6. ``client``: ``Chainflow``, the registry of workflows plus the client half
    (start, signal, cancel, status, replay, fork, export, ...);
-7. the entry points: ``cli``, ``testing`` and this module.
+7. the entry points: ``cli`` (and ``__main__``, ``python -m chainflow``), ``testing`` and this
+   module.
 """
 
 from .chain.adapter import (
