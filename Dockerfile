@@ -5,5 +5,5 @@ COPY chainflow chainflow
 COPY adapters adapters
 COPY devnet devnet
 COPY examples examples
-RUN pip install --no-cache-dir -e '.[evm]'
+RUN pip install --no-cache-dir -e '.[evm,web]'
 USER nobody

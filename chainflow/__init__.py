@@ -8,7 +8,7 @@ below it, never above, and no two modules import each other in a circle
 (``tests/test_layers.py`` walks every import and fails on a back-edge):
 
 1. base: ``errors``, ``clock``, ``retry``, ``lease``, ``lograte``, ``metrics``,
-   ``threads`` -- values and small mechanisms every layer shares;
+   ``events``, ``logs``, ``threads`` -- values and small mechanisms every layer shares;
 2. ``storage``: the schema and its migrations, the connector, the payload codec, the
    runs store (runs, journal, attempts, signals, workers), the group-commit writer
    and the ``Database`` gateway -- the only code that speaks SQL about runs;
@@ -22,7 +22,8 @@ below it, never above, and no two modules import each other in a circle
    against it (``ReplayScope``), the report, fork points;
 6. ``client``: ``Chainflow``, the registry of workflows plus the client half
    (start, signal, cancel, status, replay, fork, export, ...);
-7. the entry points: ``cli``, ``testing``, ``ui`` (the web dashboard) and this module.
+7. the entry points: ``cli`` (and ``__main__``, ``python -m chainflow``), ``testing``, ``ui``
+   (the web dashboard) and this module.
 """
 
 from .chain.adapter import (
@@ -78,6 +79,7 @@ from .errors import (
     WaitTimeout,
     WorkflowTimeout,
 )
+from .events import Event
 from .replay.history import History
 from .replay.replayer import Override
 from .replay.report import Change, RunReport, SweepReport
@@ -95,5 +97,5 @@ __all__ = [
     "NonDeterminismError", "PayloadError", "Receipt", "Retry", "RunCancelled", "RunDeadLettered", "RunFinishedError",
     "RunHandle", "RunNotDeadLetteredError", "RunNotFoundError", "RunStatus", "SignedTx", "StepError", "StepTimeout",
     "SubmissionFailedError", "SystemClock", "TxRevertedError", "UnknownWorkflowError", "WaitTimeout",
-    "WorkflowTimeout", "ScheduleNotFoundError", "ScheduleStatus", "Change", "History", "Override", "RunReport", "Simulation", "Simulator", "SweepReport",
+    "WorkflowTimeout", "Event", "ScheduleNotFoundError", "ScheduleStatus", "Change", "History", "Override", "RunReport", "Simulation", "Simulator", "SweepReport",
 ]

@@ -18,11 +18,13 @@ Extension point: commands defined elsewhere attach with ``@cli.command()`` (or
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import importlib
 import json
 import os
 import sys
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
@@ -37,17 +39,22 @@ from .client.app import AttemptRecord, Chainflow, JournalEntry, RunStatus, Sched
 from .client.timeline import attach_attempts, duration, when
 from .clock import MAX_SECONDS
 from .errors import ChainflowError
+from .logs import FORMATS
+from .logs import configure as configure_logs
 from .replay.diff import Difference
 from .replay.report import Change, RunReport, SweepReport
-from .states import EntryState, RunState
+from .states import EntryState, RunState, SubmissionState
 from .storage import codec
 
 if TYPE_CHECKING:
     from .chain.adapter import ChainAdapter
+    from .chain.runview import SubmissionView
     from .storage.database import Database
 
-# Looked up at print time (not bound at import) so tests can swap in a wide console.
-console = Console()
+# Piped or redirected output is for grep, less and log files: never wrapped or cut to
+# the 80 columns rich assumes without a terminal.  Looked up at print time (not bound
+# at import) so tests can swap in a console of their own.
+console = Console() if sys.stdout.isatty() else Console(width=100_000, no_color=True)
 
 # by text: runs and journal entries share some ("pending"), and the timeline adds its
 # own labels for failed attempts ("retried") and steps in backoff ("retrying")
@@ -56,7 +63,7 @@ _STATUS_STYLE = {
     RunState.FAILED: "red", RunState.DEAD_LETTERED: "bold red", EntryState.ERROR: "red", EntryState.TIMEOUT: "red",
     "retried": "red", RunState.CANCELLED: "yellow", EntryState.INVALIDATED: "dim",
     RunState.SLEEPING: "blue", RunState.WAITING: "blue", RunState.PENDING: "cyan", RunState.RUNNING: "cyan",
-    "retrying": "cyan",
+    "retrying": "cyan", SubmissionState.FINAL: "green", SubmissionState.INCLUDED: "cyan",
 }
 _OUTPUT_LIMIT = 80
 _SUMMARY_LIMIT = 500
@@ -165,6 +172,34 @@ def _target(ctx: click.Context) -> Target:
     return obj
 
 
+def json_option(fn: Any) -> Any:
+    return click.option("--json", "as_json", is_flag=True,
+                        help="Print JSON on stdout instead of a table (values decoded, amounts exact).")(fn)
+
+
+def print_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=1))
+
+
+def iso(ts: float | None) -> str | None:
+    return None if ts is None else dt.datetime.fromtimestamp(ts, tz=dt.UTC).isoformat()
+
+
+def run_dict(r: RunStatus) -> dict[str, Any]:
+    """A run as ``--json`` prints it: decoded input and output (``codec.readable``)."""
+    return {"id": r.id, "workflow": r.workflow, "status": r.status.value, "input": codec.readable(r.input),
+            "output": codec.readable(r.output), "error": _error_dict(r.error), "created_at": iso(r.created_at),
+            "updated_at": iso(r.updated_at), "wake_at": iso(r.wake_at), "waiting_on": r.waiting_on,
+            "cancel_requested": r.cancel_requested, "compensations": {k: v.value for k, v in r.compensations.items()},
+            "rollback": r.rollback, "unserved": r.unserved, "parent": r.parent, "parent_step": r.parent_step,
+            "forked_from": r.forked_from}
+
+
+def _error_dict(error: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A stored error without its traceback (``show`` has the run's full record in ``export``)."""
+    return None if error is None else {k: v for k, v in error.items() if k != "traceback"}
+
+
 # --- commands --------------------------------------------------------------------------
 
 
@@ -196,10 +231,21 @@ def cli(ctx: click.Context, app_spec: str | None, database_url: str | None) -> N
 @click.option("--lease", type=click.FloatRange(0, MAX_SECONDS, min_open=True), metavar="SECONDS",
               help="Lease on claimed runs; another worker takes a run over after this long "
                    "without heartbeats.  [default: the app's lease_seconds]")
-def worker(app_spec: str, concurrency: int, lease: float | None) -> None:
-    """Run a worker for APP (module:attribute) until SIGINT/SIGTERM."""
+@click.option("--metrics-port", type=click.IntRange(0, 65535), metavar="PORT",
+              help="Serve Prometheus metrics on http://HOST:PORT/metrics (0: any free port, printed).")
+@click.option("--metrics-host", default="0.0.0.0", show_default=True, metavar="HOST",
+              help="Interface the metrics endpoint listens on.")
+@click.option("--log-format", type=click.Choice(FORMATS), default="text", show_default=True,
+              help="json: one JSON object a line, with run_id, workflow, step, chain, tx_hash fields.")
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
+              default="info", show_default=True, help="debug adds a line per step.")
+def worker(app_spec: str, concurrency: int, lease: float | None, metrics_port: int | None, metrics_host: str,
+           log_format: str, log_level: str) -> None:
+    """Run a worker for APP (module:attribute) until SIGINT/SIGTERM, which hands the runs
+    in flight back at once (another worker resumes them from their journal)."""
     if lease is not None and lease != lease:  # FloatRange lets NaN through (it compares false)
         raise click.BadParameter(f"{lease!r} is not a number of seconds", param_hint="'--lease'")
+    configure_logs(log_format, log_level)
     app = load_app(app_spec)
     app.ensure_schema()  # fail on a bad database before announcing anything
     names = app.registry.names()
@@ -207,8 +253,18 @@ def worker(app_spec: str, concurrency: int, lease: float | None) -> None:
         click.echo(f"warning: {app_spec} registers no workflows; this worker will execute nothing", err=True)
     click.echo(f"chainflow worker: {app.engine.url.render_as_string(hide_password=True)}, "
                f"concurrency {concurrency}, workflows: {', '.join(sorted(names)) or '-'}", err=True)
+    server = None
+    if metrics_port is not None:
+        from .storage.gauges import serve
+
+        server, _ = serve(app.database, metrics_port, metrics_host)
+        click.echo(f"chainflow worker: metrics on http://{metrics_host}:{server.server_port}/metrics", err=True)
     options: dict[str, Any] = {} if lease is None else {"lease": lease}
-    app.run_worker(concurrency=concurrency, **options)
+    try:
+        app.run_worker(concurrency=concurrency, **options)
+    finally:
+        if server is not None:
+            server.shutdown()
 
 
 @cli.command()
@@ -234,21 +290,44 @@ def start(ctx: click.Context, workflow: str, input_json: str, idempotency_key: s
               help="Only runs in this status.")
 @click.option("--workflow", help="Only runs of this workflow.")
 @click.option("--limit", default=50, show_default=True, type=click.IntRange(1), help="At most this many, newest first.")
+@json_option
 @click.pass_context
-def runs(ctx: click.Context, status: str | None, workflow: str | None, limit: int) -> None:
+def runs(ctx: click.Context, status: str | None, workflow: str | None, limit: int, as_json: bool) -> None:
     """List runs, newest first."""
     found = _target(ctx).app().runs(status=status, workflow=workflow, limit=limit)
-    console.print(runs_table(found))
+    if as_json:
+        print_json([run_dict(r) for r in found])
+    else:
+        console.print(runs_table(found))
 
 
 @cli.command()
 @click.argument("run_id", metavar="RUN")
+@json_option
 @click.pass_context
-def show(ctx: click.Context, run_id: str) -> None:
-    """RUN's timeline: steps in order, retries, durations, outputs or errors, compensations."""
+def show(ctx: click.Context, run_id: str, as_json: bool) -> None:
+    """RUN's timeline: steps in order, attempts, durations, outputs or errors,
+    compensations, and its on-chain submissions with their confirmations."""
+    from .chain.runview import of_run
+
     app = _target(ctx).app()
     st = app.status(run_id)  # first: an unknown id fails here with RunNotFoundError
-    console.print(timeline(st, app.journal(run_id), app.attempts(run_id), app.children(run_id)))
+    journal, attempts, subs = app.journal(run_id), app.attempts(run_id), app.read(of_run, run_id)
+    if not as_json:
+        console.print(timeline(st, journal, attempts, subs, app.children(run_id)))
+        return
+    print_json({
+        "run": run_dict(st),
+        "journal": [{"branch": e.branch, "position": e.position, "step": e.key, "kind": e.kind,
+                     "status": e.status.value, "output": codec.readable(e.output), "error": _error_dict(e.error),
+                     "attempts": e.attempts, "started_at": iso(e.started_at), "finished_at": iso(e.finished_at),
+                     "invalidated": e.invalidated, "reason": e.reason} for e in journal],
+        "failed_attempts": [{"branch": a.branch, "step": a.key, "attempt": a.attempt, "error": _error_dict(a.error),
+                             "started_at": iso(a.started_at), "finished_at": iso(a.finished_at),
+                             "next_at": iso(a.next_at)} for a in attempts],
+        "submissions": [dataclasses.asdict(v) for v in subs],
+        "children": [run_dict(c) for c in app.children(run_id)],
+    })
 
 
 @cli.command()
@@ -323,13 +402,31 @@ def _chain_health(app: Chainflow, report: Callable[[Database, dict[str, ChainAda
         fail(str(exc))
 
 
+def _chain_view(ctx: click.Context, command: str) -> Chainflow:
+    """The app for a chain-health command; without configured chains only the database
+    can answer, which the operator is told (on stderr: stdout stays parseable)."""
+    app = _target(ctx).app()
+    if not app.chains:
+        click.echo(f"note: showing the database's view only; the chain's own numbers need --app MODULE:ATTR "
+                   f"(or CHAINFLOW_APP) naming an app that configures its chains, e.g. "
+                   f"chainflow --app myproject.flows:app {command}", err=True)
+    return app
+
+
 @cli.command()
+@json_option
 @click.pass_context
-def nonces(ctx: click.Context) -> None:
+def nonces(ctx: click.Context, as_json: bool) -> None:
     """Nonce health per (chain, sender): next nonce, the chain's counts, in flight, gaps."""
     from .chain.nonces import report, snapshot
 
-    rows = _chain_health(_target(ctx).app(), report, snapshot)
+    rows = _chain_health(_chain_view(ctx, "nonces"), report, snapshot)
+    if as_json:
+        print_json([{**dataclasses.asdict(r), "gap_fills": [[n, s.value] for n, s in r.gap_fills]} for r in rows])
+        return
+    if not rows:
+        console.print(Text("no nonce allocated yet (no submission on an account chain)", style="dim"))
+        return
     table = Table("chain", "sender", "next", "chain latest", "chain pending", "in flight", "gaps", "gap fills")
     for r in rows:
         table.add_row(Text(r.chain), Text(r.sender), str(r.next_nonce), _opt(r.chain_latest), _opt(r.chain_pending),
@@ -339,13 +436,17 @@ def nonces(ctx: click.Context) -> None:
 
 
 @cli.command()
+@json_option
 @click.pass_context
-def coins(ctx: click.Context) -> None:
+def coins(ctx: click.Context, as_json: bool) -> None:
     """Coin health per UTXO chain: reserved coins and their owner intents, the wallet's
     coins on chain, and what new payouts can spend."""
     from .chain.coins import report, snapshot
 
-    rows = _chain_health(_target(ctx).app(), report, snapshot)
+    rows = _chain_health(_chain_view(ctx, "coins"), report, snapshot)
+    if as_json:
+        print_json([dataclasses.asdict(c) for c in rows])
+        return
     summary = Table("chain", "wallet", "coins on chain", "value on chain", "reserved", "reserved value", "spendable")
     held = Table("chain", "outpoint", "value", "owner key", "owner state", "run")
     for c in rows:
@@ -356,6 +457,94 @@ def coins(ctx: click.Context) -> None:
                          Text(r.owner_key + (" (batch)" if r.batch else "")), Text(r.owner_state), Text(r.run_id or "-"))
     console.print(summary)
     console.print(held if any(c.reserved for c in rows) else Text("no coin is reserved", style="dim"))
+
+
+@cli.command()
+@click.option("--chain", metavar="NAME", help="Only this chain's reorgs.")
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1), help="At most this many, newest first.")
+@json_option
+@click.pass_context
+def reorgs(ctx: click.Context, chain: str | None, limit: int, as_json: bool) -> None:
+    """Reorganisations the trackers detected, newest first: depth, fork point, and the
+    transactions they knocked out of the chain."""
+    found = _target(ctx).app().reorgs(chain, limit)
+    if as_json:
+        print_json([{**dataclasses.asdict(r), "detected_at": iso(r.detected_at)} for r in found])
+        return
+    if not found:
+        console.print(Text("no reorg recorded", style="dim"))
+        return
+    table = Table("id", "chain", "depth", "fork at", "detected (UTC)", "transactions knocked out",
+                  title=f"{len(found)} reorg(s), newest first", title_justify="left")
+    for r in found:
+        table.add_row(str(r.id), Text(r.chain), str(r.depth), str(r.fork_number), when(r.detected_at),
+                      Text("\n".join(h for h in r.affected_txs if h) or "-"))
+    console.print(table)
+
+
+@cli.command()
+@json_option
+@click.pass_context
+def heads(ctx: click.Context, as_json: bool) -> None:
+    """Per chain, the head the trackers follow (height, block time, age) and, with an
+    --app that configures the chain, the node's head and the lag in blocks."""
+    from .storage.gauges import followed_heads
+
+    app = _chain_view(ctx, "heads")
+    followed = {chain: (number, stamp) for chain, number, stamp in app.read(followed_heads)}
+    node: dict[str, int | str] = {}
+    if app.chains:
+        node = asyncio.run(_node_heads(app))
+    now = time.time()
+    rows = []
+    for chain in sorted(set(followed) | set(node)):
+        number, stamp = followed.get(chain, (None, None))
+        at_node = node.get(chain)
+        rows.append(HeadRow(chain, number, stamp, None if stamp is None else round(max(0.0, now - stamp), 3),
+                            at_node if isinstance(at_node, int) else None,
+                            at_node if isinstance(at_node, str) else None))
+    if as_json:
+        print_json([{**dataclasses.asdict(r), "block_time": iso(r.block_time), "lag_blocks": r.lag_blocks}
+                    for r in rows])
+        return
+    if not rows:
+        console.print(Text("no head followed yet: a worker with chains configured follows them", style="dim"))
+        return
+    table = Table("chain", "followed head", "block time (UTC)", "age", "node head", "lag (blocks)")
+    for r in rows:
+        lag = r.lag_blocks
+        table.add_row(Text(r.chain), _opt(r.followed), when(r.block_time),
+                      "" if r.age_seconds is None else duration(0, r.age_seconds),
+                      Text(_opt(r.node)) if r.node_error is None else Text(r.node_error, style="red"),
+                      Text(_opt(lag), style="yellow" if lag is not None and lag > 3 else ""))
+    console.print(table)
+
+
+@dataclass(frozen=True)
+class HeadRow:
+    chain: str
+    followed: int | None  # highest block the trackers stored
+    block_time: float | None  # its timestamp
+    age_seconds: float | None
+    node: int | None = None  # the node's head, when --app configures the chain
+    node_error: str | None = None  # why the node did not answer
+
+    @property
+    def lag_blocks(self) -> int | None:
+        return None if self.node is None or self.followed is None else self.node - self.followed
+
+
+async def _node_heads(app: Chainflow) -> dict[str, int | str]:
+    """Each configured chain's head number, or the error that kept it from answering."""
+    out: dict[str, int | str] = {}
+    for name, adapter in app.chains.items():
+        try:
+            out[name] = (await adapter.head()).number
+        except Exception as exc:  # noqa: BLE001 - a node down is a row, not the command's failure
+            out[name] = f"{type(exc).__name__}: {exc}"
+        finally:
+            await adapter.aclose()
+    return out
 
 
 @cli.command()
@@ -679,9 +868,9 @@ def sweep_table(found: SweepReport) -> RenderableType:
 
 
 def timeline(st: RunStatus, journal: Sequence[JournalEntry], attempts: Sequence[AttemptRecord],
-             children: Sequence[RunStatus] = ()) -> RenderableType:
-    """Header, one row per journal entry (with its failed attempts beneath it), the child
-    runs it started, summary."""
+             subs: Sequence[SubmissionView] = (), children: Sequence[RunStatus] = ()) -> RenderableType:
+    """Header, one row per journal entry (with its failed attempts beneath it), the
+    run's submissions, the child runs it started, summary."""
     header = Text.assemble(("run ", "bold"), (st.id, "bold"), "  workflow ", Text(st.workflow, style="bold"),
                            "  ", status_text(st.status))
     header.append(f"\ncreated {when(st.created_at)}  updated {when(st.updated_at)} (UTC)", style="dim")
@@ -718,12 +907,34 @@ def timeline(st: RunStatus, journal: Sequence[JournalEntry], attempts: Sequence[
             table.add_row(*_attempt_cells(a), style="dim")
 
     parts: list[RenderableType] = [header, table]
+    if subs:
+        parts.append(submissions_table(subs))
     if children:
         kids = Table("step", "child run", "workflow", "status", title="child runs (ctx.child)", title_justify="left")
         for c in children:
             kids.add_row(Text(c.parent_step or ""), Text(c.id, no_wrap=True), Text(c.workflow), status_text(c.status))
         parts.append(kids)
     return Group(*parts, _summary(st))
+
+
+def submissions_table(subs: Sequence[SubmissionView]) -> RenderableType:
+    """One row per on-chain intent: its versions' hashes (the mined one marked), its
+    nonce or coins, and how far it is from final."""
+    table = Table("step", "chain", "state", "nonce / coins", "confirmations", "tx hash(es)",
+                  title="submissions (confirmations as of the head the trackers follow)", title_justify="left")
+    for v in subs:
+        hashes = Text()
+        for i, h in enumerate(v.tx_hashes):
+            hashes.append(("\n" if i else "") + h, style="bold" if h == v.mined_tx else "dim")
+        where = str(v.nonce) if v.nonce is not None else ", ".join(v.coins) or "-"
+        state = status_text(v.state)
+        if v.stuck_since is not None and v.state not in (SubmissionState.FINAL, SubmissionState.FAILED):
+            state.append(" (stuck: fee budget spent)", style="yellow")
+        if v.error:
+            state.append(f" {_clip(v.error, _OUTPUT_LIMIT)}", style="red")
+        seen = f"{v.confirmations} of {v.required}" if v.block_number is not None else f"0 of {v.required}"
+        table.add_row(Text(v.step or "-"), Text(v.chain), state, Text(where), seen, hashes)
+    return table
 
 
 def _attempt_cells(a: AttemptRecord) -> list[RenderableType]:
@@ -794,13 +1005,9 @@ def error_text(error: dict[str, Any] | None, limit: int = _OUTPUT_LIMIT) -> Text
 
 
 def short(value: Any, limit: int = _OUTPUT_LIMIT) -> str:
-    if isinstance(value, str):
-        text = value
-    else:
-        try:
-            text = codec.dumps(value)
-        except ChainflowError:  # a value the codec cannot encode still deserves a look
-            text = repr(value)
+    """A decoded value on one line: plain JSON (``codec.readable``), not the stored
+    tagged form, so a wei amount reads as its digits and bytes as 0x-hex."""
+    text = value if isinstance(value, str) else json.dumps(codec.readable(value), separators=(",", ":"))
     return _clip(" ".join(text.split()), limit)
 
 
@@ -830,5 +1037,28 @@ def _ranges(values: list[int]) -> str:
     return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in spans)
 
 
+PLUGIN_GROUP = "chainflow.commands"
+
+
+def load_plugins() -> None:
+    """Attach the subcommands installed packages declare under the ``chainflow.commands``
+    entry point (``devnet`` comes from this project's own devnet package).  A plugin
+    that fails to import costs its command and one line on stderr, never the CLI."""
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group=PLUGIN_GROUP):
+        if ep.name in cli.commands:
+            continue
+        try:
+            command = ep.load()
+        except Exception as exc:  # noqa: BLE001 - any import failure of someone else's code
+            click.echo(f"warning: `chainflow {ep.name}` unavailable ({ep.value}): {type(exc).__name__}: {exc}",
+                       err=True)
+            continue
+        if isinstance(command, click.Command):
+            cli.add_command(command, ep.name)
+
+
 def main() -> None:
+    load_plugins()
     cli(prog_name="chainflow")

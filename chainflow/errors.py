@@ -199,3 +199,17 @@ def error_parts(text: str | None) -> tuple[str, str]:
     """(type, message) of a stored error."""
     data = json.loads(text) if text else {}
     return data.get("type", "Error"), data.get("message", "")
+
+
+def summary(error: BaseException | str | None) -> str | None:
+    """``Type: message`` on one line (an exception, or a stored error's JSON): what a
+    log line and a lifecycle hook carry, never the traceback."""
+    if error is None or error == "":
+        return None
+    if isinstance(error, BaseException):
+        kind, message = type(error).__name__, str(error)
+    else:
+        kind, message = error_parts(error)
+        kind = kind.rpartition(".")[2]
+    message = " ".join(message.split())
+    return f"{kind}: {message}" if message else kind

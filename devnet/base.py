@@ -158,3 +158,14 @@ class RpcControls(Lifecycle):
         """`txpool_content`: {"pending": {addr: {nonce: tx}}, "queued": {...}}."""
         result = self.rpc("txpool_content")
         return dict(result) if result else {"pending": {}, "queued": {}}
+
+
+class AttachedEVM(RpcControls):
+    """Controls of an EVM devnet another process runs (``chainflow devnet``'s anvil or
+    in-process EVM), reached at ``rpc_url``: mine, reorg, set balances, the dev accounts."""
+
+    def __init__(self, rpc_url: str, *, chain_id: int, accounts: int, mnemonic: str, derivation_path: str) -> None:
+        self._configure(chain_id=chain_id, block_time=None, base_fee=None, gas_limit=None, accounts=accounts,
+                        mnemonic=mnemonic, derivation_path=derivation_path, balance_eth=0)
+        self.rpc_url = rpc_url
+        self._client = JsonRpcClient(rpc_url, timeout=10.0)

@@ -260,11 +260,27 @@ class RegtestNode(Lifecycle):
         with open(self._console_log, "wb") as log:
             self._proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
         self._finalizer = weakref.finalize(self, _cleanup, self._proc, datadir if temporary else None)
+        self._connect()
+        self._wait_ready()
+
+    def _connect(self) -> None:
         self._client = JsonRpcClient(self.rpc_url, timeout=60.0, exact_numbers=True)
         self._wallet_client = JsonRpcClient(
             f"{self.rpc_url}/wallet/{urllib.parse.quote(self.wallet, safe='')}", timeout=60.0, exact_numbers=True
         )
-        self._wait_ready()
+
+    @classmethod
+    def attach(cls, rpc_url: str, *, wallet: str = "chainflow", binary: NodeBinary | None = None) -> RegtestNode:
+        """Control a running node another process owns (``chainflow devnet``'s): RPC,
+        mining, funding and reorgs work as on a node started here; ``stop()`` only
+        forgets it, the node keeps running."""
+        parts = urllib.parse.urlsplit(rpc_url)
+        if parts.username is None or parts.password is None or parts.port is None:
+            raise ValueError("rpc_url must look like http://user:password@127.0.0.1:PORT")
+        node = cls(wallet=wallet, binary=binary)
+        node._user, node._password, node.port = parts.username, parts.password, parts.port
+        node._connect()
+        return node
 
     @property
     def _console_log(self) -> Path:

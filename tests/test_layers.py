@@ -13,7 +13,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent / "chainflow"
 # rank of each layer; a module may import ranks <= its own
 LAYERS = {"base": 0, "storage": 1, "chain": 2, "runtime": 3, "replay": 4, "client": 5, "entry": 6}
-ENTRY = {"chainflow", "chainflow.cli", "chainflow.testing", "chainflow.ui"}
+ENTRY = {"chainflow", "chainflow.cli", "chainflow.__main__", "chainflow.testing", "chainflow.ui"}
 
 
 def module_name(path: Path) -> str:

@@ -34,7 +34,7 @@ def test_unknown_counter_is_named_in_the_error() -> None:
 
 def test_wrong_labels_are_refused() -> None:
     with pytest.raises(ValueError):
-        metrics.inc("chainflow_steps_total", chain="x")
+        metrics.inc("chainflow_step_attempts_total", chain="x")
 
 
 def test_the_registry_is_chainflows_own() -> None:
@@ -42,7 +42,7 @@ def test_the_registry_is_chainflows_own() -> None:
     from prometheus_client import REGISTRY as default
 
     assert metrics.REGISTRY is not default
-    assert default.get_sample_value("chainflow_steps_total", {"outcome": "ok"}) is None
+    assert default.get_sample_value("chainflow_reorgs_total", {"chain": "t"}) is None
 
 
 def test_a_run_counts_its_steps_and_its_end(tmp_path: object) -> None:
@@ -54,13 +54,13 @@ def test_a_run_counts_its_steps_and_its_end(tmp_path: object) -> None:
             await ctx.step(f"s{i}", lambda i=i: i)
         return 3
 
-    steps, done = value("chainflow_steps_total", outcome="ok"), value("chainflow_runs_finished_total",
-                                                                         status="completed")
     outcome = asyncio.run(WorkflowTester(app).run("three", None))
     app.engine.dispose()
     assert outcome.status == "completed"
-    assert value("chainflow_steps_total", outcome="ok") == steps + 3
-    assert value("chainflow_runs_finished_total", status="completed") == done + 1
+    assert value("chainflow_step_attempts_total", workflow="three", outcome="ok") == 3
+    assert value("chainflow_runs_started_total", workflow="three") == 1
+    assert value("chainflow_runs_finished_total", workflow="three", status="completed") == 1
+    assert value("chainflow_run_duration_seconds_count", workflow="three", status="completed") == 1
 
 
 def test_exposition_is_prometheus_text_and_leaves_out_empty_families() -> None:

@@ -656,12 +656,12 @@ def record_reorg(conn: sa.Connection, chain: str, fork: int, new_hashes: list[st
             info = {"reorg": int(event_id), "chain": chain, "depth": len(orphaned), "fork_number": fork,
                     "tx_hash": sub.tx_hash, "finality_broken": sub.state == SubmissionState.FINAL}
             store.insert_signal(conn, sub.run_id, REORG_SIGNAL, codec.dumps(info), now)
+        if sub.state == SubmissionState.FINAL:
+            metrics.inc("chainflow_finality_violations_total", chain=chain)
         if sub.state == SubmissionState.FINAL and sub.run_id:
             reason = f"reorg #{event_id} on {chain}: block {sub.block_number} ({sub.block_hash}) orphaned"
             if store.request_rollback(conn, sub.run_id, sub.step, reason, now):
                 metrics.inc("chainflow_rollbacks_total", chain=chain)
-    metrics.inc("chainflow_reorgs_total", chain=chain)
-    metrics.inc("chainflow_reorg_depth_blocks_total", len(orphaned), chain=chain)
     return len(orphaned)
 
 

@@ -25,6 +25,7 @@ import sqlalchemy as sa
 
 from .. import metrics
 from ..clock import Clock
+from ..events import Events
 from ..lease import valid_for
 from ..lograte import FailureLog
 from ..storage import codec
@@ -60,8 +61,9 @@ class HeadStats:
 
 class Tracker:
     def __init__(self, db: Database, clock: Clock, adapter: ChainAdapter, owner: str,
-                 config: TrackerConfig | None = None) -> None:
+                 config: TrackerConfig | None = None, events: Events | None = None) -> None:
         self.db, self.clock = db, clock
+        self.events = events or Events()
         self.adapter = adapter
         self.chain = adapter.name
         self.domain = domain_for(adapter, db, clock)
@@ -71,6 +73,10 @@ class Tracker:
         self._tip: Header | None = None  # cached newest canonical header while we lead
         self._failures = FailureLog(log, f"tracker for {self.chain}")
         self._lead_until = -math.inf  # time.monotonic() until which our leadership is proven
+        # the node's highest head seen, and when (engine clock) it last rose: the stall alert
+        self._highest = -1
+        self._rose_at = clock.time()
+        self._stalled = False
         policy = self.config.batching.get(self.chain)
         self.batcher = None if policy is None else Batcher(db, clock, adapter, policy, self._as_leader, self._rpc)
 
@@ -88,6 +94,7 @@ class Tracker:
                 self._failures.failed(exc, "failed an iteration; retrying")
             else:
                 self._failures.recovered()
+            self._watch_stall()
             try:
                 await asyncio.wait_for(stop.wait(), self.config.poll_interval)
             except TimeoutError:
@@ -127,6 +134,7 @@ class Tracker:
         that depend only on the new blocks and on our own matches in them."""
         self._stats = stats = HeadStats()
         head = await self._rpc(self.adapter.head())
+        self._saw(head.number)
         tip = self._tip or await self.db.aread(chainstore.header_tip, self.chain)
         if tip is None:
             tip = await self._base(max(0, head.number - self.config.start_depth), head.number)
@@ -155,6 +163,7 @@ class Tracker:
         await self.db.atx(chainstore.commit_head, self.chain, new, receipts, ready, head.number,
                           keep_from(head.number, self.config.window, view.included), self.clock.time())
         self._tip = new[-1] if new else tip
+        metrics.set_gauge("chainflow_chain_head_lag_blocks", head.number - self._tip.number, chain=self.chain)
         stats.new_blocks, stats.matched, stats.settled = len(new), len(receipts), len(ready)
         try:
             if view.stuck:
@@ -241,7 +250,8 @@ class Tracker:
                 new_hashes.append(h.hash)
         depth = await self.db.atx(chainstore.record_reorg, self.chain, fork, new_hashes, now)
         self._stats.reorg_depth = depth
-        log.warning("reorg on %s: %d block(s) orphaned above %d", self.chain, depth, fork)
+        if depth:
+            self.events.emit("reorg_detected", chain=self.chain, depth=depth, status=f"fork at block {fork}")
 
     async def _unstick(self, stuck: list[Any], head: int) -> None:
         """Re-broadcast what the node lost; bump fees on what it will not mine."""
@@ -320,9 +330,31 @@ class Tracker:
 
     async def _stuck(self, sub: Any, reason: str) -> None:
         if await self.db.atx(chainstore.mark_stuck, sub.id, self.clock.time()):
-            metrics.inc("chainflow_submissions_stuck_total", chain=self.chain)
-            log.warning("submission %s on %s is stuck unmined: %s; it keeps being re-broadcast as it is",
-                        sub.id, self.chain, reason)
+            hashes = await self.db.aread(chainstore.candidate_hashes, sub.id)
+            self.events.emit("submission_stuck", run_id=sub.run_id, step=sub.step, chain=self.chain,
+                             tx_hash=hashes[-1] if hashes else None,
+                             error=f"{reason}; it keeps being re-broadcast as it is")
+
+    def _saw(self, number: int) -> None:
+        metrics.set_gauge("chainflow_chain_head_height", number, chain=self.chain)
+        if number > self._highest:
+            self._highest, self._rose_at = number, self.clock.time()
+            if self._stalled:
+                self._stalled = False
+                self.events.emit("chain_resumed", chain=self.chain, status=f"head {number}")
+
+    def _watch_stall(self) -> None:
+        """Alert once when the node's head has not risen (or could not be read) for
+        ``TrackerConfig.stall_after`` seconds, and once when it rises again: a stalled
+        node or chain holds every confirmation wait, silently."""
+        limit = self.config.stall_after
+        if limit is None or self._stalled:
+            return
+        quiet = self.clock.time() - self._rose_at
+        if quiet >= limit:
+            self._stalled = True
+            self.events.emit("chain_stalled", chain=self.chain, duration=quiet,
+                             status=f"head {self._highest}" if self._highest >= 0 else "head never read")
 
 
 def keep_from(head: int, window: int, included: list[tuple[int, str, int]]) -> int:

@@ -39,6 +39,9 @@ class TrackerConfig:
     bump_factor: float = 1.125  # the common node replacement rule (12.5%)
     max_bumps: int = 5  # cap on replacements per submission
     stuck_batch: int = 32  # stuck submissions handled per head, bounding RPC
+    # seconds without the node's head rising (or readable) before the ``chain_stalled``
+    # alert; None: never.  Mind the chain: Bitcoin blocks can be an hour apart
+    stall_after: float | None = 900.0
     # chain name -> how its payouts are batched; chains not named are not batched
     batching: dict[str, Batching] = field(default_factory=dict)
 
@@ -46,6 +49,8 @@ class TrackerConfig:
         """Refuse what would spin (a zero or NaN poll interval) or never act (a negative
         count), naming the field: a config file's typo surfaces at startup."""
         to_seconds(self.poll_interval, "TrackerConfig.poll_interval", positive=True)
+        if self.stall_after is not None:
+            to_seconds(self.stall_after, "TrackerConfig.stall_after", positive=True)
         for f in fields(self):
             value = getattr(self, f.name)
             if f.type == "int":

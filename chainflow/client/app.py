@@ -33,6 +33,7 @@ from ..errors import (
     RunNotFoundError,
     ScheduleNotFoundError,
 )
+from ..events import Events, Hook
 from ..retry import DEFAULT_RETRY, Retry
 from ..runtime import schedules as scheduling
 from ..runtime.registry import Registry, WorkflowDef, WorkflowFn, infer_input_type
@@ -190,6 +191,8 @@ class Chainflow:
             from ..chain.submission import Submitter
 
             self.submitter = Submitter(self.database, self.chains, self.clock, self.tracker_config)
+        # lifecycle events: metrics, log lines and this app's hooks (``on``)
+        self.events = Events()
         self._workers: weakref.WeakSet[Worker] = weakref.WeakSet()
         self._waiters: dict[str, set[asyncio.Future[Any]]] = {}
         # bounded: lets await_run skip waiting for runs that finished before it was called
@@ -271,6 +274,14 @@ class Chainflow:
 
     # --- schema and plumbing ---------------------------------------------------
 
+    def on(self, event: str) -> Callable[[Hook], Hook]:
+        """Decorator: call ``fn(event)`` on each lifecycle event of that kind, for
+        alerting: ``run_finished`` (or ``run_completed``, ``run_failed``,
+        ``run_cancelled``, ``run_dead_lettered``), ``step_failed``, ``reorg_detected``,
+        ``submission_stuck``, ``chain_stalled``... (``chainflow.events.LEVELS``).  Hooks
+        run in the worker (or client call) that made the change; see ``chainflow.events``."""
+        return self.events.on(event)
+
     def ensure_schema(self) -> None:
         self.database.ensure_schema()
 
@@ -329,6 +340,8 @@ class Chainflow:
             local.adopt(self._claim_of(handle.id, fields) if handle.created else None, sent)
         else:
             self._notify()
+        if handle.created:
+            self._started(handle)
         return handle
 
     async def astart(self, workflow: str, input: Any = None, *, idempotency_key: str | None = None) -> RunHandle:
@@ -348,9 +361,13 @@ class Chainflow:
                 raise
             local.adopt(self._claim_of(row["id"], fields) if created else None, sent)
             if created:
-                return RunHandle(row["id"], workflow, True)
+                return self._started(RunHandle(row["id"], workflow, True))
             # the idempotency key is taken: the ordinary start answers (existing run or conflict)
         return await offload(functools.partial(self.start, workflow, input, idempotency_key=idempotency_key))
+
+    def _started(self, handle: RunHandle) -> RunHandle:
+        self.events.emit("run_started", run_id=handle.id, workflow=handle.workflow)
+        return handle
 
     def _new_run(self, workflow: str, input: Any, idempotency_key: str | None) -> dict[str, Any]:
         """Validate and encode a start request: the fields of ``store.run_row``."""
@@ -645,7 +662,7 @@ class Chainflow:
         fork_id, name = timetravel.fork_one(self, run_id, _fork_point(from_step, from_failed, after), overrides,
                                             workflow)
         self._notify()
-        return RunHandle(fork_id, name, True)
+        return self._started(RunHandle(fork_id, name, True))
 
     def fork_many(self, *, workflow_name: str | None = None, status: RunState | str | None = None,
                   since: float | dt.datetime | dt.timedelta | None = None, from_step: str | None = None,

@@ -30,6 +30,7 @@ from ..errors import (
     WorkflowTimeout,
     describe_error,
 )
+from ..events import Events
 from ..lease import Lease
 from ..retry import Retry
 from ..states import EntryState, RunState
@@ -89,6 +90,7 @@ class ExecutionHost(Protocol):
     def notify(self) -> None: ...
 
     async def db(self, fn: Callable[..., T], *args: Any) -> T: ...
+    events: Events
 
 
 class Execution:
@@ -135,7 +137,7 @@ class Execution:
         ctx = self.ctx = Scope(
             run_id=claim.run_id, workflow=claim.workflow, fence=claim.fence, entries=entries, tries=tries,
             committer=w.committer, clock=w.clock, step_pool=w.step_pool, default_retry=w.default_retry,
-            submitter=w.submitter, lease=self.lease, step_overrides=steps, registry=w.registry,
+            submitter=w.submitter, lease=self.lease, events=w.events, step_overrides=steps, registry=w.registry,
             notify=w.notify,
         )
         if swap_failed is not None:
@@ -291,6 +293,10 @@ class Execution:
         failures = await self._compensations(ctx)
         if isinstance(failures, Outcome):
             return failures
+        if ctx.compensations:
+            self.worker.events.emit("run_compensated", run_id=self.claim.run_id, workflow=self.wf.name,
+                                    status=status, error=f"{len(failures)} compensation(s) failed" if failures
+                                    else None)
         info = json.loads(describe_error(error))
         if failures:
             info["compensation_failures"] = failures

@@ -30,8 +30,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import sqlalchemy as sa
 
-from .. import metrics
 from ..clock import Clock, seconds, to_datetime, to_seconds
+from ..events import Events
 from ..errors import (
     LeaseLostError,
     NonDeterminismError,
@@ -42,6 +42,7 @@ from ..errors import (
     WaitTimeout,
     describe_error,
     error_parts,
+    summary,
 )
 from ..lease import Lease
 from ..retry import DEFAULT_RETRY, Retry
@@ -229,6 +230,7 @@ class Scope:
         clock: Clock,
         step_pool: ThreadPool,
         lease: Lease,
+        events: Events,
         default_retry: Retry = DEFAULT_RETRY,
         submitter: Submitter | None = None,
         step_overrides: dict[str, Callable[..., Any]] | None = None,
@@ -237,6 +239,7 @@ class Scope:
     ) -> None:
         self.run_id = run_id
         self.lease = lease
+        self.events = events
         self.workflow = workflow
         self.fence = fence
         self._by_pos = {(e.branch, e.position): e for e in entries if e.position >= 0}
@@ -629,11 +632,15 @@ class Scope:
                     raise StepError(label, f"{type(exc).__module__}.{type(exc).__qualname__}", str(exc),
                                     attempt) from exc
                 await self.record_attempt(slot, tries, exc, started, finished, finished + policy.delay(attempt))
+                self.events.emit("step_retried", run_id=self.run_id, workflow=self.workflow, step=label,
+                                 attempt=attempt, duration=finished - started, error=summary(exc))
                 continue
             finally:
                 self.busy(-1)
-            await self._commit(self.entry_op(slot, kind, _OK, text, None, attempt, started, self.clock.time()))
-            metrics.inc("chainflow_steps_total", outcome="ok")
+            finished = self.clock.time()
+            await self._commit(self.entry_op(slot, kind, _OK, text, None, attempt, started, finished))
+            self.events.emit("step_completed", run_id=self.run_id, workflow=self.workflow, step=label,
+                             attempt=attempt, duration=finished - started)
             self._journaled += 1
             if self._journaled % _YIELD_EVERY == 0:
                 # async steps that return at once, committed inline, never suspend: without
@@ -662,9 +669,12 @@ class Scope:
         tries.append(store.AttemptRow(attempt, error, next_at))
 
     async def _fail(self, slot: store.Slot, kind: str, exc: BaseException, attempt: int, started: float) -> None:
-        await self._commit(
-            self.entry_op(slot, kind, EntryState.ERROR, None, describe_error(exc), attempt, started, self.clock.time())
-        )
+        finished = self.clock.time()
+        await self._commit(self.entry_op(slot, kind, EntryState.ERROR, None, describe_error(exc), attempt, started,
+                                         finished))
+        self.events.emit("step_failed", run_id=self.run_id, workflow=self.workflow,
+                         step=slot.key if not slot.branch else f"{slot.branch}/{slot.key}", attempt=attempt,
+                         duration=finished - started, error=summary(exc))
 
     async def _invoke(self, label: str, fn: Callable[..., Any], args: tuple[Any, ...],
                       kwargs: dict[str, Any], limit: float | None) -> Any:
@@ -758,3 +768,4 @@ class Scope:
             _BRANCH.reset(branch)
             _ORIGIN.reset(origin)
         await self._commit(self.entry_op(slot, "compensation", _OK, text, None, 1, started, self.clock.time()))
+

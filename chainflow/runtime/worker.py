@@ -23,12 +23,12 @@ from typing import Any, Protocol, TypeVar
 
 import sqlalchemy as sa
 
-from .. import metrics
 from ..chain.adapter import ChainAdapter
 from ..chain.submission import Submitter
 from ..chain.tracker_config import TrackerConfig
 from ..clock import Clock, to_seconds
-from ..errors import RunDeadLettered, describe_error
+from ..errors import RunDeadLettered, describe_error, summary
+from ..events import Events
 from ..lease import Lease
 from ..lograte import FailureLog
 from ..retry import Retry
@@ -38,7 +38,7 @@ from ..storage.connector import is_local
 from ..storage.database import Database
 from ..threads import ThreadPool, offload
 from .committer import Committer
-from .executor import Execution, Outcome
+from .executor import Execution, Outcome, Unfinished
 from .registry import Registry
 from .schedules import Schedule, Scheduler
 from .scope import StopReason
@@ -63,6 +63,7 @@ class WorkerHost(Protocol):
     tracker_config: TrackerConfig
     submitter: Submitter | None
     schedules: dict[str, Schedule]
+    events: Events
 
     def attach(self, worker: Worker) -> None: ...
 
@@ -96,6 +97,7 @@ class Worker:
         self.default_retry = app.default_retry
         self.submitter = app.submitter
         self.registry = app.registry
+        self.events = app.events
         self.concurrency = concurrency
         self.lease = to_seconds(app.lease_seconds if lease is None else lease, "Worker lease", positive=True)
         self.poll_interval = to_seconds(poll_interval, "Worker poll_interval", positive=True)
@@ -158,11 +160,15 @@ class Worker:
         if self.app.schedules:
             scheduler = Scheduler(self.app.database, self.clock, self.app.registry, self.app.schedules, self.notify)
             self._scheduler = asyncio.create_task(scheduler.run(self._stopping, self._offload), name="scheduler")
+        log.info("worker %s started: concurrency %d, lease %gs, workflows: %s, chains followed: %s", self.id,
+                 self.concurrency, self.lease, ", ".join(sorted(self.app.registry.names())) or "-",
+                 ", ".join(self.app.chains) if self.track and self.app.chains else "-")
         if self.track:
             from ..chain.tracker import Tracker
 
             for adapter in self.app.chains.values():
-                tracker = Tracker(self.app.database, self.clock, adapter, self.id, self.app.tracker_config)
+                tracker = Tracker(self.app.database, self.clock, adapter, self.id, self.app.tracker_config,
+                                  self.events)
                 self._trackers.append(asyncio.create_task(tracker.run(self._stopping), name=f"tracker-{adapter.name}"))
 
     async def close(self) -> None:
@@ -175,6 +181,7 @@ class Worker:
             self._announcer.cancel()
         # taken before stopping: each execution leaves ``executions`` as it unwinds
         held = list(self.executions)
+        log.info("worker %s stopping: handing back %d run(s) in flight", self.id, len(held))
         for ex in list(self.executions.values()):
             ex.request_stop(StopReason.LEASE_LOST)
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -193,6 +200,7 @@ class Worker:
             await adapter.aclose()  # HTTP sessions are bound to this event loop
         self.step_pool.shutdown(wait=False)
         self._db_pool.shutdown(wait=True)
+        log.info("worker %s stopped", self.id)
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
         """Work until ``stop`` is set (or forever)."""
@@ -242,6 +250,8 @@ class Worker:
                     self._spawn(claim, history, sent)
                 self._backlog = len(claims) == free
                 self._slots.notify_all()
+        for claim, _ in claims:
+            self.events.emit("run_claimed", run_id=claim.run_id, workflow=claim.workflow, attempt=claim.claims)
         return len(claims)
 
     async def drain(self) -> None:
@@ -306,8 +316,8 @@ class Worker:
             self.outcomes[ex.claim.run_id] = outcome
             if len(self.outcomes) > 10_000:
                 self.outcomes.popitem(last=False)
+            self._report(ex.claim, outcome)
             if outcome.status in TERMINAL:
-                metrics.inc("chainflow_runs_finished_total", status=outcome.status)
                 if outcome.row is not None and outcome.row.status not in TERMINAL:
                     return outcome  # reopened by a reorg as it finished: not over yet
                 self.app.finished(ex.claim.run_id, outcome.row, outcome.compensations)
@@ -322,6 +332,23 @@ class Worker:
             if self._backlog:
                 self._wake.set()
             self.executions.pop(ex.claim.run_id, None)
+
+    def _report(self, claim: store.Claim, outcome: Outcome) -> None:
+        """The lifecycle event of how an execution ended (``chainflow.events``)."""
+        status, row = outcome.status, outcome.row
+        if status in TERMINAL:
+            if row is not None and row.status not in TERMINAL:
+                kind, status = "run_rolled_back", RunState.PENDING
+            else:
+                kind = f"run_{status}"
+            duration = None if row is None else row.updated_at - row.created_at
+            self.events.emit(kind, run_id=claim.run_id, workflow=claim.workflow, status=status, duration=duration,
+                             error=summary(outcome.detail) if status != RunState.COMPLETED else None)
+        elif status == Unfinished.ROLLED_BACK:
+            self.events.emit("run_rolled_back", run_id=claim.run_id, workflow=claim.workflow,
+                             status=RunState.PENDING, error=outcome.detail)
+        elif status == Unfinished.SUSPENDED:
+            self.events.emit("run_suspended", run_id=claim.run_id, workflow=claim.workflow, status=outcome.detail)
 
     async def _crashed(self, claim: store.Claim, exc: Exception) -> None:
         """An executor crash counts as a recovery: past the maximum the run is
@@ -350,8 +377,8 @@ class Worker:
             log.exception("could not dead-letter run %s", claim.run_id)
             return
         if ended:
-            log.error("%s", reason)
-            metrics.inc("chainflow_runs_finished_total", status=RunState.DEAD_LETTERED)
+            self.events.emit("run_dead_lettered", run_id=claim.run_id, workflow=claim.workflow,
+                             status=RunState.DEAD_LETTERED, attempt=recoveries, error=str(reason))
             self.app.finished(claim.run_id)
 
     async def _announce(self) -> None:

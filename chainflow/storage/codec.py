@@ -168,6 +168,33 @@ def plain(value: Any) -> Any:
     return _encode(value, "")
 
 
+def readable(value: Any) -> Any:
+    """A decoded value as plain JSON data for people and scripts (``chainflow show``,
+    ``--json``), without the tagged form: integers stay exact JSON numbers of any size,
+    a Decimal is its digits as a string (a float would round it), bytes are 0x-hex,
+    times ISO 8601, a timedelta its seconds, tuples and sets lists, and a dict's
+    non-string keys their text.  One way: the types are no longer told apart."""
+    if value is None or isinstance(value, (bool, str, int)):
+        return value
+    if isinstance(value, float):
+        return value if value == value and value not in (float("inf"), float("-inf")) else repr(value)
+    if isinstance(value, dict):
+        return {k if isinstance(k, str) else json.dumps(readable(k)): readable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [readable(v) for v in value]
+    if isinstance(value, (set, frozenset)):
+        return sorted((readable(v) for v in value), key=lambda e: json.dumps(e, sort_keys=True))
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return "0x" + bytes(value).hex()
+    if isinstance(value, (decimal.Decimal, uuid.UUID)):
+        return str(value)
+    if isinstance(value, (dt.datetime, dt.date, dt.time)):
+        return value.isoformat()
+    if isinstance(value, dt.timedelta):
+        return value.total_seconds()
+    return repr(value)
+
+
 def dumps(value: Any, *, what: str = "") -> str:
     """Encode ``value``; ``what`` names the payload in the error (e.g. "output of step 'x'")."""
     try:

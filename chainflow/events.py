@@ -1,0 +1,170 @@
+"""Lifecycle events: one record per state change a human or an alert cares about, fanned
+out to the Prometheus series (``metrics.observe``), one log line on the
+``chainflow.events`` logger, and the app's hooks (``Chainflow.on``).
+
+The engine emits at the points where the state change is already durable (a step's
+journal row committed, a run's final row written, a reorg recorded), so a hook never
+hears of something the database would later deny.  An ``Event`` carries identifiers
+and outcomes only -- run id, workflow, step, chain, transaction hash, status, a short
+error -- never a transaction request or anything a signer holds.
+
+Hooks are for alerting: they run on the emitting worker's event loop (an ``async``
+hook is scheduled as a task of its own), so a slow sync hook stalls that worker; a
+hook that raises is logged (rate-limited) and never disturbs the run it heard about.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from . import metrics
+from .lograte import FailureLog
+
+log = logging.getLogger("chainflow.events")
+
+# kind -> level of its log line: what happens on every step stays at DEBUG (one line a
+# step would flood a busy worker's log), what ends a run or needs a human is louder
+LEVELS: dict[str, int] = {
+    "run_started": logging.INFO,
+    "run_claimed": logging.INFO,
+    "run_suspended": logging.DEBUG,
+    "run_completed": logging.INFO,
+    "run_failed": logging.WARNING,
+    "run_cancelled": logging.INFO,
+    "run_dead_lettered": logging.ERROR,
+    "run_compensated": logging.WARNING,
+    "run_rolled_back": logging.WARNING,
+    "step_completed": logging.DEBUG,
+    "step_retried": logging.INFO,
+    "step_failed": logging.WARNING,
+    "reorg_detected": logging.WARNING,
+    "submission_stuck": logging.WARNING,
+    "chain_stalled": logging.ERROR,
+    "chain_resumed": logging.WARNING,
+}
+# a run's ending, whatever it was (``Chainflow.on("run_finished")``)
+FINISHED = ("run_completed", "run_failed", "run_cancelled", "run_dead_lettered")
+ALIASES = {"run_finished": FINISHED}
+
+
+@dataclass(frozen=True)
+class Event:
+    kind: str  # one of LEVELS
+    run_id: str | None = None
+    workflow: str | None = None
+    step: str | None = None
+    chain: str | None = None
+    tx_hash: str | None = None
+    status: str | None = None
+    attempt: int | None = None
+    duration: float | None = None  # seconds: of the run, the step attempt, or a chain's stall
+    depth: int | None = None  # blocks: a reorg's
+    error: str | None = None  # "Type: message", one line
+
+    def fields(self) -> dict[str, Any]:
+        """The fields that are set (what a JSON log line carries)."""
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+    def line(self) -> str:
+        """``kind k=v k=v``: the text log line."""
+        rest = " ".join(f"{k}={v}" for k, v in self.fields().items() if k != "kind")
+        return f"{self.kind} {rest}" if rest else self.kind
+
+
+Hook = Callable[[Event], Any]
+
+
+class Events:
+    """One per app: its hooks, and the place the engine reports state changes to."""
+
+    def __init__(self) -> None:
+        self._hooks: dict[str, list[Hook]] = {}
+        self._failures = FailureLog(log, "a lifecycle hook")
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    def on(self, kind: str) -> Callable[[Hook], Hook]:
+        """Decorator: call ``fn(event)`` for each event of ``kind`` (``run_finished``
+        means any of ``FINISHED``).  An unknown kind is refused here, at import, not
+        silently never called."""
+        kinds = ALIASES.get(kind, (kind,))
+        if kind not in LEVELS and kind not in ALIASES:
+            raise ValueError(f"unknown event {kind!r}; chainflow emits: {', '.join([*ALIASES, *LEVELS])}")
+
+        def register(fn: Hook) -> Hook:
+            if not callable(fn):
+                raise TypeError(f"hook for {kind!r} must be callable, got {fn!r}")
+            for k in kinds:
+                self._hooks.setdefault(k, []).append(fn)
+            return fn
+
+        return register
+
+    def emit(self, kind: str, **fields: Any) -> Event:
+        event = Event(kind, **fields)
+        _count(event)
+        level = LEVELS[kind]
+        if log.isEnabledFor(level):
+            log.log(level, "%s", event.line(), extra={"event": event.fields()})
+        for hook in self._hooks.get(kind, ()):
+            self._call(hook, event)
+        return event
+
+    def _call(self, hook: Hook, event: Event) -> None:
+        try:
+            result = hook(event)
+            if inspect.isawaitable(result):
+                try:
+                    asyncio.get_running_loop()
+                except RuntimeError:  # a client call in plain sync code: no loop to share
+                    asyncio.run(_awaited(result))
+                    return
+                task = asyncio.ensure_future(result)
+                self._tasks.add(task)
+                task.add_done_callback(self._settled)
+        except Exception as exc:  # an alerting bug must not fail the run it reports on
+            self._failures.failed(exc, f"for {event.kind} raised")
+
+    def _settled(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        exc = None if task.cancelled() else task.exception()
+        if exc is not None:
+            self._failures.failed(exc, "raised")
+
+
+_ATTEMPTS = {"step_completed": "ok", "step_retried": "retried", "step_failed": "failed"}
+
+
+def _count(e: Event) -> None:
+    """The Prometheus series one event moves."""
+    kind = e.kind
+    if kind in _ATTEMPTS:
+        outcome = _ATTEMPTS[kind]
+        metrics.inc("chainflow_step_attempts_total", workflow=e.workflow, outcome=outcome)
+        if e.duration is not None:
+            metrics.observe("chainflow_step_duration_seconds", e.duration, workflow=e.workflow, outcome=outcome)
+        if kind == "step_failed":
+            metrics.inc("chainflow_step_failures_total", workflow=e.workflow)
+    elif kind in FINISHED:
+        metrics.inc("chainflow_runs_finished_total", workflow=e.workflow, status=e.status)
+        if e.duration is not None:
+            metrics.observe("chainflow_run_duration_seconds", e.duration, workflow=e.workflow, status=e.status)
+    elif kind == "run_started":
+        metrics.inc("chainflow_runs_started_total", workflow=e.workflow)
+    elif kind == "run_compensated":
+        metrics.inc("chainflow_runs_compensated_total", workflow=e.workflow)
+    elif kind == "reorg_detected":
+        metrics.inc("chainflow_reorgs_total", chain=e.chain)
+        metrics.observe("chainflow_reorg_depth_blocks", e.depth or 0, chain=e.chain)
+    elif kind == "submission_stuck":
+        metrics.inc("chainflow_submissions_stuck_total", chain=e.chain)
+    elif kind in ("chain_stalled", "chain_resumed"):
+        metrics.set_gauge("chainflow_chain_stalled", 1 if kind == "chain_stalled" else 0, chain=e.chain)
+
+
+async def _awaited(result: Awaitable[Any]) -> Any:
+    return await result
