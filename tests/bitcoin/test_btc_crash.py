@@ -55,12 +55,12 @@ class Miner:
     """A block every 0.3-0.5 s, as a real chain keeps producing blocks whether or not
     anyone is alive to watch them, each with whatever the mempool holds.
 
-    While ``congested`` is set, a transaction is mined only once the coins it spends
-    have waited in the mempool for ``AGE`` blocks (under any version), so the tracker
-    bumps the fees of what is in flight (after BUMP_BLOCKS) and intents end up with
-    several candidates, whichever of them is mined."""
+    While ``congested`` is set, a transaction is mined only once its coins have been
+    spent by a second version in the mempool (the tracker bumped its fee after
+    BUMP_BLOCKS) or have waited ``PATIENCE`` blocks (no tracker was alive to bump it),
+    so intents in flight end up with several candidates, whichever of them is mined."""
 
-    AGE = BUMP_BLOCKS + 2
+    PATIENCE = 4 * BUMP_BLOCKS
 
     def __init__(self, node: Any, rng: random.Random) -> None:
         self.node, self.rng = node, rng
@@ -70,28 +70,36 @@ class Miner:
         self.error: BaseException | None = None
         self._inputs: dict[str, list[str]] = {}  # txid -> outpoints it spends
         self._first_seen: dict[str, int] = {}  # outpoint -> tip when a spend of it was first seen
+        self._versions: dict[str, set[str]] = defaultdict(set)  # outpoint -> txids seen spending it
 
     def _run(self) -> None:
         try:
             while not self.halt.wait(self.rng.uniform(0.3, 0.5)):
                 if self.congested.is_set():
-                    self._mine_aged()
+                    self._mine_congested()
                 else:
                     self.node.mine(1)
         except BaseException as exc:  # a silent dead miner would read as a stuck engine
             self.error = exc
             raise
 
-    def _mine_aged(self) -> None:
-        tip, aged = self.node.height(), []
+    def _mine_congested(self) -> None:
+        tip, ready = self.node.height(), []
         for txid in self.node.mempool():
             if txid not in self._inputs:
-                vin = self.node.rpc("getrawtransaction", txid, True)["vin"]
+                try:
+                    vin = self.node.rpc("getrawtransaction", txid, True)["vin"]
+                except RpcError:  # replaced since the mempool was listed
+                    continue
                 self._inputs[txid] = [f"{i['txid']}:{i['vout']}" for i in vin]
-            if tip - min(self._first_seen.setdefault(op, tip) for op in self._inputs[txid]) >= self.AGE:
-                aged.append(txid)
+            spent = self._inputs[txid]
+            for outpoint in spent:
+                self._versions[outpoint].add(txid)
+            waited = tip - min(self._first_seen.setdefault(op, tip) for op in spent)
+            if waited >= self.PATIENCE or any(len(self._versions[op]) > 1 for op in spent):
+                ready.append(txid)
         try:  # an OP_RETURN coinbase: nobody's coin
-            self.node.rpc("generateblock", "raw(6a)", aged)
+            self.node.rpc("generateblock", "raw(6a)", ready)
         except RpcError:  # one of them was replaced meanwhile: the next block takes its successor
             self.node.rpc("generateblock", "raw(6a)", [])
 
