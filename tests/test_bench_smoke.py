@@ -98,7 +98,10 @@ def test_bench_btc_payouts_quick(tmp_path: Path) -> None:
     assert "| backend | peer | payouts/s | transactions on chain | chainflow / naive |" in text
     assert "| sqlite | chainflow, batching on" in text and "| sqlite | chainflow, batching off" in text
     assert "| pending payouts | adapter calls per head (`HeadStats.rpc_calls`) |" in text
-    assert "| sqlite | 20 | 3 " in text  # head, its block's txids, our payout's receipt: nothing per pending
+    assert "| sqlite | 20 | 3 [3] |" in text  # head, its block's txids, our payout's receipt: nothing per pending
+    assert "failed:" not in text, text
+
+
 def test_bench_ui_pages_quick(tmp_path: Path) -> None:
     text = quick(tmp_path, "ui_pages")
     assert "| page | median ms | p95 ms |" in text and "| run page |" in text
