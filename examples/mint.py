@@ -52,6 +52,7 @@ def build(db_url: str, rpc_url: str, minter_key: str, token_address: str, ledger
 
 async def demo() -> None:
     work = Path(tempfile.mkdtemp(prefix="chainflow-demo-"))
+    print("starting an in-process EVM (a few seconds) and deploying the demo token ...", flush=True)
     with InProcessEVM(block_time=0.2) as net:
         minter = net.accounts()[0]
         w3 = Web3(Web3.HTTPProvider(net.rpc_url))
@@ -61,6 +62,7 @@ async def demo() -> None:
         stop = asyncio.Event()
         worker = asyncio.create_task(app.worker(concurrency=8).run(stop))
         event = {"id": "payment-1001", "user_id": "u1", "amount": 250 * 10**18}
+        print("minting 250 tokens for payment-1001 and waiting for 2 confirmations ...", flush=True)
         first = await app.astart("on-payment-received", event, idempotency_key=event["id"])
         again = await app.astart("on-payment-received", event, idempotency_key=event["id"])
         status = await app.await_run(first.id, timeout=60)
