@@ -45,6 +45,9 @@ async def test_database_outage_logs_one_traceback_then_recovers(pg_url: str,
         app = cf.Chainflow(url.set(host="127.0.0.1", port=gate.port).render_as_string(hide_password=False))
         try:
             caplog.set_level(logging.INFO, logger="chainflow")
+            # the schema first: creating it (nine migrations through the gate) can take longer
+            # than the worker's first claims, and a database gone at startup is a startup error
+            await asyncio.to_thread(app.ensure_schema)
             async with running_worker(app, poll_interval=0.05, track=False):
                 await asyncio.sleep(0.3)  # claiming works
                 gate.shut()
