@@ -10,15 +10,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from opentelemetry.sdk import trace as sdk_trace  # the test extra installs the SDK (and the otel extra)
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import StatusCode
 
 import chainflow as cf
 from chainflow import tracing
 from chainflow.testing import WorkflowTester
-
-sdk_trace = pytest.importorskip("opentelemetry.sdk.trace")  # the otel extra; CI installs it (test extra)
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor  # noqa: E402
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter  # noqa: E402
-from opentelemetry.trace import StatusCode  # noqa: E402
 
 
 @pytest.fixture
