@@ -36,7 +36,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .client.app import AttemptRecord, Chainflow, JournalEntry, RunStatus, ScheduleStatus
-from .client.timeline import attach_attempts, duration, when
+from .client.timeline import Sleep, attach_attempts, duration, sleep_of, when
 from .clock import MAX_SECONDS
 from .errors import ChainflowError
 from .logs import FORMATS
@@ -195,6 +195,15 @@ def run_dict(r: RunStatus) -> dict[str, Any]:
             "forked_from": r.forked_from}
 
 
+def _sleep_dict(sleep: Sleep | None) -> dict[str, Any]:
+    """A sleep row's ``sleep`` key: when it was to wake, when the run left it, and what
+    cut it short (``cancel``, a run status, or null)."""
+    if sleep is None:
+        return {}
+    return {"sleep": {"wake_at": iso(sleep.wake_at), "left_at": iso(sleep.left_at),
+                      "cut_short_by": sleep.cut_short_by}}
+
+
 def _error_dict(error: dict[str, Any] | None) -> dict[str, Any] | None:
     """A stored error without its traceback (``show`` has the run's full record in ``export``)."""
     return None if error is None else {k: v for k, v in error.items() if k != "traceback"}
@@ -321,7 +330,8 @@ def show(ctx: click.Context, run_id: str, as_json: bool) -> None:
         "journal": [{"branch": e.branch, "position": e.position, "step": e.key, "kind": e.kind,
                      "status": e.status.value, "output": codec.readable(e.output), "error": _error_dict(e.error),
                      "attempts": e.attempts, "started_at": iso(e.started_at), "finished_at": iso(e.finished_at),
-                     "invalidated": e.invalidated, "reason": e.reason} for e in journal],
+                     "invalidated": e.invalidated, "reason": e.reason, **_sleep_dict(sleep_of(e, journal, st))}
+                    for e in journal],
         "failed_attempts": [{"branch": a.branch, "step": a.key, "attempt": a.attempt, "error": _error_dict(a.error),
                              "started_at": iso(a.started_at), "finished_at": iso(a.finished_at),
                              "next_at": iso(a.next_at)} for a in attempts],
@@ -889,12 +899,16 @@ def timeline(st: RunStatus, journal: Sequence[JournalEntry], attempts: Sequence[
         # an invalidated row reports status "invalidated" but keeps the output it had
         shows_output = e.status == EntryState.OK or (e.invalidated and e.output is not None)
         detail = error_text(e.error) if e.error else Text(short(e.output) if shows_output else "")
+        took = duration(e.started_at, e.finished_at)
+        sleep = sleep_of(e, journal, st)
+        if sleep is not None:
+            took, detail = duration(e.started_at, sleep.left_at), _sleep_text(sleep)
         if e.invalidated:
             detail = Text.assemble(("INVALIDATED", "bold"), f" ({e.reason or 'no reason recorded'}) ", detail)
         table.add_row(
             Text(e.branch or "-"), str(e.position) if e.position >= 0 else "comp" if compensation else "-",
             Text(("<- " if compensation else "") + e.key), Text(e.kind),
-            status_text(e.status), str(e.attempts), duration(e.started_at, e.finished_at), detail,
+            status_text(e.status), str(e.attempts), took, detail,
             style=row_style,
         )
         for a in by_entry.get(i, []):
@@ -935,6 +949,16 @@ def submissions_table(subs: Sequence[SubmissionView]) -> RenderableType:
         seen = f"{v.confirmations} of {v.required}" if v.block_number is not None else f"0 of {v.required}"
         table.add_row(Text(v.step or "-"), Text(v.chain), state, Text(where), seen, hashes)
     return table
+
+
+def _sleep_text(sleep: Sleep) -> Text:
+    if sleep.cut_short_by == "cancel":
+        return Text(f"interrupted by cancel at {when(sleep.left_at)} (was to wake {when(sleep.wake_at)})",
+                    style="yellow")
+    if sleep.cut_short_by is not None:
+        return Text(f"cut short at {when(sleep.left_at)}: run {sleep.cut_short_by} (was to wake "
+                    f"{when(sleep.wake_at)})", style="yellow")
+    return Text(f"{'sleeping until' if sleep.left_at is None else 'woke'} {when(sleep.wake_at)}")
 
 
 def _attempt_cells(a: AttemptRecord) -> list[RenderableType]:

@@ -1,6 +1,7 @@
 """Lifecycle events: one record per state change a human or an alert cares about, fanned
-out to the Prometheus series (``metrics.observe``), one log line on the
-``chainflow.events`` logger, and the app's hooks (``Chainflow.on``).
+out to the Prometheus series (``metrics.observe``), OpenTelemetry spans
+(``tracing.record``), one log line on the ``chainflow.events`` logger, and the app's
+hooks (``Chainflow.on``).
 
 The engine emits at the points where the state change is already durable (a step's
 journal row committed, a run's final row written, a reorg recorded), so a hook never
@@ -22,7 +23,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from . import metrics
+from . import metrics, tracing
 from .lograte import FailureLog
 
 log = logging.getLogger("chainflow.events")
@@ -32,6 +33,7 @@ log = logging.getLogger("chainflow.events")
 LEVELS: dict[str, int] = {
     "run_started": logging.INFO,
     "run_claimed": logging.INFO,
+    "run_executing": logging.DEBUG,
     "run_suspended": logging.DEBUG,
     "run_completed": logging.INFO,
     "run_failed": logging.WARNING,
@@ -39,6 +41,7 @@ LEVELS: dict[str, int] = {
     "run_dead_lettered": logging.ERROR,
     "run_compensated": logging.WARNING,
     "run_rolled_back": logging.WARNING,
+    "run_abandoned": logging.DEBUG,
     "step_completed": logging.DEBUG,
     "step_retried": logging.INFO,
     "step_failed": logging.WARNING,
@@ -107,6 +110,7 @@ class Events:
     def emit(self, kind: str, **fields: Any) -> Event:
         event = Event(kind, **fields)
         _count(event)
+        tracing.record(event)
         level = LEVELS[kind]
         if log.isEnabledFor(level):
             log.log(level, "%s", event.line(), extra={"event": event.fields()})

@@ -7,6 +7,7 @@ checked against the records the engine writes, not against hand-made rows.
 from __future__ import annotations
 
 import asyncio
+import json
 import sys
 import textwrap
 import uuid
@@ -521,3 +522,59 @@ def test_show_lists_a_runs_children_and_a_childs_parent(tmp_path: Path) -> None:
     assert any(second.id in line and "second" in line for line in lines)
     res = invoke("--database-url", url, "show", first.id)
     assert f"child of run {done.run.id} (its step first)" in res.out
+
+
+def test_show_says_a_sleep_was_interrupted_by_cancel_and_numbers_attempts_from_one(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'sleep.db'}"
+    app = cf.Chainflow(url, clock=cf.FakeClock())
+    calls: list[int] = []
+
+    def flaky() -> str:
+        calls.append(1)
+        if len(calls) < 3:
+            raise ConnectionError(f"glitch {len(calls)}")
+        return "ok"
+
+    @app.workflow("napper")
+    async def napper(ctx: cf.Context, _: object) -> None:
+        await ctx.step("flaky", flaky, retry=cf.Retry(max_attempts=3, initial=1, jitter=0))
+        await ctx.sleep("short", 60)
+        await ctx.sleep("month", 30 * 86400)
+        await ctx.step("renew", lambda: "renewed")
+
+    tester = WorkflowTester(app)
+
+    async def scenario() -> str:
+        run_id = (await app.astart("napper", None)).id
+        await tester.run_until_idle(advance=False)
+        while "month" not in [e.key for e in app.journal(run_id)]:  # up to the month's sleep, not through it
+            wake_at = app.status(run_id).wake_at
+            assert wake_at is not None
+            app.clock.set(wake_at)
+            await tester.run_until_idle(advance=False)
+        app.clock.advance(3600)  # an hour into the month
+        await app.acancel(run_id)
+        await tester.run_until_idle(advance=False)
+        return run_id
+
+    run_id = asyncio.run(scenario())
+    assert app.status(run_id).status == "cancelled"
+    app.engine.dispose()
+    res = invoke("--database-url", url, "show", run_id)
+    assert res.code == 0, res.err
+    lines = res.out.splitlines()
+    month = next(line for line in lines if "month" in line and "sleep" in line)
+    assert "interrupted by cancel at" in month and "was to wake" in month and " 1h00m " in month
+    short = next(line for line in lines if "short" in line and "sleep" in line)
+    assert " woke " in short and "interrupted" not in short and " 1m00s " in short
+    flaky_row = next(line for line in lines if "flaky" in line and "step" in line)
+    assert " 3 " in flaky_row  # three tries, numbered 1, 2 and the journaled 3rd
+    assert [line.split("attempt ")[1].split()[0] for line in lines if "  attempt " in line] == ["1", "2"]
+    assert "glitch 1" in next(line for line in lines if "attempt 1" in line)
+    assert "glitch 2" in next(line for line in lines if "attempt 2" in line)
+
+    data = json.loads(invoke("--database-url", url, "show", run_id, "--json").out)
+    sleeps = {e["step"]: e["sleep"] for e in data["journal"] if e["kind"] == "sleep"}
+    assert sleeps["month"]["cut_short_by"] == "cancel" and sleeps["short"]["cut_short_by"] is None
+    assert sleeps["month"]["left_at"] < sleeps["month"]["wake_at"]
+    assert [a["attempt"] for a in data["failed_attempts"]] == [1, 2]

@@ -140,8 +140,11 @@ class Submitter:
         try:
             adapter = self.adapter(chain)
             request = adapter.prepare(tx)
-            sub_id = await self._resilient(ctx, slot, retry, self._run_protocol, ctx, slot, adapter, request, key,
-                                           policy)
+            sub_id, opened = await self._resilient(ctx, slot, retry, self._run_protocol, ctx, slot, adapter, request,
+                                                   key, policy)
+            # the journal row spans the whole submit, finality wait included: an earlier
+            # execution (parked on confirmations, or on another worker) opened the intent
+            started = min(started, opened)
             tries = len(ctx.tries_of(slot)) + 1  # the attempt that got through
             while True:
                 receipt = await self._await_final(ctx, sub_id, label)
@@ -201,7 +204,9 @@ class Submitter:
             _failures.failed(exc, f"failed (step {label}, attempt {attempt}, next in {delay:.1f}s)", logging.WARNING)
 
     async def _run_protocol(self, ctx: RunScope, slot: store.Slot, adapter: ChainAdapter, request: dict[str, Any],
-                            key: str, policy: finality.Finality) -> int:
+                            key: str, policy: finality.Finality) -> tuple[int, float]:
+        """Open (or find) the intent and carry it as far as this process can take it;
+        returns its id and when it was opened."""
         label = step_label(slot)
         now = ctx.clock.time()
         sender = adapter.sender()
@@ -219,7 +224,8 @@ class Submitter:
                                   request=request_text, finality=json.dumps(policy.to_dict()), now=now)
 
         (sub,) = await ctx.commit(open_intent)
-        sub_id = int(sub.id)
+        # an intent another run opened under the same key is not this run's wait
+        sub_id, opened = int(sub.id), float(sub.created_at) if sub.run_id == run_id else now
         domain = self.domain(adapter)
         if sub.state == SubmissionState.INTENT:
             try:
@@ -229,20 +235,20 @@ class Submitter:
             if adapter.name in self.tracker.batching:  # the chain's batcher takes it from here
                 text = codec.dumps(request)
                 await ctx.commit(lambda conn: chainstore.queue(conn, sub_id, text, ctx.clock.time()))
-                return sub_id
+                return sub_id, opened
             try:
                 await domain.allocate(ctx.commit, sub_id, sender, request, ctx.clock.time())
             except TxRejected as exc:  # e.g. not enough unreserved coins: nothing was reserved
                 raise SubmissionFailedError(label, exc.reason) from None
             sub = await self._read(ctx, sub_id)
         if sub.state == SubmissionState.QUEUED or sub.batch_id is not None:
-            return sub_id  # paid by a batch: signed and sent by the batcher, settled by the tracker
+            return sub_id, opened  # paid by a batch: signed and sent by the batcher, settled by the tracker
         if sub.state == SubmissionState.ALLOCATED:
             await self._sign_first(ctx, adapter, domain, sub, label)
             sub = await self._read(ctx, sub_id)
         if sub.state in (SubmissionState.SIGNED, SubmissionState.BROADCAST):
             await broadcast_latest(self.db, self.clock, ctx, adapter, sub)
-        return sub_id
+        return sub_id, opened
 
     async def _sign_first(self, ctx: RunScope, adapter: ChainAdapter, domain: ConflictDomain, sub: sa.Row[Any],
                           label: str) -> None:

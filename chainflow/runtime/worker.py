@@ -311,6 +311,8 @@ class Worker:
         task.add_done_callback(self._tasks.discard)
 
     async def _execute(self, ex: Execution) -> Outcome | None:
+        run_id, workflow = ex.claim.run_id, ex.claim.workflow
+        self.events.emit("run_executing", run_id=run_id, workflow=workflow, attempt=ex.claim.claims)
         try:
             outcome = await ex.run()
             self.outcomes[ex.claim.run_id] = outcome
@@ -322,7 +324,11 @@ class Worker:
                     return outcome  # reopened by a reorg as it finished: not over yet
                 self.app.finished(ex.claim.run_id, outcome.row, outcome.compensations)
             return outcome
+        except asyncio.CancelledError:  # the worker is stopping: the run is released
+            self.events.emit("run_abandoned", run_id=run_id, workflow=workflow, status="released")
+            raise
         except Exception as exc:
+            self.events.emit("run_abandoned", run_id=run_id, workflow=workflow, status="crashed", error=summary(exc))
             await self._crashed(ex.claim, exc)
             return None
         finally:
@@ -349,6 +355,8 @@ class Worker:
                              status=RunState.PENDING, error=outcome.detail)
         elif status == Unfinished.SUSPENDED:
             self.events.emit("run_suspended", run_id=claim.run_id, workflow=claim.workflow, status=outcome.detail)
+        else:  # Unfinished.ABANDONED: another worker resumes it
+            self.events.emit("run_abandoned", run_id=claim.run_id, workflow=claim.workflow, status="lease lost")
 
     async def _crashed(self, claim: store.Claim, exc: Exception) -> None:
         """An executor crash counts as a recovery: past the maximum the run is

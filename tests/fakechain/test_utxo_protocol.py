@@ -22,7 +22,7 @@ import sqlalchemy as sa
 
 import chainflow as cf
 from chainflow.chain.tracker import Tracker
-from chainflow.storage.schema import reservations, submissions, tx_attempts
+from chainflow.storage.schema import reservations, runs, submissions, tx_attempts
 from chainflow.testing import CallLog, FakeTx, FakeUtxoAdapter, FakeUtxoChain, pay
 
 from ..engine._util import running_worker
@@ -390,3 +390,21 @@ async def test_coins_of_an_intent_that_never_signed_are_released(rig: Rig) -> No
     assert rig.app.status(again.id).status == "completed"
     assert rig.reserved(rig.sub("order-2").id) == held, "the released coin is the one selected again"
     assert len(_paid(rig, 30_000)) == 1
+
+
+async def test_a_submits_journal_row_spans_its_wait_for_finality(rig: Rig) -> None:
+    """The run parks on confirmations and a later execution journals the receipt: the
+    row starts when the intent was opened, so ``chainflow show``'s duration includes
+    the wait, not just the last execution's part of it."""
+    async with running_worker(rig.app, track=False, inline_wait=0.0):  # park at once, resume per block
+        await rig.step()
+        h = await rig.app.astart("pay_flow", {"id": "order-wait", "sats": 30_000})
+        await rig.until_done(h.id, what="completion")
+    assert rig.app.status(h.id).status == "completed"
+    sub = rig.sub("order-wait")
+    (row,) = [e for e in rig.app.journal(h.id) if e.key == "pay"]
+    with rig.app.engine.begin() as conn:
+        claims = conn.execute(sa.select(runs.c.attempt_count).where(runs.c.id == h.id)).scalar()
+    assert claims >= 2, "the run must have parked on its confirmations for this test to mean anything"
+    assert row.started_at == sub.created_at
+    assert row.finished_at is not None and row.finished_at >= sub.updated_at - 1e-6 > row.started_at
