@@ -32,8 +32,12 @@ case "$(uname -s)-$(uname -m)" in
 esac
 
 if ! command -v npm >/dev/null 2>&1; then
-  echo "error: npm not found; install Node.js >= 20 (e.g. apt-get install nodejs npm)" >&2
-  exit 1
+  # Debian 12's nodejs is 18 while the package declares node >= 20: npm only warns
+  # (EBADENGINE) and the package is a prebuilt binary that never runs under node, so
+  # Debian's own nodejs + npm install it fine.
+  echo "npm not found: installing Debian's nodejs and npm"
+  sudo=""; [[ $(id -u) -eq 0 ]] || sudo="sudo"
+  $sudo apt-get install -y -qq nodejs npm >/dev/null || { $sudo apt-get update -qq && $sudo apt-get install -y -qq nodejs npm >/dev/null; }
 fi
 
 cd "$ROOT"
