@@ -1,7 +1,10 @@
-"""Demo: mint tokens once per payment event, then credit a ledger.
+"""The flagship: a payment received -> mint an ERC-20 with 12 confirmations -> credit a
+ledger.  If a later step fails for good (or a reorg breaks the mint's finality), the
+mint's compensation burns what was minted, on chain, exactly once (its idempotency key
+is derived from the mint's).
 
-Runs on the embedded defaults — a SQLite file and an in-process EVM — so it needs
-nothing but the package:  python -m examples.mint
+Runs on the embedded defaults — a SQLite file and an in-process EVM mining a block every
+0.2 s — so it needs nothing but the package:  python -m examples.mint
 """
 
 from __future__ import annotations
@@ -21,7 +24,12 @@ from devnet import InProcessEVM, deploy_token, token_contract
 from .ledger import Ledger
 
 
-def build(db_url: str, rpc_url: str, minter_key: str, token_address: str, ledger: Ledger) -> cf.Chainflow:
+CONFIRMATIONS = 12
+
+
+def build(db_url: str, rpc_url: str, minter_key: str, token_address: str, ledger: Ledger,
+          *, ledger_down: bool = False) -> cf.Chainflow:
+    """``ledger_down``: the ledger refuses every posting (to show the burn)."""
     w3 = Web3(Web3.HTTPProvider(rpc_url))
     token = token_contract(w3, token_address)
     chain = EvmChain("local", rpc_url, LocalSigner.from_key(minter_key))
@@ -32,6 +40,8 @@ def build(db_url: str, rpc_url: str, minter_key: str, token_address: str, ledger
         return users[user_id]
 
     def post_ledger(user_id: str, tx_hash: str, amount: int) -> int:
+        if ledger_down:
+            raise RuntimeError(f"ledger account {user_id} is closed")
         return ledger.post(user_id, tx_hash, amount)
 
     def reverse_ledger(entry_id: int) -> None:
@@ -40,11 +50,18 @@ def build(db_url: str, rpc_url: str, minter_key: str, token_address: str, ledger
     @app.workflow("on-payment-received")
     async def on_payment_received(ctx: cf.Context, event: dict[str, Any]) -> dict[str, Any]:
         user = await ctx.step("lookup-user", find_user, event["user_id"])
+
+        async def burn_minted(ctx: cf.Context, minted: cf.Receipt) -> str:
+            burn = await ctx.submit("burn", chain="local", tx=token.functions.burn(user["wallet"], event["amount"]),
+                                    finality=Confirmations(CONFIRMATIONS))
+            return burn.tx_hash
+
         rcpt = await ctx.submit("mint-tokens", chain="local",
                                 tx=token.functions.mint(user["wallet"], event["amount"]),
-                                idempotency_key=event["id"], finality=Confirmations(2))
+                                idempotency_key=event["id"], finality=Confirmations(CONFIRMATIONS),
+                                compensate=burn_minted)
         entry = await ctx.step("credit-ledger", post_ledger, user["id"], rcpt.tx_hash, event["amount"],
-                               compensate=reverse_ledger)
+                               compensate=reverse_ledger, retry=cf.Retry(max_attempts=2, initial=0.1))
         return {"tx": rcpt.tx_hash, "block": rcpt.block_number, "ledger_entry": entry}
 
     return app
@@ -62,7 +79,7 @@ async def demo() -> None:
         stop = asyncio.Event()
         worker = asyncio.create_task(app.worker(concurrency=8).run(stop))
         event = {"id": "payment-1001", "user_id": "u1", "amount": 250 * 10**18}
-        print("minting 250 tokens for payment-1001 and waiting for 2 confirmations ...", flush=True)
+        print(f"minting 250 tokens for payment-1001 and waiting for {CONFIRMATIONS} confirmations ...", flush=True)
         first = await app.astart("on-payment-received", event, idempotency_key=event["id"])
         again = await app.astart("on-payment-received", event, idempotency_key=event["id"])
         status = await app.await_run(first.id, timeout=60)

@@ -178,3 +178,45 @@ def test_compose_file_services_images_health_and_ports() -> None:
     readme = (ROOT / "README.md").read_text()
     for name in services:
         assert f"`{name}`" in readme, f"README does not mention compose service {name}"
+
+
+def test_flagship_mint_burns_once_when_the_ledger_fails(tmp_path: Path) -> None:
+    """examples.mint with the ledger refusing: the mint confirms (12 blocks), the ledger
+    step fails for good, the compensation burns on chain; the balance is back to zero and
+    the chain holds one mint and one burn."""
+    import asyncio
+
+    from web3 import Web3
+
+    import chainflow as cf
+    from devnet import InProcessEVM, deploy_token, token_contract
+    from examples import mint
+
+    async def scenario() -> None:
+        with InProcessEVM(block_time=0.05) as net:
+            minter = net.accounts()[0]
+            w3 = Web3(Web3.HTTPProvider(net.rpc_url))
+            address = deploy_token(w3, minter.private_key)
+            app = mint.build(f"sqlite:///{tmp_path / 'cf.db'}", net.rpc_url, minter.private_key, address,
+                             Ledger(tmp_path / "ledger.db"), ledger_down=True)
+            stop = asyncio.Event()
+            worker = asyncio.create_task(app.worker(concurrency=4).run(stop))
+            try:
+                event = {"id": "payment-1", "user_id": "u1", "amount": 7 * 10**18}
+                run = await app.astart("on-payment-received", event, idempotency_key=event["id"])
+                status = await app.await_run(run.id, timeout=120)
+            finally:
+                stop.set()
+                await worker
+            assert status.status == cf.RunState.FAILED and "ledger account u1 is closed" in str(status.error)
+            assert status.compensations.get("mint-tokens") == cf.EntryState.OK, status.compensations
+            token = token_contract(w3, address)
+            holder = Web3.to_checksum_address("0x70997970C51812dc3A010C7d01b50e0d17dc79C8")
+            assert token.functions.balanceOf(holder).call() == 0, "minted, then burned"
+            sent = [tx for n in range(w3.eth.block_number + 1)
+                    for tx in w3.eth.get_block(n, full_transactions=True)["transactions"]
+                    if tx["from"] == minter.address and tx["to"] == address]
+            assert len(sent) == 2, "one mint, one burn: the compensation ran exactly once"
+            app.engine.dispose()
+
+    asyncio.run(scenario())
