@@ -13,6 +13,7 @@ outpoint belong to one intent on UTXO chains.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -692,23 +693,25 @@ def submission_page(conn: sa.Connection, chain: str | None, state: str | None, b
 def candidates_of(conn: sa.Connection, sub_ids: list[int]) -> list[sa.Row[Any]]:
     """Every signed version of these submissions (id, hash, fees, time; never the raw
     bytes), oldest first: a submission's first candidate and its fee bumps."""
-    found: list[sa.Row[Any]] = []
-    for i in range(0, len(sub_ids), 500):
-        found.extend(conn.execute(
-            sa.select(tx_attempts.c.submission_id, tx_attempts.c.tx_hash, tx_attempts.c.fees,
-                      tx_attempts.c.created_at)
-            .where(tx_attempts.c.submission_id.in_(sub_ids[i:i + 500])).order_by(tx_attempts.c.id)))
-    return found
+    return _by_chunks(conn, sub_ids, lambda chunk: (
+        sa.select(tx_attempts.c.submission_id, tx_attempts.c.tx_hash, tx_attempts.c.fees, tx_attempts.c.created_at)
+        .where(tx_attempts.c.submission_id.in_(chunk)).order_by(tx_attempts.c.id)))
 
 
 def reservations_of(conn: sa.Connection, sub_ids: list[int]) -> list[sa.Row[Any]]:
     """The coins reserved for these submissions (held or recorded as spent)."""
+    return _by_chunks(conn, sub_ids, lambda chunk: (
+        sa.select(reservations.c.submission_id, reservations.c.outpoint, reservations.c.value,
+                  reservations.c.spent_at_block)
+        .where(reservations.c.submission_id.in_(chunk)).order_by(reservations.c.outpoint)))
+
+
+def _by_chunks(conn: sa.Connection, ids: list[int], query: Callable[[list[int]], Any]) -> list[sa.Row[Any]]:
+    """``query`` over ``ids`` 500 at a time: a page can name more ids than a backend
+    takes as bind parameters in one statement."""
     found: list[sa.Row[Any]] = []
-    for i in range(0, len(sub_ids), 500):
-        found.extend(conn.execute(
-            sa.select(reservations.c.submission_id, reservations.c.outpoint, reservations.c.value,
-                      reservations.c.spent_at_block)
-            .where(reservations.c.submission_id.in_(sub_ids[i:i + 500])).order_by(reservations.c.outpoint)))
+    for i in range(0, len(ids), 500):
+        found.extend(conn.execute(query(ids[i:i + 500])))
     return found
 
 
