@@ -119,6 +119,11 @@ def shoot(driver: Any, tmp_path: Path, name: str) -> Path:
 
 
 def wait_for(driver: Any, condition: Callable[[Any], Any], timeout: float = 15.0, what: str = "condition") -> Any:
+    """Polls `condition`; an element htmx swapped out between finding and
+    reading it (stale) is one more poll, not a failure."""
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.support.ui import WebDriverWait
 
-    return WebDriverWait(driver, timeout, poll_frequency=0.05).until(condition, message=f"timed out: {what}")
+    return WebDriverWait(driver, timeout, poll_frequency=0.05,
+                         ignored_exceptions=(StaleElementReferenceException,)).until(
+        condition, message=f"timed out: {what}")

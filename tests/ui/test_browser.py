@@ -50,8 +50,8 @@ async def test_runs_list_filters_by_status_and_finds_a_run_by_key(sqlite_app: cf
     Select(by_css(browser, "#f-status")[0]).select_by_value("failed")  # htmx swaps the table in place
     wait_for(browser, lambda d: {r.get_attribute("data-status") for r in by_css(d, "tr.run-row")} == {"failed"},
              what="only failed runs listed")
-    shown = {a.text for a in by_css(browser, "tr.run-row td.mono a")}
-    assert shown == set(data.failed)
+    wait_for(browser, lambda d: {a.text for a in by_css(d, "tr.run-row td.mono a")} == set(data.failed),
+             what="the failed runs' ids")
     assert browser.execute_script("return window.__same_page") == 1, "filtered without a page load"
     assert "status=failed" in browser.current_url, "the filter is in the address (shareable)"
 
@@ -203,7 +203,8 @@ async def test_confirmations_advance_live_as_anvil_mines(tmp_path: Path, serve: 
                 await shows("final (6/6 confirmations)")
                 assert rig.sub("order-7").state == "final"
                 assert browser.execute_script("return window.__same_page") == 1, "updated live, never reloaded"
-                assert by_css(browser, "#sub-1")[0].get_attribute("data-state") == "final"
+                wait_for(browser, lambda d: by_css(d, "#sub-1")[0].get_attribute("data-state") == "final",
+                         what="the row's state")
             assert (await rig.status(h.id)).status == "completed"
         finally:
             await rig.close()
