@@ -46,9 +46,7 @@ async def test_thirty_day_sleep_completes_by_advancing_fake_clock(make_app: Any,
     assert app.status(run_id).status == "sleeping"
     assert calls.lines() == ["welcome ann"]
 
-    t0 = time.monotonic()
-    await tester.run_until_idle()  # jumps straight to the wake-up
-    assert time.monotonic() - t0 < 5
+    await tester.run_until_idle()  # jumps straight to the wake-up (a real wait would hang the test)
     st = app.status(run_id)
     assert st.status == "completed", st.error
     assert calls.lines() == ["welcome ann", "bill ann"]
