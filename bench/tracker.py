@@ -23,7 +23,16 @@ import statistics
 import time
 from typing import Any
 
-from .harness import Figure, Options, environment, environment_markdown, fresh_database, log, run_child
+from .harness import (
+    Figure,
+    Options,
+    environment,
+    environment_markdown,
+    fresh_database,
+    log,
+    pg_problem,
+    run_child,
+)
 
 TITLE = "tracker scale: cost per new head vs pending tracked transactions"
 SIZES = [10, 1_000, 10_000]
@@ -162,9 +171,14 @@ def _attempt(spec: dict[str, Any], opts: Options) -> dict[str, Any]:
 def run(opts: Options, command: str) -> str:
     env = environment(opts)
     sizes = QUICK_SIZES if opts.quick else SIZES
-    figs = {(b, n, m): Figure() for b in opts.backends for n in sizes for m in MEASURES}
+    skipped: dict[str, str] = {}
+    if "postgres" in opts.backends and (problem := pg_problem(opts.pg_admin_url)):
+        skipped["postgres"] = f"skipped: Postgres unreachable ({problem})"
+        log(f"  postgres: {skipped['postgres']}")
+    backends = [b for b in opts.backends if b not in skipped]
+    figs = {(b, n, m): Figure() for b in backends for n in sizes for m in MEASURES}
     for rep in range(1, opts.reps + 1):
-        for backend in opts.backends:
+        for backend in backends:
             for n in sizes:
                 r = _attempt({"pending": n, "backend": backend}, opts)
                 if "error" in r:
@@ -184,11 +198,12 @@ def run(opts: Options, command: str) -> str:
            "| backend | pending tracked txs | JSON-RPC requests per head (HTTP exchanges) | SQL statements "
            "(transactions) per head | CPU ms per head | wall ms per head |",
            "|---|---|---|---|---|---|"]
-    for backend in opts.backends:
+    for backend in backends:
         for n in sizes:
             f = {m: figs[(backend, n, m)] for m in MEASURES}
             out.append(f"| {backend} | {n:,} | {f['rpc'].cell('{:.0f}')} ({f['exchanges'].cell('{:.0f}')}) | "
                        f"{f['statements'].cell('{:.0f}')} ({f['transactions'].cell('{:.0f}')}) | "
                        f"{f['cpu'].cell('{:.2f}')} | {f['wall'].cell('{:.2f}')} |")
-    out += ["", "Targets: requests per head constant in the number pending; CPU ≤ 5 ms per head at 10,000.", ""]
+    out += ["", *(f"{line}." for line in skipped.values()),
+            "Targets: requests per head constant in the number pending; CPU ≤ 5 ms per head at 10,000.", ""]
     return "\n".join(out)

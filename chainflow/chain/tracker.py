@@ -114,7 +114,7 @@ class Tracker:
             try:
                 return await self.step()
             except chainstore.NotLeader:
-                pass  # another process took over since the last renewal: nothing was written
+                pass  # another process took over since the last renewal: the write that found out rolled back
         self._tip = None  # another process leads: our cached tip goes stale
         return None
 
