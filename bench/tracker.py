@@ -160,6 +160,13 @@ MEASURES = {"rpc": "rpc_per_head", "exchanges": "exchanges_per_head", "statement
             "transactions": "transactions_per_head", "cpu": "cpu_ms", "wall": "wall_ms"}
 
 
+def _count(fig: Figure) -> str:
+    """A count's cell: the number alone when every repetition counted the same."""
+    if fig.ok and min(fig.values) == max(fig.values):
+        return f"{fig.values[0]:.0f}"
+    return fig.cell("{:.0f}")
+
+
 def _attempt(spec: dict[str, Any], opts: Options) -> dict[str, Any]:
     try:
         with fresh_database(spec["backend"], opts) as target:
@@ -201,8 +208,8 @@ def run(opts: Options, command: str) -> str:
     for backend in backends:
         for n in sizes:
             f = {m: figs[(backend, n, m)] for m in MEASURES}
-            out.append(f"| {backend} | {n:,} | {f['rpc'].cell('{:.0f}')} ({f['exchanges'].cell('{:.0f}')}) | "
-                       f"{f['statements'].cell('{:.0f}')} ({f['transactions'].cell('{:.0f}')}) | "
+            out.append(f"| {backend} | {n:,} | {_count(f['rpc'])} ({_count(f['exchanges'])}) | "
+                       f"{_count(f['statements'])} ({_count(f['transactions'])}) | "
                        f"{f['cpu'].cell('{:.2f}')} | {f['wall'].cell('{:.2f}')} |")
     out += ["", *(f"{line}." for line in skipped.values()),
             "Targets: requests per head constant in the number pending; CPU ≤ 5 ms per head at 10,000.", ""]
