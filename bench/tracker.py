@@ -1,15 +1,17 @@
 """Benchmark 3, tracker scale: the cost of one new head with 10 / 1,000 / 10,000 pending
 tracked transactions.
 
-Each repetition (a fresh process, a fresh SQLite database, a fresh anvil; the
-in-process EVM only when anvil is missing) inserts N synthetic pending submissions
+Each repetition (a fresh process, a fresh SQLite or Postgres database, a fresh anvil;
+the in-process EVM only when anvil is missing) inserts N synthetic pending submissions
 with one signed attempt each, then mines heads one at a time, each holding one real
-transaction of ours, and runs one tracker iteration per head (``Tracker.iteration()``:
-renew the leadership lease, then ``step()``, as the tracker loop does every poll).
-Figures: JSON-RPC requests per head (counted by the adapter's RPC client, which every
-call goes through, not just the tracker's own bookkeeping), CPU ms and wall ms per
-head.  The chain is configured as in production (a node URL: the adapter's keep-alive
-HTTP session).  Targets: RPC calls constant in N; CPU ≤ 5 ms at 10,000.
+transaction of ours, and runs one tracker iteration per head (``Tracker.iteration()``,
+what the tracker loop does every poll).  Figures: JSON-RPC requests per head and the
+HTTP exchanges they took (counted by the adapter's RPC client, which every call goes
+through, not just the tracker's own bookkeeping), CPU ms and wall ms per head, and SQL
+statements and transactions per head (counted on a few more heads after the timed
+ones, so the counting listener costs the timed heads nothing).  The chain is
+configured as in production (a node URL: the adapter's keep-alive HTTP session).
+Targets: RPC calls constant in N; CPU ≤ 5 ms at 10,000.
 """
 
 from __future__ import annotations
@@ -18,16 +20,25 @@ import asyncio
 import os
 import secrets
 import statistics
-import tempfile
 import time
 from typing import Any
 
-from .harness import Options, environment, environment_markdown, sized_figures
+from .harness import (
+    Figure,
+    Options,
+    environment,
+    environment_markdown,
+    fresh_database,
+    log,
+    pg_problem,
+    run_child,
+)
 
 TITLE = "tracker scale: cost per new head vs pending tracked transactions"
 SIZES = [10, 1_000, 10_000]
 QUICK_SIZES = [10, 200]
 HEADS = 20
+COUNTED_HEADS = 5  # after the timed ones: SQL statements and transactions per head
 
 
 def available() -> str | None:
@@ -55,6 +66,32 @@ def _seed(app: Any, chain: str, sender: str, n: int, head: int) -> None:
                                                  raw=b"\x00", fees="{}", created_at=now) for i in ids])
 
 
+class _SqlCounter:
+    """SQL statements and transactions the engine runs while ``counting`` is set: around
+    the iteration only, not the inserts that make the next head."""
+
+    def __init__(self, engine: Any) -> None:
+        import sqlalchemy as sa
+
+        self.engine, self.counting = engine, False
+        self.statements = self.transactions = 0
+        self._listeners = [("before_cursor_execute", self._statement), ("begin", self._begin)]
+        for name, fn in self._listeners:
+            sa.event.listen(engine, name, fn)
+
+    def _statement(self, *args: Any) -> None:
+        self.statements += self.counting
+
+    def _begin(self, *args: Any) -> None:
+        self.transactions += self.counting
+
+    def close(self) -> None:
+        import sqlalchemy as sa
+
+        for name, fn in self._listeners:
+            sa.event.remove(self.engine, name, fn)
+
+
 def child(spec: dict[str, Any]) -> dict[str, Any]:
     import chainflow as cf
     from adapters.evm import EvmChain, LocalSigner
@@ -64,6 +101,10 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
     from devnet.anvil import AnvilNotInstalled, anvil_binary
 
     n = spec["pending"]
+    if spec["backend"] == "postgres":
+        url = spec["target"].replace("postgresql://", "postgresql+psycopg://", 1)
+    else:
+        url = f"sqlite:///{os.path.join(spec['target'], 'tracker.db')}"
     try:  # a separate process, so the node's own CPU is not counted as the tracker's
         anvil_binary()
         devnet: Any = Anvil()
@@ -72,7 +113,7 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
     with devnet as net:
         key = net.accounts()[0].private_key
         chain = EvmChain("bench", net.rpc_url, LocalSigner.from_key(key))
-        app = cf.Chainflow(f"sqlite:///{os.path.join(tempfile.mkdtemp(), 'tracker.db')}", chains=[chain])
+        app = cf.Chainflow(url, chains=[chain])
         app.ensure_schema()
         net.set_automine(False)
 
@@ -83,8 +124,9 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
             await tracker.iteration()  # first contact: takes the lease, stores the starting window
             nonce = await chain.pending_nonce(chain.sender())
             request = await chain.estimate(chain.prepare({"to": chain.sender(), "value": 0}))
-            cpu, wall, rpc = [], [], []
-            for i in range(HEADS):
+            cpu, wall, rpc, exchanges = [], [], [], []
+            sql = _SqlCounter(app.engine)
+            for i in range(HEADS + COUNTED_HEADS):
                 # one real tracked tx per head, so the match path (receipt fetch) runs too
                 signed = await chain.sign(request, nonce + i, None)
                 sub_id = await app.adb(chainstore.open_gap_fill, "bench", chain.sender(), nonce + i, "{}", time.time())
@@ -92,34 +134,83 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
                 await app.adb(chainstore.mark_broadcast, sub_id, time.time())
                 await chain.broadcast(signed.raw)
                 await asyncio.to_thread(net.mine, 1)
-                calls = chain.rpc.calls
+                calls, exchanged = chain.rpc.calls, chain.rpc.exchanges
+                sql.counting = i >= HEADS
                 c0, w0 = time.process_time(), time.perf_counter()
                 stats = await tracker.iteration()  # what the tracker loop does each poll
-                cpu.append((time.process_time() - c0) * 1000)
-                wall.append((time.perf_counter() - w0) * 1000)
+                sql.counting = False
+                if i < HEADS:
+                    cpu.append((time.process_time() - c0) * 1000)
+                    wall.append((time.perf_counter() - w0) * 1000)
                 rpc.append(chain.rpc.calls - calls)
+                exchanges.append(chain.rpc.exchanges - exchanged)
                 assert stats is not None and stats.new_blocks == 1 and stats.matched == 1, stats
+            sql.close()
             await chain.aclose()
             return {"rpc_per_head": statistics.median(rpc), "rpc_max": max(rpc),
+                    "exchanges_per_head": statistics.median(exchanges),
+                    "statements_per_head": sql.statements / COUNTED_HEADS,
+                    "transactions_per_head": sql.transactions / COUNTED_HEADS,
                     "cpu_ms": statistics.median(cpu), "wall_ms": statistics.median(wall)}
 
         return asyncio.run(main())
 
 
+MEASURES = {"rpc": "rpc_per_head", "exchanges": "exchanges_per_head", "statements": "statements_per_head",
+            "transactions": "transactions_per_head", "cpu": "cpu_ms", "wall": "wall_ms"}
+
+
+def _count(fig: Figure) -> str:
+    """A count's cell: the number alone when every repetition counted the same."""
+    if fig.ok and min(fig.values) == max(fig.values):
+        return f"{fig.values[0]:.0f}"
+    return fig.cell("{:.0f}")
+
+
+def _attempt(spec: dict[str, Any], opts: Options) -> dict[str, Any]:
+    try:
+        with fresh_database(spec["backend"], opts) as target:
+            return run_child("tracker", {**spec, "target": target}, opts.timeout)
+    except Exception as exc:  # noqa: BLE001 - e.g. Postgres unreachable: one row, not the run
+        return {"error": f"{type(exc).__name__}: {exc}"}
+
+
 def run(opts: Options, command: str) -> str:
     env = environment(opts)
     sizes = QUICK_SIZES if opts.quick else SIZES
-    figs = sized_figures(
-        "tracker", "pending", sizes, opts,
-        {"rpc": lambda r: r["rpc_per_head"], "cpu": lambda r: r["cpu_ms"], "wall": lambda r: r["wall_ms"]},
-        lambda r: f"{r['rpc_per_head']} RPC/head, {r['cpu_ms']:.2f} CPU ms, {r['wall_ms']:.2f} wall ms")
+    skipped: dict[str, str] = {}
+    if "postgres" in opts.backends and (problem := pg_problem(opts.pg_admin_url)):
+        skipped["postgres"] = f"skipped: Postgres unreachable ({problem})"
+        log(f"  postgres: {skipped['postgres']}")
+    backends = [b for b in opts.backends if b not in skipped]
+    figs = {(b, n, m): Figure() for b in backends for n in sizes for m in MEASURES}
+    for rep in range(1, opts.reps + 1):
+        for backend in backends:
+            for n in sizes:
+                r = _attempt({"pending": n, "backend": backend}, opts)
+                if "error" in r:
+                    log(f"  rep {rep} {backend} pending={n}: FAILED {r['error']}\n{r.get('detail', '')}")
+                    for m in MEASURES:
+                        figs[(backend, n, m)].problem = f"failed: {r['error']}"
+                    continue
+                for m, key in MEASURES.items():
+                    figs[(backend, n, m)].values.append(r[key])
+                log(f"  rep {rep} {backend} pending={n}: {r['rpc_per_head']} RPC/head in {r['exchanges_per_head']} "
+                    f"exchanges, {r['statements_per_head']:.1f} SQL statements in {r['transactions_per_head']:.1f} "
+                    f"transactions, {r['cpu_ms']:.2f} CPU ms, {r['wall_ms']:.2f} wall ms")
     out = [f"## tracker: {TITLE}", "", environment_markdown(env, command),
            f"- **Repetitions:** {opts.reps}, each a fresh process, database and anvil; "
-           f"median over {HEADS} heads per repetition, then median and min–max over repetitions", "",
-           "| pending tracked txs | JSON-RPC requests per head | CPU ms per head | wall ms per head |",
-           "|---|---|---|---|"]
-    for n in sizes:
-        out.append(f"| {n:,} | {figs[(n, 'rpc')].cell('{:.0f}')} | {figs[(n, 'cpu')].cell('{:.2f}')} | "
-                   f"{figs[(n, 'wall')].cell('{:.2f}')} |")
-    out += ["", "Targets: requests per head constant in the number pending; CPU ≤ 5 ms per head at 10,000.", ""]
+           f"median over {HEADS} heads per repetition, then median and min–max over repetitions; SQL counted "
+           f"over {COUNTED_HEADS} more heads", "",
+           "| backend | pending tracked txs | JSON-RPC requests per head (HTTP exchanges) | SQL statements "
+           "(transactions) per head | CPU ms per head | wall ms per head |",
+           "|---|---|---|---|---|---|"]
+    for backend in backends:
+        for n in sizes:
+            f = {m: figs[(backend, n, m)] for m in MEASURES}
+            out.append(f"| {backend} | {n:,} | {_count(f['rpc'])} ({_count(f['exchanges'])}) | "
+                       f"{_count(f['statements'])} ({_count(f['transactions'])}) | "
+                       f"{f['cpu'].cell('{:.2f}')} | {f['wall'].cell('{:.2f}')} |")
+    out += ["", *(f"{line}." for line in skipped.values()),
+            "Targets: requests per head constant in the number pending; CPU ≤ 5 ms per head at 10,000.", ""]
     return "\n".join(out)

@@ -228,10 +228,12 @@ class EvmChain:
     # --- reading ----------------------------------------------------------------
 
     async def receipt(self, tx_hash: str) -> EvmReceipt | None:
-        raw = await self.rpc.call("eth_getTransactionReceipt", tx_hash)
+        # the transaction (its nonce, the fee fields) in the same exchange: the tracker
+        # asks this for every transaction of ours in each new block
+        raw, tx = await self.rpc.call_all(("eth_getTransactionReceipt", [tx_hash]),
+                                          ("eth_getTransactionByHash", [tx_hash]))
         if not raw or raw.get("blockHash") is None or raw.get("blockNumber") is None:
             return None
-        tx = await self.rpc.call("eth_getTransactionByHash", tx_hash)
         if not tx or tx.get("blockHash") is None:
             return None  # reorged out between the two calls: ask again later
         status = quantity(raw.get("status", 1))

@@ -15,7 +15,10 @@ itself.  There are no automatic retries: the engine owns retries, and a silent r
 of ``eth_sendRawTransaction`` inside one broadcast call would hide what happened.  The
 one exception is a pooled connection the server closed while idle, retried once on a
 fresh connection, which is harmless even for a broadcast (the second answer is
-"already known" at worst).  Given a web3 provider or instance instead, calls go through
+"already known" at worst).  Reads asked together (a receipt and its transaction) go
+as one JSON-RPC batch, one exchange instead of two; a node, or a proxy before it, that
+does not take batches is found out on first use and asked one call at a time from
+then on.  Given a web3 provider or instance instead, calls go through
 web3's request manager with no middleware; a synchronous provider (e.g. web3's
 ``EthereumTesterProvider``) runs in a worker thread, one call at a time, so it does not
 block the event loop and the in-process chain never sees concurrent requests.
@@ -27,7 +30,7 @@ import asyncio
 import itertools
 import json
 import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -83,6 +86,25 @@ def redact_url(url: str) -> str:
     return f"{parts.scheme}://{host}{port}{tail}"
 
 
+def _dumps(method: str, request: Any) -> str:
+    try:
+        return json.dumps(request)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"{method}: parameters are not JSON-serialisable ({exc})") from None
+
+
+def _result(method: str, answer: Any) -> Any:
+    """One JSON-RPC answer's ``result``; its ``error`` raised as ``RpcError``."""
+    if not isinstance(answer, dict) or ("result" not in answer and "error" not in answer):
+        raise BadResponseFormat(f"not a JSON-RPC response: {str(answer)[:200]}")
+    error = answer.get("error")
+    if error is not None:
+        if not isinstance(error, dict):
+            error = {"message": str(error)}
+        raise RpcError(method, int(error.get("code", 0) or 0), str(error.get("message", "")), error.get("data"))
+    return answer.get("result")
+
+
 class _Http:
     """JSON-RPC over HTTP with one keep-alive session per event loop (a session cannot
     outlive or cross its loop; tests and tools run several loops over one adapter)."""
@@ -93,27 +115,37 @@ class _Http:
         self._sessions: dict[asyncio.AbstractEventLoop, aiohttp.ClientSession] = {}
         self._lock = threading.Lock()
         self._ids = itertools.count(1)
+        self.batches = True  # until the node refuses one
 
     def encode(self, method: str, params: list[Any]) -> str:
         """The request body; params that are not JSON are a caller's bug, not an outage."""
-        try:
-            return json.dumps({"jsonrpc": "2.0", "id": next(self._ids), "method": method, "params": params})
-        except (TypeError, ValueError) as exc:
-            raise TypeError(f"{method}: parameters are not JSON-serialisable ({exc})") from None
+        return _dumps(method, {"jsonrpc": "2.0", "id": next(self._ids), "method": method, "params": params})
 
     async def request(self, method: str, body: str) -> Any:
+        return _result(method, await self._exchange(method, body))
+
+    async def request_all(self, calls: list[tuple[str, list[Any]]]) -> list[Any] | None:
+        """The results of ``calls`` from one batch, in order; None when the answer looks
+        like a refusal of batches: anything but one answer per call, a 4xx, or the
+        connection dropped or garbled (a proxy that cannot parse a batch).  Timeouts,
+        refused connections and 5xx raise as for one call: an outage, not a refusal."""
+        ids = [next(self._ids) for _ in calls]
+        body = _dumps(calls[0][0], [{"jsonrpc": "2.0", "id": i, "method": method, "params": params}
+                                    for i, (method, params) in zip(ids, calls)])
         try:
-            answer = await self._post(await self._session(), method, body)
+            answers = await self._exchange(calls[0][0], body)
+        except (EndpointError, aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError, json.JSONDecodeError):
+            return None
+        by_id = {a.get("id"): a for a in answers if isinstance(a, dict)} if isinstance(answers, list) else {}
+        if set(by_id) != set(ids):
+            return None
+        return [_result(method, by_id[i]) for i, (method, _) in zip(ids, calls)]
+
+    async def _exchange(self, method: str, body: str) -> Any:
+        try:
+            return await self._post(await self._session(), method, body)
         except aiohttp.ServerDisconnectedError:
-            answer = await self._post(await self._session(), method, body)  # stale pooled connection
-        if not isinstance(answer, dict) or ("result" not in answer and "error" not in answer):
-            raise BadResponseFormat(f"not a JSON-RPC response: {str(answer)[:200]}")
-        error = answer.get("error")
-        if error is not None:
-            if not isinstance(error, dict):
-                error = {"message": str(error)}
-            raise RpcError(method, int(error.get("code", 0) or 0), str(error.get("message", "")), error.get("data"))
-        return answer.get("result")
+            return await self._post(await self._session(), method, body)  # stale pooled connection
 
     async def _post(self, session: aiohttp.ClientSession, method: str, body: str) -> Any:
         # never follow a redirect: a 307/308 would re-send a signed transaction to
@@ -170,7 +202,8 @@ class Rpc:
             )
         if self._http is None:
             _refuse_redirects((self._async or self._sync).provider)  # type: ignore[union-attr]
-        self.calls = 0
+        self.calls = 0  # JSON-RPC calls made
+        self.exchanges = 0  # round trips to the node they took (a batch is one)
 
     def __repr__(self) -> str:
         if self._http is not None:
@@ -194,13 +227,35 @@ class Rpc:
     async def call(self, method: str, *params: Any) -> Any:
         """The raw ``result`` of ``method``; raises ``RpcError`` / ``RpcUnavailable``."""
         self.calls += 1
-        body = self._http.encode(method, list(params)) if self._http is not None else ""
+        self.exchanges += 1
+        if self._http is not None:
+            return await self._translated(method, self._http.request(method, self._http.encode(method, list(params))))
+        if self._async is None:
+            return await self._translated(method, asyncio.to_thread(self._blocking, method, list(params)))
+        pending = self._async.manager.coro_request(method, list(params))  # type: ignore[arg-type]
+        return await self._translated(method, pending)
+
+    async def call_all(self, *calls: tuple[str, list[Any]]) -> list[Any]:
+        """The raw results of several reads, in order, as ``call`` would give them one
+        after another (the first failed call raises), in one JSON-RPC batch (one HTTP
+        exchange) when the target is a URL whose node takes batches.  Reads only: a
+        batch is re-sent whole on a stale connection."""
+        if self._http is None or not self._http.batches:
+            return [await self.call(method, *params) for method, params in calls]
+        self.calls += len(calls)
+        self.exchanges += 1
+        batched = await self._translated(calls[0][0], self._http.request_all(list(calls)))
+        if batched is not None:
+            return batched
+        results = [await self.call(method, *params) for method, params in calls]
+        self._http.batches = False  # answered one at a time, not as a batch: so from now on
+        return results
+
+    async def _translated(self, method: str, answer: Awaitable[Any]) -> Any:
+        """``answer``, with its failure raised as ``RpcError`` (the node answered with
+        an error), ``RpcUnavailable`` (no readable answer) or ``EndpointError``."""
         try:
-            if self._http is not None:
-                return await self._http.request(method, body)
-            if self._async is None:
-                return await asyncio.to_thread(self._blocking, method, list(params))
-            return await self._async.manager.coro_request(method, list(params))  # type: ignore[arg-type]
+            return await answer
         except (RpcError, EndpointError):
             raise
         except Web3RPCError as exc:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
@@ -26,6 +26,8 @@ from ..storage import codec, store
 from ..storage.schema import headers, leaders, nonces, reorgs, reservations, runs, submissions, tx_attempts
 from .adapter import Coin, Header, Receipt, SignedTx
 from .reorg import REORG_SIGNAL, SETTLED
+
+T = TypeVar("T")
 
 
 def intent(
@@ -191,11 +193,18 @@ def candidate_hashes(conn: sa.Connection, sub_id: int) -> list[str]:
 
 # --- never-signed intents whose run ended --------------------------------------------
 
+def _one_of(column: sa.Column[Any], values: tuple[str, ...]) -> sa.ColumnElement[bool]:
+    """``column IN (...)`` over constants, one plain bind parameter each: ``in_`` of a
+    list makes an expanding parameter, whose SQL is rewritten on every execution, and
+    the tracker runs these statements on every head."""
+    return column.in_([sa.literal(value, column.type) for value in values])
+
+
 _ORPHANED = (  # built once: the tracker asks on every head
     sa.select(submissions.c.id, submissions.c.sender, submissions.c.nonce)
     .join(runs, runs.c.id == submissions.c.run_id)
     .where(submissions.c.chain == sa.bindparam("chain"), submissions.c.state == SubmissionState.ALLOCATED,
-           submissions.c.gap_fill.is_(sa.false()), runs.c.status.in_(TERMINAL))
+           submissions.c.gap_fill.is_(sa.false()), _one_of(runs.c.status, TERMINAL))
 )
 
 
@@ -382,7 +391,7 @@ _MATCHES = (
     .join(submissions, submissions.c.id == tx_attempts.c.submission_id)
     .where(tx_attempts.c.chain == sa.bindparam("chain"),
            tx_attempts.c.tx_hash.in_(sa.bindparam("hashes", expanding=True)),
-           submissions.c.state.in_(OPEN))
+           _one_of(submissions.c.state, OPEN))
 )
 _INCLUDED = (
     sa.select(submissions.c.id, submissions.c.finality, submissions.c.block_number)
@@ -390,7 +399,7 @@ _INCLUDED = (
 )
 _STUCK = (
     sa.select(submissions)
-    .where(submissions.c.chain == sa.bindparam("chain"), submissions.c.state.in_(OPEN),
+    .where(submissions.c.chain == sa.bindparam("chain"), _one_of(submissions.c.state, OPEN),
            submissions.c.last_broadcast_block <= sa.bindparam("older_than"),
            # a batch's members have no transactions of their own: the batch is handled
            sa.or_(submissions.c.batch_id.is_(None), submissions.c.batch_id == submissions.c.id))
@@ -399,13 +408,13 @@ _STUCK = (
 )
 _START_REBROADCAST_CLOCK = (
     submissions.update()
-    .where(submissions.c.chain == sa.bindparam("b_chain"), submissions.c.state.in_(OPEN),
+    .where(submissions.c.chain == sa.bindparam("b_chain"), _one_of(submissions.c.state, OPEN),
            submissions.c.last_broadcast_block.is_(None))
     .values(last_broadcast_block=sa.bindparam("head"))
 )
 _INCLUDE = (
     submissions.update()
-    .where(submissions.c.id == sa.bindparam("sub_id"), submissions.c.state.in_(OPEN))
+    .where(submissions.c.id == sa.bindparam("sub_id"), _one_of(submissions.c.state, OPEN))
     .values(state=SubmissionState.INCLUDED, tx_hash=sa.bindparam("b_tx_hash"),
             block_number=sa.bindparam("b_block_number"), block_hash=sa.bindparam("b_block_hash"),
             receipt=sa.bindparam("b_receipt"), stuck_since=None,
@@ -439,19 +448,20 @@ def head_view(conn: sa.Connection, chain: str, hashes: list[str], older_than: in
 
 
 def commit_head(conn: sa.Connection, chain: str, new: list[Header], receipts: list[tuple[int, Receipt]],
-                 ready: list[int], head: int, keep: int | None, now: float) -> None:
-    """Everything one head changes, in one write transaction."""
+                 ready: list[int], head: int, keep: int | None, now: float, coins: bool) -> None:
+    """Everything one head changes, in one write transaction.  ``coins``: the chain
+    reserves coins (a UTXO chain); an account chain has no reservations to update."""
     for h in new:
         add_header(conn, chain, h)
     store_receipts(conn, receipts, now)
     if ready:
-        _finalise(conn, ready, now)
+        _finalise(conn, ready, now, coins)
     # broadcast but not yet seen by the tracker: start its re-broadcast clock now
     conn.execute(_START_REBROADCAST_CLOCK, {"b_chain": chain, "head": head})
     if keep is not None:
         prune_headers(conn, chain, keep)
-        # spends below the window can no longer be reorged out as far as we follow
-        conn.execute(_FORGET_SPENT, {"b_chain": chain, "below": keep})
+        if coins:  # spends below the window can no longer be reorged out as far as we follow
+            conn.execute(_FORGET_SPENT, {"b_chain": chain, "below": keep})
 
 
 def store_receipts(conn: sa.Connection, receipts: list[tuple[int, Receipt]], now: float) -> None:
@@ -461,13 +471,12 @@ def store_receipts(conn: sa.Connection, receipts: list[tuple[int, Receipt]], now
                                 "now": now})
 
 
-_OWNERS = sa.select(submissions.c.id, submissions.c.run_id).where(
-    submissions.c.id.in_(sa.bindparam("ids", expanding=True)))
 _FINAL = (
     submissions.update()
     .where(submissions.c.id.in_(sa.bindparam("ids", expanding=True)),
            submissions.c.state == SubmissionState.INCLUDED)
     .values(state=SubmissionState.FINAL, updated_at=sa.bindparam("now"))
+    .returning(submissions.c.id, submissions.c.run_id)
 )
 # a final intent's coins are spent by its own transaction: recorded, no longer held
 _SPENT = (
@@ -480,10 +489,11 @@ _FORGET_SPENT = reservations.delete().where(reservations.c.chain == sa.bindparam
                                             reservations.c.spent_at_block < sa.bindparam("below"))
 
 
-def _finalise(conn: sa.Connection, ids: list[int], now: float) -> None:
-    rows = list(conn.execute(_OWNERS, {"ids": ids}))
-    conn.execute(_FINAL, {"ids": ids, "now": now})
-    conn.execute(_SPENT, {"ids": ids})
+def _finalise(conn: sa.Connection, ids: list[int], now: float, coins: bool) -> None:
+    """Included -> final, and the runs of those that turned final woken."""
+    rows = list(conn.execute(_FINAL, {"ids": ids, "now": now}))
+    if coins and rows:
+        conn.execute(_SPENT, {"ids": [int(r.id) for r in rows]})
     for r in rows:
         if r.run_id:
             store.insert_signal(conn, r.run_id, event_name(int(r.id)), "null", now)
@@ -551,21 +561,17 @@ def lowest_header(conn: sa.Connection, chain: str) -> int | None:
 
 
 # The head follower's statements, built once with bind parameters (it runs them on
-# every head; building a Core statement costs more than running it locally).
-_SAME_HASH = sa.and_(headers.c.chain == sa.bindparam("b_chain"), headers.c.hash == sa.bindparam("b_hash"))
-_EXISTS = sa.select(headers.c.hash).where(_SAME_HASH)
-_RESTORE = headers.update().where(_SAME_HASH).values(orphaned=False)
-_INSERT = headers.insert()
+# every head; building a Core statement costs more than running it locally).  A
+# header seen again (the chain reorged back to it) is restored, not inserted twice.
+_UPSERT = {name: build(headers).on_conflict_do_update(index_elements=[headers.c.chain, headers.c.hash],
+                                                      set_={"orphaned": False})
+           for name, build in (("postgresql", postgresql.insert), ("sqlite", sqlite.insert))}
 _PRUNE = headers.delete().where(headers.c.chain == sa.bindparam("b_chain"), headers.c.number < sa.bindparam("below"))
 
 
 def add_header(conn: sa.Connection, chain: str, h: Header) -> None:
-    key = {"b_chain": chain, "b_hash": h.hash}
-    if conn.execute(_EXISTS, key).first():
-        conn.execute(_RESTORE, key)
-        return
-    conn.execute(_INSERT, {"chain": chain, "hash": h.hash, "number": h.number, "parent_hash": h.parent_hash,
-                           "timestamp": h.timestamp})
+    conn.execute(_UPSERT[conn.dialect.name], {"chain": chain, "hash": h.hash, "number": h.number,
+                                              "parent_hash": h.parent_hash, "timestamp": h.timestamp})
 
 
 def orphan_headers_above(conn: sa.Connection, chain: str, fork: int) -> list[Header]:
@@ -613,6 +619,21 @@ def lead(conn: sa.Connection, name: str, owner: str, now: float, ttl: float) -> 
         conn.execute(leaders.insert().values(name=name, owner=owner, expires=now + ttl))
         return True
     return False
+
+
+class NotLeader(Exception):
+    """Another process holds the leadership lease: the transaction that found out is
+    rolled back, nothing of it written."""
+
+
+def as_leader(conn: sa.Connection, name: str, owner: str, now: float, ttl: float,
+              fn: Callable[..., T], *args: Any) -> T:
+    """``fn(conn, *args)`` fenced by the leadership lease ``name``: taken or kept first
+    in the same transaction (``lead``), so the writes commit only if ``owner`` leads
+    when they do, however long ago it last renewed; raises ``NotLeader`` otherwise."""
+    if not lead(conn, name, owner, now, ttl):
+        raise NotLeader(name)
+    return fn(conn, *args)
 
 
 def _header(row: Any) -> Header:

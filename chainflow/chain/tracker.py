@@ -18,8 +18,9 @@ import json
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 
@@ -38,6 +39,7 @@ from .domain import domain_for
 from .tracker_config import TrackerConfig
 
 log = logging.getLogger("chainflow.tracker")
+T = TypeVar("T")
 
 
 
@@ -67,11 +69,14 @@ class Tracker:
         self.adapter = adapter
         self.chain = adapter.name
         self.domain = domain_for(adapter, db, clock)
+        self._coins = self.domain.kind == "coins"  # reservations to record as spent and to forget
         self.owner = owner
         self.config = config or TrackerConfig()
         self._stats = HeadStats()
         self._tip: Header | None = None  # cached newest canonical header while we lead
         self._failures = FailureLog(log, f"tracker for {self.chain}")
+        self._lease = f"tracker:{self.chain}"
+        self._ttl = max(5.0, self.config.poll_interval * 10)
         self._lead_until = -math.inf  # time.monotonic() until which our leadership is proven
         # the node's highest head seen, and when (engine clock) it last rose: the stall alert
         self._highest = -1
@@ -101,23 +106,42 @@ class Tracker:
                 pass
 
     async def iteration(self) -> HeadStats | None:
-        """Renew (or take) the chain's leadership lease, then ``step`` if we lead: what
-        ``run`` does every poll interval.  None when another process leads."""
-        if await self._lead():
-            return await self.step()
+        """``step`` if we lead, what ``run`` does every poll interval; None when another
+        process leads.  Each step's write transaction renews the leadership lease
+        (``_commit``), so a transaction of its own renews it only when the last renewal
+        is more than half spent: at first contact, or after a pause or a failed step."""
+        if self._lead_until - time.monotonic() > valid_for(self._ttl) / 2 or await self._lead():
+            try:
+                return await self.step()
+            except chainstore.NotLeader:
+                pass  # another process took over since the last renewal: the write that found out rolled back
         self._tip = None  # another process leads: our cached tip goes stale
         return None
 
     async def _lead(self) -> bool:
         """Renew (or take) the leadership lease; while it holds, ``_as_leader`` answers
         without the database, on the monotonic clock from when the renewal was sent."""
-        ttl = max(5.0, self.config.poll_interval * 10)
         sent = time.monotonic()
-        if await self.db.atx(chainstore.lead, f"tracker:{self.chain}", self.owner, self.clock.time(), ttl):
-            self._lead_until = sent + valid_for(ttl)
+        if await self.db.atx(chainstore.lead, self._lease, self.owner, self.clock.time(), self._ttl):
+            self._lead_until = sent + valid_for(self._ttl)
             return True
         self._lead_until = -math.inf
         return False
+
+    async def _commit(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn`` in one write transaction that renews (or takes) the leadership lease
+        first: the head's writes commit only if this process leads as they do, and a
+        steady tracker spends no transaction of its own on the renewal.  Raises
+        ``chainstore.NotLeader`` (nothing written) when another process leads."""
+        sent = time.monotonic()
+        try:
+            result = await self.db.atx(chainstore.as_leader, self._lease, self.owner, self.clock.time(), self._ttl,
+                                       fn, *args)
+        except chainstore.NotLeader:
+            self._lead_until = -math.inf
+            raise
+        self._lead_until = sent + valid_for(self._ttl)
+        return result
 
     async def _as_leader(self) -> None:
         """Raise ``_Deposed`` unless this process still leads the chain: a leader frozen
@@ -160,8 +184,8 @@ class Tracker:
                     receipts.append((member, member_receipt))
                     view.included.append((member, member_policy, receipt.block_number))
         ready = await self._ready(view.included, head.number)
-        await self.db.atx(chainstore.commit_head, self.chain, new, receipts, ready, head.number,
-                          keep_from(head.number, self.config.window, view.included), self.clock.time())
+        await self._commit(chainstore.commit_head, self.chain, new, receipts, ready, head.number,
+                           keep_from(head.number, self.config.window, view.included), self.clock.time(), self._coins)
         self._tip = new[-1] if new else tip
         metrics.set_gauge("chainflow_chain_head_lag_blocks", head.number - self._tip.number, chain=self.chain)
         stats.new_blocks, stats.matched, stats.settled = len(new), len(receipts), len(ready)
@@ -198,7 +222,8 @@ class Tracker:
         below the head would otherwise find every pending one overdue and fee-bump
         them all at once."""
         base = await self._rpc(self.adapter.header_at(number))
-        await self.db.atx(chainstore.commit_head, self.chain, [base], [], [], head, None, self.clock.time())
+        await self._commit(chainstore.commit_head, self.chain, [base], [], [], head, None, self.clock.time(),
+                           self._coins)
         return base
 
     async def _new_headers(self, head: Header, tip: Header) -> list[Header] | None:
@@ -248,7 +273,7 @@ class Tracker:
             h = head if number == head.number else await self._rpc(self.adapter.header_at(number))
             if h is not None:
                 new_hashes.append(h.hash)
-        depth = await self.db.atx(chainstore.record_reorg, self.chain, fork, new_hashes, now)
+        depth = await self._commit(chainstore.record_reorg, self.chain, fork, new_hashes, now)
         self._stats.reorg_depth = depth
         if depth:
             self.events.emit("reorg_detected", chain=self.chain, depth=depth, status=f"fork at block {fork}")

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import pytest
 from eth_account import Account
@@ -120,3 +122,68 @@ async def test_params_that_are_not_json_are_a_bug_not_an_outage(signer: LocalSig
     adapters.append(adapter)
     with pytest.raises(TypeError, match="eth_call: parameters are not JSON"):
         await adapter.rpc.call("eth_call", {"data": b"\x01"}, "latest")
+
+
+def json_rpc_server(on_batch: str, seen: list[str]) -> Handler:
+    """A node answering every call with its own method name; a batch is answered as
+    one (``on_batch="answer"``), dropped unanswered (``"drop"``: a proxy that cannot
+    parse one), refused with one error object (``"error"``) or with a 400.  ``seen``
+    records each request's shape, "batch" or the method."""
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            try:
+                head = await reader.readuntil(b"\r\n\r\n")
+            except asyncio.IncompleteReadError:
+                return  # the client closed its keep-alive connection
+            length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                          if line.lower().startswith(b"content-length:"))
+            request = json.loads(await reader.readexactly(length))
+            seen.append("batch" if isinstance(request, list) else request["method"])
+            status = 200
+            if not isinstance(request, list):
+                answer: Any = {"jsonrpc": "2.0", "id": request["id"], "result": request["method"]}
+            elif on_batch == "answer":
+                answer = [{"jsonrpc": "2.0", "id": r["id"], "result": r["method"]} for r in reversed(request)]
+            elif on_batch == "drop":
+                writer.close()
+                return
+            elif on_batch == "error":
+                answer = {"jsonrpc": "2.0", "id": None, "error": {"code": -32600, "message": "batches not allowed"}}
+            else:
+                status, answer = 400, {"error": "bad request"}
+            body = json.dumps(answer).encode()
+            writer.write(b"HTTP/1.1 %d X\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+                         % (status, len(body), body))
+            await writer.drain()
+    return handler
+
+
+@pytest.mark.parametrize("on_batch", ["answer", "drop", "error", "400"])
+async def test_reads_asked_together_share_one_exchange_unless_the_node_refuses_batches(
+        on_batch: str, signer: LocalSigner, adapters: list[EvmChain]) -> None:
+    seen: list[str] = []
+    server, url = await serve(json_rpc_server(on_batch, seen))
+    try:
+        adapter = EvmChain("x", url, signer, timeout=2)
+        adapters.append(adapter)
+        for _ in range(2):
+            assert await adapter.rpc.call_all(("a", []), ("b", [1])) == ["a", "b"]
+        if on_batch == "answer":
+            assert seen == ["batch", "batch"] and adapter.rpc.exchanges == 2
+        else:  # found out on first use: one call at a time from then on
+            assert seen[-4:] == ["a", "b", "a", "b"] and seen.count("batch") >= 1
+    finally:
+        server.close()
+
+
+async def test_a_batch_meeting_an_outage_raises_and_stays_a_batch(signer: LocalSigner,
+                                                                  adapters: list[EvmChain]) -> None:
+    server, url = await serve(http_502)
+    try:
+        adapter = EvmChain("x", url, signer, timeout=1)
+        adapters.append(adapter)
+        with pytest.raises(RpcUnavailable):
+            await adapter.rpc.call_all(("a", []), ("b", []))
+        assert adapter.rpc.exchanges == 1  # no second try one call at a time during an outage
+    finally:
+        server.close()

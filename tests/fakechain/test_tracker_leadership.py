@@ -1,0 +1,75 @@
+"""The head follower's leadership: its writes are fenced, and they renew it.
+
+Each head's write transaction takes or keeps the chain's leadership before anything
+else, so a tracker that lost it (frozen past its lease while another took over)
+writes nothing, however recent its own proof looks; and a steady leader needs no
+transaction of its own for the renewal: one read and one write per head.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+from chainflow.chain import chainstore
+from chainflow.chain.tracker import Tracker
+from chainflow.storage.schema import leaders
+from chainflow.testing import CallLog
+
+from .test_utxo_protocol import CHAIN, Rig
+
+
+async def test_a_deposed_tracker_writes_nothing_and_a_steady_one_renews_in_its_head_write(
+        db_url: str, ledger: CallLog) -> None:
+    rig = Rig(db_url, ledger)
+    try:
+        first = rig.tracker
+        other = Tracker(rig.app.database, rig.app.clock, rig.adapter, "other-tracker", rig.config)
+        engine = rig.app.engine
+        transactions: list[list[str]] = []  # the statements of each transaction, while counting
+        counting = False
+
+        def began(*_: object) -> None:
+            if counting:
+                transactions.append([])
+
+        def statement(_conn: object, _cursor: object, text: str, *_: object) -> None:
+            if counting and transactions:
+                transactions[-1].append(text)
+
+        assert await first.iteration() is not None  # first contact: takes the lease
+        expiries = []
+        sa.event.listen(engine, "begin", began)
+        sa.event.listen(engine, "before_cursor_execute", statement)
+        try:
+            for _ in range(3):
+                rig.chain.mine()
+                counting = True
+                assert (await first.iteration()) is not None
+                counting = False
+                expiries.append(rig.app.database.read(chainstore.leader, f"tracker:{CHAIN}").expires)
+        finally:
+            sa.event.remove(engine, "begin", began)
+            sa.event.remove(engine, "before_cursor_execute", statement)
+        renewals = [tx for tx in transactions if any("cf_leaders" in text for text in tx)]
+        assert len(renewals) == 3, "one renewal per head"
+        assert all(any(text.startswith("INSERT INTO cf_headers") for text in tx) for tx in renewals), \
+            "the renewal rides in the head's write, no transaction of its own"
+        assert expiries == sorted(expiries) and len(set(expiries)) == 3, "each head's write renewed the lease"
+
+        assert await other.iteration() is None  # the first tracker leads
+        # the first one freezes past its lease; the other takes over and follows a head
+        with engine.begin() as conn:
+            conn.execute(leaders.update().values(expires=0.0))
+        rig.chain.mine()
+        assert await other.iteration() is not None
+        # the first one resumes: its own proof still looks fresh, but its write is refused
+        rig.chain.mine()
+        assert await first.iteration() is None
+        assert rig.app.database.read(chainstore.header_tip, CHAIN).number == rig.chain.height - 1, \
+            "the deposed tracker stored nothing"
+        assert rig.app.database.read(chainstore.leader, f"tracker:{CHAIN}").owner == "other-tracker"
+        assert await first.iteration() is None  # and from then on asks first
+        assert (await other.iteration()) is not None
+        assert rig.app.database.read(chainstore.header_tip, CHAIN).number == rig.chain.height
+    finally:
+        rig.close()
