@@ -81,6 +81,12 @@ def inc(name: str, value: int = 1, **labels: Any) -> None:
     _bound(name, labels)(value)
 
 
+def child(name: str, **labels: Any) -> Callable[[float], None]:
+    """What ``inc``, ``observe`` or ``set_gauge`` calls for ``name`` and ``labels``: a
+    caller on a hot path keeps it rather than have the labels looked up each time."""
+    return _bound(name, labels)
+
+
 def observe(name: str, value: float, **labels: Any) -> None:
     """Record ``value`` in histogram ``name`` (one of ``_HISTOGRAMS``) for ``labels``."""
     _bound(name, labels)(value)
