@@ -151,45 +151,46 @@ class Events:
 _ATTEMPTS = {"step_completed": "ok", "step_retried": "retried", "step_failed": "failed"}
 
 
-class _StepSeries(NamedTuple):
-    """The labelled children one step attempt's event moves, bound once per (kind,
-    workflow): a step's event is the hot path, where building the label tuples again
-    each time cost as much as the counting itself."""
+class _Series(NamedTuple):
+    """The labelled children the event of a step attempt or a run's end moves, bound
+    once per (kind, workflow, status): these events come with every step and run, where
+    building the label tuples again each time cost as much as the counting itself."""
 
-    attempts: Callable[[float], None]
+    count: Callable[[float], None]  # attempts, or finished runs
     durations: Callable[[float], None]
-    failures: Callable[[float], None] | None
+    failures: Callable[[float], None] | None  # a step that failed for good
 
 
-_step_series: dict[tuple[str, Any], _StepSeries] = {}
+_series_of: dict[tuple[str, Any, Any], _Series] = {}
 
 
-def _series(kind: str, workflow: Any) -> _StepSeries:
-    series = _step_series.get((kind, workflow))
+def _series(kind: str, workflow: Any, status: Any) -> _Series:
+    series = _series_of.get((kind, workflow, status))
     if series is None:
-        outcome = _ATTEMPTS[kind]
-        series = _step_series[kind, workflow] = _StepSeries(
-            metrics.child("chainflow_step_attempts_total", workflow=workflow, outcome=outcome),
-            metrics.child("chainflow_step_duration_seconds", workflow=workflow, outcome=outcome),
-            metrics.child("chainflow_step_failures_total", workflow=workflow) if kind == "step_failed" else None)
+        if kind in _ATTEMPTS:
+            labels = {"workflow": workflow, "outcome": _ATTEMPTS[kind]}
+            series = _Series(metrics.child("chainflow_step_attempts_total", **labels),
+                             metrics.child("chainflow_step_duration_seconds", **labels),
+                             metrics.child("chainflow_step_failures_total", workflow=workflow)
+                             if kind == "step_failed" else None)
+        else:
+            labels = {"workflow": workflow, "status": status}
+            series = _Series(metrics.child("chainflow_runs_finished_total", **labels),
+                             metrics.child("chainflow_run_duration_seconds", **labels), None)
+        _series_of[kind, workflow, status] = series
     return series
 
 
 def _count(kind: str, fields: dict[str, Any]) -> None:
     """The Prometheus series one event (``kind`` with the ``Event`` fields given) moves."""
     get = fields.get
-    if kind in _ATTEMPTS:
-        series, duration = _series(kind, get("workflow")), get("duration")
-        series.attempts(1)
+    if kind in _ATTEMPTS or kind in FINISHED:
+        series, duration = _series(kind, get("workflow"), get("status")), get("duration")
+        series.count(1)
         if duration is not None:
             series.durations(duration)
         if series.failures is not None:
             series.failures(1)
-    elif kind in FINISHED:
-        workflow, status, duration = get("workflow"), get("status"), get("duration")
-        metrics.inc("chainflow_runs_finished_total", workflow=workflow, status=status)
-        if duration is not None:
-            metrics.observe("chainflow_run_duration_seconds", duration, workflow=workflow, status=status)
     elif kind == "run_started":
         metrics.inc("chainflow_runs_started_total", workflow=get("workflow"))
     elif kind == "run_compensated":

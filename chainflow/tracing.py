@@ -71,12 +71,14 @@ class _Spans:
         self.tracer: Any = None
         self.provider: Any = None  # the one given to ``configure``; None: the global one
         self.live = False  # spans go to a real provider (``active``)
+        self.next_look = 0.0  # monotonic time ``active`` may look up the global provider again
         self.runs: dict[str, Any] = {}
         self.steps: dict[tuple[str, str], Any] = {}
         self.lock = threading.Lock()  # several workers (threads) may share one process
 
 
 _spans = _Spans()
+_LOOK_EVERY = 1.0  # seconds between two lookups of the global provider while there is none
 
 
 def configure(tracer_provider: Any = None) -> None:
@@ -84,7 +86,7 @@ def configure(tracer_provider: Any = None) -> None:
     None: to the global provider again."""
     if trace is not None:
         _spans.tracer = trace.get_tracer("chainflow", tracer_provider=tracer_provider)
-        _spans.provider = tracer_provider
+        _spans.provider, _spans.next_look = tracer_provider, 0.0
         _spans.live = _real(tracer_provider if tracer_provider is not None else trace.get_tracer_provider())
 
 
@@ -92,12 +94,15 @@ def active(kind: str) -> bool:
     """Whether an event of ``kind`` is traced: a provider was given to ``configure``,
     or the application installed a global one (in code or by
     ``OTEL_PYTHON_TRACER_PROVIDER``).  While the answer is no, the global provider is
-    looked up again only when a run's execution starts, so a step's event costs an
-    attribute read rather than the API's environment lookup: a provider the application
-    installs later is traced to from the next execution start on.  A yes is kept (the
-    API never takes a global provider back)."""
+    looked up again only when a run's execution starts, at most once a second, so an
+    event costs an attribute read rather than the API's environment lookup: a provider
+    the application installs later is traced to from an execution start a second later
+    at the most.  A yes is kept (the API never takes a global provider back)."""
     if not _spans.live and kind == "run_executing" and trace is not None:
-        _spans.live = _real(_spans.provider if _spans.provider is not None else trace.get_tracer_provider())
+        now = time.monotonic()
+        if now >= _spans.next_look:
+            _spans.next_look = now + _LOOK_EVERY
+            _spans.live = _real(_spans.provider if _spans.provider is not None else trace.get_tracer_provider())
     return _spans.live
 
 

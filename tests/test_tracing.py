@@ -130,7 +130,7 @@ def test_a_parked_run_has_a_span_per_execution(tmp_path: Path, exporter: InMemor
 
 
 _GLOBAL_PROVIDER_SCRIPT = """
-import asyncio, sys
+import asyncio, sys, time
 from opentelemetry import trace
 from opentelemetry.sdk import trace as sdk_trace
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -155,6 +155,7 @@ async def one_run():
     return run_id
 
 before = asyncio.run(one_run())
+time.sleep(tracing._LOOK_EVERY)  # the global provider is looked up at most this often
 assert not tracing.active("step_completed")  # the API's proxy: nothing to trace to
 exporter = InMemorySpanExporter()
 provider = sdk_trace.TracerProvider()
