@@ -156,7 +156,7 @@ class _Series(NamedTuple):
     once per (kind, workflow, status): these events come with every step and run, where
     building the label tuples again each time cost as much as the counting itself."""
 
-    count: Callable[[float], None]  # attempts, or finished runs
+    total: Callable[[float], None]  # attempts, or finished runs
     durations: Callable[[float], None]
     failures: Callable[[float], None] | None  # a step that failed for good
 
@@ -186,7 +186,7 @@ def _count(kind: str, fields: dict[str, Any]) -> None:
     get = fields.get
     if kind in _ATTEMPTS or kind in FINISHED:
         series, duration = _series(kind, get("workflow"), get("status")), get("duration")
-        series.count(1)
+        series.total(1)
         if duration is not None:
             series.durations(duration)
         if series.failures is not None:
