@@ -20,8 +20,8 @@ import asyncio
 import inspect
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 from . import metrics, tracing
 from .lograte import FailureLog
@@ -71,7 +71,7 @@ class Event:
 
     def fields(self) -> dict[str, Any]:
         """The fields that are set (what a JSON log line carries)."""
-        return {k: v for k, v in asdict(self).items() if v is not None}
+        return {k: v for k, v in vars(self).items() if v is not None}
 
     def line(self) -> str:
         """``kind k=v k=v``: the text log line."""
@@ -107,16 +107,24 @@ class Events:
 
         return register
 
-    def emit(self, kind: str, **fields: Any) -> Event:
-        event = Event(kind, **fields)
-        _count(event)
-        tracing.record(event)
+    def emit(self, kind: str, **fields: Any) -> None:
+        """Count the state change; build its ``Event`` for the span, the log line and the
+        hooks only when one of them listens (on a worker nobody configured, a step's
+        event is its counters and nothing more)."""
+        _count(kind, fields)
         level = LEVELS[kind]
-        if log.isEnabledFor(level):
+        hooks = self._hooks.get(kind, ())
+        logged = log.isEnabledFor(level)
+        traced = tracing.active(kind)
+        if not (hooks or logged or traced):
+            return
+        event = Event(kind, **fields)
+        if traced:
+            tracing.record(event)
+        if logged:
             log.log(level, "%s", event.line(), extra={"event": event.fields()})
-        for hook in self._hooks.get(kind, ()):
+        for hook in hooks:
             self._call(hook, event)
-        return event
 
     def _call(self, hook: Hook, event: Event) -> None:
         try:
@@ -143,31 +151,57 @@ class Events:
 _ATTEMPTS = {"step_completed": "ok", "step_retried": "retried", "step_failed": "failed"}
 
 
-def _count(e: Event) -> None:
-    """The Prometheus series one event moves."""
-    kind = e.kind
-    if kind in _ATTEMPTS:
-        outcome = _ATTEMPTS[kind]
-        metrics.inc("chainflow_step_attempts_total", workflow=e.workflow, outcome=outcome)
-        if e.duration is not None:
-            metrics.observe("chainflow_step_duration_seconds", e.duration, workflow=e.workflow, outcome=outcome)
-        if kind == "step_failed":
-            metrics.inc("chainflow_step_failures_total", workflow=e.workflow)
-    elif kind in FINISHED:
-        metrics.inc("chainflow_runs_finished_total", workflow=e.workflow, status=e.status)
-        if e.duration is not None:
-            metrics.observe("chainflow_run_duration_seconds", e.duration, workflow=e.workflow, status=e.status)
+class _Series(NamedTuple):
+    """The labelled children the event of a step attempt or a run's end moves, bound
+    once per (kind, workflow, status): these events come with every step and run, where
+    building the label tuples again each time cost as much as the counting itself."""
+
+    total: Callable[[float], None]  # attempts, or finished runs
+    durations: Callable[[float], None]
+    failures: Callable[[float], None] | None  # a step that failed for good
+
+
+_series_of: dict[tuple[str, Any, Any], _Series] = {}
+
+
+def _series(kind: str, workflow: Any, status: Any) -> _Series:
+    series = _series_of.get((kind, workflow, status))
+    if series is None:
+        if kind in _ATTEMPTS:
+            labels = {"workflow": workflow, "outcome": _ATTEMPTS[kind]}
+            series = _Series(metrics.child("chainflow_step_attempts_total", **labels),
+                             metrics.child("chainflow_step_duration_seconds", **labels),
+                             metrics.child("chainflow_step_failures_total", workflow=workflow)
+                             if kind == "step_failed" else None)
+        else:
+            labels = {"workflow": workflow, "status": status}
+            series = _Series(metrics.child("chainflow_runs_finished_total", **labels),
+                             metrics.child("chainflow_run_duration_seconds", **labels), None)
+        _series_of[kind, workflow, status] = series
+    return series
+
+
+def _count(kind: str, fields: dict[str, Any]) -> None:
+    """The Prometheus series one event (``kind`` with the ``Event`` fields given) moves."""
+    get = fields.get
+    if kind in _ATTEMPTS or kind in FINISHED:
+        series, duration = _series(kind, get("workflow"), get("status")), get("duration")
+        series.total(1)
+        if duration is not None:
+            series.durations(duration)
+        if series.failures is not None:
+            series.failures(1)
     elif kind == "run_started":
-        metrics.inc("chainflow_runs_started_total", workflow=e.workflow)
+        metrics.inc("chainflow_runs_started_total", workflow=get("workflow"))
     elif kind == "run_compensated":
-        metrics.inc("chainflow_runs_compensated_total", workflow=e.workflow)
+        metrics.inc("chainflow_runs_compensated_total", workflow=get("workflow"))
     elif kind == "reorg_detected":
-        metrics.inc("chainflow_reorgs_total", chain=e.chain)
-        metrics.observe("chainflow_reorg_depth_blocks", e.depth or 0, chain=e.chain)
+        metrics.inc("chainflow_reorgs_total", chain=get("chain"))
+        metrics.observe("chainflow_reorg_depth_blocks", get("depth") or 0, chain=get("chain"))
     elif kind == "submission_stuck":
-        metrics.inc("chainflow_submissions_stuck_total", chain=e.chain)
+        metrics.inc("chainflow_submissions_stuck_total", chain=get("chain"))
     elif kind in ("chain_stalled", "chain_resumed"):
-        metrics.set_gauge("chainflow_chain_stalled", 1 if kind == "chain_stalled" else 0, chain=e.chain)
+        metrics.set_gauge("chainflow_chain_stalled", 1 if kind == "chain_stalled" else 0, chain=get("chain"))
 
 
 async def _awaited(result: Awaitable[Any]) -> Any:

@@ -19,7 +19,10 @@ span is opened when its start is known and backdated where it is not:
   backoff) ends with the run's span, outcome ``unfinished``.
 
 Spans go to the global tracer provider the application configures, or to the one
-given to ``configure`` (tests, or an application that keeps its own).
+given to ``configure`` (tests, or an application that keeps its own).  Until there is
+one, ``active`` says no and the events skip tracing: the API's default provider is a
+proxy with nothing behind it, and opening a span there per step would cost every step
+a few microseconds for nothing.
 """
 
 from __future__ import annotations
@@ -66,12 +69,16 @@ class _Spans:
 
     def __init__(self) -> None:
         self.tracer: Any = None
+        self.provider: Any = None  # the one given to ``configure``; None: the global one
+        self.live = False  # spans go to a real provider (``active``)
+        self.next_look = 0.0  # monotonic time ``active`` may look up the global provider again
         self.runs: dict[str, Any] = {}
         self.steps: dict[tuple[str, str], Any] = {}
         self.lock = threading.Lock()  # several workers (threads) may share one process
 
 
 _spans = _Spans()
+_LOOK_EVERY = 1.0  # seconds between two lookups of the global provider while there is none
 
 
 def configure(tracer_provider: Any = None) -> None:
@@ -79,10 +86,35 @@ def configure(tracer_provider: Any = None) -> None:
     None: to the global provider again."""
     if trace is not None:
         _spans.tracer = trace.get_tracer("chainflow", tracer_provider=tracer_provider)
+        _spans.provider, _spans.next_look = tracer_provider, 0.0
+        _spans.live = _real(tracer_provider if tracer_provider is not None else trace.get_tracer_provider())
+
+
+def active(kind: str) -> bool:
+    """Whether an event of ``kind`` is traced: a provider was given to ``configure``,
+    or the application installed a global one (in code or by
+    ``OTEL_PYTHON_TRACER_PROVIDER``).  While the answer is no, the global provider is
+    looked up again only when a run's execution starts, at most once a second, so an
+    event costs an attribute read rather than the API's environment lookup: a provider
+    the application installs later is traced to from an execution start a second later
+    at the most.  A yes is kept (the API never takes a global provider back)."""
+    if not _spans.live and kind == "run_executing" and trace is not None:
+        now = time.monotonic()
+        if now >= _spans.next_look:
+            _spans.next_look = now + _LOOK_EVERY
+            _spans.live = _real(_spans.provider if _spans.provider is not None else trace.get_tracer_provider())
+    return _spans.live
+
+
+def _real(provider: Any) -> bool:
+    """Not the API's stand-in (the proxy before any provider is set, or the no-op)."""
+    assert trace is not None
+    return not isinstance(provider, (trace.ProxyTracerProvider, trace.NoOpTracerProvider))
 
 
 def record(event: Event) -> None:
-    """Open, annotate or end the spans ``event`` concerns (called by ``Events.emit``)."""
+    """Open, annotate or end the spans ``event`` concerns (called by ``Events.emit``
+    when ``active``)."""
     if trace is None or event.run_id is None:
         return
     kind = event.kind

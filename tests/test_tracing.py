@@ -5,6 +5,8 @@ and outcome, a failed step's error."""
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -125,3 +127,49 @@ def test_a_parked_run_has_a_span_per_execution(tmp_path: Path, exporter: InMemor
     runs = [s for s in exporter.get_finished_spans() if s.attributes["chainflow.run_id"] == run_id]
     assert [s.attributes["chainflow.run.status"] for s in runs] == ["waiting", "completed"]
     assert runs[0].end_time <= runs[1].start_time
+
+
+_GLOBAL_PROVIDER_SCRIPT = """
+import asyncio, sys, time
+from opentelemetry import trace
+from opentelemetry.sdk import trace as sdk_trace
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+import chainflow as cf
+from chainflow import tracing
+
+app = cf.Chainflow(f"sqlite:///{sys.argv[1]}/g.db")
+
+@app.workflow("plain")
+async def plain(ctx, n):
+    return await ctx.step("one", lambda: n)
+
+async def one_run():
+    worker = app.worker()
+    await worker.start()
+    try:
+        run_id = (await app.astart("plain", 1)).id
+        await worker.drain()
+    finally:
+        await worker.close()
+    return run_id
+
+before = asyncio.run(one_run())
+time.sleep(tracing._LOOK_EVERY)  # the global provider is looked up at most this often
+assert not tracing.active("step_completed")  # the API's proxy: nothing to trace to
+exporter = InMemorySpanExporter()
+provider = sdk_trace.TracerProvider()
+provider.add_span_processor(SimpleSpanProcessor(exporter))
+trace.set_tracer_provider(provider)  # the application's, after the app started working
+after = asyncio.run(one_run())
+names = sorted((s.attributes["chainflow.run_id"] == after, s.name) for s in exporter.get_finished_spans())
+assert names == [(True, "run plain"), (True, "step one")], names
+print("ok")
+"""
+
+
+def test_a_global_provider_installed_later_is_traced_from_the_next_execution(tmp_path: Path) -> None:
+    # the API takes a global provider once per process: a child process of its own
+    done = subprocess.run([sys.executable, "-c", _GLOBAL_PROVIDER_SCRIPT, str(tmp_path)], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr

@@ -197,6 +197,15 @@ def readable(value: Any) -> Any:
 
 def dumps(value: Any, *, what: str = "") -> str:
     """Encode ``value``; ``what`` names the payload in the error (e.g. "output of step 'x'")."""
+    # the commonest step outputs written as the encoder would, without the encoder
+    # object it builds per call for anything but a str (most of a scalar's cost)
+    kind = type(value)
+    if kind is int and -_SAFE_INT < value < _SAFE_INT:
+        return int.__repr__(value)
+    if value is None:
+        return "null"
+    if kind is bool:
+        return "true" if value else "false"
     try:
         return _ENCODER.encode(_encode(value, ""))
     except PayloadError as exc:

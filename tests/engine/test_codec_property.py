@@ -140,6 +140,12 @@ def test_ints_never_lose_precision_in_json_readers(n: int) -> None:
     assert codec.loads(codec.dumps(n)) == n
 
 
+@given(st.one_of(big_ints, st.booleans(), st.none()))
+def test_scalars_are_written_as_the_encoder_writes_them(value: Any) -> None:
+    # ``dumps`` writes these without the JSON encoder: the text must be the same bytes
+    assert codec.dumps(value) == codec._ENCODER.encode(codec._encode(value, ""))
+
+
 @given(st.sampled_from([object(), {1, 2}.__iter__(), lambda: 1, type("Opaque", (), {})()]))
 def test_unsupported_values_raise_payload_error(bad: Any) -> None:
     from chainflow.errors import PayloadError
