@@ -121,8 +121,9 @@ class BitcoinRpc:
             return client
 
     async def aclose(self) -> None:
-        """Close this loop's client; forget those of loops that have ended (their
-        connections died with them)."""
+        """Close this loop's client; forget those of loops that have ended.  A loop's
+        client must be closed on that loop before it ends: its sockets outlive it
+        (the node keeps each open until the client is collected)."""
         loop = asyncio.get_running_loop()
         with self._lock:
             mine = self._clients.pop(loop, None)

@@ -76,7 +76,7 @@ class Tracker:
         self._tip: Header | None = None  # cached newest canonical header while we lead
         self._failures = FailureLog(log, f"tracker for {self.chain}")
         self._lease = f"tracker:{self.chain}"
-        self._ttl = max(5.0, self.config.poll_interval * 10)
+        self._ttl = self.config.leadership_ttl
         self._lead_until = -math.inf  # time.monotonic() until which our leadership is proven
         # the node's highest head seen, and when (engine clock) it last rose: the stall alert
         self._highest = -1

@@ -44,6 +44,10 @@ class TrackerConfig:
     stall_after: float | None = 900.0
     # chain name -> how its payouts are batched; chains not named are not batched
     batching: dict[str, Batching] = field(default_factory=dict)
+    # seconds a tracker's leadership of a chain lasts unrenewed: how long a killed
+    # leader's chain goes unfollowed before another process takes over; None:
+    # max(5 s, 10 poll intervals).  Shorter means more renewals on a quiet chain
+    leader_lease: float | None = None
 
     def __post_init__(self) -> None:
         """Refuse what would spin (a zero or NaN poll interval) or never act (a negative
@@ -51,6 +55,11 @@ class TrackerConfig:
         to_seconds(self.poll_interval, "TrackerConfig.poll_interval", positive=True)
         if self.stall_after is not None:
             to_seconds(self.stall_after, "TrackerConfig.stall_after", positive=True)
+        if self.leader_lease is not None:
+            lease = to_seconds(self.leader_lease, "TrackerConfig.leader_lease", positive=True)
+            if lease < 2 * self.poll_interval:  # a leader renews at most once a poll
+                raise ValueError(f"TrackerConfig.leader_lease must be at least 2 poll intervals "
+                                 f"({2 * self.poll_interval} s), got {self.leader_lease!r}")
         for f in fields(self):
             value = getattr(self, f.name)
             if f.type == "int":
@@ -66,3 +75,9 @@ class TrackerConfig:
         for chain, policy in self.batching.items():
             if not isinstance(policy, Batching):
                 raise TypeError(f"TrackerConfig.batching[{chain!r}] must be a cf.Batching, got {policy!r}")
+
+    @property
+    def leadership_ttl(self) -> float:
+        """Seconds a tracker's leadership lasts unrenewed (``leader_lease`` or its default)."""
+        return max(5.0, self.poll_interval * 10) if self.leader_lease is None \
+            else to_seconds(self.leader_lease, "TrackerConfig.leader_lease")

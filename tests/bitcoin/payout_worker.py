@@ -43,7 +43,7 @@ PHASES = ("allocated", "signed", "broadcast", "final", "batch-recorded", "batch-
 def build(url: str, rpc_url: str, network: str, wallet: DescriptorWallet, *, batching: bool,
           lease: float = 2.0) -> cf.Chainflow:
     btc = BitcoinChain(CHAIN, rpc=rpc_url, network=network, wallet=wallet, lookahead=20)
-    tracker = cf.TrackerConfig(poll_interval=0.05, rebroadcast_blocks=2, bump_blocks=BUMP_BLOCKS,
+    tracker = cf.TrackerConfig(poll_interval=0.05, rebroadcast_blocks=2, bump_blocks=BUMP_BLOCKS, leader_lease=1.5,
                                batching={CHAIN: cf.Batching(window=0.5, max_size=10)} if batching else {})
     app = cf.Chainflow(url, chains=[btc], lease_seconds=lease, tracker=tracker)
     # the wallet and the chain as a user would log them: their reprs must hide the key

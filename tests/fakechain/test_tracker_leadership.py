@@ -8,8 +8,10 @@ transaction of its own for the renewal: one read and one write per head.
 
 from __future__ import annotations
 
+import pytest
 import sqlalchemy as sa
 
+import chainflow as cf
 from chainflow.chain import chainstore
 from chainflow.chain.tracker import Tracker
 from chainflow.storage.schema import leaders
@@ -73,3 +75,13 @@ async def test_a_deposed_tracker_writes_nothing_and_a_steady_one_renews_in_its_h
         assert rig.app.database.read(chainstore.header_tip, CHAIN).number == rig.chain.height
     finally:
         rig.close()
+
+
+def test_leader_lease_is_checked_and_defaults_to_ten_polls() -> None:
+    assert cf.TrackerConfig(poll_interval=1.0).leadership_ttl == 10.0
+    assert cf.TrackerConfig(poll_interval=0.05).leadership_ttl == 5.0
+    assert cf.TrackerConfig(poll_interval=0.05, leader_lease=1.5).leadership_ttl == 1.5
+    for bad, says in ((0, "TrackerConfig.leader_lease"), (float("nan"), "TrackerConfig.leader_lease"),
+                      (0.05, "at least 2 poll intervals")):
+        with pytest.raises(ValueError, match=says):
+            cf.TrackerConfig(poll_interval=0.05, leader_lease=bad)

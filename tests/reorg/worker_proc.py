@@ -35,7 +35,8 @@ def build(url: str, rpc_url: str, token_address: str, key: str, ledger: str) -> 
     signer = LocalSigner.from_key(key)
     token = token_contract(Web3(Web3.HTTPProvider(rpc_url)), token_address)
     app = cf.Chainflow(url, chains=[EvmChain(CHAIN, rpc_url, signer)],
-                       tracker=cf.TrackerConfig(poll_interval=0.05, rebroadcast_blocks=1), lease_seconds=5.0)
+                       tracker=cf.TrackerConfig(poll_interval=0.05, rebroadcast_blocks=1, leader_lease=1.5),
+                       lease_seconds=5.0)
 
     log = CallLog(Path(ledger))
 

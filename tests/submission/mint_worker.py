@@ -36,7 +36,7 @@ def build(url: str, rpc_url: str, token_address: str, key: str, lease: float = 2
     signer = LocalSigner.from_key(key)
     token = token_contract(Web3(Web3.HTTPProvider(rpc_url)), token_address)
     app = cf.Chainflow(url, chains=[EvmChain(CHAIN, rpc_url, signer)], lease_seconds=lease,
-                       tracker=cf.TrackerConfig(poll_interval=0.05, rebroadcast_blocks=2))
+                       tracker=cf.TrackerConfig(poll_interval=0.05, rebroadcast_blocks=2, leader_lease=1.5))
 
     @app.workflow("mint")
     async def mint(ctx: cf.Context, ev: dict[str, Any]) -> dict[str, Any]:
