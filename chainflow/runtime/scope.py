@@ -274,6 +274,7 @@ class Scope:
         # the ``step_completed`` fields of the step rows deferred into ``_buffer``:
         # announced once they are durable; non-empty means an effect must commit first
         self._deferred: list[dict[str, Any]] = []
+        self._carrying: set[asyncio.Future[None]] = set()  # commits in flight with deferred rows
         self._fresh = 0
         self._journaled = 0  # steps this execution journaled
         self.compensations: list[Compensation] = []
@@ -587,6 +588,10 @@ class Scope:
         batch = self._buffer + list(ops)
         deferred = self._deferred
         self._buffer, self._deferred = [], []
+        landed: asyncio.Future[None] | None = None
+        if deferred:  # another branch's effect may have to wait for this commit (``settle``)
+            landed = asyncio.get_running_loop().create_future()
+            self._carrying.add(landed)
         self.busy(+1)
         try:
             # exclusive: this commit is the run's only work in flight
@@ -605,6 +610,9 @@ class Scope:
             raise
         finally:
             self.busy(-1)
+            if landed is not None:
+                self._carrying.discard(landed)
+                landed.set_result(None)
         for fields in deferred:
             self.events.emit("step_completed", **fields)
         return results[len(results) - len(ops):]
@@ -616,8 +624,13 @@ class Scope:
     async def settle(self) -> None:
         """Commit the step rows still deferred: called before anything that could have
         an effect (a step attempt, a submission), so it never runs on a step result a
-        crash could take back."""
-        if self._deferred:
+        crash could take back.  Rows another branch's commit has taken along are waited
+        for: their commit may still be in flight."""
+        while self._carrying:
+            await asyncio.wait(self._carrying)
+            if self.stop_reason == StopReason.LEASE_LOST:  # that commit was refused
+                raise LeaseLostError(self.run_id)
+        if self._deferred:  # deferred meanwhile, or handed back by a commit that failed
             await self._commit()
 
     def busy(self, delta: int) -> None:
