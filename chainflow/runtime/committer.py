@@ -1,8 +1,11 @@
 """Group commit: many runs' journal writes share one transaction.
 
-A step does not move on until its write is durable (the awaiting coroutine resumes
-only after COMMIT returns), but every write made while the event loop works through
-one round of ready tasks goes into the same transaction.  With 32 runs in flight this
+A write's awaiting coroutine resumes only after COMMIT returns, and every write made
+while the event loop works through one round of ready tasks goes into the same
+transaction.  (A run whose step was its only work in flight hands that step's row over
+later, with its next write -- at the latest before anything that could have an
+effect, see ``scope`` -- so a K-step run makes K + 1 commits: creation, steps, the
+last step's row with the finish.)  With 32 runs in flight this
 turns 32 fsyncs into one, without weakening what each step is promised.
 
 The commit runs on the event loop's own thread, at the end of the round: handing it to

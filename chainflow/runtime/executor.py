@@ -217,6 +217,11 @@ class Execution:
         if delay > limit:
             return False
         if delay > 0:
+            try:
+                await ctx.settle()  # a run that only waits has no reason to keep a step row deferred
+            except LeaseLostError:
+                self.request_stop(StopReason.LEASE_LOST)
+                return True  # the driver loop unwinds the run
             stop = stop_event.future()
             await asyncio.wait({stop, asyncio.ensure_future(clock.sleep(delay))}, return_when=asyncio.FIRST_COMPLETED)
             stop.cancel()
@@ -264,7 +269,6 @@ class Execution:
                 text = codec.dumps(main.result(), what=f"result of workflow {self.wf.name!r}")
             except PayloadError as perr:
                 return await self._compensate_and_finish(ctx, RunState.FAILED, perr)
-            await ctx.flush()
             return await self._finish(RunState.COMPLETED, text, None)
         return await self._compensate_and_finish(ctx, RunState.FAILED, exc)
 
@@ -337,15 +341,17 @@ class Execution:
             raise LeaseLostError(self.claim.run_id) from exc  # as a fenced commit's failure would
 
     async def _finish(self, status: RunState, output: str | None, error: str | None) -> Outcome:
-        """The run's final write.  Children it started and did not await are cancelled
-        first (a run's children do not outlive it); a child's own finish wakes its parent
-        in the same transaction (``store.finish_child``)."""
+        """The run's final write, in the transaction that makes the run's deferred step
+        rows durable (``scope``).  Children it started and did not await are cancelled
+        first (a run's children do not outlive it), after those rows; a child's own
+        finish wakes its parent in the same transaction (``store.finish_child``)."""
         run_id, now = self.claim.run_id, self.worker.clock.time()
         ctx = self.ctx
         assert ctx is not None
         finish = store.RunFinish(run_id, status, output, error, now)
         try:
             if ctx.started_children or any(e.kind == "child" for e in self._entries):
+                await ctx.settle()
                 await self._db(lambda conn: store.cancel_runs(conn, store.unfinished_children(conn, run_id), now))
             if self.claim.parent_slot is None or self.claim.parent_id is None:
                 row, = await ctx.commit(finish)

@@ -10,6 +10,19 @@ Operations that must wait (sleep, retry backoff, signal, confirmations) *park*: 
 await a future the executor controls.  When every branch of the run is parked, the
 executor unwinds the coroutine and records when to wake it, so a parked run costs a
 database row, not a coroutine.
+
+A step's journal row is durable before anything that could have an effect runs after
+the step, but not necessarily the instant the step returns: when the step was the
+run's only work in flight, its row waits in the run's buffer and is committed with the
+run's next durable write -- the next step or compensation attempt (which commits
+before it starts), a submit (before it starts), a child's creation, a sleep, a signal
+wait, a suspend, an inline wait, or the run's finish (one transaction: a 5-step run
+makes 6 commits, not 7).  What runs meanwhile is workflow code, deterministic and
+replayed: a crash before that commit re-runs the step exactly as a crash just before
+its own commit would, and a lost lease drops the row with the execution.  A step that
+completes while other work of its run is in flight commits at once (as part of the
+group commit), so a long-running sibling never holds another branch's result back.
+``step_completed`` is announced only once the row is durable.
 """
 
 from __future__ import annotations
@@ -258,6 +271,10 @@ class Scope:
         self._branches: dict[str, BranchState] = {}
         self._patches: dict[str, bool] = {}  # ``patched`` answers decided in this execution
         self._buffer: list[store.Op] = []
+        # the ``step_completed`` fields of the step rows deferred into ``_buffer``:
+        # announced once they are durable; non-empty means an effect must commit first
+        self._deferred: list[dict[str, Any]] = []
+        self._carrying: set[asyncio.Future[None]] = set()  # commits in flight with deferred rows
         self._fresh = 0
         self._journaled = 0  # steps this execution journaled
         self.compensations: list[Compensation] = []
@@ -474,6 +491,7 @@ class Scope:
         key = submission_key(name, idempotency_key)
         if compensate is not None:
             check_compensation(compensate, f"compensate of submit {name!r}")
+        await self.settle()
         return await self._submitter.submit(self, name, chain=chain, tx=tx, idempotency_key=key,
                                             finality=finality, compensate=compensate, retry=retry)
 
@@ -568,7 +586,12 @@ class Scope:
 
     async def _commit(self, *ops: store.Op) -> list[Any]:
         batch = self._buffer + list(ops)
-        self._buffer = []
+        deferred = self._deferred
+        self._buffer, self._deferred = [], []
+        landed: asyncio.Future[None] | None = None
+        if deferred:  # another branch's effect may have to wait for this commit (``settle``)
+            landed = asyncio.get_running_loop().create_future()
+            self._carrying.add(landed)
         self.busy(+1)
         try:
             # exclusive: this commit is the run's only work in flight
@@ -583,13 +606,31 @@ class Scope:
             raise LeaseLostError(self.run_id) from exc
         except Exception:
             self._buffer = batch[: len(batch) - len(ops)] + self._buffer  # rolled back: keep for the next write
+            self._deferred = deferred + self._deferred
             raise
         finally:
             self.busy(-1)
+            if landed is not None:
+                self._carrying.discard(landed)
+                landed.set_result(None)
+        for fields in deferred:
+            self.events.emit("step_completed", **fields)
         return results[len(results) - len(ops):]
 
     async def flush(self) -> None:
         if self._buffer:
+            await self._commit()
+
+    async def settle(self) -> None:
+        """Commit the step rows still deferred: called before anything that could have
+        an effect (a step attempt, a submission), so it never runs on a step result a
+        crash could take back.  Rows another branch's commit has taken along are waited
+        for: their commit may still be in flight."""
+        while self._carrying:
+            await asyncio.wait(self._carrying)
+            if self.stop_reason == StopReason.LEASE_LOST:  # that commit was refused
+                raise LeaseLostError(self.run_id)
+        if self._deferred:  # deferred meanwhile, or handed back by a commit that failed
             await self._commit()
 
     def busy(self, delta: int) -> None:
@@ -616,6 +657,7 @@ class Scope:
             self.refuse_new_work()
             if time.monotonic() >= self.lease.deadline:  # the hot path pays a comparison
                 await self.hold_lease()
+            await self.settle()  # the results this attempt may build on, durable first
             attempt = len(tries) + 1
             started = self.clock.time()
             self.busy(+1)
@@ -638,9 +680,16 @@ class Scope:
             finally:
                 self.busy(-1)
             finished = self.clock.time()
-            await self._commit(self.entry_op(slot, kind, _OK, text, None, attempt, started, finished))
-            self.events.emit("step_completed", run_id=self.run_id, workflow=self.workflow, step=label,
-                             attempt=attempt, duration=finished - started)
+            entry = self.entry_op(slot, kind, _OK, text, None, attempt, started, finished)
+            done = dict(run_id=self.run_id, workflow=self.workflow, step=label, attempt=attempt,
+                        duration=finished - started)
+            if kind == "step" and self.active == 0:
+                # the run's only work: deferred to its next durable write (module docstring)
+                self._buffer.append(entry)
+                self._deferred.append(done)
+            else:
+                await self._commit(entry)
+                self.events.emit("step_completed", **done)
             self._journaled += 1
             if self._journaled % _YIELD_EVERY == 0:
                 # async steps that return at once, committed inline, never suspend: without

@@ -13,6 +13,8 @@ Environment:
                     effect    inside a step right after its side effect, i.e. before the
                               step returns and long before its journal commit
                     sleep     0.1s into the workflow's durable sleep
+                    returned  in workflow code after the last step returned, before
+                              the run's finish (which commits that step's row)
                     comp      inside a compensation, after its side effect
     CF_MODE       "crash" (default) or "race"
     CF_LEASE      lease seconds (default 1.0)
@@ -106,6 +108,8 @@ async def crashy(ctx: cf.Context, order: dict[str, Any]) -> list[Any]:
     if order["fail"]:
         await ctx.step("charge", charge, rid, retry=cf.Retry(max_attempts=2, initial=0.05, jitter=0))
     notified = await ctx.step("notify", effect, rid, "notify")
+    if hook("returned", rid):
+        die("returned", rid)
     return [reserved, debited, ledger, notified, order["n"]]
 
 

@@ -14,6 +14,8 @@ import chainflow as cf
 from chainflow.runtime.committer import Committer
 from chainflow.storage.connector import is_local
 
+from ._util import running_worker, wait_status
+
 
 def _runs(app: cf.Chainflow, n: int) -> list[str]:
     """Runs nobody claimed: their fence is 0, which a write can name."""
@@ -105,3 +107,49 @@ def test_which_databases_count_as_local() -> None:
     assert is_local(sa.make_url("postgresql+psycopg://postgres@localhost/test"))
     assert is_local(sa.make_url("postgresql+psycopg:///test?host=/var/run/postgresql"))
     assert not is_local(sa.make_url("postgresql+psycopg://app@db.internal:5432/payments"))
+
+
+async def test_a_step_waits_for_a_commit_in_flight_that_carries_an_earlier_step_row(make_app: Any) -> None:
+    """A step that was its run's only work defers its row (``runtime.scope``); a sibling
+    branch's write may then take the row along.  While that write is still committing,
+    the first branch's next step must not start: it waits for the row to be durable."""
+    app = make_app()
+    seen: list[list[str]] = []
+
+    async def noop() -> int:
+        return 1
+
+    def look(run_id: str) -> int:
+        seen.append([e.key for e in app.journal(run_id)])
+        return 2
+
+    @app.workflow("pair")
+    async def pair(ctx: cf.Context, _: Any) -> None:
+        go = asyncio.Event()
+
+        async def left() -> None:
+            await ctx.step("a1", noop)  # nothing else in flight: its row is deferred
+            go.set()
+            await asyncio.sleep(0)  # the right branch starts its write, which takes a1's row along
+            await ctx.step("a2", look, ctx.run_id)
+
+        async def right() -> None:
+            await go.wait()
+            await ctx.sleep("nap", 0)
+
+        await ctx.gather(left(), right())
+
+    async with running_worker(app, commit_in_thread=True) as worker:
+        committer = worker.committer
+        commit = committer._commit
+
+        def slowly(batch: list[Any]) -> list[Any]:
+            if any(getattr(op, "row", {}).get("kind") == "sleep" for item in batch for op in item.ops):
+                time.sleep(0.3)  # the write carrying a1's row is still in flight when a2 could start
+            return commit(batch)
+
+        committer._commit = slowly  # type: ignore[method-assign]
+        run_id = app.start("pair").id
+        st = await wait_status(app, run_id)
+    assert st.status == "completed", st.error
+    assert seen == [["a1", "nap"]]

@@ -4,7 +4,8 @@
 failing charge for every 4th run so its compensations run).  Workers die by an outside
 SIGKILL after a random delay, or kill themselves at a planned point: inside a step,
 right after a step's side effect (before the journal commit), during the sleep, during
-a compensation.  They are restarted until every run is finished; then every run must
+a compensation, in workflow code after the last step returned (its row not yet
+committed: it goes with the finish).  They are restarted until every run is finished; then every run must
 have ended as expected with each step and compensation journaled exactly once.
 """
 
@@ -29,7 +30,7 @@ from chainflow.storage.schema import journal, runs
 APP = Path(__file__).with_name("crash_app.py")
 RUNS = 120
 WORKERS = 2
-HOOKS = ("step", "effect", "sleep", "comp")
+HOOKS = ("step", "effect", "sleep", "comp", "returned")
 CHAOS_SECONDS = 35.0  # then workers are left alone to finish
 TOTAL_SECONDS = 85.0
 MIN_KILLS = 15
@@ -62,7 +63,7 @@ class Fleet:
         todo = [h for h in HOOKS if not fired[h]] or list(HOOKS)
         kind = random.choice(todo)
         n = {"step": random.randint(1, 40), "effect": random.randint(1, 40),
-             "sleep": random.randint(1, 15), "comp": random.randint(1, 4)}[kind]
+             "sleep": random.randint(1, 15), "comp": random.randint(1, 4), "returned": random.randint(1, 10)}[kind]
         return f"{kind}:{n}"
 
     def spawn(self) -> None:
@@ -214,4 +215,45 @@ def test_workers_killed_at_random_lose_nothing_and_repeat_nothing(db_url: str, t
     # --- the chaos really happened ------------------------------------------------------
     assert sum(self_kills.values()) + fleet.outside_kills >= MIN_KILLS, (self_kills, fleet.outside_kills)
     assert all(self_kills[h] >= 1 for h in HOOKS), self_kills
+    app.engine.dispose()
+
+
+@pytest.mark.timeout(60)
+def test_a_kill_between_the_last_step_and_the_finish_reruns_that_step(db_url: str, tmp_path: Path) -> None:
+    """The last step's journal row is committed with the run's finish: a worker killed
+    in between has made the step's effect but not its row, so the next worker runs the
+    step again (as after a kill just before a step's own commit) and completes the run
+    with every step journaled once."""
+    app = cf.Chainflow(db_url, lease_seconds=1.0)
+
+    @app.workflow("crashy")
+    async def crashy(ctx: cf.Context, order: dict[str, Any]) -> None:  # pragma: no cover
+        raise AssertionError("the test process runs no worker")
+
+    rid = app.start("crashy", {"n": 7, "fail": False}).id
+    fleet = Fleet(db_url, tmp_path, env={"CF_CONCURRENCY": "1"})
+    try:
+        fleet.chaos = False
+        env = dict(os.environ, CF_URL=db_url, CF_EFFECTS=str(fleet.effects), CF_KILLS=str(fleet.kills),
+                   CF_WORKER="doomed", CF_CRASH_AT="returned:1", CF_CONCURRENCY="1")
+        with open(tmp_path / "doomed.log", "wb") as log:
+            doomed = subprocess.Popen([sys.executable, str(APP)], env=env, stdout=log, stderr=subprocess.STDOUT)
+        assert doomed.wait(timeout=30) == -signal.SIGKILL, (tmp_path / "doomed.log").read_text()[-3000:]
+        assert fleet.self_kills() == Counter({"returned": 1})
+        with app.engine.begin() as conn:  # killed with the last step's row uncommitted
+            keys = conn.execute(sa.select(journal.c.key).where(journal.c.run_id == rid).order_by(journal.c.id))
+            assert keys.scalars().all() == ["reserve", "debit", "cool", "ledger"]
+        fleet.tend()  # a worker without a crash plan takes the run over once the lease ends
+        deadline = time.monotonic() + 30
+        while app.status(rid).status != "completed":
+            assert time.monotonic() < deadline, fleet.logs()
+            time.sleep(0.05)
+    finally:
+        fleet.stop()
+    assert app.status(rid).output == [{"run": rid, "step": s} for s in ("reserve", "debit", "ledger", "notify")] + [7]
+    with app.engine.begin() as conn:
+        keys = conn.execute(sa.select(journal.c.key).where(journal.c.run_id == rid).order_by(journal.c.id))
+        assert keys.scalars().all() == STEPS_OK
+    effects = Counter(tuple(line.split()[:2]) for line in fleet.effects.read_text().splitlines())
+    assert effects == Counter({(rid, "reserve"): 1, (rid, "debit"): 1, (rid, "ledger"): 1, (rid, "notify"): 2})
     app.engine.dispose()
