@@ -106,6 +106,7 @@ class EvmChain:
             raise ValueError("timeout must be positive")
         self.name = name
         self.signer = signer
+        self._sender = to_checksum_address(signer.address)  # asked for on every submit
         self.rpc = Rpc(rpc, timeout=timeout)
         self.abis = AbiRegistry()
         self.abis.learn_all(abis or [])
@@ -121,7 +122,7 @@ class EvmChain:
     # --- requests ---------------------------------------------------------------
 
     def sender(self) -> str:
-        return to_checksum_address(self.signer.address)
+        return self._sender
 
     def prepare(self, tx: Any) -> dict[str, Any]:
         return prepare_request(tx, self.abis)

@@ -177,8 +177,9 @@ class Tracker:
         view = await self.db.aread(chainstore.head_view, self.chain, wanted, head.number - self.config.rebroadcast_blocks,
                                     self.config.stuck_batch)
         receipts: list[tuple[int, Receipt]] = []
-        for sub_id, tx_hash, policy in view.matches:
-            receipt = await self._rpc(self.adapter.receipt(tx_hash))
+        # concurrently: an adapter can then fetch a full block's worth in a few requests
+        fetched = await asyncio.gather(*(self._rpc(self.adapter.receipt(tx_hash)) for _, tx_hash, _ in view.matches))
+        for (sub_id, _, policy), receipt in zip(view.matches, fetched):
             if receipt is not None and receipt.block_hash in block_hashes:
                 for member, member_policy, member_receipt in self._with_members(sub_id, policy, receipt, view.members):
                     receipts.append((member, member_receipt))
