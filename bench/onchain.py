@@ -233,12 +233,16 @@ class _Counts:
                 finally:
                     counts.sign_s += time.perf_counter() - t
 
-        Committer._commit_together, Database.tx, Database.read = commit_together, tx, read  # type: ignore[method-assign]
+        patched: list[tuple[Any, str, Any]] = [(Committer, "_commit_together", commit_together), (Database, "tx", tx),
+                                              (Database, "read", read)]
+        for cls, name, fn in patched:
+            setattr(cls, name, fn)
         self.chain.signer = Timed()
         try:
             yield
         finally:
-            Committer._commit_together, Database.tx, Database.read = originals  # type: ignore[method-assign]
+            for (cls, name, _), original in zip(patched, originals):
+                setattr(cls, name, original)
             self.chain.signer = signer
 
 

@@ -44,7 +44,7 @@ from .request import prepare as prepare_request
 from .revert import decode_revert, is_revert, revert_data
 from .rpc import Rpc, RpcTarget
 from .signer import Signer
-from .values import hex_lower, quantity
+from .values import checksum, hex_lower, quantity
 
 GAP_FILL_GAS = 21_000
 FINALITY_TAGS = frozenset({"finalized", "safe"})
@@ -191,7 +191,7 @@ class EvmChain:
             request = await self.estimate(request)
         fees = dict(fees) if fees is not None else await self._fees.quote()
         tx: dict[str, Any] = {
-            "to": to_checksum_address(request["to"]),
+            "to": checksum(request["to"]),
             "value": int(request["value"]),
             "data": request["data"],
             "gas": int(request["gas"]),
