@@ -268,12 +268,15 @@ def _chainflow(spec: dict[str, Any], net: Any, key: str, token_address: str) -> 
         rpc0 = chain.rpc.calls
         cpu0, t0 = time.process_time(), time.perf_counter()
         with counts.counting():
-            handles = await asyncio.gather(*(app.astart("mint", i) for i in range(n)))
-            for h in handles:  # one at a time: each awaiter polls the database until woken
-                st = await app.await_run(h.id, timeout=600)
-                if st.status != "completed":
-                    raise AssertionError(f"run {st.id} ended {st.status}: {st.error}")
+            await asyncio.gather(*(app.astart("mint", i) for i in range(n)))
+            # every 50 ms, as the pipelined sender polls its receipts: runs finished by the
+            # other worker process wake no awaiter in this one
+            while sum((await app.aread(_statuses)).values()) < n:
+                await asyncio.sleep(0.05)
         elapsed, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+        statuses = await app.aread(_statuses)
+        if statuses != {"completed": n}:
+            raise AssertionError(f"mint runs did not all complete: {statuses}")
         rpc = chain.rpc.calls - rpc0
         done.set()
         await worker
@@ -305,6 +308,17 @@ def _chainflow(spec: dict[str, Any], net: Any, key: str, token_address: str) -> 
                          "rpc": rpc / n, "sign_ms": counts.sign_s * 1000 / n, "cpu_ms": cpu * 1000 / n},
             "note": f"{workers} worker process(es), concurrency {width} each"
                     + ("; counts are the first process's only" if workers > 1 else "")}
+
+
+def _statuses(conn: Any) -> dict[str, int]:
+    """How many mint runs have ended, by status."""
+    import sqlalchemy as sa
+
+    from chainflow.states import TERMINAL
+    from chainflow.storage.schema import runs
+
+    return {status: count for status, count in conn.execute(
+        sa.select(runs.c.status, sa.func.count()).where(runs.c.status.in_(TERMINAL)).group_by(runs.c.status))}
 
 
 def _latencies(app: Any, net: Any) -> dict[str, dict[str, float]]:

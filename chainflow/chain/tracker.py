@@ -190,9 +190,12 @@ class Tracker:
         self._tip = new[-1] if new else tip
         metrics.set_gauge("chainflow_chain_head_lag_blocks", head.number - self._tip.number, chain=self.chain)
         stats.new_blocks, stats.matched, stats.settled = len(new), len(receipts), len(ready)
+        # read before this head's receipts were stored: what was just matched is not stuck
+        settled = {sub_id for sub_id, _ in receipts}
+        stuck = [sub for sub in view.stuck if int(sub.id) not in settled]
         try:
-            if view.stuck:
-                await self._unstick(view.stuck, head.number)
+            if stuck:
+                await self._unstick(stuck, head.number)
             if view.orphaned:
                 await self._abandon(view.orphaned)
             if new:
