@@ -345,7 +345,8 @@ def _latencies(app: Any, net: Any) -> dict[str, dict[str, float]]:
         r[3] = mined[r[3]]
     out = {}
     for i, stage in enumerate(STAGES, start=1):
-        values = sorted(r[i] - r[0] for r in rows)
+        # no broadcast time when the receipt was recorded before the broadcast was
+        values = sorted(r[i] - r[0] for r in rows if r[i] is not None)
         out[stage] = {"p50": statistics.median(values), "p99": values[min(len(values) - 1, int(len(values) * 0.99))]}
     return out
 
