@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import multiprocessing
 import os
 import statistics
@@ -199,15 +200,16 @@ class _Counts:
 
     def __init__(self, chain: Any) -> None:
         self.chain = chain
-        self.batches = self.tx = self.read = 0
+        self.batches = self.tx = self.read = self.http = 0
         self.sign_s = 0.0
 
     @contextmanager
     def counting(self) -> Iterator[None]:
+        from adapters.evm.rpc import _Http
         from chainflow.runtime.committer import Committer
         from chainflow.storage.database import Database
 
-        originals = (Committer._commit_together, Database.tx, Database.read)
+        originals = (Committer._commit_together, Database.tx, Database.read, _Http._post)
         signer, sign = self.chain.signer, type(self.chain.signer).sign_transaction
         counts = self
 
@@ -223,6 +225,10 @@ class _Counts:
             counts.read += 1
             return originals[2](db, fn, *args)
 
+        async def post(http: Any, *args: Any) -> Any:
+            counts.http += 1
+            return await originals[3](http, *args)
+
         class Timed:
             address = signer.address
 
@@ -234,7 +240,7 @@ class _Counts:
                     counts.sign_s += time.perf_counter() - t
 
         patched: list[tuple[Any, str, Any]] = [(Committer, "_commit_together", commit_together), (Database, "tx", tx),
-                                              (Database, "read", read)]
+                                              (Database, "read", read), (_Http, "_post", post)]
         for cls, name, fn in patched:
             setattr(cls, name, fn)
         self.chain.signer = Timed()
@@ -305,7 +311,7 @@ def _chainflow(spec: dict[str, Any], net: Any, key: str, token_address: str) -> 
     app.engine.dispose()
     return {"elapsed": elapsed, "cpu": cpu, "latency": latency,
             "per_mint": {"batches": counts.batches / n, "tx": counts.tx / n, "read": counts.read / n,
-                         "rpc": rpc / n, "sign_ms": counts.sign_s * 1000 / n, "cpu_ms": cpu * 1000 / n},
+                         "rpc": rpc / n, "http": counts.http / n, "sign_ms": counts.sign_s * 1000 / n, "cpu_ms": cpu * 1000 / n},
             "note": f"{workers} worker process(es), concurrency {width} each"
                     + ("; counts are the first process's only" if workers > 1 else "")}
 
@@ -470,14 +476,15 @@ def _render(opts: Options, env: dict[str, Any], command: str, chosen: list[tuple
         out += ["", "Cost per mint (medians; counted in the process that starts the runs, with a worker on its "
                 "loop): group-commit batches (each one durable commit, shared by every run writing in that "
                 "loop round), other write transactions (`Database.tx`), read transactions, JSON-RPC requests "
-                "(the adapter's counter, the tracker's included), signing time, process CPU.", "",
-                "| peer | commit batches | other writes | reads | RPC requests | signing ms | CPU ms |",
-                "|---|---|---|---|---|---|---|"]
+                "(the adapter's counter, the tracker's included) and the HTTP requests that carried them "
+                "(concurrent calls share a JSON-RPC batch), signing time, process CPU.", "",
+                "| peer | commit batches | other writes | reads | RPC calls | HTTP requests | signing ms | CPU ms |",
+                "|---|---|---|---|---|---|---|---|"]
         for key, label in measured:
-            c = {k: _median_of(figs[key].raw, "per_mint", k) for k in
-                 ("batches", "tx", "read", "rpc", "sign_ms", "cpu_ms")}
+            c = {k: _median_of(figs[key].raw, "per_mint", k) if all(k in r["per_mint"] for r in figs[key].raw)
+                 else math.nan for k in ("batches", "tx", "read", "rpc", "http", "sign_ms", "cpu_ms")}
             out.append(f"| {label} | {c['batches']:.2f} | {c['tx']:.2f} | {c['read']:.2f} | {c['rpc']:.2f} | "
-                       f"{c['sign_ms']:.2f} | {c['cpu_ms']:.2f} |")
+                       f"{c['http']:.2f} | {c['sign_ms']:.2f} | {c['cpu_ms']:.2f} |")
         out.append("")
     raw = [f"| {key} | {r['rep']} | {r['elapsed']:.2f} | {r['per_s']:.2f} | {r.get('note', '')} |"
            for key, fig in figs.items() for r in fig.raw]

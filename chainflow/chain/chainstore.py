@@ -35,7 +35,7 @@ T = TypeVar("T")
 _BY_KEY = sa.select(submissions).where(
     submissions.c.chain == sa.bindparam("b_chain"), submissions.c.sender == sa.bindparam("b_sender"),
     submissions.c.idempotency_key == sa.bindparam("b_key"))
-_NEW_INTENT = submissions.insert().values(state=SubmissionState.INTENT)
+_NEW_INTENT = submissions.insert().values(state=SubmissionState.INTENT).returning(*submissions.c)
 _GET = sa.select(submissions).where(submissions.c.id == sa.bindparam("b_id"))
 
 
@@ -50,12 +50,9 @@ def intent(
         return found
     if admit is not None:
         admit()
-    conn.execute(_NEW_INTENT, {"chain": chain, "sender": sender, "idempotency_key": key, "run_id": run_id,
-                               "step": step, "request": request, "finality": finality, "created_at": now,
-                               "updated_at": now})
-    row = by_key(conn, chain, sender, key)
-    assert row is not None
-    return row
+    return conn.execute(_NEW_INTENT, {"chain": chain, "sender": sender, "idempotency_key": key, "run_id": run_id,
+                                      "step": step, "request": request, "finality": finality, "created_at": now,
+                                      "updated_at": now}).one()
 
 
 def by_key(conn: sa.Connection, chain: str, sender: str, key: str) -> sa.Row[Any] | None:
