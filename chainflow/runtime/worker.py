@@ -267,6 +267,12 @@ class Worker:
         stopping): a start on its loop may then write the run through its group commit."""
         return self.loop is not None and not self._stopping.is_set() and workflow in self.app.registry
 
+    def full(self) -> bool:
+        """Whether every run slot is taken by an execution or a start's reservation (not
+        merely held by a claim query in flight, which gives back what it does not use)."""
+        with self._slots:
+            return len(self.executions) + self._reserved - self._claiming >= self.concurrency
+
     def reserve(self, workflow: str) -> bool:
         """Take a slot for a run this process is about to create (start fast path).
 
