@@ -194,12 +194,6 @@ class _Http:
             except Exception as exc:  # noqa: BLE001 - raised where its caller awaits
                 _settle(call, exc)
 
-    async def request_all(self, calls: list[tuple[str, list[Any]]]) -> list[Any] | None:
-        """The results of ``calls`` from one batch, in order (the first failed call
-        raises); None when the node refused the batch (``_batch``)."""
-        answers = await self._batch(calls)
-        return None if answers is None else [_result(method, a) for (method, _), a in zip(calls, answers)]
-
     async def _batch(self, calls: list[tuple[str, list[Any]]]) -> list[Any] | None:
         """The answers to ``calls`` from one batch, in order; None when the answer looks
         like a refusal of batches: anything but one answer per call, a 4xx, or the
@@ -321,17 +315,12 @@ class Rpc:
     async def call_all(self, *calls: tuple[str, list[Any]]) -> list[Any]:
         """The raw results of several reads, in order, as ``call`` would give them one
         after another (the first failed call raises), in one JSON-RPC batch (one HTTP
-        exchange) when the target is a URL whose node takes batches.  Reads only: a
-        batch is re-sent whole on a stale connection."""
+        exchange, shared with whatever else is asked in the same loop round) when the
+        target is a URL whose node takes batches.  Reads only: a batch is re-sent whole
+        on a stale connection."""
         if self._http is None or not self._http.batches:
             return [await self.call(method, *params) for method, params in calls]
-        self.calls += len(calls)
-        batched = await self._translated(calls[0][0], self._http.request_all(list(calls)))
-        if batched is not None:
-            return batched
-        results = [await self.call(method, *params) for method, params in calls]
-        self._http.batches = False  # answered one at a time, not as a batch: so from now on
-        return results
+        return list(await asyncio.gather(*(self.call(method, *params) for method, params in calls)))
 
     async def _translated(self, method: str, answer: Awaitable[Any]) -> Any:
         """``answer``, with its failure raised as ``RpcError`` (the node answered with
