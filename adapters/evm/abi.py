@@ -21,16 +21,16 @@ from eth_abi import decode as abi_decode
 from eth_utils import (
     event_abi_to_log_topic,
     function_abi_to_4byte_selector,
-    to_checksum_address,
 )
 from eth_utils.abi import abi_to_signature, get_abi_input_types
 from web3 import Web3
 from web3.contract.contract import ContractEvent
 
-from .values import plain
+from .values import checksum, plain
 
 _W3 = Web3()  # no provider: only its codec is used, to build event decoders
 Abi = Sequence[Mapping[str, Any]]
+_REMEMBERED_ABIS = 256
 
 
 def abi_ref(abi: Abi) -> str:
@@ -46,10 +46,21 @@ class AbiRegistry:
         self._errors: dict[str, dict[str, Any]] = {}  # 0x-selector -> error ABI
         self._functions: dict[str, dict[str, Any]] = {}  # 0x-selector -> function ABI
         self._seen: set[str] = set()
+        self._refs: dict[int, tuple[Abi, str]] = {}  # id(abi) -> (abi, abi_ref(abi))
 
     def learn(self, abi: Abi, address: str | None = None) -> str:
-        """Index ``abi`` (optionally as the ABI of ``address``); returns its ``abi_ref``."""
-        ref = abi_ref(abi)
+        """Index ``abi`` (optionally as the ABI of ``address``); returns its ``abi_ref``.
+
+        Every submit to a contract hands in that contract's one ABI object: its ref (a
+        hash of the whole ABI as JSON) is remembered by identity, the object kept."""
+        known = self._refs.get(id(abi))
+        if known is not None and known[0] is abi:
+            ref = known[1]
+        else:
+            ref = abi_ref(abi)
+            if len(self._refs) >= _REMEMBERED_ABIS:  # ABIs built afresh per call: nothing to remember
+                self._refs.clear()
+            self._refs[id(abi)] = (abi, ref)
         key = f"{ref}@{address.lower() if address else ''}"
         if key in self._seen:
             return ref
@@ -75,7 +86,7 @@ class AbiRegistry:
         """``{"event", "args", "address", "log_index"}`` when an ABI fits, else the raw
         ``topics`` and ``data`` (lowercase hex) with ``address`` and ``log_index``."""
         topics = [str(t).lower() for t in log.get("topics") or []]
-        address = to_checksum_address(log["address"])
+        address = checksum(str(log["address"]))
         log_index = _quantity(log.get("logIndex", 0))
         base: dict[str, Any] = {"address": address, "log_index": log_index}
         data_hex = str(log.get("data") or "0x").lower()
@@ -112,7 +123,7 @@ def _decode_call(known: Mapping[str, Mapping[str, Any]], data: bytes) -> tuple[s
     except Exception:  # noqa: BLE001 - payload does not match the ABI: caller shows raw data
         return None
     names = [i.get("name") or str(n) for n, i in enumerate(item.get("inputs", []))]
-    return str(item["name"]), {name: to_checksum_address(v) if t == "address" else plain(v)
+    return str(item["name"]), {name: checksum(v) if t == "address" else plain(v)
                                for name, t, v in zip(names, types, values)}
 
 

@@ -44,7 +44,7 @@ from .request import prepare as prepare_request
 from .revert import decode_revert, is_revert, revert_data
 from .rpc import Rpc, RpcTarget
 from .signer import Signer
-from .values import hex_lower, quantity
+from .values import checksum, hex_lower, quantity
 
 GAP_FILL_GAS = 21_000
 FINALITY_TAGS = frozenset({"finalized", "safe"})
@@ -106,6 +106,7 @@ class EvmChain:
             raise ValueError("timeout must be positive")
         self.name = name
         self.signer = signer
+        self._sender = to_checksum_address(signer.address)  # asked for on every submit
         self.rpc = Rpc(rpc, timeout=timeout)
         self.abis = AbiRegistry()
         self.abis.learn_all(abis or [])
@@ -121,7 +122,7 @@ class EvmChain:
     # --- requests ---------------------------------------------------------------
 
     def sender(self) -> str:
-        return to_checksum_address(self.signer.address)
+        return self._sender
 
     def prepare(self, tx: Any) -> dict[str, Any]:
         return prepare_request(tx, self.abis)
@@ -190,7 +191,7 @@ class EvmChain:
             request = await self.estimate(request)
         fees = dict(fees) if fees is not None else await self._fees.quote()
         tx: dict[str, Any] = {
-            "to": to_checksum_address(request["to"]),
+            "to": checksum(request["to"]),
             "value": int(request["value"]),
             "data": request["data"],
             "gas": int(request["gas"]),

@@ -5,6 +5,7 @@ replacement rules, where a float's rounding would be a bug.
 
 from __future__ import annotations
 
+import asyncio
 from fractions import Fraction
 from statistics import median_low
 from typing import Any
@@ -33,6 +34,7 @@ class FeeMarket:
         self._blocks = history_blocks
         self._priority = priority_fee
         self._eip1559: bool | None = None
+        self._asking: dict[asyncio.AbstractEventLoop, asyncio.Future[dict[str, int]]] = {}
 
     async def quote(self) -> dict[str, int]:
         """``{"max_fee_per_gas", "max_priority_fee_per_gas"}`` or ``{"gas_price"}``.
@@ -40,7 +42,18 @@ class FeeMarket:
         The max fee is twice the pending block's base fee plus the tip: that survives six
         consecutive full blocks (+12.5 % each) before the transaction stops being
         includable, while only the actual base fee is ever paid.
+
+        Callers asking while a quote is on its way share it: many submissions signing
+        at once would otherwise each ask the node the same question in the same moment.
         """
+        loop = asyncio.get_running_loop()
+        asking = self._asking.get(loop)
+        if asking is None:
+            asking = self._asking[loop] = loop.create_task(self._ask())
+            asking.add_done_callback(lambda _: self._asking.pop(loop, None))
+        return dict(await asyncio.shield(asking))
+
+    async def _ask(self) -> dict[str, int]:
         if self._eip1559 is None:
             latest = await self._rpc.call("eth_getBlockByNumber", "latest", False)
             self._eip1559 = bool(latest) and latest.get("baseFeePerGas") is not None

@@ -24,6 +24,7 @@ from eth_utils import (
 from web3.contract.base_contract import BaseContractFunction
 
 from .abi import AbiRegistry
+from .values import checksum
 
 REQUEST_FIELDS = frozenset({"to", "value", "data", "gas"})
 _HEX = re.compile(r"^0x([0-9a-fA-F]{2})*$")
@@ -43,12 +44,12 @@ def prepare(tx: Any, abis: AbiRegistry) -> dict[str, Any]:
 def _from_contract_call(call: BaseContractFunction, abis: AbiRegistry) -> dict[str, Any]:
     if not call.address:
         raise ValueError(f"contract call {call.fn_name!r} has no address: build it from a deployed contract")
-    address = to_checksum_address(call.address)
+    address = checksum(str(call.address))
     try:
         data = call._encode_transaction_data()  # web3 v8 still names it privately
     except Exception as exc:  # noqa: BLE001 - web3 raises several types for bad arguments
         raise ValueError(f"cannot encode arguments of contract call {call.fn_name!r}: {exc}") from None
-    ref = abis.learn(list(call.contract_abi or [call.abi]), address)
+    ref = abis.learn(call.contract_abi or [call.abi], address)
     return {"to": address, "value": 0, "data": str(data).lower(), "gas": None,
             "contract": address, "abi_ref": ref}
 

@@ -16,9 +16,12 @@ of ``eth_sendRawTransaction`` inside one broadcast call would hide what happened
 one exception is a pooled connection the server closed while idle, retried once on a
 fresh connection, which is harmless even for a broadcast (the second answer is
 "already known" at worst).  Reads asked together (a receipt and its transaction) go
-as one JSON-RPC batch, one exchange instead of two; a node, or a proxy before it, that
-does not take batches is found out on first use and asked one call at a time from
-then on.  Given a web3 provider or instance instead, calls go through
+as one JSON-RPC batch, one exchange instead of two, and so do calls made concurrently:
+those issued in one round of the event loop (a worker's runs estimating and
+broadcasting, the tracker fetching a block's receipts) share one exchange, each still
+answered or failed on its own, and a lone call stays a plain request.  A node, or a
+proxy before it, that does not take batches is found out on first use and asked one
+call at a time from then on.  Given a web3 provider or instance instead, calls go through
 web3's request manager with no middleware; a synchronous provider (e.g. web3's
 ``EthereumTesterProvider``) runs in a worker thread, one call at a time, so it does not
 block the event loop and the in-process chain never sees concurrent requests.
@@ -31,6 +34,7 @@ import itertools
 import json
 import threading
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -58,6 +62,8 @@ _TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 _HEADERS = {"Content-Type": "application/json"}
+# calls of one loop round per batch: nodes and providers cap batches (often at 100-1,000)
+_MOST_PER_BATCH = 100
 
 
 def _misconfigured(status: int) -> bool:
@@ -105,6 +111,25 @@ def _result(method: str, answer: Any) -> Any:
     return answer.get("result")
 
 
+@dataclass(eq=False)
+class _Call:
+    """A call waiting for the end of the loop round, to go out with the others."""
+
+    method: str
+    params: list[Any]
+    body: str  # as a plain request, if it ends up going alone
+    answer: asyncio.Future[Any]
+
+
+def _settle(call: _Call, outcome: Any) -> None:
+    if call.answer.done():  # its caller gave up (cancelled)
+        return
+    if isinstance(outcome, BaseException):
+        call.answer.set_exception(outcome)
+    else:
+        call.answer.set_result(outcome)
+
+
 class _Http:
     """JSON-RPC over HTTP with one keep-alive session per event loop (a session cannot
     outlive or cross its loop; tests and tools run several loops over one adapter)."""
@@ -116,16 +141,61 @@ class _Http:
         self._lock = threading.Lock()
         self._ids = itertools.count(1)
         self.batches = True  # until the node refuses one
+        self.exchanges = 0  # HTTP round trips (a batch is one)
+        # per event loop: calls gathering until the end of the loop round
+        self._waiting: dict[asyncio.AbstractEventLoop, list[_Call]] = {}
+        self._sending: set[asyncio.Task[None]] = set()  # referenced until done
 
     def encode(self, method: str, params: list[Any]) -> str:
         """The request body; params that are not JSON are a caller's bug, not an outage."""
         return _dumps(method, {"jsonrpc": "2.0", "id": next(self._ids), "method": method, "params": params})
 
-    async def request(self, method: str, body: str) -> Any:
-        return _result(method, await self._exchange(method, body))
+    async def request(self, method: str, params: list[Any], body: str) -> Any:
+        """One call's result (``body``: its plain request); calls made in the same loop
+        round share one batch."""
+        if not self.batches:
+            return _result(method, await self._exchange(method, body))
+        loop = asyncio.get_running_loop()
+        call = _Call(method, params, body, loop.create_future())
+        waiting = self._waiting.setdefault(loop, [])
+        waiting.append(call)
+        if len(waiting) == 1:
+            loop.call_soon(self._go, loop)
+        return await call.answer
 
-    async def request_all(self, calls: list[tuple[str, list[Any]]]) -> list[Any] | None:
-        """The results of ``calls`` from one batch, in order; None when the answer looks
+    def _go(self, loop: asyncio.AbstractEventLoop) -> None:
+        calls = self._waiting.pop(loop, [])
+        for i in range(0, len(calls), _MOST_PER_BATCH):
+            task = loop.create_task(self._send(calls[i:i + _MOST_PER_BATCH]))
+            self._sending.add(task)
+            task.add_done_callback(self._sending.discard)
+
+    async def _send(self, calls: list[_Call]) -> None:
+        """``calls`` in one exchange when there are several and the node takes batches;
+        each call's outcome to its own caller."""
+        if len(calls) > 1 and self.batches:
+            try:
+                answers = await self._batch([(c.method, c.params) for c in calls])
+            except Exception as exc:  # noqa: BLE001 - an outage: each caller raises it
+                for call in calls:
+                    _settle(call, exc)
+                return
+            if answers is not None:
+                for call, answer in zip(calls, answers):
+                    try:
+                        _settle(call, _result(call.method, answer))
+                    except Exception as exc:  # noqa: BLE001 - this call's own error
+                        _settle(call, exc)
+                return
+            self.batches = False  # refused: one call at a time from now on
+        for call in calls:
+            try:
+                _settle(call, _result(call.method, await self._exchange(call.method, call.body)))
+            except Exception as exc:  # noqa: BLE001 - raised where its caller awaits
+                _settle(call, exc)
+
+    async def _batch(self, calls: list[tuple[str, list[Any]]]) -> list[Any] | None:
+        """The answers to ``calls`` from one batch, in order; None when the answer looks
         like a refusal of batches: anything but one answer per call, a 4xx, or the
         connection dropped or garbled (a proxy that cannot parse a batch).  Timeouts,
         refused connections and 5xx raise as for one call: an outage, not a refusal."""
@@ -139,9 +209,10 @@ class _Http:
         by_id = {a.get("id"): a for a in answers if isinstance(a, dict)} if isinstance(answers, list) else {}
         if set(by_id) != set(ids):
             return None
-        return [_result(method, by_id[i]) for i, (method, _) in zip(ids, calls)]
+        return [by_id[i] for i in ids]
 
     async def _exchange(self, method: str, body: str) -> Any:
+        self.exchanges += 1
         try:
             return await self._post(await self._session(), method, body)
         except aiohttp.ServerDisconnectedError:
@@ -203,7 +274,7 @@ class Rpc:
         if self._http is None:
             _refuse_redirects((self._async or self._sync).provider)  # type: ignore[union-attr]
         self.calls = 0  # JSON-RPC calls made
-        self.exchanges = 0  # round trips to the node they took (a batch is one)
+        self._exchanges = 0  # round trips of a provider target (each call is one)
 
     def __repr__(self) -> str:
         if self._http is not None:
@@ -224,12 +295,18 @@ class Rpc:
                 text = text.replace(secret, "…")
         return text
 
+    @property
+    def exchanges(self) -> int:
+        """Round trips to the node the calls took (a batch is one)."""
+        return self._http.exchanges if self._http is not None else self._exchanges
+
     async def call(self, method: str, *params: Any) -> Any:
         """The raw ``result`` of ``method``; raises ``RpcError`` / ``RpcUnavailable``."""
         self.calls += 1
-        self.exchanges += 1
         if self._http is not None:
-            return await self._translated(method, self._http.request(method, self._http.encode(method, list(params))))
+            body = self._http.encode(method, list(params))  # a caller's bug raises here, as itself
+            return await self._translated(method, self._http.request(method, list(params), body))
+        self._exchanges += 1
         if self._async is None:
             return await self._translated(method, asyncio.to_thread(self._blocking, method, list(params)))
         pending = self._async.manager.coro_request(method, list(params))  # type: ignore[arg-type]
@@ -238,18 +315,12 @@ class Rpc:
     async def call_all(self, *calls: tuple[str, list[Any]]) -> list[Any]:
         """The raw results of several reads, in order, as ``call`` would give them one
         after another (the first failed call raises), in one JSON-RPC batch (one HTTP
-        exchange) when the target is a URL whose node takes batches.  Reads only: a
-        batch is re-sent whole on a stale connection."""
+        exchange, shared with whatever else is asked in the same loop round) when the
+        target is a URL whose node takes batches.  Reads only: a batch is re-sent whole
+        on a stale connection."""
         if self._http is None or not self._http.batches:
             return [await self.call(method, *params) for method, params in calls]
-        self.calls += len(calls)
-        self.exchanges += 1
-        batched = await self._translated(calls[0][0], self._http.request_all(list(calls)))
-        if batched is not None:
-            return batched
-        results = [await self.call(method, *params) for method, params in calls]
-        self._http.batches = False  # answered one at a time, not as a batch: so from now on
-        return results
+        return list(await asyncio.gather(*(self.call(method, *params) for method, params in calls)))
 
     async def _translated(self, method: str, answer: Awaitable[Any]) -> Any:
         """``answer``, with its failure raised as ``RpcError`` (the node answered with

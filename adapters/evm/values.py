@@ -8,8 +8,11 @@ no HexBytes, no AttributeDict, no floats.  Hashes and byte strings become lowerc
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from typing import Any
+
+from eth_utils import to_checksum_address
 
 
 def quantity(value: Any) -> int:
@@ -42,3 +45,10 @@ def plain(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [plain(v) for v in value]
     raise TypeError(f"cannot journal a decoded value of type {type(value).__name__}")
+
+
+@functools.lru_cache(maxsize=4096)
+def checksum(address: str) -> str:
+    """``to_checksum_address``, remembered: a service sends to and from a handful of
+    addresses, and every conversion hashes the address (keccak)."""
+    return str(to_checksum_address(address))

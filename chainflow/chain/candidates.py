@@ -25,7 +25,10 @@ log = logging.getLogger("chainflow.submission")
 async def broadcast_latest(db: Database, clock: Clock, ctx: RunScope | None, adapter: ChainAdapter,
                            sub: sa.Row[Any]) -> BroadcastResult | None:
     """(Re-)broadcast the newest signed bytes of a submission; never signs anything new."""
-    attempts = await db.atx(chainstore.attempts_of, sub.id)
+    if ctx is not None:  # in the run's group commit: many runs broadcasting share one read
+        (attempts,) = await ctx.commit(lambda conn: chainstore.attempts_of(conn, sub.id))
+    else:
+        attempts = await db.aread(chainstore.attempts_of, sub.id)
     if not attempts:
         return None
     if ctx is not None:

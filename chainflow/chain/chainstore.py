@@ -30,31 +30,33 @@ from .reorg import REORG_SIGNAL, SETTLED
 T = TypeVar("T")
 
 
+# The submission protocol's statements, built once with bind parameters: every submit
+# runs each of them, and building a Core statement costs more than running it locally.
+_BY_KEY = sa.select(submissions).where(
+    submissions.c.chain == sa.bindparam("b_chain"), submissions.c.sender == sa.bindparam("b_sender"),
+    submissions.c.idempotency_key == sa.bindparam("b_key"))
+_NEW_INTENT = submissions.insert().values(state=SubmissionState.INTENT).returning(*submissions.c)
+_GET = sa.select(submissions).where(submissions.c.id == sa.bindparam("b_id"))
+
+
 def intent(
     conn: sa.Connection, *, chain: str, sender: str, key: str, run_id: str, step: str,
-    request: str, finality: str, now: float,
+    request: str, finality: str, now: float, admit: Callable[[], None] | None = None,
 ) -> sa.Row[Any]:
-    """The submission for this key, created on first sight (step 1 of the protocol)."""
+    """The submission for this key, created on first sight (step 1 of the protocol);
+    ``admit`` is called before creating one and raises to refuse it."""
     found = by_key(conn, chain, sender, key)
     if found is not None:
         return found
-    conn.execute(
-        submissions.insert().values(
-            chain=chain, sender=sender, idempotency_key=key, run_id=run_id, step=step, request=request,
-            finality=finality, state=SubmissionState.INTENT, created_at=now, updated_at=now,
-        )
-    )
-    row = by_key(conn, chain, sender, key)
-    assert row is not None
-    return row
+    if admit is not None:
+        admit()
+    return conn.execute(_NEW_INTENT, {"chain": chain, "sender": sender, "idempotency_key": key, "run_id": run_id,
+                                      "step": step, "request": request, "finality": finality, "created_at": now,
+                                      "updated_at": now}).one()
 
 
 def by_key(conn: sa.Connection, chain: str, sender: str, key: str) -> sa.Row[Any] | None:
-    return conn.execute(
-        sa.select(submissions).where(
-            submissions.c.chain == chain, submissions.c.sender == sender, submissions.c.idempotency_key == key
-        )
-    ).first()
+    return conn.execute(_BY_KEY, {"b_chain": chain, "b_sender": sender, "b_key": key}).first()
 
 
 def submissions_of(conn: sa.Connection, run_ids: list[str], tx_hashes: list[str]) -> list[sa.Row[Any]]:
@@ -70,51 +72,54 @@ def submissions_of(conn: sa.Connection, run_ids: list[str], tx_hashes: list[str]
 
 
 def get(conn: sa.Connection, sub_id: int) -> sa.Row[Any]:
-    return conn.execute(sa.select(submissions).where(submissions.c.id == sub_id)).one()
+    return conn.execute(_GET, {"b_id": sub_id}).one()
+
+
+_NONCE_OF = sa.select(submissions.c.nonce, submissions.c.chain, submissions.c.sender).where(
+    submissions.c.id == sa.bindparam("b_id"))
+_NEXT_NONCE = (
+    nonces.update()
+    .where(nonces.c.chain == sa.bindparam("b_chain"), nonces.c.sender == sa.bindparam("b_sender"))
+    .values(next_nonce=nonces.c.next_nonce + 1)
+    .returning(nonces.c.next_nonce)
+)
+_BIND_NONCE = submissions.update().where(submissions.c.id == sa.bindparam("b_id")).values(
+    nonce=sa.bindparam("b_nonce"), state=SubmissionState.ALLOCATED, request=sa.bindparam("b_request"),
+    updated_at=sa.bindparam("now"))
 
 
 def allocate_nonce(conn: sa.Connection, sub_id: int, seed: int | None, request: str, now: float) -> int | None:
     """Bind the next nonce to a submission; None means the table needs a ``seed`` first."""
-    row = conn.execute(
-        sa.select(submissions.c.nonce, submissions.c.chain, submissions.c.sender).where(submissions.c.id == sub_id)
-    ).one()
+    row = conn.execute(_NONCE_OF, {"b_id": sub_id}).one()
     if row.nonce is not None:
         return int(row.nonce)
     if seed is not None:
         conn.execute(
             _insert(conn, nonces).values(chain=row.chain, sender=row.sender, next_nonce=seed).on_conflict_do_nothing()
         )
-    got = conn.execute(
-        nonces.update()
-        .where(nonces.c.chain == row.chain, nonces.c.sender == row.sender)
-        .values(next_nonce=nonces.c.next_nonce + 1)
-        .returning(nonces.c.next_nonce)
-    ).first()
+    got = conn.execute(_NEXT_NONCE, {"b_chain": row.chain, "b_sender": row.sender}).first()
     if got is None:
         return None
     nonce = int(got[0]) - 1
-    conn.execute(
-        submissions.update()
-        .where(submissions.c.id == sub_id)
-        .values(nonce=nonce, state=SubmissionState.ALLOCATED, request=request, updated_at=now)
-    )
+    conn.execute(_BIND_NONCE, {"b_id": sub_id, "b_nonce": nonce, "b_request": request, "now": now})
     return nonce
 
 
+_NEW_ATTEMPT = tx_attempts.insert()
+_SIGNED = (
+    submissions.update()
+    .where(sa.or_(submissions.c.id == sa.bindparam("b_id"), submissions.c.batch_id == sa.bindparam("b_id")),
+           submissions.c.state.in_((SubmissionState.INTENT, SubmissionState.QUEUED, SubmissionState.ALLOCATED)))
+    .values(state=SubmissionState.SIGNED, updated_at=sa.bindparam("now"))
+)
+
+
 def add_attempt(conn: sa.Connection, sub_id: int, chain: str, signed: SignedTx, now: float) -> None:
-    """Signed bytes are durable before they are broadcast (step 3 of the protocol)."""
-    conn.execute(
-        tx_attempts.insert().values(
-            submission_id=sub_id, chain=chain, tx_hash=signed.tx_hash, raw=signed.raw,
-            fees=json.dumps(signed.fees), created_at=now,
-        )
-    )
-    conn.execute(
-        submissions.update()
-        .where(_with_members(sub_id),
-               submissions.c.state.in_((SubmissionState.INTENT, SubmissionState.QUEUED, SubmissionState.ALLOCATED)))
-        .values(state=SubmissionState.SIGNED, updated_at=now)
-    )
+    """Signed bytes are durable before they are broadcast (step 3 of the protocol).  A
+    batch's members follow its state (``_with_members``)."""
+    conn.execute(_NEW_ATTEMPT, {"submission_id": sub_id, "chain": chain, "tx_hash": signed.tx_hash, "raw": signed.raw,
+                                "fees": json.dumps(signed.fees), "created_at": now})
+    conn.execute(_SIGNED, {"b_id": sub_id, "now": now})
 
 
 def _with_members(sub_id: int) -> Any:
@@ -123,23 +128,25 @@ def _with_members(sub_id: int) -> Any:
     return sa.or_(submissions.c.id == sub_id, submissions.c.batch_id == sub_id)
 
 
+_ATTEMPTS_OF = sa.select(tx_attempts).where(tx_attempts.c.submission_id == sa.bindparam("b_id")).order_by(
+    tx_attempts.c.id)
+_BROADCAST = (
+    submissions.update()
+    .where(sa.or_(submissions.c.id == sa.bindparam("b_id"), submissions.c.batch_id == sa.bindparam("b_id")),
+           submissions.c.state.in_((SubmissionState.SIGNED, SubmissionState.BROADCAST)))
+    .values(state=SubmissionState.BROADCAST, last_broadcast_at=sa.bindparam("now"), last_broadcast_block=None,
+            updated_at=sa.bindparam("now"))
+)
+
+
 def attempts_of(conn: sa.Connection, sub_id: int) -> list[sa.Row[Any]]:
-    return list(
-        conn.execute(
-            sa.select(tx_attempts).where(tx_attempts.c.submission_id == sub_id).order_by(tx_attempts.c.id)
-        )
-    )
+    return list(conn.execute(_ATTEMPTS_OF, {"b_id": sub_id}))
 
 
 def mark_broadcast(conn: sa.Connection, sub_id: int, now: float) -> None:
     """Sent (again): the re-broadcast clock restarts at the next head the tracker sees,
-    since the sender does not know the chain's height."""
-    conn.execute(
-        submissions.update()
-        .where(_with_members(sub_id),
-               submissions.c.state.in_((SubmissionState.SIGNED, SubmissionState.BROADCAST)))
-        .values(state=SubmissionState.BROADCAST, last_broadcast_at=now, last_broadcast_block=None, updated_at=now)
-    )
+    since the sender does not know the chain's height.  A batch's members follow it."""
+    conn.execute(_BROADCAST, {"b_id": sub_id, "now": now})
 
 
 def mark_failed(conn: sa.Connection, sub_id: int, error: str, now: float) -> None:

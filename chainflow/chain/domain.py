@@ -49,8 +49,10 @@ RESERVE_TRIES = 5
 class ConflictDomain(Protocol):
     kind: str
 
-    async def allocate(self, commit: Commit, sub_id: int, sender: str, request: dict[str, Any], now: float) -> None:
-        """Bind a domain to the intent (state ``intent`` -> ``allocated``), durably."""
+    async def allocate(self, commit: Commit, sub_id: int, sender: str, request: dict[str, Any],
+                       now: float) -> sa.Row[Any]:
+        """Bind a domain to the intent (state ``intent`` -> ``allocated``), durably; the
+        submission as it is then (read in the same transaction)."""
 
     async def bound(self, sub: sa.Row[Any]) -> Any:
         """The domain bound to this intent, as ``TxBuilder.sign`` takes it."""
@@ -98,12 +100,16 @@ class AccountDomain:
     def __init__(self, adapter: _Account, db: Database, clock: Clock) -> None:
         self.adapter, self.db, self.clock = adapter, db, clock
 
-    async def allocate(self, commit: Commit, sub_id: int, sender: str, request: dict[str, Any], now: float) -> None:
+    async def allocate(self, commit: Commit, sub_id: int, sender: str, request: dict[str, Any],
+                       now: float) -> sa.Row[Any]:
         text = codec.dumps(request)
-        (nonce,) = await commit(lambda conn: chainstore.allocate_nonce(conn, sub_id, None, text, now))
+        nonce, sub = await commit(lambda conn: chainstore.allocate_nonce(conn, sub_id, None, text, now),
+                                  lambda conn: chainstore.get(conn, sub_id))
         if nonce is None:  # first submission from this sender on this chain: seed from the chain
             seed = await self.adapter.pending_nonce(sender)
-            await commit(lambda conn: chainstore.allocate_nonce(conn, sub_id, seed, text, now))
+            _, sub = await commit(lambda conn: chainstore.allocate_nonce(conn, sub_id, seed, text, now),
+                                  lambda conn: chainstore.get(conn, sub_id))
+        return sub  # type: ignore[no-any-return]
 
     async def bound(self, sub: sa.Row[Any]) -> int:
         return int(sub.nonce)
@@ -139,15 +145,17 @@ class CoinDomain:
     def __init__(self, adapter: _Utxo, db: Database, clock: Clock) -> None:
         self.adapter, self.db, self.clock = adapter, db, clock
 
-    async def allocate(self, commit: Commit, sub_id: int, sender: str, request: dict[str, Any], now: float) -> None:
+    async def allocate(self, commit: Commit, sub_id: int, sender: str, request: dict[str, Any],
+                       now: float) -> sa.Row[Any]:
         text, chain = codec.dumps(request), self.adapter.name
         for _ in range(RESERVE_TRIES):
             coins = await self.adapter.coins(sender)
             (taken,) = await commit(lambda conn: chainstore.reserved_outpoints(conn, chain))
             chosen = self.adapter.select(request, [c for c in coins if c.outpoint not in taken])
-            (ok,) = await commit(lambda conn: chainstore.reserve(conn, sub_id, chain, chosen, text, now))
+            ok, sub = await commit(lambda conn: chainstore.reserve(conn, sub_id, chain, chosen, text, now),
+                                   lambda conn: chainstore.get(conn, sub_id))
             if ok:
-                return
+                return sub  # type: ignore[no-any-return]
         raise RuntimeError(f"coins for submission {sub_id} on {chain!r} were taken by other intents "
                            f"{RESERVE_TRIES} times in a row")
 

@@ -215,13 +215,15 @@ class Submitter:
         step = f"{slot.branch}\x1f{slot.key}"
         window = self.tracker.window
 
-        def open_intent(conn: sa.Connection) -> sa.Row[Any]:
+        def admit() -> None:
             # only a new intent is held to today's window: one already recorded may hold
             # a nonce or be on the wire, and the tracker keeps the headers it still needs
-            if chainstore.by_key(conn, adapter.name, sender, key) is None:
-                finality.require_window(policy, window, f"submit {label!r}")
+            finality.require_window(policy, window, f"submit {label!r}")
+
+        def open_intent(conn: sa.Connection) -> sa.Row[Any]:
             return chainstore.intent(conn, chain=adapter.name, sender=sender, key=key, run_id=run_id, step=step,
-                                  request=request_text, finality=json.dumps(policy.to_dict()), now=now)
+                                     request=request_text, finality=json.dumps(policy.to_dict()), now=now,
+                                     admit=admit)
 
         (sub,) = await ctx.commit(open_intent)
         # an intent another run opened under the same key is not this run's wait
@@ -237,21 +239,20 @@ class Submitter:
                 await ctx.commit(lambda conn: chainstore.queue(conn, sub_id, text, ctx.clock.time()))
                 return sub_id, opened
             try:
-                await domain.allocate(ctx.commit, sub_id, sender, request, ctx.clock.time())
+                sub = await domain.allocate(ctx.commit, sub_id, sender, request, ctx.clock.time())
             except TxRejected as exc:  # e.g. not enough unreserved coins: nothing was reserved
                 raise SubmissionFailedError(label, exc.reason) from None
-            sub = await self._read(ctx, sub_id)
         if sub.state == SubmissionState.QUEUED or sub.batch_id is not None:
             return sub_id, opened  # paid by a batch: signed and sent by the batcher, settled by the tracker
         if sub.state == SubmissionState.ALLOCATED:
-            await self._sign_first(ctx, adapter, domain, sub, label)
-            sub = await self._read(ctx, sub_id)
+            sub = await self._sign_first(ctx, adapter, domain, sub, label)
         if sub.state in (SubmissionState.SIGNED, SubmissionState.BROADCAST):
             await broadcast_latest(self.db, self.clock, ctx, adapter, sub)
         return sub_id, opened
 
     async def _sign_first(self, ctx: RunScope, adapter: ChainAdapter, domain: ConflictDomain, sub: sa.Row[Any],
-                          label: str) -> None:
+                          label: str) -> sa.Row[Any]:
+        """Sign the first version and commit its bytes; the submission as it is then."""
         request = codec.loads(sub.request)
         try:
             signed = await adapter.sign(request, await domain.bound(sub), None)
@@ -261,10 +262,8 @@ class Submitter:
             await ctx.commit(lambda conn: chainstore.mark_failed(conn, sub.id, exc.reason, ctx.clock.time()))
             raise SubmissionFailedError(label, f"signing failed permanently: {exc.reason}") from None
         now = ctx.clock.time()
-        await ctx.commit(lambda conn: chainstore.add_attempt(conn, sub.id, adapter.name, signed, now))
-
-    async def _read(self, ctx: RunScope, sub_id: int) -> sa.Row[Any]:
-        (row,) = await ctx.commit(lambda conn: chainstore.get(conn, sub_id))
+        _, row = await ctx.commit(lambda conn: chainstore.add_attempt(conn, sub.id, adapter.name, signed, now),
+                                  lambda conn: chainstore.get(conn, sub.id))
         return row  # type: ignore[no-any-return]
 
     async def _await_final(self, ctx: RunScope, sub_id: int, label: str) -> Receipt:

@@ -177,8 +177,9 @@ class Tracker:
         view = await self.db.aread(chainstore.head_view, self.chain, wanted, head.number - self.config.rebroadcast_blocks,
                                     self.config.stuck_batch)
         receipts: list[tuple[int, Receipt]] = []
-        for sub_id, tx_hash, policy in view.matches:
-            receipt = await self._rpc(self.adapter.receipt(tx_hash))
+        # concurrently: an adapter can then fetch a full block's worth in a few requests
+        fetched = await asyncio.gather(*(self._rpc(self.adapter.receipt(tx_hash)) for _, tx_hash, _ in view.matches))
+        for (sub_id, _, policy), receipt in zip(view.matches, fetched):
             if receipt is not None and receipt.block_hash in block_hashes:
                 for member, member_policy, member_receipt in self._with_members(sub_id, policy, receipt, view.members):
                     receipts.append((member, member_receipt))
@@ -189,9 +190,12 @@ class Tracker:
         self._tip = new[-1] if new else tip
         metrics.set_gauge("chainflow_chain_head_lag_blocks", head.number - self._tip.number, chain=self.chain)
         stats.new_blocks, stats.matched, stats.settled = len(new), len(receipts), len(ready)
+        # read before this head's receipts were stored: what was just matched is not stuck
+        settled = {sub_id for sub_id, _ in receipts}
+        stuck = [sub for sub in view.stuck if int(sub.id) not in settled]
         try:
-            if view.stuck:
-                await self._unstick(view.stuck, head.number)
+            if stuck:
+                await self._unstick(stuck, head.number)
             if view.orphaned:
                 await self._abandon(view.orphaned)
             if new:

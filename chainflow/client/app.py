@@ -346,20 +346,29 @@ class Chainflow:
 
     async def astart(self, workflow: str, input: Any = None, *, idempotency_key: str | None = None) -> RunHandle:
         """``start`` for async code.  With a worker on this event loop the new run is
-        written through that worker's group commit, born claimed: no thread hop, and
-        it shares its fsync with whatever else the worker is committing."""
+        written through that worker's group commit: no thread hop, and it shares its
+        fsync with whatever else the worker is committing.  Born claimed while the
+        worker has a free slot; due, for a later claim, while every slot is taken (many
+        starts at once would otherwise each commit alone from a thread, queued on the
+        database's writer).  Free slots a claim query holds are waited for by the
+        ordinary start, in a thread, as they always were."""
         loop = asyncio.get_running_loop()
         fields = self._new_run(workflow, input, idempotency_key)
-        local = next((w for w in list(self._workers) if w.loop is loop and w.reserve(workflow)), None)
-        if local is not None:
-            born, sent = self._born_claimed(local)
+        local = next((w for w in list(self._workers) if w.loop is loop and w.creates(workflow)), None)
+        claimed = local is not None and local.reserve(workflow)
+        if local is not None and (claimed or local.full()):
+            born, sent = self._born_claimed(local if claimed else None)
             row = store.run_row(**fields, **born)
             try:
                 created, = (await local.committer.write(row["id"], None, [store.RunInsert(row)], exclusive=True))
             except BaseException:
-                local.adopt(None)
+                if claimed:
+                    local.adopt(None)
                 raise
-            local.adopt(self._claim_of(row["id"], fields) if created else None, sent)
+            if claimed:
+                local.adopt(self._claim_of(row["id"], fields) if created else None, sent)
+            elif created:
+                self._notify()
             if created:
                 return self._started(RunHandle(row["id"], workflow, True))
             # the idempotency key is taken: the ordinary start answers (existing run or conflict)

@@ -262,6 +262,17 @@ class Worker:
             else:
                 await asyncio.sleep(0)  # adoptions scheduled from another thread land first
 
+    def creates(self, workflow: str) -> bool:
+        """Whether this worker runs ``workflow`` and takes new runs now (started, not
+        stopping): a start on its loop may then write the run through its group commit."""
+        return self.loop is not None and not self._stopping.is_set() and workflow in self.app.registry
+
+    def full(self) -> bool:
+        """Whether every run slot is taken by an execution or a start's reservation (not
+        merely held by a claim query in flight, which gives back what it does not use)."""
+        with self._slots:
+            return len(self.executions) + self._reserved - self._claiming >= self.concurrency
+
     def reserve(self, workflow: str) -> bool:
         """Take a slot for a run this process is about to create (start fast path).
 
@@ -269,7 +280,7 @@ class Worker:
         another thread waits for it (a few ms) rather than leaving its run to the next
         claim, which would cost a claim round trip per run."""
         with self._slots:
-            if self.loop is None or self._stopping.is_set() or workflow not in self.app.registry:
+            if not self.creates(workflow):
                 return False
             patience = 0.0 if threading.get_ident() == self._loop_thread else self._RESERVE_PATIENCE
             until = time.monotonic() + patience
