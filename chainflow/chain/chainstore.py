@@ -105,10 +105,17 @@ def allocate_nonce(conn: sa.Connection, sub_id: int, seed: int | None, request: 
     return nonce
 
 
+def _with_members(sub_id: int | sa.BindParameter[Any]) -> Any:
+    """The submission and, when it is a batch, its members: a batch's members follow
+    its state (signed, broadcast, failed) since they are paid by its transactions.
+    ``sub_id`` may be a bind parameter (a statement built once)."""
+    return sa.or_(submissions.c.id == sub_id, submissions.c.batch_id == sub_id)
+
+
 _NEW_ATTEMPT = tx_attempts.insert()
 _SIGNED = (
     submissions.update()
-    .where(sa.or_(submissions.c.id == sa.bindparam("b_id"), submissions.c.batch_id == sa.bindparam("b_id")),
+    .where(_with_members(sa.bindparam("b_id")),
            submissions.c.state.in_((SubmissionState.INTENT, SubmissionState.QUEUED, SubmissionState.ALLOCATED)))
     .values(state=SubmissionState.SIGNED, updated_at=sa.bindparam("now"))
 )
@@ -122,17 +129,11 @@ def add_attempt(conn: sa.Connection, sub_id: int, chain: str, signed: SignedTx, 
     conn.execute(_SIGNED, {"b_id": sub_id, "now": now})
 
 
-def _with_members(sub_id: int) -> Any:
-    """The submission and, when it is a batch, its members: a batch's members follow
-    its state (signed, broadcast, failed) since they are paid by its transactions."""
-    return sa.or_(submissions.c.id == sub_id, submissions.c.batch_id == sub_id)
-
-
 _ATTEMPTS_OF = sa.select(tx_attempts).where(tx_attempts.c.submission_id == sa.bindparam("b_id")).order_by(
     tx_attempts.c.id)
 _BROADCAST = (
     submissions.update()
-    .where(sa.or_(submissions.c.id == sa.bindparam("b_id"), submissions.c.batch_id == sa.bindparam("b_id")),
+    .where(_with_members(sa.bindparam("b_id")),
            submissions.c.state.in_((SubmissionState.SIGNED, SubmissionState.BROADCAST)))
     .values(state=SubmissionState.BROADCAST, last_broadcast_at=sa.bindparam("now"), last_broadcast_block=None,
             updated_at=sa.bindparam("now"))

@@ -42,6 +42,9 @@ log = logging.getLogger("chainflow.tracker")
 T = TypeVar("T")
 
 
+def _nothing(conn: sa.Connection) -> None:
+    """The write of a renewal on its own: the lease itself (``Tracker._commit``)."""
+
 
 class _Deposed(Exception):
     """Another process may lead the chain now: this iteration must not act further."""
@@ -119,20 +122,20 @@ class Tracker:
         return None
 
     async def _lead(self) -> bool:
-        """Renew (or take) the leadership lease; while it holds, ``_as_leader`` answers
-        without the database, on the monotonic clock from when the renewal was sent."""
-        sent = time.monotonic()
-        if await self.db.atx(chainstore.lead, self._lease, self.owner, self.clock.time(), self._ttl):
-            self._lead_until = sent + valid_for(self._ttl)
-            return True
-        self._lead_until = -math.inf
-        return False
+        """Renew (or take) the leadership lease in a transaction of its own; while it
+        holds, ``_as_leader`` answers without the database."""
+        try:
+            await self._commit(_nothing)
+        except chainstore.NotLeader:
+            return False
+        return True
 
     async def _commit(self, fn: Callable[..., T], *args: Any) -> T:
         """``fn`` in one write transaction that renews (or takes) the leadership lease
         first: the head's writes commit only if this process leads as they do, and a
         steady tracker spends no transaction of its own on the renewal.  Raises
-        ``chainstore.NotLeader`` (nothing written) when another process leads."""
+        ``chainstore.NotLeader`` (nothing written) when another process leads.  The
+        lease is proven on the monotonic clock from when the renewal was sent."""
         sent = time.monotonic()
         try:
             result = await self.db.atx(chainstore.as_leader, self._lease, self.owner, self.clock.time(), self._ttl,
