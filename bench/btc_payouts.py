@@ -39,7 +39,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from .harness import Figure, Options, environment, environment_markdown, fresh_database, log, ratio, run_child
+from .harness import Figure, Options, environment, environment_markdown, failed, log, ratio, run_on_database
 
 TITLE = "Bitcoin payouts on a regtest node: chainflow (batched, unbatched) vs sendtoaddress + 1 confirmation"
 PAYOUTS, NAIVE_PAYOUTS, BLOCK_MS = 500, 30, 1000
@@ -329,16 +329,6 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
         return chainflow_arm(node, spec)
 
 
-def _attempt(spec: dict[str, Any], opts: Options) -> dict[str, Any]:
-    try:
-        if spec.get("backend") is None:
-            return run_child("btc_payouts", spec, opts.timeout)
-        with fresh_database(spec["backend"], opts) as target:
-            return run_child("btc_payouts", {**spec, "target": target}, opts.timeout)
-    except Exception as exc:  # noqa: BLE001 - e.g. Postgres unreachable: one cell, not the run
-        return {"error": f"{type(exc).__name__}: {exc}"}
-
-
 def run(opts: Options, command: str) -> str:
     env = environment(opts)
     n = QUICK["payouts"] if opts.quick else PAYOUTS
@@ -357,20 +347,17 @@ def run(opts: Options, command: str) -> str:
                     continue
                 spec = {"kind": "throughput", "peer": peer, "block_ms": block_ms,
                         "payouts": n_naive if peer == "naive" else n, "backend": None if peer == "naive" else backend}
-                r = _attempt(spec, opts)
-                if "error" in r:
-                    throughput[(backend, peer)].problem = f"failed: {r['error']}"
-                    log(f"  rep {rep} {backend} {peer}: FAILED {r['error']}\n{r.get('detail', '')}")
+                r = run_on_database("btc_payouts", spec, spec["backend"], opts)
+                if failed(r, [throughput[(backend, peer)]], f"rep {rep} {backend} {peer}"):
                     continue
                 throughput[(backend, peer)].values.append(r["per_s"])
                 throughput[(backend, peer)].raw.append(r)
                 log(f"  rep {rep} {backend} {peer}: {r['payouts']} payouts in {r['elapsed']:.1f}s = "
                     f"{r['per_s']:.2f}/s in {r['txs']} txs")
             for k in pending:
-                r = _attempt({"kind": "heads", "pending": k, "heads": heads, "backend": backend}, opts)
-                if "error" in r:
-                    per_head[(backend, k)].problem = f"failed: {r['error']}"
-                    log(f"  rep {rep} {backend} pending={k}: FAILED {r['error']}\n{r.get('detail', '')}")
+                r = run_on_database("btc_payouts", {"kind": "heads", "pending": k, "heads": heads, "backend": backend},
+                                    backend, opts)
+                if failed(r, [per_head[(backend, k)]], f"rep {rep} {backend} pending={k}"):
                     continue
                 per_head[(backend, k)].values.append(r["calls_per_head"])
                 per_head[(backend, k)].raw.append(r)

@@ -21,7 +21,7 @@ import subprocess
 import sys
 import tempfile
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -187,6 +187,31 @@ def run_child(benchmark: str, spec: dict[str, Any], timeout: float) -> dict[str,
     return result
 
 
+def run_on_database(benchmark: str, spec: dict[str, Any], backend: str | None, opts: Options,
+                    key: str = "target") -> dict[str, Any]:
+    """``run_child`` on a fresh database of ``backend`` handed over as ``spec[key]``
+    (None: no database).  A database that cannot be made (Postgres unreachable) is the
+    child's error: one cell, not the whole run."""
+    try:
+        if backend is None:
+            return run_child(benchmark, spec, opts.timeout)
+        with fresh_database(backend, opts) as db:
+            return run_child(benchmark, {**spec, key: db}, opts.timeout)
+    except Exception as exc:  # noqa: BLE001 - reported as the child's error
+        return {"error": f"{type(exc).__name__}: {exc}"}
+
+
+def failed(result: dict[str, Any], figures: Iterable[Figure], where: str) -> bool:
+    """Whether the child failed; if so, each of ``figures`` says so and the log shows
+    the error with the child's last lines."""
+    if "error" not in result:
+        return False
+    for fig in figures:
+        fig.problem = f"failed: {result['error']}"
+    log(f"  {where}: FAILED {result['error']}\n{result.get('detail', '')}")
+    return True
+
+
 def sized_figures(benchmark: str, size_key: str, sizes: list[int], opts: Options,
                   measures: dict[str, Callable[[dict[str, Any]], float]],
                   describe: Callable[[dict[str, Any]], str]) -> dict[tuple[int, str], Figure]:
@@ -196,10 +221,7 @@ def sized_figures(benchmark: str, size_key: str, sizes: list[int], opts: Options
     for rep in range(1, opts.reps + 1):
         for n in sizes:
             result = run_child(benchmark, {size_key: n}, opts.timeout)
-            if "error" in result:
-                log(f"  rep {rep} {size_key}={n}: FAILED {result['error']}\n{result.get('detail', '')}")
-                for m in measures:
-                    figs[(n, m)].problem = f"failed: {result['error']}"
+            if failed(result, (figs[(n, m)] for m in measures), f"rep {rep} {size_key}={n}"):
                 continue
             for m, measure in measures.items():
                 figs[(n, m)].values.append(measure(result))

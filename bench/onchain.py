@@ -41,11 +41,11 @@ from .harness import (
     Options,
     environment,
     environment_markdown,
-    fresh_database,
+    failed,
     log,
     pg_problem,
     ratio,
-    run_child,
+    run_on_database,
 )
 
 TITLE = "on-chain throughput: mint workflows on anvil (1 s blocks), one sender (mints/s)"
@@ -422,14 +422,8 @@ def run(opts: Options, command: str) -> str:
             spec: dict[str, Any] = {"peer": peer, "mints": sizes[key], "backend": backend, "workers": workers}
             if opts.profile_dir and peer == "chainflow":
                 spec["profile"] = os.path.join(opts.profile_dir, f"onchain_{key}_rep{rep}.html")
-            if backend is None:
-                r = run_child("onchain", spec, opts.timeout)
-            else:
-                with fresh_database(backend, opts) as db:
-                    r = run_child("onchain", spec | {"db": db}, opts.timeout)
-            if "error" in r:
-                figs[key].problem = f"failed: {r['error']}"
-                log(f"  rep {rep} {key}: FAILED {r['error']}\n{r.get('detail', '')}")
+            r = run_on_database("onchain", spec, backend, opts, key="db")
+            if failed(r, [figs[key]], f"rep {rep} {key}"):
                 continue
             figs[key].values.append(r["per_s"])
             figs[key].raw.append(r | {"rep": rep})

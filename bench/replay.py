@@ -19,7 +19,7 @@ import os
 import time
 from typing import Any
 
-from .harness import Figure, Options, environment, environment_markdown, fresh_database, log, run_child
+from .harness import Figure, Options, environment, environment_markdown, failed, log, run_on_database
 
 TITLE = "replay sweep: recorded 5-step runs replayed with one step overridden (runs/s, higher is better)"
 RUNS = 10_000
@@ -114,14 +114,8 @@ def run(opts: Options, command: str) -> str:
     figs = {b: Figure() for b in opts.backends}
     for rep in range(1, opts.reps + 1):
         for backend in opts.backends:
-            try:
-                with fresh_database(backend, opts) as target:
-                    result = run_child("replay", {"backend": backend, "target": target, "runs": n}, opts.timeout)
-            except Exception as exc:  # noqa: BLE001 - e.g. Postgres unreachable: one cell, not the run
-                result = {"error": f"{type(exc).__name__}: {exc}"}
-            if "error" in result:
-                log(f"  rep {rep} {backend}: FAILED {result['error']}\n{result.get('detail', '')}")
-                figs[backend].problem = f"failed: {result['error']}"
+            result = run_on_database("replay", {"backend": backend, "runs": n}, backend, opts)
+            if failed(result, [figs[backend]], f"rep {rep} {backend}"):
                 continue
             figs[backend].values.append(result["runs_per_s"])
             figs[backend].raw.append(result)

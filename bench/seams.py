@@ -32,7 +32,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from .harness import Figure, Options, environment, environment_markdown, log, ratio, run_child
+from .harness import Figure, Options, environment, environment_markdown, failed, log, ratio, run_child
 
 TITLE = "hand-written pieces vs the standard-library or library alternative (µs per op, lower is better)"
 ROUNDS = 5
@@ -239,11 +239,8 @@ def run(opts: Options, command: str) -> str:
         for seam, (_, alternatives, n, quick_n) in SEAMS.items():
             names = ["ours", *(a for a, _ in alternatives)]
             result = run_child("seams", {"seam": seam, "n": quick_n if opts.quick else n}, opts.timeout)
-            if "error" in result:
-                log(f"  rep {rep} {seam}: FAILED {result['error']}\n{result.get('detail', '')}")
-                for name in names:
-                    for kind in ("wall", "cpu"):
-                        figs.setdefault((seam, name, kind), Figure()).problem = f"failed: {result['error']}"
+            cells = [figs.setdefault((seam, name, kind), Figure()) for name in names for kind in ("wall", "cpu")]
+            if failed(result, cells, f"rep {rep} {seam}"):
                 continue
             nodes.update([result["node"]] if "node" in result else [])
             for name in names:

@@ -28,10 +28,10 @@ from .harness import (
     Options,
     environment,
     environment_markdown,
-    fresh_database,
+    failed,
     log,
     pg_problem,
-    run_child,
+    run_on_database,
 )
 
 TITLE = "tracker scale: cost per new head vs pending tracked transactions"
@@ -167,14 +167,6 @@ def _count(fig: Figure) -> str:
     return fig.cell("{:.0f}")
 
 
-def _attempt(spec: dict[str, Any], opts: Options) -> dict[str, Any]:
-    try:
-        with fresh_database(spec["backend"], opts) as target:
-            return run_child("tracker", {**spec, "target": target}, opts.timeout)
-    except Exception as exc:  # noqa: BLE001 - e.g. Postgres unreachable: one row, not the run
-        return {"error": f"{type(exc).__name__}: {exc}"}
-
-
 def run(opts: Options, command: str) -> str:
     env = environment(opts)
     sizes = QUICK_SIZES if opts.quick else SIZES
@@ -187,11 +179,8 @@ def run(opts: Options, command: str) -> str:
     for rep in range(1, opts.reps + 1):
         for backend in backends:
             for n in sizes:
-                r = _attempt({"pending": n, "backend": backend}, opts)
-                if "error" in r:
-                    log(f"  rep {rep} {backend} pending={n}: FAILED {r['error']}\n{r.get('detail', '')}")
-                    for m in MEASURES:
-                        figs[(backend, n, m)].problem = f"failed: {r['error']}"
+                r = run_on_database("tracker", {"pending": n, "backend": backend}, backend, opts)
+                if failed(r, (figs[(backend, n, m)] for m in MEASURES), f"rep {rep} {backend} pending={n}"):
                     continue
                 for m, key in MEASURES.items():
                     figs[(backend, n, m)].values.append(r[key])

@@ -24,7 +24,7 @@ import statistics
 import time
 from typing import Any
 
-from .harness import Figure, Options, environment, environment_markdown, fresh_database, log, run_child
+from .harness import Figure, Options, environment, environment_markdown, failed, log, run_on_database
 
 TITLE = "dashboard pages: server time of the runs page and a run page over 1,000,000 runs (ms, lower is better)"
 RUNS = 1_000_000
@@ -171,16 +171,9 @@ def run(opts: Options, command: str) -> str:
     seeds: dict[str, list[float]] = {b: [] for b in opts.backends}
     for rep in range(1, opts.reps + 1):
         for backend in opts.backends:
-            try:
-                with fresh_database(backend, opts) as target:
-                    result = run_child("ui_pages", {"backend": backend, "target": target, "runs": n,
-                                                      "deep": 10 if opts.quick else DEEP}, opts.timeout)
-            except Exception as exc:  # noqa: BLE001 - e.g. Postgres unreachable: one cell, not the run
-                result = {"error": f"{type(exc).__name__}: {exc}"}
-            if "error" in result:
-                log(f"  rep {rep} {backend}: FAILED {result['error']}\n{result.get('detail', '')}")
-                for p in PAGES:
-                    figs[(backend, p)].problem = p95[(backend, p)].problem = f"failed: {result['error']}"
+            result = run_on_database("ui_pages", {"backend": backend, "runs": n, "deep": 10 if opts.quick else DEEP},
+                                     backend, opts)
+            if failed(result, [f[(backend, p)] for f in (figs, p95) for p in PAGES], f"rep {rep} {backend}"):
                 continue
             seeds[backend].append(result["seed_s"])
             for p in PAGES:
