@@ -105,9 +105,10 @@ async def test_cancel_running_run_interrupts_async_step(
     make_app: Any, calls: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     # short lease: the heartbeat (lease/3) is what notices the cancel; slow compensations
-    # make sure several heartbeats happen while they run
-    app = make_app(lease_seconds=0.3)
-    register_trip(app, calls, park="hang", slow_undo=0.25)
+    # make sure several heartbeats happen while they run (a 0.3 s lease was lost to one
+    # slow fsync on a busy CI machine, and the compensations rightly ran again)
+    app = make_app(lease_seconds=0.75)
+    register_trip(app, calls, park="hang", slow_undo=0.6)
     caplog.set_level(logging.ERROR, logger="chainflow")
     async with running_worker(app) as worker:
         run_id = app.start("trip").id
