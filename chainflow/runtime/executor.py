@@ -319,6 +319,8 @@ class Execution:
         if ctx.stop_reason == StopReason.SUSPEND:
             return await self._suspend(ctx, bounded_by_deadline=False)
         if ctx.stop_reason == StopReason.LEASE_LOST or task.cancelled():
+            if task.done() and not task.cancelled():
+                task.exception()  # its LeaseLostError is this abandonment: retrieved, never logged as lost
             return _ABANDONED
         exc = task.exception()
         if isinstance(exc, LeaseLostError):
