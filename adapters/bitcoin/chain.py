@@ -92,12 +92,15 @@ class BitcoinChain:
     ``fee_target`` blocks, ``max_feerate`` the most any version may pay, which is also
     what coin selection budgets for.  The wallet's first ``lookahead`` addresses are
     its coins' owners; the first one is ``sender()`` and receives change.
-    ``spender_lookback`` bounds how many blocks ``spender`` walks back.
+    ``spender_lookback`` bounds how many blocks ``spender`` walks back;
+    ``rpc_connections`` how many calls are in flight to the node at once (see
+    ``BitcoinRpc``: at most its ``-rpcworkqueue``).
     """
 
     def __init__(self, name: str, *, rpc: str, network: str, wallet: DescriptorWallet, fee_target: int = 6,
                  fallback_feerate: int = 10_000, max_feerate: int = 200_000, lookahead: int = 20,
-                 spender_lookback: int = 144, timeout: float = 30.0, scan_timeout: float = 600.0) -> None:
+                 spender_lookback: int = 144, timeout: float = 30.0, scan_timeout: float = 600.0,
+                 rpc_connections: int = 8) -> None:
         if not isinstance(name, str) or not name:
             raise ValueError("BitcoinChain needs a non-empty name: it keys the engine's coin reservations")
         if not isinstance(wallet, DescriptorWallet):
@@ -111,7 +114,7 @@ class BitcoinChain:
         if timeout <= 0 or scan_timeout <= 0:
             raise ValueError(f"chain {name!r}: timeouts must be positive")
         self.name = name
-        self.rpc = BitcoinRpc(rpc, timeout=timeout)
+        self.rpc = BitcoinRpc(rpc, timeout=timeout, connections=rpc_connections)
         self.keyring = wallet.keyring(self.network, name, lookahead)
         self.fee_target, self.fallback_feerate, self.max_feerate = fee_target, fallback_feerate, max_feerate
         self.spender_lookback, self.scan_timeout = spender_lookback, scan_timeout

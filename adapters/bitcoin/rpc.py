@@ -17,6 +17,13 @@ One keep-alive ``httpx.AsyncClient`` per event loop (a client's pooled connectio
 belong to the loop that opened them; tests and tools run several loops over one
 chain).  ``aclose`` must be awaited: an idle keep-alive connection makes a node's
 ``stop`` wait for its 30 s timeout.
+
+Each client keeps at most ``connections`` requests in flight.  Core queues requests
+for its ``-rpcthreads`` in a queue of ``-rpcworkqueue`` (16) and answers one that
+finds the queue full HTTP 500 "Work queue depth exceeded" without running it, which
+twenty payouts reading coins at once on a loaded CI machine reached.  With no more
+requests in flight than the queue holds, none is refused; the excess waits in
+httpx's pool (counted in its ``timeout``) instead.
 """
 
 from __future__ import annotations
@@ -45,9 +52,13 @@ def _misconfigured(status: int) -> bool:
 
 class BitcoinRpc:
     """Calls one node; ``url`` may carry ``user:password@`` (percent-encoded).
-    ``transport`` replaces httpx's network transport (tests: ``httpx.MockTransport``)."""
+    ``connections`` must not exceed the node's ``-rpcworkqueue``.  ``transport`` replaces httpx's network transport (tests:
+    ``httpx.MockTransport``), and with it the connection bound."""
 
-    def __init__(self, url: str, *, timeout: float, transport: httpx.AsyncBaseTransport | None = None) -> None:
+    def __init__(self, url: str, *, timeout: float, connections: int = 8,
+                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+        if isinstance(connections, bool) or not isinstance(connections, int) or connections < 1:
+            raise ValueError(f"rpc connections must be an int of at least 1, got {connections!r}")
         parts = urlsplit(url) if isinstance(url, str) else None
         if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError("rpc must be an http(s) URL such as http://user:pass@127.0.0.1:8332")
@@ -64,6 +75,7 @@ class BitcoinRpc:
                                      parts.query) if s and len(s) >= 4]
         self._timeout = timeout
         self._transport = transport
+        self._limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
         self._clients: dict[asyncio.AbstractEventLoop, httpx.AsyncClient] = {}
         self._lock = threading.Lock()
         self._ids = itertools.count(1)
@@ -117,7 +129,7 @@ class BitcoinRpc:
                 # another origin, or take a stranger's answer for the node's
                 client = self._clients[loop] = httpx.AsyncClient(
                     auth=self._auth, timeout=self._timeout, follow_redirects=False, trust_env=False,
-                    transport=self._transport)
+                    limits=self._limits, transport=self._transport)
             return client
 
     async def aclose(self) -> None:

@@ -17,8 +17,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from eth_utils import to_checksum_address
-
 from chainflow.chain.adapter import (
     BroadcastOutcome,
     BroadcastResult,
@@ -106,7 +104,7 @@ class EvmChain:
             raise ValueError("timeout must be positive")
         self.name = name
         self.signer = signer
-        self._sender = to_checksum_address(signer.address)  # asked for on every submit
+        self._sender = checksum(signer.address)  # asked for on every submit
         self.rpc = Rpc(rpc, timeout=timeout)
         self.abis = AbiRegistry()
         self.abis.learn_all(abis or [])
@@ -128,7 +126,7 @@ class EvmChain:
         return prepare_request(tx, self.abis)
 
     def gap_filler(self, sender: str) -> dict[str, Any]:
-        return {"to": to_checksum_address(sender), "value": 0, "data": "0x", "gas": GAP_FILL_GAS,
+        return {"to": checksum(sender), "value": 0, "data": "0x", "gas": GAP_FILL_GAS,
                 "contract": None, "abi_ref": None}
 
     def _call_object(self, request: Mapping[str, Any]) -> dict[str, Any]:
@@ -280,10 +278,10 @@ class EvmChain:
         return bool(tx) and tx.get("blockHash") is None
 
     async def pending_nonce(self, sender: str) -> int:
-        return quantity(await self.rpc.call("eth_getTransactionCount", to_checksum_address(sender), "pending"))
+        return quantity(await self.rpc.call("eth_getTransactionCount", checksum(sender), "pending"))
 
     async def latest_nonce(self, sender: str) -> int:
-        return quantity(await self.rpc.call("eth_getTransactionCount", to_checksum_address(sender), "latest"))
+        return quantity(await self.rpc.call("eth_getTransactionCount", checksum(sender), "latest"))
 
     async def head(self) -> Header:
         block = await self.rpc.call("eth_getBlockByNumber", "latest", False)

@@ -113,3 +113,9 @@ async def test_aclose_closes_the_connection_pool() -> None:
 def test_the_url_must_be_http() -> None:
     with pytest.raises(ValueError, match="rpc must be an http\\(s\\) URL"):
         BitcoinRpc("127.0.0.1:18443", timeout=5)
+
+
+@pytest.mark.parametrize("connections", [0, -1, 2.5, True, "8"])
+def test_the_connection_bound_must_be_a_positive_int(connections: object) -> None:
+    with pytest.raises(ValueError, match="rpc connections must be an int of at least 1"):
+        BitcoinRpc("http://127.0.0.1:18443", timeout=5, connections=connections)  # type: ignore[arg-type]

@@ -130,3 +130,39 @@ async def test_adapter_turns_a_signer_refusal_into_tx_invalid() -> None:
     assert err.value.reverted is False
     assert_no_key(full_text(err.value))
     await chain.aclose()
+
+
+@pytest.mark.parametrize("tx", [
+    {"to": ADDRESS, "value": 1, "gas": 21_000, "nonce": 7, "chainId": 31337, "data": "0x",
+     "maxFeePerGas": 10**10, "maxPriorityFeePerGas": 10**9, "type": 2},
+    {"to": "0x5FbDB2315678afecb367f032d93F642f64180aa3", "value": 0, "gas": 90_000, "nonce": 2**40, "chainId": 1,
+     "data": "0x40c10f19" + "00" * 64, "maxFeePerGas": 3 * 10**9, "maxPriorityFeePerGas": 0, "type": 2},
+    {"to": ADDRESS, "value": 10**18, "gas": 21_000, "nonce": 0, "chainId": 1, "data": "0x", "gasPrice": 10**9},
+    {"value": 0, "gas": 100_000, "nonce": 1, "chainId": 1, "data": "0x6000", "gasPrice": 1},  # contract creation
+    {"from": ADDRESS, "to": ADDRESS, "value": 0, "gas": 21_000, "nonce": 3, "chainId": 1, "gasPrice": 5},
+], ids=["eip1559", "eip1559-contract-call", "legacy", "legacy-create", "own-from"])
+def test_fast_signing_matches_eth_account(tx: dict[str, object]) -> None:
+    """LocalSigner signs with the key object it built once rather than through
+    ``Account.sign_transaction`` (which re-derives the account per call): the bytes and
+    hash must be exactly the public API's."""
+    raw, tx_hash = LocalSigner.from_key(KEY).sign_transaction(dict(tx))
+    expected = Account.sign_transaction(tx, KEY)
+    assert raw == bytes(expected.raw_transaction)
+    assert tx_hash == "0x" + bytes(expected.hash).hex()
+
+
+@pytest.mark.parametrize("tx", [
+    {"from": "0x" + "11" * 20, "to": ADDRESS, "value": 0, "gas": 21_000, "nonce": 0, "chainId": 1, "gasPrice": 1},
+    {"to": ADDRESS.lower().replace("c", "C", 1), "value": 0, "gas": 21_000, "nonce": 0, "chainId": 1,
+     "gasPrice": 1},  # mixed case with a wrong checksum
+    {"to": "0x" + ADDRESS[2:].upper(), "value": 0, "gas": 21_000, "nonce": 0, "chainId": 1, "gasPrice": 1},
+    {"to": ADDRESS.lower(), "value": 0, "gas": 21_000, "nonce": 0, "chainId": 1, "gasPrice": 1},
+    {"to": ADDRESS, "value": 0, "gas": 21_000, "nonce": 0, "chainId": 1, "gasPrice": 1, "bogus": 1},
+])
+def test_fast_signing_refuses_what_eth_account_refuses(tx: dict[str, object]) -> None:
+    with pytest.raises(Exception):  # noqa: B017 - eth-account's own error type
+        Account.sign_transaction(tx, KEY)
+    with pytest.raises(SignerError) as err:
+        LocalSigner.from_key(KEY).sign_transaction(dict(tx))
+    assert_no_key(full_text(err.value))
+    assert err.value.__context__ is None

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from eth_abi import encode as abi_encode
 from eth_account import Account
-from eth_utils import event_signature_to_log_topic, function_signature_to_4byte_selector
+from eth_utils import event_abi_to_log_topic, event_signature_to_log_topic, function_signature_to_4byte_selector
 from web3 import Web3
 
 from adapters.evm import EvmChain, LocalSigner
@@ -218,3 +218,91 @@ def test_log_decoding_names_struct_fields_and_keeps_indexed_dynamic_values_as_ha
     short = {**log, "topics": log["topics"][:2]}
     assert registry.decode_log(short) == {"address": Web3.to_checksum_address("0x" + "11" * 20), "log_index": 3,
                                           "topics": short["topics"], "data": log["data"]}
+
+
+def test_prepare_remembers_an_equal_call_and_returns_fresh_requests(offline_chain: EvmChain) -> None:
+    """A resumed run prepares its contract call again: the calldata of an equal call is
+    remembered, keyed by argument types, and every request is a new dict."""
+    from adapters.evm.request import _frozen
+
+    abi = load_token_artifact().abi
+    token = Web3().eth.contract(address=Web3.to_checksum_address(GOOD), abi=abi)
+    first = offline_chain.prepare(token.functions.mint(GOOD, 5))
+    first["gas"] = 1  # callers own what they get
+    again = offline_chain.prepare(token.functions.mint(GOOD, 5))
+    assert again == {**first, "gas": None} and again is not first
+    assert again["data"] == str(token.functions.mint(GOOD, 5)._encode_transaction_data()).lower()
+    other = Web3().eth.contract(address=Web3.to_checksum_address("0x" + "44" * 20), abi=abi)
+    elsewhere = offline_chain.prepare(other.functions.mint(GOOD, 5))
+    assert elsewhere["to"] == elsewhere["contract"] == Web3.to_checksum_address("0x" + "44" * 20)
+    assert elsewhere["data"] == again["data"]
+    assert offline_chain.prepare(token.functions.mint(GOOD, 6))["data"] != again["data"]
+    assert _frozen((1,)) != _frozen((True,))
+    assert _frozen(([1],)) is None and _frozen((GOOD, "alice.eth")) is None and _frozen((1.0,)) is None
+
+
+def test_log_decoding_matches_web3s_process_log() -> None:
+    """The registry decodes as ``ContractEvent.process_log`` does (then ``plain``), for
+    nested tuples and arrays holding addresses, unnamed arguments (the last one wins, as in
+    web3's dict) and indexed values."""
+    from adapters.evm.values import plain
+
+    events: list[dict[str, Any]] = [
+        {"type": "event", "name": "Batch", "anonymous": False, "inputs": [
+            {"name": "who", "type": "address", "indexed": True},
+            {"name": "tag", "type": "bytes32", "indexed": True},
+            {"name": "items", "type": "tuple[]", "indexed": False, "components": [
+                {"name": "to", "type": "address"}, {"name": "amounts", "type": "uint256[]"},
+                {"name": "meta", "type": "tuple", "components": [{"name": "ok", "type": "bool"},
+                                                                 {"name": "peers", "type": "address[2]"}]}]},
+            {"name": "note", "type": "string", "indexed": False}]},
+        {"type": "event", "name": "Unnamed", "anonymous": False, "inputs": [
+            {"name": "n", "type": "int8", "indexed": True}, {"name": "", "type": "bytes", "indexed": False},
+            {"name": "", "type": "uint8", "indexed": False}]},
+    ]
+    a, b, c = ("0x" + d * 20 for d in ("ab", "cd", "ef"))
+    logs = [
+        (["0x" + "00" * 12 + a[2:], "0x" + "77" * 32],
+         abi_encode(["(address,uint256[],(bool,address[2]))[]", "string"],
+                    [[(b, [1, 2], (True, (a, c))), (c, [], (False, (b, b)))], "hi"])),
+        (["0x" + "ff" * 32], abi_encode(["bytes", "uint8"], [b"\x00\x01", 9])),
+    ]
+    registry = AbiRegistry()
+    registry.learn(events)
+    for event, (topics, data) in zip(events, logs):
+        topic0 = "0x" + event_abi_to_log_topic(event).hex()
+        log = {"address": a, "topics": [topic0, *topics], "data": "0x" + data.hex(), "logIndex": 4}
+        reference = Web3().eth.contract(abi=[event]).events[event["name"]].process_log(
+            {"topics": [bytes.fromhex(t[2:]) for t in log["topics"]], "data": data, "address": a, "logIndex": 4,
+             "transactionIndex": 0, "transactionHash": b"", "blockHash": b"", "blockNumber": 0})
+        assert registry.decode_log(log) == {"event": event["name"], "address": Web3.to_checksum_address(a),
+                                            "log_index": 4,
+                                            "args": {str(k): plain(v) for k, v in reference["args"].items()}}
+        too_few = {**log, "topics": [topic0]}
+        assert "event" not in registry.decode_log(too_few)
+
+
+def test_new_calls_encode_as_web3_does() -> None:
+    """Calls with elementary arguments web3 passes on unchanged are encoded by the codec
+    directly; the result is pinned to web3's own encoding, and what web3 would normalise
+    (hex text for bytes, composite types) goes through web3.  (Arguments web3 refuses
+    never make a call: building it raises.)"""
+    from adapters.evm.request import _calldata
+
+    abi: list[dict[str, Any]] = [
+        {"type": "function", "name": "f", "stateMutability": "nonpayable", "outputs": [], "inputs": [
+            {"name": "a", "type": "address"}, {"name": "n", "type": "uint256"}, {"name": "m", "type": "int8"},
+            {"name": "ok", "type": "bool"}, {"name": "tag", "type": "bytes4"}, {"name": "blob", "type": "bytes"}]},
+        {"type": "function", "name": "g", "stateMutability": "nonpayable", "outputs": [], "inputs": [
+            {"name": "xs", "type": "uint256[]"}, {"name": "s", "type": "string"}]},
+    ]
+    contract = Web3().eth.contract(address=Web3.to_checksum_address(GOOD), abi=abi)
+    digits = "0x" + "12" * 20  # no letters: its checksum form is itself
+    calls = [
+        contract.functions.f(Web3.to_checksum_address(GOOD), 2**256 - 1, -128, True, b"\x01\x02\x03\x04", b""),
+        contract.functions.f(digits, 0, 127, False, b"\xff" * 4, b"\x00" * 70),
+        contract.functions.f(Web3.to_checksum_address(GOOD), 1, 0, True, "0x01020304", "0xabcd"),  # hex text
+        contract.functions.g([1, 2, 3], "hi"),
+    ]
+    for call in calls:
+        assert _calldata(call) == str(call._encode_transaction_data()).lower()

@@ -87,7 +87,7 @@ def _install_crash(spec: str) -> None:
     elif phase in ("signed", "broadcast"):
         original = submission.broadcast_latest
 
-        async def broadcast(db: Any, clock: Any, ctx: Any, adapter: Any, sub: Any) -> Any:
+        async def broadcast(db: Any, clock: Any, ctx: Any, adapter: Any, sub: Any, *rest: Any) -> Any:
             if phase == "signed":
                 maybe_die()
             else:
@@ -95,7 +95,7 @@ def _install_crash(spec: str) -> None:
                 if attempts:
                     await adapter.broadcast(attempts[-1].raw)
                     maybe_die()
-            return await original(db, clock, ctx, adapter, sub)
+            return await original(db, clock, ctx, adapter, sub, *rest)
 
         submission.broadcast_latest = broadcast  # type: ignore[assignment]
     elif phase == "final":
