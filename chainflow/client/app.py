@@ -710,7 +710,9 @@ class Chainflow:
         return Worker(self, **options)
 
     def run_worker(self, concurrency: int = 32, **options: Any) -> None:
-        """Run a worker in this thread until SIGINT/SIGTERM."""
+        """Run a worker in this thread until SIGINT/SIGTERM: the process is a worker
+        from now on (``freeze_heap``)."""
+        from ..runtime.worker import freeze_heap
 
         async def main() -> None:
             stop = asyncio.Event()
@@ -722,6 +724,7 @@ class Chainflow:
                     pass
             await self.worker(concurrency=concurrency, **options).run(stop)
 
+        freeze_heap()
         asyncio.run(main())
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import gc
 import logging
 import math
 import os
@@ -45,6 +46,19 @@ from .scope import StopReason
 
 log = logging.getLogger("chainflow.worker")
 T = TypeVar("T")
+
+
+def freeze_heap() -> None:
+    """Exempt everything alive now from the garbage collector's scans.
+
+    A worker process's modules (web3, SQLAlchemy, eth-account, ...) and its app make
+    up most of its heap and live as long as it does, yet every full collection walked
+    them again: on the on-chain benchmark 1.1 s of a 1,000-mint run's 8 s, each one
+    stalling the event loop for ~0.2 s.  Called once a process has loaded what it
+    runs (``Chainflow.run_worker``, so ``chainflow worker``); garbage made afterwards
+    is collected as before, and what was frozen is still freed when unreferenced."""
+    gc.collect()
+    gc.freeze()
 
 
 class WorkerHost(Protocol):

@@ -34,8 +34,24 @@ _SAFE_INT = 2**53  # beyond this many JSON readers (JS, some drivers) lose preci
 MAX_DEPTH = 200
 
 
-def _too_deep(path: str) -> PayloadError:
-    return PayloadError(f"value nested more than {MAX_DEPTH} levels deep at {path or 'top level'} "
+# Where a value sits, for errors only: None at the top, else (parent, step) with a
+# step a str key of a dict, an int index of a list or tuple, or (key,) in a map.
+# Rendered only when something is refused: formatting it for every value cost a
+# quarter of encoding a transaction receipt.
+Path = tuple[Any, Any] | None
+_AS_IS = frozenset({str, bool, type(None)})  # encoded as themselves, without a call
+
+
+def _where(path: Path) -> str:
+    parts = []
+    while path is not None:
+        path, step = path
+        parts.append(f".{step}" if type(step) is str else f"[{step[0]!r}]" if type(step) is tuple else f"[{step}]")
+    return "".join(reversed(parts)) or "top level"
+
+
+def _too_deep(path: Path) -> PayloadError:
+    return PayloadError(f"value nested more than {MAX_DEPTH} levels deep at {_where(path)} "
                         f"(chainflow.storage.codec.MAX_DEPTH)")
 
 
@@ -44,7 +60,7 @@ def _too_long(what: str) -> PayloadError:
                         "converts to text (sys.get_int_max_str_digits())")
 
 
-def _encode(value: Any, path: str, depth: int = 0) -> Any:
+def _encode(value: Any, path: Path, depth: int = 0) -> Any:
     # bool before int: bool is an int subclass
     if value is None or isinstance(value, (bool, str)):
         return value
@@ -54,7 +70,7 @@ def _encode(value: Any, path: str, depth: int = 0) -> Any:
         try:
             return {TAG: "int", "v": str(value)}
         except ValueError:
-            raise _too_long(f"integer at {path or 'top level'}") from None
+            raise _too_long(f"integer at {_where(path)}") from None
     if isinstance(value, float):
         if value != value or value in (float("inf"), float("-inf")):
             return {TAG: "float", "v": repr(value)}
@@ -64,17 +80,17 @@ def _encode(value: Any, path: str, depth: int = 0) -> Any:
             raise _too_deep(path)
         depth += 1
         if all(type(k) is str for k in value) and TAG not in value:
-            return {k: _encode(v, f"{path}.{k}", depth) for k, v in value.items()}
-        return {TAG: "map", "v": [[_encode(k, path, depth), _encode(v, f"{path}[{k!r}]", depth)]
+            return {k: v if type(v) in _AS_IS else _encode(v, (path, k), depth) for k, v in value.items()}
+        return {TAG: "map", "v": [[_encode(k, path, depth), _encode(v, (path, (k,)), depth)]
                                   for k, v in value.items()]}
     if isinstance(value, list):
         if depth >= MAX_DEPTH:
             raise _too_deep(path)
-        return [_encode(v, f"{path}[{i}]", depth + 1) for i, v in enumerate(value)]
+        return [v if type(v) in _AS_IS else _encode(v, (path, i), depth + 1) for i, v in enumerate(value)]
     if isinstance(value, tuple):
         if depth >= MAX_DEPTH:
             raise _too_deep(path)
-        return {TAG: "tuple", "v": [_encode(v, f"{path}[{i}]", depth + 1) for i, v in enumerate(value)]}
+        return {TAG: "tuple", "v": [_encode(v, (path, i), depth + 1) for i, v in enumerate(value)]}
     if isinstance(value, (bytes, bytearray, memoryview)):
         return {TAG: "bytes", "v": base64.b64encode(bytes(value)).decode("ascii")}
     if isinstance(value, decimal.Decimal):
@@ -101,7 +117,7 @@ def _encode(value: Any, path: str, depth: int = 0) -> Any:
         items = sorted((_encode(v, path, depth + 1) for v in value), key=lambda e: json.dumps(e, sort_keys=True))
         return {TAG: kind, "v": items}
     raise PayloadError(
-        f"value of type {type(value).__module__}.{type(value).__qualname__} at {path or 'top level'} "
+        f"value of type {type(value).__module__}.{type(value).__qualname__} at {_where(path)} "
         "cannot be stored exactly (supported: None, bool, int, float, str, bytes, Decimal, "
         "datetime/date/time/timedelta, UUID, list, tuple, set, dict)"
     )
@@ -165,7 +181,7 @@ _PLAIN = (type(None), bool, str, float)
 def plain(value: Any) -> Any:
     """``value`` in the tagged plain-data form ``dumps`` writes as text: for reports
     that embed exact values in a JSON document of their own."""
-    return _encode(value, "")
+    return _encode(value, None)
 
 
 def readable(value: Any) -> Any:
@@ -207,7 +223,7 @@ def dumps(value: Any, *, what: str = "") -> str:
     if kind is bool:
         return "true" if value else "false"
     try:
-        return _ENCODER.encode(_encode(value, ""))
+        return _ENCODER.encode(_encode(value, None))
     except PayloadError as exc:
         raise PayloadError(f"{what}: {exc}" if what else str(exc)) from None
 
@@ -236,7 +252,7 @@ def _check_nesting(text: str) -> None:
     # left over: deeper than the limit, or brackets that never close (malformed text
     # whose decoding would recurse as deep before failing)
     if len(skeleton) > MAX_DEPTH:
-        raise _too_deep("")
+        raise _too_deep(None)
 
 
 def loads(text: str | None) -> Any:
@@ -246,7 +262,7 @@ def loads(text: str | None) -> Any:
     try:
         return _DECODER.decode(text)
     except RecursionError:
-        raise _too_deep("") from None
+        raise _too_deep(None) from None
 
 
 def parse_json(text: str, *, what: str) -> Any:
@@ -260,7 +276,7 @@ def parse_json(text: str, *, what: str) -> Any:
     except PayloadError as exc:
         raise PayloadError(f"{what}: {exc}") from None
     except RecursionError:
-        raise PayloadError(f"{what}: {_too_deep('')}") from None
+        raise PayloadError(f"{what}: {_too_deep(None)}") from None
     except ValueError:  # only the int-to-text limit raises a plain ValueError here
         raise PayloadError(f"{what}: {_too_long('an integer')}") from None
 

@@ -11,9 +11,10 @@ SHARE`` / ``FOR NO KEY UPDATE``: rows are locked as the sort hands them out), be
 any UPDATE of several rows (an UPDATE locks in whatever order its plan visits them).
 So does the fence read, the group commit's one statement (``entrywriter``), the
 heartbeat, the hand-back of held runs, a cancel with the runs below it
-(``cancel_runs``), a child's finish with its parent (``finish_child``) and the reorg
+(``cancel_runs``), a child's finish with its parent (``finish_child``), a batch of
+signals (``insert_signals``: the tracker's finalised submissions) and the reorg
 (``chainstore.record_reorg``); the claim locks with SKIP LOCKED and never waits;
-suspend and signal lock one run.  A fenced commit locks only its own run: what must
+suspend locks one run.  A fenced commit locks only its own run: what must
 lock a child with its parent goes through a transaction of its own.  Runs
 are locked before submissions (a step locks its run's fence, then its submission).
 Two transactions taking locks in one order can wait for each other but never in a
@@ -26,7 +27,7 @@ import collections
 import functools
 import json
 import uuid
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -135,6 +136,7 @@ def insert_run(conn: sa.Connection, **fields: Any) -> str:
 
 _INSERT_RUN = runs.insert()
 _RUN_BY_ID = sa.select(runs).where(runs.c.id == sa.bindparam("rid"))
+_RUN_BY_KEY = sa.select(runs).where(runs.c.idempotency_key == sa.bindparam("b_key"))
 _COMPENSATIONS = (
     sa.select(journal.c.branch, journal.c.key, journal.c.status)
     .where(journal.c.run_id == sa.bindparam("rid"), journal.c.kind == "compensation", journal.c.superseded == 0)
@@ -151,7 +153,7 @@ def compensations(conn: sa.Connection, run_id: str) -> dict[str, EntryState]:
 
 
 def run_by_key(conn: sa.Connection, key: str) -> sa.Row[Any] | None:
-    return conn.execute(sa.select(runs).where(runs.c.idempotency_key == key)).first()
+    return conn.execute(_RUN_BY_KEY, {"b_key": key}).first()
 
 
 def get_run(conn: sa.Connection, run_id: str) -> sa.Row[Any] | None:
@@ -280,27 +282,38 @@ def claim_with_history(
     return [(c, histories.get(c.run_id, ([], {}))) for c in claims]
 
 
+_RENEW = runs.update().where(runs.c.id.in_(sa.bindparam("ids", expanding=True))).values(
+    lease_expires=sa.bindparam("until"), ready_at=sa.bindparam("until"))
+
+
 def heartbeat(
     conn: sa.Connection, owner: str, held: dict[str, int], now: float, lease: float
 ) -> dict[str, bool]:
     """Extend leases; returns {run_id: cancel_requested} for runs still ours."""
     if not held:
         return {}
-    rows = lock_runs(conn, list(held), runs.c.fence, runs.c.cancel_requested, runs.c.lease_owner)
+    rows = lock_runs(conn, list(held), "fence", "cancel_requested", "lease_owner")
     ours = [r.id for r in rows if r.lease_owner == owner]
     if ours:
-        conn.execute(runs.update().where(runs.c.id.in_(ours)).values(lease_expires=now + lease, ready_at=now + lease))
+        conn.execute(_RENEW, {"ids": ours, "until": now + lease})
     return {r.id: bool(r.cancel_requested) for r in rows if r.lease_owner == owner and r.fence == held[r.id]}
 
 
-def lock_runs(conn: sa.Connection, ids: list[str], *columns: sa.ColumnElement[Any]) -> list[sa.Row[Any]]:
+def lock_runs(conn: sa.Connection, ids: list[str], *columns: str) -> list[sa.Row[Any]]:
     """Lock the runs ``ids`` for update in id order (the module's lock order) and read
-    their ``columns``; do this before an UPDATE of several runs.  SQLite: the
+    their ``columns`` (names); do this before an UPDATE of several runs.  SQLite: the
     transaction already holds the database's write lock."""
     if not ids:
         return []
-    query = sa.select(runs.c.id, *columns).where(runs.c.id.in_(ids)).order_by(runs.c.id)
-    return list(conn.execute(query.with_for_update(key_share=True)))
+    return list(conn.execute(_lock_statement(columns), {"ids": ids}))
+
+
+@functools.cache
+def _lock_statement(columns: tuple[str, ...]) -> sa.Select[Any]:
+    """Built once per set of columns read: every heartbeat locks its runs."""
+    return (sa.select(runs.c.id, *(runs.c[name] for name in columns))
+            .where(runs.c.id.in_(sa.bindparam("ids", expanding=True))).order_by(runs.c.id)
+            .with_for_update(key_share=True))
 
 
 def release_runs(conn: sa.Connection, ids: list[str], owner: str, now: float) -> None:
@@ -334,8 +347,10 @@ def _hot_sql(paramstyle: str, kind: str, rows: int) -> str:
         # whole table.  SQLite: the transaction already holds the database's write lock.
         # Postgres: FOR SHARE makes a re-claim (an UPDATE of the fence) wait for this
         # commit; ORDER BY id under it keeps the lock order (module docstring)
-        lock = "" if paramstyle == "qmark" else " ORDER BY id FOR SHARE"
-        return f"SELECT id, fence FROM {runs.name} WHERE id IN ({', '.join([mark] * rows)}){lock}"
+        if paramstyle == "qmark":
+            return f"SELECT id, fence FROM {runs.name} WHERE id IN ({', '.join([mark] * rows)})"
+        # one array parameter: the same text for every batch, which psycopg parses once
+        return f"SELECT id, fence FROM {runs.name} WHERE id = ANY({mark}) ORDER BY id FOR SHARE"
     one = f"({', '.join([mark] * len(ENTRY_COLUMNS))})"
     return f"INSERT INTO {journal.name} ({', '.join(ENTRY_COLUMNS)}) VALUES {', '.join([one] * rows)}"
 
@@ -362,7 +377,8 @@ def fences_ok(dbapi: Any, paramstyle: str, fences: dict[str, int]) -> set[str]:
     if not fences:
         return set()
     ids = sorted(fences)  # the same lock order in every worker
-    rows = _dbapi_execute(dbapi, _hot_sql(paramstyle, "fence", len(ids)), ids)
+    qmark = paramstyle == "qmark"
+    rows = _dbapi_execute(dbapi, _hot_sql(paramstyle, "fence", len(ids) if qmark else 0), ids if qmark else [ids])
     return {run_id for run_id, fence in rows if fences[run_id] == fence}
 
 
@@ -447,33 +463,51 @@ def finish_runs(dbapi: Any, paramstyle: str, finishes: list[RunFinish]) -> dict[
     return written
 
 
+def one_of(column: sa.Column[Any], values: tuple[str, ...]) -> sa.ColumnElement[bool]:
+    """``column IN (...)`` over constants, one plain bind parameter each: ``in_`` of a
+    list makes an expanding parameter, whose SQL is rewritten on every execution and
+    which an executemany refuses (``insert_signals``); the tracker runs such statements
+    on every head."""
+    return column.in_([sa.literal(value, column.type) for value in values])
+
+
+# Parking and waking, built once like the statements above: every park, signal and
+# wake-up runs them.  A bind parameter named after a column of the SET clause is taken
+# by SQLAlchemy, hence ``b_`` names there.
+_SUSPEND = (
+    runs.update()
+    .where(runs.c.id == sa.bindparam("rid"))
+    .values(
+        status=sa.bindparam("b_status"),
+        ready_at=sa.case((sa.or_(runs.c.cancel_requested, runs.c.rollback.is_not(None)),
+                          sa.bindparam("now", type_=runs.c.ready_at.type)),
+                         else_=sa.bindparam("wake_at", type_=runs.c.ready_at.type)),
+        waiting_on=sa.bindparam("b_waiting_on"),
+        lease_owner=None,
+        lease_expires=None,
+        updated_at=sa.bindparam("now"),
+    )
+)
+_WAKE = (
+    runs.update()
+    .where(runs.c.id == sa.bindparam("rid"), runs.c.lease_owner.is_(None), ~one_of(runs.c.status, TERMINAL))
+    .values(ready_at=sa.bindparam("now"))
+)
+
+
 def suspend_run(
     conn: sa.Connection, run_id: str, status: str, wake_at: float | None, waiting_on: list[str], now: float
 ) -> None:
     """Park a run without a worker slot; never loses a wake-up that raced with it."""
-    conn.execute(
-        runs.update()
-        .where(runs.c.id == run_id)
-        .values(
-            status=status,
-            ready_at=sa.case((sa.or_(runs.c.cancel_requested, runs.c.rollback.is_not(None)), now), else_=wake_at),
-            waiting_on=json.dumps(waiting_on) if waiting_on else None,
-            lease_owner=None,
-            lease_expires=None,
-            updated_at=now,
-        )
-    )
+    conn.execute(_SUSPEND, {"rid": run_id, "b_status": status, "now": now, "wake_at": wake_at,
+                            "b_waiting_on": json.dumps(waiting_on) if waiting_on else None})
     if waiting_on and pending_signal_exists(conn, run_id, waiting_on):
         wake(conn, run_id, now)
 
 
 def wake(conn: sa.Connection, run_id: str, now: float) -> None:
     """Make a parked run due now (a running one notices on its own)."""
-    conn.execute(
-        runs.update()
-        .where(runs.c.id == run_id, runs.c.lease_owner.is_(None), runs.c.status.not_in(TERMINAL))
-        .values(ready_at=now)
-    )
+    conn.execute(_WAKE, {"rid": run_id, "now": now})
 
 
 def release_crashed(conn: sa.Connection, run_id: str, fence: int) -> None:
@@ -586,9 +620,12 @@ def insert_child(conn: sa.Connection, row: dict[str, Any], parent_id: str, paren
     return str(row["id"])
 
 
+_OUTCOME = sa.select(runs.c.status, runs.c.output, runs.c.error).where(runs.c.id == sa.bindparam("rid"))
+
+
 def child_outcome(conn: sa.Connection, child_id: str) -> tuple[str, str | None, str | None]:
     """(status, output, error) of a child run."""
-    row = conn.execute(sa.select(runs.c.status, runs.c.output, runs.c.error).where(runs.c.id == child_id)).one()
+    row = conn.execute(_OUTCOME, {"rid": child_id}).one()
     return row.status, row.output, row.error
 
 
@@ -614,7 +651,7 @@ def finish_child(conn: sa.Connection, finish: RunFinish, fence: int, parent_id: 
     checked, so the finish and the parent's wake-up are one transaction and a child
     finishing never deadlocks with a heartbeat or a cancel holding both.  None when the
     child is no longer ours."""
-    rows = {r.id: r for r in lock_runs(conn, sorted({finish.run_id, parent_id}), runs.c.fence, runs.c.status)}
+    rows = {r.id: r for r in lock_runs(conn, sorted({finish.run_id, parent_id}), "fence", "status")}
     mine = rows.get(finish.run_id)
     if mine is None or mine.fence != fence:
         return None
@@ -657,26 +694,30 @@ def served_workflows(conn: sa.Connection, now: float) -> set[str]:
 # --- journal --------------------------------------------------------------------
 
 
+# built once: every claim of a run that ran before (each wake-up of a parked one) reads them
+_LIVE_ENTRIES = (
+    sa.select(
+        journal.c.run_id, journal.c.id, journal.c.branch, journal.c.position, journal.c.key, journal.c.kind,
+        journal.c.status, journal.c.output, journal.c.error, journal.c.attempts,
+    )
+    .where(journal.c.run_id.in_(sa.bindparam("ids", expanding=True)), journal.c.superseded == 0)
+    .order_by(journal.c.id)
+)
+_LIVE_ATTEMPTS = (
+    sa.select(attempts.c.run_id, attempts.c.branch, attempts.c.key, attempts.c.attempt, attempts.c.error,
+              attempts.c.next_at)
+    .where(attempts.c.run_id.in_(sa.bindparam("ids", expanding=True)), attempts.c.superseded == 0)
+    .order_by(attempts.c.id)
+)
+
+
 def load_histories(conn: sa.Connection, run_ids: list[str]) -> dict[str, History]:
     out: dict[str, History] = {rid: ([], {}) for rid in run_ids}
-    rows = conn.execute(
-        sa.select(
-            journal.c.run_id, journal.c.id, journal.c.branch, journal.c.position, journal.c.key, journal.c.kind,
-            journal.c.status, journal.c.output, journal.c.error, journal.c.attempts,
-        )
-        .where(journal.c.run_id.in_(run_ids), journal.c.superseded == 0)
-        .order_by(journal.c.id)
-    )
-    for r in rows:
+    for r in conn.execute(_LIVE_ENTRIES, {"ids": run_ids}):
         out[r.run_id][0].append(
             Entry(r.id, r.branch, r.position, r.key, r.kind, r.status, r.output, r.error, r.attempts)
         )
-    for a in conn.execute(
-        sa.select(attempts.c.run_id, attempts.c.branch, attempts.c.key, attempts.c.attempt, attempts.c.error,
-                  attempts.c.next_at)
-        .where(attempts.c.run_id.in_(run_ids), attempts.c.superseded == 0)
-        .order_by(attempts.c.id)
-    ):
+    for a in conn.execute(_LIVE_ATTEMPTS, {"ids": run_ids}):
         out[a.run_id][1].setdefault((a.branch, a.key), []).append(AttemptRow(a.attempt, a.error, a.next_at))
     return out
 
@@ -706,16 +747,19 @@ def recorded_rows(conn: sa.Connection, run_ids: list[str]) -> RecordedRows:
     return found
 
 
+# built once; the columns they write are the parameters' names (SET / VALUES follow them)
+_UPDATE_ENTRY = journal.update().where(
+    journal.c.run_id == sa.bindparam("b_run"), journal.c.branch == sa.bindparam("b_branch"),
+    journal.c.key == sa.bindparam("b_key"), journal.c.superseded == 0)
+_INSERT_ATTEMPT = attempts.insert()
+
+
 def update_entry(conn: sa.Connection, run_id: str, branch: str, key: str, **values: Any) -> None:
-    conn.execute(
-        journal.update()
-        .where(journal.c.run_id == run_id, journal.c.branch == branch, journal.c.key == key, journal.c.superseded == 0)
-        .values(**values)
-    )
+    conn.execute(_UPDATE_ENTRY, {**values, "b_run": run_id, "b_branch": branch, "b_key": key})
 
 
 def insert_attempt(conn: sa.Connection, run_id: str, **values: Any) -> None:
-    conn.execute(attempts.insert().values(run_id=run_id, **values))
+    conn.execute(_INSERT_ATTEMPT, {**values, "run_id": run_id})
 
 
 def journal_rows(conn: sa.Connection, run_id: str) -> list[sa.Row[Any]]:
@@ -729,55 +773,73 @@ def attempt_rows(conn: sa.Connection, run_id: str) -> list[sa.Row[Any]]:
 # --- signals --------------------------------------------------------------------
 
 
+# built once: every signal, park and wake-up runs them
+_LOCK_FOR_SIGNAL = (sa.select(runs.c.id).where(runs.c.id.in_(sa.bindparam("ids", expanding=True)))
+                    .order_by(runs.c.id).with_for_update())
+_INSERT_SIGNAL = signals.insert()
+# ``waiting_on`` is the JSON list of names the run parked on: LIKE on the quoted name
+_WAKE_FOR_SIGNAL = _WAKE.where(runs.c.waiting_on.contains(sa.bindparam("quoted")))
+_PENDING_SIGNAL = sa.select(signals.c.id).where(
+    signals.c.run_id == sa.bindparam("rid"), signals.c.name.in_(sa.bindparam("names", expanding=True)),
+    signals.c.consumed.is_(sa.false())).limit(1)
+_OLDEST_SIGNAL = (
+    sa.select(signals.c.id, signals.c.payload)
+    .where(signals.c.run_id == sa.bindparam("rid"), signals.c.name == sa.bindparam("b_name"),
+           signals.c.consumed.is_(sa.false()))
+    .order_by(signals.c.id)
+    .limit(1)
+)
+_CONSUME_SIGNAL = signals.update().where(signals.c.id == sa.bindparam("b_id")).values(consumed=True)
+_CONSUME_SIGNALS = (
+    signals.update()
+    .where(signals.c.run_id == sa.bindparam("rid"), signals.c.name == sa.bindparam("b_name"),
+           signals.c.consumed.is_(sa.false()))
+    .values(consumed=True)
+)
+
+
 def insert_signal(conn: sa.Connection, run_id: str, name: str, payload: str, now: float) -> None:
-    # Row-lock the run *before* the signal exists: a concurrent suspend (which locks the
+    """One signal (``insert_signals``)."""
+    insert_signals(conn, [(run_id, name, payload)], now)
+
+
+def insert_signals(conn: sa.Connection, sent: Sequence[tuple[str, str, str]], now: float) -> None:
+    """Record signals ``(run_id, name, payload)``, in that order, and wake each run
+    parked on its signal's name: a statement per step for the whole batch (a tracker's
+    head finalises hundreds of submissions)."""
+    if not sent:
+        return
+    # Row-lock the runs *before* the signals exist: a concurrent suspend (which locks the
     # run, then looks for pending signals) then either finishes first, and the UPDATE
     # below sees its ``waiting_on``, or starts after our commit and sees the signal.
     # Without the lock, an UPDATE matching no row (lease still held) locks nothing, and
     # a suspend committing in between misses the still-uncommitted signal: lost wake-up.
-    conn.execute(sa.select(runs.c.id).where(runs.c.id == run_id).with_for_update())
-    conn.execute(signals.insert().values(run_id=run_id, name=name, payload=payload, created_at=now))
-    # One UPDATE, not read-then-write: on Postgres it waits for a concurrent suspend
-    # (which row-locks the run) and re-checks ``waiting_on`` on the committed row.
-    conn.execute(
-        runs.update()
-        .where(
-            runs.c.id == run_id,
-            runs.c.lease_owner.is_(None),
-            runs.c.status.not_in(TERMINAL),
-            runs.c.waiting_on.contains(json.dumps(name)),
-        )
-        .values(ready_at=now)
-    )
+    # In id order (the module's lock order), all of them before any signal is written.
+    for part in _chunks(sorted({run_id for run_id, _, _ in sent})):
+        conn.execute(_LOCK_FOR_SIGNAL, {"ids": part})
+    conn.execute(_INSERT_SIGNAL, [{"run_id": run_id, "name": name, "payload": payload, "created_at": now}
+                                  for run_id, name, payload in sent])
+    # One UPDATE per signal, not read-then-write: on Postgres it waits for a concurrent
+    # suspend (which row-locks the run) and re-checks ``waiting_on`` on the committed row.
+    conn.execute(_WAKE_FOR_SIGNAL, [{"rid": run_id, "now": now, "quoted": json.dumps(name)}
+                                    for run_id, name, _ in sent])
 
 
 def pending_signal_exists(conn: sa.Connection, run_id: str, names: list[str]) -> bool:
-    q = sa.select(signals.c.id).where(
-        signals.c.run_id == run_id, signals.c.name.in_(names), signals.c.consumed.is_(sa.false())
-    ).limit(1)
-    return conn.execute(q).first() is not None
+    return conn.execute(_PENDING_SIGNAL, {"rid": run_id, "names": names}).first() is not None
 
 
 def consume_signal(conn: sa.Connection, run_id: str, name: str) -> tuple[bool, str | None]:
     """Take the oldest unconsumed signal of that name (found?, payload)."""
-    row = conn.execute(
-        sa.select(signals.c.id, signals.c.payload)
-        .where(signals.c.run_id == run_id, signals.c.name == name, signals.c.consumed.is_(sa.false()))
-        .order_by(signals.c.id)
-        .limit(1)
-    ).first()
+    row = conn.execute(_OLDEST_SIGNAL, {"rid": run_id, "b_name": name}).first()
     if row is None:
         return False, None
-    conn.execute(signals.update().where(signals.c.id == row.id).values(consumed=True))
+    conn.execute(_CONSUME_SIGNAL, {"b_id": row.id})
     return True, row.payload
 
 
 def consume_signals(conn: sa.Connection, run_id: str, name: str) -> None:
-    conn.execute(
-        signals.update()
-        .where(signals.c.run_id == run_id, signals.c.name == name, signals.c.consumed.is_(sa.false()))
-        .values(consumed=True)
-    )
+    conn.execute(_CONSUME_SIGNALS, {"rid": run_id, "b_name": name})
 
 
 # --- reorg rollbacks ------------------------------------------------------------------

@@ -22,7 +22,7 @@ from chainflow.storage.connector import _WriterConnection
 from ._util import running_worker
 
 K = 5
-RUNS = 4
+RUNS = 6
 
 
 @pytest.fixture
@@ -82,9 +82,11 @@ async def test_a_run_of_k_steps_commits_k_plus_one_times(make_app: Any, commits:
             costs.append(commits[0] - before)
     # creation, then one per step, the last one's row in the finish's transaction; a
     # start that meets a claim of the worker in flight (a loaded machine) takes the
-    # ordinary path and costs that claim too, never less
+    # ordinary path and costs that claim too, never less.  The count is process-wide, so
+    # the worker's heartbeat and announcement, which commit on threads of their own, may
+    # fall into a run's window: CI on a loaded 2-core machine saw two of four runs over
     assert min(costs[1:]) == 1 + K, costs
-    assert costs[1:].count(1 + K) >= RUNS - 1, costs
+    assert costs[1:].count(1 + K) >= RUNS - 2, costs
 
 
 async def test_a_step_is_announced_completed_once_its_row_is_durable(make_app: Any) -> None:

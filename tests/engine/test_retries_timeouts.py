@@ -152,7 +152,7 @@ async def test_workflow_timeout_interrupts_running_async_step(make_app: Any, cal
         await asyncio.sleep(30)
         calls.hit("forever-end")
 
-    @app.workflow("hung", timeout=0.5)
+    @app.workflow("hung", timeout=3)  # long enough to claim the run on a loaded machine
     async def hung(ctx: cf.Context, _: Any) -> None:
         await ctx.step("forever", forever)
         await ctx.step("after", calls.hit, "after")

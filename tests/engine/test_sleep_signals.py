@@ -8,6 +8,7 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 
 import chainflow as cf
 from chainflow.testing import WorkflowTester, run_workflow
@@ -192,6 +193,32 @@ def test_signal_racing_with_suspend_is_not_lost(make_app: Any) -> None:
     st = app.status(run_id)
     assert st.status == "waiting" and st.waiting_on == ["go"]
     assert st.wake_at is not None, "the run waits for a signal that already arrived: lost wake-up"
+
+
+def test_batched_signals_wake_the_runs_parked_on_them(make_app: Any) -> None:
+    """``insert_signals`` (the tracker's finalised submissions in one transaction): every
+    signal is kept, in order, and only a run parked on its signal's name is woken; a
+    suspend after the batch sees its signals (the lost wake-up, from the other side)."""
+    from chainflow.storage import store
+    from chainflow.storage.schema import signals
+
+    app = make_app()
+    app.ensure_schema()
+    with app.engine.begin() as conn:
+        ids = [store.insert_run(conn, workflow="w", input_text="null", input_hash="h", idempotency_key=None,
+                                deadline=None, now=1.0) for _ in range(4)]
+        store.suspend_run(conn, ids[0], "waiting", None, ["a"], 2.0)
+        store.suspend_run(conn, ids[1], "waiting", None, ["b"], 2.0)
+        store.suspend_run(conn, ids[2], "sleeping", 50.0, [], 2.0)
+        sent = [(ids[0], "a", '"1"'), (ids[1], "a%", '"2"'), (ids[2], "a", '"3"'), (ids[3], "c", '"4"'),
+                (ids[0], "a", '"5"')]
+        store.insert_signals(conn, sent, 3.0)
+        store.suspend_run(conn, ids[3], "waiting", None, ["c"], 4.0)
+        store.insert_signals(conn, [], 5.0)
+        rows = list(conn.execute(sa.select(signals.c.run_id, signals.c.name, signals.c.payload)
+                                 .order_by(signals.c.id)))
+    assert [tuple(r) for r in rows] == sent
+    assert [app.status(i).wake_at for i in ids] == [3.0, None, 50.0, 4.0]
 
 
 async def test_repeated_waits_take_signals_in_order(make_app: Any) -> None:

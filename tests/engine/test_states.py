@@ -105,7 +105,9 @@ def test_submission_states_are_stored_as_their_text(make_app: Any) -> None:
         sub_id = int(chainstore.intent(conn, chain="c", sender="s", key="k", run_id="r", step="x", request="{}",
                                     finality="{}", now=1.0).id)
         assert state() == cf.SubmissionState.INTENT
-        assert chainstore.allocate_nonce(conn, sub_id, 7, "{}", 2.0) == 7
+        chainstore.seed_nonces(conn, "c", "s", 7)
+        allocated = chainstore.allocate_nonce(conn, sub_id, "{}", 2.0)
+        assert (allocated.id, allocated.nonce) == (sub_id, 7)
         assert state() == cf.SubmissionState.ALLOCATED
         chainstore.add_attempt(conn, sub_id, "c", SignedTx(raw=b"\x01", tx_hash="0x01", fees={}), 3.0)
         assert state() == cf.SubmissionState.SIGNED

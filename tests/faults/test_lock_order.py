@@ -1,5 +1,5 @@
-"""Lock order (Postgres): heartbeats and group commits over overlapping runs, at once,
-for a few seconds, never deadlock.  ``deadlock_timeout`` is lowered to 10 ms so that a
+"""Lock order (Postgres): heartbeats, group commits and signal batches over overlapping
+runs, at once, for a few seconds, never deadlock.  ``deadlock_timeout`` is lowered to 10 ms so that a
 circle of waits is detected (and reported) almost as soon as it forms."""
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ def _run_rows() -> list[dict[str, Any]]:
 
 @pytest.mark.postgres
 @pytest.mark.timeout(60)
-def test_heartbeats_and_commits_over_overlapping_runs_never_deadlock(pg_url: str) -> None:
+def test_heartbeats_commits_and_signals_over_overlapping_runs_never_deadlock(pg_url: str) -> None:
     name = make_url(pg_url).database
     admin = sa.create_engine(pg_url, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
@@ -47,7 +47,7 @@ def test_heartbeats_and_commits_over_overlapping_runs_never_deadlock(pg_url: str
     ids = list(fences)
     stop = time.monotonic() + SECONDS
     errors: list[BaseException] = []
-    done = {"beats": 0, "batches": 0, "fenced": 0}
+    done = {"beats": 0, "batches": 0, "fenced": 0, "signals": 0}
 
     def some(rng: random.Random) -> list[str]:
         return rng.sample(ids, rng.randint(RUNS // 2, RUNS))  # overlapping, in no particular order
@@ -81,6 +81,14 @@ def test_heartbeats_and_commits_over_overlapping_runs_never_deadlock(pg_url: str
                 time.sleep(0.001)
             done["fenced"] += 1
 
+    def signals(seed: int) -> None:
+        """A tracker's head: one signal per finalised submission (``insert_signals``)."""
+        rng = random.Random(seed)
+        while time.monotonic() < stop:
+            with app.engine.begin() as conn:
+                store.insert_signals(conn, [(i, "final", "null") for i in some(rng)], time.time())
+            done["signals"] += 1
+
     def guarded(fn: Any, seed: int) -> None:
         try:
             fn(seed)
@@ -88,7 +96,7 @@ def test_heartbeats_and_commits_over_overlapping_runs_never_deadlock(pg_url: str
             errors.append(exc)
 
     threads = [threading.Thread(target=guarded, args=(fn, seed))
-               for seed, fn in enumerate([heartbeats, batches, fenced] * PER_KIND)]
+               for seed, fn in enumerate([heartbeats, batches, fenced, signals] * PER_KIND)]
     try:
         for t in threads:
             t.start()
