@@ -28,6 +28,10 @@ _MAX_BODY = 16 * 1024 * 1024
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = False
+    # socketserver's default listen backlog is 5: a burst of new connections (a worker's
+    # runs and its tracker starting at once) overflows it on a loaded machine, and a
+    # dropped SYN is retried only after TCP's 1 s initial timeout
+    request_queue_size = 128
 
     def __init__(self, address: tuple[str, int], dispatch: Dispatch) -> None:
         self.dispatch = dispatch

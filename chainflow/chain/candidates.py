@@ -16,27 +16,32 @@ from .. import metrics
 from ..clock import Clock
 from ..storage.database import Database
 from . import chainstore
-from .adapter import BroadcastOutcome, BroadcastResult, ChainAdapter
+from .adapter import BroadcastOutcome, BroadcastResult, ChainAdapter, SignedTx
 from .scope import RunScope
 
 log = logging.getLogger("chainflow.submission")
 
 
 async def broadcast_latest(db: Database, clock: Clock, ctx: RunScope | None, adapter: ChainAdapter,
-                           sub: sa.Row[Any]) -> BroadcastResult | None:
-    """(Re-)broadcast the newest signed bytes of a submission; never signs anything new."""
-    if ctx is not None:  # in the run's group commit: many runs broadcasting share one read
-        (attempts,) = await ctx.commit(lambda conn: chainstore.attempts_of(conn, sub.id))
-    else:
-        attempts = await db.aread(chainstore.attempts_of, sub.id)
-    if not attempts:
-        return None
+                           sub: sa.Row[Any], signed: SignedTx | None = None) -> BroadcastResult | None:
+    """(Re-)broadcast the newest signed bytes of a submission; never signs anything new.
+    ``signed``: the version the caller has just committed, the newest, sent without
+    reading it back."""
+    newest: Any = signed
+    if newest is None:
+        if ctx is not None:  # in the run's group commit: many runs broadcasting share one read
+            (attempts,) = await ctx.commit(lambda conn: chainstore.attempts_of(conn, sub.id))
+        else:
+            attempts = await db.aread(chainstore.attempts_of, sub.id)
+        if not attempts:
+            return None
+        newest = attempts[-1]
     if ctx is not None:
         await ctx.hold_lease()  # a worker frozen past its lease leaves this to the new owner
-    result = await adapter.broadcast(attempts[-1].raw)
+    result = await adapter.broadcast(newest.raw)
     metrics.inc("chainflow_broadcasts_total", chain=adapter.name, outcome=result.outcome.value)
     if result.outcome is BroadcastOutcome.REJECTED:
-        log.warning("node rejected %s for submission %s: %s", attempts[-1].tx_hash, sub.id, result.detail)
+        log.warning("node rejected %s for submission %s: %s", newest.tx_hash, sub.id, result.detail)
     # NONCE_TOO_LOW / SPENT may mean one of our own candidates is mined: the tracker decides.
     now = clock.time()
     op = lambda conn: chainstore.mark_broadcast(conn, sub.id, now)  # noqa: E731

@@ -37,6 +37,7 @@ _BY_KEY = sa.select(submissions).where(
     submissions.c.idempotency_key == sa.bindparam("b_key"))
 _NEW_INTENT = submissions.insert().values(state=SubmissionState.INTENT).returning(*submissions.c)
 _GET = sa.select(submissions).where(submissions.c.id == sa.bindparam("b_id"))
+_GET_LOCKED = _GET.with_for_update()
 
 
 def intent(
@@ -75,8 +76,6 @@ def get(conn: sa.Connection, sub_id: int) -> sa.Row[Any]:
     return conn.execute(_GET, {"b_id": sub_id}).one()
 
 
-_NONCE_OF = sa.select(submissions.c.nonce, submissions.c.chain, submissions.c.sender).where(
-    submissions.c.id == sa.bindparam("b_id"))
 _NEXT_NONCE = (
     nonces.update()
     .where(nonces.c.chain == sa.bindparam("b_chain"), nonces.c.sender == sa.bindparam("b_sender"))
@@ -85,24 +84,33 @@ _NEXT_NONCE = (
 )
 _BIND_NONCE = submissions.update().where(submissions.c.id == sa.bindparam("b_id")).values(
     nonce=sa.bindparam("b_nonce"), state=SubmissionState.ALLOCATED, request=sa.bindparam("b_request"),
-    updated_at=sa.bindparam("now"))
+    updated_at=sa.bindparam("now")).returning(*submissions.c)
 
 
-def allocate_nonce(conn: sa.Connection, sub_id: int, seed: int | None, request: str, now: float) -> int | None:
-    """Bind the next nonce to a submission; None means the table needs a ``seed`` first."""
-    row = conn.execute(_NONCE_OF, {"b_id": sub_id}).one()
+def allocate_nonce(conn: sa.Connection, sub_id: int, request: str, now: float) -> sa.Row[Any]:
+    """Bind the next nonce to a submission; the submission as it is then.  The sender's
+    nonce row must exist (``seed_nonces``)."""
+    # locked: two runs sharing an idempotency key may allocate its intent at once, and
+    # the second must see the first's nonce, not bind (and so skip) another
+    row = conn.execute(_GET_LOCKED, {"b_id": sub_id}).one()
     if row.nonce is not None:
-        return int(row.nonce)
-    if seed is not None:
-        conn.execute(
-            _insert(conn, nonces).values(chain=row.chain, sender=row.sender, next_nonce=seed).on_conflict_do_nothing()
-        )
+        return row
     got = conn.execute(_NEXT_NONCE, {"b_chain": row.chain, "b_sender": row.sender}).first()
     if got is None:
-        return None
-    nonce = int(got[0]) - 1
-    conn.execute(_BIND_NONCE, {"b_id": sub_id, "b_nonce": nonce, "b_request": request, "now": now})
-    return nonce
+        raise LookupError(f"no nonce row for sender {row.sender} on chain {row.chain!r}: seed_nonces first")
+    return conn.execute(_BIND_NONCE, {"b_id": sub_id, "b_nonce": int(got[0]) - 1, "b_request": request,
+                                      "now": now}).one()
+
+
+def has_nonces(conn: sa.Connection, chain: str, sender: str) -> bool:
+    return conn.execute(sa.select(nonces.c.next_nonce).where(nonces.c.chain == chain, nonces.c.sender == sender)
+                        ).first() is not None
+
+
+def seed_nonces(conn: sa.Connection, chain: str, sender: str, seed: int) -> None:
+    """Start the sender's nonces at ``seed`` (the chain's pending nonce), unless a row
+    exists: then it is the truth, and the chain's view is not."""
+    conn.execute(_insert(conn, nonces).values(chain=chain, sender=sender, next_nonce=seed).on_conflict_do_nothing())
 
 
 def _with_members(sub_id: int | sa.BindParameter[Any]) -> Any:
@@ -116,17 +124,20 @@ _NEW_ATTEMPT = tx_attempts.insert()
 _SIGNED = (
     submissions.update()
     .where(_with_members(sa.bindparam("b_id")),
-           submissions.c.state.in_((SubmissionState.INTENT, SubmissionState.QUEUED, SubmissionState.ALLOCATED)))
+           store.one_of(submissions.c.state,
+                        (SubmissionState.INTENT, SubmissionState.QUEUED, SubmissionState.ALLOCATED)))
     .values(state=SubmissionState.SIGNED, updated_at=sa.bindparam("now"))
+    .returning(*submissions.c)
 )
 
 
-def add_attempt(conn: sa.Connection, sub_id: int, chain: str, signed: SignedTx, now: float) -> None:
+def add_attempt(conn: sa.Connection, sub_id: int, chain: str, signed: SignedTx, now: float) -> sa.Row[Any] | None:
     """Signed bytes are durable before they are broadcast (step 3 of the protocol).  A
-    batch's members follow its state (``_with_members``)."""
+    batch's members follow its state (``_with_members``).  The submission when this
+    version signed it first (None for a later version: it was signed already)."""
     conn.execute(_NEW_ATTEMPT, {"submission_id": sub_id, "chain": chain, "tx_hash": signed.tx_hash, "raw": signed.raw,
                                 "fees": json.dumps(signed.fees), "created_at": now})
-    conn.execute(_SIGNED, {"b_id": sub_id, "now": now})
+    return next((row for row in conn.execute(_SIGNED, {"b_id": sub_id, "now": now}) if row.id == sub_id), None)
 
 
 _ATTEMPTS_OF = sa.select(tx_attempts).where(tx_attempts.c.submission_id == sa.bindparam("b_id")).order_by(
@@ -134,7 +145,7 @@ _ATTEMPTS_OF = sa.select(tx_attempts).where(tx_attempts.c.submission_id == sa.bi
 _BROADCAST = (
     submissions.update()
     .where(_with_members(sa.bindparam("b_id")),
-           submissions.c.state.in_((SubmissionState.SIGNED, SubmissionState.BROADCAST)))
+           store.one_of(submissions.c.state, (SubmissionState.SIGNED, SubmissionState.BROADCAST)))
     .values(state=SubmissionState.BROADCAST, last_broadcast_at=sa.bindparam("now"), last_broadcast_block=None,
             updated_at=sa.bindparam("now"))
 )
@@ -163,8 +174,7 @@ def _fail(conn: sa.Connection, where: Any, error: str, now: float, skip: int | N
              if r.run_id and r.id != skip]
     store.lock_runs(conn, sorted({r.run_id for r in woken}))
     conn.execute(submissions.update().where(where).values(state=SubmissionState.FAILED, error=error, updated_at=now))
-    for r in woken:
-        store.insert_signal(conn, r.run_id, event_name(int(r.id)), "null", now)
+    store.insert_signals(conn, [(r.run_id, event_name(int(r.id)), "null") for r in woken], now)
 
 
 def open_gap_fill(conn: sa.Connection, chain: str, sender: str, nonce: int, request: str, now: float) -> int:
@@ -183,14 +193,14 @@ def open_gap_fill(conn: sa.Connection, chain: str, sender: str, nonce: int, requ
     return int(res.inserted_primary_key[0])  # type: ignore[index]
 
 
+_LOCK_STATE = sa.select(submissions.c.state).where(submissions.c.id == sa.bindparam("b_id")).with_for_update()
+
+
 def lock_final(conn: sa.Connection, sub_id: int) -> bool:
     """Whether the submission is final, its row locked until the transaction ends: the
     step journals its receipt only under this lock, so a reorg racing the journal write
     either lands first or sees the entry and rolls it back."""
-    state = conn.execute(
-        sa.select(submissions.c.state).where(submissions.c.id == sub_id).with_for_update()
-    ).scalar()
-    return state == SubmissionState.FINAL
+    return conn.execute(_LOCK_STATE, {"b_id": sub_id}).scalar() == SubmissionState.FINAL
 
 
 def candidate_hashes(conn: sa.Connection, sub_id: int) -> list[str]:
@@ -201,18 +211,11 @@ def candidate_hashes(conn: sa.Connection, sub_id: int) -> list[str]:
 
 # --- never-signed intents whose run ended --------------------------------------------
 
-def _one_of(column: sa.Column[Any], values: tuple[str, ...]) -> sa.ColumnElement[bool]:
-    """``column IN (...)`` over constants, one plain bind parameter each: ``in_`` of a
-    list makes an expanding parameter, whose SQL is rewritten on every execution, and
-    the tracker runs these statements on every head."""
-    return column.in_([sa.literal(value, column.type) for value in values])
-
-
 _ORPHANED = (  # built once: the tracker asks on every head
     sa.select(submissions.c.id, submissions.c.sender, submissions.c.nonce)
     .join(runs, runs.c.id == submissions.c.run_id)
     .where(submissions.c.chain == sa.bindparam("chain"), submissions.c.state == SubmissionState.ALLOCATED,
-           submissions.c.gap_fill.is_(sa.false()), _one_of(runs.c.status, TERMINAL))
+           submissions.c.gap_fill.is_(sa.false()), store.one_of(runs.c.status, TERMINAL))
 )
 
 
@@ -399,7 +402,7 @@ _MATCHES = (
     .join(submissions, submissions.c.id == tx_attempts.c.submission_id)
     .where(tx_attempts.c.chain == sa.bindparam("chain"),
            tx_attempts.c.tx_hash.in_(sa.bindparam("hashes", expanding=True)),
-           _one_of(submissions.c.state, OPEN))
+           store.one_of(submissions.c.state, OPEN))
 )
 _INCLUDED = (
     sa.select(submissions.c.id, submissions.c.finality, submissions.c.block_number)
@@ -407,7 +410,7 @@ _INCLUDED = (
 )
 _STUCK = (
     sa.select(submissions)
-    .where(submissions.c.chain == sa.bindparam("chain"), _one_of(submissions.c.state, OPEN),
+    .where(submissions.c.chain == sa.bindparam("chain"), store.one_of(submissions.c.state, OPEN),
            submissions.c.last_broadcast_block <= sa.bindparam("older_than"),
            # a batch's members have no transactions of their own: the batch is handled
            sa.or_(submissions.c.batch_id.is_(None), submissions.c.batch_id == submissions.c.id))
@@ -416,13 +419,13 @@ _STUCK = (
 )
 _START_REBROADCAST_CLOCK = (
     submissions.update()
-    .where(submissions.c.chain == sa.bindparam("b_chain"), _one_of(submissions.c.state, OPEN),
+    .where(submissions.c.chain == sa.bindparam("b_chain"), store.one_of(submissions.c.state, OPEN),
            submissions.c.last_broadcast_block.is_(None))
     .values(last_broadcast_block=sa.bindparam("head"))
 )
 _INCLUDE = (
     submissions.update()
-    .where(submissions.c.id == sa.bindparam("sub_id"), _one_of(submissions.c.state, OPEN))
+    .where(submissions.c.id == sa.bindparam("sub_id"), store.one_of(submissions.c.state, OPEN))
     .values(state=SubmissionState.INCLUDED, tx_hash=sa.bindparam("b_tx_hash"),
             block_number=sa.bindparam("b_block_number"), block_hash=sa.bindparam("b_block_hash"),
             receipt=sa.bindparam("b_receipt"), stuck_since=None,
@@ -502,9 +505,7 @@ def _finalise(conn: sa.Connection, ids: list[int], now: float, coins: bool) -> N
     rows = list(conn.execute(_FINAL, {"ids": ids, "now": now}))
     if coins and rows:
         conn.execute(_SPENT, {"ids": [int(r.id) for r in rows]})
-    for r in rows:
-        if r.run_id:
-            store.insert_signal(conn, r.run_id, event_name(int(r.id)), "null", now)
+    store.insert_signals(conn, [(r.run_id, event_name(int(r.id)), "null") for r in rows if r.run_id], now)
 
 
 def touch(conn: sa.Connection, sub_id: int, head: int) -> None:

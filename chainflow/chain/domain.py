@@ -22,6 +22,7 @@ intent frees it.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
@@ -99,17 +100,35 @@ class AccountDomain:
 
     def __init__(self, adapter: _Account, db: Database, clock: Clock) -> None:
         self.adapter, self.db, self.clock = adapter, db, clock
+        self._seeded: set[str] = set()  # senders whose nonce row exists
+        # per event loop and sender, the seeding in flight: the first submissions of a
+        # sender, arriving together, share one look at the table and at most one read of
+        # the chain's nonce, instead of each allocating, finding no row, and going again
+        self._seeding: dict[tuple[asyncio.AbstractEventLoop, str], asyncio.Future[None]] = {}
 
     async def allocate(self, commit: Commit, sub_id: int, sender: str, request: dict[str, Any],
                        now: float) -> sa.Row[Any]:
         text = codec.dumps(request)
-        nonce, sub = await commit(lambda conn: chainstore.allocate_nonce(conn, sub_id, None, text, now),
-                                  lambda conn: chainstore.get(conn, sub_id))
-        if nonce is None:  # first submission from this sender on this chain: seed from the chain
-            seed = await self.adapter.pending_nonce(sender)
-            _, sub = await commit(lambda conn: chainstore.allocate_nonce(conn, sub_id, seed, text, now),
-                                  lambda conn: chainstore.get(conn, sub_id))
+        if sender not in self._seeded:
+            await self._seed(sender)
+        (sub,) = await commit(lambda conn: chainstore.allocate_nonce(conn, sub_id, text, now))
         return sub  # type: ignore[no-any-return]
+
+    async def _seed(self, sender: str) -> None:
+        key = (asyncio.get_running_loop(), sender)
+        seeding = self._seeding.get(key)
+        if seeding is None:
+            seeding = self._seeding[key] = asyncio.ensure_future(self._seed_row(sender))
+            seeding.add_done_callback(lambda _: self._seeding.pop(key, None))  # a failure is tried again
+        await asyncio.shield(seeding)  # a caller cancelled leaves the others their seeding
+
+    async def _seed_row(self, sender: str) -> None:
+        """The sender's nonce row, made from the chain's pending nonce on first sight."""
+        chain = self.adapter.name
+        if not await self.db.aread(chainstore.has_nonces, chain, sender):
+            seed = await self.adapter.pending_nonce(sender)
+            await self.db.atx(chainstore.seed_nonces, chain, sender, seed)
+        self._seeded.add(sender)
 
     async def bound(self, sub: sa.Row[Any]) -> int:
         return int(sub.nonce)

@@ -44,7 +44,7 @@ from ..states import EntryState, SubmissionState
 from ..storage import codec, limits, store
 from ..storage.database import Database
 from . import chainstore, finality
-from .adapter import ChainAdapter, EndpointError, Receipt, TxRejected
+from .adapter import ChainAdapter, EndpointError, Receipt, SignedTx, TxRejected
 from .candidates import broadcast_latest  # a module global: the crash tests wrap it here
 from .domain import ConflictDomain, domain_for
 from .finality import policy_of  # by name: ``submit``'s argument shadows the module
@@ -77,6 +77,14 @@ def receipt_from(data: dict[str, Any]) -> Receipt:
 
 class _Unsettled(Exception):
     """The submission stopped being final between the check and the journal write."""
+
+
+def _final_receipt(sub: sa.Row[Any], label: str) -> Receipt:
+    """A final submission's receipt; a reverted one raises (the step fails)."""
+    receipt = receipt_from(codec.loads(sub.receipt))
+    if not receipt.succeeded:
+        raise TxRevertedError(label, receipt.revert_reason, receipt.tx_hash)
+    return receipt
 
 
 def _lock_final(conn: sa.Connection, sub_id: int) -> None:
@@ -140,20 +148,31 @@ class Submitter:
         try:
             adapter = self.adapter(chain)
             request = adapter.prepare(tx)
-            sub_id, opened = await self._resilient(ctx, slot, retry, self._run_protocol, ctx, slot, adapter, request,
-                                                   key, policy)
+            sub, opened, first = await self._resilient(ctx, slot, retry, self._run_protocol, ctx, slot, adapter,
+                                                       request, key, policy)
+            sub_id, run_id, event = int(sub.id), ctx.run_id, chainstore.event_name(int(sub.id))
             # the journal row spans the whole submit, finality wait included: an earlier
             # execution (parked on confirmations, or on another worker) opened the intent
             started = min(started, opened)
             tries = len(ctx.tries_of(slot)) + 1  # the attempt that got through
+            # a run resumed by the settlement finds the intent final as it opens it: no
+            # look of its own, and the signal that woke it is consumed with the journal row
+            known = sub if sub.state == SubmissionState.FINAL else None
             while True:
-                receipt = await self._await_final(ctx, sub_id, label)
+                receipt = _final_receipt(known, label) if known is not None else \
+                    await self._await_final(ctx, sub_id, label, parked=first)
+                first, known = False, None
                 text, value = codec.roundtrip(receipt.to_dict(), what=f"receipt of step {label!r}")
                 entry = ctx.entry_op(slot, "submit", EntryState.OK, text, None, tries, started, ctx.clock.time())
+
+                def journal(conn: sa.Connection) -> None:
+                    _lock_final(conn, sub_id)
+                    store.consume_signals(conn, run_id, event)
+
                 try:
                     # journaled only while still final: a reorg racing this commit either
                     # lands first (we wait again) or sees the entry and rolls it back
-                    await ctx.commit(lambda conn: _lock_final(conn, sub_id), entry)
+                    await ctx.commit(journal, entry)
                 except _Unsettled:
                     continue
                 return receipt_from(value)
@@ -204,9 +223,10 @@ class Submitter:
             _failures.failed(exc, f"failed (step {label}, attempt {attempt}, next in {delay:.1f}s)", logging.WARNING)
 
     async def _run_protocol(self, ctx: RunScope, slot: store.Slot, adapter: ChainAdapter, request: dict[str, Any],
-                            key: str, policy: finality.Finality) -> tuple[int, float]:
+                            key: str, policy: finality.Finality) -> tuple[sa.Row[Any], float, bool]:
         """Open (or find) the intent and carry it as far as this process can take it;
-        returns its id and when it was opened."""
+        returns it as last read, when it was opened, and whether this call signed and
+        sent its first version."""
         label = step_label(slot)
         now = ctx.clock.time()
         sender = adapter.sender()
@@ -237,22 +257,25 @@ class Submitter:
             if adapter.name in self.tracker.batching:  # the chain's batcher takes it from here
                 text = codec.dumps(request)
                 await ctx.commit(lambda conn: chainstore.queue(conn, sub_id, text, ctx.clock.time()))
-                return sub_id, opened
+                return sub, opened, False
             try:
                 sub = await domain.allocate(ctx.commit, sub_id, sender, request, ctx.clock.time())
             except TxRejected as exc:  # e.g. not enough unreserved coins: nothing was reserved
                 raise SubmissionFailedError(label, exc.reason) from None
         if sub.state == SubmissionState.QUEUED or sub.batch_id is not None:
-            return sub_id, opened  # paid by a batch: signed and sent by the batcher, settled by the tracker
+            return sub, opened, False  # paid by a batch: signed and sent by the batcher, settled by the tracker
+        signed = None
         if sub.state == SubmissionState.ALLOCATED:
-            sub = await self._sign_first(ctx, adapter, domain, sub, label)
+            sub, signed = await self._sign_first(ctx, adapter, domain, sub, label)
         if sub.state in (SubmissionState.SIGNED, SubmissionState.BROADCAST):
-            await broadcast_latest(self.db, self.clock, ctx, adapter, sub)
-        return sub_id, opened
+            await broadcast_latest(self.db, self.clock, ctx, adapter, sub, signed)
+            return sub, opened, signed is not None
+        return sub, opened, False
 
     async def _sign_first(self, ctx: RunScope, adapter: ChainAdapter, domain: ConflictDomain, sub: sa.Row[Any],
-                          label: str) -> sa.Row[Any]:
-        """Sign the first version and commit its bytes; the submission as it is then."""
+                          label: str) -> tuple[sa.Row[Any], SignedTx | None]:
+        """Sign the first version and commit its bytes; the submission as it is then,
+        and the version when it is the newest (the submission is signed)."""
         request = codec.loads(sub.request)
         try:
             signed = await adapter.sign(request, await domain.bound(sub), None)
@@ -262,13 +285,20 @@ class Submitter:
             await ctx.commit(lambda conn: chainstore.mark_failed(conn, sub.id, exc.reason, ctx.clock.time()))
             raise SubmissionFailedError(label, f"signing failed permanently: {exc.reason}") from None
         now = ctx.clock.time()
-        _, row = await ctx.commit(lambda conn: chainstore.add_attempt(conn, sub.id, adapter.name, signed, now),
-                                  lambda conn: chainstore.get(conn, sub.id))
-        return row  # type: ignore[no-any-return]
+        (row,) = await ctx.commit(lambda conn: chainstore.add_attempt(conn, sub.id, adapter.name, signed, now)
+                                  or chainstore.get(conn, sub.id))
+        return row, signed if row.state == SubmissionState.SIGNED else None
 
-    async def _await_final(self, ctx: RunScope, sub_id: int, label: str) -> Receipt:
-        """Park (no worker slot) until the tracker settles the submission."""
+    async def _await_final(self, ctx: RunScope, sub_id: int, label: str, *, parked: bool = False) -> Receipt:
+        """Park (no worker slot) until the tracker settles the submission.
+
+        ``parked``: park before the first look.  Right after its first version was
+        sent, a submission is not final yet, and no signal for it can be older than
+        that version: if the tracker settles it meanwhile, its signal stays unconsumed
+        and wakes the run as it parks (``store.suspend_run``)."""
         run_id, event = ctx.run_id, chainstore.event_name(sub_id)
+        if parked:
+            await ctx.park(None, event)
         while True:
             def check(conn: sa.Connection) -> sa.Row[Any]:
                 store.consume_signals(conn, run_id, event)
@@ -276,10 +306,7 @@ class Submitter:
 
             (sub,) = await ctx.commit(check)
             if sub.state == SubmissionState.FINAL:
-                receipt = receipt_from(codec.loads(sub.receipt))
-                if not receipt.succeeded:
-                    raise TxRevertedError(label, receipt.revert_reason, receipt.tx_hash)
-                return receipt
+                return _final_receipt(sub, label)
             if sub.state == SubmissionState.FAILED:
                 raise SubmissionFailedError(label, sub.error or "the transaction can no longer be included")
             await ctx.park(None, event)

@@ -62,6 +62,7 @@ class HeadStats:
     rebroadcasts: int = 0
     bumps: int = 0
     batches: int = 0
+    behind: int = 0  # blocks the node's head is past what this iteration took
 
 
 class Tracker:
@@ -94,14 +95,18 @@ class Tracker:
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
+            stats = None
             try:
-                await self.iteration()
+                stats = await self.iteration()
             except sa.exc.IntegrityError:
                 pass  # another process created the leadership row first
             except Exception as exc:
                 self._failures.failed(exc, "failed an iteration; retrying")
             else:
                 self._failures.recovered()
+            if stats is not None and stats.behind:
+                await asyncio.sleep(0)  # catching up: the next batch of blocks at once
+                continue
             self._watch_stall()
             try:
                 await asyncio.wait_for(stop.wait(), self.config.poll_interval)
@@ -165,6 +170,7 @@ class Tracker:
         tip = self._tip or await self.db.aread(chainstore.header_tip, self.chain)
         if tip is None:
             tip = await self._base(max(0, head.number - self.config.start_depth), head.number)
+        head = await self._within_reach(head, tip)
         new = await self._new_headers(head, tip)
         if new is None:
             fork = await self._find_fork(head, tip)
@@ -232,6 +238,20 @@ class Tracker:
         await self._commit(chainstore.commit_head, self.chain, [base], [], [], head, None, self.clock.time(),
                            self._coins)
         return base
+
+    async def _within_reach(self, head: Header, tip: Header) -> Header:
+        """The head this iteration takes: the node's, or when it is more than
+        ``catch_up_blocks`` past ``tip`` the header that many above it.  Everything this
+        iteration decides (matches, confirmations, what is overdue) then rests on blocks
+        it has checked chain onto the stored window."""
+        reach = tip.number + self.config.catch_up_blocks
+        if head.number <= reach:
+            return head
+        target = await self._rpc(self.adapter.header_at(reach))
+        if target is None:
+            return head  # the node's chain shrank meanwhile: a reorg the full head shows
+        self._stats.behind = head.number - reach
+        return target
 
     async def _new_headers(self, head: Header, tip: Header) -> list[Header] | None:
         """Headers above ``tip`` up to ``head``, or None when they do not chain onto it."""
@@ -324,14 +344,26 @@ class Tracker:
         for tx_hash in await self.db.aread(chainstore.candidate_hashes, sub.id):
             receipt = await self._rpc(self.adapter.receipt(tx_hash))
             if receipt is not None:
-                canonical = await self.db.atx(chainstore.is_canonical, self.chain, receipt.block_hash)
-                if canonical:
+                if await self._on_our_chain(receipt):
                     members = await self.db.aread(chainstore.members_of, [int(sub.id)])
                     found = self._with_members(int(sub.id), sub.finality, receipt, members)
                     await self.db.atx(chainstore.store_receipts, [(m, r) for m, _, r in found], self.clock.time())
                 return  # mined in a block we have not stored yet: the next heads will tell
         await self.db.atx(chainstore.fail_foreign, sub.id, f"{what} by a transaction chainflow did not sign",
                           self.clock.time())
+
+    async def _on_our_chain(self, receipt: Receipt) -> bool:
+        """Whether ``receipt``'s block is canonical: one the stored window holds, or,
+        below the window, the node's block at that height.  A match missed long ago (a
+        node that lied about the receipt while the block passed, a tracker that caught
+        up past it) is otherwise never settled: its block is no longer stored."""
+        if await self.db.atx(chainstore.is_canonical, self.chain, receipt.block_hash):
+            return True
+        lowest = await self.db.aread(chainstore.lowest_header, self.chain)
+        if lowest is None or receipt.block_number >= lowest:
+            return False  # a block the stored window does not hold (yet): the next heads tell
+        canonical = await self._rpc(self.adapter.header_at(receipt.block_number))
+        return canonical is not None and canonical.hash == receipt.block_hash
 
     async def _bump(self, sub: Any, attempts: list[Any]) -> None:
         """Replace with higher fees, until the bump count or the adapter's fee budget

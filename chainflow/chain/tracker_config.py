@@ -34,6 +34,10 @@ class TrackerConfig:
     # Confirmations(n) a new submission may ask for (finality.require_window)
     window: int = 128
     start_depth: int = 16  # how far back a fresh tracker starts
+    # new blocks taken per iteration when the tracker is behind the node (after a
+    # restart, an outage, a slow node): each batch commits on its own, so a failure
+    # late in a long catch-up costs one batch, not the way back to where it started
+    catch_up_blocks: int = 64
     rebroadcast_blocks: int = 3  # not seen for this many blocks: re-broadcast same bytes
     bump_blocks: int = 6  # still pending after this many blocks: same-nonce fee bump
     bump_factor: float = 1.125  # the common node replacement rule (12.5%)
@@ -65,7 +69,8 @@ class TrackerConfig:
             if f.type == "int":
                 if not isinstance(value, int) or isinstance(value, bool):
                     raise TypeError(f"TrackerConfig.{f.name} must be an int, got {value!r}")
-                least = 1 if f.name in ("window", "stuck_batch") else 0  # 0 bumps, depth 0: meaningful
+                # 0 bumps, depth 0: meaningful; a window or a batch of none is not
+                least = 1 if f.name in ("window", "stuck_batch", "catch_up_blocks") else 0
                 if value < least:
                     raise ValueError(f"TrackerConfig.{f.name} must be >= {least}, got {value!r}")
         factor = self.bump_factor

@@ -40,15 +40,26 @@ class Rig:
         self.minter = net.accounts()[0]
         self.token = token_contract(self.w3, deploy_token(self.w3, self.minter.private_key, max_mint=10**12))
         net.mine(PREMINE)
-        self.adapter = EvmChain(CHAIN, net.rpc_url, LocalSigner.from_key(self.minter.private_key))
         tracker.setdefault("poll_interval", 0.05)
         tracker.setdefault("rebroadcast_blocks", 1)
         self.config = cf.TrackerConfig(**tracker)
+        self._connect(db_url)
+        self.heads: list[HeadStats] = []
+        self.ledger = ledger
+
+    def _connect(self, db_url: str) -> None:
+        """The adapter, app and tracker, as a process on this chain and database makes them."""
+        self.adapter = EvmChain(CHAIN, self.net.rpc_url, LocalSigner.from_key(self.minter.private_key))
         self.app = cf.Chainflow(db_url, chains=[self.adapter], tracker=self.config, lease_seconds=10.0)
         self.app.ensure_schema()
         self.tracker = Tracker(self.app.database, self.app.clock, self.adapter, "test-tracker", self.config)
-        self.heads: list[HeadStats] = []
-        self.ledger = ledger
+
+    async def reopen(self) -> None:
+        """Close and make the adapter, app and tracker anew: another process on the same
+        database, chain and sender (workflows must be registered again)."""
+        url = self.app.database.url
+        await self.close()
+        self._connect(url)
 
     async def close(self) -> None:
         await self.adapter.aclose()

@@ -101,7 +101,7 @@ def _install_crash(spec: str) -> None:
     elif phase in ("signed", "broadcast"):
         original = submission.broadcast_latest
 
-        async def broadcast(db: Any, clock: Any, ctx: Any, adapter: Any, sub: Any) -> None:
+        async def broadcast(db: Any, clock: Any, ctx: Any, adapter: Any, sub: Any, *rest: Any) -> None:
             if not is_burn(sub):
                 pass
             elif phase == "signed":  # signed bytes committed, nothing sent
@@ -111,7 +111,7 @@ def _install_crash(spec: str) -> None:
                 if attempts:
                     await adapter.broadcast(attempts[-1].raw)
                     maybe_die()
-            await original(db, clock, ctx, adapter, sub)
+            await original(db, clock, ctx, adapter, sub, *rest)
 
         submission.broadcast_latest = broadcast  # type: ignore[assignment]
     elif phase == "final":  # included and final, the step's journal write not committed
