@@ -180,6 +180,8 @@ def _app(url: str, rpc_url: str, key: str, token_address: str) -> tuple[Any, Any
 
 def _second_worker(url: str, rpc_url: str, key: str, token_address: str, ready: Any, stop: Any) -> None:
     """Another worker process on the same database and sender (spawned)."""
+    from chainflow.runtime.worker import freeze_heap
+
     app, _ = _app(url, rpc_url, key, token_address)
 
     async def main() -> None:
@@ -191,6 +193,7 @@ def _second_worker(url: str, rpc_url: str, key: str, token_address: str, ready: 
         done.set()
         await worker
 
+    freeze_heap()
     asyncio.run(main())
 
 
@@ -253,6 +256,8 @@ class _Counts:
 
 
 def _chainflow(spec: dict[str, Any], net: Any, key: str, token_address: str) -> dict[str, Any]:
+    from chainflow.runtime.worker import freeze_heap
+
     n, workers, width = spec["mints"], spec.get("workers", 1), spec.get("concurrency", CONCURRENCY)
     url = _url(spec["backend"], spec["db"])
     app, chain = _app(url, net.rpc_url, key, token_address)
@@ -288,6 +293,7 @@ def _chainflow(spec: dict[str, Any], net: Any, key: str, token_address: str) -> 
         await worker
         return elapsed, cpu, rpc
 
+    freeze_heap()  # as every worker process does (Chainflow.run_worker)
     try:
         if spec.get("profile"):
             from pyinstrument import Profiler
