@@ -77,7 +77,9 @@ def test_automine_toggle(devnet: Any, w3: Web3) -> None:
     w3.eth.send_raw_transaction(_transfer(w3, sender, 0))
     assert w3.eth.block_number == 0
     devnet.set_automine(True)  # flushes the pending tx
-    w3.eth.send_raw_transaction(_transfer(w3, sender, 1))
+    tx_hash = w3.eth.send_raw_transaction(_transfer(w3, sender, 1))
+    # anvil answers a send before its miner task has mined it: wait for the block.
+    w3.eth.wait_for_transaction_receipt(tx_hash, timeout=10, poll_latency=0.05)
     assert w3.eth.get_transaction_count(sender.address) == 2
 
 
