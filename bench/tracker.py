@@ -131,7 +131,7 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
                 signed = await chain.sign(request, nonce + i, None)
                 sub_id = await app.adb(chainstore.open_gap_fill, "bench", chain.sender(), nonce + i, "{}", time.time())
                 await app.adb(chainstore.add_attempt, sub_id, "bench", signed, time.time())
-                await app.adb(chainstore.mark_broadcast, sub_id, time.time())
+                await app.adb(chainstore.mark_broadcast(sub_id, time.time()))
                 await chain.broadcast(signed.raw)
                 await asyncio.to_thread(net.mine, 1)
                 calls, exchanged = chain.rpc.calls, chain.rpc.exchanges

@@ -44,7 +44,7 @@ async def broadcast_latest(db: Database, clock: Clock, ctx: RunScope | None, ada
         log.warning("node rejected %s for submission %s: %s", newest.tx_hash, sub.id, result.detail)
     # NONCE_TOO_LOW / SPENT may mean one of our own candidates is mined: the tracker decides.
     now = clock.time()
-    op = lambda conn: chainstore.mark_broadcast(conn, sub.id, now)  # noqa: E731
+    op = chainstore.mark_broadcast(sub.id, now)
     if ctx is not None:
         await ctx.commit(op)
     else:

@@ -164,11 +164,22 @@ _SIGNED = (
 
 
 def add_attempt(conn: sa.Connection, sub_id: int, chain: str, signed: SignedTx, now: float) -> sa.Row[Any] | None:
-    """Signed bytes are durable before they are broadcast (step 3 of the protocol).  A
-    batch's members follow its state (``_with_members``).  The submission when this
-    version signed it first (None for a later version: it was signed already)."""
-    conn.execute(_NEW_ATTEMPT, {"submission_id": sub_id, "chain": chain, "tx_hash": signed.tx_hash, "raw": signed.raw,
-                                "fees": json.dumps(signed.fees), "created_at": now})
+    """Signed bytes are durable before they are broadcast (step 3 of the protocol).  The
+    submission when this version signed it first (None for a later version: it was
+    signed already)."""
+    attempt(sub_id, chain, signed, now)(conn)
+    return mark_signed(conn, sub_id, now)
+
+
+def attempt(sub_id: int, chain: str, signed: SignedTx, now: float) -> store.Exec:
+    """The insert of a signed version, for a run's group commit with ``mark_signed``."""
+    return store.Exec(_NEW_ATTEMPT, {"submission_id": sub_id, "chain": chain, "tx_hash": signed.tx_hash,
+                                     "raw": signed.raw, "fees": json.dumps(signed.fees), "created_at": now})
+
+
+def mark_signed(conn: sa.Connection, sub_id: int, now: float) -> sa.Row[Any] | None:
+    """A batch's members follow its state (``_with_members``); the submission when it
+    was not signed before."""
     return next((row for row in conn.execute(_SIGNED, {"b_id": sub_id, "now": now}) if row.id == sub_id), None)
 
 
@@ -187,10 +198,10 @@ def attempts_of(conn: sa.Connection, sub_id: int) -> list[sa.Row[Any]]:
     return list(conn.execute(_ATTEMPTS_OF, {"b_id": sub_id}))
 
 
-def mark_broadcast(conn: sa.Connection, sub_id: int, now: float) -> None:
+def mark_broadcast(sub_id: int, now: float) -> store.Exec:
     """Sent (again): the re-broadcast clock restarts at the next head the tracker sees,
     since the sender does not know the chain's height.  A batch's members follow it."""
-    conn.execute(_BROADCAST, {"b_id": sub_id, "now": now})
+    return store.Exec(_BROADCAST, {"b_id": sub_id, "now": now})
 
 
 def mark_failed(conn: sa.Connection, sub_id: int, error: str, now: float) -> None:

@@ -165,14 +165,11 @@ class Submitter:
                 text, value = codec.roundtrip(receipt.to_dict(), what=f"receipt of step {label!r}")
                 entry = ctx.entry_op(slot, "submit", EntryState.OK, text, None, tries, started, ctx.clock.time())
 
-                def journal(conn: sa.Connection) -> None:
-                    _lock_final(conn, sub_id)
-                    store.consume_signals(conn, run_id, event)
-
                 try:
                     # journaled only while still final: a reorg racing this commit either
                     # lands first (we wait again) or sees the entry and rolls it back
-                    await ctx.commit(journal, entry)
+                    await ctx.commit(lambda conn: _lock_final(conn, sub_id), store.consume_signals(run_id, event),
+                                     entry)
                 except _Unsettled:
                     continue
                 return receipt_from(value)
@@ -285,8 +282,9 @@ class Submitter:
             await ctx.commit(lambda conn: chainstore.mark_failed(conn, sub.id, exc.reason, ctx.clock.time()))
             raise SubmissionFailedError(label, f"signing failed permanently: {exc.reason}") from None
         now = ctx.clock.time()
-        (row,) = await ctx.commit(lambda conn: chainstore.add_attempt(conn, sub.id, adapter.name, signed, now)
-                                  or chainstore.get(conn, sub.id))
+        _, row = await ctx.commit(
+            chainstore.attempt(sub.id, adapter.name, signed, now),
+            lambda conn: chainstore.mark_signed(conn, sub.id, now) or chainstore.get(conn, sub.id))
         return row, signed if row.state == SubmissionState.SIGNED else None
 
     async def _await_final(self, ctx: RunScope, sub_id: int, label: str, *, parked: bool = False) -> Receipt:
@@ -301,7 +299,7 @@ class Submitter:
             await ctx.park(None, event)
         while True:
             def check(conn: sa.Connection) -> sa.Row[Any]:
-                store.consume_signals(conn, run_id, event)
+                store.consume_signals(run_id, event)(conn)
                 return chainstore.get(conn, sub_id)
 
             (sub,) = await ctx.commit(check)

@@ -247,6 +247,7 @@ class Committer:
             entries: list[dict[str, Any]] = []
             new_runs: list[dict[str, Any]] = []
             finishes: list[store.RunFinish] = []
+            execs: list[store.Exec] = []
             for item in sorted(batch, key=lambda i: i.run_id):
                 if item.fence is not None and item.run_id not in ours:
                     continue
@@ -258,10 +259,13 @@ class Committer:
                         new_runs.append(op.row)
                     elif isinstance(op, store.RunFinish):
                         finishes.append(op)  # a finish is the run's last op: nothing follows it
+                    elif isinstance(op, store.Exec):
+                        execs.append(op)  # below, one executemany per statement
                     else:
                         item.results.append(op(conn))
                         continue
                     item.results.append(None)
+            store.execute_all(conn, execs)
             created = store.insert_runs(dbapi, style, new_runs)
             store.insert_entries(dbapi, style, entries)
             finished = store.finish_runs(dbapi, style, finishes)

@@ -421,7 +421,7 @@ class Scope:
 
             def look(conn: Any) -> tuple[str, str | None, str | None]:
                 status, output, error = store.child_outcome(conn, child_id)
-                store.consume_signals(conn, run_id, signal)
+                store.consume_signals(run_id, signal)(conn)
                 if status in (RunState.COMPLETED, RunState.FAILED, RunState.CANCELLED):
                     ok = status == RunState.COMPLETED
                     store.update_entry(conn, run_id, slot.branch, slot.key,

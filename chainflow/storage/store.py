@@ -431,9 +431,33 @@ class RunFinish:
         self.run_id, self.status, self.output, self.error, self.now = run_id, status, output, error, now
 
 
+class Exec:
+    """A statement whose result nobody reads.  A group commit runs those of one
+    statement across its batch's runs as one executemany after the closures (psycopg
+    pipelines it: one round trip for the batch, not one per run); anywhere else it is
+    a closure like the others."""
+
+    __slots__ = ("params", "statement")
+
+    def __init__(self, statement: sa.Executable, params: dict[str, Any]) -> None:
+        self.statement, self.params = statement, params
+
+    def __call__(self, conn: sa.Connection) -> None:
+        conn.execute(self.statement, self.params)
+
+
+def execute_all(conn: sa.Connection, execs: list[Exec]) -> None:
+    """``execs`` in one executemany per statement, in order of first appearance."""
+    grouped: dict[int, tuple[sa.Executable, list[dict[str, Any]]]] = {}
+    for op in execs:  # keyed by identity: a statement's == builds SQL
+        grouped.setdefault(id(op.statement), (op.statement, []))[1].append(op.params)
+    for statement, params in grouped.values():
+        conn.execute(statement, params)
+
+
 # what a fenced commit applies: a closure over the batch's connection, or plain data
 # the group commit writes in bulk
-Op = Callable[[sa.Connection], Any] | EntryInsert | RunInsert | RunFinish
+Op = Callable[[sa.Connection], Any] | EntryInsert | RunInsert | RunFinish | Exec
 
 
 RUN_COLUMNS = tuple(c.name for c in runs.c)
@@ -838,8 +862,8 @@ def consume_signal(conn: sa.Connection, run_id: str, name: str) -> tuple[bool, s
     return True, row.payload
 
 
-def consume_signals(conn: sa.Connection, run_id: str, name: str) -> None:
-    conn.execute(_CONSUME_SIGNALS, {"rid": run_id, "b_name": name})
+def consume_signals(run_id: str, name: str) -> Exec:
+    return Exec(_CONSUME_SIGNALS, {"rid": run_id, "b_name": name})
 
 
 # --- reorg rollbacks ------------------------------------------------------------------

@@ -111,7 +111,7 @@ def test_submission_states_are_stored_as_their_text(make_app: Any) -> None:
         assert state() == cf.SubmissionState.ALLOCATED
         chainstore.add_attempt(conn, sub_id, "c", SignedTx(raw=b"\x01", tx_hash="0x01", fees={}), 3.0)
         assert state() == cf.SubmissionState.SIGNED
-        chainstore.mark_broadcast(conn, sub_id, 4.0)
+        chainstore.mark_broadcast(sub_id, 4.0)(conn)
         assert state() == cf.SubmissionState.BROADCAST
         chainstore.mark_failed(conn, sub_id, "refused", 5.0)
         assert state() == cf.SubmissionState.FAILED
