@@ -4,13 +4,14 @@
 
 Environment:
     CF_URL      database URL (required)
-    CF_EFFECTS  side-effect log: one "run_id step pid time" line per step executed
+    CF_EFFECTS  side-effect log: one "run_id step pid time" line per step or compensation started
     CF_LEASE    lease seconds
     CF_RUNS     concurrency: how many runs the worker holds at once
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sys
 import time
@@ -38,6 +39,27 @@ async def paced(ctx: cf.Context, steps: int) -> int:
         await ctx.step(f"s{i}", effect, ctx.run_id, f"s{i}")
         await ctx.sleep(f"gap{i}", GAP)
     return steps
+
+
+async def done(run_id: str, step: str) -> str:
+    await effect(run_id, step)
+    return f"{run_id} {step}"
+
+
+async def undo(value: str) -> None:
+    """A compensation: logged as "u<i>" when it starts, then in flight for a while (a
+    refund waiting on its payment provider)."""
+    run_id, step = value.split()
+    await effect(run_id, f"u{step[1:]}")
+    await asyncio.sleep(GAP)
+
+
+@app.workflow("undone")
+async def undone(ctx: cf.Context, steps: int) -> int:
+    """Every step done, then a failure: the run ends compensating all of them, newest first."""
+    for i in range(steps):
+        await ctx.step(f"s{i}", done, ctx.run_id, f"s{i}", compensate=undo)
+    raise RuntimeError("the order was refused: undo everything")
 
 
 if __name__ == "__main__":

@@ -187,3 +187,68 @@ def test_worker_resumed_after_losing_its_lease_starts_no_step(db_url: str, tmp_p
     twice = {k: n for k, n in Counter((e.run_id, e.step) for e in log).items() if n > 1}
     assert twice == {}, "side effects repeated"
     assert len(log) == RUNS * STEPS
+
+
+def statuses(engine: sa.Engine) -> dict[str, str]:
+    with engine.begin() as conn:
+        return {r.id: r.status for r in conn.execute(sa.select(runs.c.id, runs.c.status))}
+
+
+@pytest.mark.timeout(120)
+def test_worker_frozen_mid_compensation_starts_no_compensation_after_it(db_url: str, tmp_path: Path) -> None:
+    """The same fault in the middle of compensating: A undoes the newest steps of every
+    run and is frozen while one compensation is in flight (a refund awaiting its
+    provider).  B takes the runs over after A's lease and finishes compensating them;
+    A, resumed, starts no further compensation and journals nothing.  Each
+    compensation is journaled once; the one in flight at the freeze is the only one
+    that may run twice (at-least-once, docs/leases.md), and only once per run."""
+    app = cf.Chainflow(db_url, lease_seconds=LEASE)
+
+    @app.workflow("undone")  # a stand-in: the subprocesses have the real workflow
+    async def undone(ctx: cf.Context, steps: int) -> int:  # pragma: no cover
+        raise AssertionError("the test process runs no worker")
+
+    ids = [app.start("undone", STEPS).id for _ in range(RUNS)]
+    log_path = tmp_path / "effects.log"
+    log_path.touch()
+    fleet = Workers(app.engine, db_url, tmp_path, log_path)
+    try:
+        a = fleet.spawn("A")
+        last = f"u{STEPS - 1}"  # compensations run newest first: u7 starts, then u6, ...
+        second = f"u{STEPS - 2}"
+        wait_for(lambda: sum(e.step == second for e in effects(log_path)) == RUNS, 30,
+                 "A to start the second compensation of every run", fleet.logs)
+        time.sleep(0.1)
+        frozen_at = fleet.freeze("A")
+        b = fleet.spawn("B")
+        wait_for(lambda: set(statuses(app.engine).values()) == {"failed"}, 40, "B to finish compensating",
+                 fleet.logs)
+        a.send_signal(signal.SIGCONT)
+        time.sleep(LEASE + 1.0)  # A's compensations in flight end at once: its next one would be next
+        assert a.poll() is None, f"worker A died\n{fleet.logs()}"
+    finally:
+        fleet.stop()
+
+    log = effects(log_path)
+    with app.engine.begin() as conn:
+        undos = {(r.run_id, r.key): (r.status, r.finished_at) for r in conn.execute(
+            sa.select(journal.c.run_id, journal.c.key, journal.c.status, journal.c.finished_at)
+            .where(journal.c.kind == "compensation"))}
+        fences = {r.id: (r.status, r.fence) for r in conn.execute(sa.select(runs.c.id, runs.c.status, runs.c.fence))}
+    app.engine.dispose()
+
+    assert fences == {rid: ("failed", 2) for rid in ids}, "B took each run over once"
+    assert undos == {(rid, f"compensate:s{i}"): ("ok", undos[(rid, f"compensate:s{i}")][1])
+                     for rid in ids for i in range(STEPS)}, "every compensation journaled once, as done"
+    steps = Counter((e.run_id, e.step) for e in log if e.step.startswith("s"))
+    assert steps == {(rid, f"s{i}"): 1 for rid in ids for i in range(STEPS)}, "A did every step, once"
+    assert {e.pid for e in log if e.step == last} == {a.pid}
+    for rid in ids:
+        assert {e.pid for e in log if e.run_id == rid and e.step.startswith("u")} == {a.pid, b.pid}, rid
+    assert [e for e in log if e.pid == a.pid and e.at >= frozen_at] == [], "A started work after its freeze"
+    after_journal = [e for e in log if e.pid == a.pid and e.step.startswith("u")
+                     and e.at > undos[(e.run_id, f"compensate:s{e.step[1:]}")][1]]
+    assert after_journal == []
+    twice = Counter(e.run_id for e in log if e.step.startswith("u")) - Counter({rid: STEPS for rid in ids})
+    assert all(n <= 1 for n in twice.values()), f"more than the compensation in flight repeated: {twice}"
+    assert "never retrieved" not in fleet.logs()
