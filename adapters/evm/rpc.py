@@ -20,7 +20,8 @@ as one JSON-RPC batch, one exchange instead of two, and so do calls made concurr
 those issued in one round of the event loop (a worker's runs estimating and
 broadcasting, the tracker fetching a block's receipts) share one exchange, each still
 answered or failed on its own, and a lone call stays a plain request.  A node, or a
-proxy before it, that does not take batches is found out on first use and asked one
+proxy before it, that does not take batches (refusing them, or failing them with a 5xx
+while answering the same calls one at a time) is found out on first use and asked one
 call at a time from then on.  Given a web3 provider or instance instead, calls go through
 web3's request manager with no middleware; a synchronous provider (e.g. web3's
 ``EthereumTesterProvider``) runs in a worker thread, one call at a time, so it does not
@@ -172,10 +173,18 @@ class _Http:
 
     async def _send(self, calls: list[_Call]) -> None:
         """``calls`` in one exchange when there are several and the node takes batches;
-        each call's outcome to its own caller."""
+        each call's outcome to its own caller.
+
+        A 5xx to a batch is an outage or a node (or proxy, or provider capping batch
+        sizes) that fails batches only: the first call is sent alone to tell which.
+        Answered, batches are off as after a refusal; not, every caller gets that
+        failure and nothing more is sent to a node that is down."""
+        failed_batch: aiohttp.ClientResponseError | None = None
         if len(calls) > 1 and self.batches:
             try:
                 answers = await self._batch([(c.method, c.params) for c in calls])
+            except aiohttp.ClientResponseError as exc:  # a 5xx (a 4xx is a refusal: ``_batch``)
+                answers, failed_batch = None, exc
             except Exception as exc:  # noqa: BLE001 - an outage: each caller raises it
                 for call in calls:
                     _settle(call, exc)
@@ -187,18 +196,30 @@ class _Http:
                     except Exception as exc:  # noqa: BLE001 - this call's own error
                         _settle(call, exc)
                 return
-            self.batches = False  # refused: one call at a time from now on
+            if failed_batch is None:
+                self.batches = False  # refused: one call at a time from now on
         for call in calls:
             try:
-                _settle(call, _result(call.method, await self._exchange(call.method, call.body)))
+                answer = await self._exchange(call.method, call.body)
             except Exception as exc:  # noqa: BLE001 - raised where its caller awaits
+                if failed_batch is None:
+                    _settle(call, exc)
+                    continue
+                for unsent in calls:  # the probe failed too: an outage
+                    _settle(unsent, exc)
+                return
+            if failed_batch is not None:
+                self.batches, failed_batch = False, None  # answered alone, failed in a batch
+            try:
+                _settle(call, _result(call.method, answer))
+            except Exception as exc:  # noqa: BLE001 - this call's own error
                 _settle(call, exc)
 
     async def _batch(self, calls: list[tuple[str, list[Any]]]) -> list[Any] | None:
         """The answers to ``calls`` from one batch, in order; None when the answer looks
         like a refusal of batches: anything but one answer per call, a 4xx, or the
         connection dropped or garbled (a proxy that cannot parse a batch).  Timeouts,
-        refused connections and 5xx raise as for one call: an outage, not a refusal."""
+        refused connections and 5xx raise as for one call (``_send`` probes after a 5xx)."""
         ids = [next(self._ids) for _ in calls]
         body = _dumps(calls[0][0], [{"jsonrpc": "2.0", "id": i, "method": method, "params": params}
                                     for i, (method, params) in zip(ids, calls)])

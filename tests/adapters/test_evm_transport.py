@@ -127,7 +127,8 @@ async def test_params_that_are_not_json_are_a_bug_not_an_outage(signer: LocalSig
 def json_rpc_server(on_batch: str, seen: list[str]) -> Handler:
     """A node answering every call with its own method name; a batch is answered as
     one (``on_batch="answer"``), dropped unanswered (``"drop"``: a proxy that cannot
-    parse one), refused with one error object (``"error"``) or with a 400.  ``seen``
+    parse one), refused with one error object (``"error"``), with a 400, or failed with
+    a 502 (``"502"``: a proxy or provider failing batches only).  ``seen``
     records each request's shape, "batch" or the method."""
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         while True:
@@ -149,6 +150,8 @@ def json_rpc_server(on_batch: str, seen: list[str]) -> Handler:
                 return
             elif on_batch == "error":
                 answer = {"jsonrpc": "2.0", "id": None, "error": {"code": -32600, "message": "batches not allowed"}}
+            elif on_batch == "502":
+                status, answer = 502, {"error": "upstream cannot take batches"}
             else:
                 status, answer = 400, {"error": "bad request"}
             body = json.dumps(answer).encode()
@@ -158,7 +161,7 @@ def json_rpc_server(on_batch: str, seen: list[str]) -> Handler:
     return handler
 
 
-@pytest.mark.parametrize("on_batch", ["answer", "drop", "error", "400"])
+@pytest.mark.parametrize("on_batch", ["answer", "drop", "error", "400", "502"])
 async def test_reads_asked_together_share_one_exchange_unless_the_node_refuses_batches(
         on_batch: str, signer: LocalSigner, adapters: list[EvmChain]) -> None:
     seen: list[str] = []
@@ -178,12 +181,27 @@ async def test_reads_asked_together_share_one_exchange_unless_the_node_refuses_b
 
 async def test_a_batch_meeting_an_outage_raises_and_stays_a_batch(signer: LocalSigner,
                                                                   adapters: list[EvmChain]) -> None:
-    server, url = await serve(http_502)
+    seen: list[str] = []
+
+    async def down(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                      if line.lower().startswith(b"content-length:"))
+        request = json.loads(await reader.readexactly(length))
+        seen.append("batch" if isinstance(request, list) else request["method"])
+        writer.write(b"HTTP/1.1 502 Bad Gateway\r\nConnection: close\r\nContent-Length: 0\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    server, url = await serve(down)
     try:
         adapter = EvmChain("x", url, signer, timeout=1)
         adapters.append(adapter)
-        with pytest.raises(RpcUnavailable):
-            await adapter.rpc.call_all(("a", []), ("b", []))
-        assert adapter.rpc.exchanges == 1  # no second try one call at a time during an outage
+        for _ in range(2):
+            with pytest.raises(RpcUnavailable):
+                await adapter.rpc.call_all(("a", []), ("b", []))
+        # each time the batch, then one call alone (an outage, not a node failing batches
+        # only), and nothing more sent to a node that is down
+        assert adapter.rpc.exchanges == 4 and seen == ["batch", "a", "batch", "a"]
     finally:
         server.close()
