@@ -212,12 +212,12 @@ def mark_failed(conn: sa.Connection, sub_id: int, error: str, now: float) -> Non
 
 def _fail(conn: sa.Connection, where: Any, error: str, now: float, skip: int | None = None) -> None:
     """Fail the submissions ``where`` selects and wake their parked runs (all but
-    ``skip``'s), taking the run locks first as everywhere (``store`` lock order)."""
+    ``skip``'s).  The signals go first: sending them locks the runs, which comes before
+    the submissions as everywhere (``store`` lock order); the commit shows both at once."""
     woken = [r for r in conn.execute(sa.select(submissions.c.id, submissions.c.run_id).where(where))
              if r.run_id and r.id != skip]
-    store.lock_runs(conn, sorted({r.run_id for r in woken}))
-    conn.execute(submissions.update().where(where).values(state=SubmissionState.FAILED, error=error, updated_at=now))
     store.insert_signals(conn, [(r.run_id, event_name(int(r.id)), "null") for r in woken], now)
+    conn.execute(submissions.update().where(where).values(state=SubmissionState.FAILED, error=error, updated_at=now))
 
 
 def open_gap_fill(conn: sa.Connection, chain: str, sender: str, nonce: int, request: str, now: float) -> int:

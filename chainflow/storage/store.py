@@ -798,8 +798,6 @@ def attempt_rows(conn: sa.Connection, run_id: str) -> list[sa.Row[Any]]:
 
 
 # built once: every signal, park and wake-up runs them
-_LOCK_FOR_SIGNAL = (sa.select(runs.c.id).where(runs.c.id.in_(sa.bindparam("ids", expanding=True)))
-                    .order_by(runs.c.id).with_for_update())
 _INSERT_SIGNAL = signals.insert()
 # ``waiting_on`` is the JSON list of names the run parked on: LIKE on the quoted name
 _WAKE_FOR_SIGNAL = _WAKE.where(runs.c.waiting_on.contains(sa.bindparam("quoted")))
@@ -840,7 +838,7 @@ def insert_signals(conn: sa.Connection, sent: Sequence[tuple[str, str, str]], no
     # a suspend committing in between misses the still-uncommitted signal: lost wake-up.
     # In id order (the module's lock order), all of them before any signal is written.
     for part in _chunks(sorted({run_id for run_id, _, _ in sent})):
-        conn.execute(_LOCK_FOR_SIGNAL, {"ids": part})
+        lock_runs(conn, part)
     conn.execute(_INSERT_SIGNAL, [{"run_id": run_id, "name": name, "payload": payload, "created_at": now}
                                   for run_id, name, payload in sent])
     # One UPDATE per signal, not read-then-write: on Postgres it waits for a concurrent
