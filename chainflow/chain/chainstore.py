@@ -119,9 +119,31 @@ _BIND_NONCE = submissions.update().where(submissions.c.id == sa.bindparam("b_id"
     updated_at=sa.bindparam("now")).returning(*submissions.c)
 
 
+# Postgres: the three steps of ``allocate_nonce`` in one round trip.  ``target`` locks
+# the intent first (the lock order: the intent, then its sender's nonce row), and only
+# while it has no nonce; only then is a nonce taken and bound.  Anything else (a nonce
+# bound meanwhile by a run sharing the key, no nonce row) binds nothing here and takes
+# the three steps, which tell which.
+_TARGET = (sa.select(submissions.c.id, submissions.c.chain, submissions.c.sender)
+           .where(submissions.c.id == sa.bindparam("b_id"), submissions.c.nonce.is_(None))
+           .with_for_update().cte("target"))
+_TAKEN = (nonces.update()
+          .where(nonces.c.chain == _TARGET.c.chain, nonces.c.sender == _TARGET.c.sender)
+          .values(next_nonce=nonces.c.next_nonce + 1)
+          .returning((nonces.c.next_nonce - 1).label("nonce"), _TARGET.c.id)
+          .cte("taken"))
+_TAKE_AND_BIND = submissions.update().where(submissions.c.id == _TAKEN.c.id).values(
+    nonce=_TAKEN.c.nonce, state=SubmissionState.ALLOCATED, request=sa.bindparam("b_request"),
+    updated_at=sa.bindparam("now")).returning(*submissions.c)
+
+
 def allocate_nonce(conn: sa.Connection, sub_id: int, request: str, now: float) -> sa.Row[Any]:
     """Bind the next nonce to a submission; the submission as it is then.  The sender's
     nonce row must exist (``seed_nonces``)."""
+    if conn.dialect.name == "postgresql":
+        bound = conn.execute(_TAKE_AND_BIND, {"b_id": sub_id, "b_request": request, "now": now}).first()
+        if bound is not None:
+            return bound
     # locked: two runs sharing an idempotency key may allocate its intent at once, and
     # the second must see the first's nonce, not bind (and so skip) another
     row = conn.execute(_GET_LOCKED, {"b_id": sub_id}).one()
