@@ -13,7 +13,7 @@ outpoint belong to one intent on UTXO chains.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -54,19 +54,40 @@ _FIND_OR_CREATE = sa.select(_CREATED).union_all(_BY_KEY)
 _GET_LOCKED = _GET.with_for_update()
 
 
+def _first(rows: Sequence[Any]) -> Any:
+    return rows[0] if rows else None
+
+
+def opening(dialect: str, *, chain: str, sender: str, key: str, run_id: str | None, step: str, request: str,
+            finality: str, now: float, admit: Callable[[], None] | None = None) -> store.Op:
+    """The op opening the intent for this key (``intent``) in a run's group commit: on
+    Postgres, when a new intent would be admitted, a query the batch's runs send
+    together, whose result is None when a concurrent creator of the key raced it (open
+    it with ``intent`` then)."""
+    if dialect == "postgresql" and _admits(admit):
+        return _find_or_create(chain, sender, key, run_id, step, request, finality, now)
+    return lambda conn: intent(conn, chain=chain, sender=sender, key=key, run_id=run_id, step=step, request=request,
+                               finality=finality, now=now, admit=admit)
+
+
+def _find_or_create(chain: str, sender: str, key: str, run_id: str | None, step: str, request: str, finality: str,
+                    now: float) -> store.Query:
+    return store.Query(_FIND_OR_CREATE, {
+        "chain": chain, "sender": sender, "idempotency_key": key, "run_id": run_id, "step": step,
+        "request": request, "finality": finality, "created_at": now, "updated_at": now,
+        "b_chain": chain, "b_sender": sender, "b_key": key}, _first)
+
+
 def intent(
-    conn: sa.Connection, *, chain: str, sender: str, key: str, run_id: str, step: str,
+    conn: sa.Connection, *, chain: str, sender: str, key: str, run_id: str | None, step: str,
     request: str, finality: str, now: float, admit: Callable[[], None] | None = None,
 ) -> sa.Row[Any]:
     """The submission for this key, created on first sight (step 1 of the protocol);
     ``admit`` is called before creating one and raises to refuse it."""
     if conn.dialect.name == "postgresql" and _admits(admit):
-        found = conn.execute(_FIND_OR_CREATE, {
-            "chain": chain, "sender": sender, "idempotency_key": key, "run_id": run_id, "step": step,
-            "request": request, "finality": finality, "created_at": now, "updated_at": now,
-            "b_chain": chain, "b_sender": sender, "b_key": key}).first()
+        found = _find_or_create(chain, sender, key, run_id, step, request, finality, now)(conn)
         if found is not None:
-            return found
+            return found  # type: ignore[no-any-return]
     found = by_key(conn, chain, sender, key)
     if found is not None:
         return found
@@ -137,13 +158,26 @@ _TAKE_AND_BIND = submissions.update().where(submissions.c.id == _TAKEN.c.id).val
     updated_at=sa.bindparam("now")).returning(*submissions.c)
 
 
+def take_nonce(dialect: str, sub_id: int, request: str, now: float) -> store.Op:
+    """The op binding a nonce (``allocate_nonce``) in a run's group commit: on Postgres a
+    query the batch's runs send together, whose result is None when it bound nothing
+    (bind with ``allocate_nonce`` then, which tells why)."""
+    if dialect == "postgresql":
+        return _take(sub_id, request, now)
+    return lambda conn: allocate_nonce(conn, sub_id, request, now)
+
+
+def _take(sub_id: int, request: str, now: float) -> store.Query:
+    return store.Query(_TAKE_AND_BIND, {"b_id": sub_id, "b_request": request, "now": now}, _first)
+
+
 def allocate_nonce(conn: sa.Connection, sub_id: int, request: str, now: float) -> sa.Row[Any]:
     """Bind the next nonce to a submission; the submission as it is then.  The sender's
     nonce row must exist (``seed_nonces``)."""
     if conn.dialect.name == "postgresql":
-        bound = conn.execute(_TAKE_AND_BIND, {"b_id": sub_id, "b_request": request, "now": now}).first()
+        bound = _take(sub_id, request, now)(conn)
         if bound is not None:
-            return bound
+            return bound  # type: ignore[no-any-return]
     # locked: two runs sharing an idempotency key may allocate its intent at once, and
     # the second must see the first's nonce, not bind (and so skip) another
     row = conn.execute(_GET_LOCKED, {"b_id": sub_id}).one()
@@ -190,7 +224,7 @@ def add_attempt(conn: sa.Connection, sub_id: int, chain: str, signed: SignedTx, 
     submission when this version signed it first (None for a later version: it was
     signed already)."""
     attempt(sub_id, chain, signed, now)(conn)
-    return mark_signed(conn, sub_id, now)
+    return mark_signed(sub_id, now)(conn)  # type: ignore[no-any-return]
 
 
 def attempt(sub_id: int, chain: str, signed: SignedTx, now: float) -> store.Exec:
@@ -199,10 +233,11 @@ def attempt(sub_id: int, chain: str, signed: SignedTx, now: float) -> store.Exec
                                      "raw": signed.raw, "fees": json.dumps(signed.fees), "created_at": now})
 
 
-def mark_signed(conn: sa.Connection, sub_id: int, now: float) -> sa.Row[Any] | None:
+def mark_signed(sub_id: int, now: float) -> store.Query:
     """A batch's members follow its state (``_with_members``); the submission when it
-    was not signed before."""
-    return next((row for row in conn.execute(_SIGNED, {"b_id": sub_id, "now": now}) if row.id == sub_id), None)
+    was not signed before, else None."""
+    return store.Query(_SIGNED, {"b_id": sub_id, "now": now},
+                       lambda rows: next((row for row in rows if row.id == sub_id), None))
 
 
 _ATTEMPTS_OF = sa.select(tx_attempts).where(tx_attempts.c.submission_id == sa.bindparam("b_id")).order_by(
@@ -258,14 +293,11 @@ def open_gap_fill(conn: sa.Connection, chain: str, sender: str, nonce: int, requ
     return int(res.inserted_primary_key[0])  # type: ignore[index]
 
 
-_LOCK_STATE = sa.select(submissions.c.state).where(submissions.c.id == sa.bindparam("b_id")).with_for_update()
-
-
-def lock_final(conn: sa.Connection, sub_id: int) -> bool:
-    """Whether the submission is final, its row locked until the transaction ends: the
-    step journals its receipt only under this lock, so a reorg racing the journal write
-    either lands first or sees the entry and rolls it back."""
-    return conn.execute(_LOCK_STATE, {"b_id": sub_id}).scalar() == SubmissionState.FINAL
+def locked(sub_id: int) -> store.Query:
+    """The submission, its row locked until the transaction ends: a step journals its
+    receipt only under this lock, and only if the submission is final, so a reorg
+    racing the journal write either lands first or sees the entry and rolls it back."""
+    return store.Query(_GET_LOCKED, {"b_id": sub_id}, _first)
 
 
 def candidate_hashes(conn: sa.Connection, sub_id: int) -> list[str]:

@@ -87,9 +87,14 @@ def _final_receipt(sub: sa.Row[Any], label: str) -> Receipt:
     return receipt
 
 
-def _lock_final(conn: sa.Connection, sub_id: int) -> None:
-    if not chainstore.lock_final(conn, sub_id):
-        raise _Unsettled(sub_id)
+def _lock_final(sub_id: int) -> store.Query:
+    """The submission locked (``chainstore.locked``), refused unless it is final."""
+    def final(sub: sa.Row[Any] | None) -> sa.Row[Any]:
+        if sub is None or sub.state != SubmissionState.FINAL:
+            raise _Unsettled(sub_id)
+        return sub
+
+    return chainstore.locked(sub_id).then(final)
 
 
 class Submitter:
@@ -168,8 +173,7 @@ class Submitter:
                 try:
                     # journaled only while still final: a reorg racing this commit either
                     # lands first (we wait again) or sees the entry and rolls it back
-                    await ctx.commit(lambda conn: _lock_final(conn, sub_id), store.consume_signals(run_id, event),
-                                     entry)
+                    await ctx.commit(_lock_final(sub_id), store.consume_signals(run_id, event), entry)
                 except _Unsettled:
                     continue
                 return receipt_from(value)
@@ -237,12 +241,12 @@ class Submitter:
             # a nonce or be on the wire, and the tracker keeps the headers it still needs
             finality.require_window(policy, window, f"submit {label!r}")
 
-        def open_intent(conn: sa.Connection) -> sa.Row[Any]:
-            return chainstore.intent(conn, chain=adapter.name, sender=sender, key=key, run_id=run_id, step=step,
-                                     request=request_text, finality=json.dumps(policy.to_dict()), now=now,
-                                     admit=admit)
-
-        (sub,) = await ctx.commit(open_intent)
+        fields: dict[str, Any] = dict(chain=adapter.name, sender=sender, key=key, run_id=run_id, step=step,
+                                      request=request_text, finality=json.dumps(policy.to_dict()), now=now,
+                                      admit=admit)
+        (sub,) = await ctx.commit(chainstore.opening(self.db.engine.dialect.name, **fields))
+        if sub is None:  # raced by another run's creation of the key: look again
+            (sub,) = await ctx.commit(lambda conn: chainstore.intent(conn, **fields))
         # an intent another run opened under the same key is not this run's wait
         sub_id, opened = int(sub.id), float(sub.created_at) if sub.run_id == run_id else now
         domain = self.domain(adapter)
@@ -282,9 +286,10 @@ class Submitter:
             await ctx.commit(lambda conn: chainstore.mark_failed(conn, sub.id, exc.reason, ctx.clock.time()))
             raise SubmissionFailedError(label, f"signing failed permanently: {exc.reason}") from None
         now = ctx.clock.time()
-        _, row = await ctx.commit(
-            chainstore.attempt(sub.id, adapter.name, signed, now),
-            lambda conn: chainstore.mark_signed(conn, sub.id, now) or chainstore.get(conn, sub.id))
+        _, row = await ctx.commit(chainstore.attempt(sub.id, adapter.name, signed, now),
+                                  chainstore.mark_signed(sub.id, now))
+        if row is None:  # signed by an earlier version meanwhile: as it is now
+            (row,) = await ctx.commit(lambda conn: chainstore.get(conn, sub.id))
         return row, signed if row.state == SubmissionState.SIGNED else None
 
     async def _await_final(self, ctx: RunScope, sub_id: int, label: str, *, parked: bool = False) -> Receipt:

@@ -55,6 +55,18 @@ class _Item:
     results: list[Any] | None = None  # of the ops run on a general batch
 
 
+def _leading_queries(ops: list[Op]) -> list[int]:
+    """Where the queries are that come before the item's first closure: those can run
+    ahead, with other runs' (data ops are written after every closure anyway)."""
+    found = []
+    for i, op in enumerate(ops):
+        if isinstance(op, store.Query):
+            found.append(i)
+        elif not isinstance(op, (store.EntryInsert, store.RunInsert, store.RunFinish, store.Exec)):
+            break
+    return found
+
+
 class Committer:
     def __init__(self, engine: sa.Engine, max_batch: int = 512, *, running: Callable[[], int] | None = None,
                  in_thread: bool = False) -> None:
@@ -244,15 +256,22 @@ class Committer:
             # closures on Postgres, none on the journal-only path; None on SQLite)
             xid = recovery.transaction_id(conn)
             ours = store.fences_ok(dbapi, style, fences)
+            kept = [item for item in sorted(batch, key=lambda i: i.run_id)
+                    if item.fence is None or item.run_id in ours]
+            # the queries each run opens with, all of the batch's in one round trip
+            leading = [(item, i) for item in kept for i in _leading_queries(item.ops)]
+            answers = store.run_queries(conn, [item.ops[i] for item, i in leading])  # type: ignore[misc]
+            answered = {(id(item), i): answer for (item, i), answer in zip(leading, answers)}
             entries: list[dict[str, Any]] = []
             new_runs: list[dict[str, Any]] = []
             finishes: list[store.RunFinish] = []
             execs: list[store.Exec] = []
-            for item in sorted(batch, key=lambda i: i.run_id):
-                if item.fence is not None and item.run_id not in ours:
-                    continue
+            for item in kept:
                 item.results = []
-                for op in item.ops:
+                for i, op in enumerate(item.ops):
+                    if (id(item), i) in answered:
+                        item.results.append(answered[(id(item), i)])
+                        continue
                     if isinstance(op, store.EntryInsert):
                         entries.append(op.row)  # written below, all rows in one statement
                     elif isinstance(op, store.RunInsert):

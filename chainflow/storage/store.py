@@ -26,6 +26,7 @@ from __future__ import annotations
 import collections
 import functools
 import json
+import typing
 import uuid
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
@@ -455,9 +456,66 @@ def execute_all(conn: sa.Connection, execs: list[Exec]) -> None:
         conn.execute(statement, params)
 
 
+class Query:
+    """A statement whose rows its run reads, ``shape(rows)`` being the op's result.  A
+    group commit on Postgres sends the queries its runs open their writes with in one
+    pipeline (``run_queries``: one round trip for the batch, not one per run); anywhere
+    else it is a closure like the others.  Built from statements built once (the
+    compiled text is kept per statement)."""
+
+    __slots__ = ("params", "shape", "statement")
+
+    def __init__(self, statement: sa.Executable, params: dict[str, Any],
+                 shape: Callable[[Sequence[Any]], Any]) -> None:
+        self.statement, self.params, self.shape = statement, params, shape
+
+    def __call__(self, conn: sa.Connection) -> Any:
+        return self.shape(list(conn.execute(self.statement, self.params)))
+
+    def then(self, fn: Callable[[Any], Any]) -> Query:
+        """The same query, its result passed through ``fn`` (which may raise, to roll
+        the whole transaction back)."""
+        shape = self.shape
+        return Query(self.statement, self.params, lambda rows: fn(shape(rows)))
+
+
+_COMPILED: dict[int, tuple[sa.ClauseElement, Any]] = {}  # id -> (statement, its Postgres compilation)
+
+
+def run_queries(conn: sa.Connection, queries: list[Query]) -> list[Any]:
+    """Each query's result, in order.  On Postgres they go out together in one
+    pipeline and their rows come back as named tuples (read by attribute and index like
+    SQLAlchemy's); a driver error leaves as SQLAlchemy's exception class, as on every
+    other path.  Elsewhere, one after another."""
+    if conn.dialect.name != "postgresql" or len(queries) < 2:
+        return [query(conn) for query in queries]
+    from psycopg.rows import namedtuple_row
+
+    dbapi, error = conn.connection.dbapi_connection, conn.dialect.loaded_dbapi.Error
+    cursors = []
+    try:
+        with dbapi.pipeline() as pipeline:  # type: ignore[union-attr]
+            for query in queries:
+                compiled = _COMPILED.get(id(query.statement))
+                if compiled is None:  # kept with its statement, so the id is never reused
+                    statement = typing.cast(sa.ClauseElement, query.statement)
+                    compiled = _COMPILED[id(statement)] = (statement, statement.compile(dialect=conn.dialect))
+                cursor = dbapi.cursor(row_factory=namedtuple_row)  # type: ignore[union-attr]
+                cursors.append(cursor)
+                cursor.execute(str(compiled[1]), compiled[1].construct_params(query.params))
+            pipeline.sync()
+            rows = [cursor.fetchall() for cursor in cursors]
+    except error as exc:
+        raise sa.exc.DBAPIError.instance(None, None, exc, error) from None
+    finally:
+        for cursor in cursors:
+            cursor.close()
+    return [query.shape(found) for query, found in zip(queries, rows)]
+
+
 # what a fenced commit applies: a closure over the batch's connection, or plain data
 # the group commit writes in bulk
-Op = Callable[[sa.Connection], Any] | EntryInsert | RunInsert | RunFinish | Exec
+Op = Callable[[sa.Connection], Any] | EntryInsert | RunInsert | RunFinish | Exec | Query
 
 
 RUN_COLUMNS = tuple(c.name for c in runs.c)

@@ -117,12 +117,15 @@ def _install_crash(spec: str) -> None:
     elif phase == "final":  # included and final, the step's journal write not committed
         lock = submission._lock_final
 
-        def die_before_journal(conn: Any, sub_id: int) -> None:
-            lock(conn, sub_id)
-            if is_burn(chainstore.get(conn, sub_id)):
-                maybe_die()
+        def die_before_journal(sub_id: int) -> Any:
+            def then(sub: Any) -> Any:  # locked and final, inside the journal's transaction
+                if is_burn(sub):
+                    maybe_die()
+                return sub
 
-        submission._lock_final = die_before_journal  # type: ignore[assignment]
+            return lock(sub_id).then(then)
+
+        submission._lock_final = die_before_journal
     else:
         raise SystemExit(f"unknown crash phase {phase!r}")
 
