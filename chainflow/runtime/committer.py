@@ -56,21 +56,23 @@ class _Item:
 
 
 def _leading_queries(ops: list[Op]) -> list[int]:
-    """Where the queries are that come before the item's first closure: those can run
-    ahead, with other runs' (data ops are written after every closure anyway)."""
-    found = []
+    """Where the item's first query is when no closure comes before it: that one can
+    run ahead, with other runs' (data ops are written after every closure anyway).  One
+    per item: the batch's queries are grouped by statement, which would not keep two
+    of one run in order."""
     for i, op in enumerate(ops):
         if isinstance(op, store.Query):
-            found.append(i)
-        elif not isinstance(op, (store.EntryInsert, store.RunInsert, store.RunFinish, store.Exec)):
+            return [i]
+        if not isinstance(op, (store.EntryInsert, store.RunInsert, store.RunFinish, store.Exec)):
             break
-    return found
+    return []
 
 
 class Committer:
     def __init__(self, engine: sa.Engine, max_batch: int = 512, *, running: Callable[[], int] | None = None,
                  in_thread: bool = False) -> None:
         self._engine = engine
+        self.dialect = engine.dialect.name  # which ops a batch can run in bulk (``store.suspension``)
         self._max_batch = max_batch
         self._pending: list[_Item] = []
         self._scheduled = False

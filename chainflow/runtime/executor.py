@@ -378,7 +378,7 @@ class Execution:
         status = RunState.WAITING if signals or wake_at is None else RunState.SLEEPING
         run_id, now = self.claim.run_id, self.worker.clock.time()
         try:
-            await ctx.commit(lambda conn: store.suspend_run(conn, run_id, status, wake_at, signals, now))
+            await ctx.commit(*store.suspension(self.worker.committer.dialect, run_id, status, wake_at, signals, now))
         except LeaseLostError:
             return _ABANDONED
         return Outcome(Unfinished.SUSPENDED, status)

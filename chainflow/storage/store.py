@@ -28,11 +28,12 @@ import functools
 import json
 import typing
 import uuid
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
 
 from ..states import TERMINAL, EntryState, RunState
 from . import limits
@@ -484,31 +485,42 @@ _COMPILED: dict[int, tuple[sa.ClauseElement, Any]] = {}  # id -> (statement, its
 
 def run_queries(conn: sa.Connection, queries: list[Query]) -> list[Any]:
     """Each query's result, in order.  On Postgres they go out together in one
-    pipeline and their rows come back as named tuples (read by attribute and index like
-    SQLAlchemy's); a driver error leaves as SQLAlchemy's exception class, as on every
-    other path.  Elsewhere, one after another."""
+    pipeline, an executemany per statement (one cursor and one prepared statement for
+    all of its runs), and their rows come back as named tuples (read by attribute and
+    index like SQLAlchemy's); a driver error leaves as SQLAlchemy's exception class, as
+    on every other path.  Elsewhere, one after another."""
     if conn.dialect.name != "postgresql" or len(queries) < 2:
         return [query(conn) for query in queries]
+    import psycopg
     from psycopg.rows import namedtuple_row
 
-    dbapi, error = conn.connection.dbapi_connection, conn.dialect.loaded_dbapi.Error
+    dbapi = typing.cast(psycopg.Connection[Any], conn.connection.dbapi_connection)
+    error = conn.dialect.loaded_dbapi.Error
+    groups: dict[int, list[int]] = {}  # statement id -> its queries, in order
+    for i, query in enumerate(queries):
+        groups.setdefault(id(query.statement), []).append(i)
+    rows: list[Any] = [None] * len(queries)
     cursors = []
     try:
-        with dbapi.pipeline() as pipeline:  # type: ignore[union-attr]
-            for query in queries:
-                compiled = _COMPILED.get(id(query.statement))
+        with dbapi.pipeline() as pipeline:
+            for indices in groups.values():
+                statement = typing.cast(sa.ClauseElement, queries[indices[0]].statement)
+                compiled = _COMPILED.get(id(statement))
                 if compiled is None:  # kept with its statement, so the id is never reused
-                    statement = typing.cast(sa.ClauseElement, query.statement)
                     compiled = _COMPILED[id(statement)] = (statement, statement.compile(dialect=conn.dialect))
-                cursor = dbapi.cursor(row_factory=namedtuple_row)  # type: ignore[union-attr]
-                cursors.append(cursor)
-                cursor.execute(str(compiled[1]), compiled[1].construct_params(query.params))
+                cursor = dbapi.cursor(row_factory=namedtuple_row)
+                cursors.append((cursor, indices))
+                params = [compiled[1].construct_params(queries[i].params) for i in indices]
+                cursor.executemany(str(compiled[1]), typing.cast(list[Mapping[str, Any]], params), returning=True)
             pipeline.sync()
-            rows = [cursor.fetchall() for cursor in cursors]
+            for cursor, indices in cursors:
+                for i in indices:
+                    rows[i] = cursor.fetchall()
+                    cursor.nextset()
     except error as exc:
         raise sa.exc.DBAPIError.instance(None, None, exc, error) from None
     finally:
-        for cursor in cursors:
+        for cursor, _ in cursors:
             cursor.close()
     return [query.shape(found) for query, found in zip(queries, rows)]
 
@@ -581,10 +593,36 @@ def suspend_run(
     conn: sa.Connection, run_id: str, status: str, wake_at: float | None, waiting_on: list[str], now: float
 ) -> None:
     """Park a run without a worker slot; never loses a wake-up that raced with it."""
-    conn.execute(_SUSPEND, {"rid": run_id, "b_status": status, "now": now, "wake_at": wake_at,
-                            "b_waiting_on": json.dumps(waiting_on) if waiting_on else None})
+    conn.execute(_SUSPEND, _suspend_params(run_id, status, wake_at, waiting_on, now))
     if waiting_on and pending_signal_exists(conn, run_id, waiting_on):
         wake(conn, run_id, now)
+
+
+def _suspend_params(run_id: str, status: str, wake_at: float | None, waiting_on: list[str],
+                    now: float) -> dict[str, Any]:
+    return {"rid": run_id, "b_status": status, "now": now, "wake_at": wake_at,
+            "b_waiting_on": json.dumps(waiting_on) if waiting_on else None}
+
+
+# Postgres: the look for a pending signal and the wake-up in one statement.  It runs as
+# a statement of its own after the suspend, so its snapshot is taken once the suspend
+# holds the run's lock: a signal sent meanwhile (its sender locks the run first) is seen.
+_WAKE_IF_SIGNALLED = _WAKE.where(sa.exists().where(
+    signals.c.run_id == sa.bindparam("rid"), signals.c.consumed.is_(sa.false()),
+    signals.c.name == sa.any_(sa.bindparam("names", type_=postgresql.ARRAY(sa.String())))))
+
+
+def suspension(dialect: str, run_id: str, status: str, wake_at: float | None, waiting_on: list[str],
+               now: float) -> list[Op]:
+    """The ops of ``suspend_run`` for a run's group commit.  On Postgres two statements
+    nobody reads the result of, which the batch runs for all its parking runs at once:
+    the suspend, then the wake-up if a signal it waits for is there already."""
+    if dialect != "postgresql":
+        return [lambda conn: suspend_run(conn, run_id, status, wake_at, waiting_on, now)]
+    ops: list[Op] = [Exec(_SUSPEND, _suspend_params(run_id, status, wake_at, waiting_on, now))]
+    if waiting_on:
+        ops.append(Exec(_WAKE_IF_SIGNALLED, {"rid": run_id, "names": waiting_on, "now": now}))
+    return ops
 
 
 def wake(conn: sa.Connection, run_id: str, now: float) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import time
 from decimal import Decimal
@@ -11,6 +12,7 @@ import pytest
 import sqlalchemy as sa
 
 import chainflow as cf
+from chainflow.runtime.committer import Committer
 from chainflow.testing import WorkflowTester, run_workflow
 
 from ._util import claim_count, error_type
@@ -154,7 +156,8 @@ async def test_uncaught_wait_timeout_fails_the_run(make_app: Any, calls: Any) ->
     assert "'go'" in result.error["message"]
 
 
-def test_signal_racing_with_suspend_is_not_lost(make_app: Any) -> None:
+@pytest.mark.parametrize("path", ["closure", "group commit"])
+def test_signal_racing_with_suspend_is_not_lost(make_app: Any, path: str) -> None:
     """A signal committed while the worker is suspending the run must still wake it.
 
     Interleaving forced here: the signal's transaction has written the signal but not
@@ -181,8 +184,22 @@ def test_signal_racing_with_suspend_is_not_lost(make_app: Any) -> None:
     store.insert_signal(sender, run_id, "go", '"now"', time.time())
 
     def suspend() -> None:
-        with app.engine.begin() as conn:
-            store.suspend_run(conn, run_id, "waiting", None, ["go"], time.time())
+        if path == "closure":
+            with app.engine.begin() as conn:
+                store.suspend_run(conn, run_id, "waiting", None, ["go"], time.time())
+            return
+        # as a worker parks: its group commit, where Postgres runs the suspend and the
+        # look for the signal as statements of their own, in bulk with other runs'
+        committer = Committer(app.engine)
+
+        async def park() -> None:
+            try:
+                await committer.write(run_id, claim.fence, store.suspension(
+                    committer.dialect, run_id, "waiting", None, ["go"], time.time()))
+            finally:
+                await committer.close()
+
+        asyncio.run(park())
 
     worker_side = threading.Thread(target=suspend)
     worker_side.start()
