@@ -133,65 +133,86 @@ def _state(pid: int) -> str:
     return stat[stat.rindex(")") + 2]
 
 
-def unfinished(engine: sa.Engine) -> int:
+def statuses(engine: sa.Engine) -> dict[str, str]:
     with engine.begin() as conn:
-        return int(conn.execute(sa.select(sa.func.count()).select_from(runs)
-                                .where(runs.c.status != "completed")).scalar_one())
+        return {r.id: r.status for r in conn.execute(sa.select(runs.c.id, runs.c.status))}
 
 
-@pytest.mark.timeout(120)
-def test_worker_resumed_after_losing_its_lease_starts_no_step(db_url: str, tmp_path: Path) -> None:
+@dataclass
+class Takeover:
+    """What one freeze-and-take-over left behind, read from the effect log and tables."""
+
+    ids: list[str]
+    log: list[Effect]
+    a: int  # worker A's pid (frozen), B's below (took over)
+    b: int
+    frozen_at: float
+    journaled: dict[tuple[str, str], tuple[str, float]]  # (run, key) -> (status, finished_at), of ``kind``
+    fences: dict[str, tuple[str, int]]  # run -> (status, fence)
+    logs: str
+
+
+def take_over(db_url: str, tmp_path: Path, workflow: str, kind: str, frozen_after: str, ended: str) -> Takeover:
+    """Worker A runs RUNS runs of ``workflow`` (STEPS steps) and is frozen once every
+    run has logged ``frozen_after``; B takes them over after A's lease and runs them
+    until each is ``ended``; then A is resumed for long enough to act if it would."""
     app = cf.Chainflow(db_url, lease_seconds=LEASE)
 
-    @app.workflow("paced")  # a stand-in: the subprocesses have the real workflow
-    async def paced(ctx: cf.Context, steps: int) -> int:  # pragma: no cover
+    @app.workflow(workflow)  # a stand-in: the subprocesses have the real workflow
+    async def stand_in(ctx: cf.Context, steps: int) -> int:  # pragma: no cover
         raise AssertionError("the test process runs no worker")
 
-    ids = [app.start("paced", STEPS).id for _ in range(RUNS)]
+    ids = [app.start(workflow, STEPS).id for _ in range(RUNS)]
     log_path = tmp_path / "effects.log"
     log_path.touch()
     fleet = Workers(app.engine, db_url, tmp_path, log_path)
     try:
         a = fleet.spawn("A")
-        # A claims all runs at once, so they move in step: every run past s1, then into the gap
-        wait_for(lambda: sum(e.step == "s1" for e in effects(log_path)) == RUNS, 30, "A to run s1 of every run",
-                 fleet.logs)
+        # A claims all runs at once, so they move in step
+        wait_for(lambda: sum(e.step == frozen_after for e in effects(log_path)) == RUNS, 30,
+                 f"A to reach {frozen_after} in every run", fleet.logs)
         time.sleep(0.1)
         frozen_at = fleet.freeze("A")
         b = fleet.spawn("B")
-        wait_for(lambda: unfinished(app.engine) == 0, 40, "B to finish every run", fleet.logs)
+        wait_for(lambda: set(statuses(app.engine).values()) == {ended}, 40, f"B to end every run {ended}",
+                 fleet.logs)
         a.send_signal(signal.SIGCONT)
-        time.sleep(LEASE + 1.0)  # A's overdue waits end at once: the next step is next
+        time.sleep(LEASE + 1.0)  # A's overdue waits (or work in flight) end at once: its next start is next
         assert a.poll() is None, f"worker A died\n{fleet.logs()}"
     finally:
         fleet.stop()
+    try:
+        with app.engine.begin() as conn:
+            journaled = {(r.run_id, r.key): (r.status, r.finished_at) for r in conn.execute(
+                sa.select(journal.c.run_id, journal.c.key, journal.c.status, journal.c.finished_at)
+                .where(journal.c.kind == kind))}
+            fences = {r.id: (r.status, r.fence) for r in conn.execute(
+                sa.select(runs.c.id, runs.c.status, runs.c.fence))}
+    finally:
+        app.engine.dispose()
+    return Takeover(ids, effects(log_path), a.pid, b.pid, frozen_at, journaled, fences, fleet.logs())
 
-    log = effects(log_path)
-    with app.engine.begin() as conn:
-        journaled = {(r.run_id, r.key): r.finished_at for r in conn.execute(
-            sa.select(journal.c.run_id, journal.c.key, journal.c.finished_at).where(journal.c.kind == "step"))}
-        fences = {r.id: (r.status, r.fence) for r in conn.execute(sa.select(runs.c.id, runs.c.status, runs.c.fence))}
-    app.engine.dispose()
+
+@pytest.mark.timeout(120)
+def test_worker_resumed_after_losing_its_lease_starts_no_step(db_url: str, tmp_path: Path) -> None:
+    # every run past s1, then into the gap: frozen with no step in flight
+    t = take_over(db_url, tmp_path, "paced", "step", "s1", "completed")
+    log = t.log
 
     # the scenario happened: A ran the start of every run, B took each over once and finished it
-    assert fences == {rid: ("completed", 2) for rid in ids}
-    for rid in ids:
+    assert t.fences == {rid: ("completed", 2) for rid in t.ids}
+    for rid in t.ids:
         by = {e.pid for e in log if e.run_id == rid}
-        assert by == {a.pid, b.pid}, (rid, by)
-    assert len(journaled) == RUNS * STEPS
+        assert by == {t.a, t.b}, (rid, by)
+    assert len(t.journaled) == RUNS * STEPS
 
     # nothing A did after it was frozen, in particular nothing already journaled by B
-    after_journal = [e for e in log if e.pid == a.pid and e.at > journaled[(e.run_id, e.step)]]
+    after_journal = [e for e in log if e.pid == t.a and e.at > t.journaled[(e.run_id, e.step)][1]]
     assert after_journal == [], f"{len(after_journal)} step(s) run after another worker journaled them"
-    assert [e for e in log if e.pid == a.pid and e.at >= frozen_at] == []
+    assert [e for e in log if e.pid == t.a and e.at >= t.frozen_at] == []
     twice = {k: n for k, n in Counter((e.run_id, e.step) for e in log).items() if n > 1}
     assert twice == {}, "side effects repeated"
     assert len(log) == RUNS * STEPS
-
-
-def statuses(engine: sa.Engine) -> dict[str, str]:
-    with engine.begin() as conn:
-        return {r.id: r.status for r in conn.execute(sa.select(runs.c.id, runs.c.status))}
 
 
 @pytest.mark.timeout(120)
@@ -202,53 +223,22 @@ def test_worker_frozen_mid_compensation_starts_no_compensation_after_it(db_url: 
     A, resumed, starts no further compensation and journals nothing.  Each
     compensation is journaled once; the one in flight at the freeze is the only one
     that may run twice (at-least-once, docs/leases.md), and only once per run."""
-    app = cf.Chainflow(db_url, lease_seconds=LEASE)
+    last = f"u{STEPS - 1}"  # compensations run newest first: u7 starts, then u6, ...
+    t = take_over(db_url, tmp_path, "undone", "compensation", f"u{STEPS - 2}", "failed")
+    log, undos = t.log, t.journaled
 
-    @app.workflow("undone")  # a stand-in: the subprocesses have the real workflow
-    async def undone(ctx: cf.Context, steps: int) -> int:  # pragma: no cover
-        raise AssertionError("the test process runs no worker")
-
-    ids = [app.start("undone", STEPS).id for _ in range(RUNS)]
-    log_path = tmp_path / "effects.log"
-    log_path.touch()
-    fleet = Workers(app.engine, db_url, tmp_path, log_path)
-    try:
-        a = fleet.spawn("A")
-        last = f"u{STEPS - 1}"  # compensations run newest first: u7 starts, then u6, ...
-        second = f"u{STEPS - 2}"
-        wait_for(lambda: sum(e.step == second for e in effects(log_path)) == RUNS, 30,
-                 "A to start the second compensation of every run", fleet.logs)
-        time.sleep(0.1)
-        frozen_at = fleet.freeze("A")
-        b = fleet.spawn("B")
-        wait_for(lambda: set(statuses(app.engine).values()) == {"failed"}, 40, "B to finish compensating",
-                 fleet.logs)
-        a.send_signal(signal.SIGCONT)
-        time.sleep(LEASE + 1.0)  # A's compensations in flight end at once: its next one would be next
-        assert a.poll() is None, f"worker A died\n{fleet.logs()}"
-    finally:
-        fleet.stop()
-
-    log = effects(log_path)
-    with app.engine.begin() as conn:
-        undos = {(r.run_id, r.key): (r.status, r.finished_at) for r in conn.execute(
-            sa.select(journal.c.run_id, journal.c.key, journal.c.status, journal.c.finished_at)
-            .where(journal.c.kind == "compensation"))}
-        fences = {r.id: (r.status, r.fence) for r in conn.execute(sa.select(runs.c.id, runs.c.status, runs.c.fence))}
-    app.engine.dispose()
-
-    assert fences == {rid: ("failed", 2) for rid in ids}, "B took each run over once"
+    assert t.fences == {rid: ("failed", 2) for rid in t.ids}, "B took each run over once"
     assert undos == {(rid, f"compensate:s{i}"): ("ok", undos[(rid, f"compensate:s{i}")][1])
-                     for rid in ids for i in range(STEPS)}, "every compensation journaled once, as done"
+                     for rid in t.ids for i in range(STEPS)}, "every compensation journaled once, as done"
     steps = Counter((e.run_id, e.step) for e in log if e.step.startswith("s"))
-    assert steps == {(rid, f"s{i}"): 1 for rid in ids for i in range(STEPS)}, "A did every step, once"
-    assert {e.pid for e in log if e.step == last} == {a.pid}
-    for rid in ids:
-        assert {e.pid for e in log if e.run_id == rid and e.step.startswith("u")} == {a.pid, b.pid}, rid
-    assert [e for e in log if e.pid == a.pid and e.at >= frozen_at] == [], "A started work after its freeze"
-    after_journal = [e for e in log if e.pid == a.pid and e.step.startswith("u")
+    assert steps == {(rid, f"s{i}"): 1 for rid in t.ids for i in range(STEPS)}, "A did every step, once"
+    assert {e.pid for e in log if e.step == last} == {t.a}
+    for rid in t.ids:
+        assert {e.pid for e in log if e.run_id == rid and e.step.startswith("u")} == {t.a, t.b}, rid
+    assert [e for e in log if e.pid == t.a and e.at >= t.frozen_at] == [], "A started work after its freeze"
+    after_journal = [e for e in log if e.pid == t.a and e.step.startswith("u")
                      and e.at > undos[(e.run_id, f"compensate:s{e.step[1:]}")][1]]
     assert after_journal == []
-    twice = Counter(e.run_id for e in log if e.step.startswith("u")) - Counter({rid: STEPS for rid in ids})
+    twice = Counter(e.run_id for e in log if e.step.startswith("u")) - Counter({rid: STEPS for rid in t.ids})
     assert all(n <= 1 for n in twice.values()), f"more than the compensation in flight repeated: {twice}"
-    assert "never retrieved" not in fleet.logs()
+    assert "never retrieved" not in t.logs
