@@ -26,7 +26,9 @@ A commit whose reply is lost (the connection broke after the write was sent) may
 happened: it is settled by asking the database (``recovery``), in whichever thread
 commits, never retried blindly and never reported to a step as its own failure.  On
 the loop (a local database) the settling blocks the loop for its few round trips: it
-happens only after a connection broke.
+happens only after a connection broke.  A write known not to have landed is sent
+again on a new connection (once per write: a database that stays out of reach
+abandons the executions instead, which replay after their lease).
 """
 
 from __future__ import annotations
@@ -175,16 +177,33 @@ class Committer:
             # one bad write must not sink the others: retry each alone (a batch whose
             # reply was lost gets here only once the database said it did not commit)
             results: list[Any] = []
+            down: BaseException | None = None  # the database stopped answering: the rest fail alike
             for item in batch:
-                try:
-                    results.extend(self._commit_together([item]))
-                except recovery.OutcomeUnknown as unknown:
-                    results.append(self._unknown(item, unknown))
-                except sa.exc.IntegrityError as exc:
-                    results.append(self._already_durable(item) or exc)
-                except Exception as exc:  # noqa: BLE001 - handed to the awaiting step
-                    results.append(exc)
+                outcome = down or self._commit_alone(item)
+                if isinstance(outcome, BaseException) and self._connection_lost(outcome):
+                    down = outcome
+                results.append(outcome)
             return results
+
+    def _commit_alone(self, item: _Item, again: bool = True) -> Any:
+        """One item's outcome, committed in a batch of its own.  A connection lost on the
+        way is tried once more on a new one: the write did not land (a lost reply is
+        settled before its error gets here), and giving up would abandon the execution,
+        whose lease then lapses and whose last step runs again."""
+        try:
+            return self._commit_together([item])[0]
+        except recovery.OutcomeUnknown as unknown:
+            return self._unknown(item, unknown)
+        except sa.exc.IntegrityError as exc:
+            return self._already_durable(item) or exc
+        except Exception as exc:  # noqa: BLE001 - handed to the awaiting step
+            if again and self._connection_lost(exc):
+                return self._commit_alone(item, again=False)
+            return exc
+
+    def _connection_lost(self, exc: BaseException) -> bool:
+        """The link to a database server broke (SQLite has no link to lose)."""
+        return self.dialect != "sqlite" and recovery.reply_lost(exc)
 
     @staticmethod
     def _unknown(item: _Item, unknown: recovery.OutcomeUnknown) -> BaseException:
