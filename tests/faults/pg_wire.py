@@ -8,7 +8,9 @@ says yes for a request (``transaction``: the SQL of the requests before it in th
 transaction), the whole answer is held back until ReadyForQuery, i.e. until the server
 has finished the statement (and committed it, for an autocommit statement or a
 COMMIT), then dropped, and the connection is cut: the client sees the link break with
-its write done but unacknowledged.
+its write done but unacknowledged.  Only requests that execute a statement are
+offered: one that only prepares it (psycopg sends Parse + Sync on its own before the
+first execution of a statement it prepares) has no write whose answer could be lost.
 
 Clients must not use TLS (``sslmode=disable``): the policy has to read the traffic.
 """
@@ -33,6 +35,7 @@ class _Wire:
     started: bool = False  # the untyped startup message has gone by
     statements: dict[str, str] = field(default_factory=dict)  # prepared name -> SQL
     current: list[str] = field(default_factory=list)  # SQL of the request being sent
+    executes: bool = False  # the request being sent runs a statement (not only prepares one)
     pending: deque[tuple[str, bool]] = field(default_factory=deque)  # (sql, drop its answer) awaiting answers
     transaction: list[str] = field(default_factory=list)
     refusals: int = 0  # single-byte answers owed to SSL/GSS requests ("N": not here)
@@ -86,13 +89,17 @@ class ReplyDropper:
                 statement = body.split(b"\0")[1].decode()
                 if statement:  # a prepared statement, parsed by an earlier request
                     wire.current.append(wire.statements.get(statement, ""))
+            elif kind == "E":
+                wire.executes = True
             elif kind == "S":
-                self._request(wire, "; ".join(dict.fromkeys(wire.current)))
-                wire.current = []
+                self._request(wire, "; ".join(dict.fromkeys(wire.current)), wire.executes)
+                wire.current, wire.executes = [], False
 
-    def _request(self, wire: _Wire, sql: str) -> None:
+    def _request(self, wire: _Wire, sql: str, executes: bool = True) -> None:
+        # a request that only prepares a statement (psycopg sends Parse + Sync on its
+        # own before the first execution of a prepared one) has no effect to lose
         with self._lock:
-            drop = self.choose(sql, list(wire.transaction))
+            drop = executes and self.choose(sql, list(wire.transaction))
         wire.pending.append((sql, drop))
         wire.transaction.append(sql)
 

@@ -112,17 +112,7 @@ async def drive(app: cf.Chainflow, in_thread: bool, budget: float) -> None:
 
 @pytest.mark.postgres
 @pytest.mark.timeout(300)
-@pytest.mark.parametrize("in_thread", [
-    pytest.param(False, id="inline"),
-    # KNOWN DEFECT, not fixed yet (session 12's note): with the committer in its own thread,
-    # about one run in four here (more under load) re-runs one step: the run's execution is
-    # abandoned as "lease lost" after the step ran, and the write carrying the step's row
-    # turns out not to have committed.  Marked so it cannot refuse unrelated work; every
-    # assertion still runs, and a failure of any other kind still fails.
-    pytest.param(True, id="thread", marks=pytest.mark.xfail(
-        raises=AssertionError, strict=False,
-        reason="known defect: a lost reply in thread mode can re-run a step (see the comment above)")),
-])
+@pytest.mark.parametrize("in_thread", [False, True], ids=["inline", "thread"])
 def test_lost_commit_replies_fail_no_step_and_repeat_none(pg_url: str, tmp_path: Path, in_thread: bool) -> None:
     calls = CallLog(tmp_path / "calls.log")
     direct = cf.Chainflow(pg_url)
