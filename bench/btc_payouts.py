@@ -345,7 +345,7 @@ def run(opts: Options, command: str) -> str:
                 # the naive loop has no database: it runs once per repetition, its figure shared
                 if peer == "naive" and backend != opts.backends[0]:
                     continue
-                spec = {"kind": "throughput", "peer": peer, "block_ms": block_ms,
+                spec: dict[str, Any] = {"kind": "throughput", "peer": peer, "block_ms": block_ms,
                         "payouts": n_naive if peer == "naive" else n, "backend": None if peer == "naive" else backend}
                 r = run_on_database("btc_payouts", spec, spec["backend"], opts)
                 if failed(r, [throughput[(backend, peer)]], f"rep {rep} {backend} {peer}"):

@@ -78,7 +78,7 @@ async def demo() -> None:
         app = build(f"sqlite:///{work / 'chainflow.db'}", net.rpc_url, minter.private_key, token_address, ledger)
         stop = asyncio.Event()
         worker = asyncio.create_task(app.worker(concurrency=8).run(stop))
-        event = {"id": "payment-1001", "user_id": "u1", "amount": 250 * 10**18}
+        event: dict[str, Any] = {"id": "payment-1001", "user_id": "u1", "amount": 250 * 10**18}
         print(f"minting 250 tokens for payment-1001 and waiting for {CONFIRMATIONS} confirmations ...", flush=True)
         first = await app.astart("on-payment-received", event, idempotency_key=event["id"])
         again = await app.astart("on-payment-received", event, idempotency_key=event["id"])

@@ -52,7 +52,8 @@ async def demo() -> None:
         app = build(f"sqlite:///{work / 'chainflow.db'}", net.rpc_url, treasury.private_key, ledger)
         stop = asyncio.Event()
         worker = asyncio.create_task(app.worker(concurrency=8).run(stop))
-        batch = {"id": "batch-7", "payouts": [{"to": a.address, "wei": 10**17 * (i + 1)} for i, a in enumerate(others[:3])]}
+        batch: dict[str, Any] = {"id": "batch-7",
+                                 "payouts": [{"to": a.address, "wei": 10**17 * (i + 1)} for i, a in enumerate(others[:3])]}
         run = await app.astart("payout-batch", batch, idempotency_key=batch["id"])
         await asyncio.sleep(0.5)
         print(f"waiting for approval: {(await app.astatus(run.id)).status}")

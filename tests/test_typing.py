@@ -1,5 +1,5 @@
-"""mypy over chainflow/ and adapters/ (pyproject's [tool.mypy]) as part of the suite, so
-`.ci/run` fails on a type error like on any other broken test."""
+"""mypy over chainflow/, adapters/, devnet/, bench/ and examples/ (pyproject's [tool.mypy])
+as part of the suite, so `.ci/run` fails on a type error like on any other broken test."""
 
 from __future__ import annotations
 
