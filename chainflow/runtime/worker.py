@@ -182,7 +182,7 @@ class Worker:
 
             for adapter in self.app.chains.values():
                 tracker = Tracker(self.app.database, self.clock, adapter, self.id, self.app.tracker_config,
-                                  self.events)
+                                  self.events, wake=self._wake.set)
                 self._trackers.append(asyncio.create_task(tracker.run(self._stopping), name=f"tracker-{adapter.name}"))
 
     async def close(self) -> None:
@@ -223,6 +223,7 @@ class Worker:
         stopper = asyncio.ensure_future(stop.wait())
         try:
             while not stop.is_set():
+                self._wake.clear()  # before the claim: a wake-up arriving during it polls again at once
                 try:
                     claimed = await self.poll()
                 except Exception as exc:  # database unreachable for a moment: keep the worker alive
@@ -232,7 +233,6 @@ class Worker:
                     self._claim_failures.recovered()
                 if claimed and len(self.executions) < self.concurrency:
                     continue
-                self._wake.clear()
                 waker = asyncio.ensure_future(self._wake.wait())
                 await asyncio.wait({stopper, waker}, timeout=self.poll_interval, return_when=asyncio.FIRST_COMPLETED)
                 waker.cancel()
