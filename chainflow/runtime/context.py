@@ -19,7 +19,7 @@ import datetime as dt
 import logging
 import uuid as _uuid
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, overload
 
 from ..retry import Retry
 
@@ -85,17 +85,45 @@ class Context:
     def workflow(self) -> str:
         return self._scope.workflow
 
+    # two signatures, so a type checker infers an ``async def`` step's result (the value
+    # it returns, not its coroutine) as well as a plain function's
+    @overload
     def step(
         self,
         name: str,
-        fn: Callable[..., T | Awaitable[T]],
+        fn: Callable[..., Awaitable[T]],
         /,
         *args: Any,
         retry: Retry | None = None,
         timeout: float | dt.timedelta | None = None,
         compensate: Callable[[T], Any] | Callable[[Context, T], Awaitable[Any]] | None = None,
         **kwargs: Any,
-    ) -> Coroutine[Any, Any, T]:
+    ) -> Coroutine[Any, Any, T]: ...
+
+    @overload
+    def step(
+        self,
+        name: str,
+        fn: Callable[..., T],
+        /,
+        *args: Any,
+        retry: Retry | None = None,
+        timeout: float | dt.timedelta | None = None,
+        compensate: Callable[[T], Any] | Callable[[Context, T], Awaitable[Any]] | None = None,
+        **kwargs: Any,
+    ) -> Coroutine[Any, Any, T]: ...
+
+    def step(
+        self,
+        name: str,
+        fn: Callable[..., Any],
+        /,
+        *args: Any,
+        retry: Retry | None = None,
+        timeout: float | dt.timedelta | None = None,
+        compensate: Callable[..., Any] | None = None,
+        **kwargs: Any,
+    ) -> Coroutine[Any, Any, Any]:
         """Run ``fn(*args, **kwargs)`` once (modulo retries), journal its result and
         return the journaled copy; on replay the journaled result comes back without
         calling ``fn``.  ``compensate(output)`` undoes it if the run later fails;
