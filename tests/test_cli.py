@@ -145,9 +145,9 @@ def test_status_choices_are_the_run_states(db: Db) -> None:
         assert res.code == 0, (state, res.err)
         assert (db.failed_run in res.out) == (state is cf.RunState.FAILED), (state, res.out)
         assert (db.waiting_run in res.out) == (state is cf.RunState.WAITING), (state, res.out)
-    res = CliRunner().invoke(cli, ["--database-url", db.url, "runs", "--status", "done"])
-    assert res.exit_code == 2
-    assert f"'done' is not one of {', '.join(repr(s.value) for s in cf.RunState)}" in res.stderr, res.stderr
+    usage = CliRunner().invoke(cli, ["--database-url", db.url, "runs", "--status", "done"])
+    assert usage.exit_code == 2
+    assert f"'done' is not one of {', '.join(repr(s.value) for s in cf.RunState)}" in usage.stderr, usage.stderr
 
 
 # --- show -------------------------------------------------------------------------------
@@ -205,8 +205,8 @@ def test_show_unknown_run_is_a_one_line_error(db: Db) -> None:
 def _entry(key: str, status: str, *, started: float, invalidated: bool = False, kind: str = "step",
            output: Any = None, error: dict[str, Any] | None = None, reason: str | None = None) -> JournalEntry:
     return JournalEntry("", 0 if kind != "compensation" else -1, key, kind,
-                        "invalidated" if invalidated else status, output, error, 2, started, started + 0.5,
-                        invalidated, reason)
+                        cf.EntryState.INVALIDATED if invalidated else cf.EntryState(status), output, error, 2,
+                        started, started + 0.5, invalidated, reason)
 
 
 def _render(st: RunStatus, journal: list[JournalEntry], attempts: list[AttemptRecord]) -> str:
@@ -545,6 +545,7 @@ def test_show_says_a_sleep_was_interrupted_by_cancel_and_numbers_attempts_from_o
     tester = WorkflowTester(app)
 
     async def scenario() -> str:
+        assert isinstance(app.clock, cf.FakeClock)
         run_id = (await app.astart("napper", None)).id
         await tester.run_until_idle(advance=False)
         while "month" not in [e.key for e in app.journal(run_id)]:  # up to the month's sleep, not through it

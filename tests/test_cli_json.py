@@ -14,6 +14,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,7 @@ WEI = 10**30 + 7  # past 2**53: exact only as digits
 
 
 @pytest.fixture(scope="module")
-def paid(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str, Rig]:
+def paid(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str, Rig]]:
     """A database holding one completed payment run, its final submission, and a reorg."""
     tmp = tmp_path_factory.mktemp("clijson")
     url = f"sqlite:///{tmp}/cli.db"

@@ -9,7 +9,7 @@ import asyncio
 import datetime as dt
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import pytest
 import yaml
@@ -20,6 +20,9 @@ from chainflow.testing import WorkflowTester
 from examples import approval, subscription
 from examples.ledger import Ledger
 from examples.webservice import create_web
+
+if TYPE_CHECKING:
+    from web3.types import TxData
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -63,7 +66,7 @@ def test_no_decision_in_time_fails_and_returns_the_hold_once(tmp_path: Path, led
     start = app.clock.time()
     result = asyncio.run(tester.run("approved_transfer", transfer("t2")))
     app.engine.dispose()
-    assert result.status == "failed" and "ApprovalExpired" in result.error["type"]
+    assert result.status == "failed" and result.error is not None and "ApprovalExpired" in result.error["type"]
     assert app.clock.time() - start >= approval.APPROVAL_WINDOW.total_seconds()  # the clock was advanced
     assert result.run.compensations == {"hold": "ok"}
     assert (ledger.balance("acme"), ledger.balance("bob")) == (1_000, 0)
@@ -81,7 +84,7 @@ def test_refusal_returns_the_hold(tmp_path: Path, ledger: Ledger) -> None:
 
     st = asyncio.run(scenario())
     app.engine.dispose()
-    assert st.status == "failed" and "refused by bob" in st.error["message"]
+    assert st.status == "failed" and st.error is not None and "refused by bob" in st.error["message"]
     assert ledger.balance("acme") == 1_000
 
 
@@ -202,7 +205,7 @@ def test_flagship_mint_burns_once_when_the_ledger_fails(tmp_path: Path) -> None:
             stop = asyncio.Event()
             worker = asyncio.create_task(app.worker(concurrency=4).run(stop))
             try:
-                event = {"id": "payment-1", "user_id": "u1", "amount": 7 * 10**18}
+                event: dict[str, Any] = {"id": "payment-1", "user_id": "u1", "amount": 7 * 10**18}
                 run = await app.astart("on-payment-received", event, idempotency_key=event["id"])
                 status = await app.await_run(run.id, timeout=120)
             finally:
@@ -213,8 +216,9 @@ def test_flagship_mint_burns_once_when_the_ledger_fails(tmp_path: Path) -> None:
             token = token_contract(w3, address)
             holder = Web3.to_checksum_address("0x70997970C51812dc3A010C7d01b50e0d17dc79C8")
             assert token.functions.balanceOf(holder).call() == 0, "minted, then burned"
+            # full_transactions=True: transaction dicts, which web3's stub does not tell from hashes
             sent = [tx for n in range(w3.eth.block_number + 1)
-                    for tx in w3.eth.get_block(n, full_transactions=True)["transactions"]
+                    for tx in cast("list[TxData]", w3.eth.get_block(n, full_transactions=True)["transactions"])
                     if tx["from"] == minter.address and tx["to"] == address]
             assert len(sent) == 2, "one mint, one burn: the compensation ran exactly once"
             app.engine.dispose()

@@ -66,7 +66,10 @@ def quick_app(url: str, clock: cf.Clock | None = None) -> cf.Chainflow:
     return app
 
 
-def scrape(port: int) -> dict[str, Any]:
+MetricKey = tuple[str, tuple[tuple[str, str], ...]]  # (sample name, sorted labels)
+
+
+def scrape(port: int) -> dict[MetricKey, float]:
     """{(sample name, sorted labels): value} from GET /metrics, parsed by prometheus_client."""
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
         text = r.read().decode()
@@ -218,7 +221,8 @@ def test_reorg_and_stalled_chain_hooks_from_a_real_tracker(tmp_path: Path) -> No
     from chainflow import metrics
 
     assert metrics.REGISTRY.get_sample_value("chainflow_chain_stalled", {"chain": "fakebtc"}) == 0
-    assert metrics.REGISTRY.get_sample_value("chainflow_reorg_depth_blocks_count", {"chain": "fakebtc"}) >= 1
+    reorgs = metrics.REGISTRY.get_sample_value("chainflow_reorg_depth_blocks_count", {"chain": "fakebtc"})
+    assert reorgs is not None and reorgs >= 1
 
 
 def test_stall_after_is_checked() -> None:
@@ -288,7 +292,7 @@ def test_worker_process_metrics_json_logs_and_graceful_sigterm(worker_proc: Any)
     done = client.start("proc_flaky", "x")
     slow = client.start("proc_slow", None)
     end = time.monotonic() + 60
-    got: dict[str, Any] = {}
+    got: dict[MetricKey, float] = {}
     while time.monotonic() < end:
         try:
             got = scrape(port)

@@ -7,12 +7,13 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from opentelemetry.sdk import trace as sdk_trace  # the test extra installs the SDK (and the otel extra)
+from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import StatusCode
@@ -56,8 +57,13 @@ def traced_app(url: str) -> cf.Chainflow:
     return app
 
 
+def attrs(span: ReadableSpan) -> Mapping[str, Any]:
+    """``span.attributes``: typed Optional, but the SDK's ReadableSpan always returns a mapping."""
+    return cast("Mapping[str, Any]", span.attributes)
+
+
 def by_name(exporter: InMemorySpanExporter, run_id: str) -> dict[str, Any]:
-    return {s.name: s for s in exporter.get_finished_spans() if s.attributes["chainflow.run_id"] == run_id}
+    return {s.name: s for s in exporter.get_finished_spans() if attrs(s)["chainflow.run_id"] == run_id}
 
 
 def test_a_run_with_a_retried_step_gives_a_run_span_and_step_spans(tmp_path: Path,
@@ -124,9 +130,11 @@ def test_a_parked_run_has_a_span_per_execution(tmp_path: Path, exporter: InMemor
 
     run_id = asyncio.run(scenario())
     app.engine.dispose()
-    runs = [s for s in exporter.get_finished_spans() if s.attributes["chainflow.run_id"] == run_id]
-    assert [s.attributes["chainflow.run.status"] for s in runs] == ["waiting", "completed"]
-    assert runs[0].end_time <= runs[1].start_time
+    runs = [s for s in exporter.get_finished_spans() if attrs(s)["chainflow.run_id"] == run_id]
+    assert [attrs(s)["chainflow.run.status"] for s in runs] == ["waiting", "completed"]
+    first_end, second_start = runs[0].end_time, runs[1].start_time
+    assert first_end is not None and second_start is not None  # finished spans have both
+    assert first_end <= second_start
 
 
 _GLOBAL_PROVIDER_SCRIPT = """

@@ -1,4 +1,4 @@
-"""mypy over chainflow/, adapters/, devnet/, bench/ and examples/ (pyproject's [tool.mypy])
+"""mypy over chainflow/, adapters/, devnet/, bench/, examples/ and tests/ (pyproject's [tool.mypy])
 as part of the suite, so `.ci/run` fails on a type error like on any other broken test."""
 
 from __future__ import annotations

@@ -68,7 +68,8 @@ def test_every_network_round_trips_every_payee_type(net: str, kind: str) -> None
 def test_litecoin_regtest_has_its_own_prefixes() -> None:
     ltc = network("litecoin-regtest")
     assert (ltc.hrp, ltc.p2pkh, ltc.p2sh, ltc.wif, ltc.chain) == ("rltc", 111, 58, 239, "regtest")
-    assert address_of(b"\x00\x14" + bytes(20), ltc).startswith("rltc1q")
+    address = address_of(b"\x00\x14" + bytes(20), ltc)
+    assert address is not None and address.startswith("rltc1q")
 
 
 def test_an_address_of_another_network_names_both() -> None:
@@ -119,6 +120,7 @@ def test_dust_limits_are_bitcoin_cores(net: str, script: bytes, limit: int) -> N
 def test_a_payment_below_dust_is_refused_at_the_limit_accepted() -> None:
     btc = offline_chain()
     payee = address_of(b"\x00\x14" + bytes(20), network("regtest"))
+    assert payee is not None
     assert btc.pay(payee, sats=294) == {"to": payee, "sats": 294}
     with pytest.raises(ValueError, match="below the dust limit of 294 sats"):
         btc.pay(payee, sats=293)
@@ -147,6 +149,7 @@ def test_node_amounts_convert_exactly_or_not_at_all() -> None:
 def test_prepare_and_merge_keep_request_order() -> None:
     btc = offline_chain()
     a, b = (address_of(bytes([0, 20]) + bytes([n]) * 20, network("regtest")) for n in (1, 2))
+    assert a is not None and b is not None
     first, second = btc.prepare(btc.pay(a, sats=10_000)), btc.prepare(btc.pay(b, sats=20_000))
     assert first == {"outputs": [[a, 10_000]]}
     merged = btc.merge([first, {**second, "feerate": 3000}, {**first, "feerate": 2000}])

@@ -152,6 +152,7 @@ def test_a_signed_payment_spends_every_input_in_order_and_verifies() -> None:
     keyring = btc.keyring
     inputs = _funded(keyring, 70_000, 50_000, 40_000)
     payee = address_of(b"\x00\x14" + bytes(range(20)), REGTEST)
+    assert payee is not None
     payments = btc._payments(btc.merge([btc.prepare(btc.pay(payee, sats=100_000)),
                                         btc.prepare(btc.pay(btc.sender(), sats=30_000))]))
     signed = sign(keyring, REGTEST, inputs, payments, 2_000)
@@ -170,7 +171,9 @@ def test_a_signed_payment_spends_every_input_in_order_and_verifies() -> None:
     for i, prev in enumerate(ordered):
         signature, pubkey = list(tx.wit.vtxinwit[i].scriptWitness.stack)
         assert signature[-1] == 1  # SIGHASH_ALL
-        assert pubkey == keyring.pubkeys[keyring.index_of(prev.script)]
+        index = keyring.index_of(prev.script)
+        assert index is not None
+        assert pubkey == keyring.pubkeys[index]
         digest = p2wpkh_digest(mutable, i, prev.value, pubkey)
         assert coincurve.PublicKey(pubkey).verify(signature[:-1], digest, hasher=None)
     # deterministic: the same request, inputs and fee rate sign the same bytes

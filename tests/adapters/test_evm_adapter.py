@@ -31,7 +31,7 @@ from .conftest import TOKEN_CAP
 pytestmark = pytest.mark.timeout(120)
 
 
-async def mined(chain: EvmChain, tx_hash: str, timeout: float = 20.0) -> Receipt:
+async def mined(chain: EvmChain, tx_hash: str, timeout: float = 20.0) -> EvmReceipt:
     deadline = asyncio.get_running_loop().time() + timeout
     while True:
         receipt = await chain.receipt(tx_hash)

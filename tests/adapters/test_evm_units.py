@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from eth_abi import encode as abi_encode
 from eth_account import Account
+from eth_typing import ABIEvent
 from eth_utils import event_abi_to_log_topic, event_signature_to_log_topic, function_signature_to_4byte_selector
 from web3 import Web3
 
@@ -247,7 +248,7 @@ def test_log_decoding_matches_web3s_process_log() -> None:
     web3's dict) and indexed values."""
     from adapters.evm.values import plain
 
-    events: list[dict[str, Any]] = [
+    events: list[ABIEvent] = [
         {"type": "event", "name": "Batch", "anonymous": False, "inputs": [
             {"name": "who", "type": "address", "indexed": True},
             {"name": "tag", "type": "bytes32", "indexed": True},
@@ -271,7 +272,7 @@ def test_log_decoding_matches_web3s_process_log() -> None:
     registry.learn(events)
     for event, (topics, data) in zip(events, logs):
         topic0 = "0x" + event_abi_to_log_topic(event).hex()
-        log = {"address": a, "topics": [topic0, *topics], "data": "0x" + data.hex(), "logIndex": 4}
+        log: dict[str, Any] = {"address": a, "topics": [topic0, *topics], "data": "0x" + data.hex(), "logIndex": 4}
         reference = Web3().eth.contract(abi=[event]).events[event["name"]].process_log(
             {"topics": [bytes.fromhex(t[2:]) for t in log["topics"]], "data": data, "address": a, "logIndex": 4,
              "transactionIndex": 0, "transactionHash": b"", "blockHash": b"", "blockNumber": 0})

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -174,7 +174,9 @@ async def test_a_shallow_reorg_before_finality_re_includes_the_payout_and_compen
     assert st.status == "completed", st.error
     final = rig.sub("o-1")
     assert (final.id, final.state, final.tx_hash) == (sub.id, "final", attempt.tx_hash)
-    assert final.block_hash not in reorg.old_hashes and rig.onchain(attempt.tx_hash)["blockhash"] == final.block_hash
+    mined_tx = rig.onchain(attempt.tx_hash)
+    assert mined_tx is not None
+    assert final.block_hash not in reorg.old_hashes and mined_tx["blockhash"] == final.block_hash
     assert rig.attempts() == [attempt], "nothing re-signed"
     (event,) = rig.app.reorgs()
     assert event.depth == 1 and event.affected_txs == [attempt.tx_hash]
@@ -209,7 +211,9 @@ async def test_a_deep_reorg_after_finality_rolls_back_and_the_same_payout_reconf
     final = rig.sub("o-1")
     assert (final.id, final.state, final.tx_hash) == (sub.id, "final", attempt.tx_hash)
     assert final.block_hash not in reorg.old_hashes
-    assert rig.onchain(attempt.tx_hash)["blockhash"] == final.block_hash == st.output["block_hash"]
+    mined_tx = rig.onchain(attempt.tx_hash)
+    assert mined_tx is not None
+    assert mined_tx["blockhash"] == final.block_hash == st.output["block_hash"]
     assert rig.attempts() == [attempt], "one signed version: the same txid re-confirmed"
     (event,) = rig.app.reorgs()
     assert event.depth == depth and event.affected_txs == [attempt.tx_hash]
@@ -247,10 +251,12 @@ async def test_a_double_spend_mined_on_a_fork_fails_the_payout_and_frees_its_coi
             st = await rig.until_done(h.id, what="the failure")
             sub = rig.sub("o-1")
             assert st.status == "failed"
+            assert st.error is not None
             assert coin in st.error["message"] and "chainflow did not sign" in st.error["message"]
             assert sub.state == "failed" and coin in sub.error and conflict.tx_hash in sub.error
             assert rig.effects() == ["reserve", "unreserve"], "never paid: nothing to refund"
-            while (confirmations := rig.onchain(conflict.tx_hash)["confirmations"]) < 3:
+            # mined with the reorg (asserted above): in the active chain, so not None
+            while (confirmations := cast("dict[str, Any]", rig.onchain(conflict.tx_hash))["confirmations"]) < 3:
                 held = rig.reservations(sub.id)
                 assert [(r.outpoint, r.spent_at_block) for r in held] == [(coin, None)], \
                     f"released at {confirmations} confirmation(s) of the conflicting spend"
@@ -321,7 +327,7 @@ async def test_bad_amounts_and_addresses_are_refused_before_anything_is_recorded
     node.fund(rig.btc.sender(), 500_000)
     payee, mainnet = rig.payees[0], BIP84_ADDRESSES[0]
     limit = dust_limit(script_for(payee, rig.btc.network, CHAIN), rig.btc.network)
-    cases = {
+    cases: dict[str, tuple[dict[str, Any], str]] = {
         "dust": ({"to": payee, "sats": 200},
                  f"payment of 200 sats to {payee} is below the dust limit of {limit} sats"),
         "network": ({"to": mainnet, "sats": 150_000},
@@ -335,6 +341,7 @@ async def test_bad_amounts_and_addresses_are_refused_before_anything_is_recorded
         for name, h in handles.items():
             st = await rig.until_done(h.id, mine=False, what=name)
             assert st.status == "failed", name
+            assert st.error is not None, name
             assert cases[name][1] in st.error["message"], (name, st.error)
             assert rig.effects(name) == ["reserve", "unreserve"]
     assert limit > 200
@@ -343,7 +350,7 @@ async def test_bad_amounts_and_addresses_are_refused_before_anything_is_recorded
     with pytest.raises(ValueError, match=re.escape(cases["network"][1])):
         rig.btc.pay(mainnet, sats=150_000)  # where the user writes it, too
     with pytest.raises(ValueError, match="never floats"):
-        rig.btc.pay(payee, sats=1.5)
+        rig.btc.pay(payee, sats=cast(Any, 1.5))  # a float on purpose
 
 
 async def test_a_payout_of_the_whole_balance_spends_every_coin_without_a_change_output(
@@ -385,6 +392,7 @@ async def test_insufficient_funds_fail_the_payout_with_nothing_reserved(rig: Nod
         big = await rig.app.astart("payout", {"id": "big", "to": rig.payees[0], "sats": 1_000_000})
         st = await rig.until_done(big.id, mine=False, what="the failure")
         assert st.status == "failed"
+        assert st.error is not None
         assert st.error["type"] == "chainflow.errors.StepError"
         assert "chainflow.errors.SubmissionFailedError: " in st.error["message"]
         assert re.search(r"insufficient funds: need \d+ sats \(payments 1000000 \+ fee budget \d+ at max_feerate "

@@ -22,7 +22,7 @@ def register_trip(app: cf.Chainflow, calls: Any, *, park: str, slow_undo: float 
         calls.hit(f"book {what}")
         return f"{what}-booking"
 
-    def undo(booking: str) -> None:
+    def undo(booking: str | None) -> None:
         calls.hit(f"undo {booking}")
         if slow_undo:
             time.sleep(slow_undo)
@@ -49,6 +49,7 @@ def assert_cancelled_with_reverse_compensations(app: cf.Chainflow, run_id: str, 
     st = app.status(run_id)
     assert st.status == "cancelled"
     assert error_type(st.error) == "chainflow.errors.RunCancelled"
+    assert st.error is not None
     assert "compensation_failures" not in st.error
     assert st.compensations == {"hotel": "ok", "flight": "ok"}
     lines = calls.lines()

@@ -5,7 +5,7 @@ a shutdown or another worker, and its own completion journaled once."""
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -103,6 +103,7 @@ async def test_failing_step_inside_a_compensation_fails_it_once_and_others_run(m
 
     result = await WorkflowTester(app).run("w")
     assert result.status == "failed"
+    assert result.error is not None
     assert result.error["compensation_failures"] == ["compensate:b"]
     assert result.run.compensations == {"b": "error", "a": "ok"}
     assert calls.lines() == ["broken", "broken", "undo a"]  # the step's own policy, not the body re-run
@@ -121,7 +122,7 @@ async def test_bad_compensations_are_refused_before_the_step_runs(make_app: Any,
 
     @app.workflow("sync-two")
     async def w1(ctx: cf.Context, _: Any) -> None:
-        await ctx.step("a", calls.hit, "a", compensate=sync_two)
+        await ctx.step("a", calls.hit, "a", compensate=cast(Any, sync_two))  # refused: not an async def
 
     @app.workflow("nested")
     async def w2(ctx: cf.Context, _: Any) -> None:
@@ -130,17 +131,19 @@ async def test_bad_compensations_are_refused_before_the_step_runs(make_app: Any,
 
     @app.workflow("not-callable")
     async def w3(ctx: cf.Context, _: Any) -> None:
-        await ctx.step("a", calls.hit, "a", compensate="undo")  # type: ignore[arg-type]
+        await ctx.step("a", calls.hit, "a", compensate="undo")  # type: ignore[call-overload]
 
     tester = WorkflowTester(app)
     r1 = await tester.run("sync-two")
-    assert r1.status == "failed" and r1.error["type"] == "builtins.TypeError"
+    assert r1.status == "failed" and r1.error is not None and r1.error["type"] == "builtins.TypeError"
     assert "compensate of step 'a' takes (ctx, output) but is not an async def" in r1.error["message"]
     r3 = await tester.run("not-callable")
+    assert r3.error is not None
     assert "compensate of step 'a' must be callable, got 'undo'" in r3.error["message"]
     assert calls.lines() == []  # refused before the step ran
     r2 = await tester.run("nested")
     assert r2.status == "failed" and r2.run.compensations == {"a": "error"}
+    assert r2.steps["compensate:a"].error is not None
     assert "cannot take compensate=" in r2.steps["compensate:a"].error["message"]
     assert calls.lines() == []
 

@@ -170,6 +170,7 @@ def test_workers_killed_at_random_lose_nothing_and_repeat_nothing(db_url: str, t
     for rid, st in by_id.items():
         if rid in expect_fail:
             assert st.status == "failed", (rid, st.status, st.error)
+            assert st.error is not None
             assert st.error["type"] == "chainflow.errors.StepError", st.error
             assert "'charge'" in st.error["message"] and "card declined" in st.error["message"]
             assert "compensation_failures" not in st.error

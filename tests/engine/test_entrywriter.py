@@ -48,8 +48,8 @@ def test_every_mix_of_one_and_several_records(make_app: Any, sizes: tuple[int, i
     assert created == {r["id"] for r in fresh}
     assert set(finished) == {f.run_id for f in ends}
     for f in ends:
-        assert (finished[f.run_id].status, finished[f.run_id].output, finished[f.run_id].updated_at) == \
-            (RunState.COMPLETED, f.output, 7.125)
+        row: Any = finished[f.run_id]  # a RunRow: a namedtuple built from RUN_COLUMNS, its fields unknown to mypy
+        assert (row.status, row.output, row.updated_at) == (RunState.COMPLETED, f.output, 7.125)
     with app.engine.begin() as conn:
         written = conn.execute(sa.select(journal.c.run_id, journal.c.key, journal.c.output, journal.c.started_at,
                                          journal.c.finished_at)).all()

@@ -90,7 +90,7 @@ async def test_worker_that_lost_its_lease_cannot_write(make_app: Any, calls: Any
         # any other write with A's fence is refused too
         with pytest.raises(cf.LeaseLostError):
             await worker_a.committer.write(
-                run_id, fence_a, [store.RunFinish(run_id, "completed", '"A"', None, 0.0)]
+                run_id, fence_a, [store.RunFinish(run_id, cf.RunState.COMPLETED, '"A"', None, 0.0)]
             )
 
         gates[1].set()

@@ -34,8 +34,8 @@ def register_order(app: cf.Chainflow, calls: Any, *, block_ship: bool) -> None:
     @app.workflow("order")
     async def order(ctx: cf.Context, n: int) -> list[Any]:
         hold = await ctx.step("reserve", reserve, n)
-        receipt = await ctx.step("charge", charge, n)
-        parcel = await ctx.step("ship", ship, n)
+        receipt: str = await ctx.step("charge", charge, n)
+        parcel: str = await ctx.step("ship", ship, n)
         return [hold, receipt, parcel]
 
 

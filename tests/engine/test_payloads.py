@@ -101,6 +101,7 @@ async def test_unserialisable_step_output_fails_that_step_only(make_app: Any, ca
     assert calls.lines() == ["before", "weird", "undo before"]  # not retried, nothing after it
     step = result.steps["weird"]
     assert step.status == "error" and step.attempts == 1 and step.output is None
+    assert step.error is not None and result.error is not None
     assert step.error["type"].endswith("PayloadError")
     for text in (step.error["message"], result.error["message"]):
         assert "'weird'" in text  # the step
@@ -122,6 +123,7 @@ async def test_unserialisable_workflow_result_fails_the_run(make_app: Any, calls
     result = await WorkflowTester(app).run("bad-result")
     assert result.status == "failed"
     assert error_type(result.error) == "chainflow.errors.PayloadError"
+    assert result.error is not None
     assert "bad-result" in result.error["message"] and "Opaque" in result.error["message"]
     assert calls.lines() == ["work", "undo work"]
 

@@ -53,7 +53,7 @@ def test_two_workers_never_execute_the_same_run_at_once(pg_url: str, tmp_path: P
                                               stderr=subprocess.STDOUT))
         while True:
             counts = dict(Counter(r.status for r in app.runs(limit=RUNS + 10)))
-            if counts.get("completed", 0) == RUNS:
+            if counts.get(cf.RunState.COMPLETED, 0) == RUNS:
                 break
             for p in procs:
                 assert p.poll() is None, f"worker died: {(tmp_path / 'A.log').read_text()[-2000:]}"

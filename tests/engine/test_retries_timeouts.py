@@ -99,6 +99,7 @@ async def test_non_retryable_exception_is_not_retried(make_app: Any, calls: Any)
     assert calls.count("refuse") == 1
     assert app.attempts(result.run.id) == []
     assert error_type(result.error) == "chainflow.errors.StepError"
+    assert result.error is not None
     assert "refuse" in result.error["message"] and "card declined" in result.error["message"]
     assert result.steps["refuse"].status == "error" and result.steps["refuse"].attempts == 1
 
@@ -114,7 +115,8 @@ async def test_async_step_timeout_interrupts_the_step(make_app: Any, calls: Any)
     @app.workflow("timing-out")
     async def timing_out(ctx: cf.Context, _: Any) -> Any:
         try:
-            await ctx.step("stuck", stuck, timeout=0.1, retry=cf.Retry(max_attempts=2, initial=1, jitter=0))
+            await ctx.step("stuck", stuck, timeout=0.1,
+                           retry=cf.Retry(max_attempts=2, initial=1, jitter=0))
         except cf.StepError as exc:
             return exc.error_type
         raise AssertionError("unreachable")

@@ -50,6 +50,7 @@ async def test_failure_compensates_completed_steps_in_reverse_once(make_app: Any
     result = await WorkflowTester(app).run("holiday")
     assert result.status == "failed"
     assert error_type(result.error) == "chainflow.errors.StepError"
+    assert result.error is not None
     assert "charge" in result.error["message"] and "card declined" in result.error["message"]
     assert "compensation_failures" not in result.error
     assert calls.lines() == [
@@ -68,6 +69,7 @@ async def test_compensation_is_retried_with_backoff(make_app: Any, calls: Any) -
     register_saga(app, calls, flaky_undo=2)  # hotel undo fails twice, then works
     result = await WorkflowTester(app).run("holiday")
     assert result.status == "failed"
+    assert result.error is not None
     assert "compensation_failures" not in result.error
     assert calls.count("undo hotel-1") == 3
     assert calls.count("undo car-1") == 1 and calls.count("undo flight-1") == 1
@@ -103,6 +105,7 @@ async def test_failing_compensation_is_reported_and_others_still_run(make_app: A
     register_saga(app, calls, broken_undo=True)
     result = await WorkflowTester(app).run("holiday")
     assert result.status == "failed"
+    assert result.error is not None
     assert result.error["compensation_failures"] == ["compensate:hotel"]
     assert result.run.compensations == {"car": "ok", "hotel": "error", "flight": "ok"}
     assert calls.count("undo hotel-1") == 3  # retried up to the step's policy

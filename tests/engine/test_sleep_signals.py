@@ -153,6 +153,7 @@ async def test_uncaught_wait_timeout_fails_the_run(make_app: Any, calls: Any) ->
     result = await WorkflowTester(app).run("strict")
     assert result.status == "failed"
     assert error_type(result.error) == "chainflow.errors.WaitTimeout"
+    assert result.error is not None
     assert "'go'" in result.error["message"]
 
 

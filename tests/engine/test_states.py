@@ -95,7 +95,7 @@ def test_submission_states_are_stored_as_their_text(make_app: Any) -> None:
     chain: the rows alone)."""
     app = make_app()
     app.ensure_schema()
-    written = []
+    written: list[Any] = []  # whatever the driver hands back: checked below
     with app.engine.begin() as conn:
         def state() -> str:
             text = conn.execute(sa.select(submissions.c.state).where(submissions.c.id == sub_id)).scalar_one()

@@ -91,7 +91,7 @@ async def test_changed_code_without_a_patch_fails_pointing_at_patched(make_app: 
     async with running_worker(new):
         new.signal(run_id, "approve")
         st = await wait_status(new, run_id)
-    assert st.status == "failed" and st.error["type"].endswith("NonDeterminismError")
+    assert st.status == "failed" and st.error is not None and st.error["type"].endswith("NonDeterminismError")
     assert "ctx.patched(" in st.error["message"] and "'step fee'" in st.error["message"]
 
 

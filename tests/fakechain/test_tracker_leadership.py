@@ -48,7 +48,9 @@ async def test_a_deposed_tracker_writes_nothing_and_a_steady_one_renews_in_its_h
                 counting = True
                 assert (await first.iteration()) is not None
                 counting = False
-                expiries.append(rig.app.database.read(chainstore.leader, f"tracker:{CHAIN}").expires)
+                leader = rig.app.database.read(chainstore.leader, f"tracker:{CHAIN}")
+                assert leader is not None
+                expiries.append(leader.expires)
         finally:
             sa.event.remove(engine, "begin", began)
             sa.event.remove(engine, "before_cursor_execute", statement)
@@ -67,12 +69,17 @@ async def test_a_deposed_tracker_writes_nothing_and_a_steady_one_renews_in_its_h
         # the first one resumes: its own proof still looks fresh, but its write is refused
         rig.chain.mine()
         assert await first.iteration() is None
-        assert rig.app.database.read(chainstore.header_tip, CHAIN).number == rig.chain.height - 1, \
-            "the deposed tracker stored nothing"
-        assert rig.app.database.read(chainstore.leader, f"tracker:{CHAIN}").owner == "other-tracker"
+        tip = rig.app.database.read(chainstore.header_tip, CHAIN)
+        assert tip is not None
+        assert tip.number == rig.chain.height - 1, "the deposed tracker stored nothing"
+        leader = rig.app.database.read(chainstore.leader, f"tracker:{CHAIN}")
+        assert leader is not None
+        assert leader.owner == "other-tracker"
         assert await first.iteration() is None  # and from then on asks first
         assert (await other.iteration()) is not None
-        assert rig.app.database.read(chainstore.header_tip, CHAIN).number == rig.chain.height
+        tip = rig.app.database.read(chainstore.header_tip, CHAIN)
+        assert tip is not None
+        assert tip.number == rig.chain.height
     finally:
         rig.close()
 

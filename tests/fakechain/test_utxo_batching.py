@@ -119,7 +119,7 @@ async def test_a_payout_no_coins_can_fund_fails_alone(brig: Rig) -> None:
         big = await brig.app.astart("pay_flow", {"id": "big", "sats": 10_000_000})
         await brig.drive(lambda: all(brig.app.status(h.id).done for h in [*ok, big]), what="all settled")
     st = brig.app.status(big.id)
-    assert st.status == "failed" and "insufficient funds" in st.error["message"]
+    assert st.status == "failed" and st.error is not None and "insufficient funds" in st.error["message"]
     assert brig.sub("big").batch_id is None and brig.sub("big").state == "failed"
     assert [brig.app.status(h.id).status for h in ok] == ["completed", "completed"]
     assert sorted(v for _, v in brig.chain.payments(PAYEE)) == [10_000, 10_000]

@@ -195,7 +195,7 @@ async def test_concurrent_intents_never_share_a_coin(rig: Rig) -> None:
     ra, rb = rig.reserved(rig.sub("a").id), rig.reserved(rig.sub("b").id)
     assert ra and rb and not set(ra) & set(rb)
     st = rig.app.status(c.id)
-    assert st.status == "failed" and "insufficient funds" in st.error["message"]
+    assert st.status == "failed" and st.error is not None and "insufficient funds" in st.error["message"]
     assert rig.sub("c").state == "intent" and rig.reserved(rig.sub("c").id) == []
 
 
@@ -282,6 +282,7 @@ async def test_a_foreign_spend_of_a_reserved_coin_fails_the_intent(rig: Rig) -> 
         await rig.until_done(h.id, what="the failure")
     st = rig.app.status(h.id)
     assert st.status == "failed"
+    assert st.error is not None
     assert "chainflow did not sign" in st.error["message"] and outpoint in st.error["message"]
     sub = rig.sub("order-1")
     assert sub.state == "failed" and thief in sub.error and outpoint in sub.error
@@ -405,6 +406,7 @@ async def test_a_submits_journal_row_spans_its_wait_for_finality(rig: Rig) -> No
     (row,) = [e for e in rig.app.journal(h.id) if e.key == "pay"]
     with rig.app.engine.begin() as conn:
         claims = conn.execute(sa.select(runs.c.attempt_count).where(runs.c.id == h.id)).scalar()
+    assert claims is not None
     assert claims >= 2, "the run must have parked on its confirmations for this test to mean anything"
     assert row.started_at == sub.created_at
     assert row.finished_at is not None and row.finished_at >= sub.updated_at - 1e-6 > row.started_at

@@ -63,4 +63,5 @@ async def undone(ctx: cf.Context, steps: int) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(app.run_worker(concurrency=int(os.environ["CF_RUNS"]), poll_interval=0.05, inline_wait=1.0))
+    app.run_worker(concurrency=int(os.environ["CF_RUNS"]), poll_interval=0.05, inline_wait=1.0)
+    sys.exit()

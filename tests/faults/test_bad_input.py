@@ -18,9 +18,10 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
+import sqlalchemy as sa
 from click.testing import CliRunner
 
 import chainflow as cf
@@ -74,7 +75,7 @@ CTX_CALLS: dict[str, tuple[Callable[[cf.Context], Any], type[Exception], tuple[s
     "sleep 11 years": (lambda ctx: ctx.sleep("nap", dt.timedelta(days=11 * 365)), ValueError, ("MAX_DURATION",)),
     "sleep negative": (lambda ctx: ctx.sleep("nap", -1), ValueError, ("duration of sleep 'nap'", "-1")),
     "sleep bool": (lambda ctx: ctx.sleep("nap", True), TypeError, ("duration of sleep 'nap'", "True")),
-    "sleep str": (lambda ctx: ctx.sleep("nap", "5"), TypeError, ("duration of sleep 'nap'", "'5'")),
+    "sleep str": (lambda ctx: ctx.sleep("nap", cast(Any, "5")), TypeError, ("duration of sleep 'nap'", "'5'")),
     "step timeout 0": (lambda ctx: ctx.step("charge", _record, timeout=0), ValueError,
                        ("timeout of step 'charge'", "positive")),
     "step timeout -1": (lambda ctx: ctx.step("charge", _record, timeout=-1), ValueError,
@@ -205,7 +206,7 @@ def test_exponential_backoff_saturates_instead_of_overflowing() -> None:
         (lambda app: cf.TrackerConfig(poll_interval=NAN), ValueError, ("TrackerConfig.poll_interval", "nan")),
         (lambda app: cf.TrackerConfig(window=0), ValueError, ("TrackerConfig.window", "0")),
         (lambda app: cf.TrackerConfig(bump_blocks=-1), ValueError, ("TrackerConfig.bump_blocks", "-1")),
-        (lambda app: cf.TrackerConfig(max_bumps=2.5), TypeError, ("TrackerConfig.max_bumps", "2.5")),
+        (lambda app: cf.TrackerConfig(max_bumps=cast(Any, 2.5)), TypeError, ("TrackerConfig.max_bumps", "2.5")),
         (lambda app: cf.TrackerConfig(bump_factor=NAN), ValueError, ("TrackerConfig.bump_factor", "nan")),
     ],
 )
@@ -251,7 +252,7 @@ NAME_CALLS: dict[str, tuple[Callable[[cf.Context], Any], type[Exception], tuple[
     "step #": (lambda ctx: ctx.step("pay#2", _record), ValueError, ("step name 'pay#2'", "'#'")),
     "step /": (lambda ctx: ctx.step("pay/x", _record), ValueError, ("step name 'pay/x'", "'/'")),
     "step empty": (lambda ctx: ctx.step("", _record), ValueError, ("step name", "empty")),
-    "step not str": (lambda ctx: ctx.step(7, _record), TypeError, ("step name", "7")),
+    "step not str": (lambda ctx: ctx.step(cast(Any, 7), _record), TypeError, ("step name", "7")),
     "step reserved prefix": (lambda ctx: ctx.step("compensate:pay", _record), ValueError,
                              ("step name 'compensate:pay'", "compensate:")),
     "sleep #": (lambda ctx: ctx.sleep("nap#1", 1), ValueError, ("sleep name 'nap#1'",)),
@@ -260,10 +261,10 @@ NAME_CALLS: dict[str, tuple[Callable[[cf.Context], Any], type[Exception], tuple[
                  ("submit name 'mint#1'",)),
     "submit empty key": (lambda ctx: ctx.submit("mint", chain="fake", tx={}, idempotency_key=""), ValueError,
                          ("idempotency_key of submit 'mint'", "empty")),
-    "submit key not str": (lambda ctx: ctx.submit("mint", chain="fake", tx={}, idempotency_key=5), TypeError,
-                           ("idempotency_key of submit 'mint'", "5")),
+    "submit key not str": (lambda ctx: ctx.submit("mint", chain="fake", tx={}, idempotency_key=cast(Any, 5)),
+                           TypeError, ("idempotency_key of submit 'mint'", "5")),
     "submit finality not a policy": (lambda ctx: ctx.submit("mint", chain="fake", tx={}, idempotency_key="k",
-                                                            finality="finalized"), TypeError,
+                                                            finality=cast(Any, "finalized")), TypeError,
                                      ("finality of submit 'mint'", "'finalized'", "cf.Confirmations(n)")),
     "branch /": (lambda ctx: ctx.branch("left/right", ctx.step("x", _record)), ValueError,
                  ("branch name 'left/right'",)),
@@ -315,9 +316,9 @@ async def test_names_in_use_still_work(sqlite_app: cf.Chainflow, calls: CallLog)
 def test_limits_come_from_the_schema() -> None:
     from chainflow.storage import schema
 
-    assert limits.KEY_LENGTH == schema.journal.c.key.type.length == 500
-    assert limits.SIGNAL_LENGTH == schema.signals.c.name.type.length == 200
-    assert limits.IDEMPOTENCY_KEY_LENGTH == schema.runs.c.idempotency_key.type.length == 300
+    assert limits.KEY_LENGTH == cast(sa.String, schema.journal.c.key.type).length == 500
+    assert limits.SIGNAL_LENGTH == cast(sa.String, schema.signals.c.name.type).length == 200
+    assert limits.IDEMPOTENCY_KEY_LENGTH == cast(sa.String, schema.runs.c.idempotency_key.type).length == 300
     assert limits.NAME_LENGTH < limits.KEY_LENGTH - len(limits.COMPENSATION_PREFIX)
 
 

@@ -132,7 +132,8 @@ def test_lost_commit_replies_fail_no_step_and_repeat_none(pg_url: str, tmp_path:
 
     try:
         with direct.engine.begin() as conn:
-            statuses = dict(conn.execute(sa.select(runs.c.status, sa.func.count()).group_by(runs.c.status)).all())
+            statuses: dict[str, int] = dict(
+                conn.execute(sa.select(runs.c.status, sa.func.count()).group_by(runs.c.status)).all())
             compensations = conn.execute(
                 sa.select(sa.func.count()).where(journal.c.kind == "compensation")).scalar_one()
             doubled = conn.execute(
@@ -142,7 +143,7 @@ def test_lost_commit_replies_fail_no_step_and_repeat_none(pg_url: str, tmp_path:
             outputs = {(r.input, r.key): (r.status, r.output) for r in conn.execute(
                 sa.select(runs.c.input, journal.c.key, journal.c.status, journal.c.output)
                 .join(journal, journal.c.run_id == runs.c.id).where(journal.c.kind == "step"))}
-            retried = dict(conn.execute(
+            retried: dict[str, int] = dict(conn.execute(
                 sa.select(runs.c.input, sa.func.count()).join(attempts, attempts.c.run_id == runs.c.id)
                 .group_by(runs.c.input)).all())
             errors = conn.execute(sa.select(runs.c.error).where(runs.c.status == "failed").limit(3)).scalars().all()

@@ -17,10 +17,11 @@ from typing import Any
 
 import sqlalchemy as sa
 from eth_account import Account
+from eth_typing import HexStr
 from web3 import Web3
 
 import chainflow as cf
-from adapters.evm import EvmChain, LocalSigner
+from adapters.evm import EvmChain, EvmReceipt, LocalSigner
 from chainflow.chain.tracker import HeadStats, Tracker
 from chainflow.states import TERMINAL
 from chainflow.storage.schema import submissions, tx_attempts
@@ -83,7 +84,7 @@ class Rig:
     def chain_tx(self, tx_hash: str) -> Any:
         """The transaction as the node has it now (None when it is in no block and no pool)."""
         try:
-            return self.w3.eth.get_transaction(tx_hash)
+            return self.w3.eth.get_transaction(HexStr(tx_hash))
         except Exception:  # noqa: BLE001 - TransactionNotFound
             return None
 
@@ -221,4 +222,5 @@ def register_mint_flow(rig: Rig, finality: Any, name: str = "mint_flow") -> None
                              compensate=burn)
         tx = await ctx.step("credit", credit, r.tx_hash, compensate=debit)
         await ctx.step("notify", notify, tx, compensate=unnotify)
+        assert isinstance(r, EvmReceipt)
         return {"tx": r.tx_hash, "block": r.block_number, "block_hash": r.block_hash, "nonce": r.nonce}

@@ -9,6 +9,8 @@ confirmations), and the head that lifts the tag to the mint's block makes it fin
 
 from __future__ import annotations
 
+from typing import Literal
+
 import pytest
 
 import chainflow as cf
@@ -20,7 +22,7 @@ POLICIES = {"finalized": cf.Finalized(), "safe": cf.Safe()}
 
 @pytest.mark.parametrize("tag", ["finalized", "safe"])
 async def test_tag_policy_completes_exactly_when_the_tag_covers_the_block(rig: Rig, node_kind: str,
-                                                                          tag: str) -> None:
+                                                                          tag: Literal["finalized", "safe"]) -> None:
     if node_kind == "inprocess":
         rig.net.set_finality_depth(6)
     await rig.mine(70)  # lift anvil's tags above genesis

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 import chainflow as cf
+from adapters.evm import EvmReceipt
 
 from ..conftest import CallLog
 from ._rig import CHAIN, Rig, build_rig
@@ -37,6 +38,7 @@ def register(rig: Rig) -> None:
     async def mint_once(ctx: cf.Context, i: int) -> int:
         r = await ctx.submit("mint", chain=CHAIN, tx=rig.mint(100 + i), idempotency_key=f"seed-{i}",
                              finality=cf.Confirmations(1))
+        assert isinstance(r, EvmReceipt)
         return int(r.nonce)
 
 

@@ -13,6 +13,7 @@ point with a competing branch, and ``anvil_rollback`` (the chain gets shorter).
 from __future__ import annotations
 
 import pytest
+from web3.types import RPCEndpoint
 
 import chainflow as cf
 from devnet import mark_fork_point, reorg, reorg_to, rollback
@@ -73,7 +74,7 @@ async def test_shallow_reorg_rebroadcasts_same_bytes_without_compensation(rig: R
     assert again is not None and again.blockNumber is not None
     assert int(again.nonce) == int(sub.nonce)
     assert again.blockHash.hex().removeprefix("0x") != old_block_hash.removeprefix("0x")
-    raw = rig.w3.provider.make_request("eth_getRawTransactionByHash", [attempt.tx_hash])["result"]
+    raw = rig.w3.provider.make_request(RPCEndpoint("eth_getRawTransactionByHash"), [attempt.tx_hash])["result"]
     assert bytes.fromhex(raw.removeprefix("0x")) == bytes(attempt.raw)
     final = rig.sub("order-1")
     assert (final.state, final.tx_hash, final.nonce) == ("final", attempt.tx_hash, sub.nonce)

@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from eth_account import Account
+from eth_typing import HexStr
 
 import chainflow as cf
 from chainflow.storage.schema import submissions, tx_attempts
@@ -68,16 +69,18 @@ def tracked_transfer(rig: Rig, key: str) -> str:
     tx_hash = "0x" + bytes(signed.hash).hex()
     now = time.time()
     with rig.app.engine.begin() as conn:
-        sub_id = conn.execute(submissions.insert().values(
+        inserted = conn.execute(submissions.insert().values(
             chain=CHAIN, sender=rig.minter.address, idempotency_key=key, request="{}",
             finality=json.dumps({"kind": "confirmations", "n": 1}), nonce=nonce, state="broadcast",
             created_at=now, updated_at=now, last_broadcast_block=rig.head(),
-        )).inserted_primary_key[0]
+        )).inserted_primary_key
+        assert inserted is not None
+        sub_id = inserted[0]
         conn.execute(tx_attempts.insert().values(submission_id=sub_id, chain=CHAIN, tx_hash=tx_hash,
                                                  raw=bytes(signed.raw_transaction), fees="{}", created_at=now))
     rig.w3.eth.send_raw_transaction(signed.raw_transaction)
     # automine seals the block asynchronously on anvil: the head must carry it before the step
-    rig.w3.eth.wait_for_transaction_receipt(tx_hash, timeout=10, poll_latency=0.01)
+    rig.w3.eth.wait_for_transaction_receipt(HexStr(tx_hash), timeout=10, poll_latency=0.01)
     return tx_hash
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import chainflow as cf
-from adapters.evm import EvmChain, LocalSigner
+from adapters.evm import EvmChain, EvmReceipt, LocalSigner
 from chainflow.testing import CallLog
 
 CHAIN = "local"
@@ -54,6 +54,7 @@ def build(url: str, rpc_url: str, token_address: str, key: str, ledger: str) -> 
                              compensate=lambda receipt: effect("burn")(receipt.tx_hash))
         tx = await ctx.step("credit", effect("credit"), r.tx_hash, compensate=effect("debit"))
         await ctx.step("notify", effect("notify"), tx, compensate=effect("unnotify"))
+        assert isinstance(r, EvmReceipt)
         return {"tx": r.tx_hash, "block": r.block_number, "block_hash": r.block_hash, "nonce": r.nonce}
 
     return app
@@ -66,4 +67,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()
+    sys.exit()

@@ -23,7 +23,7 @@ import sys
 from typing import Any
 
 import chainflow as cf
-from adapters.evm import EvmChain, LocalSigner
+from adapters.evm import EvmChain, EvmReceipt, LocalSigner
 
 CHAIN = "local"
 
@@ -42,6 +42,7 @@ def build(url: str, rpc_url: str, token_address: str, key: str, lease: float = 2
     async def mint(ctx: cf.Context, ev: dict[str, Any]) -> dict[str, Any]:
         r = await ctx.submit("mint", chain=CHAIN, tx=token.functions.mint(signer.address, ev["amount"]),
                              idempotency_key=ev["id"], finality=cf.Confirmations(1))
+        assert isinstance(r, EvmReceipt)
         return {"tx": r.tx_hash, "nonce": r.nonce, "block": r.block_number}
 
     @app.workflow("mint-then-fail")
@@ -77,6 +78,7 @@ def _install_crash(spec: str) -> None:
 
     from adapters.evm import chain as evm_chain
     from chainflow.chain import chainstore, submission
+    from chainflow.chain.adapter import SignedTx
     from chainflow.storage import limits
 
     if phase.startswith("burn-"):  # only a compensation's submission, whose key is derived
@@ -93,9 +95,10 @@ def _install_crash(spec: str) -> None:
     if phase == "allocated":  # nonce committed and bound to the key, nothing signed yet
         sign = evm_chain.EvmChain.sign
 
-        async def die_before_signing(self: Any, *args: Any) -> Any:
+        async def die_before_signing(self: EvmChain, request: dict[str, Any], nonce: int,
+                                     fees: dict[str, int] | None) -> SignedTx:
             maybe_die()
-            return await sign(self, *args)
+            return await sign(self, request, nonce, fees)
 
         evm_chain.EvmChain.sign = die_before_signing  # type: ignore[method-assign]
     elif phase in ("signed", "broadcast"):

@@ -82,6 +82,7 @@ def test_burn_is_submitted_once_through_worker_kills(net: Any, db_url: str) -> N
     for run_id in ids:
         st = client.status(run_id)
         assert st.status == "failed"
+        assert st.error is not None
         assert "ledger account closed" in st.error["message"] and "compensation_failures" not in st.error
         assert st.compensations == {"mint": "ok"}
 
@@ -135,9 +136,10 @@ def test_compensation_keys_cannot_collide_with_forward_keys(net: Any, tmp_path: 
     from .test_submission import _run_inline
 
     st = asyncio.run(_run_inline(client, "prefixed", None))
-    assert st.status == "failed" and "starts with 'compensate:'" in st.error["message"]
+    assert st.status == "failed" and st.error is not None and "starts with 'compensate:'" in st.error["message"]
     st = asyncio.run(_run_inline(client, "keyless", None))
-    assert st.status == "failed" and "submit 'mint' needs an idempotency_key" in st.error["message"]
+    assert st.status == "failed" and st.error is not None
+    assert "submit 'mint' needs an idempotency_key" in st.error["message"]
     with client.engine.connect() as conn:
         assert conn.execute(sa.select(sa.func.count()).select_from(schema.submissions)).scalar() == 0
     assert chain.sender_txs() == [tx for tx in chain.sender_txs() if tx["to"] is None]  # only the deploy

@@ -17,11 +17,12 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import sqlalchemy as sa
 from web3 import Web3
+from web3.types import TxData
 
 import chainflow as cf
 from adapters.evm import EvmChain, LocalSigner
@@ -64,7 +65,8 @@ class Chain:
     def sender_txs(self) -> list[Any]:
         out = []
         for number in range(self.w3.eth.block_number + 1):
-            for tx in self.w3.eth.get_block(number, full_transactions=True)["transactions"]:
+            # full_transactions=True: transaction dicts, which web3's stub does not tell from hashes
+            for tx in cast("list[TxData]", self.w3.eth.get_block(number, full_transactions=True)["transactions"]):
                 if tx["from"] == self.minter.address:
                     out.append(tx)
         return out
@@ -272,6 +274,7 @@ def test_revert_fails_the_step_with_reason_and_compensates(anvil: Anvil, db_url:
 
     st = asyncio.run(_run_inline(app, "mint", 10**18))
     assert st.status == "failed"
+    assert st.error is not None
     assert "cap exceeded" in st.error["message"]
     assert undone == ["release h1", "unreserve r1"]
     assert chain.minted_amounts() == []  # nothing mined, no nonce burnt
@@ -299,7 +302,7 @@ def test_permanent_signing_failure_is_gap_filled(anvil: Anvil, tmp_path: Path, m
         return r.tx_hash
 
     first = asyncio.run(_run_inline(app, "mint", 1))
-    assert first.status == "failed" and "HSM refused" in first.error["message"]
+    assert first.status == "failed" and first.error is not None and "HSM refused" in first.error["message"]
     second = asyncio.run(_run_inline(app, "mint", 2))
     assert second.status == "completed", second.error
     assert chain.minted_amounts() == [2]
