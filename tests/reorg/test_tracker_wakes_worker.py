@@ -7,26 +7,12 @@ only the wake-up can finish the run within the test's few seconds.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
-from typing import Any
-
-import pytest
 
 import chainflow as cf
 
-from ..conftest import CallLog
-from ._rig import CHAIN, Rig, build_rig
+from ._rig import CHAIN, Rig
 
 POLL = 30.0  # the worker's poll interval: far longer than the wait the test allows
-
-
-@pytest.fixture
-async def rig(net: Any, db_url: str, ledger: CallLog) -> AsyncIterator[Rig]:
-    r = build_rig(net, db_url, ledger)
-    try:
-        yield r
-    finally:
-        await r.close()
 
 
 async def test_a_run_waiting_for_finality_resumes_when_its_tracker_settles_it(rig: Rig) -> None:
