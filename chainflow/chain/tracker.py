@@ -68,7 +68,7 @@ class HeadStats:
 class Tracker:
     def __init__(self, db: Database, clock: Clock, adapter: ChainAdapter, owner: str,
                  config: TrackerConfig | None = None, events: Events | None = None,
-                 wake: Callable[[], None] | None = None) -> None:
+                 wake: Callable[[], None] = lambda: None) -> None:
         self.db, self.clock = db, clock
         # called once a head's commit has woken runs (submissions final, a reorg's
         # rollbacks): the worker of this process claims them now, not at its next poll
@@ -185,7 +185,7 @@ class Tracker:
             if tip is None:
                 tip = await self._base(fork, head.number)
             new = await self._new_headers(head, tip) or []
-            self._woke()
+            self._wake()
         block_hashes = {h.hash: await self._rpc(self.adapter.block_tx_hashes(h.hash)) for h in new}
         wanted = [tx for hashes in block_hashes.values() for tx in hashes]
         view = await self.db.aread(chainstore.head_view, self.chain, wanted, head.number - self.config.rebroadcast_blocks,
@@ -203,7 +203,7 @@ class Tracker:
                            keep_from(head.number, self.config.window, view.included), self.clock.time(), self._coins)
         self._tip = new[-1] if new else tip
         if ready:
-            self._woke()
+            self._wake()
         metrics.set_gauge("chainflow_chain_head_lag_blocks", head.number - self._tip.number, chain=self.chain)
         stats.new_blocks, stats.matched, stats.settled = len(new), len(receipts), len(ready)
         # read before this head's receipts were stored: what was just matched is not stuck
@@ -222,10 +222,6 @@ class Tracker:
             log.warning("tracker for %s lost its leadership mid-iteration; leaving the rest to the leader",
                         self.chain)
         return stats
-
-    def _woke(self) -> None:
-        if self._wake is not None:
-            self._wake()
 
     def _with_members(self, sub_id: int, policy: str, receipt: Receipt,
                       members: dict[int, list[tuple[int, str]]]) -> list[tuple[int, str, Receipt]]:
