@@ -57,17 +57,17 @@ class _Item:
     results: list[Any] | None = None  # of the ops run on a general batch
 
 
-def _leading_queries(ops: list[Op]) -> list[int]:
+def _leading_query(ops: list[Op]) -> int | None:
     """Where the item's first query is when no closure comes before it: that one can
     run ahead, with other runs' (data ops are written after every closure anyway).  One
     per item: the batch's queries are grouped by statement, which would not keep two
     of one run in order."""
     for i, op in enumerate(ops):
         if isinstance(op, store.Query):
-            return [i]
+            return i
         if not isinstance(op, (store.EntryInsert, store.RunInsert, store.RunFinish, store.Exec)):
             break
-    return []
+    return None
 
 
 class Committer:
@@ -280,7 +280,7 @@ class Committer:
             kept = [item for item in sorted(batch, key=lambda i: i.run_id)
                     if item.fence is None or item.run_id in ours]
             # the queries each run opens with, all of the batch's in one round trip
-            leading = [(item, i) for item in kept for i in _leading_queries(item.ops)]
+            leading = [(item, i) for item in kept if (i := _leading_query(item.ops)) is not None]
             answers = store.run_queries(conn, [item.ops[i] for item, i in leading])  # type: ignore[misc]
             answered = {(id(item), i): answer for (item, i), answer in zip(leading, answers)}
             entries: list[dict[str, Any]] = []
