@@ -62,12 +62,12 @@ def opening(dialect: str, *, chain: str, sender: str, key: str, run_id: str | No
             finality: str, now: float, admit: Callable[[], None] | None = None) -> store.Op:
     """The op opening the intent for this key (``intent``) in a run's group commit: on
     Postgres, when a new intent would be admitted, a query the batch's runs send
-    together, whose result is None when a concurrent creator of the key raced it (open
-    it with ``intent`` then)."""
+    together, whose result is None when a concurrent creator of the key raced it (look
+    it up with ``intent_by_lookup`` then)."""
     if dialect == "postgresql" and _admits(admit):
         return _find_or_create(chain, sender, key, run_id, step, request, finality, now)
-    return lambda conn: intent(conn, chain=chain, sender=sender, key=key, run_id=run_id, step=step, request=request,
-                               finality=finality, now=now, admit=admit)
+    return lambda conn: intent_by_lookup(conn, chain=chain, sender=sender, key=key, run_id=run_id, step=step,
+                                         request=request, finality=finality, now=now, admit=admit)
 
 
 def _find_or_create(chain: str, sender: str, key: str, run_id: str | None, step: str, request: str, finality: str,
@@ -88,6 +88,16 @@ def intent(
         found = _find_or_create(chain, sender, key, run_id, step, request, finality, now)(conn)
         if found is not None:
             return found  # type: ignore[no-any-return]
+    return intent_by_lookup(conn, chain=chain, sender=sender, key=key, run_id=run_id, step=step, request=request,
+                            finality=finality, now=now, admit=admit)
+
+
+def intent_by_lookup(
+    conn: sa.Connection, *, chain: str, sender: str, key: str, run_id: str | None, step: str,
+    request: str, finality: str, now: float, admit: Callable[[], None] | None = None,
+) -> sa.Row[Any]:
+    """``intent`` as a lookup, then an insert: SQLite's way, and Postgres's once the
+    one-statement form found nothing (a concurrent creator of the key raced it)."""
     found = by_key(conn, chain, sender, key)
     if found is not None:
         return found
@@ -161,10 +171,10 @@ _TAKE_AND_BIND = submissions.update().where(submissions.c.id == _TAKEN.c.id).val
 def take_nonce(dialect: str, sub_id: int, request: str, now: float) -> store.Op:
     """The op binding a nonce (``allocate_nonce``) in a run's group commit: on Postgres a
     query the batch's runs send together, whose result is None when it bound nothing
-    (bind with ``allocate_nonce`` then, which tells why)."""
+    (bind with ``allocate_nonce_in_steps`` then, which tells why)."""
     if dialect == "postgresql":
         return _take(sub_id, request, now)
-    return lambda conn: allocate_nonce(conn, sub_id, request, now)
+    return lambda conn: allocate_nonce_in_steps(conn, sub_id, request, now)
 
 
 def _take(sub_id: int, request: str, now: float) -> store.Query:
@@ -178,6 +188,13 @@ def allocate_nonce(conn: sa.Connection, sub_id: int, request: str, now: float) -
         bound = _take(sub_id, request, now)(conn)
         if bound is not None:
             return bound  # type: ignore[no-any-return]
+    return allocate_nonce_in_steps(conn, sub_id, request, now)
+
+
+def allocate_nonce_in_steps(conn: sa.Connection, sub_id: int, request: str, now: float) -> sa.Row[Any]:
+    """``allocate_nonce`` in three statements (lock the intent, take the sender's next
+    nonce, bind it): SQLite's way, and Postgres's once the one-statement form bound
+    nothing, telling why (bound already: the intent as it is; no nonce row: raised)."""
     # locked: two runs sharing an idempotency key may allocate its intent at once, and
     # the second must see the first's nonce, not bind (and so skip) another
     row = conn.execute(_GET_LOCKED, {"b_id": sub_id}).one()

@@ -113,7 +113,7 @@ class AccountDomain:
             await self._seed(sender)
         (sub,) = await commit(chainstore.take_nonce(self.db.engine.dialect.name, sub_id, text, now))
         if sub is None:  # bound already (a run sharing the key), or no nonce row: the steps tell which
-            (sub,) = await commit(lambda conn: chainstore.allocate_nonce(conn, sub_id, text, now))
+            (sub,) = await commit(lambda conn: chainstore.allocate_nonce_in_steps(conn, sub_id, text, now))
         return sub  # type: ignore[no-any-return]
 
     async def _seed(self, sender: str) -> None:

@@ -246,7 +246,7 @@ class Submitter:
                                       admit=admit)
         (sub,) = await ctx.commit(chainstore.opening(self.db.engine.dialect.name, **fields))
         if sub is None:  # raced by another run's creation of the key: look again
-            (sub,) = await ctx.commit(lambda conn: chainstore.intent(conn, **fields))
+            (sub,) = await ctx.commit(lambda conn: chainstore.intent_by_lookup(conn, **fields))
         # an intent another run opened under the same key is not this run's wait
         sub_id, opened = int(sub.id), float(sub.created_at) if sub.run_id == run_id else now
         domain = self.domain(adapter)
