@@ -148,7 +148,7 @@ def _sqlite_engine(parsed: sa.URL, busy_timeout: float) -> sa.Engine:
     @sa.event.listens_for(engine, "connect")
     def _pragmas(dbapi_conn: Any, _record: Any) -> None:
         cur = dbapi_conn.cursor()
-        cur.execute("PRAGMA journal_mode=WAL")
+        _switch_to_wal(cur, busy_timeout)
         cur.execute(f"PRAGMA synchronous={sync}")
         cur.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
         cur.close()
@@ -171,6 +171,25 @@ def _sqlite_engine(parsed: sa.URL, busy_timeout: float) -> sa.Engine:
             raise sa.exc.OperationalError("BEGIN IMMEDIATE", None, exc) from None
 
     return engine
+
+
+def _switch_to_wal(cursor: sqlite3.Cursor, busy_timeout: float) -> None:
+    """``journal_mode=WAL`` on a new connection, waiting out a concurrent switch.  Two
+    processes starting on a new file both convert it; each holds a shared lock and needs
+    an exclusive one, so SQLite answers one of them "database is locked" at once rather
+    than call its busy handler (waiting could deadlock).  That one waits here and asks
+    again, up to the busy timeout; by then the file is in WAL mode and nothing changes."""
+    deadline = time.monotonic() + busy_timeout
+    pause = 0.001
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() + pause > deadline:
+                raise
+        time.sleep(pause)
+        pause = min(pause * 2, 0.05)
 
 
 def migrate(engine: sa.Engine) -> int:

@@ -1,8 +1,10 @@
 """Schema migrations: a database made by an earlier chainflow reaches the latest shape,
-and the claim query still finds due runs through the (now partial) ready_at index."""
+and the claim query still finds due runs through the (now partial) ready_at index;
+processes starting together on a new SQLite file all get it, in WAL mode."""
 
 from __future__ import annotations
 
+import multiprocessing
 from typing import Any
 
 import pytest
@@ -233,3 +235,31 @@ def test_v9_database_gets_the_submission_indexes_by_state_first(make_app: Any) -
     with app.engine.begin() as conn:
         assert [r.nonce for r in chainstore.nonces_in_use(conn, "evm", "0xabc")] == [0, 1, 2]
     assert migrate(app.engine) == schema.LATEST  # nothing left to apply
+
+
+def _start_on(url: str, barrier: Any, outcomes: Any) -> None:
+    app = cf.Chainflow(url)
+    barrier.wait()
+    try:
+        app.ensure_schema()
+        outcomes.put("started")
+    except Exception as exc:  # noqa: BLE001 - reported to the test
+        outcomes.put(f"{type(exc).__name__}: {exc}")
+
+
+def test_processes_starting_together_on_a_new_sqlite_file_all_start(tmp_path: Any) -> None:
+    """Each process switches the new file to WAL; SQLite refuses one of two concurrent
+    switches at once instead of waiting ("database is locked" in about one start of ten
+    before the fix): the refused one waits and asks again."""
+    fork = multiprocessing.get_context("fork")
+    for round_ in range(40):
+        url = f"sqlite:///{tmp_path}/new{round_}.db"
+        barrier, outcomes = fork.Barrier(3), fork.Queue()
+        processes = [fork.Process(target=_start_on, args=(url, barrier, outcomes)) for _ in range(3)]
+        for process in processes:
+            process.start()
+        for process in processes:
+            process.join(30)
+        assert [outcomes.get(timeout=5) for _ in processes] == ["started"] * 3, f"round {round_}"
+        with sa.create_engine(url).connect() as conn:
+            assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
