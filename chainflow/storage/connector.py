@@ -92,15 +92,18 @@ def is_local(url: sa.URL) -> bool:
 
 
 class _WriterConnection(sqlite3.Connection):
-    """Writers of one process queue on a lock instead of on SQLite's busy handler, which
-    sleeps in millisecond steps on every conflict (other processes still meet it).  The
-    lock is held from BEGIN IMMEDIATE until the COMMIT or ROLLBACK has returned."""
+    """Writers of one process to one file queue on a lock instead of on SQLite's busy
+    handler, which sleeps in millisecond steps on every conflict (other processes still
+    meet it).  The lock is held from BEGIN IMMEDIATE until the COMMIT or ROLLBACK has
+    returned, and waited for no longer than SQLite would wait: the busy timeout."""
 
-    _writer = threading.Lock()
+    _writer: threading.Lock  # the file's (``_writer_of``), given when the connection opens
+    _busy_timeout: float
     _holding = False
 
     def begin_write(self) -> None:
-        self._writer.acquire()
+        if not self._writer.acquire(timeout=self._busy_timeout):
+            raise sqlite3.OperationalError("database is locked")  # as SQLite says it
         self._holding = True
         try:
             self.execute("BEGIN IMMEDIATE")
@@ -126,6 +129,18 @@ class _WriterConnection(sqlite3.Connection):
             self._release()
 
 
+_writers: dict[str, threading.Lock] = {}
+_writers_lock = threading.Lock()
+
+
+def _writer_of(path: str) -> threading.Lock:
+    """The one writers' lock of a database file in this process: writes to other files
+    do not wait for it."""
+    key = os.path.realpath(path)
+    with _writers_lock:
+        return _writers.setdefault(key, threading.Lock())
+
+
 def _sqlite_engine(parsed: sa.URL, busy_timeout: float) -> sa.Engine:
     query = dict(parsed.query)
     sync = str(query.pop("synchronous", "FULL")).upper()
@@ -145,8 +160,11 @@ def _sqlite_engine(parsed: sa.URL, busy_timeout: float) -> sa.Engine:
         max_overflow=8,
     )
 
+    writer = _writer_of(parsed.database)
+
     @sa.event.listens_for(engine, "connect")
     def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn._writer, dbapi_conn._busy_timeout = writer, busy_timeout
         cur = dbapi_conn.cursor()
         _switch_to_wal(cur, busy_timeout)
         cur.execute(f"PRAGMA synchronous={sync}")

@@ -14,6 +14,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -512,6 +513,62 @@ def test_locked_sqlite_file_fails_fast_and_names_file_and_timeout(locked_db: Pat
     assert time.monotonic() - began < 5
     assert str(locked_db) in str(info.value) and "0.3s" in str(info.value) and "busy_timeout" in str(info.value)
     app.engine.dispose()
+
+
+def _echo_app(url: str, **settings: Any) -> cf.Chainflow:
+    app = cf.Chainflow(url, **settings)
+
+    @app.workflow("echo")
+    async def echo(ctx: cf.Context, inp: Any) -> Any:
+        return inp
+
+    app.ensure_schema()
+    return app
+
+
+def _hold_write_lock(app: cf.Chainflow, seconds: float) -> threading.Thread:
+    """A thread of this process holding ``app``'s write transaction for ``seconds``."""
+    held = threading.Event()
+
+    def hold() -> None:
+        with app.engine.begin() as conn:
+            held.set()
+            time.sleep(seconds)
+            conn.exec_driver_sql("SELECT 1")
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    assert held.wait(10)
+    return thread
+
+
+def test_a_writer_queued_behind_its_own_process_gives_up_after_the_busy_timeout(tmp_path: Path) -> None:
+    """The process's writers queue on a lock of their own, not on SQLite's: waiting there
+    is bounded by busy_timeout too, instead of for as long as the holder holds."""
+    app = _echo_app(f"sqlite:///{tmp_path / 'one.db'}", busy_timeout=0.3)
+    holder = _hold_write_lock(app, 4.0)
+    began = time.monotonic()
+    with pytest.raises(cf.DatabaseLockedError) as info:
+        app.start("echo", 1)
+    waited = time.monotonic() - began
+    holder.join()
+    app.engine.dispose()
+    assert waited < 3, waited
+    assert "0.3s" in str(info.value)
+
+
+def test_writes_to_another_sqlite_file_of_the_same_process_do_not_wait(tmp_path: Path) -> None:
+    busy = _echo_app(f"sqlite:///{tmp_path / 'busy.db'}")
+    other = _echo_app(f"sqlite:///{tmp_path / 'other.db'}")
+    holder = _hold_write_lock(busy, 4.0)
+    began = time.monotonic()
+    run_id = other.start("echo", 1).id
+    waited = time.monotonic() - began
+    holder.join()
+    assert other.status(run_id).status == "pending"
+    busy.engine.dispose()
+    other.engine.dispose()
+    assert waited < 3, waited
 
 
 def test_cli_on_a_locked_sqlite_file_is_one_line(locked_db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
