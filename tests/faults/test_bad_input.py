@@ -500,21 +500,6 @@ def locked_db(tmp_path: Path) -> Iterator[Path]:
     holder.close()
 
 
-def test_locked_sqlite_file_fails_fast_and_names_file_and_timeout(locked_db: Path) -> None:
-    app = cf.Chainflow(f"sqlite:///{locked_db}", busy_timeout=0.3)
-
-    @app.workflow("echo")
-    async def echo(ctx: cf.Context, inp: Any) -> Any:
-        return inp
-
-    began = time.monotonic()
-    with pytest.raises(cf.DatabaseLockedError) as info:
-        app.start("echo", 1)
-    assert time.monotonic() - began < 5
-    assert str(locked_db) in str(info.value) and "0.3s" in str(info.value) and "busy_timeout" in str(info.value)
-    app.engine.dispose()
-
-
 def _echo_app(url: str, **settings: Any) -> cf.Chainflow:
     app = cf.Chainflow(url, **settings)
 
@@ -522,8 +507,17 @@ def _echo_app(url: str, **settings: Any) -> cf.Chainflow:
     async def echo(ctx: cf.Context, inp: Any) -> Any:
         return inp
 
-    app.ensure_schema()
     return app
+
+
+def test_locked_sqlite_file_fails_fast_and_names_file_and_timeout(locked_db: Path) -> None:
+    app = _echo_app(f"sqlite:///{locked_db}", busy_timeout=0.3)
+    began = time.monotonic()
+    with pytest.raises(cf.DatabaseLockedError) as info:
+        app.start("echo", 1)
+    assert time.monotonic() - began < 5
+    assert str(locked_db) in str(info.value) and "0.3s" in str(info.value) and "busy_timeout" in str(info.value)
+    app.engine.dispose()
 
 
 def _hold_write_lock(app: cf.Chainflow, seconds: float) -> threading.Thread:
@@ -546,6 +540,7 @@ def test_a_writer_queued_behind_its_own_process_gives_up_after_the_busy_timeout(
     """The process's writers queue on a lock of their own, not on SQLite's: waiting there
     is bounded by busy_timeout too, instead of for as long as the holder holds."""
     app = _echo_app(f"sqlite:///{tmp_path / 'one.db'}", busy_timeout=0.3)
+    app.ensure_schema()
     holder = _hold_write_lock(app, 4.0)
     began = time.monotonic()
     with pytest.raises(cf.DatabaseLockedError) as info:
@@ -560,6 +555,8 @@ def test_a_writer_queued_behind_its_own_process_gives_up_after_the_busy_timeout(
 def test_writes_to_another_sqlite_file_of_the_same_process_do_not_wait(tmp_path: Path) -> None:
     busy = _echo_app(f"sqlite:///{tmp_path / 'busy.db'}")
     other = _echo_app(f"sqlite:///{tmp_path / 'other.db'}")
+    busy.ensure_schema()
+    other.ensure_schema()
     holder = _hold_write_lock(busy, 4.0)
     began = time.monotonic()
     run_id = other.start("echo", 1).id
