@@ -45,6 +45,7 @@ from .replay.diff import Difference
 from .replay.report import Change, RunReport, SweepReport
 from .states import EntryState, RunState, SubmissionState
 from .storage import codec
+from .storage.connector import sqlite_file
 
 if TYPE_CHECKING:
     from .chain.adapter import ChainAdapter
@@ -161,8 +162,8 @@ class Target:
 
 def _require_sqlite_file(app: Chainflow) -> None:
     url = app.engine.url
-    if url.get_backend_name() == "sqlite" and url.database and not os.path.exists(url.database):
-        fail(f"no chainflow database at {url.database!r} (database URL {app.database_url!r}); "
+    if url.get_backend_name() == "sqlite" and url.database and not os.path.exists(path := sqlite_file(url)):
+        fail(f"no chainflow database at {path!r} (database URL {app.database_url!r}); "
              "pass --database-url, set CHAINFLOW_DATABASE_URL, or run a worker first")
 
 

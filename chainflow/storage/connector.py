@@ -13,6 +13,7 @@ import os
 import sqlite3
 import threading
 import time
+import urllib.parse
 from collections.abc import Iterator
 from typing import Any
 
@@ -133,6 +134,15 @@ _writers: dict[str, threading.Lock] = {}
 _writers_lock = threading.Lock()
 
 
+def sqlite_file(url: sa.URL) -> str:
+    """The file a SQLite URL opens: its path, or the path of a ``file:`` URI
+    (``?uri=true``), so that both spellings of one file are the same file here."""
+    path = url.database or ""
+    if str(url.query.get("uri", "")).lower() == "true" and path.startswith("file:"):
+        return urllib.parse.unquote(urllib.parse.urlsplit(path).path)
+    return path
+
+
 def _writer_of(path: str) -> threading.Lock:
     """The one writers' lock of a database file in this process: writes to other files
     do not wait for it."""
@@ -160,13 +170,14 @@ def _sqlite_engine(parsed: sa.URL, busy_timeout: float) -> sa.Engine:
         max_overflow=8,
     )
 
-    writer = _writer_of(parsed.database)
+    path = sqlite_file(parsed)
+    writer = _writer_of(path)
 
     @sa.event.listens_for(engine, "connect")
     def _pragmas(dbapi_conn: Any, _record: Any) -> None:
         dbapi_conn._writer, dbapi_conn._busy_timeout = writer, busy_timeout
         cur = dbapi_conn.cursor()
-        _switch_to_wal(cur, busy_timeout)
+        _switch_to_wal(cur, busy_timeout, path)
         cur.execute(f"PRAGMA synchronous={sync}")
         cur.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
         cur.close()
@@ -191,23 +202,34 @@ def _sqlite_engine(parsed: sa.URL, busy_timeout: float) -> sa.Engine:
     return engine
 
 
-def _switch_to_wal(cursor: sqlite3.Cursor, busy_timeout: float) -> None:
+def _switch_to_wal(cursor: sqlite3.Cursor, busy_timeout: float, path: str) -> None:
     """``journal_mode=WAL`` on a new connection, waiting out a concurrent switch.  Two
     processes starting on a new file both convert it; each holds a shared lock and needs
     an exclusive one, so SQLite answers one of them "database is locked" at once rather
     than call its busy handler (waiting could deadlock).  That one waits here and asks
-    again, up to the busy timeout; by then the file is in WAL mode and nothing changes."""
+    again, up to the busy timeout; by then the file is in WAL mode and nothing changes.
+
+    SQLite answers the mode it is in, and refuses WAL without a word where it has no
+    shared memory for the WAL index (a network file system, a VFS without locking).
+    Running on in rollback-journal mode would make every reader block the writer, and
+    a heartbeat wait behind a long read: refused here, before anything runs."""
     deadline = time.monotonic() + busy_timeout
     pause = 0.001
     while True:
         try:
-            cursor.execute("PRAGMA journal_mode=WAL")
-            return
+            mode, = cursor.execute("PRAGMA journal_mode=WAL").fetchone()
+            break
         except sqlite3.OperationalError as exc:
             if "locked" not in str(exc) or time.monotonic() + pause > deadline:
                 raise
         time.sleep(pause)
         pause = min(pause * 2, 0.05)
+    if str(mode).lower() != "wal":
+        raise ConfigurationError(
+            f"SQLite kept {path!r} in journal_mode={mode} instead of switching it to WAL, which "
+            "chainflow needs (readers must not block the writer); WAL needs shared memory beside "
+            "the file, which network file systems and lock-less VFSes lack: put the database on a "
+            "local disk, or use Postgres")
 
 
 def migrate(engine: sa.Engine) -> int:

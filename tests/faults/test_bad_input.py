@@ -24,10 +24,12 @@ from typing import Any, cast
 import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner
+from sqlalchemy.engine import make_url
 
 import chainflow as cf
 from chainflow.cli import cli
 from chainflow.storage import codec, limits
+from chainflow.storage.connector import sqlite_file
 from chainflow.testing import CallLog
 
 pytestmark = pytest.mark.timeout(60)  # the defects hang (NaN spins): fail, do not wait
@@ -603,6 +605,24 @@ def test_unsupported_driver_lists_the_supported_ones(url: str) -> None:
     assert url.split("://")[0] in message
     assert "sqlite://" in message and "postgresql+psycopg://" in message
 
+
+def test_a_sqlite_file_that_cannot_switch_to_wal_is_refused(tmp_path: Path) -> None:
+    """SQLite stays in rollback-journal mode without an error where it has no shared
+    memory for the WAL (a network share; here a VFS without locking): refused by name,
+    from the library and from the CLI, instead of running with readers blocking the writer."""
+    path = tmp_path / "share.db"
+    url = f"sqlite:///file:{path}?vfs=unix-none&uri=true"
+    with pytest.raises(cf.ConfigurationError, match=r"journal_mode=delete instead of switching it to WAL") as info:
+        cf.Chainflow(url).ensure_schema()
+    assert str(path) in str(info.value)
+    assert_one_line_error(CliRunner().invoke(cli, ["--database-url", url, "runs"]), str(path), "WAL")
+
+
+def test_a_file_uri_names_the_same_sqlite_file_as_its_path(tmp_path: Path) -> None:
+    """One file, one writers' lock and one existence check, however the URL spells it."""
+    path = tmp_path / "x.db"
+    assert sqlite_file(make_url(f"sqlite:///{path}")) == str(path)
+    assert sqlite_file(make_url(f"sqlite:///file:{path}?uri=true&mode=rwc")) == str(path)
 
 # --- item 10: a chain node down, from the CLI ---------------------------------------------------
 
