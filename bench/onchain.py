@@ -212,17 +212,13 @@ class _Counts:
         from chainflow.runtime.committer import Committer
         from chainflow.storage.database import Database
 
-        originals = (Committer._commit_together, Database.tx, Database.read, _Http._post, Committer._commit_async)
+        originals = (Committer._commit_together, Database.tx, Database.read, _Http._post)
         signer, sign = self.chain.signer, type(self.chain.signer).sign_transaction
         counts = self
 
-        def commit_together(committer: Any, *args: Any) -> Any:
+        def commit_together(committer: Any, batch: Any) -> Any:
             counts.batches += 1
-            return originals[0](committer, *args)
-
-        async def commit_async(committer: Any, *args: Any) -> Any:  # Postgres: a batch sent on asyncio's connection
-            counts.batches += 1
-            return await originals[4](committer, *args)
+            return originals[0](committer, batch)
 
         def tx(db: Any, fn: Any, *args: Any) -> Any:
             counts.tx += 1
@@ -247,8 +243,7 @@ class _Counts:
                     counts.sign_s += time.perf_counter() - t
 
         patched: list[tuple[Any, str, Any]] = [(Committer, "_commit_together", commit_together), (Database, "tx", tx),
-                                              (Database, "read", read), (_Http, "_post", post),
-                                              (Committer, "_commit_async", commit_async)]
+                                              (Database, "read", read), (_Http, "_post", post)]
         for cls, name, fn in patched:
             setattr(cls, name, fn)
         self.chain.signer = Timed()

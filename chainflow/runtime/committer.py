@@ -13,13 +13,6 @@ a thread costs two thread wake-ups (~150 µs on a small VM), more than the INSER
 often more than the fsync itself.  The drivers release the GIL while they wait on the
 disk or the server, so step functions running in threads go on meanwhile.
 
-On Postgres (psycopg 3) a batch of journal rows only (the common case) is sent on
-an asyncio connection instead (``EntryWriter.write_async``): the loop runs the
-next batch's Python while the server executes and commits this one, instead of
-idling for that time (about half the wall time at 32 runs in flight on a local
-server).  One batch is in flight at a time, so a run's writes still commit in
-order; those arriving meanwhile form the next batch.
-
 A write nobody could share (the worker runs no other run, and the write's own run has
 nothing else in flight) commits at once instead: deferring it would only cost the two
 loop rounds of the hand-off (~40 µs, a fifth of a step on SQLite) for a batch of one.
@@ -64,31 +57,6 @@ class _Item:
     results: list[Any] | None = None  # of the ops run on a general batch
 
 
-@dataclass
-class _Writes:
-    """A batch's ops by kind, sorted in one pass (this runs for every step)."""
-    fences: dict[str, int]  # items without a fence create runs; the others write to runs they must still own
-    entries: list[dict[str, Any]]
-    new_runs: list[dict[str, Any]]
-    finishes: list[store.RunFinish]
-    closures: bool  # anything else: the batch goes through SQLAlchemy (``_commit_general``)
-
-
-def _sort(batch: list[_Item]) -> _Writes:
-    writes = _Writes({item.run_id: item.fence for item in batch if item.fence is not None}, [], [], [], False)
-    for item in batch:
-        for op in item.ops:
-            if isinstance(op, store.EntryInsert):
-                writes.entries.append(op.row)
-            elif isinstance(op, store.RunInsert):
-                writes.new_runs.append(op.row)
-            elif isinstance(op, store.RunFinish):
-                writes.finishes.append(op)
-            else:
-                writes.closures = True
-    return writes
-
-
 def _leading_query(ops: list[Op]) -> int | None:
     """Where the item's first query is when no closure comes before it: that one can
     run ahead, with other runs' (data ops are written after every closure anyway).  One
@@ -118,10 +86,7 @@ class Committer:
         # every write committed in a thread: the loop must never wait for the database
         self._running = None if in_thread else running
         self._thread = ThreadPool(1, "chainflow-commit") if in_thread else None
-        # on the loop, a batch of journal rows only is sent without waiting for the
-        # server's COMMIT: the loop runs the next batch's Python meanwhile
-        self._overlap = not in_thread and self._writer.asynchronous
-        self._in_flight: asyncio.Future[list[Any]] | None = None  # the batch committing meanwhile
+        self._in_flight: asyncio.Future[list[Any]] | None = None  # the batch the thread is committing
 
     async def close(self) -> None:
         for item in self._pending:
@@ -135,7 +100,7 @@ class Committer:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
-        await self._writer.aclose()
+        self._writer.close()
 
     async def write(self, run_id: str, fence: int | None, ops: list[Op], *, exclusive: bool = False) -> list[Any]:
         """Apply ``ops`` in one fenced transaction; returns each op's result once durable.
@@ -145,7 +110,7 @@ class Committer:
         ``exclusive``: the run has no other work in flight that could write now (a
         creation always qualifies)."""
         # exclusive, and no run executing but the writer's own (none at all for a creation)
-        if exclusive and not self._scheduled and self._in_flight is None and self._running is not None \
+        if exclusive and not self._scheduled and self._running is not None \
                 and self._running() == (0 if fence is None else 1):
             outcome, = self._commit([_Item(run_id, fence, ops)])  # a batch of one, at once
             if isinstance(outcome, BaseException):
@@ -164,14 +129,9 @@ class Committer:
         if self._thread is not None:
             self._hand_off()
             return
-        while self._pending and self._in_flight is None:
+        while self._pending:
             batch = self._take()
-            writes = _sort(batch)
-            if self._overlap and not writes.closures:
-                self._in_flight = asyncio.ensure_future(self._commit_async(batch, writes))
-                self._in_flight.add_done_callback(functools.partial(self._landed, batch))
-            else:
-                self._settle(batch, self._commit(batch, writes))
+            self._settle(batch, self._commit(batch))
 
     def _take(self) -> list[_Item]:
         batch, self._pending = self._pending[: self._max_batch], self._pending[self._max_batch :]
@@ -189,14 +149,13 @@ class Committer:
 
     def _landed(self, batch: list[_Item], done: asyncio.Future[list[Any]]) -> None:
         self._in_flight = None
-        if done.cancelled():  # it may have committed all the same
-            closed = recovery.OutcomeUnknown(RuntimeError("committer closed"))
-            outcomes: list[Any] = [self._unknown(item, closed) for item in batch]
+        if done.cancelled():
+            outcomes: list[Any] = [RuntimeError("committer closed")] * len(batch)
         else:
             error = done.exception()
             outcomes = [error] * len(batch) if error is not None else done.result()
         self._settle(batch, outcomes)
-        self._flush()  # the writes that arrived meanwhile
+        self._hand_off()
 
     @staticmethod
     def _settle(batch: list[_Item], outcomes: list[Any]) -> None:
@@ -209,37 +168,22 @@ class Committer:
             else:
                 item.future.set_result(outcome)
 
-    def _commit(self, batch: list[_Item], writes: _Writes | None = None) -> list[Any]:
+    def _commit(self, batch: list[_Item]) -> list[Any]:
         try:
-            return self._commit_together(batch, writes or _sort(batch))
+            return self._commit_together(batch)
         except recovery.OutcomeUnknown as unknown:
             return [self._unknown(item, unknown) for item in batch]
         except Exception:
-            return self._each_alone(batch)
-
-    async def _commit_async(self, batch: list[_Item], writes: _Writes) -> list[Any]:
-        """``_commit`` of a batch of journal rows only, awaiting the server's answer.
-        Only its first try overlaps: retries and settling a lost reply block the loop,
-        as they do on the other path (they happen only after a failure)."""
-        try:
-            done = await self._writer.write_async(writes.fences, writes.entries, writes.new_runs, writes.finishes)
-        except recovery.OutcomeUnknown as unknown:
-            return [self._unknown(item, unknown) for item in batch]
-        except Exception:
-            return self._each_alone(batch)
-        return self._answers(batch, *done)
-
-    def _each_alone(self, batch: list[_Item]) -> list[Any]:
-        """One bad write must not sink the others: each retried alone (a batch whose
-        reply was lost gets here only once the database said it did not commit)."""
-        results: list[Any] = []
-        down: BaseException | None = None  # the database stopped answering: the rest fail alike
-        for item in batch:
-            outcome = down or self._commit_alone(item)
-            if isinstance(outcome, BaseException) and self._connection_lost(outcome):
-                down = outcome
-            results.append(outcome)
-        return results
+            # one bad write must not sink the others: retry each alone (a batch whose
+            # reply was lost gets here only once the database said it did not commit)
+            results: list[Any] = []
+            down: BaseException | None = None  # the database stopped answering: the rest fail alike
+            for item in batch:
+                outcome = down or self._commit_alone(item)
+                if isinstance(outcome, BaseException) and self._connection_lost(outcome):
+                    down = outcome
+                results.append(outcome)
+            return results
 
     def _commit_alone(self, item: _Item, again: bool = True) -> Any:
         """One item's outcome, committed in a batch of its own.  A connection lost on the
@@ -247,7 +191,7 @@ class Committer:
         settled before its error gets here), and giving up would abandon the execution,
         whose lease then lapses and whose last step runs again."""
         try:
-            return self._commit_together([item], _sort([item]))[0]
+            return self._commit_together([item])[0]
         except recovery.OutcomeUnknown as unknown:
             return self._unknown(item, unknown)
         except sa.exc.IntegrityError as exc:
@@ -283,17 +227,27 @@ class Committer:
             return None
         return [None] * len(rows) if item.run_id in durable else None
 
-    def _commit_together(self, batch: list[_Item], writes: _Writes) -> list[Any]:
-        if not writes.closures:
-            done = self._writer.write(writes.fences, writes.entries, writes.new_runs, writes.finishes)
+    def _commit_together(self, batch: list[_Item]) -> list[Any]:
+        # items without a fence create runs; the others write to runs they must still own
+        fences = {item.run_id: item.fence for item in batch if item.fence is not None}
+        entries: list[dict[str, Any]] = []
+        new_runs: list[dict[str, Any]] = []
+        finishes: list[store.RunFinish] = []
+        closures = False
+        for item in batch:  # one pass: this runs for every step
+            for op in item.ops:
+                if isinstance(op, store.EntryInsert):
+                    entries.append(op.row)
+                elif isinstance(op, store.RunInsert):
+                    new_runs.append(op.row)
+                elif isinstance(op, store.RunFinish):
+                    finishes.append(op)
+                else:
+                    closures = True
+        if not closures:
+            ours, created, finished = self._writer.write(fences, entries, new_runs, finishes)
         else:
-            done = self._commit_general(batch, writes.fences)
-        return self._answers(batch, *done)
-
-    @staticmethod
-    def _answers(batch: list[_Item], ours: set[str], created: set[str], finished: dict[str, store.RunRow],
-                 ) -> list[Any]:
-        """Each item's outcome, from what its batch's commit said."""
+            ours, created, finished = self._commit_general(batch, fences)
         results: list[Any] = []
         for item in batch:
             if item.fence is not None and item.run_id not in ours:

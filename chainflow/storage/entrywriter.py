@@ -20,7 +20,6 @@ import functools
 import json
 from typing import Any
 
-import psycopg
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
@@ -41,18 +40,6 @@ class EntryWriter:
         self._postgres = engine.dialect.name == "postgresql"
         self._pooled: Any = None  # the pool's proxy, handed back on close
         self._process: tuple[int, str] | None = None  # Postgres: the server process behind it
-        # psycopg 3 only: a connection of asyncio's, for ``write_async``
-        self.asynchronous = self._postgres and engine.dialect.driver == "psycopg"
-        self._connect_args = engine.dialect.create_connect_args(engine.url)[1] if self.asynchronous else {}
-        self._async: psycopg.AsyncConnection[Any] | None = None
-        self._async_process: tuple[int, str] | None = None
-
-    async def aclose(self) -> None:
-        """``close``, and the asyncio connection's close, on the loop that opened it."""
-        if self._async is not None:
-            await self._async.close()
-            self._async = None
-        self.close()
 
     def close(self) -> None:
         if self._pooled is not None:
@@ -77,43 +64,12 @@ class EntryWriter:
                 self._pooled.invalidate()  # the next batch reconnects
                 self._pooled = None
                 self._process = None
-            return self._failed(exc, process, fences, rows, new_runs, finishes)
-
-    async def write_async(self, fences: dict[str, int], rows: list[dict[str, Any]], new_runs: list[dict[str, Any]],
-                          finishes: list[store.RunFinish]) -> tuple[set[str], set[str], dict[str, store.RunRow]]:
-        """``write`` on Postgres without holding the event loop while the server
-        commits: the loop goes on with the next batch's Python meanwhile.  Its own
-        connection (asyncio psycopg), so a lone run's write can still commit at once
-        on the other."""
-        process = self._async_process
-        try:
-            if self._async is None or self._async.closed:
-                self._async = await psycopg.AsyncConnection.connect(**self._connect_args, autocommit=True)
-                self._async_process = process = await recovery.server_process_async(self._async)
-            statement = _postgres_statement(fences, rows, new_runs, finishes)
-            if statement is None:
-                return set(), set(), {}
-            async with self._async.cursor() as cursor:
-                await cursor.execute(*statement)
-                return _postgres_answer(await cursor.fetchall())
-        except psycopg.Error as exc:
-            if isinstance(exc, psycopg.OperationalError) and self._async is not None:
-                await self._async.close()  # the next batch reconnects
-                self._async = None
-                self._async_process = None
-            return self._failed(exc, process, fences, rows, new_runs, finishes)
-
-    def _failed(self, exc: Exception, process: tuple[int, str] | None, fences: dict[str, int],
-                rows: list[dict[str, Any]], new_runs: list[dict[str, Any]], finishes: list[store.RunFinish],
-                ) -> tuple[set[str], set[str], dict[str, store.RunRow]]:
-        """A batch's driver error as SQLAlchemy's, unless the connection broke with a
-        Postgres batch sent: then the batch's answer as the tables hold it."""
-        error = sa.exc.DBAPIError.instance(None, None, exc, self._engine.dialect.loaded_dbapi.Error)
-        if self._postgres and process is not None and recovery.reply_lost(error):
-            # the batch was sent and may have committed: its answer comes from the tables
-            return recovery.settle_batch(self._engine, process, error, rows if fences else [], new_runs,
-                                         finishes if fences else [])
-        raise error from exc
+            error = sa.exc.DBAPIError.instance(None, None, exc, self._engine.dialect.loaded_dbapi.Error)
+            if self._postgres and process is not None and recovery.reply_lost(error):
+                # the batch was sent and may have committed: its answer comes from the tables
+                return recovery.settle_batch(self._engine, process, error, rows if fences else [], new_runs,
+                                             finishes if fences else [])
+            raise error from exc
 
     def _connection(self) -> Any:
         if self._pooled is None:
@@ -138,55 +94,40 @@ class EntryWriter:
             raise
         return ours, created, finished
 
-    @staticmethod
-    def _write_postgres(dbapi: Any, fences: dict[str, int], rows: list[dict[str, Any]],
+    def _write_postgres(self, dbapi: Any, fences: dict[str, int], rows: list[dict[str, Any]],
                         new_runs: list[dict[str, Any]], finishes: list[store.RunFinish],
                         ) -> tuple[set[str], set[str], dict[str, store.RunRow]]:
-        statement = _postgres_statement(fences, rows, new_runs, finishes)
-        if statement is None:
-            return set(), set(), {}
+        if not fences:  # journal rows and finishes belong to fenced runs
+            rows, finishes = [], []
+        parts = (
+            (store.NEW_RUN_COLUMNS, [[row.get(c) for c in store.NEW_RUN_COLUMNS] for row in new_runs]),
+            (_FENCE, [[run_id, fence] for run_id, fence in fences.items()]),
+            (store.ENTRY_COLUMNS, [[row.get(c) for c in store.ENTRY_COLUMNS] for row in rows]),
+            (_FINISH, [[f.run_id, f.status, f.output, f.error, f.now] for f in finishes]),
+        )
+        params: list[Any] = []
+        for names, records in parts:
+            if len(records) == 1:  # one record: its values as parameters
+                params.extend(records[0])
+            elif records:
+                # several travel as one JSON text: the driver's array adaptation costs
+                # more CPU per column than the whole statement's round trip on a local server
+                params.append(json.dumps([dict(zip(names, record)) for record in records]))
+        ours: set[str] = set()
+        created: set[str] = set()
+        finished: dict[str, store.RunRow] = {}
+        if not params:
+            return ours, created, finished
         with dbapi.cursor() as cursor:
-            cursor.execute(*statement)
-            return _postgres_answer(cursor.fetchall())
-
-
-def _postgres_statement(fences: dict[str, int], rows: list[dict[str, Any]], new_runs: list[dict[str, Any]],
-                        finishes: list[store.RunFinish]) -> tuple[str, list[Any]] | None:
-    """A whole batch's one statement and its parameters (None: nothing to write)."""
-    if not fences:  # journal rows and finishes belong to fenced runs
-        rows, finishes = [], []
-    parts = (
-        (store.NEW_RUN_COLUMNS, [[row.get(c) for c in store.NEW_RUN_COLUMNS] for row in new_runs]),
-        (_FENCE, [[run_id, fence] for run_id, fence in fences.items()]),
-        (store.ENTRY_COLUMNS, [[row.get(c) for c in store.ENTRY_COLUMNS] for row in rows]),
-        (_FINISH, [[f.run_id, f.status, f.output, f.error, f.now] for f in finishes]),
-    )
-    params: list[Any] = []
-    for names, records in parts:
-        if len(records) == 1:  # one record: its values as parameters
-            params.extend(records[0])
-        elif records:
-            # several travel as one JSON text: the driver's array adaptation costs
-            # more CPU per column than the whole statement's round trip on a local server
-            params.append(json.dumps([dict(zip(names, record)) for record in records]))
-    if not params:
-        return None
-    return _postgres_sql(*(min(len(records), 2) for _, records in parts)), params
-
-
-def _postgres_answer(answer: list[Any]) -> tuple[set[str], set[str], dict[str, store.RunRow]]:
-    """(runs still ours, runs created, finished runs' rows) from the statement's rows."""
-    ours: set[str] = set()
-    created: set[str] = set()
-    finished: dict[str, store.RunRow] = {}
-    for is_new, run_id, *row in answer:
-        if is_new:
-            created.add(run_id)
-            continue
-        ours.add(run_id)
-        if row and row[0] is not None:
-            finished[run_id] = store.RunRow(*row)
-    return ours, created, finished
+            cursor.execute(_postgres_sql(*(min(len(records), 2) for _, records in parts)), params)
+            for is_new, run_id, *row in cursor.fetchall():
+                if is_new:
+                    created.add(run_id)
+                    continue
+                ours.add(run_id)
+                if row and row[0] is not None:
+                    finished[run_id] = store.RunRow(*row)
+        return ours, created, finished
 
 
 @functools.cache

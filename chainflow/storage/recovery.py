@@ -63,23 +63,12 @@ def reply_lost(exc: BaseException) -> bool:
     return state is None or str(state).startswith("08")
 
 
-_WHO = "SELECT pid, backend_start::text FROM pg_stat_activity WHERE pid = pg_backend_pid()"
-
-
 def server_process(dbapi: Any) -> tuple[int, str]:
     """Who runs a psycopg connection's statements on the server: (pid, start time).
     Read once per connection (a pid alone could be reused by another session)."""
     with dbapi.cursor() as cursor:
-        cursor.execute(_WHO)
+        cursor.execute("SELECT pid, backend_start::text FROM pg_stat_activity WHERE pid = pg_backend_pid()")
         pid, started = cursor.fetchone()
-    return int(pid), str(started)
-
-
-async def server_process_async(dbapi: Any) -> tuple[int, str]:
-    """``server_process`` of an asyncio psycopg connection."""
-    async with dbapi.cursor() as cursor:
-        await cursor.execute(_WHO)
-        pid, started = await cursor.fetchone()
     return int(pid), str(started)
 
 

@@ -5,13 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Iterable
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator, Iterable
+from typing import Any
 
 import chainflow as cf
 from chainflow.states import TERMINAL
-
-T = TypeVar("T")
 
 
 @contextlib.asynccontextmanager
@@ -72,21 +70,3 @@ def claim_count(app: cf.Chainflow, run_id: str) -> int:
 
     with app.engine.begin() as conn:
         return int(conn.execute(sa.select(runs.c.attempt_count).where(runs.c.id == run_id)).scalar_one())
-
-
-async def ticks_during(work: Awaitable[T]) -> tuple[T, int]:
-    """What ``work`` gave, and how many 10 ms ticks the event loop made meanwhile: a
-    loop held by blocking work makes none."""
-    ticks = 0
-
-    async def ticker() -> None:
-        nonlocal ticks
-        while True:
-            await asyncio.sleep(0.01)
-            ticks += 1
-
-    ticking = asyncio.create_task(ticker())
-    try:
-        return await work, ticks
-    finally:
-        ticking.cancel()

@@ -3,9 +3,9 @@ folded into the last step's (``runtime.scope``: a step's row waits for the run's
 durable write when nothing else of the run is in flight).
 
 Commits are counted at the driver, below SQLAlchemy, so the group commit's own
-driver connections (``storage.entrywriter``) are counted too: on SQLite every COMMIT of
+driver connection (``storage.entrywriter``) is counted too: on SQLite every COMMIT of
 chainflow's connection class, on Postgres every COMMIT plus every statement run on an
-autocommit connection, asyncio's included (each of those is a transaction of its own)."""
+autocommit connection (each of those is a transaction of its own)."""
 
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ def commits(backend: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]
 
         monkeypatch.setattr(_WriterConnection, "commit", counted_commit)
     else:
-        pg_commit, execute, async_execute = psycopg.Connection.commit, psycopg.Cursor.execute, psycopg.AsyncCursor.execute
+        pg_commit, execute = psycopg.Connection.commit, psycopg.Cursor.execute
 
         def counted_pg_commit(self: psycopg.Connection[Any]) -> None:
             count[0] += 1
@@ -49,14 +49,8 @@ def commits(backend: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]
                 count[0] += 1
             return execute(self, *args, **kwargs)
 
-        async def counted_async_execute(self: psycopg.AsyncCursor[Any], *args: Any, **kwargs: Any) -> Any:
-            if self.connection.autocommit:
-                count[0] += 1
-            return await async_execute(self, *args, **kwargs)
-
         monkeypatch.setattr(psycopg.Connection, "commit", counted_pg_commit)
         monkeypatch.setattr(psycopg.Cursor, "execute", counted_execute)
-        monkeypatch.setattr(psycopg.AsyncCursor, "execute", counted_async_execute)
     yield count
 
 

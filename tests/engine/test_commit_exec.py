@@ -18,7 +18,7 @@ from chainflow.storage import store
 from chainflow.storage.schema import signals
 from tests.statements import captured
 
-from .test_commit_thread import unclaimed_runs
+from .test_commit_thread import _runs
 
 
 _INSERT = signals.insert()  # built once, as the stores build theirs: ops are grouped by statement
@@ -39,7 +39,7 @@ def _names(app: cf.Chainflow) -> dict[str, list[str]]:
 
 async def test_a_batch_runs_each_statement_once_for_all_its_runs(make_app: Any) -> None:
     app = make_app()
-    ids = unclaimed_runs(app, 6)
+    ids = _runs(app, 6)
     committer = Committer(app.engine)
 
     def closure(conn: sa.Connection) -> int:
@@ -59,7 +59,7 @@ async def test_a_batch_runs_each_statement_once_for_all_its_runs(make_app: Any) 
 
 async def test_a_failing_statement_fails_only_its_own_runs_write(make_app: Any) -> None:
     app = make_app()
-    ids = unclaimed_runs(app, 4)
+    ids = _runs(app, 4)
     committer = Committer(app.engine)
     try:
         results = await asyncio.gather(*(committer.write(run_id, 0, [_signal(run_id, None if i == 2 else "ok")])
@@ -73,7 +73,7 @@ async def test_a_failing_statement_fails_only_its_own_runs_write(make_app: Any) 
 
 def test_an_exec_is_also_a_plain_closure(make_app: Any) -> None:
     app = make_app()
-    run_id, = unclaimed_runs(app, 1)
+    run_id, = _runs(app, 1)
     app.database.tx(_signal(run_id, "alone"))
     assert _names(app) == {run_id: ["alone"]}
 
@@ -91,7 +91,7 @@ async def test_queries_opening_a_batch_go_out_together_and_answer_each_run(
     """On Postgres one pipeline for the whole batch; each run gets its own rows, and a
     query after a closure of its run still sees what that closure wrote."""
     app = make_app()
-    ids = unclaimed_runs(app, 6)
+    ids = _runs(app, 6)
     app.database.tx(lambda conn: [_signal(run_id, "before")(conn) for run_id in ids])
     pipelines: list[int] = []
     if app.engine.dialect.name == "postgresql":
@@ -120,7 +120,7 @@ async def test_queries_opening_a_batch_go_out_together_and_answer_each_run(
 
 async def test_a_query_refusing_its_rows_rolls_back_only_its_own_runs_write(make_app: Any) -> None:
     app = make_app()
-    ids = unclaimed_runs(app, 4)
+    ids = _runs(app, 4)
     committer = Committer(app.engine)
 
     def refuse(names: list[str]) -> list[str]:

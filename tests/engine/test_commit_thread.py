@@ -14,10 +14,10 @@ import chainflow as cf
 from chainflow.runtime.committer import Committer
 from chainflow.storage.connector import is_local
 
-from ._util import running_worker, ticks_during, wait_status
+from ._util import running_worker, wait_status
 
 
-def unclaimed_runs(app: cf.Chainflow, n: int) -> list[str]:
+def _runs(app: cf.Chainflow, n: int) -> list[str]:
     """Runs nobody claimed: their fence is 0, which a write can name."""
     @app.workflow("noop")
     async def noop(ctx: cf.Context, _: int) -> None:
@@ -28,32 +28,41 @@ def unclaimed_runs(app: cf.Chainflow, n: int) -> list[str]:
 
 async def test_the_loop_runs_on_while_a_batch_commits(make_app: Any) -> None:
     app = make_app()
-    run_id, = unclaimed_runs(app, 1)
+    run_id, = _runs(app, 1)
     committer = Committer(app.engine, in_thread=True)
 
     def slow(conn: sa.Connection) -> int:
         time.sleep(0.3)  # a round trip to a far database
         return int(conn.exec_driver_sql("SELECT 1").scalar_one())
 
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.01)
+            ticks += 1
+
+    ticking = asyncio.create_task(ticker())
     try:
-        answer, ticks = await ticks_during(committer.write(run_id, 0, [slow]))
+        assert await committer.write(run_id, 0, [slow]) == [1]
     finally:
+        ticking.cancel()
         await committer.close()
-    assert answer == [1]
     assert ticks >= 10, ticks
 
 
 async def test_writes_made_during_a_commit_share_the_next_one(make_app: Any) -> None:
     app = make_app()
-    ids = unclaimed_runs(app, 6)
+    ids = _runs(app, 6)
     committer = Committer(app.engine, in_thread=True)
     batches: list[int] = []
     commit = committer._commit
 
-    def counted(batch: list[Any], writes: Any = None) -> list[Any]:
+    def counted(batch: list[Any]) -> list[Any]:
         batches.append(len(batch))
         time.sleep(0.05)
-        return commit(batch, writes)
+        return commit(batch)
 
     committer._commit = counted  # type: ignore[method-assign]
 
@@ -100,10 +109,11 @@ def test_which_databases_count_as_local() -> None:
     assert not is_local(sa.make_url("postgresql+psycopg://app@db.internal:5432/payments"))
 
 
-def pair_workflow(app: cf.Chainflow) -> list[list[str]]:
-    """A run whose left branch's step a1 defers its row (``runtime.scope``: nothing else
-    of the run is in flight), and whose right branch's write (a zero sleep) takes that
-    row along; a2 records the journal as it stands when a2 runs.  Returns that record."""
+async def test_a_step_waits_for_a_commit_in_flight_that_carries_an_earlier_step_row(make_app: Any) -> None:
+    """A step that was its run's only work defers its row (``runtime.scope``); a sibling
+    branch's write may then take the row along.  While that write is still committing,
+    the first branch's next step must not start: it waits for the row to be durable."""
+    app = make_app()
     seen: list[list[str]] = []
 
     async def noop() -> int:
@@ -129,26 +139,14 @@ def pair_workflow(app: cf.Chainflow) -> list[list[str]]:
 
         await ctx.gather(left(), right())
 
-    return seen
-
-
-def carries_the_nap(rows: list[dict[str, Any]]) -> bool:
-    return any(row.get("kind") == "sleep" for row in rows)
-
-
-async def test_a_step_waits_for_a_commit_in_flight_that_carries_an_earlier_step_row(make_app: Any) -> None:
-    """While the write carrying a1's row is still committing, the left branch's next
-    step must not start: it waits for the row to be durable."""
-    app = make_app()
-    seen = pair_workflow(app)
     async with running_worker(app, commit_in_thread=True) as worker:
         committer = worker.committer
         commit = committer._commit
 
-        def slowly(batch: list[Any], writes: Any = None) -> list[Any]:
-            if carries_the_nap([getattr(op, "row", {}) for item in batch for op in item.ops]):
+        def slowly(batch: list[Any]) -> list[Any]:
+            if any(getattr(op, "row", {}).get("kind") == "sleep" for item in batch for op in item.ops):
                 time.sleep(0.3)  # the write carrying a1's row is still in flight when a2 could start
-            return commit(batch, writes)
+            return commit(batch)
 
         committer._commit = slowly  # type: ignore[method-assign]
         run_id = app.start("pair").id

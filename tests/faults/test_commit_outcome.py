@@ -31,7 +31,7 @@ def _run(app: cf.Chainflow) -> str:
     return app.start("noop", 0).id  # unclaimed: fence 0
 
 
-def entry(run_id: str, output: str) -> store.EntryInsert:
+def _entry(run_id: str, output: str) -> store.EntryInsert:
     return store.EntryInsert(dict(run_id=run_id, branch="", position=0, key="s", kind="step", status="ok",
                                   output=output, error=None, attempts=1, started_at=1.0, finished_at=2.0))
 
@@ -42,10 +42,10 @@ async def test_a_write_already_in_the_journal_is_no_failure(make_app: Any, in_th
     run_id = _run(app)
     committer = Committer(app.engine, in_thread=in_thread)
     try:
-        assert await committer.write(run_id, 0, [entry(run_id, '"a"')]) == [None]
-        assert await committer.write(run_id, 0, [entry(run_id, '"a"')]) == [None]  # landed: success
+        assert await committer.write(run_id, 0, [_entry(run_id, '"a"')]) == [None]
+        assert await committer.write(run_id, 0, [_entry(run_id, '"a"')]) == [None]  # landed: success
         with pytest.raises(sa.exc.IntegrityError):  # another payload in that slot is a real conflict
-            await committer.write(run_id, 0, [entry(run_id, '"b"')])
+            await committer.write(run_id, 0, [_entry(run_id, '"b"')])
     finally:
         await committer.close()
     with app.engine.begin() as conn:
@@ -72,7 +72,7 @@ async def test_a_lost_reply_nobody_can_settle_abandons_and_applies_nothing_twice
         try:
             t0 = time.monotonic()
             with pytest.raises(LeaseLostError):
-                await committer.write(run_id, 0, [entry(run_id, '"a"')])
+                await committer.write(run_id, 0, [_entry(run_id, '"a"')])
             assert time.monotonic() - t0 < 10
         finally:
             await committer.close()
@@ -109,8 +109,8 @@ async def test_a_write_that_never_arrived_is_sent_again_once(pg_url: str, in_thr
         engine = sa.create_engine(proxied(pg_url, proxy.port))
         committer = Committer(engine, in_thread=in_thread)
         try:  # two writes of one loop round: one batch
-            outcomes = await asyncio.gather(committer.write(first, 0, [entry(first, '"a"')]),
-                                            committer.write(second, 0, [entry(second, '"b"')]),
+            outcomes = await asyncio.gather(committer.write(first, 0, [_entry(first, '"a"')]),
+                                            committer.write(second, 0, [_entry(second, '"b"')]),
                                             return_exceptions=True)
         finally:
             await committer.close()
