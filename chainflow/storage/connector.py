@@ -76,7 +76,7 @@ def locked_as_error(engine: sa.Engine, busy_timeout: float) -> Iterator[None]:
         yield
     except sa.exc.OperationalError as exc:
         if engine.dialect.name == "sqlite" and "locked" in str(exc.orig):
-            raise DatabaseLockedError(str(engine.url.database), busy_timeout) from None
+            raise DatabaseLockedError(sqlite_file(engine.url), busy_timeout) from None
         raise
 
 

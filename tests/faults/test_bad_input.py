@@ -624,6 +624,7 @@ def test_a_file_uri_names_the_same_sqlite_file_as_its_path(tmp_path: Path) -> No
     assert sqlite_file(make_url(f"sqlite:///{path}")) == str(path)
     assert sqlite_file(make_url(f"sqlite:///file:{path}?uri=true&mode=rwc")) == str(path)
 
+
 # --- item 10: a chain node down, from the CLI ---------------------------------------------------
 
 
