@@ -36,11 +36,14 @@ class Utxo:
 
 @dataclass
 class _Applied:
-    """One block as applied: enough to take it back."""
+    """One block as applied: enough to take it back.  A coin the block both created and
+    spent is in neither (the engine spends only mined coins, but another wallet holding
+    the same keys may chain spends in the mempool): taking the block back must not
+    bring it back."""
 
     hash: str
     height: int
-    created: list[str] = field(default_factory=list)
+    created: set[str] = field(default_factory=set)
     spent: dict[str, Utxo] = field(default_factory=dict)
 
 
@@ -135,13 +138,16 @@ class CoinView:
                     coinbase = True
                     continue
                 outpoint = f"{vin['txid']}:{int(vin['vout'])}"
-                if outpoint in self._utxos:
+                if outpoint in applied.created:
+                    applied.created.discard(outpoint)
+                    del self._utxos[outpoint]
+                elif outpoint in self._utxos:
                     applied.spent[outpoint] = self._utxos.pop(outpoint)
             for vout in tx.get("vout") or []:
                 if self._owns(str(vout["scriptPubKey"]["hex"])):
                     outpoint = f"{txid}:{int(vout['n'])}"
                     self._utxos[outpoint] = Utxo(satoshis(vout["value"], f"output {outpoint}"), height, coinbase)
-                    applied.created.append(outpoint)
+                    applied.created.add(outpoint)
         self._blocks.append(applied)
         if len(self._blocks) > self._depth:  # forgotten: a reorg below here means a rescan
             oldest = self._blocks.pop(0)

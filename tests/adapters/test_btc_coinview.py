@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from adapters.bitcoin import BitcoinChain, DescriptorWallet
+from devnet.regtest import sats_to_coins
 
 from ._btc import master_key
 
@@ -97,3 +98,27 @@ async def test_a_shorter_chain_and_a_reorg_below_memory(btc: BitcoinChain, regte
     node.reorg(7)  # deeper than the 4 blocks the view remembers: it scans again
     assert await values(btc) == [400_000] and counting.calls.get("scantxoutset") == 1
     assert top.split(":")[0] in node.mempool(), "the orphaned funding waits in the mempool"
+
+
+async def test_a_coin_created_and_spent_in_one_orphaned_block_does_not_come_back(btc: BitcoinChain,
+                                                                                 regtest_node: Any) -> None:
+    """Spends chained in the mempool (here by hand: the engine spends only mined coins,
+    another wallet with the same keys need not) can be mined into one block.  Taking
+    that block back restores what it spent from before it, never the coin it both
+    created and spent."""
+    node = regtest_node
+    kept = node.fund(btc.sender(), 500_000)
+    assert await values(btc) == [500_000]
+    own = btc.keyring.addresses[1]
+    first = await btc.sign(await btc.estimate(btc.prepare(btc.pay(own, sats=200_000))), [kept], None)
+    assert (await btc.broadcast(first.raw)).outcome.name == "ACCEPTED"
+    decoded = node.rpc("decoderawtransaction", first.raw.hex())
+    middle = next(f"{decoded['txid']}:{out['n']}" for out in decoded["vout"] if out["value"] == sats_to_coins(200_000))
+    second = await btc.sign(await btc.estimate(btc.prepare(btc.pay(node.rpc("getnewaddress"), sats=100_000))),
+                            [middle], None)
+    assert (await btc.broadcast(second.raw)).outcome.name == "ACCEPTED"
+    node.mine(1)  # both in one block
+    mined = await values(btc)
+    assert len(mined) == 2 and 200_000 not in mined and 500_000 not in mined, "two changes left"
+    node.reorg(1)  # both back to the mempool, the fork empty
+    assert await values(btc) == [500_000], "the coin the orphaned block created and spent is not spendable"
