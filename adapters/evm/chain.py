@@ -25,6 +25,7 @@ from chainflow.chain.adapter import (
     Receipt,
     SignedTx,
     Simulation,
+    TxRejected,
 )
 
 from . import fees as fee_market
@@ -77,6 +78,9 @@ class EvmChain:
     or any web3 provider / ``Web3`` / ``AsyncWeb3``.  ``abis`` are contract
     ABIs whose events and custom errors receipts should decode even in a process that
     never prepared a call to them (a tracker on another host, a worker after restart).
+    ``max_fee_per_gas`` is the fee budget in wei: the most any version offers per gas
+    (``maxFeePerGas``, or ``gasPrice`` on a chain without a base fee); a fee spike is
+    followed up to it and no further, and the submission is then flagged stuck.
     """
 
     def __init__(
@@ -88,6 +92,7 @@ class EvmChain:
         chain_id: int | None = None,
         gas_headroom: float = 1.2,
         priority_fee: int | None = None,
+        max_fee_per_gas: int | None = None,
         fee_history_blocks: int = 10,
         timeout: float = 10.0,
         abis: Iterable[Sequence[Mapping[str, Any]]] | None = None,
@@ -111,7 +116,8 @@ class EvmChain:
         self._configured_chain_id = chain_id
         self._chain_id: int | None = None
         self._headroom_permille = round(gas_headroom * 1000)
-        self._fees = fee_market.FeeMarket(self.rpc, history_blocks=fee_history_blocks, priority_fee=priority_fee)
+        self._fees = fee_market.FeeMarket(self.rpc, history_blocks=fee_history_blocks, priority_fee=priority_fee,
+                                          max_fee=max_fee_per_gas)
         self._block_txs: OrderedDict[str, list[str]] = OrderedDict()
 
     def __repr__(self) -> str:
@@ -188,6 +194,11 @@ class EvmChain:
         if not request.get("gas"):
             request = await self.estimate(request)
         fees = dict(fees) if fees is not None else await self._fees.quote()
+        budget = self._fees.max_fee
+        offered = fees.get("gas_price", fees.get("max_fee_per_gas"))
+        if budget is not None and offered is not None and offered > budget:
+            raise TxRejected(f"a fee of {offered} wei per gas exceeds the max_fee_per_gas {budget} wei of chain "
+                             f"{self.name!r}", reverted=False)
         tx: dict[str, Any] = {
             "to": checksum(request["to"]),
             "value": int(request["value"]),
@@ -209,7 +220,7 @@ class EvmChain:
         return SignedTx(bytes(raw), hex_lower(tx_hash), {k: int(v) for k, v in fees.items()})
 
     def bump_fees(self, fees: dict[str, int], factor: float) -> dict[str, int]:
-        return fee_market.bump(fees, factor)
+        return fee_market.bump(fees, factor, self._fees.max_fee)
 
     async def broadcast(self, raw: bytes) -> BroadcastResult:
         try:

@@ -1,6 +1,11 @@
 """Fee pricing: EIP-1559 from ``eth_feeHistory``, legacy ``gasPrice`` where blocks have
 no base fee.  All arithmetic is on ints (wei): fees are journaled and compared for
 replacement rules, where a float's rounding would be a bug.
+
+A fee budget (``max_fee``, wei per gas) bounds what any version may offer: a market
+quote above it is offered at the budget, and a bump the budget cannot hold as a valid
+replacement is refused (``TxRejected``), which the tracker turns into the stuck alert.
+Without one, only ``TrackerConfig.max_bumps`` bounds how far a fee spike is followed.
 """
 
 from __future__ import annotations
@@ -10,6 +15,8 @@ from fractions import Fraction
 from statistics import median_low
 from typing import Any
 
+from chainflow.chain.adapter import TxRejected
+
 from .errors import RpcError
 from .rpc import Rpc
 from .values import quantity
@@ -18,21 +25,28 @@ from .values import quantity
 #: eth_maxPriorityFeePerGas): the common mainnet default of wallets.
 DEFAULT_PRIORITY_FEE = 10**9
 REWARD_PERCENTILE = 50
+#: What geth's pool (and anvil's) asks of a replacement: every fee field +10 %.  A bump
+#: the budget clips below this (or below ``bump_factor``, if lower) is no replacement.
+NODE_PRICE_BUMP = Fraction(11, 10)
 
 
 class FeeMarket:
     """Quotes fees for a new transaction.  Caches only whether the chain has a base fee
     (London never switches off), so each quote costs one ``eth_feeHistory`` call."""
 
-    def __init__(self, rpc: Rpc, *, history_blocks: int, priority_fee: int | None) -> None:
+    def __init__(self, rpc: Rpc, *, history_blocks: int, priority_fee: int | None,
+                 max_fee: int | None = None) -> None:
         if history_blocks < 1:
             raise ValueError("fee_history_blocks must be at least 1")
         if priority_fee is not None and (not isinstance(priority_fee, int) or isinstance(priority_fee, bool)
                                          or priority_fee < 0):
             raise ValueError("priority_fee must be a non-negative int number of wei")
+        if max_fee is not None and (not isinstance(max_fee, int) or isinstance(max_fee, bool) or max_fee < 1):
+            raise ValueError(f"max_fee_per_gas must be a positive int number of wei, got {max_fee!r}")
         self._rpc = rpc
         self._blocks = history_blocks
         self._priority = priority_fee
+        self.max_fee = max_fee
         self._eip1559: bool | None = None
         self._asking: dict[asyncio.AbstractEventLoop, asyncio.Future[dict[str, int]]] = {}
 
@@ -51,7 +65,7 @@ class FeeMarket:
         if asking is None:
             asking = self._asking[loop] = loop.create_task(self._ask())
             asking.add_done_callback(lambda _: self._asking.pop(loop, None))
-        return dict(await asyncio.shield(asking))
+        return capped(dict(await asyncio.shield(asking)), self.max_fee)
 
     async def _ask(self) -> dict[str, int]:
         if self._eip1559 is None:
@@ -84,8 +98,20 @@ class FeeMarket:
             return DEFAULT_PRIORITY_FEE
 
 
-def bump(fees: dict[str, int], factor: float) -> dict[str, int]:
-    """Every field multiplied by ``factor`` rounded up, and raised by at least 1 wei.
+def capped(fees: dict[str, int], max_fee: int | None) -> dict[str, int]:
+    """``fees`` with no field above ``max_fee`` (the tip never above the max fee)."""
+    if max_fee is None:
+        return fees
+    if "gas_price" in fees:
+        return {"gas_price": min(fees["gas_price"], max_fee)}
+    top = min(fees["max_fee_per_gas"], max_fee)
+    return {"max_fee_per_gas": top, "max_priority_fee_per_gas": min(fees["max_priority_fee_per_gas"], top)}
+
+
+def bump(fees: dict[str, int], factor: float, max_fee: int | None = None) -> dict[str, int]:
+    """Every field multiplied by ``factor`` rounded up, and raised by at least 1 wei;
+    at most ``max_fee``, and ``TxRejected`` (not a revert) when that leaves no valid
+    replacement.
 
     The factor is taken as its decimal text (1.1 means exactly 11/10) so a float's binary
     error never adds a wei, and nodes' "at least +10 %" checks hold exactly.
@@ -98,5 +124,15 @@ def bump(fees: dict[str, int], factor: float) -> dict[str, int]:
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:
             raise ValueError(f"fee field {key!r} must be a non-negative int number of wei, got {value!r}")
         scaled = value * exact
-        out[key] = max(value + 1, -(-scaled.numerator // scaled.denominator))
-    return out
+        out[key] = max(value + 1, _ceil(scaled))
+    limited = capped(out, max_fee)
+    for key, value in limited.items():
+        old = fees[key]
+        if value < min(out[key], max(old + 1, _ceil(old * NODE_PRICE_BUMP))):
+            raise TxRejected(f"fee budget exhausted: {key} {old} wei cannot rise by the +10 % nodes ask of a "
+                             f"replacement within the max_fee_per_gas of {max_fee} wei", reverted=False)
+    return limited
+
+
+def _ceil(value: Fraction) -> int:
+    return -(-value.numerator // value.denominator)

@@ -15,9 +15,9 @@ from web3 import Web3
 from adapters.evm import EvmChain, LocalSigner
 from adapters.evm.abi import AbiRegistry
 from adapters.evm.classify import classify
-from adapters.evm.fees import bump
+from adapters.evm.fees import bump, capped
 from adapters.evm.revert import decode_revert, revert_data
-from chainflow.chain.adapter import BroadcastOutcome
+from chainflow.chain.adapter import BroadcastOutcome, TxRejected
 from chainflow.storage import codec
 from devnet import load_token_artifact
 
@@ -307,3 +307,40 @@ def test_new_calls_encode_as_web3_does() -> None:
     ]
     for call in calls:
         assert _calldata(call) == str(call._encode_transaction_data()).lower()
+
+
+def test_a_fee_budget_caps_bumps_and_refuses_one_it_cannot_hold() -> None:
+    fees = {"max_fee_per_gas": 1_000, "max_priority_fee_per_gas": 100}
+    assert bump(fees, 1.125, 10_000) == bump(fees, 1.125) == {"max_fee_per_gas": 1_125,
+                                                              "max_priority_fee_per_gas": 113}
+    # clipped, but still +10 % on both fields: what a node takes as a replacement
+    assert bump(fees, 1.125, 1_100) == {"max_fee_per_gas": 1_100, "max_priority_fee_per_gas": 113}
+    for budget in (1_099, 1_000):
+        with pytest.raises(TxRejected, match="fee budget exhausted: max_fee_per_gas 1000 wei cannot rise by the "
+                                             rf"\+10 % nodes ask of a replacement within the max_fee_per_gas "
+                                             f"of {budget} wei") as caught:
+            bump(fees, 1.125, budget)
+        assert caught.value.reverted is False
+    # the tip is never above the max fee
+    assert bump({"max_fee_per_gas": 1_000, "max_priority_fee_per_gas": 1_000}, 1.2, 1_150) == {
+        "max_fee_per_gas": 1_150, "max_priority_fee_per_gas": 1_150}
+    assert bump({"gas_price": 50}, 1.5, 60) == {"gas_price": 60}
+    assert capped({"max_fee_per_gas": 900, "max_priority_fee_per_gas": 800}, 500) == {
+        "max_fee_per_gas": 500, "max_priority_fee_per_gas": 500}
+
+
+async def test_signing_above_the_fee_budget_is_refused_before_the_node_is_asked() -> None:
+    chain = EvmChain("capped", "http://127.0.0.1:9", LocalSigner.from_key(Account.create().key),
+                     max_fee_per_gas=2_000)
+    request = {**chain.prepare({"to": GOOD, "value": 1}), "gas": 21_000}
+    with pytest.raises(TxRejected, match="a fee of 2001 wei per gas exceeds the max_fee_per_gas 2000 wei of "
+                                         "chain 'capped'"):
+        await chain.sign(request, 0, {"max_fee_per_gas": 2_001, "max_priority_fee_per_gas": 1})
+    with pytest.raises(TxRejected, match="a fee of 2001 wei per gas exceeds"):
+        await chain.sign(request, 0, {"gas_price": 2_001})
+
+
+@pytest.mark.parametrize("budget", [0, -1, 1.5, True, "100"])
+def test_a_bad_fee_budget_is_refused_naming_it(budget: Any) -> None:
+    with pytest.raises(ValueError, match="max_fee_per_gas must be a positive int number of wei"):
+        EvmChain("x", "http://127.0.0.1:9", LocalSigner.from_key(Account.create().key), max_fee_per_gas=budget)

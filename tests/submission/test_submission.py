@@ -260,6 +260,70 @@ def test_fee_bump_replaces_a_stuck_tx(tmp_path: Path) -> None:
         assert mined[0]["hash"].hex().removeprefix("0x") != tries[0].tx_hash.removeprefix("0x")
 
 
+def test_bumps_stop_at_the_fee_budget_and_the_mint_is_flagged_stuck_not_failed(tmp_path: Path) -> None:
+    """A fee spike is followed up to ``max_fee_per_gas`` and no further: the first bump
+    fits the budget, the next would not be a valid replacement within it, so the
+    submission is flagged stuck and its last version kept on the wire; once the base fee
+    falls, that version is mined and the flag clears.  Fees read from the chain."""
+    require_anvil()
+    with Anvil(no_mining=True) as net:
+        net.set_automine(True)  # deploying the token needs mining
+        chain = Chain(net)
+        net.set_automine(False)
+        signer = LocalSigner.from_key(chain.minter.private_key)
+        market = asyncio.run(EvmChain("probe", net.rpc_url, signer)._fees.quote())  # no block until the first sign
+        budget = market["max_fee_per_gas"] * 115 // 100  # room for one bump of 12.5 %, not for two
+        adapter = EvmChain("local", net.rpc_url, signer, max_fee_per_gas=budget)
+        app = cf.Chainflow(f"sqlite:///{tmp_path / 'budget.db'}", chains=[adapter],
+                           tracker=cf.TrackerConfig(poll_interval=0.05, bump_blocks=1, rebroadcast_blocks=1))
+
+        @app.workflow("mint")
+        async def mint(ctx: cf.Context, amount: int) -> dict[str, Any]:
+            r = await ctx.submit("mint", chain="local", tx=chain.token.functions.mint(chain.minter.address, amount),
+                                 idempotency_key="budget-1", finality=cf.Confirmations(1))
+            return {"tx": r.tx_hash}
+
+        def rows() -> tuple[list[Any], Any]:
+            with app.engine.connect() as conn:
+                return (list(conn.execute(sa.select(schema.tx_attempts).order_by(schema.tx_attempts.c.id))),
+                        conn.execute(sa.select(schema.submissions)).first())
+
+        async def spike_then_fall(run_id: str) -> None:
+            while not rows()[0]:
+                await asyncio.sleep(0.05)
+            for _ in range(150):  # every block's base fee above the budget: nothing can be mined
+                await asyncio.to_thread(net.set_next_base_fee, budget * 2)
+                await asyncio.to_thread(net.mine, 1)
+                await asyncio.to_thread(net.set_next_base_fee, budget * 2)
+                await asyncio.sleep(0.1)
+                if rows()[1].stuck_since is not None:
+                    break
+            attempts, sub = rows()
+            assert sub.stuck_since is not None, "never flagged stuck"
+            assert sub.state != "failed" and (await app.astatus(run_id)).status not in TERMINAL
+            assert len(attempts) == 2, [a.fees for a in attempts]
+            await asyncio.to_thread(net.set_next_base_fee, market["max_fee_per_gas"] // 4)
+            for _ in range(20):
+                await asyncio.to_thread(net.mine, 1)
+                await asyncio.sleep(0.2)
+                if (await app.astatus(run_id)).status in TERMINAL:
+                    break
+
+        st = asyncio.run(_run_inline(app, "mint", 7, until=spike_then_fall))
+        assert st.status == "completed", st.error
+        attempts, sub = rows()
+        import json
+
+        first, second = (json.loads(a.fees) for a in attempts)
+        # the market during the spike asked more than the budget: the bump offered all of it
+        assert first == market and second["max_fee_per_gas"] == budget
+        mined = [tx for tx in chain.sender_txs() if tx["to"] == chain.token.address]
+        assert len(mined) == 1 and mined[0]["maxFeePerGas"] <= budget
+        assert mined[0]["hash"].hex().removeprefix("0x") == attempts[1].tx_hash.removeprefix("0x") == \
+            st.output["tx"].removeprefix("0x")
+        assert sub.stuck_since is None, "the stuck flag stays after the mint was mined"
+
+
 def test_revert_fails_the_step_with_reason_and_compensates(anvil: Anvil, db_url: str) -> None:
     chain = Chain(anvil)
     app, _ = _app(db_url, chain)
