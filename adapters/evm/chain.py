@@ -295,6 +295,9 @@ class EvmChain:
         return quantity(await self.rpc.call("eth_getTransactionCount", checksum(sender), "latest"))
 
     async def head(self) -> Header:
+        # the tracker reads heads before anything is signed: a URL serving another chain
+        # would otherwise read as a reorg of every stored header
+        await self.chain_id()
         block = await self.rpc.call("eth_getBlockByNumber", "latest", False)
         if not block:
             raise RpcError("eth_getBlockByNumber", 0, "node returned no latest block")

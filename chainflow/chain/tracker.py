@@ -186,6 +186,10 @@ class Tracker:
                 tip = await self._base(fork, head.number)
             new = await self._new_headers(head, tip) or []
             self._wake()
+        # decide at the newest header chained onto the stored window, never at the node's
+        # word alone: a height it could not give (a lagging backend behind a load
+        # balancer) ends this iteration's reach below its head
+        head = new[-1] if new else tip
         block_hashes = {h.hash: await self._rpc(self.adapter.block_tx_hashes(h.hash)) for h in new}
         wanted = [tx for hashes in block_hashes.values() for tx in hashes]
         view = await self.db.aread(chainstore.head_view, self.chain, wanted, head.number - self.config.rebroadcast_blocks,

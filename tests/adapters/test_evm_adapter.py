@@ -288,6 +288,8 @@ async def test_wrong_chain_id_is_a_configuration_error(net: Any) -> None:
         with pytest.raises(ChainIdMismatch) as err:
             await adapter.sign(adapter.gap_filler(adapter.sender()), 0, None)
         assert isinstance(err.value, ConfigurationError)
+        with pytest.raises(ChainIdMismatch):  # what a tracker reads first, before anything is signed
+            await adapter.head()
     finally:
         await adapter.aclose()
 
