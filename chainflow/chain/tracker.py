@@ -102,8 +102,6 @@ class Tracker:
             stats = None
             try:
                 stats = await self.iteration()
-            except sa.exc.IntegrityError:
-                pass  # another process created the leadership row first
             except Exception as exc:
                 self._failures.failed(exc, "failed an iteration; retrying")
             else:
@@ -135,7 +133,7 @@ class Tracker:
         holds, ``_as_leader`` answers without the database."""
         try:
             await self._commit(_nothing)
-        except chainstore.NotLeader:
+        except (chainstore.NotLeader, sa.exc.IntegrityError):  # or it created the lease row first
             return False
         return True
 
@@ -394,6 +392,12 @@ class Tracker:
             signed = await self._rpc(self.adapter.sign(request, bound, fees))
         except TxRejected as exc:
             await self._stuck(sub, exc.reason)
+            return
+        if signed.tx_hash in {a.tx_hash for a in attempts}:
+            # higher fees that sign to the same bytes: nothing is left to raise them from
+            # (a payment without change already gives the fee all its inputs hold over)
+            await self._stuck(sub, f"a replacement at fees {fees} is the very transaction {signed.tx_hash}: "
+                                   f"no fee left to raise")
             return
         await self.db.atx(chainstore.add_attempt, sub.id, self.chain, signed, self.clock.time())
         await self._as_leader()

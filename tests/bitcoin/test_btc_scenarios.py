@@ -148,6 +148,35 @@ async def test_bumps_stop_at_the_fee_budget_and_the_payout_is_flagged_stuck_not_
         await rig.close()
 
 
+async def test_a_payout_without_change_is_flagged_stuck_when_a_bump_could_not_raise_its_fee(
+        node: RegtestNode, db_url: str, ledger: CallLog) -> None:
+    """A coin only a little above the payment leaves change below dust: every fee rate
+    then signs the same transaction, the whole remainder its fee.  A bump has nothing to
+    raise: the payout is flagged stuck (not a second candidate with the same hash, which
+    the tracker could not record, iteration after iteration, bumping and batching
+    nothing else on the chain), and confirms when blocks take it."""
+    rig = NodeRig(node, db_url, ledger, chain={"fallback_feerate": 10_000, "max_feerate": 20_000}, bump_blocks=1)
+    no_estimate(node, rig.btc)
+    try:
+        coin = node.fund(rig.btc.sender(), 103_000)
+        payee = rig.payees[0]
+        async with rig.worker():
+            h = await rig.app.astart("payout", {"id": "o-1", "to": payee, "sats": 100_000})
+            await rig.drive(lambda: rig.state("o-1") == "broadcast", mine=False, what="the first broadcast")
+            for _ in range(4):
+                await rig.mine_empty()
+            sub = rig.sub("o-1")
+            (candidate,) = rig.attempts(sub.id)
+            assert rig.fees(candidate)["fee"] == 3_000, "no change: the remainder is the fee"
+            assert sub.stuck_since is not None and sub.state == "broadcast" and sub.error is None
+            assert not rig.app.status(h.id).done and rig.held(sub.id) == [coin]
+            st = await rig.until_done(h.id, what="the confirmation")
+        assert st.status == "completed", st.error
+        assert rig.paid(payee) == [(f"{candidate.tx_hash}:0", 100_000)]
+    finally:
+        await rig.close()
+
+
 # --- reorgs -----------------------------------------------------------------------
 
 
