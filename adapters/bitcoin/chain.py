@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import re
 from collections import OrderedDict
 from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
@@ -49,6 +50,7 @@ RPC_INVALID_ADDRESS_OR_KEY = -5  # "No such mempool or blockchain transaction", 
 RPC_INVALID_PARAMETER = -8  # "Block height out of range", "Scan already in progress"
 SCAN_TRIES = 10  # another scantxoutset on the node (another worker): wait for it this many times
 _CACHED_TXS = 2048
+_TXID = re.compile("[0-9a-f]{64}")
 _CACHED_BLOCKS = 256
 
 K = TypeVar("K", bound=Hashable)
@@ -327,12 +329,14 @@ class BitcoinChain:
         block_hash: str | None = await self.rpc.call("getbestblockhash")
         for _ in range(self.spender_lookback):
             if block_hash is None:
-                break
+                return None
             spends, height, parent = await self._spends(block_hash)
             if (txid, index) in spends:
                 return spends[(txid, index)]
             if height <= created:
-                break
+                # searched down to the coin's own block: a reorg between the two reads
+                # took the spend back (ours, say, now in the mempool): unspent there
+                return None
             block_hash = parent
         return f"a transaction more than {self.spender_lookback} blocks below the tip (not searched further)"
 
@@ -369,6 +373,8 @@ class BitcoinChain:
     # --- reading ------------------------------------------------------------------
 
     async def receipt(self, tx_hash: str) -> BitcoinReceipt | None:
+        if not _TXID.fullmatch(tx_hash):  # what ``spender`` says of a spend below its lookback
+            return None
         located = await self._located(tx_hash)
         if located is None:
             return None

@@ -158,6 +158,46 @@ async def test_coins_and_receipts_follow_a_reorg(btc: BitcoinChain, node: Any) -
     assert await btc.spender(funded) is None
 
 
+async def test_the_spender_search_names_what_it_found_and_only_that(node: Any) -> None:
+    """Found within the lookback: its txid.  Below it: a sentence, which a receipt lookup
+    answers with None instead of sending it to the node as an id (the tracker asks it
+    of failed intents' coins every head).  Walked down to the coin's own block without
+    a spend, as when a reorg takes the spend back between the two reads: unspent."""
+    btc = _chain(node, lookahead=2, spender_lookback=3)
+    try:
+        spends = {}
+
+        async def spend(coin: str) -> None:
+            request = await btc.estimate(btc.prepare(btc.pay(node.rpc("getnewaddress"), sats=100_000)))
+            spends[coin] = await btc.sign(request, [coin], None)
+            await btc.broadcast(spends[coin].raw)
+            node.mine(1)
+            assert await btc.spender(coin) == spends[coin].tx_hash
+
+        await spend(first := node.fund(btc.sender(), 300_000))
+        node.mine(3)
+        deep = await btc.spender(first)
+        assert deep == "a transaction more than 3 blocks below the tip (not searched further)"
+        assert await btc.receipt(deep) is None
+        await spend(second := node.fund(btc.sender(), 300_000))
+        call = btc.rpc.call
+
+        async def racing(method: str, *params: Any, **kw: Any) -> Any:
+            result = await call(method, *params, **kw)
+            if method == "gettxout":
+                node.reorg(1)  # the spend's block orphaned right after the coin read as spent
+            return result
+
+        btc.rpc.call = racing  # type: ignore[method-assign]
+        try:
+            assert await btc.spender(second) is None, "nothing from the tip down to the coin's block spends it"
+        finally:
+            btc.rpc.call = call  # type: ignore[method-assign]
+        assert spends[second].tx_hash in node.mempool()
+    finally:
+        await btc.aclose()
+
+
 async def test_the_reader_follows_the_node(btc: BitcoinChain, node: Any) -> None:
     head = await btc.head()
     assert head.number == node.rpc("getblockcount") and head.hash == node.rpc("getbestblockhash")
