@@ -90,6 +90,8 @@ class Tracker:
         self._highest = -1
         self._rose_at = clock.time()
         self._stalled = False
+        # intent -> the head its conflict domain was first seen used with no receipt of ours
+        self._used_since: dict[int, int] = {}
         policy = self.config.batching.get(self.chain)
         self.batcher = None if policy is None else Batcher(db, clock, adapter, policy, self._as_leader, self._rpc)
 
@@ -320,8 +322,9 @@ class Tracker:
         used = await self.domain.used(stuck, self._rpc)
         for sub in stuck:
             if sub.id in used:
-                await self._resolve_spent(sub, used[sub.id])
+                await self._resolve_spent(sub, used[sub.id], head)
                 continue
+            self._used_since.pop(int(sub.id), None)  # a use a reorg took back starts over
             attempts = await self.db.aread(chainstore.attempts_of, sub.id)
             pending = await self._rpc(self.adapter.in_mempool(attempts[-1].tx_hash))
             if not pending:
@@ -347,17 +350,29 @@ class Tracker:
             if reason is not None:
                 await self.db.atx(chainstore.mark_abandoned, sub.id, reason, self.clock.time())
 
-    async def _resolve_spent(self, sub: Any, what: str) -> None:
+    async def _resolve_spent(self, sub: Any, what: str, head: int) -> None:
         """The intent's conflict domain is used on chain: by one of our candidates (a
-        missed match) or by a foreign transaction, which fails the intent."""
+        missed match) or by a foreign transaction, which fails the intent.
+
+        Foreign only once no candidate has had a receipt for ``rebroadcast_blocks`` heads
+        (at least one more) since the use was first seen, and the use is as final, from
+        that head, as the intent asked its own transaction to be: a node answering from
+        behind (a receipt not indexed yet) must not fail a payment that is mined, and
+        until then a reorg could take the foreign use back and include ours after all."""
         for tx_hash in await self.db.aread(chainstore.candidate_hashes, sub.id):
             receipt = await self._rpc(self.adapter.receipt(tx_hash))
             if receipt is not None:
+                self._used_since.pop(int(sub.id), None)
                 if await self._on_our_chain(receipt):
                     members = await self.db.aread(chainstore.members_of, [int(sub.id)])
                     found = self._with_members(int(sub.id), sub.finality, receipt, members)
                     await self.db.atx(chainstore.store_receipts, [(m, r) for m, _, r in found], self.clock.time())
                 return  # mined in a block we have not stored yet: the next heads will tell
+        seen = self._used_since.setdefault(int(sub.id), head)
+        patience = max(1, self.config.rebroadcast_blocks)
+        if head - seen < patience or not await self._ready([(int(sub.id), sub.finality, seen)], head):
+            return
+        del self._used_since[int(sub.id)]
         await self.db.atx(chainstore.fail_foreign, sub.id, f"{what} by a transaction chainflow did not sign",
                           self.clock.time())
 

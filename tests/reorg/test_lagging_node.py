@@ -6,6 +6,8 @@ it never checked.
   header read comes back empty, as from a backend that has not seen that height yet.
   The tracker must not count confirmations up to the node's head across that gap: it
   decides at the newest header it chained onto its window.
+* A receipt read answered empty (a backend that has not indexed it yet) while the
+  nonce already reads as used: not yet proof of a foreign transaction.
 * A URL that serves another chain than the adapter was configured for: every stored
   header would look orphaned, and a final payment would be rolled back.
 """
@@ -54,6 +56,32 @@ async def test_no_finality_is_decided_at_a_head_the_tracker_could_not_chain(rig:
         await rig.step()  # the next read sees the replaced block: the reorg takes the mint back
         assert rig.sub("order-1").state not in ("final", "included")
         assert rig.app.status(h.id).status == "waiting"
+
+
+async def test_a_receipt_not_indexed_yet_does_not_fail_a_mined_payment_as_foreign(rig: Rig) -> None:
+    register_mint_flow(rig, cf.Confirmations(1))
+    rig.net.set_automine(False)
+    async with rig.worker():
+        await rig.step()
+        h = await rig.app.astart("mint_flow", {"id": "order-1"})
+        await rig.wait_status(h.id, ("waiting",))
+        sub = rig.sub("order-1")
+        tx_hash = rig.attempts(sub.id)[0].tx_hash
+        await rig.step()
+        await rig.mine(1)  # mined, while the receipt reads below answer nothing
+        real = rig.adapter.receipt
+
+        async def not_indexed_yet(tx_hash: str) -> None:
+            return None
+
+        rig.adapter.receipt = not_indexed_yet  # type: ignore[method-assign]
+        await rig.step()  # the nonce reads as used, and no receipt of ours on this head
+        rig.adapter.receipt = real  # type: ignore[method-assign]
+        await rig.drive(lambda: rig.app.status(h.id).done, what="completion")
+    sub = rig.sub("order-1")
+    assert sub.state == "final" and sub.tx_hash == tx_hash, sub.error
+    assert rig.app.status(h.id).status == "completed"
+    assert rig.effects() == ["reserve", "credit", "notify"]
 
 
 async def test_a_node_of_another_chain_is_refused_before_any_header_is_read(rig: Rig) -> None:
