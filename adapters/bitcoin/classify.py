@@ -31,9 +31,12 @@ _RULES: list[tuple[BroadcastOutcome, tuple[str, ...]]] = [
         "min relay fee not met",
         "mempool min fee not met",  # the mempool is full and its floor has risen
         "mempool full",
-        "txn-mempool-conflict",  # a conflicting mempool transaction does not signal replaceability
     )),
 ]
+# "txn-mempool-conflict": a conflicting mempool transaction that does not signal
+# replaceability.  Not one of ours (every version signals BIP125), and no fee replaces
+# it: REJECTED, so the tracker re-broadcasts as it is instead of bumping towards
+# max_feerate; if that spend is mined, the intent fails as spent by it.
 
 
 def classify(code: int, message: str) -> BroadcastOutcome:

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from adapters.bitcoin import BitcoinChain, BitcoinReceipt, DescriptorWallet, NodeMismatch
+from adapters.bitcoin import BitcoinChain, BitcoinReceipt, DescriptorWallet, NodeMismatch, transaction
 from chainflow.chain.adapter import BroadcastOutcome, Coin, EndpointError
 
 from ._btc import master_key
@@ -196,6 +196,22 @@ async def test_the_spender_search_names_what_it_found_and_only_that(node: Any) -
         assert spends[second].tx_hash in node.mempool()
     finally:
         await btc.aclose()
+
+
+async def test_a_conflict_no_fee_can_replace_is_rejected_not_underpriced(btc: BitcoinChain, node: Any,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another program spends a reserved coin without signalling replaceability: no fee
+    gets our version in, so bumping towards max_feerate would only overpay once that
+    spend leaves the mempool."""
+    node.fund(btc.sender(), 300_000)
+    request, outpoints = await _pay(btc, node, (node.rpc("getnewaddress"), 100_000))
+    monkeypatch.setattr(transaction, "RBF_SEQUENCE", 0xFFFFFFFF)
+    foreign = await btc.sign(request, outpoints, None)
+    monkeypatch.undo()
+    node.rpc("sendrawtransaction", foreign.raw.hex())
+    ours = await btc.sign(request, outpoints, {"feerate": 50_000})
+    result = await btc.broadcast(ours.raw)
+    assert result.outcome is BroadcastOutcome.REJECTED and "txn-mempool-conflict" in result.detail
 
 
 async def test_the_reader_follows_the_node(btc: BitcoinChain, node: Any) -> None:

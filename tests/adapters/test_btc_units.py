@@ -267,7 +267,7 @@ def test_insufficient_funds_says_what_is_needed() -> None:
      BroadcastOutcome.UNDERPRICED),
     (-26, "min relay fee not met, 100 < 141", BroadcastOutcome.UNDERPRICED),
     (-26, "mempool min fee not met, 141 < 2000", BroadcastOutcome.UNDERPRICED),
-    (-26, "txn-mempool-conflict", BroadcastOutcome.UNDERPRICED),
+    (-26, "txn-mempool-conflict", BroadcastOutcome.REJECTED),  # a foreign spend no fee replaces
     (-26, "non-mandatory-script-verify-flag (Signature must be zero for failed CHECK(MULTI)SIG operation)",
      BroadcastOutcome.REJECTED),
     (-22, "TX decode failed", BroadcastOutcome.REJECTED),
