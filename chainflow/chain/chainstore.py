@@ -22,7 +22,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from .. import metrics
 from ..states import TERMINAL, SubmissionState
-from ..storage import codec, store
+from ..storage import codec, limits, store
 from ..storage.schema import headers, leaders, nonces, reorgs, reservations, runs, submissions, tx_attempts
 from .adapter import Coin, Header, Receipt, SignedTx
 from .reorg import REORG_SIGNAL, SETTLED
@@ -296,7 +296,7 @@ def _fail(conn: sa.Connection, where: Any, error: str, now: float, skip: int | N
 
 def open_gap_fill(conn: sa.Connection, chain: str, sender: str, nonce: int, request: str, now: float) -> int:
     """A submission (no run) that burns ``nonce`` with a harmless self-transfer."""
-    key = f"gap-fill:{nonce}"
+    key = f"{limits.GAP_FILL_KEY_PREFIX}{nonce}"
     found = by_key(conn, chain, sender, key)
     if found is not None:
         return int(found.id)
@@ -453,7 +453,7 @@ def open_batch(conn: sa.Connection, chain: str, sender: str, member_ids: list[in
     nothing.  Members are listed in merge order (ascending ids), which is how a
     member's output index is found again (``members_of``)."""
     res = conn.execute(submissions.insert().values(
-        chain=chain, sender=sender, idempotency_key=f"batch:{member_ids[0]}", request=request, finality=finality,
+        chain=chain, sender=sender, idempotency_key=f"{limits.BATCH_KEY_PREFIX}{member_ids[0]}", request=request, finality=finality,
         state=SubmissionState.ALLOCATED, created_at=now, updated_at=now))
     batch_id = int(res.inserted_primary_key[0])  # type: ignore[index]
     conn.execute(submissions.update().where(submissions.c.id == batch_id).values(batch_id=batch_id))

@@ -23,6 +23,12 @@ from .schema import attempts, journal, runs, signals, submissions
 OCCURRENCE_SEP = "#"  # "pay#2": the third "pay" of a branch
 BRANCH_SEP = "/"  # "batch/0xabc": branch paths and step labels
 COMPENSATION_PREFIX = "compensate:"
+# the keys of the submissions chainflow opens itself, in the same key space as users'
+BATCH_KEY_PREFIX = "batch:"  # a payout batch's own row
+GAP_FILL_KEY_PREFIX = "gap-fill:"  # the self-transfer burning a nonce
+_RESERVED_KEY_PREFIXES = {COMPENSATION_PREFIX: "the keys of compensations' submissions",
+                          BATCH_KEY_PREFIX: "the rows of payout batches",
+                          GAP_FILL_KEY_PREFIX: "the transactions burning a nonce"}
 _OCCURRENCE_ROOM = 10  # "#" and up to 9 digits of occurrence count, kept free in a key
 
 
@@ -84,11 +90,13 @@ def in_compensation(branch: str) -> bool:
 
 
 def idempotency_key(value: Any, what: str) -> str:
-    """A forward submission's key, which must not use the prefix of derived keys."""
+    """A forward submission's key, which must not use the prefix of keys chainflow
+    makes: a user's "batch:7" would otherwise find a batch's row and complete with
+    its receipt, unpaid, or take the key the next batch needs."""
     text(value, what, IDEMPOTENCY_KEY_LENGTH)
-    if value.startswith(COMPENSATION_PREFIX):
-        raise ValueError(f"{what} {value[:60]!r} starts with {COMPENSATION_PREFIX!r}, which chainflow reserves "
-                         "for the keys of compensations' submissions")
+    for prefix, purpose in _RESERVED_KEY_PREFIXES.items():
+        if value.startswith(prefix):
+            raise ValueError(f"{what} {value[:60]!r} starts with {prefix!r}, which chainflow reserves for {purpose}")
     return value  # type: ignore[no-any-return]
 
 

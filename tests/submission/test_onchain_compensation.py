@@ -115,8 +115,8 @@ def test_burn_is_submitted_once_through_worker_kills(net: Any, db_url: str) -> N
         assert burn_sub.tx_hash in comp.output
 
 
-def test_compensation_keys_cannot_collide_with_forward_keys(net: Any, tmp_path: Any) -> None:
-    """A forward submission may not use the prefix derived keys live under, and outside
+def test_keys_chainflow_makes_cannot_collide_with_forward_keys(net: Any, tmp_path: Any) -> None:
+    """A forward submission may not use the prefixes chainflow's own keys live under, and outside
     a compensation the key is required: both refused before anything is journaled."""
     chain = Chain(net)
     client = build(f"sqlite:///{tmp_path / 'keys.db'}", net.rpc_url, chain.token.address,
@@ -124,8 +124,8 @@ def test_compensation_keys_cannot_collide_with_forward_keys(net: Any, tmp_path: 
     tx = chain.token.functions.mint(chain.minter.address, 1)
 
     @client.workflow("prefixed")
-    async def prefixed(ctx: cf.Context, _: Any) -> None:
-        await ctx.submit("mint", chain="local", tx=tx, idempotency_key="compensate:abc:burn")
+    async def prefixed(ctx: cf.Context, key: str) -> None:
+        await ctx.submit("mint", chain="local", tx=tx, idempotency_key=key)
 
     @client.workflow("keyless")
     async def keyless(ctx: cf.Context, _: Any) -> None:
@@ -135,8 +135,11 @@ def test_compensation_keys_cannot_collide_with_forward_keys(net: Any, tmp_path: 
 
     from .test_submission import _run_inline
 
-    st = asyncio.run(_run_inline(client, "prefixed", None))
-    assert st.status == "failed" and st.error is not None and "starts with 'compensate:'" in st.error["message"]
+    # the prefixes of the keys chainflow makes: a compensation's, a batch row's, a gap fill's
+    for key, prefix in (("compensate:abc:burn", "compensate:"), ("batch:1", "batch:"), ("gap-fill:0", "gap-fill:")):
+        st = asyncio.run(_run_inline(client, "prefixed", key))
+        assert st.status == "failed" and st.error is not None
+        assert f"{key!r} starts with {prefix!r}, which chainflow reserves" in st.error["message"]
     st = asyncio.run(_run_inline(client, "keyless", None))
     assert st.status == "failed" and st.error is not None
     assert "submit 'mint' needs an idempotency_key" in st.error["message"]
