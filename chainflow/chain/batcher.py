@@ -25,7 +25,7 @@ import sqlalchemy as sa
 from .. import metrics
 from ..clock import Clock
 from ..errors import ConfigurationError
-from ..states import TERMINAL, SubmissionState
+from ..states import TERMINAL, RunState, SubmissionState
 from ..storage import codec
 from ..storage.database import Database
 from . import chainstore
@@ -75,11 +75,15 @@ class Batcher:
         """Form the batches that are due, then sign and send every recorded batch not
         yet sent (a crash may have left one); returns how many were sent."""
         queued = await self.db.aread(chainstore.queued, self.chain)
-        ended = [int(q.id) for q in queued if q.run_status is None or q.run_status in TERMINAL]
+        # a dead-lettered run may be retried by an operator: its payouts, holding
+        # nothing while queued, wait for that instead of failing for good
+        held = {int(q.id) for q in queued if q.run_status == RunState.DEAD_LETTERED}
+        ended = [int(q.id) for q in queued
+                 if int(q.id) not in held and (q.run_status is None or q.run_status in TERMINAL)]
         if ended:
             await self.db.atx(chainstore.fail_queued, ended, "its run ended before the payout was batched; "
                               "nothing was signed", self.clock.time())
-        waiting = [q for q in queued if int(q.id) not in ended]
+        waiting = [q for q in queued if int(q.id) not in ended and int(q.id) not in held]
         now = self.clock.time()
         while waiting and (len(waiting) >= self.policy.max_size
                            or now - float(waiting[0].updated_at) >= self.policy.window):

@@ -17,7 +17,8 @@ import sqlalchemy as sa
 
 import chainflow as cf
 from chainflow import metrics
-from chainflow.storage.schema import submissions
+from chainflow.storage.schema import runs, submissions
+from chainflow.storage.store import dead_letter
 from chainflow.testing import CallLog, FakeTx, FakeUtxoAdapter, FakeUtxoChain
 
 from ..engine._util import running_worker
@@ -141,6 +142,28 @@ async def test_a_run_cancelled_while_queued_is_never_paid(brig: Rig) -> None:
     assert brig.app.status(h.id).status == "cancelled"
     assert "ended before the payout was batched" in brig.sub("gone").error
     assert sorted(v for _, v in brig.chain.payments(PAYEE)) == [12_000, 12_000]
+
+
+async def test_a_run_dead_lettered_while_queued_pays_once_retried(brig: Rig) -> None:
+    """Dead-lettered (its executions kept crashing) while its payout waits for a batch:
+    an operator may retry it, so the payout, holding nothing, waits unbatched instead of
+    failing for good; retried, the run pays once in the next batch."""
+    brig.config.batching[CHAIN] = cf.Batching(window=3600, max_size=2)
+    async with running_worker(brig.app, track=False):
+        await brig.step()
+        h = await brig.app.astart("pay_flow", {"id": "dl", "sats": 10_000})
+        await brig.drive(lambda: brig.state("dl") == "queued", mine=False, what="queued")
+        with brig.app.engine.begin() as conn:  # what the worker writes when it gives up on a run
+            run = conn.execute(sa.select(runs.c.fence).where(runs.c.id == h.id)).one()
+            assert dead_letter(conn, h.id, run.fence, 3, '{"message": "crashed"}', brig.app.clock.time())
+        others = [await brig.app.astart("pay_flow", {"id": f"o{i}", "sats": 12_000}) for i in range(2)]
+        await brig.drive(lambda: all(brig.app.status(o.id).done for o in others), what="a batch without it")
+        assert brig.state("dl") == "queued" and brig.app.status(h.id).status == "dead_lettered"
+        await brig.app.aretry(h.id)
+        last = await brig.app.astart("pay_flow", {"id": "o2", "sats": 12_000})  # fills the next batch
+        await brig.drive(lambda: brig.app.status(h.id).done and brig.app.status(last.id).done, what="the retried run")
+    assert brig.app.status(h.id).status == "completed"
+    assert sorted(v for _, v in brig.chain.payments(PAYEE)) == [10_000, 12_000, 12_000, 12_000]
 
 
 async def test_a_deep_reorg_of_a_batch_rolls_back_each_member_and_pays_once(brig: Rig) -> None:
