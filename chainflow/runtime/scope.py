@@ -309,12 +309,14 @@ class Scope:
         if slot.entry is None:
             if self._overrides is not None:
                 fn = self._overrides.get(name, fn)
-            text, value = await self._execute(slot, "step", fn, args, kwargs, policy, limit)
-        elif slot.entry.status == _OK:
-            value = codec.loads(slot.entry.output)
-        else:
+            undo = None if compensate is None else \
+                functools.partial(self.register_compensation, slot, compensate, retry=policy, timeout=limit)
+            text, value = await self._execute(slot, "step", fn, args, kwargs, policy, limit, undo)
+            return value  # type: ignore[no-any-return]
+        if slot.entry.status != _OK:
             etype, message = error_parts(slot.entry.error)
             raise StepError(name, etype, message, slot.entry.attempts)
+        value = codec.loads(slot.entry.output)
         if compensate is not None:
             self.register_compensation(slot, compensate, value, policy, limit)
         return value  # type: ignore[no-any-return]
@@ -646,8 +648,14 @@ class Scope:
             self.changed.set()
 
     async def _execute(self, slot: store.Slot, kind: str, fn: Callable[..., Any], args: tuple[Any, ...],
-                       kwargs: dict[str, Any], policy: Retry, limit: float | None) -> tuple[str, Any]:
-        """Attempts with journaled backoff; returns (encoded, decoded) output or raises StepError."""
+                       kwargs: dict[str, Any], policy: Retry, limit: float | None,
+                       undo: Callable[[Any], None] | None = None) -> tuple[str, Any]:
+        """Attempts with journaled backoff; returns (encoded, decoded) output or raises StepError.
+
+        ``undo(value)`` registers the compensation of the effect ``fn`` had, before its
+        row's commit is awaited: a branch cancelled while waiting for that commit (a
+        sibling failed) still has its row committed by the group commit, and its effect
+        must then be undone with the rest."""
         self.refuse_new_work()
         tries = self.tries_of(slot)
         label = slot.key if not slot.branch else f"{slot.branch}/{slot.key}"
@@ -680,6 +688,8 @@ class Scope:
             finally:
                 self.busy(-1)
             finished = self.clock.time()
+            if undo is not None:
+                undo(value)
             entry = self.entry_op(slot, kind, _OK, text, None, attempt, started, finished)
             done = dict(run_id=self.run_id, workflow=self.workflow, step=label, attempt=attempt,
                         duration=finished - started)

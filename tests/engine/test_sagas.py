@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 import chainflow as cf
 from chainflow.testing import WorkflowTester
 
@@ -145,6 +147,59 @@ async def test_failed_branch_cancels_siblings_and_compensates_both(make_app: Any
     assert sorted(calls.lines()[-2:]) == ["undo L", "undo R"]
     comp = sorted((e.branch, e.key) for e in app.journal(result.run.id) if e.kind == "compensation")
     assert comp == [("left", "compensate:reserve"), ("right", "compensate:reserve")]
+
+
+@pytest.mark.parametrize("spins", range(2, 8))
+async def test_a_sibling_cancelled_while_its_step_commits_is_compensated(make_app: Any, calls: Any,
+                                                                        spins: int) -> None:
+    """A branch whose step has returned is cancelled (a sibling failed) while its row
+    waits in the group commit: the row still commits, so its effect is undone with the
+    rest.  ``spins`` moves the failure across that window; another run in flight and a
+    third busy branch keep the commit a shared one."""
+    import asyncio
+
+    app = make_app()
+    go, release = asyncio.Event(), asyncio.Event()
+
+    @app.workflow("other")
+    async def other(ctx: cf.Context, _: Any) -> None:
+        await ctx.step("hold", release.wait)
+
+    async def charge() -> str:
+        await go.wait()
+        for _ in range(spins):
+            await asyncio.sleep(0)
+        calls.hit("charge L")
+        return "L"
+
+    def fail() -> None:
+        calls.hit("fail R")
+        go.set()
+        raise Declined("no")
+
+    async def left(ctx: cf.Context) -> None:
+        await ctx.step("charge", charge, compensate=lambda _: calls.hit("refund L"))
+
+    async def right(ctx: cf.Context) -> None:
+        await ctx.step("fail", fail, retry=cf.Retry(max_attempts=1))
+
+    async def slow(ctx: cf.Context) -> None:
+        await ctx.step("slow", asyncio.Event().wait)
+
+    @app.workflow("split")
+    async def split(ctx: cf.Context, _: Any) -> None:
+        await ctx.gather(left(ctx), right(ctx), slow(ctx), names=["left", "right", "slow"])
+
+    async with running_worker(app):
+        await app.astart("other")
+        h = await app.astart("split")
+        await wait_status(app, h.id)
+        release.set()
+    assert app.status(h.id).status == "failed"
+    journal = app.journal(h.id)
+    if any((e.branch, e.key, e.status) == ("left", "charge", "ok") for e in journal):  # recorded: undone
+        assert ("left", "compensate:charge") in [(e.branch, e.key) for e in journal if e.kind == "compensation"]
+        assert calls.lines().count("refund L") == 1
 
 
 async def test_compensation_interrupted_by_shutdown_resumes_elsewhere(make_app: Any, calls: Any) -> None:
