@@ -27,12 +27,13 @@ REORG_SIGNAL = "chainflow.reorg"  # sent to every run whose transaction a reorg 
 def dependents(entries: list[store.Entry], target: store.Entry) -> list[store.Entry]:
     """The target, later entries of its branch and sub-branches, and entries of its
     ancestor branches recorded after it (i.e. after the branch joined them).  Sibling
-    branches are independent and kept.  Entries in compensations' branches are never
-    dependents of their own: they go with the entry they compensate (``supersede``)."""
+    branches are independent and kept.  Compensations, and entries in their branches,
+    are never dependents of their own: they go with the entry they compensate
+    (``supersede``); the undo of a step before the target stays done."""
     b = target.branch
 
     def depends(e: store.Entry) -> bool:
-        if e.id < target.id or limits.in_compensation(e.branch):
+        if e.id < target.id or e.kind == "compensation" or limits.in_compensation(e.branch):
             return False
         in_branch = not b or e.branch == b or e.branch.startswith(b + "/")
         ancestor = e.branch == "" or b.startswith(e.branch + "/")

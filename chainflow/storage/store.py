@@ -341,8 +341,10 @@ def _hot_sql(paramstyle: str, kind: str, rows: int) -> str:
     entries: through the cursor they cost a fraction of a Core execution, and the group
     commit runs each once per batch."""
     mark = _mark(paramstyle)
-    if kind == "finish":
-        return (f"UPDATE {runs.name} SET {finish_set(mark, mark, mark, mark)} WHERE id = {mark} "
+    if kind == "finish":  # named: the status is read more than once
+        status, output, error, now, run_id = (f":{n}" if paramstyle in ("qmark", "named") else f"%({n})s"
+                                              for n in ("status", "output", "error", "now", "id"))
+        return (f"UPDATE {runs.name} SET {finish_set(status, output, error, now)} WHERE id = {run_id} "
                 f"RETURNING {', '.join(RUN_COLUMNS)}")
     if kind == "fence":
         # by id alone: SQLite plans a row-value IN over several pairs as a scan of the
@@ -361,7 +363,7 @@ def _mark(paramstyle: str) -> str:
     return "?" if paramstyle == "qmark" else "%s"
 
 
-def _dbapi_execute(dbapi: Any, sql: str, params: list[Any]) -> list[Any]:
+def _dbapi_execute(dbapi: Any, sql: str, params: list[Any] | dict[str, Any]) -> list[Any]:
     cursor = dbapi.cursor()
     try:
         cursor.execute(sql, params)
@@ -536,12 +538,15 @@ RunRow = collections.namedtuple("RunRow", RUN_COLUMNS)  # type: ignore[misc]
 
 def finish_set(status: str, output: str, error: str, now: str) -> str:
     """The SET clause of a finish, over SQL expressions for its values.  A reorg that
-    broke a finality assumption meanwhile (``rollback`` set) reopens the run instead,
-    due now."""
-    ok = '"rollback" IS NULL'  # quoted: a keyword in both dialects
-    return (f"status = CASE WHEN {ok} THEN {status} ELSE '{RunState.PENDING}' END, "
-            f"output = CASE WHEN {ok} THEN {output} END, error = CASE WHEN {ok} THEN {error} END, "
-            f"ready_at = CASE WHEN {ok} THEN NULL ELSE {now} END, "
+    broke a finality assumption meanwhile (``rollback`` set) reopens a run finishing
+    completed instead, due now.  A run finishing failed or cancelled has run every
+    compensation there is: the request is dropped (reopened, it would run them again)."""
+    # "rollback" quoted: a keyword in both dialects; the right-hand sides read the old row
+    reopen = f"\"rollback\" IS NOT NULL AND {status} = '{RunState.COMPLETED}'"
+    return (f"status = CASE WHEN {reopen} THEN '{RunState.PENDING}' ELSE {status} END, "
+            f"output = CASE WHEN {reopen} THEN NULL ELSE {output} END, "
+            f"error = CASE WHEN {reopen} THEN NULL ELSE {error} END, "
+            f"ready_at = CASE WHEN {reopen} THEN {now} END, \"rollback\" = CASE WHEN {reopen} THEN \"rollback\" END, "
             f"lease_owner = NULL, lease_expires = NULL, waiting_on = NULL, updated_at = {now}")
 
 
@@ -552,7 +557,8 @@ def finish_runs(dbapi: Any, paramstyle: str, finishes: list[RunFinish]) -> dict[
         return written
     sql = _hot_sql(paramstyle, "finish", 1)
     for f in finishes:
-        for row in _dbapi_execute(dbapi, sql, [f.status, f.output, f.error, f.now, f.now, f.run_id]):
+        params = {"status": f.status, "output": f.output, "error": f.error, "now": f.now, "id": f.run_id}
+        for row in _dbapi_execute(dbapi, sql, params):
             written[f.run_id] = RunRow(*row)
     return written
 

@@ -161,8 +161,9 @@ def test_compensation_prefix_is_reserved_in_branch_names(name: str) -> None:
 def test_rollback_supersedes_a_compensations_branch_with_the_entry_it_undoes(make_app: Any) -> None:
     """A reorg rollback invalidates ``credit`` and whatever its compensation journaled
     in ``compensate:credit`` (so a later undo runs its steps afresh), while the branch
-    of a kept entry's compensation and sibling rows stay; compensation-branch rows are
-    never dependents in their own right."""
+    of a kept entry's compensation and sibling rows stay; compensations and their
+    branches' rows are never dependents in their own right (they go with the entry
+    they undo)."""
     import sqlalchemy as sa
 
     from chainflow.chain import reorg
@@ -184,7 +185,7 @@ def test_rollback_supersedes_a_compensations_branch_with_the_entry_it_undoes(mak
                    for r in conn.execute(sa.select(schema.journal).order_by(schema.journal.c.id))]
     target = entries[1]  # credit
     doomed = reorg.dependents(entries, target)
-    assert [(e.branch, e.key) for e in doomed] == [("", "credit"), ("", "compensate:credit"), ("", "other")]
+    assert [(e.branch, e.key) for e in doomed] == [("", "credit"), ("", "other")]
     with app.engine.begin() as conn:
         store.supersede(conn, "r", doomed, "reorg #1", 1.0)
         live = [(r.branch, r.key) for r in conn.execute(

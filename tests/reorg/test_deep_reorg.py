@@ -16,6 +16,8 @@ from a snapshot, or ``anvil_rollback``).  Expected:
 from __future__ import annotations
 
 import json
+import threading
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -24,7 +26,7 @@ import chainflow as cf
 from chainflow.storage.schema import reorgs
 from devnet import ReorgResult, mark_fork_point, reorg, reorg_to, rollback
 
-from ._rig import Rig, label, register_mint_flow
+from ._rig import CHAIN, Rig, label, register_mint_flow
 
 
 @pytest.mark.parametrize("how", ["anvil_reorg", "snapshot", "rollback"])
@@ -115,3 +117,47 @@ async def test_deep_reorg_after_finality_rolls_back_dependents_once(rig: Rig, ho
     assert all(e.status == "ok" and e.reason is None for e in live.values())
     reserve = [e for e in journal if e.key == "reserve"]
     assert len(reserve) == 1 and not reserve[0].invalidated, "the step before the mint is kept"
+
+
+async def test_a_reorg_landing_while_a_failed_run_compensates_reopens_nothing(rig: Rig) -> None:
+    """The run fails after its mint turned final and is compensating when a reorg takes
+    the mint's block: it ends failed with every compensation run once (reopened, it ran
+    the steps after the mint and their undos again, and undid the step before the mint
+    twice)."""
+    gate = threading.Event()
+
+    def debit(tx: str) -> None:
+        rig.ledger.hit(f"debit {tx}")
+        assert gate.wait(20), "the reorg was not recorded"  # the reorg lands while the run compensates
+
+    def credit(tx: str) -> str:
+        rig.ledger.hit(f"credit {tx}")
+        return tx
+
+    def boom(tx: str) -> None:
+        rig.ledger.hit("boom")
+        raise ValueError("payment refused")
+
+    @rig.app.workflow("fails_after_mint")
+    async def flow(ctx: cf.Context, ev: dict[str, Any]) -> str:
+        await ctx.step("reserve", rig.ledger.hit, "reserve", compensate=lambda _: rig.ledger.hit("unreserve"))
+        r = await ctx.submit("mint", chain=CHAIN, tx=rig.mint(5), idempotency_key=ev["id"],
+                             finality=cf.Confirmations(2))
+        tx = await ctx.step("credit", credit, r.tx_hash, compensate=debit)
+        await ctx.step("boom", boom, tx, retry=cf.Retry(max_attempts=1))
+        return tx
+
+    async with rig.worker():
+        await rig.step()
+        h = await rig.app.astart("fails_after_mint", {"id": "order-1"})
+        await rig.drive(lambda: any(e.startswith("debit") for e in rig.effects()), what="the compensations")
+        reorg(rig.net, rig.head() - int(rig.sub("order-1").block_number) + 2)
+        await rig.step()  # the final mint's block is gone: a rollback is requested
+        gate.set()
+        await rig.drive(lambda: rig.app.status(h.id).done, what="the run to end")
+        for _ in range(10):  # whatever reopened it would go on now
+            await rig.mine()
+            await rig.step()
+    assert rig.app.status(h.id).status == "failed"
+    effects = [e.split(" ")[0] for e in rig.effects()]
+    assert effects == ["reserve", "credit", "boom", "debit", "unreserve"], rig.effects()
