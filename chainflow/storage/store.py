@@ -1007,7 +1007,12 @@ def supersede(conn: sa.Connection, run_id: str, doomed: list[Entry], reason: str
     journaled in its branch, and their attempts) invalidated and reopen the run at the
     invalidated step.  A compensation of an entry that runs again after the resume is
     then a new one, with fresh steps; its submissions' keys are derived from the same
-    intent, so an undo already on the chain is found, not sent twice."""
+    intent, so an undo already on the chain is found, not sent twice.  A signal a
+    rolled-back ``wait_for`` had received is delivered again: its sender sent it once,
+    and the wait runs again."""
+    redelivered = [(run_id, e.key.split(limits.OCCURRENCE_SEP)[0], e.output) for e in doomed
+                   if e.kind == "wait" and e.status == EntryState.OK and e.output is not None]
+    insert_signals(conn, redelivered, now)
     for e in doomed:
         keys = [e.key, f"{limits.COMPENSATION_PREFIX}{e.key}"]
         inside = limits.compensation_branch(e.branch, e.key)

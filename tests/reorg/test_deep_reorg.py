@@ -161,3 +161,33 @@ async def test_a_reorg_landing_while_a_failed_run_compensates_reopens_nothing(ri
     assert rig.app.status(h.id).status == "failed"
     effects = [e.split(" ")[0] for e in rig.effects()]
     assert effects == ["reserve", "credit", "boom", "debit", "unreserve"], rig.effects()
+
+
+async def test_a_signal_a_rolled_back_wait_had_received_is_delivered_again(rig: Rig) -> None:
+    """The run waited for an approval after its mint, got it once, and completed; a deep
+    reorg rolls the wait back with the steps after the mint.  Its approver sent the
+    signal once: the wait running again receives it again instead of waiting forever."""
+
+    def credit(tx: str, who: str) -> str:
+        rig.ledger.hit(f"credit {who}")
+        return tx
+
+    @rig.app.workflow("approve_after_mint")
+    async def flow(ctx: cf.Context, ev: dict[str, Any]) -> str:
+        r = await ctx.submit("mint", chain=CHAIN, tx=rig.mint(5), idempotency_key=ev["id"],
+                             finality=cf.Confirmations(2))
+        who = await ctx.wait_for("approve")
+        return await ctx.step("credit", credit, r.tx_hash, who, compensate=lambda _: rig.ledger.hit("debit"))
+
+    async with rig.worker():
+        await rig.step()
+        h = await rig.app.astart("approve_after_mint", {"id": "order-1"})
+        await rig.drive(lambda: "approve" in rig.live(h.id), what="the wait")
+        await rig.app.asignal(h.id, "approve", "alice")
+        await rig.drive(lambda: rig.app.status(h.id).done, what="completion")
+        reorg(rig.net, rig.head() - int(rig.sub("order-1").block_number) + 2)
+        await rig.step()
+        await rig.drive(lambda: rig.effects().count("credit") == 2 and rig.app.status(h.id).done,
+                        what="the second completion")
+    assert rig.app.status(h.id).status == "completed"
+    assert rig.ledger.lines() == ["credit alice", "debit", "credit alice"]
