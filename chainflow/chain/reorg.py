@@ -24,22 +24,28 @@ SETTLED = (SubmissionState.INCLUDED, SubmissionState.FINAL)
 REORG_SIGNAL = "chainflow.reorg"  # sent to every run whose transaction a reorg un-included
 
 
-def dependents(entries: list[store.Entry], target: store.Entry) -> list[store.Entry]:
-    """The target, later entries of its branch and sub-branches, and entries of its
-    ancestor branches recorded after it (i.e. after the branch joined them).  Sibling
-    branches are independent and kept.  Compensations, and entries in their branches,
-    are never dependents of their own: they go with the entry they compensate
+def dependents(entries: list[store.Entry], targets: list[store.Entry]) -> list[store.Entry]:
+    """Each target, later entries of its branch and sub-branches, and entries of its
+    ancestor branches recorded after it (i.e. after the branch joined them); with several
+    targets (one reorg orphaned submissions of sibling branches), what depends on any.
+    Sibling branches are independent and kept.  Compensations, and entries in their
+    branches, are never dependents of their own: they go with the entry they compensate
     (``supersede``); the undo of a step before the target stays done."""
-    b = target.branch
 
-    def depends(e: store.Entry) -> bool:
+    def depends(e: store.Entry, target: store.Entry) -> bool:
+        b = target.branch
         if e.id < target.id or e.kind == "compensation" or limits.in_compensation(e.branch):
             return False
         in_branch = not b or e.branch == b or e.branch.startswith(b + "/")
         ancestor = e.branch == "" or b.startswith(e.branch + "/")
         return in_branch or ancestor
 
-    return [e for e in entries if depends(e)]
+    return [e for e in entries if any(depends(e, t) for t in targets)]
+
+
+def targets_of(request: dict[str, Any]) -> set[int]:
+    """The journal entries a rollback request names (one, before there were several)."""
+    return set(request.get("entry_ids") or [request["entry_id"]])
 
 
 def parse(text: str) -> dict[str, Any]:

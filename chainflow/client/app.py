@@ -128,8 +128,9 @@ class RunStatus:
     waiting_on: list[str]
     cancel_requested: bool
     compensations: dict[str, EntryState] = field(default_factory=dict)  # "branch/step" -> ok | error
-    # a reorg's request to roll back to a journal entry: {"entry_id": …, "reason": …}; on a
-    # failed or cancelled run it stays unapplied (its compensations had already run)
+    # a reorg's request to roll back to journal entries: {"entry_id": the earliest,
+    # "entry_ids": all of them, "reason": …}; on a failed or cancelled run it stays
+    # unapplied (its compensations had already run)
     rollback: dict[str, Any] | None = None
     # unfinished, and no live worker announces its workflow: it stays where it is until
     # a worker that registers the workflow starts (a deploy is missing, not slow)

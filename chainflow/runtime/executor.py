@@ -276,15 +276,15 @@ class Execution:
         """Compensate what depended on an invalidated step, then reopen the run there."""
         assert self.claim.rollback is not None
         request = reorg.parse(self.claim.rollback)
-        target = next((e for e in self._entries if e.id == request["entry_id"]), None)
-        doomed = reorg.dependents(self._entries, target) if target is not None else []
+        ids = reorg.targets_of(request)
+        doomed = reorg.dependents(self._entries, [e for e in self._entries if e.id in ids])
         try:
             # children started after the broken step are cancelled (their compensations
             # run as on any cancel), before their slots are superseded: a crash between
             # the two repeats an idempotent cancel
             await self._cancel_children([codec.loads(e.output) for e in doomed
                                          if e.kind == "child" and e.status == EntryState.PENDING])
-            done = await self._compensations(ctx, only={e.id for e in doomed if target is None or e.id != target.id})
+            done = await self._compensations(ctx, only={e.id for e in doomed if e.id not in ids})
             if isinstance(done, Outcome):
                 return done
             run_id, now, reason = self.claim.run_id, self.worker.clock.time(), request["reason"]

@@ -985,11 +985,18 @@ def request_rollback(conn: sa.Connection, run_id: str, step: str, reason: str, n
         # broadcast, and the tracker re-broadcasts its signed bytes until it is final
         return False
     current = conn.execute(sa.select(runs.c.rollback).where(runs.c.id == run_id)).scalar()
-    if current is not None and json.loads(current)["entry_id"] <= entry.id:
-        return True  # an earlier entry is already being rolled back; it covers this one
+    # every broken entry is a target: two sibling branches' submissions orphaned together
+    # are independent, so neither covers the other (``reorg.dependents`` unites them);
+    # "entry_id" is the earliest, as before there were several
+    request = {"entry_ids": [], "reason": reason} if current is None else json.loads(current)
+    targets = request["entry_ids"] if "entry_ids" in request else [request["entry_id"]]
+    if int(entry.id) in targets:
+        return True
+    targets = sorted({*targets, int(entry.id)})
     conn.execute(
         runs.update().where(runs.c.id == run_id).values(
-            rollback=json.dumps({"entry_id": int(entry.id), "reason": reason}), updated_at=now,
+            rollback=json.dumps({"entry_id": targets[0], "entry_ids": targets, "reason": request["reason"]}),
+            updated_at=now,
         )
     )
     # a completed run is reopened; a failed or cancelled one already compensated everything

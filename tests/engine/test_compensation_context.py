@@ -184,7 +184,7 @@ def test_rollback_supersedes_a_compensations_branch_with_the_entry_it_undoes(mak
         entries = [store.Entry(r.id, r.branch, r.position, r.key, r.kind, r.status, None, None, 1)
                    for r in conn.execute(sa.select(schema.journal).order_by(schema.journal.c.id))]
     target = entries[1]  # credit
-    doomed = reorg.dependents(entries, target)
+    doomed = reorg.dependents(entries, [target])
     assert [(e.branch, e.key) for e in doomed] == [("", "credit"), ("", "other")]
     with app.engine.begin() as conn:
         store.supersede(conn, "r", doomed, "reorg #1", 1.0)

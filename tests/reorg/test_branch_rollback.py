@@ -104,3 +104,40 @@ async def test_reorg_rolls_back_only_the_mint_branch_and_after_the_join(rig: Rig
     final = rig.sub("order-1")
     assert final.state == "final" and final.nonce == sub.nonce and final.tx_hash == sub.tx_hash
     assert st.output == f"{sub.tx_hash}|ann"
+
+
+async def test_one_reorg_orphaning_two_sibling_branches_mints_rolls_back_both(rig: Rig) -> None:
+    """Each branch mints and credits; one reorg orphans both mints after both were
+    final.  Neither branch depends on the other, so neither rollback covers the other:
+    both credits are undone and redone, and each mint journals its new block."""
+
+    def credit(tx_hash: str) -> str:
+        rig.ledger.hit(f"credit {tx_hash}")
+        return tx_hash
+
+    @rig.app.workflow("two_mints")
+    async def two_mints(ctx: cf.Context, ev: dict[str, Any]) -> list[str]:
+        async def branch(i: int) -> str:
+            r = await ctx.submit("mint", chain=CHAIN, tx=rig.mint(1 + i), idempotency_key=f"{ev['id']}-{i}",
+                                 finality=cf.Confirmations(2))
+            return await ctx.step("credit", credit, r.tx_hash, compensate=lambda tx: rig.ledger.hit(f"debit {tx}"))
+
+        return await ctx.gather(branch(0), branch(1))
+
+    async with rig.worker():
+        await rig.step()
+        h = await rig.app.astart("two_mints", {"id": "o"})
+        await rig.drive(lambda: rig.app.status(h.id).done, what="the first completion")
+        low = min(int(rig.sub("o-0").block_number), int(rig.sub("o-1").block_number))
+        await rig.step()
+        reorg(rig.net, rig.head() - low + 2)
+        await rig.step()
+        await rig.drive(lambda: rig.effects().count("credit") == 4 and rig.app.status(h.id).done
+                        and rig.sub("o-0").state == rig.sub("o-1").state == "final", what="both redone")
+    assert rig.app.status(h.id).status == "completed"
+    gone = sorted(label(e) for e in rig.app.journal(h.id) if e.invalidated)
+    assert {"0/mint", "0/credit", "1/mint", "1/credit"} <= set(gone), gone
+    live = {label(e): e for e in rig.app.journal(h.id) if not e.invalidated}
+    for i in (0, 1):
+        assert live[f"{i}/mint"].output["block_hash"] == rig.sub(f"o-{i}").block_hash, "a stale receipt kept"
+    assert sorted(rig.effects()) == ["credit"] * 4 + ["debit"] * 2
