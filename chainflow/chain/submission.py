@@ -163,9 +163,12 @@ class Submitter:
             # a run resumed by the settlement finds the intent final as it opens it: no
             # look of its own, and the signal that woke it is consumed with the journal row
             known = sub if sub.state == SubmissionState.FINAL else None
+            # the tracker signals the run that opened the intent; a run sharing its key
+            # looks again every poll interval instead
+            poll = None if sub.run_id == run_id else max(1.0, self.tracker.poll_interval)
             while True:
                 receipt = _final_receipt(known, label) if known is not None else \
-                    await self._await_final(ctx, sub_id, label, parked=first)
+                    await self._await_final(ctx, sub_id, label, parked=first, poll=poll)
                 first, known = False, None
                 text, value = codec.roundtrip(receipt.to_dict(), what=f"receipt of step {label!r}")
                 entry = ctx.entry_op(slot, "submit", EntryState.OK, text, None, tries, started, ctx.clock.time())
@@ -292,16 +295,22 @@ class Submitter:
             (row,) = await ctx.commit(lambda conn: chainstore.get(conn, sub.id))
         return row, signed if row.state == SubmissionState.SIGNED else None
 
-    async def _await_final(self, ctx: RunScope, sub_id: int, label: str, *, parked: bool = False) -> Receipt:
+    async def _await_final(self, ctx: RunScope, sub_id: int, label: str, *, parked: bool = False,
+                           poll: float | None = None) -> Receipt:
         """Park (no worker slot) until the tracker settles the submission.
 
         ``parked``: park before the first look.  Right after its first version was
         sent, a submission is not final yet, and no signal for it can be older than
         that version: if the tracker settles it meanwhile, its signal stays unconsumed
-        and wakes the run as it parks (``store.suspend_run``)."""
+        and wakes the run as it parks (``store.suspend_run``).  ``poll``: seconds
+        between looks of a run no signal will wake (it shares another run's intent)."""
         run_id, event = ctx.run_id, chainstore.event_name(sub_id)
+
+        def until() -> float | None:
+            return None if poll is None else ctx.clock.time() + poll
+
         if parked:
-            await ctx.park(None, event)
+            await ctx.park(until(), event)
         while True:
             def check(conn: sa.Connection) -> sa.Row[Any]:
                 store.consume_signals(run_id, event)(conn)
@@ -312,4 +321,4 @@ class Submitter:
                 return _final_receipt(sub, label)
             if sub.state == SubmissionState.FAILED:
                 raise SubmissionFailedError(label, sub.error or "the transaction can no longer be included")
-            await ctx.park(None, event)
+            await ctx.park(until(), event)

@@ -181,6 +181,23 @@ async def test_a_payment_settles_once_on_reserved_coins(rig: Rig) -> None:
     assert rig.effects() == ["reserve", "credit", "notify"]
 
 
+async def test_a_second_run_sharing_the_key_completes_with_the_same_payment(rig: Rig) -> None:
+    """A second run with the same key finds the first's intent and waits on it; the
+    tracker wakes the run that opened the intent, so the second looks again every poll
+    interval, and completes with the same receipt: one payment."""
+    async with running_worker(rig.app, track=False):
+        await rig.step()
+        first = await rig.app.astart("pay_flow", {"id": "shared", "sats": 10_000})
+        await rig.drive(lambda: rig.state("shared") == "broadcast", mine=False, what="the first broadcast")
+        second = await rig.app.astart("pay_flow", {"id": "shared", "sats": 10_000})
+        await rig.drive(lambda: rig.app.status(second.id).status == "waiting", mine=False, what="the second waits")
+        await rig.until_done(first.id, what="the first run")
+        await rig.drive(lambda: rig.app.status(second.id).done, mine=False, what="the second run", timeout=10)
+    assert rig.app.status(first.id).status == rig.app.status(second.id).status == "completed"
+    assert rig.app.status(second.id).output == rig.app.status(first.id).output
+    assert len(_paid(rig, 10_000)) == 1
+
+
 async def test_concurrent_intents_never_share_a_coin(rig: Rig) -> None:
     """Two payments at once: each gets its own coin; a third, more than the wallet's
     unreserved coins hold, fails with a clear error, reserving nothing."""
