@@ -339,11 +339,21 @@ def orphaned_allocations(conn: sa.Connection, chain: str) -> list[sa.Row[Any]]:
     return list(conn.execute(_ORPHANED, {"chain": chain}))
 
 
-def mark_abandoned(conn: sa.Connection, sub_id: int, reason: str, now: float) -> None:
-    conn.execute(
+def mark_abandoned(conn: sa.Connection, sub_id: int, reason: str, now: float) -> bool:
+    """Failed, if still unsigned; whether it was."""
+    return bool(conn.execute(
         submissions.update().where(submissions.c.id == sub_id, submissions.c.state == SubmissionState.ALLOCATED)
         .values(state=SubmissionState.FAILED, error=reason, updated_at=now)
-    )
+    ).rowcount)
+
+
+def abandon_coins(conn: sa.Connection, sub_id: int, reason: str, now: float) -> None:
+    """Fail an intent whose run ended before it signed and give its coins back, in one
+    transaction and only while it is still unsigned: a run sharing its key may have
+    signed since it was read as orphaned, and those coins are then spent by a valid
+    version."""
+    if mark_abandoned(conn, sub_id, reason, now):
+        release(conn, sub_id)
 
 
 # --- a UTXO chain's conflict domain: reserved coins ----------------------------------

@@ -65,7 +65,8 @@ class ConflictDomain(Protocol):
 
     async def abandon(self, sub: sa.Row[Any], guard: Guard) -> str | None:
         """Free the domain of an intent that never signed and never will; the reason
-        to record, or None when this process cannot (another sender's nonce)."""
+        to record, or None when there is none to record: this process cannot (another
+        sender's nonce), or the freeing recorded it (only if still unsigned)."""
 
     async def release_unsigned(self, sub: sa.Row[Any], guard: Guard) -> None:
         """Signing failed for good before any version existed: free the domain."""
@@ -194,8 +195,9 @@ class CoinDomain:
         return out
 
     async def abandon(self, sub: sa.Row[Any], guard: Guard) -> str | None:
-        await self.db.atx(chainstore.release, int(sub.id))
-        return "run ended before signing; its reserved coins were released"
+        await self.db.atx(chainstore.abandon_coins, int(sub.id),
+                          "run ended before signing; its reserved coins were released", self.clock.time())
+        return None
 
     async def release_unsigned(self, sub: sa.Row[Any], guard: Guard) -> None:
         """Signing failed for good before any version existed: the coins are free again."""

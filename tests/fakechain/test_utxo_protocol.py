@@ -410,6 +410,20 @@ async def test_coins_of_an_intent_that_never_signed_are_released(rig: Rig) -> No
     assert len(_paid(rig, 30_000)) == 1
 
 
+async def test_coins_of_an_intent_signed_since_it_read_as_orphaned_are_kept(rig: Rig) -> None:
+    """The tracker reads an allocated intent of an ended run as orphaned; a run sharing
+    its key signs and sends it before the tracker frees it.  Its coins are spent by a
+    valid version now: freeing them must find the intent signed and leave them held."""
+    async with running_worker(rig.app, track=False):
+        await rig.step()
+        await rig.app.astart("pay_flow", {"id": "order-1", "sats": 30_000})
+        await rig.drive(lambda: rig.state("order-1") == "broadcast", mine=False, what="the broadcast")
+    sub = rig.sub("order-1")
+    held = rig.reserved(sub.id)
+    await rig.tracker.domain.abandon(sub, rig.tracker._as_leader)  # the stale read's release
+    assert rig.reserved(sub.id) == held and rig.state("order-1") == "broadcast"
+
+
 async def test_a_submits_journal_row_spans_its_wait_for_finality(rig: Rig) -> None:
     """The run parks on confirmations and a later execution journals the receipt: the
     row starts when the intent was opened, so ``chainflow show``'s duration includes
