@@ -28,6 +28,7 @@ from devnet import RegtestNode
 
 from ..adapters._btc import BIP84_ADDRESSES
 from ..conftest import require_regtest
+from ..engine._util import wait_until
 from ._rig import CHAIN, NodeRig, sats
 
 pytestmark = [pytest.mark.regtest, pytest.mark.timeout(180)]
@@ -310,8 +311,9 @@ async def test_a_deep_reorg_of_a_batch_rolls_back_each_member_and_pays_each_once
         async with rig.worker():
             handles = [await rig.app.astart("payout", {"id": f"o-{i}", "to": rig.payees[i], "sats": sats_})
                        for i, sats_ in enumerate(amounts)]
-            await rig.drive(lambda: all(rig.state(f"o-{i}") == "queued" for i in range(3)), mine=False,
-                            what="all three queued")
+            # without a tracker step, whose batcher would form a batch of those queued so far
+            await wait_until(lambda: all(rig.state(f"o-{i}") == "queued" for i in range(3)), 60,
+                             what="all three queued")
             for h in handles:
                 st = await rig.until_done(h.id, what="the first completions")
                 assert st.status == "completed", st.error
