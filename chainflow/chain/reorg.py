@@ -43,10 +43,5 @@ def dependents(entries: list[store.Entry], targets: list[store.Entry]) -> list[s
     return [e for e in entries if any(depends(e, t) for t in targets)]
 
 
-def targets_of(request: dict[str, Any]) -> set[int]:
-    """The journal entries a rollback request names (one, before there were several)."""
-    return set(request.get("entry_ids") or [request["entry_id"]])
-
-
 def parse(text: str) -> dict[str, Any]:
     return json.loads(text)  # type: ignore[no-any-return]

@@ -276,7 +276,7 @@ class Execution:
         """Compensate what depended on an invalidated step, then reopen the run there."""
         assert self.claim.rollback is not None
         request = reorg.parse(self.claim.rollback)
-        ids = reorg.targets_of(request)
+        ids = set(store.rollback_targets(request))
         doomed = reorg.dependents(self._entries, [e for e in self._entries if e.id in ids])
         try:
             # children started after the broken step are cancelled (their compensations

@@ -969,6 +969,12 @@ def consume_signals(run_id: str, name: str) -> Exec:
 # --- reorg rollbacks ------------------------------------------------------------------
 
 
+def rollback_targets(request: dict[str, Any]) -> list[int]:
+    """The journal entries a rollback request names: its "entry_ids", or the one
+    "entry_id" of a request recorded before there could be several."""
+    return list(request["entry_ids"]) if "entry_ids" in request else [request["entry_id"]]
+
+
 def request_rollback(conn: sa.Connection, run_id: str, step: str, reason: str, now: float) -> bool:
     """Flag the run if the submit step journaled success on the now-broken assumption."""
     branch, _, key = step.partition("\x1f")
@@ -989,7 +995,7 @@ def request_rollback(conn: sa.Connection, run_id: str, step: str, reason: str, n
     # are independent, so neither covers the other (``reorg.dependents`` unites them);
     # "entry_id" is the earliest, as before there were several
     request = {"entry_ids": [], "reason": reason} if current is None else json.loads(current)
-    targets = request["entry_ids"] if "entry_ids" in request else [request["entry_id"]]
+    targets = rollback_targets(request)
     if int(entry.id) in targets:
         return True
     targets = sorted({*targets, int(entry.id)})
