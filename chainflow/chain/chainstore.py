@@ -463,8 +463,8 @@ def open_batch(conn: sa.Connection, chain: str, sender: str, member_ids: list[in
     nothing.  Members are listed in merge order (ascending ids), which is how a
     member's output index is found again (``members_of``)."""
     res = conn.execute(submissions.insert().values(
-        chain=chain, sender=sender, idempotency_key=f"{limits.BATCH_KEY_PREFIX}{member_ids[0]}", request=request, finality=finality,
-        state=SubmissionState.ALLOCATED, created_at=now, updated_at=now))
+        chain=chain, sender=sender, idempotency_key=f"{limits.BATCH_KEY_PREFIX}{member_ids[0]}", request=request,
+        finality=finality, state=SubmissionState.ALLOCATED, created_at=now, updated_at=now))
     batch_id = int(res.inserted_primary_key[0])  # type: ignore[index]
     conn.execute(submissions.update().where(submissions.c.id == batch_id).values(batch_id=batch_id))
     linked = conn.execute(
