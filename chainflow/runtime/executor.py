@@ -245,7 +245,12 @@ class Execution:
         if reason == StopReason.LEASE_LOST:
             return _ABANDONED
         if reason == StopReason.SUSPEND:
-            return await self._suspend(ctx)
+            if not main.done() or main.cancelled():
+                return await self._suspend(ctx)
+            # the workflow ended (a branch failed beside parked ones) while the run was
+            # being parked: parking it would leave the failure to whatever wakes it
+            # next, perhaps nothing; it is concluded now instead
+            ctx.stop_reason = reason = None
         if reason == StopReason.ROLLBACK:
             if ctx.tasks - {main}:
                 await self._unwind(ctx)

@@ -149,6 +149,31 @@ async def test_failed_branch_cancels_siblings_and_compensates_both(make_app: Any
     assert comp == [("left", "compensate:reserve"), ("right", "compensate:reserve")]
 
 
+async def test_a_branch_failing_beside_a_waiting_one_fails_the_run_at_once(make_app: Any, calls: Any) -> None:
+    """One branch waits for a signal that never comes, the other fails for good: the
+    run fails then (its compensations run), rather than being parked on the waiting
+    branch, where nothing would ever wake it to notice the failure."""
+    app = make_app()
+
+    async def waits(ctx: cf.Context) -> None:
+        await ctx.wait_for("approval")
+
+    async def fails(ctx: cf.Context) -> None:
+        await ctx.step("reserve", calls.hit, "reserve", compensate=lambda _: calls.hit("undo reserve"))
+        await ctx.step("charge", lambda: (_ for _ in ()).throw(Declined("card declined")),
+                       retry=cf.Retry(max_attempts=1))
+
+    @app.workflow("waits-and-fails")
+    async def flow(ctx: cf.Context, _: Any) -> None:
+        await ctx.gather(waits(ctx), fails(ctx), names=["waits", "fails"])
+
+    async with running_worker(app):
+        h = await app.astart("waits-and-fails")
+        st = await wait_status(app, h.id, timeout=10)
+    assert st.status == "failed" and error_type(st.error) == "chainflow.errors.StepError"
+    assert calls.lines() == ["reserve", "undo reserve"]
+
+
 @pytest.mark.parametrize("spins", range(2, 8))
 async def test_a_sibling_cancelled_while_its_step_commits_is_compensated(make_app: Any, calls: Any,
                                                                         spins: int) -> None:
