@@ -453,6 +453,16 @@ def fail_queued(conn: sa.Connection, ids: list[int], error: str, now: float) -> 
                         submissions.c.batch_id.is_(None)), error, now)
 
 
+def withdraw_queued(conn: sa.Connection, sub_id: int, error: str, now: float) -> bool:
+    """Fail a queued intent its own run gives up on (the run is being compensated),
+    if no batch has taken it yet; whether it was.  Its run is the one that would be
+    woken, so none is."""
+    return bool(conn.execute(
+        submissions.update().where(submissions.c.id == sub_id, submissions.c.state == SubmissionState.QUEUED,
+                                   submissions.c.batch_id.is_(None))
+        .values(state=SubmissionState.FAILED, error=error, updated_at=now)).rowcount)
+
+
 class CoinsTaken(Exception):
     """A batch's coins or members changed hands before it was recorded: try again."""
 

@@ -8,7 +8,7 @@ them; workflow code never sees them.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from ..clock import Clock
@@ -55,7 +55,10 @@ class RunScope(Protocol):
         """Wait for a time or a signal; the run may be unwound and resumed meanwhile."""
 
     def register_compensation(self, slot: store.Slot, fn: Callable[..., Any], value: Any, retry: Retry,
-                              timeout: float | None = None, origin: str | None = None) -> None:
+                              timeout: float | None = None, origin: str | None = None,
+                              settle: Callable[[], Awaitable[Any]] | None = None) -> None:
         """Undo the operation at ``slot`` with ``fn(value)`` (or ``fn(ctx, value)``) if
         the run fails; ``origin`` names the intent undone, under which the undo's own
-        submissions derive their idempotency keys."""
+        submissions derive their idempotency keys.  ``settle``: for an operation cut off
+        before it finished, awaited when compensating, in place of ``value``; None from
+        it means there is nothing to undo."""

@@ -19,6 +19,7 @@ wakes the run once the finality policy holds.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 from collections.abc import Callable
@@ -129,20 +130,55 @@ class Submitter:
         if len(label) > limits.SUBMISSION_LABEL_LENGTH:
             raise ValueError(f"submit label {label[:60]!r}… (branch path and name) is {len(label)} characters "
                              f"long, the limit is {limits.SUBMISSION_LABEL_LENGTH}")
+        # the intent, not the run: two runs sharing a key share one submission, and so
+        # one undo of it (its key derived from this origin)
+        origin = f"submit\x1f{chain}\x1f{self.adapter(chain).sender()}\x1f{idempotency_key}"
         if slot.entry is not None:
             if slot.entry.status != EntryState.OK:
                 etype, message = error_parts(slot.entry.error)
                 raise StepError(label, etype, message, slot.entry.attempts)
             receipt = receipt_from(codec.loads(slot.entry.output))
         else:
-            receipt = await self._submit_new(ctx, slot, chain, tx, idempotency_key, policy,
-                                             retry or SUBMIT_RETRY)
+            try:
+                receipt = await self._submit_new(ctx, slot, chain, tx, idempotency_key, policy,
+                                                 retry or SUBMIT_RETRY)
+            except (RunCancelled, asyncio.CancelledError):
+                # the run stops (cancel, timeout, a failed sibling) with the payment it
+                # opened perhaps on the wire: nothing can unsend it, so its undo waits
+                # for it to settle and runs only if it landed
+                if compensate is not None:
+                    ctx.register_compensation(slot, compensate, None, retry or ctx.default_retry, origin=origin,
+                                              settle=functools.partial(self._landed, ctx, chain, idempotency_key,
+                                                                       label))
+                raise
         if compensate is not None:
-            # the intent, not the run: two runs sharing a key share one submission, and
-            # so one undo of it (its key derived from this origin)
-            origin = f"submit\x1f{chain}\x1f{self.adapter(chain).sender()}\x1f{idempotency_key}"
             ctx.register_compensation(slot, compensate, receipt, retry or ctx.default_retry, origin=origin)
         return receipt
+
+    async def _landed(self, ctx: RunScope, chain: str, key: str, label: str) -> Receipt | None:
+        """The receipt of the payment an interrupted submit of this run opened, once it
+        is final; None when none of it can land: never opened here (another run's intent
+        found under the key is that run's to undo), never signed (the tracker frees its
+        conflict domain once the run has ended, and only the run itself signs), withdrawn
+        from the batcher's queue, failed or reverted."""
+        sender, run_id = self.adapter(chain).sender(), ctx.run_id
+        (sub,) = await ctx.commit(lambda conn: chainstore.by_key(conn, chain, sender, key))
+        if sub is None or sub.run_id != run_id:
+            return None
+        sub_id = int(sub.id)
+        if sub.state == SubmissionState.QUEUED and sub.batch_id is None:
+            withdrawn, (sub,) = await ctx.commit(
+                lambda conn: chainstore.withdraw_queued(conn, sub_id, "its run was stopped before the payout was "
+                                                        "batched", ctx.clock.time()),
+                lambda conn: chainstore.get(conn, sub_id))
+            if withdrawn:
+                return None
+        if sub.state in (SubmissionState.INTENT, SubmissionState.ALLOCATED) and sub.batch_id is None:
+            return None
+        try:
+            return await self._await_final(ctx, sub_id, label)
+        except (SubmissionFailedError, TxRevertedError):
+            return None
 
     async def _submit_new(self, ctx: RunScope, slot: store.Slot, chain: str, tx: Any, key: str,
                           policy: finality.Finality,

@@ -172,6 +172,8 @@ class Compensation:
     retry: Retry
     timeout: float | None
     origin: str  # the compensated intent: namespace of the keys its submissions derive
+    # an operation cut off unfinished: awaited for ``value`` when compensating (None: nothing to undo)
+    settle: Callable[[], Awaitable[Any]] | None = None
 
 
 _POSITIONAL = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
@@ -526,12 +528,14 @@ class Scope:
         raise self.fatal
 
     def register_compensation(self, slot: store.Slot, fn: Callable[..., Any], value: Any, retry: Retry,
-                              timeout: float | None = None, origin: str | None = None) -> None:
+                              timeout: float | None = None, origin: str | None = None,
+                              settle: Callable[[], Awaitable[Any]] | None = None) -> None:
         """``fn(value)`` (or ``fn(ctx, value)``) undoes the operation at ``slot`` if the
         run fails, is cancelled or rolled back.  Replayed operations keep their journal
         order; those completed in this execution come after all of them, in the order
         they completed.  ``origin`` names the intent undone (a submission's chain,
-        sender and key); a step's is its slot in this run.  ``fn`` was checked by
+        sender and key); a step's is its slot in this run.  ``settle`` stands in for
+        ``value`` when the operation was cut off (``RunScope``).  ``fn`` was checked by
         ``check_compensation`` before the operation ran."""
         if slot.entry is not None:
             order = (0, slot.entry.id)
@@ -540,7 +544,7 @@ class Scope:
             order = (1, self._fresh)
         if origin is None:
             origin = f"step\x1f{self.run_id}\x1f{slot.branch}\x1f{slot.key}"
-        self.compensations.append(Compensation(order, slot, fn, value, retry, timeout, origin))
+        self.compensations.append(Compensation(order, slot, fn, value, retry, timeout, origin, settle))
 
     def slot(self, name: str, kind: str) -> store.Slot:
         """Slot allocation for extensions (on-chain submission) living outside this module."""
@@ -784,19 +788,21 @@ class Scope:
                 if slot.entry.status != EntryState.OK:
                     failures.append(slot.key)
                 continue
+            value = comp.value if comp.settle is None else await comp.settle()
+            if comp.settle is not None and value is None:
+                continue  # the cut-off operation had no effect to undo
             try:
                 # which form: told once more here, for the few compensations that run,
                 # rather than kept for every registration
                 if takes_context(comp.fn, f"compensation of {comp.slot.key!r}"):
-                    await self._compensate_in_branch(slot, comp, facade)
+                    await self._compensate_in_branch(slot, comp, value, facade)
                 else:
-                    await self._execute(slot, "compensation", comp.fn, (comp.value,), {}, comp.retry,
-                                        comp.timeout)
+                    await self._execute(slot, "compensation", comp.fn, (value,), {}, comp.retry, comp.timeout)
             except StepError:
                 failures.append(slot.key)
         return failures
 
-    async def _compensate_in_branch(self, slot: store.Slot, comp: Compensation,
+    async def _compensate_in_branch(self, slot: store.Slot, comp: Compensation, value: Any,
                                     facade: Callable[[Scope], Any]) -> None:
         """Run ``fn(ctx, value)`` like a small workflow in a branch of its own.
 
@@ -816,7 +822,7 @@ class Scope:
         origin = _ORIGIN.set(comp.origin)
         started = self.clock.time()
         try:
-            result = await comp.fn(facade(self), comp.value)
+            result = await comp.fn(facade(self), value)
             text, _ = codec.roundtrip(result, what=f"output of compensation {label!r}")
         except (LeaseLostError, NonDeterminismError):
             raise  # the execution's end, not the compensation's failure

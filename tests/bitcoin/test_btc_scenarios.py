@@ -181,6 +181,25 @@ async def test_a_payout_without_change_is_flagged_stuck_when_a_bump_could_not_ra
 # --- reorgs -----------------------------------------------------------------------
 
 
+async def test_a_payout_cancelled_on_the_wire_is_refunded_once_it_is_final(rig: NodeRig, node: RegtestNode) -> None:
+    """Cancelled once its payout is in the node's mempool: nothing can unsend it, so the
+    run waits for it to be final (Confirmations(2)), then refunds it and unreserves the
+    order, newest first, and ends cancelled.  The payout is on chain once."""
+    node.fund(rig.btc.sender(), 500_000)
+    payee = rig.payees[1]
+    async with rig.worker():
+        h = await rig.app.astart("payout", {"id": "o-cancel", "to": payee, "sats": 120_000})
+        await rig.drive(lambda: rig.state("o-cancel") == "broadcast", mine=False, what="the broadcast")
+        (attempt,) = rig.attempts()
+        await rig.app.acancel(h.id)
+        st = await rig.until_done(h.id, what="the cancellation")
+    assert st.status == "cancelled", st.error
+    assert st.compensations == {"pay": "ok", "reserve": "ok"}
+    assert rig.ledger.lines() == ["reserve o-cancel", f"refund {attempt.tx_hash}", "unreserve o-cancel"]
+    assert rig.sub("o-cancel").state == "final"
+    assert rig.paid(payee) == [(f"{attempt.tx_hash}:0", 120_000)]
+
+
 async def test_a_shallow_reorg_before_finality_re_includes_the_payout_and_compensates_nothing(
         rig: NodeRig, node: RegtestNode) -> None:
     """Confirmations(2); the payout's block (one confirmation) is replaced by two empty

@@ -50,16 +50,44 @@ def build(url: str, rpc_url: str, token_address: str, key: str, lease: float = 2
         """Mint to ``ev["to"]``; the ledger step after it fails for good, so the
         compensation burns what was minted, on chain, through the exactly-once path."""
 
-        async def burn_minted(ctx: cf.Context, receipt: cf.Receipt) -> dict[str, Any]:
-            r = await ctx.submit("burn", chain=CHAIN, tx=token.functions.burn(ev["to"], ev["amount"]),
-                                 finality=cf.Confirmations(1))
-            return {"burn": r.tx_hash, "mint": receipt.tx_hash}
-
         await ctx.submit("mint", chain=CHAIN, tx=token.functions.mint(ev["to"], ev["amount"]),
-                         idempotency_key=ev["id"], finality=cf.Confirmations(1), compensate=burn_minted)
+                         idempotency_key=ev["id"], finality=cf.Confirmations(1), compensate=_burner(token, ev))
         await ctx.step("credit-ledger", _ledger_down, retry=cf.Retry(max_attempts=1))
 
+    @app.workflow("mint-slowly")
+    async def mint_slowly(ctx: cf.Context, ev: dict[str, Any]) -> None:
+        """Mint to ``ev["to"]`` with four confirmations: long enough on chain to be
+        cancelled while signed, sent or included, its compensation burning the mint."""
+        await ctx.submit("mint", chain=CHAIN, tx=token.functions.mint(ev["to"], ev["amount"]),
+                         idempotency_key=ev["id"], finality=cf.Confirmations(4), compensate=_burner(token, ev))
+
+    @app.workflow("mint-beside-a-failure")
+    async def mint_beside_a_failure(ctx: cf.Context, ev: dict[str, Any]) -> None:
+        """A mint in one branch, a ledger step failing for good in the other once the
+        mint is on the wire: the failure ends the run while the mint is unsettled."""
+
+        async def mint() -> None:
+            await ctx.submit("mint", chain=CHAIN, tx=token.functions.mint(ev["to"], ev["amount"]),
+                             idempotency_key=ev["id"], finality=cf.Confirmations(4), compensate=_burner(token, ev))
+
+        async def ledger() -> None:
+            await ctx.sleep("mint-on-the-wire", 1.5)
+            await ctx.step("credit-ledger", _ledger_down, retry=cf.Retry(max_attempts=1))
+
+        await ctx.gather(mint(), ledger())
+
     return app
+
+
+def _burner(token: Any, ev: dict[str, Any]) -> Any:
+    """The compensation of a mint of ``ev``: burn it, through the exactly-once path."""
+
+    async def burn_minted(ctx: cf.Context, receipt: cf.Receipt) -> dict[str, Any]:
+        r = await ctx.submit("burn", chain=CHAIN, tx=token.functions.burn(ev["to"], ev["amount"]),
+                             finality=cf.Confirmations(1))
+        return {"burn": r.tx_hash, "mint": receipt.tx_hash}
+
+    return burn_minted
 
 
 def _ledger_down() -> None:

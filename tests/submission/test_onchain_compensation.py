@@ -146,3 +146,107 @@ def test_keys_chainflow_makes_cannot_collide_with_forward_keys(net: Any, tmp_pat
     with client.engine.connect() as conn:
         assert conn.execute(sa.select(sa.func.count()).select_from(schema.submissions)).scalar() == 0
     assert chain.sender_txs() == [tx for tx in chain.sender_txs() if tx["to"] is None]  # only the deploy
+
+
+async def _cancel_in_flight(client: cf.Chainflow, run_input: dict[str, Any], workflow: str,
+                            cancel_when: Any) -> cf.RunStatus:
+    """Run ``workflow`` in this process; cancel it once ``cancel_when(sub)`` holds for its
+    submission row (``None`` when it must not be cancelled); return its final status."""
+    import asyncio
+
+    stop = asyncio.Event()
+    worker = asyncio.create_task(client.worker(concurrency=4, poll_interval=0.02).run(stop))
+    try:
+        handle = await client.astart(workflow, run_input)
+        if cancel_when is not None:
+            for _ in range(600):
+                with client.engine.connect() as conn:
+                    sub = conn.execute(sa.select(schema.submissions).where(
+                        schema.submissions.c.idempotency_key == run_input["id"])).first()
+                if sub is not None and cancel_when(sub):
+                    break
+                await asyncio.sleep(0.05)
+            else:
+                raise AssertionError("the submission never reached the state to cancel in")
+            await client.acancel(handle.id)
+        return await client.await_run(handle.id, timeout=90)
+    finally:
+        stop.set()
+        await worker
+
+
+def test_a_run_cancelled_while_its_mint_is_on_the_wire_burns_it_once_final(net: Any, db_url: str) -> None:
+    """The cancel cannot unsend a mint that is signed and sent: the run waits for it to
+    settle, and once it is final undoes it with the submit's compensation (the burn),
+    before it ends cancelled.  Checked on chain: one mint, one burn, balances back."""
+    chain = Chain(net)
+    client = build(db_url, net.rpc_url, chain.token.address, chain.minter.private_key)
+    holder = net.accounts()[1].address
+    before = chain.token.functions.balanceOf(holder).call()
+    st = asyncio_run(_cancel_in_flight(client, {"id": "cancel-on-the-wire", "to": holder, "amount": 321},
+                                       "mint-slowly", lambda sub: sub.state in ("signed", "broadcast", "included")))
+    assert st.status == "cancelled", st.error
+    assert st.compensations == {"mint": "ok"}
+    zero = "0x" + "00" * 20
+    assert _transfers(chain, sender=zero) == [(zero, holder, 321)]
+    assert _transfers(chain, receiver=zero) == [(holder, zero, 321)]
+    assert len(_burns(chain)) == 1
+    assert chain.token.functions.balanceOf(holder).call() == before
+
+
+def test_a_mint_cut_off_by_a_failing_sibling_branch_is_burnt_once_final(net: Any, db_url: str) -> None:
+    """A branch fails while its sibling's mint is on the wire: the run's failure waits
+    for the mint to settle and burns it, as it would have had the mint finished first."""
+    chain = Chain(net)
+    client = build(db_url, net.rpc_url, chain.token.address, chain.minter.private_key)
+    holder = net.accounts()[2].address
+    st = asyncio_run(_cancel_in_flight(client, {"id": "sibling-fails", "to": holder, "amount": 55},
+                                       "mint-beside-a-failure", None))
+    assert st.status == "failed" and st.error is not None and "ledger account closed" in st.error["message"]
+    assert st.compensations == {"0/mint": "ok"}
+    zero = "0x" + "00" * 20
+    assert _transfers(chain, sender=zero) == [(zero, holder, 55)]
+    assert _transfers(chain, receiver=zero) == [(holder, zero, 55)]
+
+
+def test_a_run_cancelled_while_sharing_another_runs_mint_leaves_it_alone(net: Any, db_url: str) -> None:
+    """A run that found another run's intent under its key and waits on it did not open
+    that payment: cancelled, it ends without undoing it, and the opener completes."""
+    import asyncio
+
+    chain = Chain(net)
+    client = build(db_url, net.rpc_url, chain.token.address, chain.minter.private_key)
+    holder = net.accounts()[1].address
+    ev = {"id": "shared", "to": holder, "amount": 9}
+
+    async def scenario() -> tuple[cf.RunStatus, cf.RunStatus]:
+        stop = asyncio.Event()
+        worker = asyncio.create_task(client.worker(concurrency=4, poll_interval=0.02).run(stop))
+        try:
+            opener = await client.astart("mint-slowly", ev)
+            for _ in range(600):
+                with client.engine.connect() as conn:
+                    sub = conn.execute(sa.select(schema.submissions)).first()
+                if sub is not None and sub.state in ("signed", "broadcast", "included"):
+                    break
+                await asyncio.sleep(0.05)
+            sharer = await client.astart("mint-slowly", ev)
+            await asyncio.sleep(1.5)  # it finds the intent and waits on it
+            await client.acancel(sharer.id)
+            return (await client.await_run(opener.id, timeout=90), await client.await_run(sharer.id, timeout=90))
+        finally:
+            stop.set()
+            await worker
+
+    first, second = asyncio_run(scenario())
+    assert first.status == "completed" and second.status == "cancelled"
+    assert second.compensations == {}
+    assert _burns(chain) == []
+    zero = "0x" + "00" * 20
+    assert _transfers(chain, sender=zero) == [(zero, holder, 9)]
+
+
+def asyncio_run(coro: Any) -> Any:
+    import asyncio
+
+    return asyncio.run(coro)
