@@ -15,6 +15,7 @@ nonce and signed bytes.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 from ..states import SubmissionState
@@ -24,23 +25,39 @@ SETTLED = (SubmissionState.INCLUDED, SubmissionState.FINAL)
 REORG_SIGNAL = "chainflow.reorg"  # sent to every run whose transaction a reorg un-included
 
 
-def dependents(entries: list[store.Entry], targets: list[store.Entry]) -> list[store.Entry]:
-    """Each target, later entries of its branch and sub-branches, and entries of its
-    ancestor branches recorded after it (i.e. after the branch joined them); with several
-    targets (one reorg orphaned submissions of sibling branches), what depends on any.
-    Sibling branches are independent and kept.  Compensations, and entries in their
-    branches, are never dependents of their own: they go with the entry they compensate
-    (``supersede``); the undo of a step before the target stays done."""
+def dependents(entries: list[store.Entry], targets: list[store.Entry],
+               ended_before: Callable[[str, str], bool] | None = None) -> list[store.Entry]:
+    """Each target, later entries of its branch and sub-branches, entries of its
+    ancestor branches recorded after it (i.e. after the branch joined them), and
+    entries of a branch opened after the target's side of it had ended
+    (``ended_before(ended, opened)`` on two sibling branch paths: the second round of
+    two consecutive gathers); with several targets (one reorg orphaned submissions of
+    sibling branches), what depends on any.  Sibling branches that ran beside it are
+    independent and kept.  Compensations, and entries in their branches, are never
+    dependents of their own: they go with the entry they compensate (``supersede``);
+    the undo of a step before the target stays done."""
 
     def depends(e: store.Entry, target: store.Entry) -> bool:
         b = target.branch
         if e.id < target.id or e.kind == "compensation" or limits.in_compensation(e.branch):
             return False
-        in_branch = not b or e.branch == b or e.branch.startswith(b + "/")
-        ancestor = e.branch == "" or b.startswith(e.branch + "/")
-        return in_branch or ancestor
+        in_branch = not b or e.branch == b or e.branch.startswith(b + limits.BRANCH_SEP)
+        ancestor = e.branch == "" or b.startswith(e.branch + limits.BRANCH_SEP)
+        return in_branch or ancestor or (ended_before is not None and opened_after(e.branch, b, ended_before))
 
     return [e for e in entries if any(depends(e, t) for t in targets)]
+
+
+def opened_after(branch: str, target: str, ended_before: Callable[[str, str], bool]) -> bool:
+    """Whether ``branch`` lies in a branch opened after the sibling holding ``target``
+    had ended: where the two paths part, the target's side ended first."""
+    ours, theirs = branch.split(limits.BRANCH_SEP), target.split(limits.BRANCH_SEP)
+    depth = 0
+    while ours[depth] == theirs[depth]:  # neither is an ancestor of the other (the caller's cases)
+        depth += 1
+    parent = ours[:depth]
+    return ended_before(limits.BRANCH_SEP.join(parent + [theirs[depth]]),
+                        limits.BRANCH_SEP.join(parent + [ours[depth]]))
 
 
 def parse(text: str) -> dict[str, Any]:

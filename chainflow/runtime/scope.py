@@ -62,6 +62,7 @@ from ..retry import DEFAULT_RETRY, Retry
 from ..states import EntryState, RunState
 from ..storage import codec, limits, store
 from ..threads import ThreadPool
+from .branchorder import BranchOrder
 from .committer import Committer
 from .flag import Flag
 from .registry import Registry
@@ -114,9 +115,10 @@ class BranchState:
 
 
 def open_branch(state: Callable[[str], BranchState], tasks: set[asyncio.Future[Any]], name: str,
-                work: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
+                work: Coroutine[Any, Any, T], order: BranchOrder | None = None) -> asyncio.Task[T]:
     """Start ``work`` as the next branch ``name`` of the calling branch (``state`` gives
-    a branch path's ``BranchState``), its task kept in ``tasks`` while it runs."""
+    a branch path's ``BranchState``), its task kept in ``tasks`` while it runs and its
+    opening noted in ``order``."""
     parent = _BRANCH.get()
     siblings = state(parent)
     n = siblings.children[name]
@@ -136,6 +138,8 @@ def open_branch(state: Callable[[str], BranchState], tasks: set[asyncio.Future[A
     task = asyncio.get_running_loop().create_task(work, context=scope)
     tasks.add(task)
     task.add_done_callback(tasks.discard)
+    if order is not None:
+        order.opened(parent, path, task)
     return task
 
 
@@ -271,6 +275,7 @@ class Scope:
         self._notify = notify  # a child was created: the worker may claim it now
         self.started_children = False  # this execution started a child run
         self._branches: dict[str, BranchState] = {}
+        self.branch_order = BranchOrder()  # what a reorg rollback may undo (``runtime.branchorder``)
         self._patches: dict[str, bool] = {}  # ``patched`` answers decided in this execution
         self._buffer: list[store.Op] = []
         # the ``step_completed`` fields of the step rows deferred into ``_buffer``:
@@ -476,7 +481,7 @@ class Scope:
     def branch(self, name: str, work: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
         """Run ``work`` as a named branch; its steps are journaled under the branch path
         so a reorg can roll back one branch and keep its siblings."""
-        return open_branch(self._state, self.tasks, name, work)
+        return open_branch(self._state, self.tasks, name, work, self.branch_order)
 
     async def gather(self, *works: Coroutine[Any, Any, Any], names: list[str] | None = None) -> list[Any]:
         """``asyncio.gather`` where each awaitable runs as its own branch ("0", "1", ...)."""

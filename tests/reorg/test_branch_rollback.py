@@ -141,3 +141,50 @@ async def test_one_reorg_orphaning_two_sibling_branches_mints_rolls_back_both(ri
     for i in (0, 1):
         assert live[f"{i}/mint"].output["block_hash"] == rig.sub(f"o-{i}").block_hash, "a stale receipt kept"
     assert sorted(rig.effects()) == ["credit"] * 4 + ["debit"] * 2
+
+
+async def test_branches_opened_after_the_mints_branch_joined_are_rolled_back_with_it(rig: Rig) -> None:
+    """Two rounds of branches: the mint and a quote, joined; then a shipment and a note,
+    opened after that join, so either may use the mint (the second round's branches are
+    "0#1" and "1#1": siblings of the mint's branch by name only).  After a reorg of the
+    mint: both second-round steps are undone and redone; the quote, which ran beside
+    the mint, is kept."""
+
+    def effect(name: str) -> Any:
+        def do(arg: str) -> str:
+            rig.ledger.hit(f"{name} {arg}")
+            return arg
+        return do
+
+    @rig.app.workflow("two_rounds")
+    async def two_rounds(ctx: cf.Context, ev: dict[str, Any]) -> str:
+        async def mint() -> str:
+            r = await ctx.submit("mint", chain=CHAIN, tx=rig.mint(3), idempotency_key=ev["id"],
+                                 finality=cf.Confirmations(2))
+            return r.tx_hash
+
+        async def step(name: str, arg: str) -> str:
+            return await ctx.step(name, effect(name), arg, compensate=effect(f"un{name}"))
+
+        tx, quote = await ctx.gather(mint(), step("quote", "q"))
+        shipped, noted = await ctx.gather(step("ship", tx), step("note", quote))
+        return f"{shipped}|{noted}"
+
+    async with rig.worker():
+        await rig.step()
+        h = await rig.app.astart("two_rounds", {"id": "rounds"})
+        await rig.drive(lambda: rig.app.status(h.id).done, what="the first completion")
+        assert sorted(rig.effects()) == ["note", "quote", "ship"]
+        await rig.step()
+        reorg(rig.net, rig.head() - int(rig.sub("rounds").block_number) + 2)
+        await rig.step()
+        await rig.drive(lambda: rig.effects().count("ship") == 2 and rig.app.status(h.id).done,
+                        what="the second round redone")
+    st = await rig.status(h.id)
+    assert st.status == "completed", st.error
+    effects = rig.effects()
+    assert sorted(effects[3:5]) == ["unnote", "unship"], effects
+    assert sorted(effects[5:]) == ["note", "ship"], effects
+    assert "unquote" not in effects and effects.count("quote") == 1
+    gone = sorted(label(e) for e in rig.app.journal(h.id) if e.invalidated)
+    assert gone == sorted(["0/mint", "0#1/ship", "1#1/note", "0#1/compensate:ship", "1#1/compensate:note"]), gone

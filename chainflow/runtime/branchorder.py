@@ -1,0 +1,37 @@
+"""When each branch of a run opened, relative to the ends of its sibling branches.
+
+A reorg rollback undoes what may have used the broken step's result.  Branch paths
+tell most of it (later steps of the step's branch, and of the branches it joined), but
+not a branch opened *after* the broken step's branch had ended: in two consecutive
+``ctx.gather`` calls the second round's "0#1" and "1#1" are siblings of the first
+round's "0" by name, yet either may have been handed its result.  Branch openings are
+not journaled, so the order is observed as the workflow code replays, which the
+rollback's execution does before it decides anything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+
+class BranchOrder:
+    def __init__(self) -> None:
+        self._ended: dict[str, int] = {}  # per parent path: how many of its branches have ended
+        self._end_at: dict[str, int] = {}  # branch path -> its place among its parent's ended branches
+        self._open_at: dict[str, int] = {}  # branch path -> how many of its siblings had ended when it opened
+
+    def opened(self, parent: str, path: str, task: asyncio.Task[Any]) -> None:
+        self._open_at[path] = self._ended.get(parent, 0)
+        task.add_done_callback(lambda _: self._end(parent, path))
+
+    def _end(self, parent: str, path: str) -> None:
+        n = self._ended.get(parent, 0)
+        self._end_at[path] = n
+        self._ended[parent] = n + 1
+
+    def ended_before(self, ended: str, opened: str) -> bool:
+        """Whether branch ``ended`` had ended when its sibling ``opened`` was opened
+        (False when either was not seen in this execution)."""
+        end, start = self._end_at.get(ended), self._open_at.get(opened)
+        return end is not None and start is not None and end < start
