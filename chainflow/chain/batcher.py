@@ -77,12 +77,13 @@ class Batcher:
         queued = await self.db.aread(chainstore.queued, self.chain)
         # a dead-lettered run may be retried by an operator: its payouts, holding
         # nothing while queued, neither fail for good nor join a batch meanwhile
-        ended = [int(q.id) for q in queued if q.run_status is None
-                 or (q.run_status in TERMINAL and q.run_status != RunState.DEAD_LETTERED)]
+        # a payout a live run shares is that run's too, whatever became of its opener
+        ended = [int(q.id) for q in queued if not q.shared and (
+            q.run_status is None or (q.run_status in TERMINAL and q.run_status != RunState.DEAD_LETTERED))]
         if ended:
             await self.db.atx(chainstore.fail_queued, ended, "its run ended before the payout was batched; "
                               "nothing was signed", self.clock.time())
-        waiting = [q for q in queued if q.run_status is not None and q.run_status not in TERMINAL]
+        waiting = [q for q in queued if q.shared or (q.run_status is not None and q.run_status not in TERMINAL)]
         now = self.clock.time()
         while waiting and (len(waiting) >= self.policy.max_size
                            or now - float(waiting[0].updated_at) >= self.policy.window):

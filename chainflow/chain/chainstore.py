@@ -23,7 +23,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from .. import metrics
 from ..states import TERMINAL, SubmissionState
 from ..storage import codec, limits, store
-from ..storage.schema import headers, leaders, nonces, reorgs, reservations, runs, submissions, tx_attempts
+from ..storage.schema import headers, leaders, nonces, reorgs, reservations, runs, sharers, submissions, tx_attempts
 from .adapter import Coin, Header, Receipt, SignedTx
 from .reorg import REORG_SIGNAL, SETTLED
 
@@ -323,19 +323,47 @@ def candidate_hashes(conn: sa.Connection, sub_id: int) -> list[str]:
         sa.select(tx_attempts.c.tx_hash).where(tx_attempts.c.submission_id == sub_id).order_by(tx_attempts.c.id))]
 
 
+# --- runs sharing an intent another run opened -----------------------------------------
+
+_sharer_run = runs.alias("sharer_run")
+# an intent a live run shares: it is that run's payment too, whatever became of its opener
+_SHARED_LIVE = sa.exists().where(sharers.c.submission_id == submissions.c.id, _sharer_run.c.id == sharers.c.run_id,
+                                 _sharer_run.c.status.not_in(TERMINAL))
+
+
+def share(conn: sa.Connection, sub_id: int, run_id: str, step: str, now: float) -> None:
+    """Record that ``run_id`` waits on intent ``sub_id``, which another run opened,
+    at its ``step`` (``branch\x1fkey``); once is enough."""
+    if conn.execute(sa.select(sharers.c.run_id).where(sharers.c.submission_id == sub_id,
+                                                       sharers.c.run_id == run_id)).first() is None:
+        conn.execute(sharers.insert().values(submission_id=sub_id, run_id=run_id, step=step, created_at=now))
+
+
+def shared_live(conn: sa.Connection, sub_id: int) -> bool:
+    """Whether a live run other than its opener waits on the intent."""
+    return bool(conn.execute(sa.select(_SHARED_LIVE.where(submissions.c.id == sub_id))).scalar())
+
+
+def sharers_of(conn: sa.Connection, sub_ids: list[int]) -> list[sa.Row[Any]]:
+    """(submission_id, run_id, step) of every run sharing one of these intents."""
+    return list(conn.execute(sa.select(sharers.c.submission_id, sharers.c.run_id, sharers.c.step)
+                             .where(sharers.c.submission_id.in_(sub_ids)).order_by(sharers.c.run_id)))
+
+
 # --- never-signed intents whose run ended --------------------------------------------
 
 _ORPHANED = (  # built once: the tracker asks on every head
     sa.select(submissions.c.id, submissions.c.sender, submissions.c.nonce)
     .join(runs, runs.c.id == submissions.c.run_id)
     .where(submissions.c.chain == sa.bindparam("chain"), submissions.c.state == SubmissionState.ALLOCATED,
-           submissions.c.gap_fill.is_(sa.false()), store.one_of(runs.c.status, TERMINAL))
+           submissions.c.gap_fill.is_(sa.false()), store.one_of(runs.c.status, TERMINAL), ~_SHARED_LIVE)
 )
 
 
 def orphaned_allocations(conn: sa.Connection, chain: str) -> list[sa.Row[Any]]:
     """Submissions holding a conflict domain (a nonce, coins) they will never sign
-    with: their run is over.  Nothing of theirs was signed, so they are provably dead."""
+    with: their run is over, and no live run shares them.  Nothing of theirs was
+    signed, so they are provably dead."""
     return list(conn.execute(_ORPHANED, {"chain": chain}))
 
 
@@ -436,10 +464,11 @@ def queue(conn: sa.Connection, sub_id: int, request: str, now: float) -> None:
 
 
 def queued(conn: sa.Connection, chain: str) -> list[sa.Row[Any]]:
-    """Intents waiting for a batch, oldest first, with their run's status."""
+    """Intents waiting for a batch, oldest first, with their run's status and whether
+    a live run shares them."""
     return list(conn.execute(
         sa.select(submissions.c.id, submissions.c.request, submissions.c.finality, submissions.c.updated_at,
-                  runs.c.status.label("run_status"))
+                  runs.c.status.label("run_status"), _SHARED_LIVE.label("shared"))
         .join(runs, runs.c.id == submissions.c.run_id, isouter=True)
         .where(submissions.c.chain == chain, submissions.c.state == SubmissionState.QUEUED,
                submissions.c.batch_id.is_(None))
@@ -455,11 +484,11 @@ def fail_queued(conn: sa.Connection, ids: list[int], error: str, now: float) -> 
 
 def withdraw_queued(conn: sa.Connection, sub_id: int, error: str, now: float) -> bool:
     """Fail a queued intent its own run gives up on (the run is being compensated),
-    if no batch has taken it yet; whether it was.  Its run is the one that would be
-    woken, so none is."""
+    if no batch has taken it yet and no live run shares it; whether it was.  Its run
+    is the one that would be woken, so none is."""
     return bool(conn.execute(
         submissions.update().where(submissions.c.id == sub_id, submissions.c.state == SubmissionState.QUEUED,
-                                   submissions.c.batch_id.is_(None))
+                                   submissions.c.batch_id.is_(None), ~_SHARED_LIVE)
         .values(state=SubmissionState.FAILED, error=error, updated_at=now)).rowcount)
 
 
@@ -796,10 +825,16 @@ def record_reorg(conn: sa.Connection, chain: str, fork: int, new_hashes: list[st
     old = [h.hash for h in orphaned]
     settled_there = sa.and_(submissions.c.chain == chain, submissions.c.block_hash.in_(old),
                             submissions.c.state.in_(SETTLED))
-    # the lock order (store): their runs first, in id order, then the submissions
-    store.lock_runs(conn, sorted(set(conn.execute(
-        sa.select(submissions.c.run_id).where(settled_there, submissions.c.run_id.is_not(None))).scalars())))
+    # the lock order (store): their runs (openers and sharers) first, in id order, then the submissions
+    openers = set(conn.execute(
+        sa.select(submissions.c.run_id).where(settled_there, submissions.c.run_id.is_not(None))).scalars())
+    shared = conn.execute(sa.select(sharers.c.run_id).join(submissions, submissions.c.id == sharers.c.submission_id)
+                          .where(settled_there)).scalars()
+    store.lock_runs(conn, sorted(openers.union(shared)))
     hit = list(conn.execute(sa.select(submissions).where(settled_there).order_by(submissions.c.id).with_for_update()))
+    waiting: dict[int, list[tuple[str, str]]] = {}  # submission id -> (run, step) of each run sharing it
+    for row in sharers_of(conn, [s.id for s in hit]):
+        waiting.setdefault(int(row.submission_id), []).append((row.run_id, row.step))
     # a batch and its members share one transaction: it is listed once
     affected = list(dict.fromkeys(s.tx_hash for s in hit))
     event_id = conn.execute(
@@ -818,16 +853,15 @@ def record_reorg(conn: sa.Connection, chain: str, fork: int, new_hashes: list[st
                 last_broadcast_block=None, updated_at=now,
             )
         )
-        if sub.run_id:
-            # workflows observe reorgs with ctx.wait_for(REORG_SIGNAL)
-            info = {"reorg": int(event_id), "chain": chain, "depth": len(orphaned), "fork_number": fork,
-                    "tx_hash": sub.tx_hash, "finality_broken": sub.state == SubmissionState.FINAL}
-            store.insert_signal(conn, sub.run_id, REORG_SIGNAL, codec.dumps(info), now)
         if sub.state == SubmissionState.FINAL:
             metrics.inc("chainflow_finality_violations_total", chain=chain)
-        if sub.state == SubmissionState.FINAL and sub.run_id:
-            reason = f"reorg #{event_id} on {chain}: block {sub.block_number} ({sub.block_hash}) orphaned"
-            if store.request_rollback(conn, sub.run_id, sub.step, reason, now):
+        reason = f"reorg #{event_id} on {chain}: block {sub.block_number} ({sub.block_hash}) orphaned"
+        info = {"reorg": int(event_id), "chain": chain, "depth": len(orphaned), "fork_number": fork,
+                "tx_hash": sub.tx_hash, "finality_broken": sub.state == SubmissionState.FINAL}
+        for run_id, step in ([(sub.run_id, sub.step)] if sub.run_id else []) + waiting.get(int(sub.id), []):
+            # workflows observe reorgs with ctx.wait_for(REORG_SIGNAL)
+            store.insert_signal(conn, run_id, REORG_SIGNAL, codec.dumps(info), now)
+            if sub.state == SubmissionState.FINAL and store.request_rollback(conn, run_id, step, reason, now):
                 metrics.inc("chainflow_rollbacks_total", chain=chain)
     return len(orphaned)
 

@@ -157,8 +157,9 @@ class Submitter:
 
     async def _landed(self, ctx: RunScope, chain: str, key: str, label: str) -> Receipt | None:
         """The receipt of the payment an interrupted submit of this run opened, once it
-        is final; None when none of it can land: never opened here (another run's intent
-        found under the key is that run's to undo), never signed (the tracker frees its
+        is final; None when none of it can land or it is not this run's to undo: never
+        opened here (another run's intent found under the key is that run's to undo),
+        shared by a live run (which still wants it), never signed (the tracker frees its
         conflict domain once the run has ended, and only the run itself signs), withdrawn
         from the batcher's queue, failed or reverted."""
         sender, run_id = self.adapter(chain).sender(), ctx.run_id
@@ -166,6 +167,9 @@ class Submitter:
         if sub is None or sub.run_id != run_id:
             return None
         sub_id = int(sub.id)
+        (shared,) = await ctx.commit(lambda conn: chainstore.shared_live(conn, sub_id))
+        if shared:
+            return None  # a live run sharing it still wants the payment: it is theirs now
         if sub.state == SubmissionState.QUEUED and sub.batch_id is None:
             withdrawn, (sub,) = await ctx.commit(
                 lambda conn: chainstore.withdraw_queued(conn, sub_id, "its run was stopped before the payout was "
@@ -286,8 +290,11 @@ class Submitter:
         (sub,) = await ctx.commit(chainstore.opening(self.db.engine.dialect.name, **fields))
         if sub is None:  # raced by another run's creation of the key: look again
             (sub,) = await ctx.commit(lambda conn: chainstore.intent_by_lookup(conn, **fields))
-        # an intent another run opened under the same key is not this run's wait
+        # an intent another run opened under the same key is not this run's wait, but
+        # its receipt will be this run's: a reorg of it rolls this run back too
         sub_id, opened = int(sub.id), float(sub.created_at) if sub.run_id == run_id else now
+        if sub.run_id != run_id:
+            await ctx.commit(lambda conn: chainstore.share(conn, sub_id, run_id, step, now))
         domain = self.domain(adapter)
         if sub.state == SubmissionState.INTENT:
             try:

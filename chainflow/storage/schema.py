@@ -186,6 +186,19 @@ tx_attempts = sa.Table(
     sa.Index("ix_cf_tx_attempts_hash", "chain", "tx_hash", unique=True),
 )
 
+# Runs that share an intent another run opened, by its idempotency key (v11): each
+# journals the intent's receipt under its own step, so a reorg that un-finalises the
+# intent rolls each of them back, and the intent is not abandoned while one of them
+# still waits on it.  The opener is the intent's ``run_id``; it has no row here.
+sharers = sa.Table(
+    "cf_sharers",
+    metadata,
+    sa.Column("submission_id", BigId, primary_key=True),
+    sa.Column("run_id", sa.String(36), primary_key=True),
+    sa.Column("step", sa.String(600), nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+)
+
 # A UTXO chain's conflict domain: the outpoints reserved for an intent (v5).  A row
 # is written in the same transaction that moves the intent to "allocated".  It is
 # *held* (``spent_at_block`` NULL) while any candidate may still be included, and
@@ -374,6 +387,13 @@ def _v10(conn: sa.Connection) -> None:
             index.create(conn)
 
 
+def _v11(conn: sa.Connection) -> None:
+    """Runs sharing another run's intent are recorded (``cf_sharers``); a database
+    created by this version's ``_v1`` has the table already."""
+    sharers.create(conn, checkfirst=True)
+
+
 MIGRATIONS: list[tuple[int, Callable[[sa.Connection], None]]] = [
-    (1, _v1), (2, _v2), (3, _v3), (4, _v4), (5, _v5), (6, _v6), (7, _v7), (8, _v8), (9, _v9), (10, _v10)]
+    (1, _v1), (2, _v2), (3, _v3), (4, _v4), (5, _v5), (6, _v6), (7, _v7), (8, _v8), (9, _v9), (10, _v10),
+    (11, _v11)]
 LATEST = MIGRATIONS[-1][0]

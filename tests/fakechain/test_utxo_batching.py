@@ -22,7 +22,7 @@ from chainflow.storage.store import dead_letter
 from chainflow.testing import CallLog, FakeTx, FakeUtxoAdapter, FakeUtxoChain
 
 from ..engine._util import running_worker, wait_until
-from .test_utxo_protocol import CHAIN, PAYEE, Rig
+from .test_utxo_protocol import CHAIN, PAYEE, Rig, _share
 
 
 def batching_rig(db_url: str, ledger: CallLog, chain: FakeUtxoChain | None = None, **tracker: Any) -> Rig:
@@ -144,6 +144,28 @@ async def test_a_run_cancelled_while_queued_is_never_paid(brig: Rig) -> None:
     assert "its run was stopped before the payout was batched" in brig.sub("gone").error
     assert not [line for line in brig.ledger.lines() if line.startswith("refund")]
     assert sorted(v for _, v in brig.chain.payments(PAYEE)) == [12_000, 12_000]
+
+
+async def test_a_queued_payout_another_run_waits_on_is_paid_after_its_opener_was_cancelled(brig: Rig) -> None:
+    """The run that queued a payout is cancelled while a second run, sharing its key,
+    waits on it: the payout is the second run's too, so it is neither withdrawn by the
+    cancel nor failed by the batcher; the next batch pays it once, the second run
+    completes with it, and the cancelled run refunds nothing."""
+    brig.config.batching[CHAIN] = cf.Batching(window=3600, max_size=2)
+    async with running_worker(brig.app, track=False):
+        await brig.step()
+        opener, sharer = await _share(brig, "both", "queued")
+        await brig.app.acancel(opener.id)
+        await brig.drive(lambda: brig.app.status(opener.id).done, mine=False, what="the cancellation")
+        other = await brig.app.astart("pay_flow", {"id": "other", "sats": 12_000})  # fills the batch
+        await brig.drive(lambda: brig.app.status(sharer.id).done and brig.app.status(other.id).done,
+                         what="the batch")
+    assert brig.app.status(opener.id).status == "cancelled"
+    st = brig.app.status(sharer.id)
+    assert st.status == "completed", st.error
+    assert brig.sub("both").state == "final" and st.output["tx"] == brig.sub("both").tx_hash
+    assert sorted(v for _, v in brig.chain.payments(PAYEE)) == [10_000, 12_000]
+    assert not [line for line in brig.ledger.lines() if line.startswith("refund")]
 
 
 async def test_a_run_dead_lettered_while_queued_pays_once_retried(brig: Rig) -> None:

@@ -159,6 +159,16 @@ def _paid(rig: Rig, sats: int) -> list[str]:
     return [txid for txid, value in rig.chain.payments(PAYEE) if value == sats]
 
 
+async def _share(rig: Rig, key: str, state: str, sats: int = 10_000) -> tuple[Any, Any]:
+    """Start a payment under ``key``, and once its intent is ``state`` a second run
+    with the same key, which finds the intent and waits on it; both handles."""
+    opener = await rig.app.astart("pay_flow", {"id": key, "sats": sats})
+    await rig.drive(lambda: rig.state(key) == state, mine=False, what=f"the intent {state}")
+    sharer = await rig.app.astart("pay_flow", {"id": key, "sats": sats})
+    await rig.drive(lambda: rig.app.status(sharer.id).status == "waiting", mine=False, what="the sharer waits")
+    return opener, sharer
+
+
 async def test_a_payment_settles_once_on_reserved_coins(rig: Rig) -> None:
     async with running_worker(rig.app, track=False):
         await rig.step()
@@ -187,10 +197,7 @@ async def test_a_second_run_sharing_the_key_completes_with_the_same_payment(rig:
     interval, and completes with the same receipt: one payment."""
     async with running_worker(rig.app, track=False):
         await rig.step()
-        first = await rig.app.astart("pay_flow", {"id": "shared", "sats": 10_000})
-        await rig.drive(lambda: rig.state("shared") == "broadcast", mine=False, what="the first broadcast")
-        second = await rig.app.astart("pay_flow", {"id": "shared", "sats": 10_000})
-        await rig.drive(lambda: rig.app.status(second.id).status == "waiting", mine=False, what="the second waits")
+        first, second = await _share(rig, "shared", "broadcast")
         await rig.until_done(first.id, what="the first run")
         await rig.drive(lambda: rig.app.status(second.id).done, mine=False, what="the second run", timeout=10)
     assert rig.app.status(first.id).status == rig.app.status(second.id).status == "completed"
@@ -344,6 +351,35 @@ async def test_a_stuck_payment_is_replaced_spending_all_the_same_inputs(db_url: 
         assert _paid(rig, 40_000) == [sub.tx_hash] and st.output["fee"] == fees[-1]
     finally:
         rig.close()
+
+
+async def test_a_deep_reorg_rolls_back_every_run_sharing_the_payment(rig: Rig) -> None:
+    """Two runs share one payment by its key; both complete on it.  A reorg from below
+    its block un-finalises it: both runs are rolled back (each one's credit and notify
+    undone newest first, then redone), not only the run that opened the intent, and
+    both end with the payment's new block.  One payment, one signed version."""
+    async with running_worker(rig.app, track=False):
+        await rig.step()
+        first, second = await _share(rig, "shared", "broadcast")
+        await rig.drive(lambda: rig.app.status(first.id).done and rig.app.status(second.id).done, what="both runs")
+        sub = rig.sub("shared")
+        await rig.step()
+        depth = rig.chain.height - int(sub.block_number) + 2
+        rig.chain.reorg(depth, drop_txs=True)
+        await rig.step()
+        for h in (first, second):
+            assert rig.app.status(h.id).status != "completed", "every sharing run is reopened for its rollback"
+        await rig.drive(lambda: all(rig.app.status(h.id).status == "completed" for h in (first, second))
+                        and rig.effects().count("credit") == 4, what="both re-completions")
+    final = rig.sub("shared")
+    assert final.block_hash != sub.block_hash and final.tx_hash == sub.tx_hash
+    for h in (first, second):
+        st = rig.app.status(h.id)
+        assert st.output["block_hash"] == final.block_hash
+        assert [e.key for e in rig.app.journal(h.id) if e.invalidated] == \
+            ["pay", "credit", "notify", "compensate:notify", "compensate:credit"]
+    assert sorted(rig.effects()) == sorted(["reserve"] * 2 + ["credit", "notify"] * 4 + ["unnotify", "debit"] * 2)
+    assert len(rig.attempts(sub.id)) == 1 and len(_paid(rig, 10_000)) == 1
 
 
 async def test_a_deep_reorg_after_finality_rolls_back_and_pays_once(rig: Rig) -> None:

@@ -191,3 +191,35 @@ async def test_a_signal_a_rolled_back_wait_had_received_is_delivered_again(rig: 
                         what="the second completion")
     assert rig.app.status(h.id).status == "completed"
     assert rig.ledger.lines() == ["credit alice", "debit", "credit alice"]
+
+
+async def test_a_deep_reorg_rolls_back_every_run_sharing_the_mint(rig: Rig) -> None:
+    """Two runs share one mint by its key (the second finds the first's intent on the
+    wire and waits on it); both complete.  A reorg from below the mint's block rolls
+    both back, each one's credit and notify undone and redone, and both end with the
+    mint's new block: one mint on chain, one signed version."""
+    register_mint_flow(rig, cf.Confirmations(2))
+    async with rig.worker():
+        await rig.step()
+        first = await rig.app.astart("mint_flow", {"id": "shared"})
+        await rig.drive(lambda: [s.state for s in rig.subs()] in (["broadcast"], ["included"]), mine=False,
+                        what="the first mint on the wire")
+        second = await rig.app.astart("mint_flow", {"id": "shared"})
+        await rig.drive(lambda: rig.app.status(first.id).done and rig.app.status(second.id).done, what="both runs")
+        sub = rig.sub("shared")
+        await rig.step()
+        reorg(rig.net, rig.head() - int(sub.block_number) + 2)
+        await rig.step()
+        for h in (first, second):
+            assert (await rig.status(h.id)).status != "completed", "every sharing run is reopened"
+        await rig.drive(lambda: all(rig.app.status(h.id).status == "completed" for h in (first, second))
+                        and rig.effects().count("credit") == 4, what="both re-completions")
+    final = rig.sub("shared")
+    assert final.block_hash != sub.block_hash and final.tx_hash == sub.tx_hash
+    for h in (first, second):
+        st = await rig.status(h.id)
+        assert st.output["block_hash"] == final.block_hash
+        assert sorted(label(e) for e in rig.invalidated(h.id)) == sorted(
+            ["mint", "credit", "notify", "compensate:notify", "compensate:credit"])
+    assert sorted(rig.effects()) == sorted(["reserve"] * 2 + ["credit", "notify"] * 4 + ["unnotify", "debit"] * 2)
+    assert len(rig.attempts(sub.id)) == 1 and rig.balance() == 5, "minted once"
