@@ -327,6 +327,11 @@ class Worker:
         # claims only take runs of registered workflows, and a registry only grows
         wf = self.app.registry.get(claim.workflow)
         ex = Execution(self, claim, wf, history, Lease(claim.run_id, claim.fence, sent, self.lease, self._check))
+        stale = self.executions.get(claim.run_id)
+        if stale is not None:
+            # this worker's own earlier execution, whose lease lapsed (a database outage
+            # longer than the lease): the new claim's fence proves it is over
+            stale.request_stop(StopReason.LEASE_LOST)
         self.executions[claim.run_id] = ex
         self._track(self._execute(ex), f"chainflow-run-{claim.run_id}")
 
@@ -362,7 +367,8 @@ class Worker:
             # needless claim in flight would push a local start off its fast path
             if self._backlog:
                 self._wake.set()
-            self.executions.pop(ex.claim.run_id, None)
+            if self.executions.get(ex.claim.run_id) is ex:  # not a newer execution of the same run
+                del self.executions[ex.claim.run_id]
 
     def _report(self, claim: store.Claim, outcome: Outcome) -> None:
         """The lifecycle event of how an execution ended (``chainflow.events``)."""

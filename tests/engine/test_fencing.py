@@ -141,3 +141,29 @@ def test_fence_check_of_a_batch_keeps_only_matching_runs_and_uses_the_key(make_a
     finally:
         raw.rollback()
         raw.close()
+
+
+async def test_a_worker_reclaiming_its_own_lapsed_run_keeps_the_new_execution_leased(make_app: Any,
+                                                                                     calls: Any) -> None:
+    """A's lease lapses while its execution is inside a step (a database outage longer
+    than the lease), and A itself claims the run again.  The stale execution is stopped
+    and, ending, leaves the new one in place: the heartbeat keeps renewing it, so B
+    cannot take the run while A executes it (which would run the step a third time)."""
+    async with rivals(make_app, calls, 0.3) as r:
+        assert await r.worker_a.poll() == 1
+        await wait_until(lambda: calls.count("send-start") == 1, what="A inside the step")
+        for _ in range(50):
+            r.clock.advance(1.0)
+            if await r.worker_a.poll() == 1:
+                break
+        await wait_until(lambda: calls.count("send-start") == 2, what="A's second execution inside the step")
+        r.gates[0].set()  # the stale execution's step returns; it is over
+        await asyncio.sleep(0.3)
+        for _ in range(6):
+            r.clock.advance(0.1)  # a third of a lease per heartbeat period
+            await asyncio.sleep(0.15)
+            assert await r.worker_b.poll() == 0, "B took over a run A is still executing"
+        r.gates[1].set()
+        await wait_until(lambda: r.worker_a.outcomes.get(r.run_id) is not None
+                         and r.worker_a.outcomes[r.run_id].status == "completed", what="A to finish")
+    assert calls.count("send-start") == 2
