@@ -423,11 +423,11 @@ class Scope:
     async def _await_child(self, slot: store.Slot, child_id: str, label: str) -> Any:
         """Park on the child's finish signal until it is finished, then journal its
         outcome in the slot.  A dead-lettered child keeps its parent waiting: an
-        operator's retry may still finish it."""
+        operator's retry may still finish it.  A run that is stopping (cancel,
+        timeout, rollback) still looks once: a child that finished meanwhile is
+        journaled, so its effect is compensated with the rest (the park refuses)."""
         run_id, signal = self.run_id, store.child_signal(child_id)
         while True:
-            self.refuse_new_work()
-
             def look(conn: Any) -> tuple[str, str | None, str | None]:
                 status, output, error = store.child_outcome(conn, child_id)
                 store.consume_signals(run_id, signal)(conn)

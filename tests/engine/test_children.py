@@ -171,3 +171,65 @@ async def test_child_of_an_unknown_workflow_fails_the_parent_before_anything_sta
     assert st.status == "failed" and "nowhere" in st.error["message"]
     with app.engine.connect() as conn:
         assert conn.execute(sa.select(sa.func.count()).select_from(schema.runs)).scalar() == 1
+
+
+async def _drain(app: cf.Chainflow) -> None:
+    """Run what is due on a worker of ``app`` until nothing is, parking every wait."""
+    worker = app.worker(concurrency=8, inline_wait=0.0, poll_interval=0.01)
+    await worker.start()
+    try:
+        await worker.drain()
+    finally:
+        await worker.close()
+
+
+async def _unobserved_child(make_app: Any, calls: Any, before: bool) -> tuple[cf.Chainflow, str]:
+    """A parent (a ``quote`` step first, if ``before``) whose child paid and completed
+    on a worker serving only the child, the parent not run since: its slot is still
+    pending."""
+    app, child_only = make_app(), make_app()
+    for a in (app, child_only):
+        @a.workflow("payout")
+        async def payout(ctx: cf.Context, who: str) -> str:
+            await ctx.wait_for("go")
+            await ctx.step("send", calls.hit, f"send {who}")
+            return "sent"
+
+    @app.workflow("parent")
+    async def parent(ctx: cf.Context, _: Any) -> Any:
+        if before:
+            await ctx.step("quote", calls.hit, "quote")
+        return await ctx.child("pay", "payout", "alice", compensate=lambda out: calls.hit("refund alice"))
+
+    run_id = app.start("parent").id
+    await _drain(app)  # the parent parks on its child, the child on "go"
+    (kid,) = app.children(run_id)
+    app.signal(kid.id, "go")
+    await _drain(child_only)
+    assert app.status(kid.id).status == "completed"
+    return app, run_id
+
+
+async def test_a_cancel_compensates_a_child_that_completed_unobserved(make_app: Any, calls: Any) -> None:
+    """The parent is cancelled after its child completed but before the parent looked:
+    the child's outcome is journaled as the cancel replays it, so its compensation
+    (the refund) runs with the rest."""
+    app, run_id = await _unobserved_child(make_app, calls, before=False)
+    app.cancel(run_id)
+    await _drain(app)
+    assert app.status(run_id).status == "cancelled"
+    assert calls.lines() == ["send alice", "refund alice"]
+
+
+async def test_a_rollback_compensates_a_child_that_completed_unobserved(make_app: Any, calls: Any) -> None:
+    """A reorg breaks the step before the child while the child has completed unseen:
+    its outcome is journaled as the rollback replays, its compensation runs, and the
+    redone slot's new child pays again: paid, refunded, paid (not paid twice)."""
+    app, run_id = await _unobserved_child(make_app, calls, before=True)
+    assert app.database.tx(store.request_rollback, run_id, "\x1fquote", "reorg", time.time())
+    await _drain(app)
+    for kid in app.children(run_id)[1:]:
+        app.signal(kid.id, "go")
+    await _drain(app)
+    assert app.status(run_id).status == "completed"
+    assert [line for line in calls.lines() if line != "quote"] == ["send alice", "refund alice", "send alice"]
