@@ -901,8 +901,16 @@ def attempt_rows(conn: sa.Connection, run_id: str) -> list[sa.Row[Any]]:
 
 # built once: every signal, park and wake-up runs them
 _INSERT_SIGNAL = signals.insert()
-# ``waiting_on`` is the JSON list of names the run parked on: LIKE on the quoted name
-_WAKE_FOR_SIGNAL = _WAKE.where(runs.c.waiting_on.contains(sa.bindparam("quoted")))
+# ``waiting_on`` is the JSON list of names the run parked on: LIKE on the quoted name,
+# escaped (``_parked_on``): JSON writes "é" as "\u00e9" and '"' as '\"', and Postgres
+# reads a backslash in a LIKE pattern as its escape unless told another one
+_WAKE_FOR_SIGNAL = _WAKE.where(runs.c.waiting_on.like(sa.bindparam("pattern"), escape="/"))
+
+
+def _parked_on(name: str) -> str:
+    """The LIKE pattern matching a ``waiting_on`` list that holds ``name``."""
+    quoted = json.dumps(name).replace("/", "//").replace("%", "/%").replace("_", "/_")
+    return f"%{quoted}%"
 _PENDING_SIGNAL = sa.select(signals.c.id).where(
     signals.c.run_id == sa.bindparam("rid"), signals.c.name.in_(sa.bindparam("names", expanding=True)),
     signals.c.consumed.is_(sa.false())).limit(1)
@@ -945,7 +953,7 @@ def insert_signals(conn: sa.Connection, sent: Sequence[tuple[str, str, str]], no
                                   for run_id, name, payload in sent])
     # One UPDATE per signal, not read-then-write: on Postgres it waits for a concurrent
     # suspend (which row-locks the run) and re-checks ``waiting_on`` on the committed row.
-    conn.execute(_WAKE_FOR_SIGNAL, [{"rid": run_id, "now": now, "quoted": json.dumps(name)}
+    conn.execute(_WAKE_FOR_SIGNAL, [{"rid": run_id, "now": now, "pattern": _parked_on(name)}
                                     for run_id, name, _ in sent])
 
 

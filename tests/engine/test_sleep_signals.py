@@ -15,7 +15,7 @@ import chainflow as cf
 from chainflow.runtime.committer import Committer
 from chainflow.testing import WorkflowTester, run_workflow
 
-from ._util import claim_count, error_type
+from ._util import claim_count, error_type, running_worker, wait_status
 
 DAY = 86400.0
 
@@ -257,3 +257,29 @@ async def test_repeated_waits_take_signals_in_order(make_app: Any) -> None:
     st = app.status(run_id)
     assert st.status == "completed" and st.output == ["first", "second", "third"]
     assert [e.key for e in app.journal(run_id)] == ["item", "item#1", "item#2"]
+
+
+@pytest.mark.parametrize("name", ["paiement-reçu", 'say "yes"', "a\\b", "50%_off"])
+async def test_a_signal_of_any_name_wakes_the_run_parked_on_it(make_app: Any, name: str) -> None:
+    """Signal names are matched in the parked run's JSON list with LIKE: non-ASCII
+    letters, quotes and backslashes (escaped by JSON) and LIKE's own wildcards must not
+    make the match miss (a run left parked for good) or hit another name."""
+    app = make_app()
+
+    @app.workflow("waiter")
+    async def waiter(ctx: cf.Context, signal: str) -> Any:
+        return await ctx.wait_for(signal)
+
+    # a name LIKE would match if its wildcards were not escaped ("50x_off" for "50%_off")
+    lookalike = app.start("waiter", name.replace("%", "x")).id
+    run_id = app.start("waiter", name).id
+    async with running_worker(app):
+        await wait_status(app, run_id, ["waiting"])
+        await wait_status(app, lookalike, ["waiting"])
+        app.signal(run_id, name, "paid")
+        st = await wait_status(app, run_id, timeout=5)
+        if "%" in name:
+            app.signal(lookalike, name, "not yours")  # not its name: it stays parked
+            await asyncio.sleep(0.3)
+            assert app.status(lookalike).status == "waiting"
+    assert st.status == "completed" and st.output == "paid"
