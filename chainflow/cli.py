@@ -45,7 +45,7 @@ from .replay.diff import Difference
 from .replay.report import Change, RunReport, SweepReport
 from .states import EntryState, RunState, SubmissionState
 from .storage import codec
-from .storage.connector import sqlite_file
+from .storage.connector import shown, sqlite_file
 
 if TYPE_CHECKING:
     from .chain.adapter import ChainAdapter
@@ -154,10 +154,15 @@ class Target:
             self._app = app
         return self._app
 
+    def use(self, app: Chainflow) -> Chainflow:
+        """A subcommand's own app (``worker APP``, ``ui APP``): the one an error names."""
+        self._app = app
+        return app
+
     def url_for_humans(self) -> str:
         if self._app is not None:
-            return self._app.engine.url.render_as_string(hide_password=True)
-        return repr(self.database_url) if self.database_url else "the database"
+            return shown(self._app.engine.url)
+        return repr(shown(self.database_url)) if self.database_url else "the database"
 
 
 def _require_sqlite_file(app: Chainflow) -> None:
@@ -256,12 +261,12 @@ def worker(app_spec: str, concurrency: int, lease: float | None, metrics_port: i
     if lease is not None and lease != lease:  # FloatRange lets NaN through (it compares false)
         raise click.BadParameter(f"{lease!r} is not a number of seconds", param_hint="'--lease'")
     configure_logs(log_format, log_level)
-    app = load_app(app_spec)
+    app = _target(click.get_current_context()).use(load_app(app_spec))
     app.ensure_schema()  # fail on a bad database before announcing anything
     names = app.registry.names()
     if not names:
         click.echo(f"warning: {app_spec} registers no workflows; this worker will execute nothing", err=True)
-    click.echo(f"chainflow worker: {app.engine.url.render_as_string(hide_password=True)}, "
+    click.echo(f"chainflow worker: {shown(app.engine.url)}, "
                f"concurrency {concurrency}, workflows: {', '.join(sorted(names)) or '-'}", err=True)
     server = None
     if metrics_port is not None:
@@ -591,11 +596,11 @@ def ui(ctx: click.Context, app_spec: str | None, host: str, port: int, token: st
         token = check_token(token)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="'--token'") from None
-    app = load_app(app_spec) if app_spec else _target(ctx).app()
+    app = _target(ctx).use(load_app(app_spec)) if app_spec else _target(ctx).app()
     _require_sqlite_file(app)
     app.ensure_schema()  # fail on a bad database before serving anything
     mode = "actions allowed with the token" if token else "read-only (no --token)"
-    click.echo(f"chainflow ui: http://{host}:{port}/ over {app.engine.url.render_as_string(hide_password=True)}, "
+    click.echo(f"chainflow ui: http://{host}:{port}/ over {shown(app.engine.url)}, "
                f"{mode}", err=True)
     if host not in ("127.0.0.1", "localhost", "::1"):
         click.echo(f"warning: bound to {host}: anyone who can reach it can read every run", err=True)

@@ -46,6 +46,18 @@ def resolve_url(url: str | None) -> str:
     return url or DEFAULT_URL
 
 
+def shown(url: sa.URL | str) -> str:
+    """A database URL as it may be printed: without its password, whether in the
+    userinfo or as libpq's ``password`` query parameter."""
+    try:
+        parsed = make_url(url) if isinstance(url, str) else url
+    except ArgumentError:
+        return "a malformed database URL"
+    if "password" in parsed.query:
+        parsed = parsed.update_query_dict({"password": "***"})
+    return parsed.render_as_string(hide_password=True)
+
+
 def create_engine(url: str | None = None, *, busy_timeout: float = 30.0) -> sa.Engine:
     """Build the engine; raises ConfigurationError naming the URL when it is malformed
     or names a driver chainflow does not run on."""
@@ -56,7 +68,7 @@ def create_engine(url: str | None = None, *, busy_timeout: float = 30.0) -> sa.E
         raise ConfigurationError(f"malformed database URL {text!r}: {exc}") from None
     if parsed.drivername not in SUPPORTED_SCHEMES:
         raise ConfigurationError(f"unsupported database URL scheme {parsed.drivername + '://'!r} in "
-                                 f"{parsed.render_as_string(hide_password=True)!r}; supported: "
+                                 f"{shown(parsed)!r}; supported: "
                                  + ", ".join(f"{scheme}://" for scheme in SUPPORTED_SCHEMES))
     if parsed.get_backend_name() == "sqlite":
         return _sqlite_engine(parsed, busy_timeout)
@@ -65,7 +77,7 @@ def create_engine(url: str | None = None, *, busy_timeout: float = 30.0) -> sa.E
     try:
         return sa.create_engine(parsed, pool_size=10, max_overflow=20, pool_pre_ping=True)
     except (NoSuchModuleError, ArgumentError, ImportError) as exc:  # e.g. psycopg2 not installed
-        raise ConfigurationError(f"unusable database URL {text!r}: {exc}") from None
+        raise ConfigurationError(f"unusable database URL {shown(parsed)!r}: {exc}") from None
 
 
 @contextlib.contextmanager

@@ -18,7 +18,7 @@ import sqlalchemy as sa
 
 from ..errors import ConfigurationError
 from ..threads import offload
-from .connector import create_engine, locked_as_error, migrate
+from .connector import create_engine, locked_as_error, migrate, shown
 
 T = TypeVar("T")
 
@@ -42,7 +42,7 @@ class Database:
                         migrate(self.engine)
                 except sa.exc.OperationalError as exc:
                     raise ConfigurationError(
-                        f"cannot reach database {self.engine.url.render_as_string(hide_password=True)}: "
+                        f"cannot reach database {shown(self.engine.url)}: "
                         f"{exc.orig}"
                     ) from None
                 self._schema_ready = True

@@ -40,6 +40,7 @@ from ..errors import (
 )
 from ..states import RunState, SubmissionState
 from ..storage import codec, limits
+from ..storage.connector import shown
 from ..threads import offload
 from . import charts, params, reads, values
 from .params import BadRequest, Query
@@ -49,6 +50,7 @@ log = logging.getLogger("chainflow.ui")
 HERE = Path(__file__).parent
 PAGE = 50  # runs or submissions per page
 MAX_LIVE = 200  # submissions one live stream follows
+MAX_ID = 2**63 - 1  # the largest id the tables hold (BIGINT); a larger one is a 400, not a driver error
 WINDOW_BUCKETS = {900: 60, 3600: 60, 21600: 300, 86400: 900, 604800: 7200}  # window -> seconds per bar
 
 
@@ -59,7 +61,7 @@ def create_app(app: Chainflow, *, token: str | None = None, poll: float = 1.0) -
     env = templates.env
     env.filters.update(when=when, val=values.render, err=values.error)
     env.globals.update(duration=duration, RunState=RunState, SubmissionState=SubmissionState,
-                       database=app.engine.url.render_as_string(hide_password=True), actions=token is not None,
+                       database=shown(app.engine.url), actions=token is not None,
                        cursor_of=params.cursor_of)
 
     def page(request: Request, name: str, code: int = 200, **context: Any) -> Response:
@@ -127,7 +129,7 @@ def create_app(app: Chainflow, *, token: str | None = None, poll: float = 1.0) -
         q = Query(request.query_params, ("chain", "state", "before"))
         found, next_before = reads.submissions_page(
             app, chain=q.text("chain"), state=q.choice("state", [s.value for s in SubmissionState]),
-            before=q.integer("before", 1, 2**63 - 1), limit=PAGE)
+            before=q.integer("before", 1, MAX_ID), limit=PAGE)
         return page(request, "submissions.html", subs=found, next_before=next_before, q=q.params)
 
     async def chains(request: Request) -> Response:
@@ -154,6 +156,8 @@ def create_app(app: Chainflow, *, token: str | None = None, poll: float = 1.0) -
             raise BadRequest(f"ids must be submission ids separated by commas; got {text!r}") from None
         if not ids or len(ids) > MAX_LIVE:
             raise BadRequest(f"ids must name 1 to {MAX_LIVE} submissions")
+        if ids[0] < 1 or ids[-1] > MAX_ID:
+            raise BadRequest(f"ids must be between 1 and {MAX_ID}; got {text!r}")
 
         async def stream() -> AsyncIterator[str]:
             last, quiet = "", 0.0

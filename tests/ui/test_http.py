@@ -62,6 +62,8 @@ async def test_run_page_shows_exact_values_and_the_runs_list_filters(make_app: C
     ("/submissions?state=lost", 400, "state must be one of intent"),
     ("/charts?window=2y", 400, "window must be one of 15m, 1h"),
     ("/events/confirmations?ids=1,x", 400, "ids must be submission ids"),
+    ("/events/confirmations?ids=99999999999999999999", 400, "ids must be between 1 and"),
+    ("/events/confirmations?ids=-4", 400, "ids must be between 1 and"),
     ("/nowhere", 404, "Not Found"),
 ])
 async def test_bad_requests_get_a_clear_4xx_page(make_app: Callable[..., Any], serve: Callable[..., Any], url: str,
@@ -118,3 +120,29 @@ def test_the_ui_command_refuses_a_short_token_and_a_missing_database(tmp_path: A
     r = CliRunner().invoke(cli, ["--database-url", missing, "ui"])
     assert r.exit_code == 1 and "no chainflow database at" in r.output
     assert not (tmp_path / "nope.db").exists()
+
+
+def test_no_page_and_no_command_shows_the_database_password(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The dashboard's header and the CLI's banners and database errors name the
+    database without its password: the userinfo one, and libpq's ``?password=``; a
+    ``worker APP`` failing on the app's own database names that one, not the URL in the
+    environment."""
+    from click.testing import CliRunner
+    from starlette.testclient import TestClient
+
+    from chainflow.cli import cli
+    from chainflow.ui.server import create_app
+
+    app = cf.Chainflow("postgresql+psycopg://ops@db.internal:5432/prod?password=s3cretpw&sslmode=require")
+    with TestClient(create_app(app), raise_server_exceptions=False) as client:
+        r = client.get("/nowhere")  # any page: the error page needs no database
+    assert r.status_code == 404 and "db.internal" in r.text and "s3cretpw" not in r.text
+
+    (tmp_path / "notadb.db").write_bytes(b"garbage" * 500)  # "file is not a database"
+    (tmp_path / "badapp_pw.py").write_text(f"import chainflow as cf\napp = cf.Chainflow('sqlite:///{tmp_path}/notadb.db')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    for command in (["worker"], ["ui"]):
+        out = CliRunner().invoke(cli, [*command, "badapp_pw:app"],
+                                 env={"CHAINFLOW_DATABASE_URL": "postgresql://ops:s3cretpw@db.internal/prod"})
+        assert out.exit_code == 1 and "notadb.db" in out.output and "s3cretpw" not in out.output, out.output
