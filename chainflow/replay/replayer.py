@@ -330,7 +330,7 @@ class ReplayScope:
             self._report(slot, "submit", Change.UNCHANGED, "no recorded submission to compare the transaction with")
             return
         before = codec.loads(recorded.request)
-        if recorded.idempotency_key == key and all(before.get(f) == request.get(f) for f in ("to", "value", "data")):
+        if recorded.idempotency_key == key and _same_payment(before, request):
             self._report(slot, "submit", Change.UNCHANGED)
             return
         simulation: dict[str, Any] | None = None
@@ -349,7 +349,7 @@ class ReplayScope:
                 not_simulated = f"the node could not answer for block {int(recorded.block_number) - 1}: " \
                                 f"{type(exc).__name__}: {exc}"
         what = "idempotency key" if recorded.idempotency_key != key else "transaction"
-        if recorded.idempotency_key != key and all(before.get(f) == request.get(f) for f in ("to", "value", "data")):
+        if recorded.idempotency_key != key and _same_payment(before, request):
             detail = "same transaction under another idempotency key: live, it would be a second payment"
         else:
             detail = f"the new code builds another {what}; the recorded receipt is returned"
@@ -459,6 +459,13 @@ class ReplayScope:
                 self.reports.append(StepReport(e.label, e.kind, change,
                                                "recorded, never asked for by the new code" if change == Change.MISSING
                                                else "recorded, after the point where the replay stopped"))
+
+
+def _same_payment(recorded: dict[str, Any], request: dict[str, Any]) -> bool:
+    """Whether the new code's prepared ``request`` is the recorded one: every field it
+    has (an EVM call's to, value, data; a UTXO payment's outputs) recorded alike.  The
+    recorded request was estimated too, which only adds fields (gas, a fee rate)."""
+    return all(recorded.get(f) == v for f, v in request.items())
 
 
 def _described(adapter: ChainAdapter, request: dict[str, Any]) -> dict[str, Any]:

@@ -200,6 +200,32 @@ async def test_a_payout_cancelled_on_the_wire_is_refunded_once_it_is_final(rig: 
     assert rig.paid(payee) == [(f"{attempt.tx_hash}:0", 120_000)]
 
 
+async def test_a_replay_reports_a_payout_changed_to_another_payee_or_amount(rig: NodeRig, node: RegtestNode) -> None:
+    """A completed payout replayed with the same code is unchanged; with new code paying
+    another address, or another amount, under the same key, the payment step is
+    reported changed (the recorded receipt is what the replay returns)."""
+    from chainflow.replay.report import Change
+
+    node.fund(rig.btc.sender(), 400_000)
+    payee, other = rig.payees[2], rig.payees[3]
+    async with rig.worker():
+        h = await rig.app.astart("payout", {"id": "o-replay", "to": payee, "sats": 90_000})
+        assert (await rig.until_done(h.id, what="the payout")).status == "completed"
+
+    def paying(to: str, sats: int) -> Any:
+        async def flow(ctx: cf.Context, ev: dict[str, Any]) -> None:
+            await ctx.step("reserve", str, ev["id"])  # recorded: the replay returns what it returned
+            await ctx.submit("pay", chain=CHAIN, tx=rig.btc.pay(to, sats=sats), idempotency_key=f"payout:{ev['id']}",
+                             finality=cf.Confirmations(2))
+        return flow
+
+    for to, sats, change in ((payee, 90_000, Change.UNCHANGED), (other, 90_000, Change.TX_CHANGED),
+                             (payee, 900_000, Change.TX_CHANGED)):
+        report = await rig.app.areplay(h.id, workflow=paying(to, sats))
+        (step,) = [s for s in report.steps if s.op == "submit"]
+        assert step.change == change, (to, sats, step.change, step.detail)
+
+
 async def test_a_shallow_reorg_before_finality_re_includes_the_payout_and_compensates_nothing(
         rig: NodeRig, node: RegtestNode) -> None:
     """Confirmations(2); the payout's block (one confirmation) is replaced by two empty
