@@ -463,9 +463,10 @@ class ReplayScope:
 
 def _same_payment(recorded: dict[str, Any], request: dict[str, Any]) -> bool:
     """Whether the new code's prepared ``request`` is the recorded one: every field it
-    has (an EVM call's to, value, data; a UTXO payment's outputs) recorded alike.  The
-    recorded request was estimated too, which only adds fields (gas, a fee rate)."""
-    return all(recorded.get(f) == v for f, v in request.items())
+    sets (an EVM call's to, value, data; a UTXO payment's outputs) recorded alike.  The
+    recorded request was estimated too, which only fills fields in (an EVM gas limit
+    left None, a fee rate)."""
+    return all(recorded.get(f) == v for f, v in request.items() if v is not None)
 
 
 def _described(adapter: ChainAdapter, request: dict[str, Any]) -> dict[str, Any]:
