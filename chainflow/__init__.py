@@ -68,6 +68,7 @@ from .errors import (
     RunCancelled,
     RunDeadLettered,
     RunFinishedError,
+    RunForkedError,
     RunNotDeadLetteredError,
     RunNotFoundError,
     ScheduleNotFoundError,
@@ -95,7 +96,7 @@ __all__ = [
     "Clock", "ConfigurationError", "Context", "DatabaseLockedError", "DuplicateWorkflowError", "FakeClock", "Header",
     "IdempotencyConflictError", "InputValidationError", "JournalEntry", "LeaseLostError",
     "NonDeterminismError", "PayloadError", "Receipt", "Retry", "RunCancelled", "RunDeadLettered", "RunFinishedError",
-    "RunHandle", "RunNotDeadLetteredError", "RunNotFoundError", "RunStatus", "SignedTx", "StepError", "StepTimeout",
+    "RunForkedError", "RunHandle", "RunNotDeadLetteredError", "RunNotFoundError", "RunStatus", "SignedTx", "StepError", "StepTimeout",
     "SubmissionFailedError", "SystemClock", "TxRevertedError", "UnknownWorkflowError", "WaitTimeout",
     "WorkflowTimeout", "Event", "ScheduleNotFoundError", "ScheduleStatus", "Change", "History", "Override", "RunReport", "Simulation", "Simulator", "SweepReport",
 ]

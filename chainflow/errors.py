@@ -70,6 +70,16 @@ class RunNotDeadLetteredError(ChainflowError):
         self.run_id, self.status = run_id, status
 
 
+class RunForkedError(RunNotDeadLetteredError):
+    """``retry`` reached a dead-lettered run that was forked: the fork executes the steps
+    after its fork point, and the retried run would execute them too."""
+
+    def __init__(self, run_id: str, forks: list[str]) -> None:
+        ChainflowError.__init__(self, f"cannot retry run {run_id!r}: it was forked as {', '.join(forks)}, which "
+                                      "executes the steps after the fork point; retrying it would execute them twice")
+        self.run_id, self.status, self.forks = run_id, "dead_lettered", forks
+
+
 class RunDeadLettered(ChainflowError):
     """The reason recorded on a run given up after too many recoveries (a worker died
     or lost its lease while running it, or its executor crashed, each time)."""

@@ -29,6 +29,7 @@ from ..errors import (
     ConfigurationError,
     IdempotencyConflictError,
     RunFinishedError,
+    RunForkedError,
     RunNotDeadLetteredError,
     RunNotFoundError,
     ScheduleNotFoundError,
@@ -435,12 +436,17 @@ class Chainflow:
 
     def retry(self, run_id: str) -> None:
         """Put a dead-lettered run back to pending with its recovery count reset; it
-        resumes from its journal (steps that succeeded are not run again)."""
+        resumes from its journal (steps that succeeded are not run again).  One that was
+        forked is refused (``RunForkedError``): its fork runs the same steps."""
 
         def reopen(conn: sa.Connection) -> None:
             row = store.get_run(conn, run_id)
             if row is None:
                 raise RunNotFoundError(run_id)
+            store.lock_runs(conn, [run_id])  # before looking for forks, as a fork locks it
+            forks = [f.id for f in store.forks_of(conn, run_id)]
+            if forks and row.status == RunState.DEAD_LETTERED:
+                raise RunForkedError(run_id, forks)
             if not store.retry_dead_lettered(conn, run_id, self.clock.time()):
                 raise RunNotDeadLetteredError(run_id, row.status)
 

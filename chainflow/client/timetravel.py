@@ -190,12 +190,16 @@ def _fork_row(app: Chainflow, recorded: History, point: forking.ForkPoint, swap:
     return row, entries, tries
 
 
+_RETRIED = "run {run_id} was put back to pending since its history was read: fork it once it has finished"
+
+
 def fork_one(app: Chainflow, run_id: str, point: forking.ForkPoint,
              overrides: Mapping[str, Callable[..., Any] | str] | None, workflow: WorkflowCode) -> tuple[str, str]:
     """The new run's id and workflow."""
     swap = fork_overrides(overrides, workflow)
     row, entries, tries = _fork_row(app, load(app, run_id), point, swap)
-    app.database.tx(store.insert_fork, row, entries, tries)
+    if not app.database.tx(store.insert_fork, row, entries, tries):
+        raise forking.ForkError(_RETRIED.format(run_id=run_id))
     return str(row["id"]), str(row["workflow"])
 
 
@@ -222,8 +226,10 @@ def fork_many(app: Chainflow, run_ids: list[str], point: forking.ForkPoint,
                 except forking.ForkError as exc:
                     summary.skipped[run_id] = str(exc)
                     continue
-                store.insert_fork(conn, row, entries, tries)
-                summary.created[run_id] = row["id"]
+                if store.insert_fork(conn, row, entries, tries):
+                    summary.created[run_id] = row["id"]
+                else:
+                    summary.skipped[run_id] = _RETRIED.format(run_id=run_id)
 
         app.database.tx(fork_batch)
         done += len(batch)

@@ -185,8 +185,8 @@ def list_runs(
 
 
 def forks_of(conn: sa.Connection, run_id: str) -> list[sa.Row[Any]]:
-    """The runs forked from ``run_id`` (``parent_id``), oldest first."""
-    return list(conn.execute(sa.select(runs).where(runs.c.parent_id == run_id)
+    """The runs forked from ``run_id`` (``parent_id``, no slot: not its children), oldest first."""
+    return list(conn.execute(sa.select(runs).where(runs.c.parent_id == run_id, runs.c.parent_slot.is_(None))
                              .order_by(runs.c.created_at, runs.c.id)))
 
 
@@ -694,14 +694,21 @@ def forked(conn: sa.Connection, parent_ids: list[str]) -> set[str]:
 
 
 def insert_fork(conn: sa.Connection, row: dict[str, Any], entries: list[dict[str, Any]],
-                tries: list[dict[str, Any]]) -> None:
+                tries: list[dict[str, Any]]) -> bool:
     """A fork: its run row (``run_row`` plus ``parent_id`` and ``overrides``), due now,
-    with the copied journal entries and failed attempts it starts from."""
+    with the copied journal entries and failed attempts it starts from; False (nothing
+    written) when its source is no longer finished (a dead-lettered one retried since
+    its history was read): both would execute the steps after the fork point.  The
+    source is locked first, as ``retry`` locks it before looking for forks."""
+    (source,) = lock_runs(conn, [row["parent_id"]], "status")
+    if source.status not in TERMINAL:
+        return False
     conn.execute(_INSERT_RUN, row)
     if entries:
         conn.execute(journal.insert(), [{**e, "run_id": row["id"]} for e in entries])
     if tries:
         conn.execute(attempts.insert(), [{**a, "run_id": row["id"]} for a in tries])
+    return True
 
 
 def request_cancel(conn: sa.Connection, run_id: str, now: float) -> None:

@@ -219,6 +219,7 @@ async def test_a_cancel_compensates_a_child_that_completed_unobserved(make_app: 
     await _drain(app)
     assert app.status(run_id).status == "cancelled"
     assert calls.lines() == ["send alice", "refund alice"]
+    assert len(app.children(run_id)) == 1 and app.forks(run_id) == [], "a child is not a fork"
 
 
 async def test_a_rollback_compensates_a_child_that_completed_unobserved(make_app: Any, calls: Any) -> None:

@@ -311,3 +311,24 @@ async def test_bulk_fork_is_resumable(make_app: Any) -> None:
     assert not again.created and again.skipped == {first: "already forked", second: "already forked"}
     await tester.run_until_idle()
     assert {(await app.astatus(f)).status for f in summary.created.values()} == {"completed"}
+
+
+async def test_a_forked_dead_lettered_run_cannot_be_retried(make_app: Any) -> None:
+    """A dead-lettered run may be forked (the engine gave up on it), and may be retried
+    (an operator puts it back), but not both: the fork and the retried run would each
+    execute the steps after the fork point.  Once forked, a retry is refused and the run
+    stays dead-lettered."""
+    from chainflow.storage.schema import runs
+    from chainflow.storage.store import dead_letter
+
+    app, tester, source = await recorded_failure(make_app, "dl")
+    with app.engine.begin() as conn:  # as if its executions kept crashing before it failed
+        conn.execute(runs.update().where(runs.c.id == source).values(status="running"))
+        fence = conn.execute(sa.select(runs.c.fence).where(runs.c.id == source)).scalar_one()
+        assert dead_letter(conn, source, fence, 4, '{"message": "crashed"}', app.clock.time())
+    fork = app.fork(source, from_failed=True, overrides={"credit-ledger": _flows.ledger_with_fee})
+    with pytest.raises(cf.RunForkedError, match=f"it was forked as {fork.id}"):
+        app.retry(source)
+    assert app.status(source).status == "dead_lettered"
+    await tester.run_until_idle()
+    assert (await app.astatus(fork.id)).status == "completed"
