@@ -659,13 +659,23 @@ def dead_letter(conn: sa.Connection, run_id: str, fence: int, recoveries: int, e
     ).rowcount)
 
 
+_parent = runs.alias("parent")
+# a child whose parent has finished: a run's children do not outlive it
+_ORPHAN_CHILD = sa.exists().where(_parent.c.id == runs.c.parent_id, runs.c.parent_slot.is_not(None),
+                                  _parent.c.status.in_(TERMINAL))
+
+
 def retry_dead_lettered(conn: sa.Connection, run_id: str, now: float) -> bool:
     """Put a dead-lettered run back to pending, due now, with a fresh recovery budget;
-    it resumes from its journal.  False when it is not (or no longer) dead-lettered."""
+    it resumes from its journal.  A child whose parent finished meanwhile (its cancel
+    passed a dead-lettered child by) resumes only to be cancelled: its compensations
+    run, it does not complete for a parent that is gone.  False when it is not (or no
+    longer) dead-lettered."""
     return bool(conn.execute(
         runs.update()
         .where(runs.c.id == run_id, runs.c.status == RunState.DEAD_LETTERED)
-        .values(status=RunState.PENDING, error=None, recoveries=0, ready_at=now, updated_at=now)
+        .values(status=RunState.PENDING, error=None, recoveries=0, ready_at=now, updated_at=now,
+                cancel_requested=sa.or_(runs.c.cancel_requested, _ORPHAN_CHILD))
     ).rowcount)
 
 

@@ -234,3 +234,25 @@ async def test_a_rollback_compensates_a_child_that_completed_unobserved(make_app
     await _drain(app)
     assert app.status(run_id).status == "completed"
     assert [line for line in calls.lines() if line != "quote"] == ["send alice", "refund alice", "send alice"]
+
+
+async def test_a_dead_lettered_child_retried_after_its_parent_was_cancelled_is_cancelled(
+        make_app: Any, calls: Any) -> None:
+    """The parent is cancelled while its child is dead-lettered (the cancel passes it
+    by: an operator may still retry it).  Retried later, the child does not complete
+    for a parent that is gone: it resumes cancelled, and its compensations run."""
+    app = make_app()
+    register(app, calls)
+    run_id = app.start("holder").id
+    async with running_worker(app):
+        (kid,) = await started(app, "held")
+        await parked_on(app, kid.id, "go")
+        fence = app.database.read(store.get_run, kid.id).fence  # the engine gives up on the child
+        assert app.database.tx(store.dead_letter, kid.id, fence, 99, '{"type": "X", "message": "gave up"}',
+                               time.time())
+        app.cancel(run_id)
+        assert (await wait_status(app, run_id)).status == "cancelled"
+        app.retry(kid.id)
+        child = await wait_status(app, kid.id)
+    assert child.status == "cancelled", (child.status, calls.lines())
+    assert calls.lines() == ["pay", "reserve h", "release h"]
