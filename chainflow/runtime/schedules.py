@@ -106,8 +106,24 @@ class Schedule:
 
     def first_after(self, now: float) -> float | None:
         """The first fire time strictly after ``now``."""
-        fire = self.trigger().get_next_fire_time(None, _instant(now) + dt.timedelta(microseconds=1))
+        fire = self._next(self.trigger(), None, _instant(now) + dt.timedelta(microseconds=1))
         return None if fire is None else fire.timestamp()
+
+    def _next(self, trigger: BaseTrigger, previous: dt.datetime | None, after: dt.datetime) -> dt.datetime | None:
+        """The trigger's next fire time, but a cron time of day fires once a day: on the
+        night clocks go back, the trigger matches both passes of the repeated hour
+        ("30 2 * * *" at 02:30 summer time and 02:30 winter time), and the second pass
+        is skipped.  An hour field with ``*`` (hourly, every 15 minutes) fires in both,
+        which are different hours."""
+        fire = trigger.get_next_fire_time(previous, after)
+        while fire is not None and self._second_pass(fire):
+            fire = trigger.get_next_fire_time(fire, fire)
+        return fire
+
+    def _second_pass(self, fire: dt.datetime) -> bool:
+        if self.cron is None or "*" in self.cron.split()[1]:
+            return False
+        return fire.astimezone(zoneinfo.ZoneInfo(self.timezone)).fold == 1
 
     def due(self, next_fire: float, now: float) -> tuple[list[float], float | None]:
         """The fire times to start at ``now`` (``next_fire`` <= now is the first not yet
@@ -116,11 +132,11 @@ class Schedule:
         start = max(next_fire, now - self.window)  # older fires are never started
         keep = {Missed.ONCE: 1, Missed.ALL: self.max_missed, Missed.SKIP: None}[self.missed]
         found: deque[float] = deque(maxlen=keep)
-        fire = trigger.get_next_fire_time(None, _instant(start))
+        fire = self._next(trigger, None, _instant(start))
         while fire is not None and fire.timestamp() <= now:
             if self.missed != Missed.SKIP or now - fire.timestamp() <= self.grace:
                 found.append(fire.timestamp())
-            fire = trigger.get_next_fire_time(fire, fire)
+            fire = self._next(trigger, fire, fire)
         return list(found), None if fire is None else fire.timestamp()
 
 

@@ -89,6 +89,25 @@ def test_catch_up_is_bounded_by_the_window(make_app: Any) -> None:
     assert all(m.minute % 5 == 0 and m.second == 0 for m in marks)
 
 
+@pytest.mark.parametrize("cron", ["30 2 * * *", "30 * * * *"])
+def test_a_time_of_day_fires_once_on_the_night_clocks_go_back(make_app: Any, cron: str) -> None:
+    """Europe/Paris goes from summer to winter time at 03:00 on 27 October 2024, so
+    02:30 happens twice that night.  A daily payout at 02:30 is started once (at the
+    first pass, 00:30 UTC), as every other day; an hourly one fires every real hour,
+    the repeated one included."""
+    start = dt.datetime(2024, 10, 25, 23, 0, tzinfo=dt.timezone.utc).timestamp()
+    clock = cf.FakeClock(start)
+    app, scheduler = make(make_app, clock, every=None, cron=cron, timezone="Europe/Paris", missed="all")
+    while clock.time() < start + 2 * 86400:  # a worker ticking every minute for two nights
+        scheduler.tick()
+        clock.advance(60)
+    keys = [k.removeprefix("schedule:reports:") for k in fired(app)]
+    if cron == "30 2 * * *":
+        assert keys == ["2024-10-26T00:30:00+00:00", "2024-10-27T00:30:00+00:00"], keys
+    else:
+        assert keys == [fire_key("", start + 1800 + h * HOUR).removeprefix("schedule::") for h in range(48)]
+
+
 def test_two_workers_at_the_same_instant_start_each_fire_once(make_app: Any) -> None:
     clock = cf.FakeClock(T0)
     app, one = make(make_app, clock, missed="all")
