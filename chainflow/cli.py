@@ -629,21 +629,26 @@ def parse_overrides(values: Sequence[str]) -> dict[str, str]:
     return found
 
 
-def parse_since(text: str | None) -> float | dt.timedelta | None:
-    """``--since``: a span back from now (``90s``, ``30m``, ``12h``, ``7d``, ``2w``) or an
-    ISO 8601 time with its zone."""
+def parse_since(text: str | None, option: str = "--since") -> float | dt.timedelta | None:
+    """``--since`` (or ``option``): a span back from now (``90s``, ``30m``, ``12h``,
+    ``7d``, ``2w``) or an ISO 8601 time with its zone."""
     if text is None:
         return None
+    hint = f"'{option}'"
     number, unit = text[:-1], text[-1:].lower()
     if unit in _UNITS and number.isdigit():
-        return dt.timedelta(seconds=int(number) * _UNITS[unit])
+        try:
+            return dt.timedelta(seconds=int(number) * _UNITS[unit])
+        except OverflowError:
+            raise click.BadParameter(f"{text!r} is longer than any time chainflow can go back",
+                                     param_hint=hint) from None
     try:
         when_ = dt.datetime.fromisoformat(text)
     except ValueError:
         raise click.BadParameter(f"{text!r} is neither a span like 7d, 12h, 30m nor an ISO time",
-                                 param_hint="'--since'") from None
+                                 param_hint=hint) from None
     if when_.tzinfo is None:
-        raise click.BadParameter(f"{text!r} has no time zone (add +00:00 or Z)", param_hint="'--since'")
+        raise click.BadParameter(f"{text!r} has no time zone (add +00:00 or Z)", param_hint=hint)
     return when_.timestamp()
 
 
@@ -756,7 +761,7 @@ def fork(ctx: click.Context, run_id: str | None, workflow_name: str | None, stat
     bulk = _selection(run_id, workflow_name, status, since)
     if sum((from_step is not None, from_failed, after is not None)) != 1:
         raise click.UsageError("give exactly one fork point: --from-step, --from-failed or --after")
-    point = parse_since(after) if after is not None else None
+    point = parse_since(after, "--after") if after is not None else None
     if isinstance(point, dt.timedelta):
         raise click.BadParameter("--after takes an ISO time with its zone, not a span", param_hint="'--after'")
     app = _user_code(_target(ctx), "fork")

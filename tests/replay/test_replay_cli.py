@@ -102,6 +102,8 @@ def test_sweep_summary_groups_by_change(recorded: tuple[str, str]) -> None:
     (["replay", "x", "--since", "yesterday"], "neither a span"),
     (["replay", "x", "--sample", "3"], "--sample selects among runs"),
     (["fork", "x"], "exactly one fork point"),
+    (["replay", "--workflow-name", "broken", "--since", "99999999999d"], "Invalid value for '--since'"),
+    (["fork", "x", "--after", "2026-01-01T00:00"], "Invalid value for '--after': '2026-01-01T00:00' has no time zone"),
 ])
 def test_bad_options_are_refused_before_anything_runs(recorded: tuple[str, str], args: list[str],
                                                       needle: str) -> None:
