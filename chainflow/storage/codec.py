@@ -189,13 +189,22 @@ def readable(value: Any) -> Any:
     ``--json``), without the tagged form: integers stay exact JSON numbers of any size,
     a Decimal is its digits as a string (a float would round it), bytes are 0x-hex,
     times ISO 8601, a timedelta its seconds, tuples and sets lists, and a dict's
-    non-string keys their text.  One way: the types are no longer told apart."""
+    non-string keys their text (with their type when another key has that text).  One
+    way: the types are no longer told apart."""
     if value is None or isinstance(value, (bool, str, int)):
         return value
     if isinstance(value, float):
         return value if value == value and value not in (float("inf"), float("-inf")) else repr(value)
     if isinstance(value, dict):
-        return {k if isinstance(k, str) else json.dumps(readable(k)): readable(v) for k, v in value.items()}
+        out: dict[str, Any] = {k: readable(v) for k, v in value.items() if isinstance(k, str)}
+        for k, v in value.items():
+            if not isinstance(k, str):
+                text = readable(k)
+                text = text if isinstance(text, str) else json.dumps(text)
+                while text in out:  # a key whose text another key has (1 and "1") says its type
+                    text = f"{text} ({type(k).__name__})"
+                out[text] = readable(v)
+        return out
     if isinstance(value, (list, tuple)):
         return [readable(v) for v in value]
     if isinstance(value, (set, frozenset)):

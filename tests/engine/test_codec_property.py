@@ -177,3 +177,16 @@ def test_corrupted_payload_is_reported() -> None:
         codec.loads('{"__cf__": "martian", "v": 1}')
     assert codec.loads(None) is None
     assert isinstance(codec.loads(codec.dumps(uuid.uuid4())), uuid.UUID)
+
+
+@given(st.dictionaries(st.one_of(st.text(max_size=3), st.integers(-3, 12), st.binary(max_size=2), st.booleans(),
+                                 st.none(), st.decimals(allow_nan=False, places=1, max_value=9, min_value=-9)),
+                       st.integers(), max_size=8))
+@example({1: "int key", "1": "str key", b"1": 3, "1 (int)": 4})
+def test_the_readable_form_of_a_dict_keeps_every_entry(value: dict[Any, Any]) -> None:
+    """``--json`` and ``chainflow show`` write dict keys as text: keys of different types
+    with the same text (1 and "1") are told apart, never one dropped for the other."""
+    shown = codec.readable(value)
+    json.dumps(shown)
+    assert len(shown) == len(value)
+    assert {k: v for k, v in shown.items() if k in value} == {k: v for k, v in value.items() if isinstance(k, str)}
