@@ -262,6 +262,12 @@ class Execution:
             assert ctx.fatal is not None
             log.error("%s", ctx.fatal)
             return await self._finish(RunState.FAILED, None, describe_error(ctx.fatal))
+        failed = main.exception() if main.done() and not main.cancelled() else None
+        if reason in (StopReason.CANCEL, StopReason.TIMEOUT) and failed is not None and \
+                not isinstance(failed, (RunCancelled, LeaseLostError)):
+            # it had failed on its own (replayed: a failed step's row) before the cancel or
+            # the deadline could stop it, e.g. while its compensations were parked
+            return await self._compensate_and_finish(ctx, RunState.FAILED, failed)
         if reason == StopReason.CANCEL:
             return await self._compensate_and_finish(ctx, RunState.CANCELLED, RunCancelled(self.claim.run_id))
         if reason == StopReason.TIMEOUT:
@@ -384,7 +390,8 @@ class Execution:
         status = RunState.WAITING if signals or wake_at is None else RunState.SLEEPING
         run_id, now = self.claim.run_id, self.worker.clock.time()
         try:
-            await ctx.commit(*store.suspension(self.worker.committer.dialect, run_id, status, wake_at, signals, now))
+            await ctx.commit(*store.suspension(self.worker.committer.dialect, run_id, status, wake_at, signals, now,
+                                               compensating=ctx.compensating))
         except LeaseLostError:
             return _ABANDONED
         return Outcome(Unfinished.SUSPENDED, status)

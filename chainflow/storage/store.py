@@ -574,20 +574,19 @@ def one_of(column: sa.Column[Any], values: tuple[str, ...]) -> sa.ColumnElement[
 # Parking and waking, built once like the statements above: every park, signal and
 # wake-up runs them.  A bind parameter named after a column of the SET clause is taken
 # by SQLAlchemy, hence ``b_`` names there.
-_SUSPEND = (
-    runs.update()
-    .where(runs.c.id == sa.bindparam("rid"))
-    .values(
-        status=sa.bindparam("b_status"),
-        ready_at=sa.case((sa.or_(runs.c.cancel_requested, runs.c.rollback.is_not(None)),
-                          sa.bindparam("now", type_=runs.c.ready_at.type)),
-                         else_=sa.bindparam("wake_at", type_=runs.c.ready_at.type)),
-        waiting_on=sa.bindparam("b_waiting_on"),
-        lease_owner=None,
-        lease_expires=None,
-        updated_at=sa.bindparam("now"),
-    )
-)
+_PARK: dict[str, Any] = dict(status=sa.bindparam("b_status"), waiting_on=sa.bindparam("b_waiting_on"),
+                             lease_owner=None, lease_expires=None, updated_at=sa.bindparam("now"))
+# a cancel or rollback requested while the run executed, its heartbeat not yet told,
+# makes the parked run due at once: it is not left for its wake-up
+_SUSPEND = runs.update().where(runs.c.id == sa.bindparam("rid")).values(
+    ready_at=sa.case((sa.or_(runs.c.cancel_requested, runs.c.rollback.is_not(None)),
+                      sa.bindparam("now", type_=runs.c.ready_at.type)),
+                     else_=sa.bindparam("wake_at", type_=runs.c.ready_at.type)), **_PARK)
+# ... except while it compensates: those requests are what it is doing (or have nothing
+# left to stop), and an immediate wake-up would claim it again and again until its wait
+# (a backoff, an undo's confirmations) is over
+_SUSPEND_COMPENSATING = runs.update().where(runs.c.id == sa.bindparam("rid")).values(
+    ready_at=sa.bindparam("wake_at", type_=runs.c.ready_at.type), **_PARK)
 _WAKE = (
     runs.update()
     .where(runs.c.id == sa.bindparam("rid"), runs.c.lease_owner.is_(None), ~one_of(runs.c.status, TERMINAL))
@@ -596,10 +595,12 @@ _WAKE = (
 
 
 def suspend_run(
-    conn: sa.Connection, run_id: str, status: str, wake_at: float | None, waiting_on: list[str], now: float
+    conn: sa.Connection, run_id: str, status: str, wake_at: float | None, waiting_on: list[str], now: float,
+    compensating: bool = False,
 ) -> None:
     """Park a run without a worker slot; never loses a wake-up that raced with it."""
-    conn.execute(_SUSPEND, _suspend_params(run_id, status, wake_at, waiting_on, now))
+    conn.execute(_SUSPEND_COMPENSATING if compensating else _SUSPEND,
+                 _suspend_params(run_id, status, wake_at, waiting_on, now))
     if waiting_on and pending_signal_exists(conn, run_id, waiting_on):
         wake(conn, run_id, now)
 
@@ -619,13 +620,14 @@ _WAKE_IF_SIGNALLED = _WAKE.where(sa.exists().where(
 
 
 def suspension(dialect: str, run_id: str, status: str, wake_at: float | None, waiting_on: list[str],
-               now: float) -> list[Op]:
+               now: float, compensating: bool = False) -> list[Op]:
     """The ops of ``suspend_run`` for a run's group commit.  On Postgres two statements
     nobody reads the result of, which the batch runs for all its parking runs at once:
     the suspend, then the wake-up if a signal it waits for is there already."""
     if dialect != "postgresql":
-        return [lambda conn: suspend_run(conn, run_id, status, wake_at, waiting_on, now)]
-    ops: list[Op] = [Exec(_SUSPEND, _suspend_params(run_id, status, wake_at, waiting_on, now))]
+        return [lambda conn: suspend_run(conn, run_id, status, wake_at, waiting_on, now, compensating)]
+    ops: list[Op] = [Exec(_SUSPEND_COMPENSATING if compensating else _SUSPEND,
+                          _suspend_params(run_id, status, wake_at, waiting_on, now))]
     if waiting_on:
         ops.append(Exec(_WAKE_IF_SIGNALLED, {"rid": run_id, "names": waiting_on, "now": now}))
     return ops

@@ -85,6 +85,30 @@ async def test_compensation_is_retried_with_backoff(make_app: Any, calls: Any) -
     assert result.run.compensations == {"car": "ok", "hotel": "ok", "flight": "ok"}
 
 
+async def test_a_cancel_while_a_failed_run_compensates_keeps_the_failure(make_app: Any, calls: Any) -> None:
+    """The run failed (the card was declined) and parked in its compensations (a refund
+    backing off); a cancel arriving then cannot make it "cancelled": it had failed, its
+    compensations finish, and it ends failed with the decline as its error."""
+    clock = cf.FakeClock()
+    app = make_app(clock=clock)
+    register_saga(app, calls, flaky_undo=2, pause=1)
+    tester = WorkflowTester(app)
+    run_id = (await app.astart("holiday")).id
+    await tester.run_until_idle(advance=False)
+    clock.advance(2)  # past the pause: the charge fails, the hotel's undo fails and backs off 5 s
+    await tester.run_until_idle(advance=False)
+    assert calls.count("charge") == 1 and calls.count("undo hotel-1") == 1
+    assert app.status(run_id).status == "sleeping"
+    app.cancel(run_id)
+    await tester.run_until_idle()
+    st = app.status(run_id)
+    assert st.status == "failed" and error_type(st.error) == "chainflow.errors.StepError", st.error
+    assert st.error is not None and "card declined" in st.error["message"]
+    assert st.compensations == {"car": "ok", "hotel": "ok", "flight": "ok"}
+    # parked in a backoff, the cancelled run was not claimed again and again until it passed
+    assert claim_count(app, run_id) <= 5
+
+
 async def test_compensation_backoff_waited_inline_by_a_real_worker(make_app: Any, calls: Any) -> None:
     """Short backoffs in a compensation are waited in-process (real clock, no suspension)."""
     app = make_app()

@@ -20,6 +20,7 @@ import chainflow as cf
 from chainflow.storage import schema
 from devnet import Anvil, InProcessEVM
 from tests.conftest import require_anvil
+from tests.engine._util import claim_count
 
 from .mint_worker import build
 from .test_submission import Chain, _stop, _wait_done, _worker
@@ -192,6 +193,8 @@ def test_a_run_cancelled_while_its_mint_is_on_the_wire_burns_it_once_final(net: 
     assert _transfers(chain, receiver=zero) == [(holder, zero, 321)]
     assert len(_burns(chain)) == 1
     assert chain.token.functions.balanceOf(holder).call() == before
+    # waiting for the mint, then the burn, the cancelled run was parked, not claimed again and again
+    assert claim_count(client, st.id) <= 6, claim_count(client, st.id)
 
 
 def test_a_mint_cut_off_by_a_failing_sibling_branch_is_burnt_once_final(net: Any, db_url: str) -> None:
