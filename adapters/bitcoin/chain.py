@@ -33,6 +33,7 @@ from chainflow.chain.adapter import (
     SignedTx,
     TxRejected,
 )
+from chainflow.clock import to_seconds
 
 from . import fees as fee_math
 from . import transaction
@@ -113,8 +114,8 @@ class BitcoinChain:
                                  ("lookahead", lookahead, 1), ("spender_lookback", spender_lookback, 1)):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"chain {name!r}: {what} must be an int of at least {low}, got {value!r}")
-        if timeout <= 0 or scan_timeout <= 0:
-            raise ValueError(f"chain {name!r}: timeouts must be positive")
+        timeout = to_seconds(timeout, f"chain {name!r}: timeout", positive=True)
+        scan_timeout = to_seconds(scan_timeout, f"chain {name!r}: scan_timeout", positive=True)
         self.name = name
         self.rpc = BitcoinRpc(rpc, timeout=timeout, connections=rpc_connections)
         self.keyring = wallet.keyring(self.network, name, lookahead)

@@ -27,6 +27,7 @@ from chainflow.chain.adapter import (
     Simulation,
     TxRejected,
 )
+from chainflow.clock import to_seconds
 
 from . import fees as fee_market
 from .abi import AbiRegistry
@@ -103,10 +104,12 @@ class EvmChain:
             raise TypeError("signer must provide .address and .sign_transaction(tx)")
         if gas_headroom < 1:
             raise ValueError(f"gas_headroom must be at least 1.0, got {gas_headroom!r}")
-        if chain_id is not None and (not isinstance(chain_id, int) or chain_id <= 0):
-            raise ValueError(f"chain_id must be a positive int, got {chain_id!r}")
-        if timeout <= 0:
-            raise ValueError("timeout must be positive")
+        if chain_id is not None and (isinstance(chain_id, bool) or not isinstance(chain_id, int) or chain_id <= 0):
+            raise ValueError(f"chain {name!r}: chain_id must be a positive int, got {chain_id!r}")
+        if isinstance(fee_history_blocks, bool) or not isinstance(fee_history_blocks, int) or fee_history_blocks < 1:
+            raise ValueError(f"chain {name!r}: fee_history_blocks must be an int of at least 1, "
+                             f"got {fee_history_blocks!r}")
+        timeout = to_seconds(timeout, f"chain {name!r}: timeout", positive=True)
         self.name = name
         self.signer = signer
         self._sender = checksum(signer.address)  # asked for on every submit

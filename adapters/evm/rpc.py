@@ -279,6 +279,10 @@ class Rpc:
         self._sync: Web3 | None = None
         self._async: AsyncWeb3[Any] | None = None
         if isinstance(target, str):
+            parts = urlsplit(target)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError(f"rpc must be an http(s) URL with a host (or a web3 provider), got "
+                                 f"{redact_url(target)!r}")
             self._http = _Http(target, timeout)
         elif isinstance(target, AsyncWeb3):
             self._async = target
@@ -292,8 +296,14 @@ class Rpc:
             raise TypeError(
                 f"rpc must be a URL, a web3 provider or a Web3/AsyncWeb3 instance, not {type(target).__name__}"
             )
+        # the URL whose secrets (userinfo, an API key in the path or query) error texts
+        # must not carry: a URL target's, or an HTTP provider's endpoint
+        self._url: str | None = target if isinstance(target, str) else None
         if self._http is None:
-            _refuse_redirects((self._async or self._sync).provider)  # type: ignore[union-attr]
+            provider = (self._async or self._sync).provider  # type: ignore[union-attr]
+            _refuse_redirects(provider)
+            endpoint = getattr(provider, "endpoint_uri", None)
+            self._url = str(endpoint) if endpoint else None
         self.calls = 0  # JSON-RPC calls made
         self._exchanges = 0  # round trips of a provider target (each call is one)
 
@@ -305,9 +315,9 @@ class Rpc:
     def _clean(self, text: str) -> str:
         """Error text with the URL's path and query (where keys live) masked, in the
         forms aiohttp may quote it in."""
-        if self._http is None:
+        url = self._url
+        if url is None:
             return text
-        url = self._http.url
         parts = urlsplit(url)
         for secret in (url, str(yarl.URL(url))):
             text = text.replace(secret, redact_url(url))
@@ -362,7 +372,7 @@ class Rpc:
         except Exception as exc:  # noqa: BLE001 - in-process providers raise their node errors
             if self._http is not None:
                 raise RpcUnavailable(method, self._clean(f"{type(exc).__name__}: {exc}")) from None
-            message = str(exc)
+            message = self._clean(str(exc))
             raise RpcError(method, 3 if "revert" in message.lower() else -32000, message) from None
 
     def _blocking(self, method: str, params: list[Any]) -> Any:

@@ -169,6 +169,10 @@ class Chainflow:
             raise TypeError(f"max_recoveries must be an int, got {max_recoveries!r}")
         if max_recoveries < 0:
             raise ValueError(f"max_recoveries must be >= 0, got {max_recoveries!r}")
+        if not isinstance(default_retry, Retry):
+            raise TypeError(f"default_retry must be a chainflow.Retry, got {default_retry!r}")
+        if tracker is not None and not isinstance(tracker, TrackerConfig):
+            raise TypeError(f"tracker must be a chainflow.TrackerConfig, got {type(tracker).__name__}")
         self.database_url = resolve_url(database_url)
         self.database = Database(self.database_url, busy_timeout=to_seconds(busy_timeout, "busy_timeout"))
         self.engine = self.database.engine

@@ -284,3 +284,14 @@ def test_chain_options_are_checked() -> None:
         offline_chain(lookahead=0)
     with pytest.raises(Exception, match=r"unknown Bitcoin network 'bitcoin'; expected one of \['litecoin-regtest'"):
         offline_chain(net="bitcoin")
+
+
+@pytest.mark.parametrize("setting", ["timeout", "scan_timeout"])
+@pytest.mark.parametrize("value", [float("inf"), float("nan"), 0])
+def test_a_timeout_that_is_no_positive_finite_number_is_refused(setting: str, value: float) -> None:
+    from adapters.bitcoin import BitcoinChain, DescriptorWallet
+    from tests.adapters._btc import master_key
+
+    wallet = DescriptorWallet(master_key(b"seed", "regtest"))
+    with pytest.raises(ValueError, match=setting):
+        BitcoinChain("b", rpc="http://u:p@127.0.0.1:18443", network="regtest", wallet=wallet, **{setting: value})

@@ -116,6 +116,28 @@ async def test_provider_url_secrets_stay_out_of_errors_and_repr(signer: LocalSig
         server.close()
 
 
+@pytest.mark.parametrize("provider", ["HTTPProvider", "AsyncHTTPProvider"])
+async def test_an_http_providers_url_secrets_stay_out_of_errors(signer: LocalSigner, adapters: list[EvmChain],
+                                                                provider: str) -> None:
+    """The RPC given as a web3 provider rather than a URL: the transport's error texts
+    (requests' and aiohttp's "... for url: ...") are masked the same way."""
+    from web3 import AsyncWeb3, Web3
+
+    server, url = await serve(http_502)
+    try:
+        target = f"{url}/v3/SECRET-API-KEY?apikey=SECRET2"
+        made = Web3.HTTPProvider(target) if provider == "HTTPProvider" else AsyncWeb3.AsyncHTTPProvider(target)
+        adapter = EvmChain("x", made, signer, timeout=1)
+        adapters.append(adapter)
+        with pytest.raises(Exception) as err:
+            await adapter.head()
+        assert "SECRET" not in str(err.value), str(err.value)
+        result = await adapter.broadcast(b"\x02")
+        assert "SECRET" not in result.detail
+    finally:
+        server.close()
+
+
 async def test_params_that_are_not_json_are_a_bug_not_an_outage(signer: LocalSigner,
                                                                  adapters: list[EvmChain]) -> None:
     adapter = EvmChain("x", f"http://127.0.0.1:{closed_port()}", signer, timeout=1)

@@ -344,3 +344,28 @@ async def test_signing_above_the_fee_budget_is_refused_before_the_node_is_asked(
 def test_a_bad_fee_budget_is_refused_naming_it(budget: Any) -> None:
     with pytest.raises(ValueError, match="max_fee_per_gas must be a positive int number of wei"):
         EvmChain("x", "http://127.0.0.1:9", LocalSigner.from_key(Account.create().key), max_fee_per_gas=budget)
+
+
+@pytest.mark.parametrize(("options", "culprit"), [
+    ({"timeout": float("inf")}, "timeout"), ({"timeout": float("nan")}, "timeout"), ({"timeout": True}, "timeout"),
+    ({"fee_history_blocks": 1.5}, "fee_history_blocks"), ({"fee_history_blocks": True}, "fee_history_blocks"),
+    ({"chain_id": True}, "chain_id"),
+    ({"rpc": "localhost:8545"}, "rpc"), ({"rpc": "ftp://node/"}, "rpc"), ({"rpc": ""}, "rpc"),
+])
+def test_a_bad_setting_is_refused_when_the_chain_is_built(options: dict[str, Any], culprit: str) -> None:
+    """Refused at construction, naming the setting: accepted, an infinite timeout made
+    every call an outage, a fractional fee history broke every fee quote, a URL without
+    a scheme failed each call as an outage retried for minutes."""
+    settings = {"rpc": "http://127.0.0.1:8545", **options}
+    with pytest.raises((ValueError, TypeError), match=culprit):
+        EvmChain("x", settings.pop("rpc"), LocalSigner.from_key(Account.create().key), **settings)
+
+
+def test_the_app_names_a_default_retry_or_tracker_of_the_wrong_type(tmp_path: Any) -> None:
+    import chainflow as cf
+
+    with pytest.raises(TypeError, match="default_retry"):
+        cf.Chainflow(f"sqlite:///{tmp_path}/a.db", default_retry=3)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="tracker"):
+        cf.Chainflow(f"sqlite:///{tmp_path}/a.db", tracker={"window": 5})  # type: ignore[arg-type]
+    assert not (tmp_path / "a.db").exists(), "refused before the database was touched"
