@@ -5,6 +5,7 @@ no node running."""
 from __future__ import annotations
 
 import os
+from typing import Any
 from decimal import Decimal
 
 import pytest
@@ -293,5 +294,6 @@ def test_a_timeout_that_is_no_positive_finite_number_is_refused(setting: str, va
     from tests.adapters._btc import master_key
 
     wallet = DescriptorWallet(master_key(b"seed", "regtest"))
+    options: dict[str, Any] = {setting: value}
     with pytest.raises(ValueError, match=setting):
-        BitcoinChain("b", rpc="http://u:p@127.0.0.1:18443", network="regtest", wallet=wallet, **{setting: value})
+        BitcoinChain("b", rpc="http://u:p@127.0.0.1:18443", network="regtest", wallet=wallet, **options)
