@@ -323,6 +323,21 @@ def candidate_hashes(conn: sa.Connection, sub_id: int) -> list[str]:
         sa.select(tx_attempts.c.tx_hash).where(tx_attempts.c.submission_id == sub_id).order_by(tx_attempts.c.id))]
 
 
+# --- intents no configured chain follows -----------------------------------------------
+
+_UNSETTLED = (SubmissionState.INTENT, SubmissionState.QUEUED, SubmissionState.ALLOCATED, SubmissionState.SIGNED,
+              SubmissionState.BROADCAST, SubmissionState.INCLUDED)
+
+
+def unfollowed(conn: sa.Connection, chains: list[str]) -> dict[str, int]:
+    """Unsettled submissions per chain name not in ``chains``: a chain renamed or
+    dropped from the configuration, whose intents nothing follows any more."""
+    return {row.chain: int(row.n) for row in conn.execute(
+        sa.select(submissions.c.chain, sa.func.count().label("n"))
+        .where(store.one_of(submissions.c.state, _UNSETTLED), submissions.c.chain.not_in(chains))
+        .group_by(submissions.c.chain))}
+
+
 # --- runs sharing an intent another run opened -----------------------------------------
 
 _sharer_run = runs.alias("sharer_run")

@@ -178,7 +178,13 @@ class Worker:
                  self.concurrency, self.lease, ", ".join(sorted(self.app.registry.names())) or "-",
                  ", ".join(self.app.chains) if self.track and self.app.chains else "-")
         if self.track:
+            from ..chain import chainstore
             from ..chain.tracker import Tracker
+
+            stranded = await self._offload(self.app.database.read, chainstore.unfollowed, list(self.app.chains))
+            for chain, count in sorted(stranded.items()):
+                log.warning("%d unsettled submission(s) on chain %r, which this app does not configure: nothing "
+                            "follows them, and their runs wait for good (a chain renamed or dropped?)", count, chain)
 
             for adapter in self.app.chains.values():
                 tracker = Tracker(self.app.database, self.clock, adapter, self.id, self.app.tracker_config,

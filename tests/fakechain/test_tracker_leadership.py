@@ -92,3 +92,27 @@ def test_leader_lease_is_checked_and_defaults_to_ten_polls() -> None:
                       (0.05, "at least 2 poll intervals")):
         with pytest.raises(ValueError, match=says):
             cf.TrackerConfig(poll_interval=0.05, leader_lease=bad)
+
+
+async def test_a_worker_warns_of_unsettled_intents_on_a_chain_it_does_not_configure(
+        db_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    """A chain renamed (or dropped) with intents still in flight: nothing follows them
+    and their runs wait for good, so the worker says so when it starts."""
+    import logging
+
+    from chainflow.storage.schema import submissions
+    from chainflow.testing import FakeUtxoAdapter, FakeUtxoChain
+
+    app = cf.Chainflow(db_url, chains=[FakeUtxoAdapter("btc-new", FakeUtxoChain())])
+    app.ensure_schema()
+    with app.engine.begin() as conn:
+        for key, state in (("a", "broadcast"), ("b", "included"), ("c", "final")):
+            conn.execute(sa.insert(submissions).values(chain="btc-old", sender="w", idempotency_key=key, request="{}",
+                                                       finality="{}", state=state, created_at=1.0, updated_at=1.0))
+    worker = app.worker(poll_interval=0.05)
+    with caplog.at_level(logging.WARNING, logger="chainflow.worker"):
+        await worker.start()
+        await worker.close()
+    warned = [r.getMessage() for r in caplog.records if "btc-old" in r.getMessage()]
+    assert warned == ["2 unsettled submission(s) on chain 'btc-old', which this app does not configure: nothing "
+                      "follows them, and their runs wait for good (a chain renamed or dropped?)"]
