@@ -1013,6 +1013,14 @@ def request_rollback(conn: sa.Connection, run_id: str, step: str, reason: str, n
     ).first()
     if entry is None:
         return False  # not journaled yet: the step sees the submission pending and waits again
+    if conn.execute(sa.select(journal.c.id).where(
+            journal.c.run_id == run_id, journal.c.branch == branch,
+            journal.c.key == f"{limits.COMPENSATION_PREFIX}{key}", journal.c.superseded == 0,
+            journal.c.status == EntryState.OK)).first() is not None:
+        # already undone (the run failed or was cancelled and is still compensating the
+        # rest): rolling it back would forget the undo, and the stopped run would then
+        # undo the payment again once it re-lands
+        return False
     if limits.in_compensation(branch):
         # an undo has no dependents to undo in turn: the submission is back to
         # broadcast, and the tracker re-broadcasts its signed bytes until it is final

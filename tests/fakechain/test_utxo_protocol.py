@@ -477,3 +477,45 @@ async def test_a_submits_journal_row_spans_its_wait_for_finality(rig: Rig) -> No
     assert claims >= 2, "the run must have parked on its confirmations for this test to mean anything"
     assert row.started_at == sub.created_at
     assert row.finished_at is not None and row.finished_at >= sub.updated_at - 1e-6 > row.started_at
+
+
+async def test_a_reorg_while_a_cancelled_run_compensates_does_not_refund_twice(rig: Rig) -> None:
+    """Cancelled after its payment was final, the run refunds it, then backs off undoing
+    an earlier step.  A reorg un-finalises the payment meanwhile: the payment is already
+    undone, so the run is not rolled back to it (which would forget the refund and, the
+    payment landing again, refund a second time).  One payment, one refund."""
+    app, ledger = rig.app, rig.ledger
+    tries = {"unreserve": 0}
+
+    def unreserve(_: str) -> None:
+        tries["unreserve"] += 1
+        ledger.hit("unreserve x")
+        if tries["unreserve"] == 1:
+            raise RuntimeError("ledger down")
+
+    @app.workflow("pay_then_wait")
+    async def flow(ctx: cf.Context, _: Any) -> str:
+        await ctx.step("reserve", lambda: "r", compensate=unreserve,
+                       retry=cf.Retry(max_attempts=3, backoff="constant", initial=3600, jitter=0))
+        r = await ctx.submit("pay", chain=CHAIN, tx=pay(PAYEE, 10_000), idempotency_key="k",
+                             finality=cf.Confirmations(2), compensate=lambda rc: ledger.hit(f"refund {rc.tx_hash}"))
+        await ctx.wait_for("go")
+        return r.tx_hash
+
+    async with running_worker(app, track=False):
+        await rig.step()
+        h = await app.astart("pay_then_wait", None)
+        await rig.drive(lambda: app.status(h.id).waiting_on == ["go"], what="the payment final, the run waiting")
+        await app.acancel(h.id)
+        await rig.drive(lambda: rig.effects() == ["refund", "unreserve"] and app.status(h.id).status == "sleeping",
+                        mine=False, what="the refund, then the unreserve backing off")
+        sub = rig.sub("k")
+        rig.chain.reorg(rig.chain.height - int(sub.block_number) + 1)  # the payment back to the mempool
+        await rig.step()
+        assert app.status(h.id).rollback is None, "an undone payment is not a rollback target"
+        await rig.drive(lambda: rig.sub("k").state == "final", what="the payment final again")
+        for _ in range(5):
+            rig.chain.mine()
+            await rig.step()
+    assert len(_paid(rig, 10_000)) == 1
+    assert [line for line in ledger.lines() if line.startswith("refund")] == [f"refund {sub.tx_hash}"]
