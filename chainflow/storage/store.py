@@ -1016,10 +1016,12 @@ def request_rollback(conn: sa.Connection, run_id: str, step: str, reason: str, n
     if conn.execute(sa.select(journal.c.id).where(
             journal.c.run_id == run_id, journal.c.branch == branch,
             journal.c.key == f"{limits.COMPENSATION_PREFIX}{key}", journal.c.superseded == 0,
-            journal.c.status == EntryState.OK)).first() is not None:
-        # already undone (the run failed or was cancelled and is still compensating the
-        # rest): rolling it back would forget the undo, and the stopped run would then
-        # undo the payment again once it re-lands
+            journal.c.status == EntryState.OK)).first() is not None and \
+            conn.execute(sa.select(runs.c.status).where(runs.c.id == run_id)).scalar() not in TERMINAL:
+        # already undone by a run still compensating the rest (it failed or was
+        # cancelled): rolling it back would forget the undo, and the stopped run would
+        # undo the payment again once it re-lands.  A finished run is flagged below, never
+        # reopened: the flag only tells that the reorg came after it ended
         return False
     if limits.in_compensation(branch):
         # an undo has no dependents to undo in turn: the submission is back to
