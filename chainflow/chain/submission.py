@@ -130,9 +130,6 @@ class Submitter:
         if len(label) > limits.SUBMISSION_LABEL_LENGTH:
             raise ValueError(f"submit label {label[:60]!r}… (branch path and name) is {len(label)} characters "
                              f"long, the limit is {limits.SUBMISSION_LABEL_LENGTH}")
-        # the intent, not the run: two runs sharing a key share one submission, and so
-        # one undo of it (its key derived from this origin)
-        origin = f"submit\x1f{chain}\x1f{self.adapter(chain).sender()}\x1f{idempotency_key}"
         if slot.entry is not None:
             if slot.entry.status != EntryState.OK:
                 etype, message = error_parts(slot.entry.error)
@@ -147,13 +144,20 @@ class Submitter:
                 # opened perhaps on the wire: nothing can unsend it, so its undo waits
                 # for it to settle and runs only if it landed
                 if compensate is not None:
-                    ctx.register_compensation(slot, compensate, None, retry or ctx.default_retry, origin=origin,
+                    ctx.register_compensation(slot, compensate, None, retry or ctx.default_retry,
+                                              origin=self._origin(chain, idempotency_key),
                                               settle=functools.partial(self._landed, ctx, chain, idempotency_key,
                                                                        label))
                 raise
         if compensate is not None:
-            ctx.register_compensation(slot, compensate, receipt, retry or ctx.default_retry, origin=origin)
+            ctx.register_compensation(slot, compensate, receipt, retry or ctx.default_retry,
+                                      origin=self._origin(chain, idempotency_key))
         return receipt
+
+    def _origin(self, chain: str, key: str) -> str:
+        """The intent a submit's undo compensates, not the run: two runs sharing a key
+        share one submission, and so one undo of it (its key derived from this origin)."""
+        return f"submit\x1f{chain}\x1f{self.adapter(chain).sender()}\x1f{key}"
 
     async def _landed(self, ctx: RunScope, chain: str, key: str, label: str) -> Receipt | None:
         """The receipt of the payment an interrupted submit of this run opened, once it
@@ -163,13 +167,17 @@ class Submitter:
         conflict domain once the run has ended, and only the run itself signs), withdrawn
         from the batcher's queue, failed or reverted."""
         sender, run_id = self.adapter(chain).sender(), ctx.run_id
-        (sub,) = await ctx.commit(lambda conn: chainstore.by_key(conn, chain, sender, key))
+
+        def look(conn: sa.Connection) -> tuple[sa.Row[Any] | None, bool]:
+            found = chainstore.by_key(conn, chain, sender, key)
+            return found, found is not None and chainstore.shared_live(conn, int(found.id))
+
+        ((sub, shared),) = await ctx.commit(look)
         if sub is None or sub.run_id != run_id:
             return None
-        sub_id = int(sub.id)
-        (shared,) = await ctx.commit(lambda conn: chainstore.shared_live(conn, sub_id))
         if shared:
             return None  # a live run sharing it still wants the payment: it is theirs now
+        sub_id = int(sub.id)
         if sub.state == SubmissionState.QUEUED and sub.batch_id is None:
             withdrawn, (sub,) = await ctx.commit(
                 lambda conn: chainstore.withdraw_queued(conn, sub_id, "its run was stopped before the payout was "

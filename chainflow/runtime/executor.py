@@ -240,8 +240,8 @@ class Execution:
 
     async def _conclude(self, ctx: Scope, main: asyncio.Future[Any]) -> Outcome:
         reason = ctx.stop_reason
-        if main.done() and not main.cancelled():
-            main.exception()  # retrieved: paths below that ignore it must not log "never retrieved"
+        # retrieved now: paths below that ignore it must not log "never retrieved"
+        failed = main.exception() if main.done() and not main.cancelled() else None
         if reason == StopReason.LEASE_LOST:
             return _ABANDONED
         if reason == StopReason.SUSPEND:
@@ -262,7 +262,6 @@ class Execution:
             assert ctx.fatal is not None
             log.error("%s", ctx.fatal)
             return await self._finish(RunState.FAILED, None, describe_error(ctx.fatal))
-        failed = main.exception() if main.done() and not main.cancelled() else None
         if reason in (StopReason.CANCEL, StopReason.TIMEOUT) and failed is not None and \
                 not isinstance(failed, (RunCancelled, LeaseLostError)):
             # it had failed on its own (replayed: a failed step's row) before the cancel or
@@ -272,7 +271,7 @@ class Execution:
             return await self._compensate_and_finish(ctx, RunState.CANCELLED, RunCancelled(self.claim.run_id))
         if reason == StopReason.TIMEOUT:
             return await self._compensate_and_finish(ctx, RunState.FAILED, WorkflowTimeout(self.claim.run_id))
-        exc = main.exception() if not main.cancelled() else RunCancelled(self.claim.run_id)
+        exc = failed if not main.cancelled() else RunCancelled(self.claim.run_id)
         if isinstance(exc, LeaseLostError):
             return _ABANDONED
         if exc is None:

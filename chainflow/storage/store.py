@@ -930,6 +930,8 @@ def _parked_on(name: str) -> str:
     """The LIKE pattern matching a ``waiting_on`` list that holds ``name``."""
     quoted = json.dumps(name).replace("/", "//").replace("%", "/%").replace("_", "/_")
     return f"%{quoted}%"
+
+
 _PENDING_SIGNAL = sa.select(signals.c.id).where(
     signals.c.run_id == sa.bindparam("rid"), signals.c.name.in_(sa.bindparam("names", expanding=True)),
     signals.c.consumed.is_(sa.false())).limit(1)
@@ -1013,11 +1015,11 @@ def request_rollback(conn: sa.Connection, run_id: str, step: str, reason: str, n
     ).first()
     if entry is None:
         return False  # not journaled yet: the step sees the submission pending and waits again
-    if conn.execute(sa.select(journal.c.id).where(
+    run = conn.execute(sa.select(runs.c.status, runs.c.rollback).where(runs.c.id == run_id)).one()
+    if run.status not in TERMINAL and conn.execute(sa.select(journal.c.id).where(
             journal.c.run_id == run_id, journal.c.branch == branch,
             journal.c.key == f"{limits.COMPENSATION_PREFIX}{key}", journal.c.superseded == 0,
-            journal.c.status == EntryState.OK)).first() is not None and \
-            conn.execute(sa.select(runs.c.status).where(runs.c.id == run_id)).scalar() not in TERMINAL:
+            journal.c.status == EntryState.OK)).first() is not None:
         # already undone by a run still compensating the rest (it failed or was
         # cancelled): rolling it back would forget the undo, and the stopped run would
         # undo the payment again once it re-lands.  A finished run is flagged below, never
@@ -1027,7 +1029,7 @@ def request_rollback(conn: sa.Connection, run_id: str, step: str, reason: str, n
         # an undo has no dependents to undo in turn: the submission is back to
         # broadcast, and the tracker re-broadcasts its signed bytes until it is final
         return False
-    current = conn.execute(sa.select(runs.c.rollback).where(runs.c.id == run_id)).scalar()
+    current = run.rollback
     # every broken entry is a target: two sibling branches' submissions orphaned together
     # are independent, so neither covers the other (``reorg.dependents`` unites them);
     # "entry_id" is the earliest, as before there were several
