@@ -21,9 +21,10 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
 from .. import metrics
-from ..states import TERMINAL, SubmissionState
+from ..states import TERMINAL, RunState, SubmissionState
 from ..storage import codec, limits, store
-from ..storage.schema import headers, leaders, nonces, reorgs, reservations, runs, sharers, submissions, tx_attempts
+from ..storage.schema import (headers, leaders, nonces, releases, reorgs, reservations, runs, sharers, submissions,
+                              tx_attempts)
 from .adapter import Coin, Header, Receipt, SignedTx
 from .reorg import REORG_SIGNAL, SETTLED
 
@@ -359,6 +360,28 @@ def shared_live(conn: sa.Connection, sub_id: int) -> bool:
     return bool(conn.execute(sa.select(_SHARED_LIVE.where(submissions.c.id == sub_id))).scalar())
 
 
+# a run that waits on an intent no longer wants it once it has released it, or ended
+# failed or cancelled (a dead-lettered one may be retried, a completed one kept it)
+_GAVE_UP = (RunState.FAILED, RunState.CANCELLED)
+
+
+def give_up(conn: sa.Connection, sub: sa.Row[Any], run_id: str, now: float) -> bool:
+    """Record that ``run_id``, stopped while waiting on intent ``sub`` (which it opened or
+    shares), no longer wants it; whether another run that waits on it still does.  The
+    caller holds the intent's row lock (``locked``): of runs giving it up together, the
+    last to decide sees the others' releases and is the one to undo the payment."""
+    sub_id = int(sub.id)
+    if conn.execute(sa.select(releases.c.run_id).where(releases.c.submission_id == sub_id,
+                                                       releases.c.run_id == run_id)).first() is None:
+        conn.execute(releases.insert().values(submission_id=sub_id, run_id=run_id, created_at=now))
+    waiting = {sub.run_id, *(r.run_id for r in sharers_of(conn, [sub_id]))} - {run_id, None}
+    if not waiting:
+        return False
+    released = sa.select(releases.c.run_id).where(releases.c.submission_id == sub_id)
+    return conn.execute(sa.select(sa.func.count()).select_from(runs).where(
+        runs.c.id.in_(sorted(waiting)), runs.c.status.not_in(_GAVE_UP), runs.c.id.not_in(released))).scalar_one() > 0
+
+
 def sharers_of(conn: sa.Connection, sub_ids: list[int]) -> list[sa.Row[Any]]:
     """(submission_id, run_id, step) of every run sharing one of these intents."""
     return list(conn.execute(sa.select(sharers.c.submission_id, sharers.c.run_id, sharers.c.step)
@@ -498,12 +521,11 @@ def fail_queued(conn: sa.Connection, ids: list[int], error: str, now: float) -> 
 
 
 def withdraw_queued(conn: sa.Connection, sub_id: int, error: str, now: float) -> bool:
-    """Fail a queued intent its own run gives up on (the run is being compensated),
-    if no batch has taken it yet and no live run shares it; whether it was.  Its run
-    is the one that would be woken, so none is."""
+    """Fail a queued intent the runs waiting on it have given up (``give_up``), if no
+    batch has taken it yet; whether it was.  They are stopping, so none is woken."""
     return bool(conn.execute(
         submissions.update().where(submissions.c.id == sub_id, submissions.c.state == SubmissionState.QUEUED,
-                                   submissions.c.batch_id.is_(None), ~_SHARED_LIVE)
+                                   submissions.c.batch_id.is_(None))
         .values(state=SubmissionState.FAILED, error=error, updated_at=now)).rowcount)
 
 

@@ -160,37 +160,40 @@ class Submitter:
         return f"submit\x1f{chain}\x1f{self.adapter(chain).sender()}\x1f{key}"
 
     async def _landed(self, ctx: RunScope, chain: str, key: str, label: str) -> Receipt | None:
-        """The receipt of the payment an interrupted submit of this run opened, once it
-        is final; None when none of it can land or it is not this run's to undo: never
-        opened here (another run's intent found under the key is that run's to undo),
-        shared by a live run (which still wants it), never signed (the tracker frees its
-        conflict domain once the run has ended, and only the run itself signs), withdrawn
-        from the batcher's queue, failed or reverted."""
-        sender, run_id = self.adapter(chain).sender(), ctx.run_id
+        """The receipt of the payment an interrupted submit of this run waited on, once it
+        is final; None when none of it can land or it is not this run's to undo: another
+        run waiting on it still wants it (its opener or a run sharing its key: the last
+        of them to give it up undoes it, ``chainstore.give_up``), never signed (the
+        tracker frees its conflict domain once its runs have ended), withdrawn from the
+        batcher's queue, failed or reverted."""
+        sender, run_id, now = self.adapter(chain).sender(), ctx.run_id, ctx.clock.time()
 
-        def look(conn: sa.Connection) -> tuple[sa.Row[Any] | None, bool]:
+        def decide(conn: sa.Connection) -> tuple[sa.Row[Any] | None, bool]:
             found = chainstore.by_key(conn, chain, sender, key)
-            return found, found is not None and chainstore.shared_live(conn, int(found.id))
+            if found is None:
+                return None, False
+            found = chainstore.locked(int(found.id))(conn)
+            if chainstore.give_up(conn, found, run_id, now):
+                return None, False
+            withdrawn = chainstore.withdraw_queued(conn, int(found.id), "its run was stopped before the payout "
+                                                   "was batched", now)
+            return found, withdrawn
 
-        ((sub, shared),) = await ctx.commit(look)
-        if sub is None or sub.run_id != run_id:
+        ((sub, withdrawn),) = await ctx.commit(decide)
+        if sub is None or withdrawn:
             return None
-        if shared:
-            return None  # a live run sharing it still wants the payment: it is theirs now
         sub_id = int(sub.id)
-        if sub.state == SubmissionState.QUEUED and sub.batch_id is None:
-            withdrawn, (sub,) = await ctx.commit(
-                lambda conn: chainstore.withdraw_queued(conn, sub_id, "its run was stopped before the payout was "
-                                                        "batched", ctx.clock.time()),
-                lambda conn: chainstore.get(conn, sub_id))
-            if withdrawn:
-                return None
         if sub.state in (SubmissionState.INTENT, SubmissionState.ALLOCATED) and sub.batch_id is None:
             return None
         try:
-            return await self._await_final(ctx, sub_id, label)
+            return await self._await_final(ctx, sub_id, label, poll=self._poll(sub, run_id))
         except (SubmissionFailedError, TxRevertedError):
             return None
+
+    def _poll(self, sub: sa.Row[Any], run_id: str) -> float | None:
+        """The tracker signals the run that opened an intent; a run sharing its key
+        looks again every poll interval instead."""
+        return None if sub.run_id == run_id else max(1.0, self.tracker.poll_interval)
 
     async def _submit_new(self, ctx: RunScope, slot: store.Slot, chain: str, tx: Any, key: str,
                           policy: finality.Finality,
@@ -211,9 +214,7 @@ class Submitter:
             # a run resumed by the settlement finds the intent final as it opens it: no
             # look of its own, and the signal that woke it is consumed with the journal row
             known = sub if sub.state == SubmissionState.FINAL else None
-            # the tracker signals the run that opened the intent; a run sharing its key
-            # looks again every poll interval instead
-            poll = None if sub.run_id == run_id else max(1.0, self.tracker.poll_interval)
+            poll = self._poll(sub, run_id)
             while True:
                 receipt = _final_receipt(known, label) if known is not None else \
                     await self._await_final(ctx, sub_id, label, parked=first, poll=poll)

@@ -199,6 +199,18 @@ sharers = sa.Table(
     sa.Column("created_at", sa.Float, nullable=False),
 )
 
+# Runs that gave up an intent they opened or shared (v12): stopped (cancelled, failed)
+# while its payment was on the wire, each records here that it no longer wants it, in
+# the transaction that decides whether it is the last to do so -- the one that undoes
+# the payment once it settles (``chainstore.give_up``).
+releases = sa.Table(
+    "cf_releases",
+    metadata,
+    sa.Column("submission_id", BigId, primary_key=True),
+    sa.Column("run_id", sa.String(36), primary_key=True),
+    sa.Column("created_at", sa.Float, nullable=False),
+)
+
 # A UTXO chain's conflict domain: the outpoints reserved for an intent (v5).  A row
 # is written in the same transaction that moves the intent to "allocated".  It is
 # *held* (``spent_at_block`` NULL) while any candidate may still be included, and
@@ -393,7 +405,13 @@ def _v11(conn: sa.Connection) -> None:
     sharers.create(conn, checkfirst=True)
 
 
+def _v12(conn: sa.Connection) -> None:
+    """Runs giving up a payment on the wire are recorded (``cf_releases``); a database
+    created by this version's ``_v1`` has the table already."""
+    releases.create(conn, checkfirst=True)
+
+
 MIGRATIONS: list[tuple[int, Callable[[sa.Connection], None]]] = [
     (1, _v1), (2, _v2), (3, _v3), (4, _v4), (5, _v5), (6, _v6), (7, _v7), (8, _v8), (9, _v9), (10, _v10),
-    (11, _v11)]
+    (11, _v11), (12, _v12)]
 LATEST = MIGRATIONS[-1][0]

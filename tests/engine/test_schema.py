@@ -82,7 +82,7 @@ def test_v3_database_gets_recoveries_and_the_workers_table(make_app: Any) -> Non
     inspector = sa.inspect(app.engine)
     assert "recoveries" not in {c["name"] for c in inspector.get_columns("cf_runs")}
     assert not inspector.has_table("cf_workers")
-    assert migrate(app.engine) == schema.LATEST == 11
+    assert migrate(app.engine) == schema.LATEST == 12
     inspector = sa.inspect(app.engine)
     assert "recoveries" in {c["name"] for c in inspector.get_columns("cf_runs")}
     assert {c["name"] for c in inspector.get_columns("cf_workers")} == {c.name for c in schema.workers.c}
@@ -106,7 +106,7 @@ def test_v4_database_gets_the_reservations_table(make_app: Any) -> None:
             chain="evm", sender="0xabc", idempotency_key="k", request="{}", finality="{}", nonce=3,
             state="final", created_at=1.0, updated_at=1.0))
     assert not sa.inspect(app.engine).has_table("cf_reservations")
-    assert migrate(app.engine) == schema.LATEST == 11
+    assert migrate(app.engine) == schema.LATEST == 12
     inspector = sa.inspect(app.engine)
     assert {c["name"] for c in inspector.get_columns("cf_reservations")} == {c.name for c in schema.reservations.c}
     with app.engine.begin() as conn:
@@ -134,7 +134,7 @@ def test_v5_database_gets_batches_stuck_marks_and_recorded_spends(make_app: Any)
         conn.execute(schema.schema_version.delete().where(schema.schema_version.c.version >= 6))
         conn.exec_driver_sql("INSERT INTO cf_reservations (chain, outpoint, submission_id, value, created_at) "
                              "VALUES ('btc', 'aa:0', 1, 5, 1.0)")
-    assert migrate(app.engine) == schema.LATEST == 11
+    assert migrate(app.engine) == schema.LATEST == 12
     inspector = sa.inspect(app.engine)
     assert {"batch_id", "stuck_since"} <= {c["name"] for c in inspector.get_columns("cf_submissions")}
     assert {i["name"] for i in inspector.get_indexes("cf_reservations")} >= {"ix_cf_reservations_spent"}
@@ -156,7 +156,7 @@ def test_v6_database_gets_the_overrides_column(make_app: Any) -> None:
                                now=1.0)
         conn.execute(schema.runs.insert(), v6_run)
     assert "overrides" not in {c["name"] for c in sa.inspect(app.engine).get_columns("cf_runs")}
-    assert migrate(app.engine) == schema.LATEST == 11
+    assert migrate(app.engine) == schema.LATEST == 12
     assert "overrides" in {c["name"] for c in sa.inspect(app.engine).get_columns("cf_runs")}
     with app.engine.begin() as conn:
         (claim,) = store.claim(conn, "w", 5, now=1e12, lease=30, workflows=["old"])
@@ -177,7 +177,7 @@ def test_v7_database_gets_child_slots_and_the_schedules_table(make_app: Any) -> 
                              now=1.0)
         conn.execute(schema.runs.insert(), {**fork, "parent_id": "source"})
     assert not sa.inspect(app.engine).has_table("cf_schedules")
-    assert migrate(app.engine) == schema.LATEST == 11
+    assert migrate(app.engine) == schema.LATEST == 12
     inspector = sa.inspect(app.engine)
     assert "parent_slot" in {c["name"] for c in inspector.get_columns("cf_runs")}
     assert {c["name"] for c in inspector.get_columns("cf_schedules")} == {c.name for c in schema.schedules.c}
@@ -226,7 +226,7 @@ def test_v9_database_gets_the_submission_indexes_by_state_first(make_app: Any) -
             conn.exec_driver_sql(f"DROP INDEX ix_cf_submissions_{name}")
             conn.exec_driver_sql(f"CREATE INDEX ix_cf_submissions_{name} ON cf_submissions ({columns})")
         conn.execute(schema.schema_version.delete().where(schema.schema_version.c.version >= 10))
-    assert migrate(app.engine) == schema.LATEST == 11
+    assert migrate(app.engine) == schema.LATEST == 12
     indexes = {str(i["name"]): i for i in sa.inspect(app.engine).get_indexes("cf_submissions")}
     assert indexes["ix_cf_submissions_state"]["column_names"] == ["state", "chain"]
     assert indexes["ix_cf_submissions_stuck"]["column_names"] == ["state", "chain", "last_broadcast_block"]
@@ -249,7 +249,7 @@ def test_v10_database_gets_the_sharers_table(make_app: Any) -> None:
             chain="btc", sender="w", idempotency_key="k", request="{}", finality="{}", state="queued",
             created_at=1.0, updated_at=1.0)).inserted_primary_key[0]
     assert not sa.inspect(app.engine).has_table("cf_sharers")
-    assert migrate(app.engine) == schema.LATEST == 11
+    assert migrate(app.engine) == schema.LATEST == 12
     assert {c["name"] for c in sa.inspect(app.engine).get_columns("cf_sharers")} == {c.name for c in schema.sharers.c}
     with app.engine.begin() as conn:
         assert not chainstore.shared_live(conn, sub_id)

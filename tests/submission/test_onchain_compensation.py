@@ -253,3 +253,51 @@ def asyncio_run(coro: Any) -> Any:
     import asyncio
 
     return asyncio.run(coro)
+
+
+@pytest.mark.parametrize("order", ["opener-first", "sharer-first"])
+def test_a_shared_mint_cut_off_in_both_runs_is_burnt_once(net: Any, db_url: str, order: str) -> None:
+    """Two runs wait on one mint (the second found the first's intent under its key) and
+    both are cancelled while it is on the wire, in either order: the first to stop
+    leaves the mint to the other, which still wants it; the last undoes it, once."""
+    import asyncio
+
+    chain = Chain(net)
+    client = build(db_url, net.rpc_url, chain.token.address, chain.minter.private_key)
+    holder = net.accounts()[1].address
+    ev = {"id": "shared-both", "to": holder, "amount": 11}
+
+    async def scenario() -> tuple[cf.RunStatus, cf.RunStatus]:
+        stop = asyncio.Event()
+        worker = asyncio.create_task(client.worker(concurrency=4, poll_interval=0.02).run(stop))
+        try:
+            opener = await client.astart("mint-slowly", ev)
+            for _ in range(600):
+                with client.engine.connect() as conn:
+                    sub = conn.execute(sa.select(schema.submissions)).first()
+                if sub is not None and sub.state in ("signed", "broadcast", "included"):
+                    break
+                await asyncio.sleep(0.05)
+            sharer = await client.astart("mint-slowly", ev)
+            for _ in range(600):  # it finds the intent and waits on it
+                with client.engine.connect() as conn:
+                    if conn.execute(sa.select(schema.sharers)).first() is not None:
+                        break
+                await asyncio.sleep(0.05)
+            first, second = (opener, sharer) if order == "opener-first" else (sharer, opener)
+            await client.acancel(first.id)
+            done = await client.await_run(first.id, timeout=90)
+            await client.acancel(second.id)
+            later = await client.await_run(second.id, timeout=90)
+            return (done, later) if order == "opener-first" else (later, done)
+        finally:
+            stop.set()
+            await worker
+
+    opened, shared = asyncio_run(scenario())
+    assert opened.status == "cancelled" and shared.status == "cancelled"
+    assert {**opened.compensations, **shared.compensations} == {"mint": "ok"}
+    zero = "0x" + "00" * 20
+    assert _transfers(chain, sender=zero) == [(zero, holder, 11)]
+    assert _transfers(chain, receiver=zero) == [(holder, zero, 11)]
+    assert len(_burns(chain)) == 1
