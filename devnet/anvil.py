@@ -125,12 +125,17 @@ class Anvil(RpcControls):
             args += ["--hardfork", self.hardfork]
         return args + list(self.extra_args)
 
-    def start(self) -> Self:
-        """Launch and block until anvil answers JSON-RPC; retried on port races."""
+    def start(self, port: int | None = None) -> Self:
+        """Launch and block until anvil answers JSON-RPC; retried on port races.
+        ``port``: that one, not a free one (a node replaced behind a URL its clients
+        keep), tried once."""
         if self.is_running():
             return self
         binary = self._binary or anvil_binary()  # fail fast with the install hint
         self._binary = binary
+        if port is not None:
+            self._launch(port)
+            return self
         last_error: Exception | None = None
         for _ in range(_START_ATTEMPTS):
             try:

@@ -11,6 +11,7 @@ class answers questions and signs what it is told to sign.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
@@ -182,13 +183,20 @@ class EvmChain:
     # --- signing and sending ----------------------------------------------------
 
     async def chain_id(self) -> int:
-        """The node's chain id, checked once against the configured one."""
+        """The node's chain id, read once and checked against the configured one; the
+        tracker checks it again with every head (``head``)."""
         if self._chain_id is None:
-            actual = quantity(await self.rpc.call("eth_chainId"))
-            if self._configured_chain_id is not None and actual != self._configured_chain_id:
-                raise ChainIdMismatch(self.name, self._configured_chain_id, actual)
-            self._chain_id = actual
+            self._chain_id = self._checked(await self.rpc.call("eth_chainId"))
         return self._chain_id
+
+    def _checked(self, answer: Any) -> int:
+        """The chain id the node answered, refused unless it is the configured one, or,
+        none being configured, the one it answered before."""
+        actual = quantity(answer)
+        expected = self._configured_chain_id if self._configured_chain_id is not None else self._chain_id
+        if expected is not None and actual != expected:
+            raise ChainIdMismatch(self.name, expected, actual, seen=self._configured_chain_id is None)
+        return actual
 
     async def sign(self, request: dict[str, Any], nonce: int, fees: dict[str, int] | None) -> SignedTx:
         """Signs exactly ``fees`` when given (a replacement); prices the market otherwise."""
@@ -298,10 +306,12 @@ class EvmChain:
         return quantity(await self.rpc.call("eth_getTransactionCount", checksum(sender), "latest"))
 
     async def head(self) -> Header:
-        # the tracker reads heads before anything is signed: a URL serving another chain
-        # would otherwise read as a reorg of every stored header
-        await self.chain_id()
-        block = await self.rpc.call("eth_getBlockByNumber", "latest", False)
+        # the chain id with every head, asked in the same exchange: a URL serving another
+        # chain, from the start or once a node was replaced behind it, would otherwise
+        # read as a reorg of every stored header
+        answer, block = await asyncio.gather(self.rpc.call("eth_chainId"),
+                                             self.rpc.call("eth_getBlockByNumber", "latest", False))
+        self._chain_id = self._checked(answer)
         if not block:
             raise RpcError("eth_getBlockByNumber", 0, "node returned no latest block")
         return self._remember(block)

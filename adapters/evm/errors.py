@@ -66,8 +66,12 @@ class ChainIdMismatch(ConfigurationError):
     """The node serves a different chain than the adapter was configured for: signing
     would produce transactions every node of the intended chain rejects."""
 
-    def __init__(self, name: str, configured: int, actual: int) -> None:
-        super().__init__(f"chain {name!r} is configured with chain id {configured} but its node reports {actual}")
+    def __init__(self, name: str, configured: int, actual: int, *, seen: bool = False) -> None:
+        """``seen``: ``configured`` is the chain id the node reported before, none being
+        configured (a node of another chain has replaced it behind the URL)."""
+        expected = f"was served chain id {configured} by its node, which now" if seen else \
+            f"is configured with chain id {configured} but its node"
+        super().__init__(f"chain {name!r} {expected} reports {actual}")
         self.name = name
         self.configured = configured
         self.actual = actual

@@ -92,6 +92,9 @@ class Tracker:
         self._stalled = False
         # intent -> the head its conflict domain was first seen used with no receipt of ours
         self._used_since: dict[int, int] = {}
+        # intent -> the block a candidate of it was seen in while the node had no receipt
+        # for it: proof enough that its conflict domain is not used by a foreign transaction
+        self._seen_in: dict[int, str] = {}
         policy = self.config.batching.get(self.chain)
         self.batcher = None if policy is None else Batcher(db, clock, adapter, policy, self._as_leader, self._rpc)
 
@@ -175,7 +178,7 @@ class Tracker:
         if tip is None:
             tip = await self._base(max(0, head.number - self.config.start_depth), head.number)
         head = await self._within_reach(head, tip)
-        new = await self._new_headers(head, tip)
+        new = [] if await self._behind(head, tip) else await self._new_headers(head, tip)
         if new is None:
             fork = await self._find_fork(head, tip)
             await self._reorg(fork, head)
@@ -197,11 +200,14 @@ class Tracker:
         receipts: list[tuple[int, Receipt]] = []
         # concurrently: an adapter can then fetch a full block's worth in a few requests
         fetched = await asyncio.gather(*(self._rpc(self.adapter.receipt(tx_hash)) for _, tx_hash, _ in view.matches))
-        for (sub_id, _, policy), receipt in zip(view.matches, fetched):
+        for (sub_id, tx_hash, policy), receipt in zip(view.matches, fetched):
             if receipt is not None and receipt.block_hash in block_hashes:
+                self._seen_in.pop(sub_id, None)
                 for member, member_policy, member_receipt in self._with_members(sub_id, policy, receipt, view.members):
                     receipts.append((member, member_receipt))
                     view.included.append((member, member_policy, receipt.block_number))
+            else:  # in the block, and no receipt yet: the node's index lags its blocks
+                self._seen_in[sub_id] = next(b for b, hashes in block_hashes.items() if tx_hash in hashes)
         ready = await self._ready(view.included, head.number)
         await self._commit(chainstore.commit_head, self.chain, new, receipts, ready, head.number,
                            keep_from(head.number, self.config.window, view.included), self.clock.time(), self._coins)
@@ -263,6 +269,16 @@ class Tracker:
             return head  # the node's chain shrank meanwhile: a reorg the full head shows
         self._stats.behind = head.number - reach
         return target
+
+    async def _behind(self, head: Header, tip: Header) -> bool:
+        """Whether the node's head is a block below the stored tip that the window holds:
+        the node answers from behind (a backend lagging behind a load balancer), which
+        orphans nothing.  Only another hash at a stored height proves a reorg, and a
+        node on a shorter branch shows one as soon as it has a block at such a height."""
+        if head.number >= tip.number:
+            return False
+        stored = await self.db.aread(chainstore.header_at, self.chain, head.number)
+        return stored is not None and stored.hash == head.hash
 
     async def _new_headers(self, head: Header, tip: Header) -> list[Header] | None:
         """Headers above ``tip`` up to ``head``, or None when they do not chain onto it."""
@@ -336,6 +352,10 @@ class Tracker:
                 # same-nonce replacement with higher fees can get it mined
                 if result is not None and result.outcome is BroadcastOutcome.UNDERPRICED:
                     await self._bump(sub, attempts)
+                elif result is not None and result.outcome is BroadcastOutcome.REJECTED:
+                    # refused for a reason a re-broadcast cannot change (a gas limit above
+                    # the block's): someone must act, and its nonce holds the sender's next
+                    await self._stuck(sub, f"the node refuses it: {result.detail}")
             elif head - int(sub.last_broadcast_block) >= cfg.bump_blocks:
                 await self._bump(sub, attempts)
             else:
@@ -363,16 +383,21 @@ class Tracker:
             receipt = await self._rpc(self.adapter.receipt(tx_hash))
             if receipt is not None:
                 self._used_since.pop(int(sub.id), None)
+                self._seen_in.pop(int(sub.id), None)
                 if await self._on_our_chain(receipt):
                     members = await self.db.aread(chainstore.members_of, [int(sub.id)])
                     found = self._with_members(int(sub.id), sub.finality, receipt, members)
                     await self.db.atx(chainstore.store_receipts, [(m, r) for m, _, r in found], self.clock.time())
                 return  # mined in a block we have not stored yet: the next heads will tell
+        block = self._seen_in.get(int(sub.id))
+        if block is not None and await self.db.aread(chainstore.is_canonical, self.chain, block):
+            return  # one of ours is in a block of the chain: its receipt is late, not missing
         seen = self._used_since.setdefault(int(sub.id), head)
         patience = max(1, self.config.rebroadcast_blocks)
         if head - seen < patience or not await self._ready([(int(sub.id), sub.finality, seen)], head):
             return
         del self._used_since[int(sub.id)]
+        self._seen_in.pop(int(sub.id), None)
         await self.db.atx(chainstore.fail_foreign, sub.id, f"{what} by a transaction chainflow did not sign",
                           self.clock.time())
 

@@ -56,9 +56,12 @@ async def test_deep_reorg_after_finality_rolls_back_dependents_once(rig: Rig, ho
         elif how == "snapshot":
             assert point is not None
             result = reorg_to(net, point)
-        else:  # the chain just gets shorter; the new branch grows from the fork as mined
+        else:  # the chain gets shorter, then the new branch grows from the fork: a shorter
+            # chain alone reads as a node behind, its first block at a stored height as a reorg
             removed = rollback(net, rig.head() - block + 2)
-            result = ReorgResult(fork_height=block - 2, old_hashes=removed, new_hashes=[])
+            await rig.mine(1)
+            grown = net.rpc("eth_getBlockByNumber", "latest", False)["hash"]
+            result = ReorgResult(fork_height=block - 2, old_hashes=removed, new_hashes=[grown])
         assert result.fork_height == block - 2 and old_block_hash in result.old_hashes
         assert rig.chain_tx(attempt.tx_hash) is None, "the devnet must not have replayed the mint"
 

@@ -8,12 +8,19 @@ it never checked.
   decides at the newest header it chained onto its window.
 * A receipt read answered empty (a backend that has not indexed it yet) while the
   nonce already reads as used: not yet proof of a foreign transaction.
-* A URL that serves another chain than the adapter was configured for: every stored
-  header would look orphaned, and a final payment would be rolled back.
+* A URL that serves another chain than the adapter was configured for, or than it
+  served before (a node replaced behind the URL): every stored header would look
+  orphaned, and a final payment would be rolled back.
+* A node answering "latest" with a block below the stored tip, one the window holds:
+  it is behind, not reorganised.
+* Receipts lagging the blocks for longer than the stuck path's patience: a payment
+  the tracker saw in a canonical block is not a foreign use of its nonce.
+* Bytes the node refuses for good: flagged stuck, not re-sent in silence forever.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,9 +30,10 @@ import chainflow as cf
 from adapters.evm import ChainIdMismatch, EvmChain, LocalSigner
 from chainflow.chain.tracker import Tracker
 from chainflow.storage import schema
-from devnet import reorg
+from devnet import Anvil, reorg
 
-from ._rig import CHAIN, Rig, register_mint_flow
+from ..conftest import CallLog
+from ._rig import CHAIN, Rig, build_rig, register_mint_flow
 
 
 async def test_no_finality_is_decided_at_a_head_the_tracker_could_not_chain(rig: Rig) -> None:
@@ -102,3 +110,105 @@ async def test_a_node_of_another_chain_is_refused_before_any_header_is_read(rig:
     assert rig.sub("order-1").state == "final" and rig.app.status(h.id).status == "completed"
     with rig.app.engine.connect() as conn:
         assert conn.execute(sa.select(sa.func.count()).select_from(schema.reorgs)).scalar() == 0
+
+
+async def test_a_node_reporting_a_lower_head_it_shares_is_behind_not_reorganised(rig: Rig) -> None:
+    register_mint_flow(rig, cf.Confirmations(1))
+    async with rig.worker():
+        await rig.step()
+        h = await rig.app.astart("mint_flow", {"id": "order-1"})
+        await rig.drive(lambda: rig.app.status(h.id).done, what="completion")
+        sub = rig.sub("order-1")
+        assert sub.state == "final"
+        mint_block = int(sub.block_number)
+        await rig.step()
+        real_call = rig.adapter.rpc.call
+
+        async def lagging(method: str, *params: Any) -> Any:  # a backend a few blocks behind
+            if method == "eth_getBlockByNumber" and params and params[0] == "latest":
+                return await real_call(method, hex(mint_block - 1), *params[1:])
+            return await real_call(method, *params)
+
+        rig.adapter.rpc.call = lagging  # type: ignore[method-assign]
+        await rig.step()
+        rig.adapter.rpc.call = real_call  # type: ignore[method-assign]
+        await rig.mine(1)
+        await rig.step()
+    assert rig.chain_tx(sub.tx_hash).blockNumber == mint_block
+    assert rig.effects() == ["reserve", "credit", "notify"]
+    assert rig.app.status(h.id).status == "completed"
+    with rig.app.engine.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(schema.reorgs)).scalar() == 0
+
+
+async def test_a_payment_seen_in_a_block_is_not_foreign_while_its_receipt_lags(net: Any, db_url: str,
+                                                                             tmp_path: Path) -> None:
+    rig = build_rig(net, db_url, CallLog(tmp_path / "ledger.log"), rebroadcast_blocks=3)  # the default
+    try:
+        register_mint_flow(rig, cf.Confirmations(1))
+        rig.net.set_automine(False)
+        async with rig.worker():
+            await rig.step()
+            h = await rig.app.astart("mint_flow", {"id": "order-1"})
+            await rig.wait_status(h.id, ("waiting",))
+            tx_hash = rig.attempts(rig.sub("order-1").id)[0].tx_hash
+            await rig.step()
+            real = rig.adapter.receipt
+
+            async def not_indexed_yet(tx_hash: str) -> None:
+                return None
+
+            rig.adapter.receipt = not_indexed_yet  # type: ignore[method-assign]
+            for _ in range(6):  # twice the stuck path's patience
+                await rig.mine(1)
+                await rig.step()
+            rig.adapter.receipt = real  # type: ignore[method-assign]
+            await rig.drive(lambda: rig.app.status(h.id).done, what="completion")
+        sub = rig.sub("order-1")
+        assert sub.state == "final" and sub.tx_hash == tx_hash, sub.error
+        assert rig.app.status(h.id).status == "completed"
+        assert rig.effects() == ["reserve", "credit", "notify"]
+    finally:
+        await rig.close()
+
+
+@pytest.mark.parametrize("node_kind", ["anvil"], indirect=True)
+async def test_a_node_of_another_chain_behind_the_url_mid_life_is_refused(rig: Rig) -> None:
+    register_mint_flow(rig, cf.Confirmations(1))
+    async with rig.worker():
+        await rig.step()
+        h = await rig.app.astart("mint_flow", {"id": "order-1"})
+        await rig.drive(lambda: rig.app.status(h.id).done, what="completion")
+        await rig.mine(3)
+        await rig.step()
+        port = rig.net.port
+        rig.net.stop()  # the same port now serves another chain, a few blocks in
+        with Anvil(chain_id=999).start(port=port) as other:
+            other.mine(20)
+            for _ in range(3):
+                with pytest.raises(ChainIdMismatch, match="999"):
+                    await rig.step()
+    assert rig.sub("order-1").state == "final" and rig.app.status(h.id).status == "completed"
+    with rig.app.engine.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(schema.reorgs)).scalar() == 0
+
+
+@pytest.mark.parametrize("node_kind", ["anvil"], indirect=True)
+async def test_bytes_the_node_refuses_for_good_are_flagged_stuck(rig: Rig) -> None:
+    """The gas limit signed is above the block gas limit ("intrinsic gas too high"):
+    no re-broadcast can change that, and the nonce holds the sender's later payments."""
+    register_mint_flow(rig, cf.Confirmations(1))
+    estimate = rig.mint(5).estimate_gas({"from": rig.minter.address})
+    rig.net.rpc("evm_setBlockGasLimit", hex(int(estimate * 1.1)))  # below the adapter's headroom
+    stuck: list[cf.Event] = []
+    rig.tracker.events.on("submission_stuck")(stuck.append)
+    async with rig.worker():
+        await rig.step()
+        h = await rig.app.astart("mint_flow", {"id": "order-1"})
+        await rig.wait_status(h.id, ("waiting",))
+        for _ in range(6):
+            await rig.mine(1)
+            await rig.step()
+    sub = rig.sub("order-1")
+    assert sub.stuck_since is not None, sub.state
+    assert len(stuck) == 1 and stuck[0].error is not None and "intrinsic gas too high" in stuck[0].error
