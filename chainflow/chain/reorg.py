@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from ..states import SubmissionState
 from ..storage import limits, store
@@ -25,13 +25,24 @@ SETTLED = (SubmissionState.INCLUDED, SubmissionState.FINAL)
 REORG_SIGNAL = "chainflow.reorg"  # sent to every run whose transaction a reorg un-included
 
 
+class BranchHistory(Protocol):
+    """What a run's execution observed of its branches (``runtime.branchorder``)."""
+
+    def ended_before(self, ended: str, opened: str) -> bool:
+        """Whether sibling branch ``ended`` had ended when ``opened`` was opened."""
+
+    def fed(self, branch: str, position: int, target: str) -> bool:
+        """Whether the operation at ``position`` of ``branch`` came after the branch had
+        awaited a branch whose result may rest on branch ``target``."""
+
+
 def dependents(entries: list[store.Entry], targets: list[store.Entry],
-               ended_before: Callable[[str, str], bool] | None = None) -> list[store.Entry]:
+               history: BranchHistory | None = None) -> list[store.Entry]:
     """Each target, later entries of its branch and sub-branches, entries of its
-    ancestor branches recorded after it (i.e. after the branch joined them), and
-    entries of a branch opened after the target's side of it had ended
-    (``ended_before(ended, opened)`` on two sibling branch paths: the second round of
-    two consecutive gathers); with several targets (one reorg orphaned submissions of
+    ancestor branches recorded after it (i.e. after the branch joined them), entries of
+    a branch opened after the target's side of it had ended (the second round of two
+    consecutive gathers), and entries of a branch made after it awaited the target's
+    branch task (``history``); with several targets (one reorg orphaned submissions of
     sibling branches), what depends on any.  Sibling branches that ran beside it are
     independent and kept.  Compensations, and entries in their branches, are never
     dependents of their own: they go with the entry they compensate (``supersede``);
@@ -43,7 +54,8 @@ def dependents(entries: list[store.Entry], targets: list[store.Entry],
             return False
         in_branch = not b or e.branch == b or e.branch.startswith(b + limits.BRANCH_SEP)
         ancestor = e.branch == "" or b.startswith(e.branch + limits.BRANCH_SEP)
-        return in_branch or ancestor or (ended_before is not None and opened_after(e.branch, b, ended_before))
+        return in_branch or ancestor or (history is not None and (
+            opened_after(e.branch, b, history.ended_before) or history.fed(e.branch, e.position, b)))
 
     return [e for e in entries if any(depends(e, t) for t in targets)]
 

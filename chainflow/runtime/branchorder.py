@@ -4,9 +4,11 @@ A reorg rollback undoes what may have used the broken step's result.  Branch pat
 tell most of it (later steps of the step's branch, and of the branches it joined), but
 not a branch opened *after* the broken step's branch had ended: in two consecutive
 ``ctx.gather`` calls the second round's "0#1" and "1#1" are siblings of the first
-round's "0" by name, yet either may have been handed its result.  Branch openings are
-not journaled, so the order is observed as the workflow code replays, which the
-rollback's execution does before it decides anything.
+round's "0" by name, yet either may have been handed its result.  Nor a branch that
+awaited the broken step's branch task (``ctx.branch``): what it did from then on may
+use that branch's result.  Branch openings and awaits are not journaled, so both are
+observed as the workflow code replays, which the rollback's execution does before it
+decides anything.
 """
 
 from __future__ import annotations
@@ -14,12 +16,16 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from ..storage.limits import BRANCH_SEP
+
 
 class BranchOrder:
     def __init__(self) -> None:
         self._ended: dict[str, int] = {}  # per parent path: how many of its branches have ended
         self._end_at: dict[str, int] = {}  # branch path -> its place among its parent's ended branches
         self._open_at: dict[str, int] = {}  # branch path -> how many of its siblings had ended when it opened
+        # (awaiting branch, its next position when the result came, awaited branch path)
+        self._awaits: list[tuple[str, int, str]] = []
 
     def opened(self, parent: str, path: str, task: asyncio.Task[Any]) -> None:
         self._open_at[path] = self._ended.get(parent, 0)
@@ -35,3 +41,27 @@ class BranchOrder:
         (False when either was not seen in this execution)."""
         end, start = self._end_at.get(ended), self._open_at.get(opened)
         return end is not None and start is not None and end < start
+
+    def awaited(self, branch: str, position: int, path: str) -> None:
+        """Branch ``branch`` has the result of branch ``path``, its own operations from
+        ``position`` on coming after."""
+        self._awaits.append((branch, position, path))
+
+    def fed(self, branch: str, position: int, target: str) -> bool:
+        """Whether the operation at ``position`` of ``branch`` came after the branch had
+        awaited one whose result may rest on branch ``target``: one holding it, or one
+        that had awaited such a branch itself, however many hands it passed through."""
+        holding, grew = {target}, True
+        while grew:  # a branch that awaited a holder holds it too: its result came later
+            grew = False
+            for awaiter, _, path in self._awaits:
+                if awaiter not in holding and any(_within(h, path) for h in holding):
+                    holding.add(awaiter)
+                    grew = True
+        return any(awaiter == branch and start <= position and any(_within(h, path) for h in holding)
+                   for awaiter, start, path in self._awaits)
+
+
+def _within(branch: str, path: str) -> bool:
+    """Whether ``branch`` is branch ``path`` or lies inside it."""
+    return branch == path or branch.startswith(path + BRANCH_SEP)

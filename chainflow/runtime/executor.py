@@ -287,8 +287,7 @@ class Execution:
         assert self.claim.rollback is not None
         request = reorg.parse(self.claim.rollback)
         ids = set(store.rollback_targets(request))
-        doomed = reorg.dependents(self._entries, [e for e in self._entries if e.id in ids],
-                                  ctx.branch_order.ended_before)
+        doomed = reorg.dependents(self._entries, [e for e in self._entries if e.id in ids], ctx.branch_order)
         try:
             # children started after the broken step are cancelled (their compensations
             # run as on any cancel), before their slots are superseded: a crash between

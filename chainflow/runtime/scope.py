@@ -36,7 +36,7 @@ import random as _random
 import time
 import uuid as _uuid
 from collections import Counter
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Generator
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -135,12 +135,42 @@ def open_branch(state: Callable[[str], BranchState], tasks: set[asyncio.Future[A
     siblings.children[name] += 1
     scope = contextvars.copy_context()
     scope.run(_BRANCH.set, path)
-    task = asyncio.get_running_loop().create_task(work, context=scope)
+    if order is None:
+        task = asyncio.get_running_loop().create_task(work, context=scope)
+    else:
+        def awaited() -> None:
+            awaiter = _BRANCH.get()
+            order.awaited(awaiter, state(awaiter).position, path)
+
+        task = _BranchTask(work, loop=asyncio.get_running_loop(), context=scope, awaited=awaited)
+        order.opened(parent, path, task)
     tasks.add(task)
     task.add_done_callback(tasks.discard)
-    if order is not None:
-        order.opened(parent, path, task)
     return task
+
+
+class _BranchTask(asyncio.Task[T]):
+    """A branch's task that tells when another branch awaits it or reads its result
+    (``asyncio.gather`` and ``wait_for`` read it in a callback run in the context of
+    the branch that called them): from then on that branch may use the result, and a
+    reorg rollback of this branch reaches it."""
+
+    def __init__(self, work: Coroutine[Any, Any, T], *, loop: asyncio.AbstractEventLoop,
+                 context: contextvars.Context, awaited: Callable[[], None]) -> None:
+        super().__init__(work, loop=loop, context=context)
+        self._awaited = awaited
+
+    def __await__(self) -> Generator[Any, None, T]:
+        result = yield from super().__await__()
+        self._awaited()  # in the awaiting task, whose branch context is current
+        return result
+
+    __iter__ = __await__
+
+    def result(self) -> T:
+        value = super().result()
+        self._awaited()
+        return value
 
 
 async def gather_branches(branch: Callable[[str, Coroutine[Any, Any, Any]], asyncio.Task[Any]],

@@ -17,7 +17,10 @@ sibling is parked on a signal: the mint must be sent and settled without waiting
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
+
+import pytest
 
 import chainflow as cf
 from devnet import reorg
@@ -188,3 +191,55 @@ async def test_branches_opened_after_the_mints_branch_joined_are_rolled_back_wit
     assert "unquote" not in effects and effects.count("quote") == 1
     gone = sorted(label(e) for e in rig.app.journal(h.id) if e.invalidated)
     assert gone == sorted(["0/mint", "0#1/ship", "1#1/note", "0#1/compensate:ship", "1#1/compensate:note"]), gone
+
+
+@pytest.mark.parametrize("how", ["await", "gather"])
+async def test_a_branch_that_awaited_the_mints_branch_is_rolled_back_from_that_await(rig: Rig, how: str) -> None:
+    """Two branches opened together: the mint's, and a shipment that first books a slot
+    (before it has the mint), then awaits the mint's branch task and ships with its
+    receipt.  After a reorg of the mint: the shipment is undone and redone, the booking,
+    made before the await, is kept -- as is a third branch that never awaited the mint."""
+
+    def effect(name: str) -> Any:
+        def do(arg: str) -> str:
+            rig.ledger.hit(f"{name} {arg}")
+            return arg
+        return do
+
+    @rig.app.workflow("awaits_the_mint")
+    async def awaits_the_mint(ctx: cf.Context, ev: dict[str, Any]) -> str:
+        async def mint() -> str:
+            r = await ctx.submit("mint", chain=CHAIN, tx=rig.mint(4), idempotency_key=ev["id"],
+                                 finality=cf.Confirmations(2))
+            return r.tx_hash
+
+        async def step(name: str, arg: str) -> str:
+            return await ctx.step(name, effect(name), arg, compensate=effect(f"un{name}"))
+
+        minting = ctx.branch("mint", mint())
+
+        async def shipment() -> str:
+            await step("book", "slot")
+            tx = await minting if ev["how"] == "await" else (await asyncio.gather(minting))[0]
+            return await step("ship", tx)
+
+        shipped, quoted = await ctx.gather(shipment(), step("quote", "q"), names=["ship", "quote"])
+        return f"{await minting}|{shipped}|{quoted}"
+
+    async with rig.worker():
+        await rig.step()
+        h = await rig.app.astart("awaits_the_mint", {"id": "awaited", "how": how})
+        await rig.drive(lambda: rig.app.status(h.id).done, what="the first completion")
+        assert sorted(rig.effects()) == ["book", "quote", "ship"]
+        await rig.step()
+        reorg(rig.net, rig.head() - int(rig.sub("awaited").block_number) + 2)
+        await rig.step()
+        await rig.drive(lambda: rig.effects().count("ship") == 2 and rig.app.status(h.id).done,
+                        what="the shipment redone")
+    st = await rig.status(h.id)
+    assert st.status == "completed", st.error
+    effects = rig.effects()
+    assert effects[3:] == ["unship", "ship"], effects
+    assert effects.count("book") == 1 and effects.count("quote") == 1
+    gone = sorted(label(e) for e in rig.app.journal(h.id) if e.invalidated)
+    assert gone == sorted(["mint/mint", "ship/ship", "ship/compensate:ship"]), gone
