@@ -30,8 +30,12 @@ from ..errors import PayloadError
 TAG = "__cf__"
 _SAFE_INT = 2**53  # beyond this many JSON readers (JS, some drivers) lose precision
 # nested containers a value may have: the encoder recurses twice per level and the
-# tagged form nests up to twice as deep, both well inside Python's recursion limit
+# tagged form nests up to three times as deep, both well inside Python's recursion limit
 MAX_DEPTH = 200
+# JSON levels of the deepest text the encoder writes, which ``loads`` must read back:
+# a tagged map ({"__cf__": "map", "v": [[k, v]]}) puts its values three levels down,
+# and a tagged leaf in a list (a timedelta, a zoned datetime) is two more
+_JSON_DEPTH = 3 * MAX_DEPTH + 2
 
 
 # Where a value sits, for errors only: None at the top, else (parent, step) with a
@@ -241,8 +245,8 @@ _STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
 _NOT_BRACKET = re.compile(r"[^\[\]{}]+")
 
 
-def _check_nesting(text: str) -> None:
-    """Refuse JSON text nested deeper than ``MAX_DEPTH`` before the decoder sees it.
+def _check_nesting(text: str, levels: int) -> None:
+    """Refuse JSON text nested deeper than ``levels`` before the decoder sees it.
 
     The C decoder recurses once per level and relies on the recursion limit to stop;
     py-evm (imported by the EVM devnet) raises that limit to 100,000, and a deep text
@@ -250,24 +254,24 @@ def _check_nesting(text: str) -> None:
     openings cannot nest deep, so the common payload pays two ``str.count``s; others
     lose their strings and non-bracket characters (C speed) and shed one innermost
     level per pass."""
-    if text.count("[") + text.count("{") <= MAX_DEPTH:
+    if text.count("[") + text.count("{") <= levels:
         return
     skeleton = _NOT_BRACKET.sub("", _STRING.sub("", text))
-    for _ in range(MAX_DEPTH):
+    for _ in range(levels):
         shorter = skeleton.replace("[]", "").replace("{}", "")
         if shorter == skeleton:
             break
         skeleton = shorter
     # left over: deeper than the limit, or brackets that never close (malformed text
     # whose decoding would recurse as deep before failing)
-    if len(skeleton) > MAX_DEPTH:
+    if len(skeleton) > levels:
         raise _too_deep(None)
 
 
 def loads(text: str | None) -> Any:
     if text is None:
         return None
-    _check_nesting(text)
+    _check_nesting(text, _JSON_DEPTH)
     try:
         return _DECODER.decode(text)
     except RecursionError:
@@ -278,7 +282,7 @@ def parse_json(text: str, *, what: str) -> Any:
     """Plain JSON from outside (a CLI option), its nesting and integers refused as
     ``PayloadError``s naming the limit; a syntax error stays a ``json.JSONDecodeError``."""
     try:
-        _check_nesting(text)
+        _check_nesting(text, MAX_DEPTH)  # untagged: a JSON level is a container
         return json.loads(text)
     except json.JSONDecodeError:
         raise

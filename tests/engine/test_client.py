@@ -53,6 +53,18 @@ def test_idempotency_conflict_changes_nothing(make_app: Any) -> None:
     assert app.status(first.id).input == {"amount": 10}
 
 
+def test_start_records_only_an_input_it_reads_back(make_app: Any) -> None:
+    """150 nested int-key dicts passed the encoder's depth limit but not the decoder's:
+    the run was written, then neither status() nor a worker could read its input."""
+    app = make_app(clock=cf.FakeClock())
+    register_echo(app)
+    value: Any = "leaf"
+    for _ in range(150):
+        value = {1: value}
+    handle = app.start("echo", value)
+    assert app.status(handle.id).input == value
+
+
 async def test_idempotent_start_after_the_run_finished(make_app: Any) -> None:
     app = make_app(clock=cf.FakeClock())
 

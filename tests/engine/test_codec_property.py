@@ -14,6 +14,7 @@ import pytest
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
+from chainflow.errors import PayloadError
 from chainflow.storage import codec
 
 # --- strategies -------------------------------------------------------------------
@@ -148,8 +149,6 @@ def test_scalars_are_written_as_the_encoder_writes_them(value: Any) -> None:
 
 @given(st.sampled_from([object(), {1, 2}.__iter__(), lambda: 1, type("Opaque", (), {})()]))
 def test_unsupported_values_raise_payload_error(bad: Any) -> None:
-    from chainflow.errors import PayloadError
-
     with pytest.raises(PayloadError, match="cannot be stored exactly"):
         codec.dumps({"nested": [bad]}, what="output of step 'x'")
 
@@ -162,6 +161,31 @@ def test_aware_datetimes_keep_their_instant(value: dt.datetime) -> None:
     assert back.utcoffset() == value.utcoffset()
 
 
+# a container kind as the encoder tags it: each makes the value one level deeper
+_WRAPPERS = {
+    "list": lambda v: [v],
+    "tuple": lambda v: (v,),
+    "frozenset": lambda v: frozenset({v}),
+    "str-key dict": lambda v: {"k": v},
+    "int-key dict": lambda v: {1: v},  # three JSON levels: {"__cf__": "map", "v": [[1, v]]}
+    "tag-key dict": lambda v: {codec.TAG: v},
+}
+
+
+@pytest.mark.parametrize("kind", list(_WRAPPERS))
+def test_what_dumps_accepts_at_the_depth_limit_loads_reads_back(kind: str) -> None:
+    """The encoder counts containers, the decoder JSON levels (several per tagged
+    container): 150 nested int-key dicts were written, then refused by ``loads``.  The
+    deepest leaves (a timedelta, a zoned datetime) are two more JSON levels."""
+    for leaf in (dt.timedelta(days=1), dt.datetime(2024, 1, 1, tzinfo=zoneinfo.ZoneInfo("Europe/Paris"))):
+        value: Any = leaf
+        for _ in range(codec.MAX_DEPTH):
+            value = _WRAPPERS[kind](value)
+        assert codec.loads(codec.dumps(value)) == value
+        with pytest.raises(PayloadError, match=f"more than {codec.MAX_DEPTH} levels"):
+            codec.dumps(_WRAPPERS[kind](value))
+
+
 def test_zoned_datetimes_written_without_their_fold_still_read() -> None:
     """Payloads journaled before the fold was kept: the instant, shown in its zone."""
     text = json.dumps({codec.TAG: "zoned", "v": ["2024-03-01T12:00:00+01:00", "Europe/Paris"]})
@@ -171,8 +195,6 @@ def test_zoned_datetimes_written_without_their_fold_still_read() -> None:
 
 
 def test_corrupted_payload_is_reported() -> None:
-    from chainflow.errors import PayloadError
-
     with pytest.raises(PayloadError, match="unknown payload tag"):
         codec.loads('{"__cf__": "martian", "v": 1}')
     assert codec.loads(None) is None
