@@ -99,17 +99,21 @@ def _encode(value: Any, path: Path, depth: int = 0) -> Any:
         return {TAG: "bytes", "v": base64.b64encode(bytes(value)).decode("ascii")}
     if isinstance(value, decimal.Decimal):
         return {TAG: "dec", "v": str(value)}
-    if isinstance(value, dt.datetime):
+    if isinstance(value, (dt.datetime, dt.time)):  # before date: a datetime is one
+        is_time = isinstance(value, dt.time)
         zone = getattr(value.tzinfo, "key", None)  # a ZoneInfo: keep the zone, not just the offset
         if isinstance(zone, str):
             # the wall time and fold as given: converting from the offset would move a
-            # time in a DST gap (which has no instant of its own) to the other side
-            return {TAG: "zoned", "v": [value.isoformat(), zone, value.fold]}
-        return {TAG: "datetime", "v": value.isoformat()}
+            # time in a DST gap (which has no instant of its own) to the other side; a
+            # time has no date, hence no offset in its text at all
+            return {TAG: "zoned_time" if is_time else "zoned", "v": [value.isoformat(), zone, value.fold]}
+        if value.tzinfo is not None and value.utcoffset() is None:  # its text would be naive
+            raise PayloadError(f"{type(value).__name__} at {_where(path)} has a tzinfo without a UTC offset "
+                               f"({value.tzinfo!r}) and cannot be stored exactly (use a zoneinfo.ZoneInfo "
+                               "or a fixed datetime.timezone)")
+        return {TAG: "time" if is_time else "datetime", "v": value.isoformat()}
     if isinstance(value, dt.date):
         return {TAG: "date", "v": value.isoformat()}
-    if isinstance(value, dt.time):
-        return {TAG: "time", "v": value.isoformat()}
     if isinstance(value, dt.timedelta):
         return {TAG: "timedelta", "v": [value.days, value.seconds, value.microseconds]}
     if isinstance(value, uuid.UUID):
@@ -133,6 +137,10 @@ def _zoned(text: str, zone: str, fold: int | None = None) -> dt.datetime:
     return dt.datetime.fromisoformat(text).replace(tzinfo=zoneinfo.ZoneInfo(zone), fold=fold)
 
 
+def _zoned_time(text: str, zone: str, fold: int) -> dt.time:
+    return dt.time.fromisoformat(text).replace(tzinfo=zoneinfo.ZoneInfo(zone), fold=fold)
+
+
 _DECODERS: dict[str, Any] = {
     "int": int,
     "float": float,
@@ -143,6 +151,7 @@ _DECODERS: dict[str, Any] = {
     "zoned": lambda v: _zoned(*v),
     "date": dt.date.fromisoformat,
     "time": dt.time.fromisoformat,
+    "zoned_time": lambda v: _zoned_time(*v),
     "timedelta": lambda v: dt.timedelta(days=v[0], seconds=v[1], microseconds=v[2]),
     "uuid": uuid.UUID,
     "set": set,

@@ -44,7 +44,7 @@ datetimes = st.one_of(
     st.datetimes(timezones=st.one_of(offsets, st.just(dt.UTC))),
     st.datetimes(min_value=dt.datetime(1900, 1, 1), max_value=dt.datetime(2200, 1, 1), timezones=zones),
 )
-times = st.one_of(st.times(), st.times(timezones=offsets))
+times = st.one_of(st.times(), st.times(timezones=st.one_of(offsets, zones)))
 floats = st.floats(allow_nan=True, allow_infinity=True)
 
 hashable_leaves = st.one_of(
@@ -97,8 +97,8 @@ def same(a: Any, b: Any) -> bool:
         if (a.tzinfo is None) != (b.tzinfo is None):
             return False
         return a.replace(tzinfo=None) == b.replace(tzinfo=None) and a.utcoffset() == b.utcoffset()
-    if isinstance(a, dt.time):
-        return a == b and a.utcoffset() == b.utcoffset()
+    if isinstance(a, dt.time):  # a zoned time has no offset: its zone is all it has
+        return a == b and a.utcoffset() == b.utcoffset() and a.tzinfo == b.tzinfo
     if isinstance(a, (list, tuple)):
         return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
     if isinstance(a, dict):
@@ -184,6 +184,32 @@ def test_what_dumps_accepts_at_the_depth_limit_loads_reads_back(kind: str) -> No
         assert codec.loads(codec.dumps(value)) == value
         with pytest.raises(PayloadError, match=f"more than {codec.MAX_DEPTH} levels"):
             codec.dumps(_WRAPPERS[kind](value))
+
+
+def test_a_time_keeps_its_zone() -> None:
+    """A daily cut-off "09:00 Europe/Paris" came back naive: a time has no date, so its
+    ISO text has no offset for a ZoneInfo."""
+    value = dt.time(9, 0, fold=1, tzinfo=zoneinfo.ZoneInfo("Europe/Paris"))
+    back = codec.loads(codec.dumps(value))
+    assert back == value and back.tzinfo == value.tzinfo and back.fold == 1
+
+
+class _NoOffset(dt.tzinfo):
+    def utcoffset(self, _: dt.datetime | None) -> None:
+        return None
+
+    def dst(self, _: dt.datetime | None) -> None:
+        return None
+
+    def tzname(self, _: dt.datetime | None) -> str:
+        return "local"
+
+
+@pytest.mark.parametrize("value", [dt.time(9, tzinfo=_NoOffset()), dt.datetime(2024, 1, 1, tzinfo=_NoOffset())],
+                         ids=["time", "datetime"])
+def test_a_zone_without_an_offset_is_refused_not_dropped(value: Any) -> None:
+    with pytest.raises(PayloadError, match=r"at \.cutoffs\[0\] has a tzinfo without a UTC offset"):
+        codec.dumps({"cutoffs": [value]})
 
 
 def test_zoned_datetimes_written_without_their_fold_still_read() -> None:
