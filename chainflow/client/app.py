@@ -37,7 +37,7 @@ from ..errors import (
 from ..events import Events, Hook
 from ..retry import DEFAULT_RETRY, Retry
 from ..runtime import schedules as scheduling
-from ..runtime.registry import Registry, WorkflowDef, WorkflowFn, infer_input_type
+from ..runtime.registry import Registry, WorkflowDef, WorkflowFn, infer_input_type, same_input
 from ..runtime.worker import call_on
 from ..states import TERMINAL, EntryState, RunState
 from ..storage import codec, limits, schedulestore, store
@@ -318,7 +318,6 @@ class Chainflow:
     def start(self, workflow: str, input: Any = None, *, idempotency_key: str | None = None) -> RunHandle:
         """Create a run (or return the existing one for the same idempotency key)."""
         fields = self._new_run(workflow, input, idempotency_key)
-        digest = fields["input_hash"]
         local = next((w for w in list(self._workers) if w.reserve(workflow)), None)
         born, sent = self._born_claimed(local)
 
@@ -326,7 +325,7 @@ class Chainflow:
             if idempotency_key is not None:
                 existing = store.run_by_key(conn, idempotency_key)
                 if existing is not None:
-                    if existing.input_hash != digest:
+                    if not same_input(existing.input_hash, fields):
                         raise IdempotencyConflictError(idempotency_key, existing.id)
                     return RunHandle(existing.id, existing.workflow, False)
             run_id = store.insert_run(conn, **fields, **born)

@@ -8,7 +8,6 @@ new run with its copied journal in one transaction, and nothing else.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import random
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -23,7 +22,7 @@ from ..replay.history import History
 from ..replay.replayer import Override, ReplayOptions, replay
 from ..replay.report import RunReport, SweepReport
 from ..runtime.overrides import Overrides, resolve, spec_of
-from ..runtime.registry import Registry, WorkflowDef, infer_input_type
+from ..runtime.registry import Registry, WorkflowDef, infer_input_type, input_hash
 from ..states import RunState
 from ..storage import store
 from ..storage.database import Database
@@ -184,7 +183,7 @@ def _fork_row(app: Chainflow, recorded: History, point: forking.ForkPoint, swap:
     run, now = recorded.run, app.clock.time()
     timeout = app.registry.get(run.workflow).timeout if run.workflow in app.registry else None
     row = store.run_row(workflow=run.workflow, input_text=run.input,
-                        input_hash=hashlib.sha256(f"{run.workflow}\0{run.input}".encode()).hexdigest(),
+                        input_hash=input_hash(run.workflow, run.input),
                         idempotency_key=None, deadline=None if timeout is None else now + timeout, now=now)
     row.update(parent_id=run.id, overrides=swap.to_json() if swap else None)
     return row, entries, tries

@@ -51,8 +51,7 @@ class WorkflowDef:
         """Validate and encode a start request (a client's, a parent's ``ctx.child``, a
         schedule's fire): the fields of ``storage.store.run_row``."""
         text = codec.dumps(self.validate_input(input), what=f"input of workflow {self.name!r}")
-        return dict(workflow=self.name, input_text=text,
-                    input_hash=hashlib.sha256(f"{self.name}\0{text}".encode()).hexdigest(),
+        return dict(workflow=self.name, input_text=text, input_hash=input_hash(self.name, text),
                     idempotency_key=idempotency_key, deadline=None if self.timeout is None else now + self.timeout,
                     now=now)
 
@@ -63,6 +62,23 @@ class WorkflowDef:
         if _is_pydantic(tp):
             return tp.model_validate(data)  # type: ignore[attr-defined]
         return tp(**data)
+
+
+def _digest(workflow: str, text: str) -> str:
+    return hashlib.sha256(f"{workflow}\0{text}".encode()).hexdigest()
+
+
+def input_hash(workflow: str, text: str) -> str:
+    """What an idempotent start compares with the run its key names: equal for equal
+    inputs, whatever order their dicts' keys came in."""
+    return _digest(workflow, codec.canonical(text))
+
+
+def same_input(stored_hash: str, fields: dict[str, Any]) -> bool:
+    """Whether a run's stored input hash is that of the start request ``fields``
+    (``WorkflowDef.new_run``'s): its canonical hash, or the hash of its text as written,
+    which runs started before the hash was canonical stored."""
+    return stored_hash in (fields["input_hash"], _digest(fields["workflow"], fields["input_text"]))
 
 
 def infer_input_type(fn: WorkflowFn) -> type | None:

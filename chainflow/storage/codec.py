@@ -287,6 +287,28 @@ def loads(text: str | None) -> Any:
         raise _too_deep(None) from None
 
 
+def _sorted_map(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if obj.get(TAG) == "map":  # a user dict with the tag key is itself a map: this is one
+        obj["v"] = sorted(obj["v"], key=lambda entry: _CANONICAL_ENCODER.encode(entry[0]))
+    return obj
+
+
+_CANONICAL_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False, sort_keys=True)
+# called innermost object first by the C decoder: no Python recursion, however deep the text
+_CANONICAL_DECODER = json.JSONDecoder(object_pairs_hook=_sorted_map)
+
+
+def canonical(text: str) -> str:
+    """``text`` as ``dumps`` wrote it, with every dict's entries in one order: equal
+    values have the same canonical text whatever order their dicts' keys were added in
+    (a retried request re-serialised), which the text itself keeps."""
+    if "{" not in text:
+        return text
+    _check_nesting(text, _JSON_DEPTH)
+    return _CANONICAL_ENCODER.encode(_CANONICAL_DECODER.decode(text))
+
+
 def parse_json(text: str, *, what: str) -> Any:
     """Plain JSON from outside (a CLI option), its nesting and integers refused as
     ``PayloadError``s naming the limit; a syntax error stays a ``json.JSONDecodeError``."""

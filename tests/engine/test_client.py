@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,8 @@ import pydantic
 import pytest
 
 import chainflow as cf
+from chainflow.storage import codec
+from chainflow.storage.schema import runs
 from chainflow.testing import WorkflowTester
 
 from ._util import wait_until
@@ -51,6 +54,35 @@ def test_idempotency_conflict_changes_nothing(make_app: Any) -> None:
     assert run_count(app) == 1
     assert app.status(first.id) == before
     assert app.status(first.id).input == {"amount": 10}
+
+
+def test_idempotent_start_with_an_equal_input_in_another_key_order(make_app: Any) -> None:
+    """A retried request re-serialised (its dicts' keys in another order) is the same
+    input: it conflicted, the hash being over the order-preserving text."""
+    app = make_app(clock=cf.FakeClock())
+    register_echo(app)
+    first = app.start("echo", {"order": 7, "amount": 10, "fees": {1: "a", 2: "b"}}, idempotency_key="order-7")
+    again = app.start("echo", {"fees": {2: "b", 1: "a"}, "amount": 10, "order": 7}, idempotency_key="order-7")
+    assert again.id == first.id and not again.created
+    with pytest.raises(cf.IdempotencyConflictError):
+        app.start("echo", {"fees": {2: "a", 1: "b"}, "amount": 10, "order": 7}, idempotency_key="order-7")
+    assert run_count(app) == 1
+
+
+def test_idempotent_start_of_a_run_stored_with_the_order_preserving_hash(make_app: Any) -> None:
+    """Runs started before the hash was canonical store the hash of the input text as
+    written: a retry with that same input still finds its run."""
+    app = make_app(clock=cf.FakeClock())
+    register_echo(app)
+    value = {"order": 8, "amount": 10}
+    first = app.start("echo", value, idempotency_key="order-8")
+    legacy = hashlib.sha256(f"echo\0{codec.dumps(value)}".encode()).hexdigest()
+    with app.engine.begin() as conn:
+        conn.execute(runs.update().where(runs.c.id == first.id).values(input_hash=legacy))
+    again = app.start("echo", value, idempotency_key="order-8")
+    assert again.id == first.id and not again.created
+    with pytest.raises(cf.IdempotencyConflictError):
+        app.start("echo", {"order": 8, "amount": 11}, idempotency_key="order-8")
 
 
 def test_start_records_only_an_input_it_reads_back(make_app: Any) -> None:
