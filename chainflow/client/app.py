@@ -523,6 +523,7 @@ class Chainflow:
         ``before``: the (created_at, id) of the last run of the previous page; the
         next page starts below it (keyset pagination: as fast at the millionth run)."""
         state = None if status is None else _run_state(status)
+        _page_size(limit)
 
         def read(conn: sa.Connection) -> list[RunStatus]:
             rows = store.list_runs(conn, state, workflow, limit, since=since, until=until, before=before)
@@ -541,7 +542,7 @@ class Chainflow:
 
     def reorgs(self, chain: str | None = None, limit: int = 100) -> list[ReorgEvent]:
         """Reorg events the trackers recorded, newest first."""
-        rows = self.database.read(chainstore.reorg_events, chain, limit)
+        rows = self.database.read(chainstore.reorg_events, chain, _page_size(limit))
         return [ReorgEvent(r.id, r.chain, r.depth, r.fork_number, json.loads(r.old_hashes),
                            json.loads(r.new_hashes), json.loads(r.affected), r.detected_at) for r in rows]
 
@@ -761,6 +762,14 @@ def _run_state(status: RunState | str) -> RunState:
         return RunState(status)
     except ValueError:
         raise ValueError(f"status must be one of {', '.join(RunState)}, got {status!r}") from None
+
+
+def _page_size(limit: Any) -> int:
+    """``limit`` if it is an int >= 1, as the CLI's ``--limit`` must be: SQLite reads
+    ``LIMIT -1`` as no limit and Postgres refuses it with a raw ``DataError``."""
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise ValueError(f"limit must be an int >= 1, got {limit!r}")
+    return limit
 
 
 def _status_of(row: sa.Row[Any], comps: dict[str, EntryState], served: set[str] | None = None) -> RunStatus:

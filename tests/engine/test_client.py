@@ -85,6 +85,20 @@ def test_idempotent_start_of_a_run_stored_with_the_order_preserving_hash(make_ap
         app.start("echo", {"order": 8, "amount": 11}, idempotency_key="order-8")
 
 
+@pytest.mark.parametrize("limit", [-1, 0, 2.7, True, "5"])
+def test_runs_and_reorgs_refuse_a_limit_that_is_not_a_count(make_app: Any, limit: Any) -> None:
+    """runs(limit=-1) listed every run on SQLite (LIMIT -1 is no limit there) and raised
+    a raw DataError on Postgres; like the CLI's --limit, a limit is an int >= 1."""
+    app = make_app(clock=cf.FakeClock())
+    register_echo(app)
+    app.start("echo", 1)
+    with pytest.raises(ValueError, match=f"limit must be an int >= 1, got {limit!r}"):
+        app.runs(limit=limit)
+    with pytest.raises(ValueError, match=f"limit must be an int >= 1, got {limit!r}"):
+        app.reorgs(limit=limit)
+    assert len(app.runs(limit=1)) == 1 and app.reorgs(limit=1) == []
+
+
 def test_start_records_only_an_input_it_reads_back(make_app: Any) -> None:
     """150 nested int-key dicts passed the encoder's depth limit but not the decoder's:
     the run was written, then neither status() nor a worker could read its input."""
