@@ -1,8 +1,9 @@
 """Names and keys the engine stores, checked where they are given, before anything runs.
 
 The lengths come from the schema's columns, so there is one source of truth: Postgres
-refuses a longer value with a raw ``DataError`` (for a step, only after the step ran)
-while SQLite stores it, so without these checks the two backends would disagree.
+refuses a longer value (or one with a NUL character) with a raw ``DataError`` (for a
+step, only after the step ran, which then ran again on every recovery) while SQLite
+stores it, so without these checks the two backends would disagree.
 
 Slot names (step, sleep, wait_for, submit, branch and gather names) become journal keys
 ``name#occurrence`` under branch paths ``parent/child``, and compensations are keyed
@@ -50,11 +51,14 @@ COMPENSATION_KEY_LENGTH = IDEMPOTENCY_KEY_LENGTH - len(COMPENSATION_PREFIX) - _O
 
 
 def text(value: Any, what: str, limit: int) -> str:
-    """``value`` if it is a non-empty str of at most ``limit`` characters."""
+    """``value`` if it is a non-empty str of at most ``limit`` characters, without the
+    NUL character Postgres text cannot hold (SQLite stores it)."""
     if not isinstance(value, str):
         raise TypeError(f"{what} must be a str, got {value!r}")
     if not value:
         raise ValueError(f"{what} must not be empty")
+    if "\x00" in value:
+        raise ValueError(f"{what} contains a NUL character, which Postgres cannot store: {value[:40]!r}")
     if len(value) > limit:
         raise ValueError(f"{what} is {len(value)} characters long, the limit is {limit}: {value[:40]!r}…")
     return value
@@ -64,7 +68,7 @@ def slot_name(value: Any, kind: str) -> str:
     """A user-given name of a ``kind`` slot ("step", "branch"...), which must not look like
     a key the engine derives.  Called for every step: the common case is one expression."""
     if type(value) is str and 0 < len(value) <= NAME_LENGTH and OCCURRENCE_SEP not in value \
-            and BRANCH_SEP not in value and not value.startswith(COMPENSATION_PREFIX):
+            and BRANCH_SEP not in value and "\x00" not in value and not value.startswith(COMPENSATION_PREFIX):
         return value
     what = f"{kind} name"
     text(value, what, NAME_LENGTH)

@@ -382,6 +382,51 @@ async def test_length_limits_are_the_same_on_both_backends(make_app: Callable[..
         _LOG.pop()
 
 
+async def test_nul_in_a_name_is_refused_alike_on_both_backends(make_app: Callable[..., cf.Chainflow],
+                                                               calls: CallLog) -> None:
+    """SQLite stored a NUL, Postgres raised a raw DataError; for a step only once the
+    step had run, so its effect ran again on every recovery."""
+    _LOG.append(calls)
+    try:
+        app = make_app(chains=[FakeChain()])
+        cases: dict[str, Callable[[cf.Context], Any]] = {
+            "step": lambda ctx: ctx.step("send\x00funds", _record),
+            "sleep": lambda ctx: ctx.sleep("n\x00p", 1),
+            "wait": lambda ctx: ctx.wait_for("g\x00o"),
+            "branch": lambda ctx: _awaited(ctx.branch("b\x00", ctx.step("x", _record))),
+            "gather": lambda ctx: ctx.gather(ctx.step("x", _record), names=["g\x00"]),
+            "submit key": lambda ctx: ctx.submit("mint", chain="fake", tx={}, idempotency_key="k\x00"),
+        }
+
+        @app.workflow("nul")
+        async def nul(ctx: cf.Context, _: Any) -> dict[str, str]:
+            seen: dict[str, str] = {}
+            for label, call in cases.items():
+                try:
+                    await call(ctx)
+                    seen[label] = "accepted"
+                except ValueError as exc:
+                    seen[label] = str(exc)
+            await ctx.step("after", _record)
+            return seen
+
+        st = await drive(app, "nul")
+        assert st.status == "completed", st.error
+        assert {label: "NUL character" in seen for label, seen in st.output.items()} == dict.fromkeys(cases, True)
+        assert calls.count("ran") == 1  # only "after"
+        assert [e.key for e in app.journal(st.id)] == ["after"]
+
+        for refuse in (lambda: app.start("nul", None, idempotency_key="order\x00-1"),
+                       lambda: app.signal(st.id, "g\x00o"),
+                       lambda: app.workflow("w\x00")(_wf),
+                       lambda: app.schedule(every=60, name="s\x00", workflow="nul")):
+            with pytest.raises(ValueError, match="contains a NUL character"):
+                refuse()
+        assert len(app.runs()) == 1
+    finally:
+        _LOG.pop()
+
+
 # --- item 10: payloads ---------------------------------------------------------------------
 
 
