@@ -920,16 +920,20 @@ def attempt_rows(conn: sa.Connection, run_id: str) -> list[sa.Row[Any]]:
 
 # built once: every signal, park and wake-up runs them
 _INSERT_SIGNAL = signals.insert()
-# ``waiting_on`` is the JSON list of names the run parked on: LIKE on the quoted name,
-# escaped (``_parked_on``): JSON writes "é" as "\u00e9" and '"' as '\"', and Postgres
-# reads a backslash in a LIKE pattern as its escape unless told another one
-_WAKE_FOR_SIGNAL = _WAKE.where(runs.c.waiting_on.like(sa.bindparam("pattern"), escape="/"))
 
 
-def _parked_on(name: str) -> str:
-    """The LIKE pattern matching a ``waiting_on`` list that holds ``name``."""
-    quoted = json.dumps(name).replace("/", "//").replace("%", "/%").replace("_", "/_")
-    return f"%{quoted}%"
+def _wake_for_signal(position: Callable[..., sa.ColumnElement[Any]]) -> sa.Update:
+    """Wake a run whose ``waiting_on`` (``json.dumps`` of the names it parked on) holds
+    a name, sought as ``" " + json.dumps(name)`` in the list with its "[" made a
+    space.  A quote after a space opens a name (a quote inside a name is escaped,
+    '\\"'), so the match is exact and case-sensitive where SQLite's LIKE ignored ASCII
+    case, and wants no wildcard escaping.  ``position`` is the dialect's substring
+    search."""
+    names = sa.literal(" ", sa.Text).concat(sa.func.substr(runs.c.waiting_on, 2))
+    return _WAKE.where(position(names, sa.bindparam("b_listed", type_=sa.Text)) > 0)
+
+
+_WAKE_FOR_SIGNAL = {False: _wake_for_signal(sa.func.instr), True: _wake_for_signal(sa.func.strpos)}
 
 
 _PENDING_SIGNAL = sa.select(signals.c.id).where(
@@ -974,8 +978,8 @@ def insert_signals(conn: sa.Connection, sent: Sequence[tuple[str, str, str]], no
                                   for run_id, name, payload in sent])
     # One UPDATE per signal, not read-then-write: on Postgres it waits for a concurrent
     # suspend (which row-locks the run) and re-checks ``waiting_on`` on the committed row.
-    conn.execute(_WAKE_FOR_SIGNAL, [{"rid": run_id, "now": now, "pattern": _parked_on(name)}
-                                    for run_id, name, _ in sent])
+    conn.execute(_WAKE_FOR_SIGNAL[conn.dialect.name == "postgresql"],
+                 [{"rid": run_id, "now": now, "b_listed": " " + json.dumps(name)} for run_id, name, _ in sent])
 
 
 def pending_signal_exists(conn: sa.Connection, run_id: str, names: list[str]) -> bool:

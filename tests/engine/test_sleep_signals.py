@@ -239,6 +239,25 @@ def test_batched_signals_wake_the_runs_parked_on_them(make_app: Any) -> None:
     assert [app.status(i).wake_at for i in ids] == [3.0, None, 50.0, 4.0]
 
 
+def test_a_signal_wakes_only_the_runs_parked_on_exactly_its_name(make_app: Any) -> None:
+    """A signal "go" woke (made due, re-claimed and replayed) a run parked on "Go" on
+    SQLite, whose LIKE ignores ASCII case, and one parked on 'x"go' on both backends
+    (the quoted name matched inside the escaped one)."""
+    from chainflow.storage import store
+
+    app = make_app()
+    app.ensure_schema()
+    parked = [["Go"], ['x"go'], ["ago"], ["go "], ["g_"], ["a", "go"], ["go", "b"], ['"go"', "go"]]
+    with app.engine.begin() as conn:
+        ids = [store.insert_run(conn, workflow="w", input_text="null", input_hash="h", idempotency_key=None,
+                                deadline=None, now=1.0) for _ in parked]
+        for run_id, names in zip(ids, parked):
+            store.suspend_run(conn, run_id, "waiting", None, names, 2.0)
+        store.insert_signals(conn, [(run_id, "go", "null") for run_id in ids], 3.0)
+    woken = [names for run_id, names in zip(ids, parked) if app.status(run_id).wake_at is not None]
+    assert woken == [["a", "go"], ["go", "b"], ['"go"', "go"]]
+
+
 async def test_repeated_waits_take_signals_in_order(make_app: Any) -> None:
     app = make_app(clock=cf.FakeClock())
 
@@ -261,9 +280,9 @@ async def test_repeated_waits_take_signals_in_order(make_app: Any) -> None:
 
 @pytest.mark.parametrize("name", ["paiement-reçu", 'say "yes"', "a\\b", "50%_off"])
 async def test_a_signal_of_any_name_wakes_the_run_parked_on_it(make_app: Any, name: str) -> None:
-    """Signal names are matched in the parked run's JSON list with LIKE: non-ASCII
-    letters, quotes and backslashes (escaped by JSON) and LIKE's own wildcards must not
-    make the match miss (a run left parked for good) or hit another name."""
+    """Signal names are matched in the parked run's JSON list: non-ASCII letters, quotes
+    and backslashes (escaped by JSON) and LIKE's wildcards must not make the match miss
+    (a run left parked for good) or hit another name."""
     app = make_app()
 
     @app.workflow("waiter")
