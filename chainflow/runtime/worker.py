@@ -34,7 +34,7 @@ from ..lease import Lease
 from ..lograte import FailureLog
 from ..retry import Retry
 from ..states import TERMINAL, EntryState, RunState
-from ..storage import store
+from ..storage import limits, store
 from ..storage.connector import is_local
 from ..storage.database import Database
 from ..threads import ThreadPool, offload
@@ -87,6 +87,13 @@ class WorkerHost(Protocol):
                  compensations: dict[str, EntryState] | None = None) -> None: ...
 
 
+def _default_id() -> str:
+    """host:pid:random, the host name cut to fit the column (a long FQDN would not): the
+    random part keeps ids unique, the host and pid say where to look."""
+    rest = f":{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    return socket.gethostname()[:limits.WORKER_ID_LENGTH - len(rest)] + rest
+
+
 class Worker:
     _RESERVE_PATIENCE = 0.05  # s a start waits for a claim in flight to hand back slots
 
@@ -116,7 +123,7 @@ class Worker:
         self.lease = to_seconds(app.lease_seconds if lease is None else lease, "Worker lease", positive=True)
         self.poll_interval = to_seconds(poll_interval, "Worker poll_interval", positive=True)
         self.inline_wait = to_seconds(inline_wait, "Worker inline_wait")
-        self.id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.id = _default_id() if worker_id is None else limits.text(worker_id, "worker_id", limits.WORKER_ID_LENGTH)
         # None: commit on the loop for a database on this machine, in a thread otherwise
         far = not is_local(app.database.engine.url) if commit_in_thread is None else commit_in_thread
         self.committer = Committer(app.database.engine, running=lambda: len(self.executions), in_thread=far)

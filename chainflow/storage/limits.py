@@ -19,7 +19,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from .schema import attempts, journal, runs, signals, submissions
+from .schema import attempts, journal, leaders, runs, signals, submissions, workers
 
 OCCURRENCE_SEP = "#"  # "pay#2": the third "pay" of a branch
 BRANCH_SEP = "/"  # "batch/0xabc": branch paths and step labels
@@ -43,6 +43,8 @@ SIGNAL_LENGTH = _length(signals.c.name)
 IDEMPOTENCY_KEY_LENGTH = _length(runs.c.idempotency_key, submissions.c.idempotency_key)
 WORKFLOW_NAME_LENGTH = _length(runs.c.workflow)
 SUBMISSION_LABEL_LENGTH = _length(submissions.c.step)  # "branch/key" of a ctx.submit
+# a worker's id owns run leases, its announcement and its trackers' leadership
+WORKER_ID_LENGTH = _length(workers.c.id, runs.c.lease_owner, leaders.c.owner)
 # the longest slot name whose every key (occurrence suffix, compensation prefix) fits
 NAME_LENGTH = KEY_LENGTH - len(COMPENSATION_PREFIX) - _OCCURRENCE_ROOM
 _ORIGIN_DIGEST = 32  # hex characters of the compensated intent's digest in a derived key

@@ -32,6 +32,8 @@ from chainflow.storage import codec, limits
 from chainflow.storage.connector import sqlite_file
 from chainflow.testing import CallLog
 
+from ..engine._util import running_worker
+
 pytestmark = pytest.mark.timeout(60)  # the defects hang (NaN spins): fail, do not wait
 
 NAN, INF = float("nan"), float("inf")
@@ -199,6 +201,9 @@ def test_exponential_backoff_saturates_instead_of_overflowing() -> None:
         (lambda app: app.worker(lease=NAN), ValueError, ("Worker lease", "nan")),
         (lambda app: app.worker(poll_interval=0), ValueError, ("Worker poll_interval", "0")),
         (lambda app: app.worker(inline_wait=-1), ValueError, ("Worker inline_wait", "-1")),
+        (lambda app: app.worker(worker_id="w" * (limits.WORKER_ID_LENGTH + 1)), ValueError,
+         ("worker_id", f"limit is {limits.WORKER_ID_LENGTH}")),
+        (lambda app: app.worker(worker_id=""), ValueError, ("worker_id", "empty")),
         (lambda app: app.workflow("w", timeout=0)(_wf), ValueError, ("timeout of workflow 'w'", "0")),
         (lambda app: app.workflow("w", timeout=NAN)(_wf), ValueError, ("timeout of workflow 'w'", "nan")),
         (lambda app: app.workflow("w", timeout=dt.timedelta(days=4000))(_wf), ValueError, ("MAX_DURATION",)),
@@ -380,6 +385,26 @@ async def test_length_limits_are_the_same_on_both_backends(make_app: Callable[..
         assert len(app.runs()) == 2  # the refused start wrote nothing
     finally:
         _LOG.pop()
+
+
+async def test_a_worker_on_a_host_with_a_long_name_runs_alike_on_both_backends(
+        make_app: Callable[..., cf.Chainflow], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The default worker id is host:pid:random; with a host name of 120 characters it
+    outgrew cf_workers.id and cf_runs.lease_owner (VARCHAR(100)): SQLite stored it,
+    Postgres refused every claim and announcement with a raw DataError."""
+    monkeypatch.setattr(socket, "gethostname", lambda: "node-" + "x" * 115 + ".example.com")
+    app = make_app()
+
+    @app.workflow("hello")
+    async def hello(ctx: cf.Context, who: str) -> str:
+        return f"hello {who}"
+
+    for worker_id in (None, "w" * limits.WORKER_ID_LENGTH):
+        run_id = app.start("hello", "bob").id
+        async with running_worker(app, worker_id=worker_id, track=False) as worker:
+            assert len(worker.id) <= limits.WORKER_ID_LENGTH and worker.id.startswith(("node-xxx", "www"))
+            status = await app.await_run(run_id, timeout=10, poll=0.05)
+        assert status.output == "hello bob"
 
 
 async def test_nul_in_a_name_is_refused_alike_on_both_backends(make_app: Callable[..., cf.Chainflow],
