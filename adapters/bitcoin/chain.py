@@ -100,6 +100,9 @@ class BitcoinChain:
     ``BitcoinRpc``: at most its ``-rpcworkqueue``).
     """
 
+    # no finality tags on Bitcoin: a payout asking for Finalized() would never settle
+    finality_kinds = frozenset({"confirmations"})
+
     def __init__(self, name: str, *, rpc: str, network: str, wallet: DescriptorWallet, fee_target: int = 6,
                  fallback_feerate: int = 10_000, max_feerate: int = 200_000, lookahead: int = 20,
                  spender_lookback: int = 144, timeout: float = 30.0, scan_timeout: float = 600.0,
@@ -424,7 +427,7 @@ class BitcoinChain:
         return list(known)
 
     async def tagged_number(self, tag: str) -> int | None:
-        return None  # no finality tags on Bitcoin: Confirmations(n) only
+        return None  # see ``finality_kinds``
 
     async def aclose(self) -> None:
         await self.rpc.aclose()

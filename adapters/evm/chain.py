@@ -85,6 +85,10 @@ class EvmChain:
     followed up to it and no further, and the submission is then flagged stuck.
     """
 
+    # a pre-merge node has no tags: ``tagged_number`` then answers None and a tagged
+    # policy waits, as it would for a tag lagging far behind
+    finality_kinds = frozenset({"confirmations"}) | FINALITY_TAGS
+
     def __init__(
         self,
         name: str,

@@ -168,6 +168,13 @@ class ChainReader(Protocol):
 
     name: str
 
+    @property
+    def finality_kinds(self) -> frozenset[str]:
+        """The finality policies the chain can ever satisfy, by kind (``"confirmations"``,
+        ``"finalized"``, ``"safe"``: a policy's ``to_dict()["kind"]``); a tag only where
+        ``tagged_number`` reports it.  The engine refuses a new submission asking for
+        another kind before recording it: it would be paid, then never be final."""
+
     async def receipt(self, tx_hash: str) -> Receipt | None:
         """The receipt if the tx is in a block the node considers canonical, else None."""
 

@@ -2,7 +2,9 @@
 
 A policy is plain data (it is journaled with the intent), evaluated by the tracker
 against its stored header window.  Bitcoin uses ``Confirmations``; EVM chains may also
-use the chain's own ``finalized``/``safe`` tags.
+use the chain's own ``finalized``/``safe`` tags.  Which of them a chain can satisfy its
+adapter says (``ChainReader.finality_kinds``), and a new submission asking for another
+is refused before anything is recorded (``require_supported``).
 """
 
 from __future__ import annotations
@@ -81,6 +83,17 @@ def require_window(policy: Finality, window: int, what: str) -> None:
             f"finality of {what} is Confirmations({policy.n}), deeper than the tracker's window of {window} "
             f"headers (TrackerConfig.window={window}); a reorg below the window is invisible to the tracker: "
             f"set TrackerConfig(window={policy.n}) or more, or ask for at most {window} confirmations")
+
+
+def require_supported(policy: Finality, kinds: frozenset[str], chain: str, what: str) -> None:
+    """Refuse a policy the chain cannot satisfy (``ChainReader.finality_kinds``): a
+    payout asking Bitcoin for ``Finalized()`` would be signed, paid and mined, and its
+    run would then wait for a tag the chain never reports."""
+    kind = policy.to_dict()["kind"]
+    if kind not in kinds:
+        raise ConfigurationError(
+            f"finality of {what} is {policy!r}, which chain {chain!r} cannot satisfy (it reports no {kind!r}; "
+            f"it supports {', '.join(sorted(kinds)) or 'no policy'}): ask for cf.Confirmations(n) there")
 
 
 def holds(policy: Finality, block_number: int, head: int, tags: dict[str, int | None]) -> bool:

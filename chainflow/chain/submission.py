@@ -289,8 +289,9 @@ class Submitter:
         window = self.tracker.window
 
         def admit() -> None:
-            # only a new intent is held to today's window: one already recorded may hold
+            # only a new intent is held to today's rules: one already recorded may hold
             # a nonce or be on the wire, and the tracker keeps the headers it still needs
+            finality.require_supported(policy, adapter.finality_kinds, adapter.name, f"submit {label!r}")
             finality.require_window(policy, window, f"submit {label!r}")
 
         fields: dict[str, Any] = dict(chain=adapter.name, sender=sender, key=key, run_id=run_id, step=step,

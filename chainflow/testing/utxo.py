@@ -256,6 +256,8 @@ class FakeUtxoAdapter:
     above the payment ``select`` reserves, so replacements raising the fee still fit in
     the same inputs."""
 
+    finality_kinds = frozenset({"confirmations"})  # no finality tags, like Bitcoin
+
     def __init__(self, name: str, chain: FakeUtxoChain, wallet: str = "wallet", *, fee: int = 500,
                  fee_budget: int = 5_000) -> None:
         if not isinstance(name, str) or not name:
@@ -363,7 +365,7 @@ class FakeUtxoAdapter:
         return [] if block is None else list(block.txids)
 
     async def tagged_number(self, tag: str) -> int | None:
-        return None  # no finality tags: Confirmations(n) only
+        return None  # see ``finality_kinds``
 
     async def aclose(self) -> None:
         return None

@@ -429,6 +429,29 @@ async def test_bad_amounts_and_addresses_are_refused_before_anything_is_recorded
         rig.btc.pay(payee, sats=cast(Any, 1.5))  # a float on purpose
 
 
+@pytest.mark.parametrize("policy", [cf.Finalized(), cf.Safe()], ids=repr)
+async def test_a_finality_tag_bitcoin_lacks_is_refused_before_anything_is_recorded(
+        node: RegtestNode, db_url: str, ledger: CallLog, policy: cf.Finality) -> None:
+    """Bitcoin reports no ``finalized`` or ``safe`` block: a payout asking for either
+    used to be signed, paid and mined, and its run then waited for ever.  Now the step
+    fails naming the policy and the chain, its earlier step is compensated, and no
+    intent, coin or signed transaction is recorded; nothing reaches the node."""
+    rig = NodeRig(node, db_url, ledger, finality=policy)
+    try:
+        node.fund(rig.btc.sender(), 500_000)
+        mempool = set(node.mempool())
+        async with rig.worker():
+            h = await rig.app.astart("payout", {"id": "o-1", "to": rig.payees[0], "sats": 100_000})
+            st = await rig.until_done(h.id, mine=False, what="the refusal")
+        assert st.status == "failed" and st.error is not None
+        assert f"is {policy!r}, which chain {CHAIN!r} cannot satisfy" in st.error["message"], st.error
+        assert rig.effects("o-1") == ["reserve", "unreserve"]
+        assert rig.subs() == [] and rig.reservations() == [] and rig.attempts() == []
+        assert set(node.mempool()) == mempool and rig.paid(rig.payees[0]) == []
+    finally:
+        await rig.close()
+
+
 async def test_a_payout_of_the_whole_balance_spends_every_coin_without_a_change_output(
         node: RegtestNode, db_url: str, ledger: CallLog) -> None:
     """Two coins, and a payout leaving one satoshi less than the dust limit over the
