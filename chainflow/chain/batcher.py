@@ -25,6 +25,7 @@ import sqlalchemy as sa
 from .. import metrics
 from ..clock import Clock
 from ..errors import ConfigurationError
+from ..lograte import FailureLog
 from ..states import TERMINAL, RunState, SubmissionState
 from ..storage import codec
 from ..storage.database import Database
@@ -70,6 +71,7 @@ class Batcher:
         self.db, self.clock, self.policy, self.guard, self.rpc = db, clock, policy, guard, rpc
         self.adapter: _Batching = adapter
         self.chain = adapter.name
+        self._failures = FailureLog(log, f"batcher for {self.chain}")
 
     async def step(self) -> int:
         """Form the batches that are due, then sign and send every recorded batch not
@@ -91,9 +93,16 @@ class Batcher:
             if left is None:
                 break  # coins changed hands meanwhile: the next round selects again
             waiting = left + waiting[self.policy.max_size:]
-        sent = 0
+        sent, failing = 0, False
         for batch in await self.db.aread(chainstore.unsent_batches, self.chain):
-            sent += await self._send(batch)
+            try:
+                sent += await self._send(batch)
+            except Exception as exc:  # noqa: BLE001 - one batch's trouble must not hold back the others
+                await self.guard()  # but a deposed leader stops here, not at every batch
+                failing = True
+                self._failures.failed(exc, f"could not send batch {int(batch.id)}; trying again next step")
+        if not failing:
+            self._failures.recovered()
         return sent
 
     async def _open(self, group: list[sa.Row[Any]]) -> list[sa.Row[Any]] | None:
@@ -136,9 +145,8 @@ class Batcher:
             try:
                 signed = await self.rpc(self.adapter.sign(codec.loads(batch.request), outpoints, None))
             except TxRejected as exc:
-                await self.db.atx(chainstore.release, int(batch.id))
-                await self.db.atx(chainstore.mark_failed, int(batch.id), f"signing the batch failed: {exc.reason}",
-                                  self.clock.time())
+                await self.db.atx(chainstore.fail_unsigned_batch, int(batch.id),
+                                  f"signing the batch failed: {exc.reason}", self.clock.time())
                 return 0
             await self.db.atx(chainstore.add_attempt, int(batch.id), self.chain, signed, self.clock.time())
             batch = await self.db.aread(chainstore.get, int(batch.id))

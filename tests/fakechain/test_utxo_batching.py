@@ -17,6 +17,8 @@ import sqlalchemy as sa
 
 import chainflow as cf
 from chainflow import metrics
+from chainflow.chain import chainstore
+from chainflow.chain.adapter import TxRejected
 from chainflow.storage.schema import runs, submissions
 from chainflow.storage.store import dead_letter
 from chainflow.testing import CallLog, FakeTx, FakeUtxoAdapter, FakeUtxoChain
@@ -124,6 +126,74 @@ async def test_a_payout_no_coins_can_fund_fails_alone(brig: Rig) -> None:
     assert brig.sub("big").batch_id is None and brig.sub("big").state == "failed"
     assert [brig.app.status(h.id).status for h in ok] == ["completed", "completed"]
     assert sorted(v for _, v in brig.chain.payments(PAYEE)) == [10_000, 10_000]
+
+
+async def _queue(rig: Rig, key: str, sats: int) -> Any:
+    """Start a payout and wait until it is queued and its batch window has passed."""
+    handle = await rig.app.astart("pay_flow", {"id": key, "sats": sats})
+    await wait_until(lambda: rig.state(key) == "queued", 20, what=f"{key} queued")
+    await asyncio.sleep(0.4)  # the window (0.3 s) passes: the next tracker step batches it
+    return handle
+
+
+async def test_a_crash_while_failing_an_unsignable_batch_loses_neither_its_coins_nor_its_payout(
+        brig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A batch whose signing fails for good is failed and its coins released in one
+    transaction.  The two used to be separate: a crash between them left the batch
+    ``allocated`` over no coin, and every later tracker step tried to sign it again,
+    failed, and sent no later batch.  Now the crash undoes both: the batch is still
+    allocated on its coins, is signed once signing works, and it and a later payout
+    are each paid once."""
+    brig.chain.fund("wallet", 500_000)  # one coin for each batch
+    async with running_worker(brig.app, track=False):
+        await brig.step()
+        doomed = await _queue(brig, "k0", 10_000)
+
+        async def refuse(*args: Any, **kwargs: Any) -> Any:
+            raise TxRejected("a reserved input vanished", reverted=False)
+
+        def killed(*args: Any, **kwargs: Any) -> None:
+            raise RuntimeError("process killed while failing the batch")
+
+        with monkeypatch.context() as m:
+            m.setattr(brig.adapter, "sign", refuse)
+            m.setattr(chainstore, "mark_failed", killed)
+            await brig.step()
+        (batch,) = batches(brig)
+        assert batch.state == "allocated" and brig.reserved(batch.id) != [], "all or nothing"
+        later = await _queue(brig, "k1", 12_000)
+        await brig.drive(lambda: brig.app.status(later.id).done and brig.app.status(doomed.id).done,
+                         what="both settled")
+    assert [brig.app.status(h.id).status for h in (doomed, later)] == ["completed", "completed"]
+    assert sorted(v for _, v in brig.chain.payments(PAYEE)) == [10_000, 12_000]
+
+
+async def test_a_batch_that_cannot_be_sent_does_not_hold_back_later_batches(
+        brig: Rig, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """Signing k0's batch keeps failing with an error the protocol does not know (a
+    bug, a corrupt row): it used to end each tracker step before any later batch was
+    sent.  Now it is logged and retried each step while k1's batch is sent and paid."""
+    brig.chain.fund("wallet", 500_000)  # one coin for each batch
+    sign = brig.adapter.sign
+
+    async def broken_for_k0(request: dict[str, Any], domain: Any, fees: dict[str, int] | None) -> Any:
+        if [PAYEE, 10_000] in request["outputs"]:
+            raise RuntimeError("cannot sign this batch")
+        return await sign(request, domain, fees)
+
+    monkeypatch.setattr(brig.adapter, "sign", broken_for_k0)
+    async with running_worker(brig.app, track=False):
+        await brig.step()
+        doomed = await _queue(brig, "k0", 10_000)
+        await brig.step()
+        later = await _queue(brig, "k1", 12_000)
+        await brig.drive(lambda: brig.app.status(later.id).done, what="k1 paid")
+        assert brig.app.status(later.id).status == "completed"
+        stuck, sent = batches(brig)
+        assert stuck.state == "allocated" and brig.sub("k0").batch_id == stuck.id and sent.state == "final"
+        assert brig.app.status(doomed.id).status == "waiting"
+    assert [v for _, v in brig.chain.payments(PAYEE)] == [12_000]
+    assert any("could not send batch" in r.getMessage() and r.name == "chainflow.batcher" for r in caplog.records)
 
 
 async def test_a_run_cancelled_while_queued_is_never_paid(brig: Rig) -> None:
