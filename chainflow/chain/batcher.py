@@ -112,8 +112,7 @@ class Batcher:
         requests = [codec.loads(q.request) for q in group]
         sender = self.adapter.sender()
         coins = await self.rpc(self.adapter.coins(sender))
-        taken = await self.db.aread(chainstore.reserved_outpoints, self.chain)
-        free = [c for c in coins if c.outpoint not in taken]
+        free = await self.db.aread(chainstore.free_coins, self.chain, coins)
         size = len(group)
         while True:
             merged = self.adapter.merge(requests[:size])

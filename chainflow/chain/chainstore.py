@@ -432,9 +432,21 @@ def fail_unsigned_batch(conn: sa.Connection, batch_id: int, error: str, now: flo
 
 # --- a UTXO chain's conflict domain: reserved coins ----------------------------------
 
-def reserved_outpoints(conn: sa.Connection, chain: str) -> set[str]:
-    """Every outpoint an intent owns on ``chain``: never offered to another intent."""
-    return {r.outpoint for r in conn.execute(sa.select(reservations.c.outpoint).where(reservations.c.chain == chain))}
+# intents one of whose versions may still be the one the chain keeps
+_ON_THE_WIRE = (SubmissionState.SIGNED, SubmissionState.BROADCAST, SubmissionState.INCLUDED)
+
+
+def free_coins(conn: sa.Connection, chain: str, coins: list[Coin]) -> list[Coin]:
+    """Of the wallet's ``coins`` on ``chain``, those a new intent may reserve: none an
+    intent owns, and none created by a version of one of our intents that is not final.
+    Each version pays its change to its own txid, and until the intent is final a reorg
+    may settle it with another version: the output can then never exist, and an intent
+    that reserved it would wait for it for ever."""
+    owned = {r.outpoint for r in conn.execute(sa.select(reservations.c.outpoint).where(reservations.c.chain == chain))}
+    unsettled = {r.tx_hash for r in conn.execute(
+        sa.select(tx_attempts.c.tx_hash).join(submissions, submissions.c.id == tx_attempts.c.submission_id)
+        .where(submissions.c.chain == chain, submissions.c.state.in_(_ON_THE_WIRE)))}
+    return [c for c in coins if c.outpoint not in owned and c.outpoint.rpartition(":")[0] not in unsettled]
 
 
 def reservation_of(conn: sa.Connection, sub_id: int) -> list[str]:

@@ -33,7 +33,7 @@ class ChainCoins:
     reserved: list[Reserved] = field(default_factory=list)
     on_chain: int | None = None  # how many confirmed coins the wallet has, as the node reports them
     on_chain_value: int | None = None
-    spendable: int | None = None  # of those, what no intent holds: what new payouts can use
+    spendable: int | None = None  # of those, what new payouts can use (``chainstore.free_coins``)
 
     @property
     def reserved_value(self) -> int:
@@ -57,7 +57,6 @@ async def report(db: Database, chains: dict[str, ChainAdapter]) -> list[ChainCoi
         row = rows.setdefault(name, ChainCoins(name))
         row.sender = adapter.sender()
         coins = await adapter.coins(row.sender)
-        held = {r.outpoint for r in row.reserved}
         row.on_chain, row.on_chain_value = len(coins), sum(c.value for c in coins)
-        row.spendable = sum(c.value for c in coins if c.outpoint not in held)
+        row.spendable = sum(c.value for c in await db.aread(chainstore.free_coins, name, coins))
     return sorted(rows.values(), key=lambda c: c.chain)

@@ -172,8 +172,8 @@ class CoinDomain:
         text, chain = codec.dumps(request), self.adapter.name
         for _ in range(RESERVE_TRIES):
             coins = await self.adapter.coins(sender)
-            (taken,) = await commit(lambda conn: chainstore.reserved_outpoints(conn, chain))
-            chosen = self.adapter.select(request, [c for c in coins if c.outpoint not in taken])
+            (free,) = await commit(lambda conn: chainstore.free_coins(conn, chain, coins))
+            chosen = self.adapter.select(request, free)
             ok, sub = await commit(lambda conn: chainstore.reserve(conn, sub_id, chain, chosen, text, now),
                                    lambda conn: chainstore.get(conn, sub_id))
             if ok:

@@ -259,6 +259,39 @@ async def test_a_shallow_reorg_before_finality_re_includes_the_payout_and_compen
     assert rig.paid(payee) == [(f"{attempt.tx_hash}:0", 150_000)]
 
 
+async def test_a_payout_never_spends_the_change_of_a_payout_that_is_not_final(
+        node: RegtestNode, db_url: str, ledger: CallLog) -> None:
+    """A is fee-bumped while mining is paused and its bump A2 is included: one
+    confirmation of the two A asks for.  B, started then, used to be given A2's change
+    (the wallet's largest coin); a one-block reorg whose block holds A's first version
+    A1 made that outpoint never exist, and B stayed ``broadcast`` for ever, its coin
+    reserved.  Now B takes the funded coin: A settles with A1, B is paid, each once."""
+    rig = NodeRig(node, db_url, ledger, chain={"fallback_feerate": 1000}, bump_blocks=1)
+    try:
+        node.fund(rig.btc.sender(), 1_000_000)
+        small = node.fund(rig.btc.sender(), 200_000)  # enough for B, far less than A2's change
+        first, second = rig.payees[0], rig.payees[1]
+        async with rig.worker():
+            a = await rig.app.astart("payout", {"id": "A", "to": first, "sats": 100_000})
+            await rig.drive(lambda: rig.state("A") == "broadcast", mine=False, what="A's broadcast")
+            a_id = rig.sub("A").id
+            while len(rig.attempts(a_id)) < 2:  # blocks come, empty: A is bumped
+                await rig.mine_empty()
+            a1, a2 = rig.attempts(a_id)[:2]
+            await rig.mine()
+            assert rig.state("A") == "included" and rig.sub("A").tx_hash == a2.tx_hash
+            b = await rig.app.astart("payout", {"id": "B", "to": second, "sats": 100_000})
+            await rig.drive(lambda: rig.state("B") == "broadcast", mine=False, what="B's broadcast")
+            assert rig.reserved(rig.sub("B").id) == [small], "not A2's change while A is not final"
+            node.reorg(1, include=[bytes(a1.raw).hex()])
+            await rig.drive(lambda: rig.app.status(a.id).done and rig.app.status(b.id).done, what="both settled")
+        assert [rig.app.status(h.id).status for h in (a, b)] == ["completed", "completed"]
+        assert rig.sub("A").tx_hash == a1.tx_hash and rig.paid(first) == [(f"{a1.tx_hash}:0", 100_000)]
+        assert rig.paid(second) == [(f"{rig.sub('B').tx_hash}:0", 100_000)]
+    finally:
+        await rig.close()
+
+
 async def test_a_deep_reorg_after_finality_rolls_back_and_the_same_payout_reconfirms_once(
         rig: NodeRig, node: RegtestNode) -> None:
     """Confirmations(2): the run completes; then both blocks are replaced.  The payout's

@@ -353,6 +353,40 @@ async def test_a_stuck_payment_is_replaced_spending_all_the_same_inputs(db_url: 
         rig.close()
 
 
+async def test_a_payout_never_spends_the_change_of_a_payout_that_is_not_final(db_url: str, ledger: CallLog) -> None:
+    """A is bumped (A1 -> A2) and A2 is included, one confirmation of the two A asks
+    for.  B is offered the wallet's coins then: A2's change (the largest) used to be
+    one of them, and a reorg that settles A with A1 instead made that outpoint never
+    exist: B waited for ever with its coin reserved.  Now B takes the funded coin, and
+    after the reorg A settles with A1 and B is paid, each once."""
+    rig = Rig(db_url, ledger, FakeUtxoChain(min_mining_fee=1000), bump_blocks=1, bump_factor=2.0)
+    try:
+        rig.chain.fund("wallet", 30_000)  # A's: 10_000 + the 5_000 fee budget
+        small = rig.chain.fund("wallet", 12_000)  # enough for B, less than A2's change
+        async with running_worker(rig.app, track=False):
+            await rig.step()
+            a = await rig.app.astart("pay_flow", {"id": "A", "sats": 10_000})
+            await rig.drive(lambda: len(rig.attempts(rig.sub("A").id)) == 2 if rig.state("A") else False,
+                            what="A bumped")
+            a1, a2 = rig.attempts(rig.sub("A").id)
+            rig.chain.mine()  # A2 pays the 1000 a block asks: included
+            await rig.drive(lambda: rig.state("A") == "included", mine=False, what="A2 included")
+            change = f"{a2.tx_hash}:1"
+            assert rig.chain.output(change)[1] > 12_000, "A2's change is the largest coin"
+            b = await rig.app.astart("pay_flow", {"id": "B", "sats": 5_000})
+            await rig.drive(lambda: rig.state("B") == "broadcast", mine=False, what="B sent")
+            assert rig.reserved(rig.sub("B").id) == [small]
+            rig.chain.reorg(1, new_blocks=0, drop_txs=True)  # the fork's block holds A1, not A2
+            rig.chain.min_mining_fee = 0
+            rig.chain.submit(bytes(a1.raw))
+            await rig.drive(lambda: rig.app.status(a.id).done and rig.app.status(b.id).done, what="both settled")
+        assert [rig.app.status(h.id).status for h in (a, b)] == ["completed", "completed"]
+        assert rig.sub("A").tx_hash == a1.tx_hash and _paid(rig, 10_000) == [a1.tx_hash]
+        assert _paid(rig, 5_000) == [rig.sub("B").tx_hash]
+    finally:
+        rig.close()
+
+
 async def test_a_deep_reorg_rolls_back_every_run_sharing_the_payment(rig: Rig) -> None:
     """Two runs share one payment by its key; both complete on it.  A reorg from below
     its block un-finalises it: both runs are rolled back (each one's credit and notify
