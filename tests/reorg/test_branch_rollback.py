@@ -18,6 +18,7 @@ sibling is parked on a signal: the mint must be sent and settled without waiting
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -26,6 +27,14 @@ import chainflow as cf
 from devnet import reorg
 
 from ._rig import CHAIN, Rig, label
+
+
+def _effect(rig: Rig, name: str) -> Callable[[str], str]:
+    """A step body that writes ``name arg`` to the ledger and returns ``arg``."""
+    def do(arg: str) -> str:
+        rig.ledger.hit(f"{name} {arg}")
+        return arg
+    return do
 
 
 def register(rig: Rig) -> None:
@@ -153,12 +162,6 @@ async def test_branches_opened_after_the_mints_branch_joined_are_rolled_back_wit
     mint: both second-round steps are undone and redone; the quote, which ran beside
     the mint, is kept."""
 
-    def effect(name: str) -> Any:
-        def do(arg: str) -> str:
-            rig.ledger.hit(f"{name} {arg}")
-            return arg
-        return do
-
     @rig.app.workflow("two_rounds")
     async def two_rounds(ctx: cf.Context, ev: dict[str, Any]) -> str:
         async def mint() -> str:
@@ -167,7 +170,7 @@ async def test_branches_opened_after_the_mints_branch_joined_are_rolled_back_wit
             return r.tx_hash
 
         async def step(name: str, arg: str) -> str:
-            return await ctx.step(name, effect(name), arg, compensate=effect(f"un{name}"))
+            return await ctx.step(name, _effect(rig, name), arg, compensate=_effect(rig, f"un{name}"))
 
         tx, quote = await ctx.gather(mint(), step("quote", "q"))
         shipped, noted = await ctx.gather(step("ship", tx), step("note", quote))
@@ -200,12 +203,6 @@ async def test_a_branch_that_awaited_the_mints_branch_is_rolled_back_from_that_a
     receipt.  After a reorg of the mint: the shipment is undone and redone, the booking,
     made before the await, is kept -- as is a third branch that never awaited the mint."""
 
-    def effect(name: str) -> Any:
-        def do(arg: str) -> str:
-            rig.ledger.hit(f"{name} {arg}")
-            return arg
-        return do
-
     @rig.app.workflow("awaits_the_mint")
     async def awaits_the_mint(ctx: cf.Context, ev: dict[str, Any]) -> str:
         async def mint() -> str:
@@ -214,7 +211,7 @@ async def test_a_branch_that_awaited_the_mints_branch_is_rolled_back_from_that_a
             return r.tx_hash
 
         async def step(name: str, arg: str) -> str:
-            return await ctx.step(name, effect(name), arg, compensate=effect(f"un{name}"))
+            return await ctx.step(name, _effect(rig, name), arg, compensate=_effect(rig, f"un{name}"))
 
         minting = ctx.branch("mint", mint())
 

@@ -20,7 +20,6 @@ it never checked.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -32,16 +31,30 @@ from chainflow.chain.tracker import Tracker
 from chainflow.storage import schema
 from devnet import Anvil, reorg
 
-from ..conftest import CallLog
-from ._rig import CHAIN, Rig, build_rig, register_mint_flow
+from ._rig import CHAIN, Rig, register_mint_flow
+
+
+async def _start_order(rig: Rig, *, until: str = "waiting") -> str:
+    """Inside the rig's worker: the first head, then the mint flow for "order-1",
+    awaited until it is waiting on its mint or (``until="done"``) complete."""
+    await rig.step()
+    run_id = (await rig.app.astart("mint_flow", {"id": "order-1"})).id
+    if until == "done":
+        await rig.drive(lambda: rig.app.status(run_id).done, what="completion")
+    else:
+        await rig.wait_status(run_id, (until,))
+    return run_id
+
+
+def _reorgs(rig: Rig) -> int:
+    with rig.app.engine.connect() as conn:
+        return int(conn.execute(sa.select(sa.func.count()).select_from(schema.reorgs)).scalar_one())
 
 
 async def test_no_finality_is_decided_at_a_head_the_tracker_could_not_chain(rig: Rig) -> None:
     register_mint_flow(rig, cf.Confirmations(4))
     async with rig.worker():
-        await rig.step()
-        h = await rig.app.astart("mint_flow", {"id": "order-1"})
-        await rig.wait_status(h.id, ("waiting",))
+        run_id = await _start_order(rig)
         sub = rig.sub("order-1")
         block = rig.mined_block(rig.attempts(sub.id)[0].tx_hash)
         await rig.step()
@@ -63,41 +76,42 @@ async def test_no_finality_is_decided_at_a_head_the_tracker_could_not_chain(rig:
             f"final on confirmations counted across an unchecked gap ({stats.new_blocks} new headers taken)"
         await rig.step()  # the next read sees the replaced block: the reorg takes the mint back
         assert rig.sub("order-1").state not in ("final", "included")
-        assert rig.app.status(h.id).status == "waiting"
+        assert rig.app.status(run_id).status == "waiting"
 
 
-async def test_a_receipt_not_indexed_yet_does_not_fail_a_mined_payment_as_foreign(rig: Rig) -> None:
+@pytest.mark.parametrize("lag", [1, 6])
+async def test_a_receipt_not_indexed_yet_does_not_fail_a_mined_payment_as_foreign(rig: Rig, lag: int) -> None:
+    """Receipts missing for ``lag`` heads after the payment is mined: one, then six, far
+    past the stuck path's patience (``rebroadcast_blocks``), where what holds the
+    failure off is the block the tracker saw the payment in."""
     register_mint_flow(rig, cf.Confirmations(1))
     rig.net.set_automine(False)
     async with rig.worker():
-        await rig.step()
-        h = await rig.app.astart("mint_flow", {"id": "order-1"})
-        await rig.wait_status(h.id, ("waiting",))
+        run_id = await _start_order(rig)
         sub = rig.sub("order-1")
         tx_hash = rig.attempts(sub.id)[0].tx_hash
         await rig.step()
-        await rig.mine(1)  # mined, while the receipt reads below answer nothing
         real = rig.adapter.receipt
 
         async def not_indexed_yet(tx_hash: str) -> None:
             return None
 
         rig.adapter.receipt = not_indexed_yet  # type: ignore[method-assign]
-        await rig.step()  # the nonce reads as used, and no receipt of ours on this head
+        for _ in range(lag):  # mined, while the receipt reads answer nothing: the nonce reads as used
+            await rig.mine(1)
+            await rig.step()
         rig.adapter.receipt = real  # type: ignore[method-assign]
-        await rig.drive(lambda: rig.app.status(h.id).done, what="completion")
+        await rig.drive(lambda: rig.app.status(run_id).done, what="completion")
     sub = rig.sub("order-1")
     assert sub.state == "final" and sub.tx_hash == tx_hash, sub.error
-    assert rig.app.status(h.id).status == "completed"
+    assert rig.app.status(run_id).status == "completed"
     assert rig.effects() == ["reserve", "credit", "notify"]
 
 
 async def test_a_node_of_another_chain_is_refused_before_any_header_is_read(rig: Rig) -> None:
     register_mint_flow(rig, cf.Confirmations(1))
     async with rig.worker():
-        await rig.step()
-        h = await rig.app.astart("mint_flow", {"id": "order-1"})
-        await rig.drive(lambda: rig.app.status(h.id).done, what="completion")
+        run_id = await _start_order(rig, until="done")
     assert rig.sub("order-1").state == "final"
     # the same chain name, configured for mainnet, its URL serving the devnet
     wrong = EvmChain(CHAIN, rig.net.rpc_url, LocalSigner.from_key(rig.minter.private_key), chain_id=1)
@@ -107,17 +121,14 @@ async def test_a_node_of_another_chain_is_refused_before_any_header_is_read(rig:
             await tracker.step()
     finally:
         await wrong.aclose()
-    assert rig.sub("order-1").state == "final" and rig.app.status(h.id).status == "completed"
-    with rig.app.engine.connect() as conn:
-        assert conn.execute(sa.select(sa.func.count()).select_from(schema.reorgs)).scalar() == 0
+    assert rig.sub("order-1").state == "final" and rig.app.status(run_id).status == "completed"
+    assert _reorgs(rig) == 0
 
 
 async def test_a_node_reporting_a_lower_head_it_shares_is_behind_not_reorganised(rig: Rig) -> None:
     register_mint_flow(rig, cf.Confirmations(1))
     async with rig.worker():
-        await rig.step()
-        h = await rig.app.astart("mint_flow", {"id": "order-1"})
-        await rig.drive(lambda: rig.app.status(h.id).done, what="completion")
+        run_id = await _start_order(rig, until="done")
         sub = rig.sub("order-1")
         assert sub.state == "final"
         mint_block = int(sub.block_number)
@@ -136,49 +147,15 @@ async def test_a_node_reporting_a_lower_head_it_shares_is_behind_not_reorganised
         await rig.step()
     assert rig.chain_tx(sub.tx_hash).blockNumber == mint_block
     assert rig.effects() == ["reserve", "credit", "notify"]
-    assert rig.app.status(h.id).status == "completed"
-    with rig.app.engine.connect() as conn:
-        assert conn.execute(sa.select(sa.func.count()).select_from(schema.reorgs)).scalar() == 0
-
-
-async def test_a_payment_seen_in_a_block_is_not_foreign_while_its_receipt_lags(net: Any, db_url: str,
-                                                                             tmp_path: Path) -> None:
-    rig = build_rig(net, db_url, CallLog(tmp_path / "ledger.log"), rebroadcast_blocks=3)  # the default
-    try:
-        register_mint_flow(rig, cf.Confirmations(1))
-        rig.net.set_automine(False)
-        async with rig.worker():
-            await rig.step()
-            h = await rig.app.astart("mint_flow", {"id": "order-1"})
-            await rig.wait_status(h.id, ("waiting",))
-            tx_hash = rig.attempts(rig.sub("order-1").id)[0].tx_hash
-            await rig.step()
-            real = rig.adapter.receipt
-
-            async def not_indexed_yet(tx_hash: str) -> None:
-                return None
-
-            rig.adapter.receipt = not_indexed_yet  # type: ignore[method-assign]
-            for _ in range(6):  # twice the stuck path's patience
-                await rig.mine(1)
-                await rig.step()
-            rig.adapter.receipt = real  # type: ignore[method-assign]
-            await rig.drive(lambda: rig.app.status(h.id).done, what="completion")
-        sub = rig.sub("order-1")
-        assert sub.state == "final" and sub.tx_hash == tx_hash, sub.error
-        assert rig.app.status(h.id).status == "completed"
-        assert rig.effects() == ["reserve", "credit", "notify"]
-    finally:
-        await rig.close()
+    assert rig.app.status(run_id).status == "completed"
+    assert _reorgs(rig) == 0
 
 
 @pytest.mark.parametrize("node_kind", ["anvil"], indirect=True)
 async def test_a_node_of_another_chain_behind_the_url_mid_life_is_refused(rig: Rig) -> None:
     register_mint_flow(rig, cf.Confirmations(1))
     async with rig.worker():
-        await rig.step()
-        h = await rig.app.astart("mint_flow", {"id": "order-1"})
-        await rig.drive(lambda: rig.app.status(h.id).done, what="completion")
+        run_id = await _start_order(rig, until="done")
         await rig.mine(3)
         await rig.step()
         port = rig.net.port
@@ -188,9 +165,8 @@ async def test_a_node_of_another_chain_behind_the_url_mid_life_is_refused(rig: R
             for _ in range(3):
                 with pytest.raises(ChainIdMismatch, match="999"):
                     await rig.step()
-    assert rig.sub("order-1").state == "final" and rig.app.status(h.id).status == "completed"
-    with rig.app.engine.connect() as conn:
-        assert conn.execute(sa.select(sa.func.count()).select_from(schema.reorgs)).scalar() == 0
+    assert rig.sub("order-1").state == "final" and rig.app.status(run_id).status == "completed"
+    assert _reorgs(rig) == 0
 
 
 @pytest.mark.parametrize("node_kind", ["anvil"], indirect=True)
@@ -203,9 +179,7 @@ async def test_bytes_the_node_refuses_for_good_are_flagged_stuck(rig: Rig) -> No
     stuck: list[cf.Event] = []
     rig.tracker.events.on("submission_stuck")(stuck.append)
     async with rig.worker():
-        await rig.step()
-        h = await rig.app.astart("mint_flow", {"id": "order-1"})
-        await rig.wait_status(h.id, ("waiting",))
+        await _start_order(rig)
         for _ in range(6):
             await rig.mine(1)
             await rig.step()

@@ -9,8 +9,9 @@ ok once), on anvil and on the in-process EVM, with real worker processes."""
 
 from __future__ import annotations
 
+import contextlib
 import signal
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
@@ -155,9 +156,7 @@ async def _cancel_in_flight(client: cf.Chainflow, run_input: dict[str, Any], wor
     submission row (``None`` when it must not be cancelled); return its final status."""
     import asyncio
 
-    stop = asyncio.Event()
-    worker = asyncio.create_task(client.worker(concurrency=4, poll_interval=0.02).run(stop))
-    try:
+    async with _in_process_worker(client):
         handle = await client.astart(workflow, run_input)
         if cancel_when is not None:
             for _ in range(600):
@@ -171,9 +170,6 @@ async def _cancel_in_flight(client: cf.Chainflow, run_input: dict[str, Any], wor
                 raise AssertionError("the submission never reached the state to cancel in")
             await client.acancel(handle.id)
         return await client.await_run(handle.id, timeout=90)
-    finally:
-        stop.set()
-        await worker
 
 
 def test_a_run_cancelled_while_its_mint_is_on_the_wire_burns_it_once_final(net: Any, db_url: str) -> None:
@@ -215,7 +211,6 @@ def test_a_mint_cut_off_by_a_failing_sibling_branch_is_burnt_once_final(net: Any
 def test_a_run_cancelled_while_sharing_another_runs_mint_leaves_it_alone(net: Any, db_url: str) -> None:
     """A run that found another run's intent under its key and waits on it did not open
     that payment: cancelled, it ends without undoing it, and the opener completes."""
-    import asyncio
 
     chain = Chain(net)
     client = build(db_url, net.rpc_url, chain.token.address, chain.minter.private_key)
@@ -223,23 +218,10 @@ def test_a_run_cancelled_while_sharing_another_runs_mint_leaves_it_alone(net: An
     ev = {"id": "shared", "to": holder, "amount": 9}
 
     async def scenario() -> tuple[cf.RunStatus, cf.RunStatus]:
-        stop = asyncio.Event()
-        worker = asyncio.create_task(client.worker(concurrency=4, poll_interval=0.02).run(stop))
-        try:
-            opener = await client.astart("mint-slowly", ev)
-            for _ in range(600):
-                with client.engine.connect() as conn:
-                    sub = conn.execute(sa.select(schema.submissions)).first()
-                if sub is not None and sub.state in ("signed", "broadcast", "included"):
-                    break
-                await asyncio.sleep(0.05)
-            sharer = await client.astart("mint-slowly", ev)
-            await asyncio.sleep(1.5)  # it finds the intent and waits on it
+        async with _in_process_worker(client):
+            opener, sharer = await _sharing(client, ev)
             await client.acancel(sharer.id)
             return (await client.await_run(opener.id, timeout=90), await client.await_run(sharer.id, timeout=90))
-        finally:
-            stop.set()
-            await worker
 
     first, second = asyncio_run(scenario())
     assert first.status == "completed" and second.status == "cancelled"
@@ -247,6 +229,40 @@ def test_a_run_cancelled_while_sharing_another_runs_mint_leaves_it_alone(net: An
     assert _burns(chain) == []
     zero = "0x" + "00" * 20
     assert _transfers(chain, sender=zero) == [(zero, holder, 9)]
+
+
+@contextlib.asynccontextmanager
+async def _in_process_worker(client: cf.Chainflow) -> AsyncIterator[None]:
+    import asyncio
+
+    stop = asyncio.Event()
+    worker = asyncio.create_task(client.worker(concurrency=4, poll_interval=0.02).run(stop))
+    try:
+        yield
+    finally:
+        stop.set()
+        await worker
+
+
+async def _sharing(client: cf.Chainflow, ev: dict[str, Any]) -> tuple[cf.RunHandle, cf.RunHandle]:
+    """Two "mint-slowly" runs of ``ev``: the first opens the mint, the second is started
+    once it is signed and returned once it has found it and waits on it."""
+    opener = await client.astart("mint-slowly", ev)
+    await _until(client, schema.submissions, schema.submissions.c.state.in_(("signed", "broadcast", "included")))
+    sharer = await client.astart("mint-slowly", ev)
+    await _until(client, schema.sharers, schema.sharers.c.run_id == sharer.id)
+    return opener, sharer
+
+
+async def _until(client: cf.Chainflow, table: sa.Table, found: Any) -> None:
+    """Poll (up to 30 s) until a row of ``table`` matching ``found`` exists."""
+    import asyncio
+
+    for _ in range(600):
+        with client.engine.connect() as conn:
+            if conn.execute(sa.select(table).where(found)).first() is not None:
+                return
+        await asyncio.sleep(0.05)
 
 
 def asyncio_run(coro: Any) -> Any:
@@ -260,7 +276,6 @@ def test_a_shared_mint_cut_off_in_both_runs_is_burnt_once(net: Any, db_url: str,
     """Two runs wait on one mint (the second found the first's intent under its key) and
     both are cancelled while it is on the wire, in either order: the first to stop
     leaves the mint to the other, which still wants it; the last undoes it, once."""
-    import asyncio
 
     chain = Chain(net)
     client = build(db_url, net.rpc_url, chain.token.address, chain.minter.private_key)
@@ -268,31 +283,14 @@ def test_a_shared_mint_cut_off_in_both_runs_is_burnt_once(net: Any, db_url: str,
     ev = {"id": "shared-both", "to": holder, "amount": 11}
 
     async def scenario() -> tuple[cf.RunStatus, cf.RunStatus]:
-        stop = asyncio.Event()
-        worker = asyncio.create_task(client.worker(concurrency=4, poll_interval=0.02).run(stop))
-        try:
-            opener = await client.astart("mint-slowly", ev)
-            for _ in range(600):
-                with client.engine.connect() as conn:
-                    sub = conn.execute(sa.select(schema.submissions)).first()
-                if sub is not None and sub.state in ("signed", "broadcast", "included"):
-                    break
-                await asyncio.sleep(0.05)
-            sharer = await client.astart("mint-slowly", ev)
-            for _ in range(600):  # it finds the intent and waits on it
-                with client.engine.connect() as conn:
-                    if conn.execute(sa.select(schema.sharers)).first() is not None:
-                        break
-                await asyncio.sleep(0.05)
+        async with _in_process_worker(client):
+            opener, sharer = await _sharing(client, ev)
             first, second = (opener, sharer) if order == "opener-first" else (sharer, opener)
             await client.acancel(first.id)
             done = await client.await_run(first.id, timeout=90)
             await client.acancel(second.id)
             later = await client.await_run(second.id, timeout=90)
             return (done, later) if order == "opener-first" else (later, done)
-        finally:
-            stop.set()
-            await worker
 
     opened, shared = asyncio_run(scenario())
     assert opened.status == "cancelled" and shared.status == "cancelled"
