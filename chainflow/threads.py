@@ -61,6 +61,14 @@ class ThreadPool:
         while (job := self._jobs.get()) is not None:
             loop, future, fn = job
             del job
+            if future.done():
+                # given up while it waited for a thread (a step's timeout, a cancel): the
+                # caller has recorded it as not run, so it must not run.  Read from this
+                # thread without the loop: a stale "not done" is a job cancelled while it
+                # starts, which no check here could stop either
+                del loop, future, fn
+                self._idle.release()
+                continue
             try:
                 outcome: tuple[Any, BaseException | None] = (fn(), None)
             except BaseException as exc:  # noqa: BLE001 - handed to the awaiting coroutine

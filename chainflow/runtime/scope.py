@@ -780,14 +780,24 @@ class Scope:
             work: Awaitable[Any] = fn(*args, **kwargs)
         else:
             work = self._pool.run(functools.partial(fn, *args, **kwargs))
+            if limit is None:  # no coroutine of its own on the path most sync steps take
+                result = await work
+                return await result if inspect.isawaitable(result) else result
+            work = self._returned(work)
         if limit is None:
-            result = await work
-        else:
-            try:
-                result = await asyncio.wait_for(work, limit)
-            except TimeoutError:
-                raise StepTimeout(label, limit) from None
-        if inspect.isawaitable(result):  # a sync callable returning a coroutine
+            return await work
+        try:
+            return await asyncio.wait_for(work, limit)
+        except TimeoutError:
+            raise StepTimeout(label, limit) from None
+
+    @staticmethod
+    async def _returned(call: Awaitable[Any]) -> Any:
+        """What a callable run in a thread returned, awaited when it is an awaitable (an
+        object with ``async def __call__``, a lambda around an async function): the
+        step's timeout bounds both."""
+        result = await call
+        if inspect.isawaitable(result):
             result = await result
         return result
 

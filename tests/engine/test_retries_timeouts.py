@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import pytest
@@ -247,3 +248,68 @@ async def test_cancel_during_retry_backoff(make_app: Any, calls: Any) -> None:
     await tester.run_until_idle()
     assert app.status(run_id).status == "cancelled"
     assert calls.lines() == ["first", "flaky", "undo first"]
+
+
+class _SlowClient:
+    """A callable object whose ``__call__`` is a coroutine function."""
+
+    async def __call__(self) -> str:
+        await asyncio.sleep(3)
+        return "late"
+
+
+async def _slow() -> str:
+    await asyncio.sleep(3)
+    return "late"
+
+
+@pytest.mark.parametrize("how", ["object", "lambda"])
+async def test_a_step_timeout_bounds_an_awaitable_its_callable_returns(make_app: Any, how: str) -> None:
+    """A callable that hands back an awaitable (an object with ``async def __call__``, a
+    lambda around an async function) runs in a thread, and the engine awaits what it
+    returns: the step's timeout bounds both."""
+    app = make_app(clock=cf.FakeClock())
+    work = _SlowClient() if how == "object" else (lambda: _slow())
+
+    @app.workflow("bounded")
+    async def bounded(ctx: cf.Context, _: Any) -> str:
+        try:
+            return await ctx.step("call", work, timeout=0.2, retry=cf.Retry(max_attempts=1))
+        except cf.StepError as exc:
+            return exc.error_type
+
+    result = await asyncio.wait_for(WorkflowTester(app).run("bounded"), 2)
+    assert result.output == "chainflow.errors.StepTimeout"
+
+
+async def test_a_sync_step_that_timed_out_waiting_for_a_thread_never_runs(make_app: Any, calls: Any) -> None:
+    """Every step thread busy: the attempt times out in the queue, is journaled failed
+    and never compensated -- so it must not run once a thread frees up."""
+    app = make_app()
+
+    def busy(i: int) -> int:
+        time.sleep(1.0)
+        return i
+
+    def pay() -> str:
+        calls.hit("pay")
+        return "paid"
+
+    @app.workflow("hog")
+    async def hog(ctx: cf.Context, _: Any) -> Any:
+        async def leg(i: int) -> Any:
+            return await ctx.step("busy", busy, i)
+
+        async def paying() -> Any:
+            await asyncio.sleep(0.05)  # queued behind the busy steps
+            return await ctx.step("pay", pay, timeout=0.3, retry=cf.Retry(max_attempts=1))
+
+        return await ctx.gather(leg(0), leg(1), leg(2), leg(3), paying())
+
+    async with running_worker(app, concurrency=1):  # four step threads, all taken by "busy"
+        run_id = (await app.astart("hog")).id
+        assert (await wait_status(app, run_id, timeout=15)).status == "failed"
+        (entry,) = [e for e in app.journal(run_id) if e.key == "pay"]
+        assert entry.status == "error"
+        await asyncio.sleep(1.5)  # the busy threads free up
+    assert calls.count("pay") == 0, "an attempt the run gave up on in the queue ran anyway"
