@@ -68,10 +68,6 @@ ENDPOINT_ATTEMPTS = 3
 _failures = FailureLog(log, "submission")
 
 
-def step_label(slot: store.Slot) -> str:
-    return f"{slot.branch}/{slot.key}" if slot.branch else slot.key
-
-
 def receipt_from(data: dict[str, Any]) -> Receipt:
     return Receipt.from_dict(data)
 
@@ -126,7 +122,7 @@ class Submitter:
         limits.text(idempotency_key, f"idempotency_key of submit {name!r}", limits.IDEMPOTENCY_KEY_LENGTH)
         policy = policy_of(finality, f"submit {name!r}")
         slot = ctx.slot(name, "submit")
-        label = step_label(slot)
+        label = slot.label
         if len(label) > limits.SUBMISSION_LABEL_LENGTH:
             raise ValueError(f"submit label {label[:60]!r}… (branch path and name) is {len(label)} characters "
                              f"long, the limit is {limits.SUBMISSION_LABEL_LENGTH}")
@@ -199,7 +195,7 @@ class Submitter:
                           policy: finality.Finality,
                           retry: Retry) -> Receipt:
         ctx.refuse_new_work()
-        label = step_label(slot)
+        label = slot.label
         started = ctx.clock.time()
         try:
             adapter = self.adapter(chain)
@@ -267,7 +263,7 @@ class Submitter:
                 return result
             finally:
                 ctx.busy(-1)
-            attempt, label = len(tries) + 1, step_label(slot)
+            attempt, label = len(tries) + 1, slot.label
             if attempt >= limit:
                 raise SubmissionFailedError(label, f"gave up after {attempt} attempt(s): {type(exc).__name__}: "
                                                    f"{exc}") from exc
@@ -280,7 +276,7 @@ class Submitter:
         """Open (or find) the intent and carry it as far as this process can take it;
         returns it as last read, when it was opened, and whether this call signed and
         sent its first version."""
-        label = step_label(slot)
+        label = slot.label
         now = ctx.clock.time()
         sender = adapter.sender()
         request_text = codec.dumps(request, what=f"transaction of step {label!r}")

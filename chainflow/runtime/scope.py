@@ -352,7 +352,7 @@ class Scope:
             return value  # type: ignore[no-any-return]
         if slot.entry.status != _OK:
             etype, message = error_parts(slot.entry.error)
-            raise StepError(name, etype, message, slot.entry.attempts)
+            raise StepError(slot.label, etype, message, slot.entry.attempts)
         value = codec.loads(slot.entry.output)
         if compensate is not None:
             self.register_compensation(slot, compensate, value, policy, limit)
@@ -420,7 +420,7 @@ class Scope:
         if compensate is not None:
             check_compensation(compensate, f"compensate of child {name!r}")
         slot = self._slot(name, "child")
-        label = slot.key if not slot.branch else f"{slot.branch}{limits.BRANCH_SEP}{slot.key}"
+        label = slot.label
         entry = slot.entry
         if entry is None:
             self.refuse_new_work()
@@ -697,7 +697,7 @@ class Scope:
         must then be undone with the rest."""
         self.refuse_new_work()
         tries = self.tries_of(slot)
-        label = slot.key if not slot.branch else f"{slot.branch}/{slot.key}"
+        label = slot.label
         while True:
             if tries:  # tested here: a step's first attempt costs no extra coroutine
                 await self.back_off(tries)
@@ -713,7 +713,7 @@ class Scope:
                 text, value = codec.roundtrip(result, what=f"output of step {label!r}")
             except PayloadError as exc:
                 await self._fail(slot, kind, exc, attempt, started)
-                raise StepError(label, "PayloadError", str(exc), attempt) from exc
+                raise StepError(label, f"{type(exc).__module__}.{type(exc).__qualname__}", str(exc), attempt) from exc
             except Exception as exc:
                 finished = self.clock.time()
                 if not policy.retryable(exc) or attempt >= policy.max_attempts:
@@ -771,7 +771,7 @@ class Scope:
         await self._commit(self.entry_op(slot, kind, EntryState.ERROR, None, describe_error(exc), attempt, started,
                                          finished))
         self.events.emit("step_failed", run_id=self.run_id, workflow=self.workflow,
-                         step=slot.key if not slot.branch else f"{slot.branch}/{slot.key}", attempt=attempt,
+                         step=slot.label, attempt=attempt,
                          duration=finished - started, error=summary(exc))
 
     async def _invoke(self, label: str, fn: Callable[..., Any], args: tuple[Any, ...],
@@ -862,7 +862,7 @@ class Scope:
         submission waiting for its confirmations), and a step that failed for good
         would only fail again on replay."""
         self.refuse_new_work()
-        label = slot.key if not slot.branch else f"{slot.branch}/{slot.key}"
+        label = slot.label
         branch = _BRANCH.set(limits.compensation_branch(comp.slot.branch, comp.slot.key))
         origin = _ORIGIN.set(comp.origin)
         started = self.clock.time()

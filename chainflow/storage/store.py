@@ -82,6 +82,12 @@ class Slot:
     key: str
     entry: Entry | None
 
+    @property
+    def label(self) -> str:
+        """``branch/key``, or the key at the top: how errors and events name the
+        operation, the same live and on replay."""
+        return f"{self.branch}{limits.BRANCH_SEP}{self.key}" if self.branch else self.key
+
 
 @dataclass(frozen=True)
 class AttemptRow:

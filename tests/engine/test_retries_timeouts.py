@@ -313,3 +313,40 @@ async def test_a_sync_step_that_timed_out_waiting_for_a_thread_never_runs(make_a
         assert entry.status == "error"
         await asyncio.sleep(1.5)  # the busy threads free up
     assert calls.count("pay") == 0, "an attempt the run gave up on in the queue ran anyway"
+
+
+async def test_a_caught_step_error_reads_the_same_on_replay(make_app: Any) -> None:
+    """What workflow code sees of a StepError (step label, error type) is what it saw the
+    first time when the replay re-raises it from the journal: a handler that decides on
+    it (here, names a step after it) takes the same path."""
+    app = make_app(clock=cf.FakeClock())
+
+    def declined() -> None:
+        raise Fatal("declined")
+
+    def unstorable() -> Any:
+        yield 1
+
+    async def caught(ctx: cf.Context, name: str, fn: Any) -> list[str]:
+        try:
+            await ctx.step(name, fn, retry=cf.Retry(max_attempts=1))
+        except cf.StepError as exc:
+            return [exc.step, exc.error_type]
+        return []
+
+    @app.workflow("handled")
+    async def handled(ctx: cf.Context, _: Any) -> list[Any]:
+        await ctx.step("pay", lambda: "paid")
+        seen = [await caught(ctx, "pay", declined)]  # the second "pay": label pay#1
+        seen += await ctx.gather(caught(ctx, "bad", declined))  # in branch 0: label 0/bad
+        seen.append(await caught(ctx, "gen", unstorable))
+        first = await ctx.step("seen", lambda: seen)  # journaled: what the first execution saw
+        await ctx.sleep("nap", 60)  # what follows runs on a replay, which re-raises from the journal
+        return [first, seen]
+
+    result = await WorkflowTester(app).run("handled")
+    assert result.status == "completed", result.error
+    first, replayed = result.output
+    assert first[:2] == [["pay#1", f"{__name__}.Fatal"], ["0/bad", f"{__name__}.Fatal"]]
+    assert first[2] == ["gen", "chainflow.errors.PayloadError"]
+    assert replayed == first
