@@ -52,6 +52,8 @@ T = TypeVar("T")
 _SETTLE_SPINS = 8
 # a stop that unwinds the run at once, whatever it is doing
 _UNWINDING = (StopReason.CANCEL, StopReason.TIMEOUT, StopReason.LEASE_LOST, StopReason.FATAL)
+# what losing the lease still overrides once the run compensates: it must stop without writing
+_OVERRIDDEN = (None, StopReason.SUSPEND, StopReason.FAILED)
 
 
 class Unfinished(StrEnum):
@@ -108,6 +110,9 @@ class Execution:
         self._parked: list[tuple[float | None, str | None]] = []
         self._reason: StopReason | None = None
         self._entries: list[store.Entry] = []
+        # a failed run's error while its compensations run: kept with the run if they
+        # park (``store.suspend_run``), and what a resuming execution ends it with
+        self._failure: str | None = claim.failure
 
     def request_stop(self, reason: StopReason) -> None:
         """Called by the heartbeat (cancel, lost lease); the driver reacts."""
@@ -115,8 +120,8 @@ class Execution:
         ctx = self.ctx
         # once compensating, a cancel or timeout has nothing left to stop: the
         # compensations are what it asks for; only losing the lease interrupts them
-        if ctx is not None and ctx.stop_reason in (None, StopReason.SUSPEND) and (
-                not ctx.compensating or reason == StopReason.LEASE_LOST):
+        if ctx is not None and (ctx.stop_reason in (None, StopReason.SUSPEND) and not ctx.compensating
+                                or reason == StopReason.LEASE_LOST and ctx.stop_reason in _OVERRIDDEN):
             ctx.stop_reason = reason
         self._stop.set()
         if reason == StopReason.LEASE_LOST:
@@ -145,6 +150,8 @@ class Execution:
         self._entries = entries
         if self._reason is not None:
             ctx.stop_reason = self._reason
+        elif self._failure is not None:  # it failed: its replay only rebuilds the compensations
+            ctx.stop_reason = StopReason.FAILED
         elif claim.rollback is not None:
             ctx.stop_reason = StopReason.ROLLBACK
         elif claim.cancel_requested:
@@ -262,6 +269,10 @@ class Execution:
             assert ctx.fatal is not None
             log.error("%s", ctx.fatal)
             return await self._finish(RunState.FAILED, None, describe_error(ctx.fatal))
+        if reason == StopReason.FAILED and self._failure is not None:
+            # whatever the replay raised (its failure again, or the refusal of new work
+            # a branch that had been parked met first), the run's failure is the one kept
+            return await self._compensate_and_finish(ctx, RunState.FAILED, self._failure)
         if reason in (StopReason.CANCEL, StopReason.TIMEOUT) and failed is not None and \
                 not isinstance(failed, (RunCancelled, LeaseLostError)):
             # it had failed on its own (replayed: a failed step's row) before the cancel or
@@ -303,7 +314,12 @@ class Execution:
             return _ABANDONED
         return Outcome(Unfinished.ROLLED_BACK, request["reason"])
 
-    async def _compensate_and_finish(self, ctx: Scope, status: RunState, error: BaseException) -> Outcome:
+    async def _compensate_and_finish(self, ctx: Scope, status: RunState, error: BaseException | str) -> Outcome:
+        """Compensate, then finish ``status`` with ``error`` (or its ``describe_error``
+        text, kept from an earlier execution)."""
+        described = error if isinstance(error, str) else describe_error(error)
+        if status == RunState.FAILED:
+            self._failure = described
         failures = await self._compensations(ctx)
         if isinstance(failures, Outcome):
             return failures
@@ -311,7 +327,7 @@ class Execution:
             self.worker.events.emit("run_compensated", run_id=self.claim.run_id, workflow=self.wf.name,
                                     status=status, error=f"{len(failures)} compensation(s) failed" if failures
                                     else None)
-        info = json.loads(describe_error(error))
+        info = json.loads(described)
         if failures:
             info["compensation_failures"] = failures
         return await self._finish(status, None, json.dumps(info))
@@ -389,7 +405,8 @@ class Execution:
         run_id, now = self.claim.run_id, self.worker.clock.time()
         try:
             await ctx.commit(*store.suspension(self.worker.committer.dialect, run_id, status, wake_at, signals, now,
-                                               compensating=ctx.compensating))
+                                               compensating=ctx.compensating,
+                                               failure=self._failure if ctx.compensating else None))
         except LeaseLostError:
             return _ABANDONED
         return Outcome(Unfinished.SUSPENDED, status)

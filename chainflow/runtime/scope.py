@@ -90,11 +90,12 @@ class StopReason(StrEnum):
     LEASE_LOST = "lease_lost"  # another worker may own the run: stop without writing
     FATAL = "fatal"  # non-determinism
     ROLLBACK = "rollback"  # replay only, to collect compensations of invalidated steps
+    FAILED = "failed"  # replay only, to finish the compensations of a failure (``Claim.failure``)
 
 
 # bound once: looked up on every step (see ``states`` on Enum attribute access)
 _OK = EntryState.OK
-_REFUSING = (StopReason.CANCEL, StopReason.TIMEOUT, StopReason.ROLLBACK)  # no new work may start
+_REFUSING = (StopReason.CANCEL, StopReason.TIMEOUT, StopReason.ROLLBACK, StopReason.FAILED)  # no new work may start
 
 
 @dataclass

@@ -55,6 +55,9 @@ class Claim:
     parent_id: str | None = None  # a fork's source: its journal holds the parent's copied entries
     overrides: str | None = None  # a fork's swapped code (``runtime.overrides.Overrides`` JSON)
     parent_slot: str | None = None  # a child run's slot in its parent (``parent_id``); None for a fork
+    # the failure a run parked while compensating (``suspend_run``): its execution only
+    # finishes those compensations and ends failed with it
+    failure: str | None = None
 
 
 @dataclass
@@ -254,7 +257,7 @@ def _claim_statement(lock_rows: bool) -> sa.Update:
         .returning(
             runs.c.id, runs.c.workflow, runs.c.input, runs.c.fence,
             runs.c.cancel_requested, runs.c.deadline, runs.c.created_at, runs.c.rollback, runs.c.attempt_count,
-            runs.c.recoveries, runs.c.parent_id, runs.c.overrides, runs.c.parent_slot,
+            runs.c.recoveries, runs.c.parent_id, runs.c.overrides, runs.c.parent_slot, runs.c.error,
         )
     )
 
@@ -590,9 +593,10 @@ _SUSPEND = runs.update().where(runs.c.id == sa.bindparam("rid")).values(
                      else_=sa.bindparam("wake_at", type_=runs.c.ready_at.type)), **_PARK)
 # ... except while it compensates: those requests are what it is doing (or have nothing
 # left to stop), and an immediate wake-up would claim it again and again until its wait
-# (a backoff, an undo's confirmations) is over
+# (a backoff, an undo's confirmations) is over.  A failed run's failure is kept with it
+# (``Claim.failure``): the execution resuming it must not start new work meanwhile
 _SUSPEND_COMPENSATING = runs.update().where(runs.c.id == sa.bindparam("rid")).values(
-    ready_at=sa.bindparam("wake_at", type_=runs.c.ready_at.type), **_PARK)
+    ready_at=sa.bindparam("wake_at", type_=runs.c.ready_at.type), error=sa.bindparam("b_error"), **_PARK)
 _WAKE = (
     runs.update()
     .where(runs.c.id == sa.bindparam("rid"), runs.c.lease_owner.is_(None), ~one_of(runs.c.status, TERMINAL))
@@ -602,19 +606,23 @@ _WAKE = (
 
 def suspend_run(
     conn: sa.Connection, run_id: str, status: str, wake_at: float | None, waiting_on: list[str], now: float,
-    compensating: bool = False,
+    compensating: bool = False, failure: str | None = None,
 ) -> None:
-    """Park a run without a worker slot; never loses a wake-up that raced with it."""
-    conn.execute(_SUSPEND_COMPENSATING if compensating else _SUSPEND,
-                 _suspend_params(run_id, status, wake_at, waiting_on, now))
+    """Park a run without a worker slot; never loses a wake-up that raced with it.
+    ``compensating``: its compensations are what it waits on, for ``failure`` (a failed
+    run's error) or a cancel, timeout or rollback."""
+    conn.execute(*_suspend(run_id, status, wake_at, waiting_on, now, compensating, failure))
     if waiting_on and pending_signal_exists(conn, run_id, waiting_on):
         wake(conn, run_id, now)
 
 
-def _suspend_params(run_id: str, status: str, wake_at: float | None, waiting_on: list[str],
-                    now: float) -> dict[str, Any]:
-    return {"rid": run_id, "b_status": status, "now": now, "wake_at": wake_at,
-            "b_waiting_on": json.dumps(waiting_on) if waiting_on else None}
+def _suspend(run_id: str, status: str, wake_at: float | None, waiting_on: list[str], now: float,
+             compensating: bool, failure: str | None) -> tuple[sa.Update, dict[str, Any]]:
+    params = {"rid": run_id, "b_status": status, "now": now, "wake_at": wake_at,
+              "b_waiting_on": json.dumps(waiting_on) if waiting_on else None}
+    if not compensating:
+        return _SUSPEND, params
+    return _SUSPEND_COMPENSATING, {**params, "b_error": failure}
 
 
 # Postgres: the look for a pending signal and the wake-up in one statement.  It runs as
@@ -626,14 +634,13 @@ _WAKE_IF_SIGNALLED = _WAKE.where(sa.exists().where(
 
 
 def suspension(dialect: str, run_id: str, status: str, wake_at: float | None, waiting_on: list[str],
-               now: float, compensating: bool = False) -> list[Op]:
+               now: float, compensating: bool = False, failure: str | None = None) -> list[Op]:
     """The ops of ``suspend_run`` for a run's group commit.  On Postgres two statements
     nobody reads the result of, which the batch runs for all its parking runs at once:
     the suspend, then the wake-up if a signal it waits for is there already."""
     if dialect != "postgresql":
-        return [lambda conn: suspend_run(conn, run_id, status, wake_at, waiting_on, now, compensating)]
-    ops: list[Op] = [Exec(_SUSPEND_COMPENSATING if compensating else _SUSPEND,
-                          _suspend_params(run_id, status, wake_at, waiting_on, now))]
+        return [lambda conn: suspend_run(conn, run_id, status, wake_at, waiting_on, now, compensating, failure)]
+    ops: list[Op] = [Exec(*_suspend(run_id, status, wake_at, waiting_on, now, compensating, failure))]
     if waiting_on:
         ops.append(Exec(_WAKE_IF_SIGNALLED, {"rid": run_id, "names": waiting_on, "now": now}))
     return ops

@@ -288,3 +288,39 @@ async def test_compensation_interrupted_by_shutdown_resumes_elsewhere(make_app: 
     st = second.status(run_id)
     assert st.status == "failed" and st.compensations == {"a": "ok"}
     assert calls.lines() == ["a", "undo-start", "undo-start", "undo-done"]
+
+
+async def test_a_failed_run_resuming_its_compensations_starts_no_new_step(make_app: Any, calls: Any) -> None:
+    """A branch sleeps while its sibling fails; a compensation then parks on its retry
+    backoff.  Each resume replays the workflow to rebuild the compensations, and by then
+    the sleep is over: the sleeping branch's next step must not run for real -- the run
+    has failed, and nothing would ever undo it.  The run still ends with its failure."""
+    app = make_app(clock=cf.FakeClock())
+
+    def release(_: str) -> None:
+        calls.hit("release")
+        if calls.count("release") < 3:
+            raise ConnectionError("inventory service down")
+
+    def charge() -> str:
+        calls.hit("charge")
+        return "charged"
+
+    def declined() -> None:
+        raise Declined("card declined")
+
+    @app.workflow("order")
+    async def order(ctx: cf.Context, _: Any) -> None:
+        async def later() -> None:
+            await ctx.sleep("settle-window", 30)
+            await ctx.step("charge", charge)
+
+        await ctx.step("reserve", lambda: "r", compensate=release,
+                       retry=cf.Retry(max_attempts=5, initial=60, jitter=0))
+        await ctx.gather(later(), ctx.step("decline", declined, retry=cf.Retry(max_attempts=1)))
+
+    result = await WorkflowTester(app).run("order")
+    assert result.status == "failed" and result.error is not None
+    assert "card declined" in result.error["message"], result.error
+    assert calls.count("release") == 3
+    assert calls.count("charge") == 0, calls.lines()
