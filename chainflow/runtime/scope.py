@@ -174,6 +174,27 @@ class _BranchTask(asyncio.Task[T]):
         return value
 
 
+async def _outlast(thread: asyncio.Future[T]) -> T:
+    """A sync step's outcome even when the run stops while its thread runs (a cancel, a
+    failing sibling): nothing can stop the thread, and an effect it has must be
+    journaled and compensated with the rest.  The caller raises the stop again once it
+    is (``_cancel_pending``)."""
+    try:
+        return await asyncio.shield(thread)
+    except asyncio.CancelledError:
+        if thread.cancelled():
+            raise
+        try:
+            return await thread
+        except Exception:
+            raise asyncio.CancelledError from None  # it failed: nothing to undo, and the stop stands
+
+
+def _cancel_pending() -> bool:
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
 async def gather_branches(branch: Callable[[str, Coroutine[Any, Any, Any]], asyncio.Task[Any]],
                           works: tuple[Coroutine[Any, Any, Any], ...], names: list[str] | None) -> list[Any]:
     """``asyncio.gather`` of ``works``, each started by ``branch`` as its own branch
@@ -710,7 +731,7 @@ class Scope:
             started = self.clock.time()
             self.busy(+1)
             try:
-                result = await self._invoke(label, fn, args, kwargs, limit)
+                result = await self._invoke(label, fn, args, kwargs, limit, outlast=undo is not None)
                 text, value = codec.roundtrip(result, what=f"output of step {label!r}")
             except PayloadError as exc:
                 await self._fail(slot, kind, exc, attempt, started)
@@ -740,6 +761,8 @@ class Scope:
             else:
                 await self._commit(entry)
                 self.events.emit("step_completed", **done)
+            if undo is not None and _cancel_pending():
+                raise asyncio.CancelledError  # the stop that came while its thread ran (``_outlast``)
             self._journaled += 1
             if self._journaled % _YIELD_EVERY == 0:
                 # async steps that return at once, committed inline, never suspend: without
@@ -776,15 +799,17 @@ class Scope:
                          duration=finished - started, error=summary(exc))
 
     async def _invoke(self, label: str, fn: Callable[..., Any], args: tuple[Any, ...],
-                      kwargs: dict[str, Any], limit: float | None) -> Any:
+                      kwargs: dict[str, Any], limit: float | None, outlast: bool = False) -> Any:
+        """``fn``'s outcome, within ``limit`` seconds.  ``outlast``: a sync step with a
+        compensation, whose thread is waited for even if the run stops meanwhile."""
         if inspect.iscoroutinefunction(fn):
             work: Awaitable[Any] = fn(*args, **kwargs)
         else:
-            work = self._pool.run(functools.partial(fn, *args, **kwargs))
+            thread = self._pool.run(functools.partial(fn, *args, **kwargs))
             if limit is None:  # no coroutine of its own on the path most sync steps take
-                result = await work
+                result = await (_outlast(thread) if outlast else thread)
                 return await result if inspect.isawaitable(result) else result
-            work = self._returned(work)
+            work = self._returned(thread)
         if limit is None:
             return await work
         try:

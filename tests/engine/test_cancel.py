@@ -140,3 +140,38 @@ async def test_cancel_finished_run_raises(make_app: Any, calls: Any) -> None:
     assert app.status(result.run.id).status == "completed"
     with pytest.raises(cf.RunNotFoundError):
         app.cancel("no-such-run")
+
+
+@pytest.mark.parametrize("stop", ["cancel", "sibling fails"])
+async def test_a_sync_step_running_when_the_run_stops_is_compensated(make_app: Any, calls: Any, stop: str) -> None:
+    """A cancel, or a sibling branch failing, while a sync step's thread runs: nothing
+    can stop the thread, so its effect happens after the run began to stop -- and the
+    step's compensation, given for exactly that effect, must run with the others."""
+    app = make_app(lease_seconds=0.6)  # the heartbeat, which brings the cancel, every 0.2 s
+
+    def charge() -> str:
+        calls.hit("charge-start")
+        time.sleep(0.8)  # a blocking payment API call
+        calls.hit("charged")
+        return "ch_1"
+
+    def declined() -> None:
+        time.sleep(0.1)
+        raise ValueError("declined")
+
+    @app.workflow("pay")
+    async def pay(ctx: cf.Context, _: Any) -> Any:
+        charging = ctx.step("charge", charge, compensate=lambda _: calls.hit("refunded"))
+        if stop == "cancel":
+            return await charging
+        return await ctx.gather(charging, ctx.step("decline", declined, retry=cf.Retry(max_attempts=1)))
+
+    async with running_worker(app):
+        run_id = (await app.astart("pay")).id
+        if stop == "cancel":
+            await wait_until(lambda: calls.count("charge-start") == 1, what="the charge to start")
+            app.cancel(run_id)
+        st = await wait_status(app, run_id, timeout=10)
+    assert st.status == ("cancelled" if stop == "cancel" else "failed")
+    assert calls.lines() == ["charge-start", "charged", "refunded"]
+    assert st.compensations == {"charge" if stop == "cancel" else "0/charge": "ok"}
