@@ -146,6 +146,17 @@ class StepTimeout(ChainflowError, TimeoutError):
         self.step, self.seconds = step, seconds
 
 
+class CodeRaisedBaseException(ChainflowError):
+    """A step's or workflow's own code raised ``SystemExit``, ``KeyboardInterrupt`` or
+    an ``asyncio.CancelledError`` nobody asked for: its run's failure, like any error.
+    asyncio would re-raise the first two out of the event loop, ending the worker and
+    every run in flight (again at each restart), and take the third for a cancel."""
+
+    def __init__(self, raised: BaseException, where: str) -> None:
+        super().__init__(f"{type(raised).__name__}({str(raised)!r}) raised by {where}")
+        self.raised_type = f"{type(raised).__module__}.{type(raised).__qualname__}"
+
+
 class WaitTimeout(ChainflowError, TimeoutError):
     """``ctx.wait_for`` reached its timeout without a signal."""
 

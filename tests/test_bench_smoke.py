@@ -67,9 +67,9 @@ def test_engine_ratio_against_best_dbos() -> None:
 def test_bench_tracker_and_memory_quick(tmp_path: Path) -> None:
     text = quick(tmp_path, "tracker", "memory")
     assert "| backend | pending tracked txs | JSON-RPC requests per head (HTTP exchanges) |" in text
-    # the head's own transaction hashes need no extra call; the receipt and its
-    # transaction share one exchange
-    assert "| sqlite | 200 | 3 (2) | 11 (2) |" in text
+    # the head's own transaction hashes need no extra call; the chain id is asked with
+    # the head, and the receipt with its transaction, each pair in one exchange
+    assert "| sqlite | 200 | 4 (2) | 11 (2) |" in text
     assert "| parked runs | worker RSS MB |" in text
     assert "failed:" not in text, text
 

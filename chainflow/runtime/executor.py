@@ -42,7 +42,7 @@ from .context import Context
 from .flag import Flag
 from .overrides import Overrides
 from .registry import Registry, WorkflowDef
-from .scope import _BRANCH, Scope, StopReason
+from .scope import _BRANCH, Scope, StopReason, contained
 
 log = logging.getLogger("chainflow.executor")
 T = TypeVar("T")
@@ -168,7 +168,7 @@ class Execution:
 
     async def _main(self, ctx: Scope, arg: Any) -> Any:
         _BRANCH.set("")
-        return await self._fn(Context(ctx), arg)
+        return await contained(self._fn(Context(ctx), arg), f"the code of workflow {self.wf.name!r}")
 
     async def _drive(self, ctx: Scope, main: asyncio.Future[Any]) -> Outcome:
         await self._pump(ctx, main, self._stop, watch_deadline=True)

@@ -46,6 +46,7 @@ import sqlalchemy as sa
 from ..clock import Clock, seconds, to_datetime, to_seconds
 from ..events import Events
 from ..errors import (
+    CodeRaisedBaseException,
     LeaseLostError,
     NonDeterminismError,
     PayloadError,
@@ -137,14 +138,16 @@ def open_branch(state: Callable[[str], BranchState], tasks: set[asyncio.Future[A
     scope = contextvars.copy_context()
     scope.run(_BRANCH.set, path)
     if order is None:
-        task = asyncio.get_running_loop().create_task(work, context=scope)
+        task = asyncio.get_running_loop().create_task(contained(work, f"branch {path!r}"), context=scope)
     else:
         def awaited() -> None:
             awaiter = _BRANCH.get()
             order.awaited(awaiter, state(awaiter).position, path)
 
-        task = _BranchTask(work, loop=asyncio.get_running_loop(), context=scope, awaited=awaited)
+        task = _BranchTask(contained(work, f"branch {path!r}"), loop=asyncio.get_running_loop(), context=scope,
+                           awaited=awaited)
         order.opened(parent, path, task)
+    task.add_done_callback(lambda _: work.close())  # cancelled before it started: never awaited, not a leak
     tasks.add(task)
     task.add_done_callback(tasks.discard)
     return task
@@ -193,6 +196,31 @@ async def _outlast(thread: asyncio.Future[T]) -> T:
 def _cancel_pending() -> bool:
     task = asyncio.current_task()
     return task is not None and task.cancelling() > 0
+
+
+def own_failure(raised: BaseException, where: str) -> BaseException:
+    """What ``raised`` out of a step's or workflow's code is to its run: an Exception as
+    it is; a ``SystemExit``, ``KeyboardInterrupt`` or ``CancelledError`` nobody asked
+    for as ``CodeRaisedBaseException`` (``errors``); anything else -- a cancel of its
+    task, ``GeneratorExit`` -- is control flow, returned as it is for the caller to
+    re-raise."""
+    if isinstance(raised, (SystemExit, KeyboardInterrupt)) or (
+            isinstance(raised, asyncio.CancelledError) and not _cancel_pending()):
+        return CodeRaisedBaseException(raised, where)
+    return raised
+
+
+async def contained(work: Awaitable[T], where: str) -> T:
+    """``await work``, its stray base exceptions made its run's failure (``own_failure``):
+    for code run in a task of its own (a branch, a step under a timeout), out of which
+    asyncio would re-raise ``SystemExit`` and ``KeyboardInterrupt`` to end the loop."""
+    try:
+        return await work
+    except BaseException as raised:
+        failure = own_failure(raised, where)
+        if failure is raised:
+            raise
+        raise failure from raised
 
 
 async def gather_branches(branch: Callable[[str, Coroutine[Any, Any, Any]], asyncio.Task[Any]],
@@ -736,15 +764,18 @@ class Scope:
             except PayloadError as exc:
                 await self._fail(slot, kind, exc, attempt, started)
                 raise StepError(label, f"{type(exc).__module__}.{type(exc).__qualname__}", str(exc), attempt) from exc
-            except Exception as exc:
+            except BaseException as raised:
+                failure = own_failure(raised, f"step {label!r}")
+                if not isinstance(failure, Exception):
+                    raise
                 finished = self.clock.time()
-                if not policy.retryable(exc) or attempt >= policy.max_attempts:
-                    await self._fail(slot, kind, exc, attempt, started)
-                    raise StepError(label, f"{type(exc).__module__}.{type(exc).__qualname__}", str(exc),
-                                    attempt) from exc
-                await self.record_attempt(slot, tries, exc, started, finished, finished + policy.delay(attempt))
+                if not policy.retryable(failure) or attempt >= policy.max_attempts:
+                    await self._fail(slot, kind, failure, attempt, started)
+                    raise StepError(label, f"{type(failure).__module__}.{type(failure).__qualname__}", str(failure),
+                                    attempt) from failure
+                await self.record_attempt(slot, tries, failure, started, finished, finished + policy.delay(attempt))
                 self.events.emit("step_retried", run_id=self.run_id, workflow=self.workflow, step=label,
-                                 attempt=attempt, duration=finished - started, error=summary(exc))
+                                 attempt=attempt, duration=finished - started, error=summary(failure))
                 continue
             finally:
                 self.busy(-1)
@@ -813,7 +844,11 @@ class Scope:
         if limit is None:
             return await work
         try:
-            return await asyncio.wait_for(work, limit)
+            # in a task of its own, whose stray base exceptions would end the loop
+            bounded = asyncio.ensure_future(contained(work, f"step {label!r}"))
+            if inspect.iscoroutine(work):
+                bounded.add_done_callback(lambda _: work.close())  # cancelled before it started
+            return await asyncio.wait_for(bounded, limit)
         except TimeoutError:
             raise StepTimeout(label, limit) from None
 

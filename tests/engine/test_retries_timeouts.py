@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import sys
+import threading
 import time
 from typing import Any
 
@@ -350,3 +352,87 @@ async def test_a_caught_step_error_reads_the_same_on_replay(make_app: Any) -> No
     assert first[:2] == [["pay#1", f"{__name__}.Fatal"], ["0/bad", f"{__name__}.Fatal"]]
     assert first[2] == ["gen", "chainflow.errors.PayloadError"]
     assert replayed == first
+
+
+def _exits() -> None:
+    sys.exit(3)  # a library deep in a step calling sys.exit (argparse, click, ...)
+
+
+async def _exits_later() -> None:
+    await asyncio.sleep(0.01)
+    sys.exit(3)
+
+
+@pytest.mark.parametrize("where", ["sync step", "async step with a timeout", "workflow code", "branch code"])
+def test_a_base_exception_raised_by_one_runs_code_fails_that_run_not_the_worker(make_app: Any, where: str) -> None:
+    """SystemExit or KeyboardInterrupt out of a step or workflow code: asyncio re-raises
+    both out of the event loop, which would end the worker and every run in flight
+    with it (and again at each restart, on the same run).  It fails its run instead.
+    The worker runs on a thread of its own here, where the loop's end is seen, not felt."""
+    app = make_app()
+
+    @app.workflow("victim")
+    async def victim(ctx: cf.Context, _: Any) -> None:
+        if where == "sync step":
+            await ctx.step("exits", _exits, retry=cf.Retry(max_attempts=1))
+        elif where == "async step with a timeout":
+            await ctx.step("exits", _exits_later, timeout=5, retry=cf.Retry(max_attempts=1))
+        else:
+            await ctx.step("first", lambda: 1)
+
+            async def interrupt() -> None:
+                await asyncio.sleep(0.05)
+                raise KeyboardInterrupt("raised by workflow code")
+
+            await (ctx.gather(interrupt()) if where == "branch code" else interrupt())
+
+    @app.workflow("bystander")
+    async def bystander(ctx: cf.Context, _: Any) -> str:
+        await ctx.step("a", lambda: 1)
+        await asyncio.sleep(0.5)
+        await ctx.step("b", lambda: 2)
+        return "done"
+
+    ended: list[BaseException | None] = []
+
+    def in_thread() -> None:
+        async def scenario() -> None:
+            async with running_worker(app):
+                ids = [(await app.astart(name)).id for name in ("bystander", "victim")]
+                for run_id in ids:
+                    await wait_status(app, run_id, timeout=10)
+        try:
+            asyncio.run(scenario())
+            ended.append(None)
+        except BaseException as exc:  # noqa: BLE001 - what ended the worker's loop
+            ended.append(exc)
+
+    thread = threading.Thread(target=in_thread)
+    thread.start()
+    thread.join(20)
+    assert ended == [None], f"the worker's loop ended with {ended!r}"
+    (bystanding,) = app.runs(workflow="bystander")
+    (failed,) = app.runs(workflow="victim")
+    assert bystanding.status == "completed" and failed.status == "failed"
+    assert failed.error is not None and ("SystemExit" in failed.error["message"]
+                                         or "KeyboardInterrupt" in failed.error["message"]), failed.error
+
+
+async def test_a_cancelled_error_a_step_raises_itself_is_its_failure(make_app: Any, calls: Any) -> None:
+    """``asyncio.CancelledError`` out of a step's own code (a library's pool shut down
+    under it), not a cancel of the run: the step failed, and is retried like any."""
+    app = make_app(clock=cf.FakeClock())
+
+    async def flaky() -> str:
+        calls.hit("try")
+        if calls.count("try") < 3:
+            raise asyncio.CancelledError("connection pool shut down under us")
+        return "ok"
+
+    @app.workflow("flaky")
+    async def flow(ctx: cf.Context, _: Any) -> str:
+        return await ctx.step("flaky", flaky, retry=cf.Retry(max_attempts=3, initial=0.01, jitter=0))
+
+    result = await WorkflowTester(app).run("flaky")
+    assert (result.status, result.output) == ("completed", "ok"), result.error
+    assert calls.count("try") == 3
