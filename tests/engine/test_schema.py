@@ -259,6 +259,23 @@ def test_v10_database_gets_the_sharers_table(make_app: Any) -> None:
     assert migrate(app.engine) == schema.LATEST  # nothing left to apply
 
 
+def test_v11_database_gets_the_releases_table(make_app: Any) -> None:
+    """v12: runs giving up a payment on the wire are recorded; a v11 database gains the
+    table, and an intent in it reads as given up by nobody."""
+    app = make_app()
+    app.ensure_schema()
+    with app.engine.begin() as conn:  # back to the v11 shape
+        conn.exec_driver_sql("DROP TABLE cf_releases")
+        conn.execute(schema.schema_version.delete().where(schema.schema_version.c.version >= 12))
+    assert not sa.inspect(app.engine).has_table("cf_releases")
+    assert migrate(app.engine) == schema.LATEST == 12
+    assert {c["name"] for c in sa.inspect(app.engine).get_columns("cf_releases")} == \
+        {c.name for c in schema.releases.c}
+    with app.engine.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(schema.releases)).scalar() == 0
+    assert migrate(app.engine) == schema.LATEST  # nothing left to apply
+
+
 def _start_on(url: str, barrier: Any, outcomes: Any) -> None:
     app = cf.Chainflow(url)
     barrier.wait()
