@@ -154,7 +154,6 @@ class CodeRaisedBaseException(ChainflowError):
 
     def __init__(self, raised: BaseException, where: str) -> None:
         super().__init__(f"{type(raised).__name__}({str(raised)!r}) raised by {where}")
-        self.raised_type = f"{type(raised).__module__}.{type(raised).__qualname__}"
 
 
 class WaitTimeout(ChainflowError, TimeoutError):
@@ -204,12 +203,18 @@ class SubmissionFailedError(ChainflowError):
         self.step, self.detail = step, detail
 
 
+def type_name(value: object) -> str:
+    """``module.Qualname`` of ``value``'s type: how errors are named in the journal, in a
+    ``StepError`` and in logs, alike live and on replay."""
+    return f"{type(value).__module__}.{type(value).__qualname__}"
+
+
 def describe_error(exc: BaseException) -> str:
     """An exception as the journal and the runs table store it (JSON: type, message,
     the traceback's tail): what a replay re-raises and an operator reads."""
     return json.dumps(
         {
-            "type": f"{type(exc).__module__}.{type(exc).__qualname__}",
+            "type": type_name(exc),
             "message": str(exc),
             "traceback": "".join(traceback.format_exception(exc))[-4000:],
         }

@@ -15,6 +15,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from .errors import type_name
+
 SUMMARY_INTERVAL = 30.0  # seconds between two summaries of one ongoing failure
 
 
@@ -48,7 +50,7 @@ class FailureLog:
     def failed(self, exc: BaseException, what: str = "failed", level: int = logging.ERROR) -> None:
         """Record one failure; logs the first of its kind with a traceback, then a
         summary at most once per interval."""
-        kind = f"{type(exc).__module__}.{type(exc).__qualname__}"
+        kind = type_name(exc)
         now = self._clock()
         with self._lock:
             streak = self._streaks.get(kind)

@@ -38,6 +38,7 @@ from ..errors import (
     TxRevertedError,
     describe_error,
     error_parts,
+    type_name,
 )
 from ..lograte import FailureLog
 from ..retry import Retry
@@ -229,7 +230,7 @@ class Submitter:
             tries = len(ctx.tries_of(slot)) + 1
             await ctx.commit(ctx.entry_op(slot, "submit", EntryState.ERROR, None, describe_error(exc), tries, started,
                                           ctx.clock.time()))
-            raise StepError(label, f"{type(exc).__module__}.{type(exc).__qualname__}", str(exc), tries) from exc
+            raise StepError(label, type_name(exc), str(exc), tries) from exc
 
     async def _resilient(self, ctx: RunScope, slot: store.Slot, retry: Retry, fn: Callable[..., Any],
                          *args: Any) -> Any:

@@ -32,7 +32,7 @@ from typing import Any, TypeVar
 
 from ..chain.adapter import ChainAdapter, Receipt, Simulator
 from ..clock import seconds, to_datetime, to_seconds
-from ..errors import StepError, StepTimeout, WaitTimeout, describe_error, error_parts
+from ..errors import StepError, StepTimeout, WaitTimeout, describe_error, error_parts, type_name
 from ..retry import Retry
 from ..runtime.context import Context
 from ..runtime.registry import WorkflowDef
@@ -245,7 +245,7 @@ class ReplayScope:
         except Exception as exc:  # noqa: BLE001 - the step's failure is what is compared
             error = exc
         if error is not None:
-            etype, message = f"{type(error).__module__}.{type(error).__qualname__}", str(error)
+            etype, message = type_name(error), str(error)
             if entry is None:
                 self._report(slot, "step", Change.NEW, f"ran and failed: {etype}: {message}")
             elif not entry.ok and error_parts(entry.error) == (etype, message):

@@ -57,6 +57,7 @@ from ..errors import (
     describe_error,
     error_parts,
     summary,
+    type_name,
 )
 from ..lease import Lease
 from ..retry import DEFAULT_RETRY, Retry
@@ -761,18 +762,16 @@ class Scope:
             try:
                 result = await self._invoke(label, fn, args, kwargs, limit, outlast=undo is not None)
                 text, value = codec.roundtrip(result, what=f"output of step {label!r}")
-            except PayloadError as exc:
-                await self._fail(slot, kind, exc, attempt, started)
-                raise StepError(label, f"{type(exc).__module__}.{type(exc).__qualname__}", str(exc), attempt) from exc
             except BaseException as raised:
                 failure = own_failure(raised, f"step {label!r}")
                 if not isinstance(failure, Exception):
                     raise
                 finished = self.clock.time()
-                if not policy.retryable(failure) or attempt >= policy.max_attempts:
+                # an output that cannot be stored would only fail again
+                if isinstance(failure, PayloadError) or not policy.retryable(failure) or \
+                        attempt >= policy.max_attempts:
                     await self._fail(slot, kind, failure, attempt, started)
-                    raise StepError(label, f"{type(failure).__module__}.{type(failure).__qualname__}", str(failure),
-                                    attempt) from failure
+                    raise StepError(label, type_name(failure), str(failure), attempt) from failure
                 await self.record_attempt(slot, tries, failure, started, finished, finished + policy.delay(attempt))
                 self.events.emit("step_retried", run_id=self.run_id, workflow=self.workflow, step=label,
                                  attempt=attempt, duration=finished - started, error=summary(failure))
@@ -934,7 +933,7 @@ class Scope:
             raise  # the execution's end, not the compensation's failure
         except Exception as exc:
             await self._fail(slot, "compensation", exc, 1, started)
-            raise StepError(label, f"{type(exc).__module__}.{type(exc).__qualname__}", str(exc), 1) from exc
+            raise StepError(label, type_name(exc), str(exc), 1) from exc
         finally:
             _BRANCH.reset(branch)
             _ORIGIN.reset(origin)

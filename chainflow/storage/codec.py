@@ -25,7 +25,7 @@ import uuid
 import zoneinfo
 from typing import Any
 
-from ..errors import PayloadError
+from ..errors import PayloadError, type_name
 
 TAG = "__cf__"
 _SAFE_INT = 2**53  # beyond this many JSON readers (JS, some drivers) lose precision
@@ -125,7 +125,7 @@ def _encode(value: Any, path: Path, depth: int = 0) -> Any:
         items = sorted((_encode(v, path, depth + 1) for v in value), key=lambda e: json.dumps(e, sort_keys=True))
         return {TAG: kind, "v": items}
     raise PayloadError(
-        f"value of type {type(value).__module__}.{type(value).__qualname__} at {_where(path)} "
+        f"value of type {type_name(value)} at {_where(path)} "
         "cannot be stored exactly (supported: None, bool, int, float, str, bytes, Decimal, "
         "datetime/date/time/timedelta, UUID, list, tuple, set, dict)"
     )
