@@ -98,7 +98,7 @@ class _Slot:
 
     @property
     def label(self) -> str:
-        return f"{self.branch}{limits.BRANCH_SEP}{self.key}" if self.branch else self.key
+        return limits.label(self.branch, self.key)
 
 
 @dataclass
@@ -204,7 +204,7 @@ class ReplayScope:
         entry = slot.entry
         if entry is not None and override is None:
             self._report(slot, "step", Change.UNCHANGED)
-            value = self._recorded_value(name, entry)
+            value = self._recorded_value(slot.label, entry)
         elif not self._may_run(name, override):
             call = call_text(name, args, kwargs)
             if entry is None:
@@ -212,18 +212,19 @@ class ReplayScope:
                 raise _Halt("halted")
             self._report(slot, "step", Change.WOULD_RUN, f"would run: {call} (new code, effectful: pass "
                                                           "allow_effects / --allow-effects, or mark it pure)")
-            value = self._recorded_value(name, entry)
+            value = self._recorded_value(slot.label, entry)
         else:
             value = await self._run(slot, (override.fn if override is not None else fn), args, kwargs, limit)
         if compensate is not None:
             self._register(slot, compensate, value, None)
         return value  # type: ignore[no-any-return]
 
-    def _recorded_value(self, name: str, entry: RecordedEntry) -> Any:
+    def _recorded_value(self, label: str, entry: RecordedEntry) -> Any:
+        """The recorded output, or the recorded failure raised as the run saw it live."""
         if entry.ok:
             return codec.loads(entry.output)
         etype, message = error_parts(entry.error)
-        raise StepError(name, etype, message, entry.attempts)
+        raise StepError(label, etype, message, entry.attempts)
 
     async def _run(self, slot: _Slot, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
                    limit: float | None) -> Any:
@@ -371,7 +372,7 @@ class ReplayScope:
             self._report(slot, "child", Change.UNCHANGED, "history ends here: the run waits for its child")
             raise _Halt(self.history.run.status)
         self._report(slot, "child", Change.UNCHANGED)
-        value = self._recorded_value(name, entry)
+        value = self._recorded_value(slot.label, entry)
         if compensate is not None:
             self._register(slot, compensate, value, None)
         return value

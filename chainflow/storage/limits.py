@@ -82,12 +82,17 @@ def slot_name(value: Any, kind: str) -> str:
                      "for compensation keys")
 
 
+def label(branch: str, key: str) -> str:
+    """``branch/key``, or the key at the top: how errors, events, submissions and child
+    keys name an operation, alike live and on replay."""
+    return f"{branch}{BRANCH_SEP}{key}" if branch else key
+
+
 def compensation_branch(branch: str, key: str) -> str:
     """The branch path a compensation that takes a context runs in: under the branch of
     the slot it compensates, named ``compensate:<key>``, which no user branch can be
     (user names may not start with the prefix), so its steps never share a slot."""
-    label = f"{COMPENSATION_PREFIX}{key}"
-    return f"{branch}{BRANCH_SEP}{label}" if branch else label
+    return label(branch, f"{COMPENSATION_PREFIX}{key}")
 
 
 def in_compensation(branch: str) -> bool:

@@ -87,9 +87,7 @@ class Slot:
 
     @property
     def label(self) -> str:
-        """``branch/key``, or the key at the top: how errors and events name the
-        operation, the same live and on replay."""
-        return f"{self.branch}{limits.BRANCH_SEP}{self.key}" if self.branch else self.key
+        return limits.label(self.branch, self.key)
 
 
 @dataclass(frozen=True)

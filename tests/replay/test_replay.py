@@ -332,3 +332,32 @@ async def test_a_forked_dead_lettered_run_cannot_be_retried(make_app: Any) -> No
     assert app.status(source).status == "dead_lettered"
     await tester.run_until_idle()
     assert (await app.astatus(fork.id)).status == "completed"
+
+
+async def test_a_caught_step_error_replays_as_the_run_saw_it(make_app: Any) -> None:
+    """A failed step's error re-raised from history names it as the run saw it live
+    (``pay#1``, ``0/bad``): a handler that decides on it takes the recorded path, and
+    unchanged code replays unchanged."""
+    app = make_app(clock=cf.FakeClock())
+
+    def declined() -> None:
+        raise ValueError("declined")
+
+    async def caught(ctx: cf.Context, name: str) -> str:
+        try:
+            await ctx.step(name, declined, retry=cf.Retry(max_attempts=1))
+        except cf.StepError as exc:
+            return await ctx.step("handled " + exc.step.replace("#", "-").replace("/", "-"), lambda: exc.step)
+        return "none"
+
+    @app.workflow("handled")
+    async def handled(ctx: cf.Context, _: Any) -> list[Any]:
+        await ctx.step("pay", lambda: "paid")
+        return [await caught(ctx, "pay"), *await ctx.gather(caught(ctx, "bad"))]
+
+    result = await WorkflowTester(app).run("handled")
+    assert result.output == ["pay#1", "0/bad"], result.error
+
+    report = await app.areplay(result.run.id)
+    assert not report.changed, report.to_json()
+    assert report.replayed_status == "completed"
