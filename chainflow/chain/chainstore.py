@@ -355,11 +355,6 @@ def share(conn: sa.Connection, sub_id: int, run_id: str, step: str, now: float) 
         conn.execute(sharers.insert().values(submission_id=sub_id, run_id=run_id, step=step, created_at=now))
 
 
-def shared_live(conn: sa.Connection, sub_id: int) -> bool:
-    """Whether a live run other than its opener waits on the intent."""
-    return bool(conn.execute(sa.select(_SHARED_LIVE.where(submissions.c.id == sub_id))).scalar())
-
-
 # a run that waits on an intent no longer wants it once it has released it, or ended
 # failed or cancelled (a dead-lettered one may be retried, a completed one kept it)
 _GAVE_UP = (RunState.FAILED, RunState.CANCELLED)

@@ -24,8 +24,9 @@ class BranchOrder:
         self._ended: dict[str, int] = {}  # per parent path: how many of its branches have ended
         self._end_at: dict[str, int] = {}  # branch path -> its place among its parent's ended branches
         self._open_at: dict[str, int] = {}  # branch path -> how many of its siblings had ended when it opened
-        # (awaiting branch, its next position when the result came, awaited branch path)
-        self._awaits: list[tuple[str, int, str]] = []
+        # (awaiting branch, awaited branch path) -> the awaiting branch's next position
+        # when it first had the result: a later await of the same gives it nothing new
+        self._awaits: dict[tuple[str, str], int] = {}
 
     def opened(self, parent: str, path: str, task: asyncio.Task[Any]) -> None:
         self._open_at[path] = self._ended.get(parent, 0)
@@ -45,7 +46,7 @@ class BranchOrder:
     def awaited(self, branch: str, position: int, path: str) -> None:
         """Branch ``branch`` has the result of branch ``path``, its own operations from
         ``position`` on coming after."""
-        self._awaits.append((branch, position, path))
+        self._awaits.setdefault((branch, path), position)
 
     def fed(self, branch: str, position: int, target: str) -> bool:
         """Whether the operation at ``position`` of ``branch`` came after the branch had
@@ -54,12 +55,12 @@ class BranchOrder:
         holding, grew = {target}, True
         while grew:  # a branch that awaited a holder holds it too: its result came later
             grew = False
-            for awaiter, _, path in self._awaits:
+            for awaiter, path in self._awaits:
                 if awaiter not in holding and any(_within(h, path) for h in holding):
                     holding.add(awaiter)
                     grew = True
         return any(awaiter == branch and start <= position and any(_within(h, path) for h in holding)
-                   for awaiter, start, path in self._awaits)
+                   for (awaiter, path), start in self._awaits.items())
 
 
 def _within(branch: str, path: str) -> bool:

@@ -252,7 +252,7 @@ def test_v10_database_gets_the_sharers_table(make_app: Any) -> None:
     assert migrate(app.engine) == schema.LATEST == 12
     assert {c["name"] for c in sa.inspect(app.engine).get_columns("cf_sharers")} == {c.name for c in schema.sharers.c}
     with app.engine.begin() as conn:
-        assert not chainstore.shared_live(conn, sub_id)
+        assert chainstore.sharers_of(conn, [sub_id]) == []
         chainstore.share(conn, sub_id, "r2", "\x1fpay", 2.0)
         chainstore.share(conn, sub_id, "r2", "\x1fpay", 3.0)  # once is enough
         assert [tuple(r) for r in chainstore.sharers_of(conn, [sub_id])] == [(sub_id, "r2", "\x1fpay")]
