@@ -14,10 +14,17 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+import dacite
+
 from ..errors import DuplicateWorkflowError, InputValidationError, UnknownWorkflowError
 from ..storage import codec
 
 WorkflowFn = Callable[[Any, Any], Awaitable[Any]]
+
+# How a worker turns a stored dataclass input (``dataclasses.asdict`` of it) back into the
+# declared class: every dataclass nested in it is rebuilt from the type hints, which
+# ``tp(**data)`` left as dicts.  An unknown key is refused as the constructor refused it.
+_REBUILD = dacite.Config(check_types=False, strict=True)
 
 
 def _is_pydantic(tp: Any) -> bool:
@@ -61,7 +68,7 @@ class WorkflowDef:
             return data
         if _is_pydantic(tp):
             return tp.model_validate(data)  # type: ignore[attr-defined]
-        return tp(**data)
+        return dacite.from_dict(tp, data, _REBUILD)
 
 
 def _digest(workflow: str, text: str) -> str:

@@ -188,6 +188,28 @@ class Refund:
     cents: int
 
 
+@dataclasses.dataclass(frozen=True)
+class Address:
+    chain: str
+    to: str
+
+
+@dataclasses.dataclass
+class Payout:
+    """Dataclasses nested in each position a payout uses them."""
+
+    dest: Address
+    amount: int
+    fallback: Address | None = None
+    legs: list[Address] = dataclasses.field(default_factory=list)
+    by_chain: dict[str, Address] = dataclasses.field(default_factory=dict)
+    hop: tuple[Address, int] | None = None
+
+
+PAYOUT = Payout(Address("evm", "0xabc"), 5, fallback=Address("btc", "bc1q"), legs=[Address("evm", "0x1")],
+                by_chain={"btc": Address("btc", "bc1x")}, hop=(Address("evm", "0x2"), 7))
+
+
 def register_typed(app: cf.Chainflow) -> None:
     @app.workflow("pay")
     async def pay(ctx: cf.Context, p: Payment) -> dict[str, Any]:
@@ -198,6 +220,10 @@ def register_typed(app: cf.Chainflow) -> None:
     async def refund(ctx: cf.Context, r: Refund) -> list[Any]:
         assert isinstance(r, Refund)
         return [r.payment_id, r.cents]
+
+    @app.workflow("payout")
+    async def payout(ctx: cf.Context, p: Payout) -> str:
+        return repr(p)
 
 
 @pytest.mark.parametrize(
@@ -235,6 +261,18 @@ async def test_valid_typed_input_reaches_the_workflow(make_app: Any) -> None:
     assert paid.run.input == {"account": "acc", "cents": 250}  # stored in validated form
     refunded = await tester.run("refund", Refund("p-1", 99))
     assert refunded.output == ["p-1", 99]
+
+
+@pytest.mark.parametrize("given", [PAYOUT, dataclasses.asdict(PAYOUT)], ids=["instance", "dict"])
+async def test_nested_dataclass_input_reaches_the_workflow_as_declared(make_app: Any, given: Any) -> None:
+    """The input is stored as plain data (``dataclasses.asdict``); the worker rebuilds each
+    dataclass in it from the type hints, not only the outer one."""
+    app = make_app(clock=cf.FakeClock())
+    register_typed(app)
+    paid = await WorkflowTester(app).run("payout", given)
+    assert paid.status == "completed", paid.error
+    assert paid.output == repr(PAYOUT)
+    assert paid.run.input == dataclasses.asdict(PAYOUT)
 
 
 def test_unknown_workflow(make_app: Any) -> None:
