@@ -10,7 +10,7 @@ import dataclasses
 import hashlib
 import inspect
 import typing
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,7 +24,27 @@ WorkflowFn = Callable[[Any, Any], Awaitable[Any]]
 # How a worker turns a stored dataclass input (``dataclasses.asdict`` of it) back into the
 # declared class: every dataclass nested in it is rebuilt from the type hints, which
 # ``tp(**data)`` left as dicts.  An unknown key is refused as the constructor refused it.
+# Types are not checked again: ``start`` did, and a run it accepted before it checked
+# them resumes with the input it started with.
 _REBUILD = dacite.Config(check_types=False, strict=True)
+
+
+def _not_a_bool(tp: type) -> Callable[[Any], Any]:
+    """``isinstance(True, int)`` holds, but True is no amount: refused as pydantic's strict
+    mode refuses it (dacite names the field)."""
+
+    def check(value: Any) -> Any:
+        if isinstance(value, bool):
+            raise dacite.WrongTypeError(field_type=tp, value=value)
+        return value
+
+    return check
+
+
+# How ``start`` checks a dataclass input: each field, nested ones too, is of its declared
+# type, nothing coerced (1.0 is no int: a float amount has lost wei past 2**53, and "5" is
+# a caller's bug), and no key is unknown.
+_VALIDATE = dacite.Config(strict=True, type_hooks={int: _not_a_bool(int), float: _not_a_bool(float)})
 
 
 def _is_pydantic(tp: Any) -> bool:
@@ -48,9 +68,12 @@ class WorkflowDef:
                 model: Any = value if isinstance(value, tp) else tp.model_validate(value)  # type: ignore[attr-defined]
                 return model.model_dump(mode="python")
             if dataclasses.is_dataclass(tp):
-                inst = value if isinstance(value, tp) else tp(**value)
-                return dataclasses.asdict(inst)  # type: ignore[arg-type]
-        except (TypeError, ValueError) as exc:
+                # an instance is checked too: a dataclass's constructor checks no type
+                data = dataclasses.asdict(value) if isinstance(value, tp) else value
+                if not isinstance(data, Mapping):
+                    raise TypeError(f"expected a {tp.__name__} or a mapping of its fields, got {type(value).__name__}")
+                return dataclasses.asdict(dacite.from_dict(tp, data, _VALIDATE))
+        except (TypeError, ValueError, dacite.DaciteError) as exc:
             raise InputValidationError(self.name, str(exc).strip()) from None
         return value
 

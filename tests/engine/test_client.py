@@ -251,6 +251,40 @@ def test_bad_input_rejected_before_anything_is_recorded(make_app: Any, workflow:
                      {"payment_id": "p", "cents": 5}, idempotency_key="k1").created
 
 
+DEST = {"chain": "evm", "to": "0xabc"}
+
+
+@pytest.mark.parametrize(
+    ("workflow", "bad", "culprit"),
+    [
+        ("refund", {"payment_id": "p", "cents": 1.5}, '"cents"'),
+        ("refund", {"payment_id": "p", "cents": 1.0}, '"cents"'),  # a float rounds amounts past 2**53
+        ("refund", {"payment_id": "p", "cents": True}, '"cents"'),  # True is not 1 cent
+        ("refund", {"payment_id": "p", "cents": "5"}, '"cents"'),
+        ("refund", {"payment_id": 7, "cents": 5}, '"payment_id"'),
+        ("refund", Refund("p", 2.5), '"cents"'),  # type: ignore[arg-type]  # its constructor checks nothing
+        ("payout", {"dest": {"chain": "evm", "to": 5}, "amount": 1}, '"dest.to"'),
+        ("payout", {"dest": {"chain": "evm"}, "amount": 1}, '"dest.to"'),
+        ("payout", {"dest": {**DEST, "memo": "x"}, "amount": 1}, '"memo"'),
+        ("payout", {"dest": DEST, "amount": 1, "legs": [DEST, {**DEST, "to": 1.5}]}, '"legs.to"'),
+        ("payout", {"dest": DEST, "amount": 1, "by_chain": {"evm": {**DEST, "to": None}}}, '"by_chain.to"'),
+        ("payout", {"dest": DEST, "amount": 1, "fallback": "0xabc"}, '"fallback"'),
+        ("payout", {"dest": DEST, "amount": 1, "hop": (DEST, 7.0)}, '"hop"'),
+        ("payout", {"dest": DEST, "amount": [1]}, '"amount"'),
+    ],
+)
+def test_dataclass_input_of_a_wrong_type_is_refused_naming_the_field(make_app: Any, workflow: str, bad: Any,
+                                                                      culprit: str) -> None:
+    """README: ``start`` validates a dataclass input.  Its fields are checked against
+    their types, nested ones too, without coercion: amounts are ints."""
+    app = make_app(clock=cf.FakeClock())
+    register_typed(app)
+    with pytest.raises(cf.InputValidationError) as info:
+        app.start(workflow, bad)
+    assert culprit in info.value.detail
+    assert run_count(app) == 0
+
+
 async def test_valid_typed_input_reaches_the_workflow(make_app: Any) -> None:
     app = make_app(clock=cf.FakeClock())
     register_typed(app)
