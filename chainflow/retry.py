@@ -75,3 +75,10 @@ class Retry:
 
 
 DEFAULT_RETRY = Retry()
+
+
+def check_policy(retry: Retry | None, what: str) -> None:
+    """Refuse a ``retry=`` that is neither None nor a Retry where it is given: taken for a
+    policy, it failed only at the operation's first failure, after the operation ran."""
+    if retry is not None and not isinstance(retry, Retry):
+        raise TypeError(f"{what} must be a chainflow.Retry, got {retry!r}")

@@ -41,7 +41,7 @@ from ..errors import (
     type_name,
 )
 from ..lograte import FailureLog
-from ..retry import Retry
+from ..retry import Retry, check_policy
 from ..states import EntryState, SubmissionState
 from ..storage import codec, limits, store
 from ..storage.database import Database
@@ -122,6 +122,7 @@ class Submitter:
         # before the slot: a bad key or name is refused before anything is journaled
         limits.text(idempotency_key, f"idempotency_key of submit {name!r}", limits.IDEMPOTENCY_KEY_LENGTH)
         policy = policy_of(finality, f"submit {name!r}")
+        check_policy(retry, f"retry of submit {name!r}")
         slot = ctx.slot(name, "submit")
         label = slot.label
         if len(label) > limits.SUBMISSION_LABEL_LENGTH:

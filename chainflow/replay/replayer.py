@@ -41,6 +41,7 @@ from ..runtime.scope import (
     _ORIGIN,
     BranchState,
     check_compensation,
+    check_step,
     gather_branches,
     open_branch,
     submission_key,
@@ -199,6 +200,7 @@ class ReplayScope:
         limit = None if timeout is None else to_seconds(timeout, f"timeout of step {name!r}", positive=True)
         if compensate is not None:
             check_compensation(compensate, f"compensate of step {name!r}")
+        check_step(name, fn, retry)
         slot = self._slot(name, "step")
         override = self._options.steps.get(name)
         entry = slot.entry

@@ -60,7 +60,7 @@ from ..errors import (
     type_name,
 )
 from ..lease import Lease
-from ..retry import DEFAULT_RETRY, Retry
+from ..retry import DEFAULT_RETRY, Retry, check_policy
 from ..states import EntryState, RunState
 from ..storage import codec, limits, store
 from ..threads import ThreadPool
@@ -296,6 +296,14 @@ def check_compensation(fn: Any, what: str) -> None:
     takes_context(fn, what)
 
 
+def check_step(name: str, fn: Any, retry: Retry | None) -> None:
+    """Refuse, before step ``name`` takes a slot, what would fail only once it ran: a
+    ``fn`` that is no callable was called as the step and retried as its failure."""
+    if not callable(fn):
+        raise TypeError(f"step {name!r} must be given a callable to run, got {fn!r}")
+    check_policy(retry, f"retry of step {name!r}")
+
+
 def submission_key(name: str, idempotency_key: str | None) -> str:
     """The idempotency key a ``ctx.submit`` uses: the given one in workflow code; inside
     a compensation, derived from the compensated intent (the given key, or the submit's
@@ -392,6 +400,7 @@ class Scope:
         limit = None if timeout is None else to_seconds(timeout, f"timeout of step {name!r}", positive=True)
         if compensate is not None:
             check_compensation(compensate, f"compensate of step {name!r}")
+        check_step(name, fn, retry)
         slot = self._slot(name, "step")
         policy = retry or self.default_retry
         if slot.entry is None:

@@ -97,6 +97,15 @@ CTX_CALLS: dict[str, tuple[Callable[[cf.Context], Any], type[Exception], tuple[s
                               ("MAX_DURATION",)),
     "wait timeout negative": (lambda ctx: ctx.wait_for("approval", timeout=-5), ValueError,
                               ("timeout of wait_for 'approval'", "-5")),
+    # taken as a policy, an int failed only at the step's first failure, after it ran
+    "step retry int": (lambda ctx: ctx.step("charge", _record, retry=cast(Any, 3)), TypeError,
+                       ("retry of step 'charge'", "chainflow.Retry", "3")),
+    "submit retry int": (lambda ctx: ctx.submit("mint", chain="fake", tx={}, idempotency_key="k",
+                                                retry=cast(Any, 3)), TypeError,
+                         ("retry of submit 'mint'", "chainflow.Retry", "3")),
+    # called, it failed as the step's own error and was retried with backoff
+    "step fn not callable": (lambda ctx: ctx.step("charge", cast(Any, 5)), TypeError,
+                             ("step 'charge'", "callable", "5")),
 }
 
 _LOG: list[CallLog] = []  # the current test's call log, for the module-level step function
@@ -142,6 +151,16 @@ async def test_bad_duration_is_refused_at_the_call(sqlite_app: cf.Chainflow, cal
     assert calls.lines() == []  # the step never ran
     journal = sqlite_app.journal(st.id)
     assert [(e.position, e.key) for e in journal] == [(0, "after")]  # nothing journaled, no slot taken
+
+
+@pytest.mark.parametrize("case", ["step retry int", "step fn not callable"])
+async def test_a_replay_refuses_a_bad_step_argument_as_the_live_run_did(sqlite_app: cf.Chainflow, calls: CallLog,
+                                                                        case: str) -> None:
+    probe(sqlite_app, CTX_CALLS[case][0])
+    st = await drive(sqlite_app, "probe")
+    report = await sqlite_app.areplay(st.id, allow_effects=True)
+    assert not report.changed, report
+    assert calls.lines() == []
 
 
 async def test_uncaught_bad_argument_fails_the_run_with_a_clear_message(sqlite_app: cf.Chainflow) -> None:
