@@ -77,8 +77,12 @@ def to_seconds(value: float | dt.timedelta, what: str, *, positive: bool = False
     (a step timeout, a lease).  A bool is refused: ``True`` seconds is a bug, not 1 s."""
     if isinstance(value, dt.timedelta):
         s = value.total_seconds()
-    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+    elif isinstance(value, float):
         s = float(value)
+    elif isinstance(value, int) and not isinstance(value, bool):
+        # clamped into the refused range first: float() of an int past a float's range
+        # (10**400) raises a bare OverflowError naming nothing
+        s = float(min(max(value, -1), MAX_SECONDS + 1))
     else:
         raise TypeError(f"{what} must be a number of seconds or a timedelta, got {value!r}")
     if not math.isfinite(s) or s < 0 or (positive and s == 0):
