@@ -36,7 +36,7 @@ import random as _random
 import time
 import uuid as _uuid
 from collections import Counter
-from collections.abc import Awaitable, Callable, Coroutine, Generator
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -117,6 +117,22 @@ class BranchState:
         return position, name if occurrence == 0 else f"{name}{limits.OCCURRENCE_SEP}{occurrence}"
 
 
+def _check_work(work: Any, what: str) -> None:
+    """Refuse a branch's work that cannot be awaited before its task starts: awaited in
+    the task, it failed there with an error naming no branch."""
+    if not inspect.isawaitable(work):
+        raise TypeError(f"{what} must be given an awaitable (call the async function, do not await it), "
+                        f"got {work!r}")
+
+
+def _discard(works: Iterable[Any]) -> None:
+    """Close the coroutines among refused ``works``: never started, they would warn that
+    they were never awaited."""
+    for work in works:
+        if inspect.iscoroutine(work):
+            work.close()
+
+
 def open_branch(state: Callable[[str], BranchState], tasks: set[asyncio.Future[Any]], name: str,
                 work: Coroutine[Any, Any, T], order: BranchOrder | None = None) -> asyncio.Task[T]:
     """Start ``work`` as the next branch ``name`` of the calling branch (``state`` gives
@@ -129,11 +145,12 @@ def open_branch(state: Callable[[str], BranchState], tasks: set[asyncio.Future[A
     path = f"{parent}{limits.BRANCH_SEP}{label}" if parent else label
     try:
         limits.slot_name(name, "branch")
+        _check_work(work, f"branch {name!r}")
         if len(path) > limits.BRANCH_LENGTH:
             raise ValueError(f"branch path {path[:60]!r}… is {len(path)} characters long, "
                              f"the limit is {limits.BRANCH_LENGTH}")
     except (ValueError, TypeError):
-        work.close()  # never started: no "coroutine was never awaited" warning
+        _discard([work])
         raise
     siblings.children[name] += 1
     scope = contextvars.copy_context()
@@ -227,16 +244,16 @@ async def contained(work: Awaitable[T], where: str) -> T:
 async def gather_branches(branch: Callable[[str, Coroutine[Any, Any, Any]], asyncio.Task[Any]],
                           works: tuple[Coroutine[Any, Any, Any], ...], names: list[str] | None) -> list[Any]:
     """``asyncio.gather`` of ``works``, each started by ``branch`` as its own branch
-    ("0", "1", ... or ``names``); every name is checked before any branch starts."""
+    ("0", "1", ... or ``names``); every name and work is checked before any branch starts."""
     labels = names or [str(i) for i in range(len(works))]
     try:
         if len(labels) != len(works):
             raise ValueError(f"gather got {len(works)} awaitables but {len(labels)} names")
-        for label in labels:
+        for label, work in zip(labels, works):
             limits.slot_name(label, "gather")
+            _check_work(work, f"gather {label!r}")
     except (ValueError, TypeError):
-        for work in works:
-            work.close()
+        _discard(works)
         raise
     return list(await asyncio.gather(*(branch(n, w) for n, w in zip(labels, works))))
 

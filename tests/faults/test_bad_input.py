@@ -110,6 +110,11 @@ CTX_CALLS: dict[str, tuple[Callable[[cf.Context], Any], type[Exception], tuple[s
     # called, it failed as the step's own error and was retried with backoff
     "step fn not callable": (lambda ctx: ctx.step("charge", cast(Any, 5)), TypeError,
                              ("step 'charge'", "callable", "5")),
+    # awaited in its task: "object int can't be used in 'await' expression", naming no branch
+    "branch not awaitable": (lambda ctx: ctx.branch("fanout", cast(Any, 5)), TypeError,
+                             ("branch 'fanout'", "awaitable", "5")),
+    "gather not awaitable": (lambda ctx: ctx.gather(ctx.step("charge", _record), cast(Any, 5), names=["ok", "fanout"]),
+                             TypeError, ("gather 'fanout'", "awaitable", "5")),
 }
 
 _LOG: list[CallLog] = []  # the current test's call log, for the module-level step function
