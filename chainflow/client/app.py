@@ -210,7 +210,7 @@ class Chainflow:
         self, name: str | None = None, *, timeout: float | dt.timedelta | None = None, input_type: type | None = None
     ) -> Callable[[F], F]:
         def register(fn: F) -> F:
-            wf_name = limits.text(name or fn.__name__, "workflow name", limits.WORKFLOW_NAME_LENGTH)
+            wf_name = limits.text(fn.__name__ if name is None else name, "workflow name", limits.WORKFLOW_NAME_LENGTH)
             limit = seconds(timeout, f"timeout of workflow {wf_name!r}", positive=True)
             declared = input_type if input_type is not None else infer_input_type(fn)
             self.registry.add(WorkflowDef(wf_name, fn, limit, declared))
@@ -237,7 +237,7 @@ class Chainflow:
         workflow function registered already (put it above ``@app.workflow()``)."""
 
         def add(wf_name: str) -> None:
-            s = scheduling.declare(name or wf_name, wf_name, input, cron=cron, every=every, start=start,
+            s = scheduling.declare(name, wf_name, input, cron=cron, every=every, start=start,
                                    timezone=timezone, missed=missed, max_missed=max_missed, grace=grace,
                                    window=window, registry=self.registry)
             if s.name in self.schedules:

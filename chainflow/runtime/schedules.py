@@ -224,7 +224,7 @@ def declare(name: str | None, workflow: str, input: Any, *, cron: str | None, ev
             start: float | dt.datetime, timezone: str, missed: str, max_missed: int, grace: float | dt.timedelta,
             window: float | dt.timedelta, registry: Registry) -> Schedule:
     """A checked ``Schedule`` (the app's ``schedule`` hands its arguments here)."""
-    label = check_name(name or workflow)
+    label = check_name(workflow if name is None else name)
     what = f"schedule {label!r}"
     try:
         policy = Missed(missed)

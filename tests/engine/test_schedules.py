@@ -156,6 +156,8 @@ def test_declarations_are_checked(make_app: Any) -> None:
         app.schedule("* * * * *", workflow="w", timezone="Mars/Olympus")
     with pytest.raises(cf.UnknownWorkflowError):
         app.schedule(every=5, workflow="nope")
+    with pytest.raises(ValueError, match="schedule name must not be empty"):  # not the workflow's name instead
+        app.schedule(every=5, name="", workflow="w")
     app.schedule(every=5, workflow="w", input=1)
     with pytest.raises(cf.ConfigurationError, match="two schedules are named 'w'"):
         app.schedule(every=7, workflow="w")

@@ -233,6 +233,8 @@ def test_exponential_backoff_saturates_instead_of_overflowing() -> None:
         (lambda app: app.worker(worker_id="w" * (limits.WORKER_ID_LENGTH + 1)), ValueError,
          ("worker_id", f"limit is {limits.WORKER_ID_LENGTH}")),
         (lambda app: app.worker(worker_id=""), ValueError, ("worker_id", "empty")),
+        # not the function's name, which registered under it instead
+        (lambda app: app.workflow("")(_wf), ValueError, ("workflow name", "empty")),
         (lambda app: app.workflow("w", timeout=0)(_wf), ValueError, ("timeout of workflow 'w'", "0")),
         (lambda app: app.workflow("w", timeout=NAN)(_wf), ValueError, ("timeout of workflow 'w'", "nan")),
         (lambda app: app.workflow("w", timeout=dt.timedelta(days=4000))(_wf), ValueError, ("MAX_DURATION",)),
@@ -255,7 +257,7 @@ def test_bad_engine_setting_is_refused_where_it_is_given(sqlite_app: cf.Chainflo
         make(sqlite_app)
     for needle in needles:
         assert needle in str(info.value)
-    assert "w" not in sqlite_app.registry
+    assert sqlite_app.registry.names() == []
 
 
 async def _wf(ctx: cf.Context, _: Any) -> None:
