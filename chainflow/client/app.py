@@ -722,18 +722,26 @@ class Chainflow:
 
     def run_worker(self, concurrency: int = 32, **options: Any) -> None:
         """Run a worker in this thread until SIGINT/SIGTERM: the process is a worker
-        from now on (``freeze_heap``)."""
+        from now on (``freeze_heap``).  The first signal stops it gracefully
+        (``Worker.close``), a second one stops its waiting for steps in threads."""
         from ..runtime.worker import freeze_heap
 
         async def main() -> None:
             stop = asyncio.Event()
             loop = asyncio.get_running_loop()
+            worker = self.worker(concurrency=concurrency, **options)
+
+            def signalled() -> None:
+                if stop.is_set():
+                    worker.hurry()
+                stop.set()
+
             for sig in (_signal.SIGINT, _signal.SIGTERM):
                 try:
-                    loop.add_signal_handler(sig, stop.set)
+                    loop.add_signal_handler(sig, signalled)
                 except (NotImplementedError, RuntimeError):
                     pass
-            await self.worker(concurrency=concurrency, **options).run(stop)
+            await worker.run(stop)
 
         freeze_heap()
         asyncio.run(main())

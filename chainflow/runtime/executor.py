@@ -50,10 +50,15 @@ T = TypeVar("T")
 # quiescence: once no operation is in flight and something is parked, let the event
 # loop spin this many times without any new operation before unwinding the run
 _SETTLE_SPINS = 8
-# a stop that unwinds the run at once, whatever it is doing
-_UNWINDING = (StopReason.CANCEL, StopReason.TIMEOUT, StopReason.LEASE_LOST, StopReason.FATAL)
-# what losing the lease still overrides once the run compensates: it must stop without writing
-_OVERRIDDEN = (None, StopReason.SUSPEND, StopReason.FAILED)
+# a stop that unwinds the run at once, whatever it is doing (a shutdown: once its step
+# threads are done, ``_join_threads``)
+_UNWINDING = (StopReason.CANCEL, StopReason.TIMEOUT, StopReason.LEASE_LOST, StopReason.FATAL, StopReason.SHUTDOWN)
+# the stops that interrupt compensations too, and what each overrides then: a lost lease
+# must stop without writing, a shutdown hands the run back
+_OVERRIDES = {
+    StopReason.LEASE_LOST: (None, StopReason.SUSPEND, StopReason.FAILED, StopReason.SHUTDOWN),
+    StopReason.SHUTDOWN: (None, StopReason.SUSPEND, StopReason.FAILED),
+}
 
 
 class Unfinished(StrEnum):
@@ -61,7 +66,7 @@ class Unfinished(StrEnum):
     ends with the run's final ``RunState``)."""
 
     SUSPENDED = "suspended"  # parked: the detail is the run's new state (sleeping or waiting)
-    ABANDONED = "abandoned"  # the lease was lost: another worker resumes the run
+    ABANDONED = "abandoned"  # the lease was lost, or the worker stopped: another worker resumes the run
     ROLLED_BACK = "rolled_back"  # a reorg's rollback was applied: the run is pending again
 
 
@@ -76,11 +81,13 @@ class Outcome:
 
 
 _ABANDONED = Outcome(Unfinished.ABANDONED, "lease lost")
+_RELEASED = Outcome(Unfinished.ABANDONED, "released")  # handed back by a stopping worker
 
 
 class ExecutionHost(Protocol):
     """What an execution uses of the worker running it."""
 
+    id: str  # the worker's, which holds the lease
     clock: Clock
     inline_wait: float
     committer: Committer
@@ -106,7 +113,8 @@ class Execution:
         self._fn: Callable[..., Any] = wf.fn  # a fork may swap it (``runtime.overrides``)
         self.ctx: Scope | None = None
         self._stop = Flag()
-        self._lost = Flag()  # only a lost lease (or close) stops compensations
+        self._halt = Flag()  # only a lost lease or a shutdown stops compensations
+        self._lost = Flag()
         self._parked: list[tuple[float | None, str | None]] = []
         self._reason: StopReason | None = None
         self._entries: list[store.Entry] = []
@@ -115,17 +123,25 @@ class Execution:
         self._failure: str | None = claim.failure
 
     def request_stop(self, reason: StopReason) -> None:
-        """Called by the heartbeat (cancel, lost lease); the driver reacts."""
+        """Called by the heartbeat (cancel, lost lease) and the worker (shutdown); the
+        driver reacts."""
         self._reason = self._reason or reason
         ctx = self.ctx
         # once compensating, a cancel or timeout has nothing left to stop: the
-        # compensations are what it asks for; only losing the lease interrupts them
+        # compensations are what it asks for; only losing the lease or a shutdown interrupts them
         if ctx is not None and (ctx.stop_reason in (None, StopReason.SUSPEND) and not ctx.compensating
-                                or reason == StopReason.LEASE_LOST and ctx.stop_reason in _OVERRIDDEN):
+                                or ctx.stop_reason in _OVERRIDES.get(reason, ())):
             ctx.stop_reason = reason
         self._stop.set()
+        if reason in _OVERRIDES:
+            self._halt.set()
         if reason == StopReason.LEASE_LOST:
             self._lost.set()
+
+    @property
+    def threads(self) -> int:
+        """How many of the run's step calls run in threads now (``Scope.threads``)."""
+        return 0 if self.ctx is None else self.ctx.threads
 
     async def run(self) -> Outcome:
         w, claim = self.worker, self.claim
@@ -241,9 +257,42 @@ class Execution:
         return True
 
     async def _unwind(self, ctx: Scope) -> None:
+        if ctx.stop_reason == StopReason.SHUTDOWN:
+            await self._join_threads(ctx)
         for task in list(ctx.tasks):
             task.cancel()
         await asyncio.gather(*ctx.tasks, return_exceptions=True)
+
+    async def _join_threads(self, ctx: Scope) -> None:
+        """Let the run's steps running in threads finish before it is cut off: nothing can
+        stop a thread, so handing the run back meanwhile would let another worker run
+        the step again beside it, and cutting the step off would throw away what it did.
+        Each is journaled as it returns; new work is refused meanwhile (``SHUTDOWN``),
+        async work goes on until the last thread is done.  A lost lease ends the wait
+        (so does the worker's, ``Worker.close``: it then leaves the run leased)."""
+        lost = self._lost.future()
+        try:
+            while ctx.threads and ctx.stop_reason == StopReason.SHUTDOWN:
+                changed = ctx.changed.future()
+                await asyncio.wait({changed, lost}, return_when=asyncio.FIRST_COMPLETED)
+                changed.cancel()
+                ctx.changed.clear()
+        finally:
+            lost.cancel()
+
+    async def _hand_back(self, ctx: Scope) -> Outcome:
+        """The worker is stopping: commit what the run did (the steps its threads
+        finished, a value recorded since) and release the run in one fenced write, so
+        another worker resumes it at once without repeating any of it."""
+        await self._unwind(ctx)  # the workflow may have ended on its own, a branch still in a thread
+        if self._lost.is_set() or ctx.stop_reason == StopReason.LEASE_LOST:
+            return _ABANDONED
+        run_id, owner, now = self.claim.run_id, self.worker.id, self.worker.clock.time()
+        try:
+            await ctx.commit(lambda conn: store.release_runs(conn, [run_id], owner, now))
+        except LeaseLostError:
+            return _ABANDONED
+        return _RELEASED
 
     async def _conclude(self, ctx: Scope, main: asyncio.Future[Any]) -> Outcome:
         reason = ctx.stop_reason
@@ -251,6 +300,8 @@ class Execution:
         failed = main.exception() if main.done() and not main.cancelled() else None
         if reason == StopReason.LEASE_LOST:
             return _ABANDONED
+        if reason == StopReason.SHUTDOWN:
+            return await self._hand_back(ctx)
         if reason == StopReason.SUSPEND:
             if not main.done() or main.cancelled():
                 return await self._suspend(ctx)
@@ -336,18 +387,18 @@ class Execution:
         """Run the compensations as a driven task, like the workflow itself: a retry
         backoff (or any other park) inside one is waited inline or suspends the run,
         instead of awaiting a park nobody would ever resolve."""
-        if self._lost.is_set():
-            return _ABANDONED
+        if self._halt.is_set():
+            return await self._hand_back(ctx)
         task = asyncio.get_running_loop().create_task(ctx.run_compensations(Context, only))
         ctx.tasks.add(task)
         task.add_done_callback(ctx.tasks.discard)
-        await self._pump(ctx, task, self._lost, watch_deadline=False)
+        await self._pump(ctx, task, self._halt, watch_deadline=False)
         if ctx.stop_reason == StopReason.SUSPEND:
             return await self._suspend(ctx, bounded_by_deadline=False)
-        if ctx.stop_reason == StopReason.LEASE_LOST or task.cancelled():
+        if ctx.stop_reason in _OVERRIDES or task.cancelled():
             if task.done() and not task.cancelled():
-                task.exception()  # its LeaseLostError is this abandonment: retrieved, never logged as lost
-            return _ABANDONED
+                task.exception()  # its LeaseLostError (or refusal) is this stop: retrieved, never logged as lost
+            return await self._hand_back(ctx)
         exc = task.exception()
         if isinstance(exc, LeaseLostError):
             return _ABANDONED

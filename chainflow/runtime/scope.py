@@ -93,11 +93,13 @@ class StopReason(StrEnum):
     FATAL = "fatal"  # non-determinism
     ROLLBACK = "rollback"  # replay only, to collect compensations of invalidated steps
     FAILED = "failed"  # replay only, to finish the compensations of a failure (``Claim.failure``)
+    SHUTDOWN = "shutdown"  # the worker is stopping: hand the run back once its step threads are journaled
 
 
 # bound once: looked up on every step (see ``states`` on Enum attribute access)
 _OK = EntryState.OK
-_REFUSING = (StopReason.CANCEL, StopReason.TIMEOUT, StopReason.ROLLBACK, StopReason.FAILED)  # no new work may start
+_REFUSING = (StopReason.CANCEL, StopReason.TIMEOUT, StopReason.ROLLBACK, StopReason.FAILED,  # no new work may start
+             StopReason.SHUTDOWN)
 
 
 @dataclass
@@ -195,15 +197,17 @@ class _BranchTask(asyncio.Task[T]):
         return value
 
 
-async def _outlast(thread: asyncio.Future[T]) -> T:
+async def _outlast(thread: asyncio.Future[T], scope: Scope) -> T:
     """A sync step's outcome even when the run stops while its thread runs (a cancel, a
     failing sibling): nothing can stop the thread, and an effect it has must be
     journaled and compensated with the rest.  The caller raises the stop again once it
-    is (``_cancel_pending``)."""
+    is (``_cancel_pending``).  Not once the run's lease is lost (or its worker stops
+    waiting for it): nothing could be journaled any more."""
     try:
         return await asyncio.shield(thread)
     except asyncio.CancelledError:
-        if thread.cancelled():
+        if thread.cancelled() or scope.stop_reason == StopReason.LEASE_LOST:
+            thread.cancel()
             raise
         try:
             return await thread
@@ -394,6 +398,9 @@ class Scope:
         self.tasks: set[asyncio.Future[Any]] = set()
         self.parks: list[Park] = []
         self.active = 0
+        # step calls running in threads whose outcome the run awaits: nothing can stop
+        # them, so a stopping worker waits for them before handing the run back
+        self.threads = 0
         self.generation = 0
         self.changed = Flag()
         self.stop_reason: StopReason | None = None
@@ -858,12 +865,17 @@ class Scope:
                       kwargs: dict[str, Any], limit: float | None, outlast: bool = False) -> Any:
         """``fn``'s outcome, within ``limit`` seconds.  ``outlast``: a sync step with a
         compensation, whose thread is waited for even if the run stops meanwhile."""
-        if inspect.iscoroutinefunction(fn):
+        threaded = not inspect.iscoroutinefunction(fn)
+        if not threaded:
             work: Awaitable[Any] = fn(*args, **kwargs)
         else:
             thread = self._pool.run(functools.partial(fn, *args, **kwargs))
+            self.threads += 1
             if limit is None:  # no coroutine of its own on the path most sync steps take
-                result = await (_outlast(thread) if outlast else thread)
+                try:
+                    result = await (_outlast(thread, self) if outlast else thread)
+                finally:
+                    self._joined()
                 return await result if inspect.isawaitable(result) else result
             work = self._returned(thread)
         if limit is None:
@@ -876,6 +888,15 @@ class Scope:
             return await asyncio.wait_for(bounded, limit)
         except TimeoutError:
             raise StepTimeout(label, limit) from None
+        finally:
+            if threaded:
+                self._joined()
+
+    def _joined(self) -> None:
+        """A step call's thread returned, or the step stopped awaiting it."""
+        self.threads -= 1
+        if not self.threads and self.stop_reason is not None:
+            self.changed.set()  # a stopping worker hands the run back once the last one is journaled
 
     @staticmethod
     async def _returned(call: Awaitable[Any]) -> Any:

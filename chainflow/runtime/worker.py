@@ -47,6 +47,10 @@ from .scope import StopReason
 log = logging.getLogger("chainflow.worker")
 T = TypeVar("T")
 
+# seconds a stopping worker waits for steps running in threads (``Worker.close``):
+# below the 30 s Kubernetes gives a pod between SIGTERM and SIGKILL
+SHUTDOWN_GRACE = 25.0
+
 
 def freeze_heap() -> None:
     """Exempt everything alive now from the garbage collector's scans.
@@ -96,6 +100,7 @@ def _default_id() -> str:
 
 class Worker:
     _RESERVE_PATIENCE = 0.05  # s a start waits for a claim in flight to hand back slots
+    _ABANDON_PATIENCE = 1.0  # s a worker that stopped waiting gives its executions to end
 
     def __init__(
         self,
@@ -108,6 +113,7 @@ class Worker:
         worker_id: str | None = None,
         track: bool = True,
         commit_in_thread: bool | None = None,
+        shutdown_grace: float = SHUTDOWN_GRACE,
     ) -> None:
         if not isinstance(concurrency, int) or isinstance(concurrency, bool):
             raise TypeError(f"Worker concurrency must be an int, got {concurrency!r}")
@@ -123,6 +129,7 @@ class Worker:
         self.lease = to_seconds(app.lease_seconds if lease is None else lease, "Worker lease", positive=True)
         self.poll_interval = to_seconds(poll_interval, "Worker poll_interval", positive=True)
         self.inline_wait = to_seconds(inline_wait, "Worker inline_wait")
+        self.shutdown_grace = to_seconds(shutdown_grace, "Worker shutdown_grace")
         self.id = _default_id() if worker_id is None else limits.text(worker_id, "worker_id", limits.WORKER_ID_LENGTH)
         # None: commit on the loop for a database on this machine, in a thread otherwise
         far = not is_local(app.database.engine.url) if commit_in_thread is None else commit_in_thread
@@ -147,6 +154,7 @@ class Worker:
         self._trackers: list[asyncio.Task[None]] = []
         self._scheduler: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
+        self._hurry = asyncio.Event()  # stop waiting for the runs in flight (``hurry``)
         self._claim_failures = FailureLog(log, "claiming runs")
         self._beat_failures = FailureLog(log, "heartbeat")
         self._announce_failures = FailureLog(log, "announcing this worker")
@@ -199,24 +207,25 @@ class Worker:
                 self._trackers.append(asyncio.create_task(tracker.run(self._stopping), name=f"tracker-{adapter.name}"))
 
     async def close(self) -> None:
-        """Stop executing and hand held runs back at once (no lease wait for others)."""
+        """Stop claiming and hand the runs in flight back (``_wind_down``), so that
+        other workers need not wait for their leases to expire."""
         self.app.detach(self)
         self._stopping.set()
         await asyncio.gather(*self._trackers, *filter(None, [self._scheduler]), return_exceptions=True)
-        self._beat_stop.set()
         if self._announcer:
             self._announcer.cancel()
         # taken before stopping: each execution leaves ``executions`` as it unwinds
         held = list(self.executions)
         log.info("worker %s stopping: handing back %d run(s) in flight", self.id, len(held))
-        for ex in list(self.executions.values()):
-            ex.request_stop(StopReason.LEASE_LOST)
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        kept = await self._wind_down()
+        self._beat_stop.set()
         if self._heartbeat:
             await offload(self._heartbeat.join)  # it may be inside a database call
         await self.committer.close()
-        if held:
-            await self.db(store.release_runs, held, self.id, self.clock.time())
+        # those not handed back already (an execution abandoned, or one that crashed)
+        released = [run_id for run_id in held if run_id not in kept]
+        if released:
+            await self.db(store.release_runs, released, self.id, self.clock.time())
         if self._announcer:
             await asyncio.gather(self._announcer, return_exceptions=True)
             try:
@@ -228,6 +237,51 @@ class Worker:
         self.step_pool.shutdown(wait=False)
         self._db_pool.shutdown(wait=True)
         log.info("worker %s stopped", self.id)
+
+    async def _wind_down(self) -> set[str]:
+        """Stop the executions and wait for each to hand its run back, the heartbeat
+        still renewing their leases.  Most do so at once; one with a step in a thread
+        (which nothing can stop) first lets it finish and journals it (``Execution``).
+        At most ``shutdown_grace`` seconds, or until ``hurry``: then the runs still
+        waiting for a thread are left leased (they expire as after a crash: released,
+        another worker would start the step while its thread still runs here), and the
+        others are abandoned (released below).  Returns the runs left leased."""
+        for ex in list(self.executions.values()):
+            ex.request_stop(StopReason.SHUTDOWN)
+        if not self._tasks:
+            return set()
+        busy = sum(1 for ex in self.executions.values() if ex.threads)
+        if busy:
+            log.info("worker %s: waiting up to %gs for %d run(s) with a step running in a thread", self.id,
+                     self.shutdown_grace, busy)
+        everything = asyncio.ensure_future(asyncio.wait(set(self._tasks)))
+        hurried = asyncio.ensure_future(self._hurry.wait())
+        await asyncio.wait({everything, hurried}, timeout=self.shutdown_grace, return_when=asyncio.FIRST_COMPLETED)
+        everything.cancel()
+        hurried.cancel()
+        if not self._tasks:
+            return set()
+        kept = {run_id for run_id, ex in self.executions.items() if ex.threads}
+        log.warning("worker %s: stops waiting for %d run(s) (%s); left leased, since a step of theirs still "
+                    "runs in a thread here: %s; another worker resumes them once their lease (%gs) expires, "
+                    "as after a crash", self.id, len(self._tasks),
+                    "hurried" if self._hurry.is_set() else f"grace of {self.shutdown_grace:g}s over",
+                    ", ".join(sorted(kept)) or "none", self.lease)
+        for ex in list(self.executions.values()):
+            ex.request_stop(StopReason.LEASE_LOST)
+        # they end at once (nothing is written); one still waiting is cancelled
+        _, pending = await asyncio.wait(set(self._tasks), timeout=self._ABANDON_PATIENCE)
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending, timeout=self._ABANDON_PATIENCE)
+        return kept
+
+    def hurry(self) -> None:
+        """Stop waiting for the runs in flight to wind down (``close``; a second
+        SIGINT/SIGTERM to ``chainflow worker``).  Thread-safe."""
+        if self.loop is not None and not self.loop.is_closed():
+            call_on(self.loop, self._hurry.set)
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
         """Work until ``stop`` is set (or forever)."""
@@ -400,7 +454,7 @@ class Worker:
         elif status == Unfinished.SUSPENDED:
             self.events.emit("run_suspended", run_id=claim.run_id, workflow=claim.workflow, status=outcome.detail)
         else:  # Unfinished.ABANDONED: another worker resumes it
-            self.events.emit("run_abandoned", run_id=claim.run_id, workflow=claim.workflow, status="lease lost")
+            self.events.emit("run_abandoned", run_id=claim.run_id, workflow=claim.workflow, status=outcome.detail)
 
     async def _crashed(self, claim: store.Claim, exc: Exception) -> None:
         """An executor crash counts as a recovery: past the maximum the run is
