@@ -43,6 +43,7 @@ from .logs import FORMATS
 from .logs import configure as configure_logs
 from .replay.diff import Difference
 from .replay.report import Change, RunReport, SweepReport
+from .runtime.worker import SHUTDOWN_GRACE
 from .states import EntryState, RunState, SubmissionState
 from .storage import codec
 from .storage.connector import shown, sqlite_file
@@ -246,6 +247,12 @@ def cli(ctx: click.Context, app_spec: str | None, database_url: str | None) -> N
 @click.option("--lease", type=click.FloatRange(0, MAX_SECONDS, min_open=True), metavar="SECONDS",
               help="Lease on claimed runs; another worker takes a run over after this long "
                    "without heartbeats.  [default: the app's lease_seconds]")
+@click.option("--shutdown-grace", type=click.FloatRange(0, MAX_SECONDS), default=SHUTDOWN_GRACE, show_default=True,
+              metavar="SECONDS",
+              help="On SIGINT/SIGTERM, how long to wait for steps running in threads (which cannot be "
+                   "stopped) to finish and be journaled before their runs are handed back; past it, or on "
+                   "a second SIGINT/SIGTERM, the worker exits and leaves those runs leased until their "
+                   "lease expires.")
 @click.option("--metrics-port", type=click.IntRange(0, 65535), metavar="PORT",
               help="Serve Prometheus metrics on http://HOST:PORT/metrics (0: any free port, printed).")
 @click.option("--metrics-host", default="0.0.0.0", show_default=True, metavar="HOST",
@@ -254,12 +261,15 @@ def cli(ctx: click.Context, app_spec: str | None, database_url: str | None) -> N
               help="json: one JSON object a line, with run_id, workflow, step, chain, tx_hash fields.")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
               default="info", show_default=True, help="debug adds a line per step.")
-def worker(app_spec: str, concurrency: int, lease: float | None, metrics_port: int | None, metrics_host: str,
-           log_format: str, log_level: str) -> None:
-    """Run a worker for APP (module:attribute) until SIGINT/SIGTERM, which hands the runs
-    in flight back at once (another worker resumes them from their journal)."""
-    if lease is not None and lease != lease:  # FloatRange lets NaN through (it compares false)
-        raise click.BadParameter(f"{lease!r} is not a number of seconds", param_hint="'--lease'")
+def worker(app_spec: str, concurrency: int, lease: float | None, shutdown_grace: float, metrics_port: int | None,
+           metrics_host: str, log_format: str, log_level: str) -> None:
+    """Run a worker for APP (module:attribute) until SIGINT/SIGTERM, which stops it
+    claiming and hands the runs in flight back (another worker resumes them from their
+    journal): at once, except a run whose step runs in a thread, which is handed back
+    once the step has returned and is journaled (see --shutdown-grace)."""
+    for name, value in (("--lease", lease), ("--shutdown-grace", shutdown_grace)):
+        if value is not None and value != value:  # FloatRange lets NaN through (it compares false)
+            raise click.BadParameter(f"{value!r} is not a number of seconds", param_hint=f"'{name}'")
     configure_logs(log_format, log_level)
     app = _target(click.get_current_context()).use(load_app(app_spec))
     app.ensure_schema()  # fail on a bad database before announcing anything
@@ -274,7 +284,9 @@ def worker(app_spec: str, concurrency: int, lease: float | None, metrics_port: i
 
         server, _ = serve(app.database, metrics_port, metrics_host)
         click.echo(f"chainflow worker: metrics on http://{metrics_host}:{server.server_port}/metrics", err=True)
-    options: dict[str, Any] = {} if lease is None else {"lease": lease}
+    options: dict[str, Any] = {"shutdown_grace": shutdown_grace}
+    if lease is not None:
+        options["lease"] = lease
     try:
         app.run_worker(concurrency=concurrency, **options)
     finally:

@@ -19,6 +19,9 @@ Environment:
     CF_MODE       "crash" (default) or "race"
     CF_LEASE      lease seconds (default 1.0)
     CF_CONCURRENCY  runs in flight per worker (crash mode; default 4)
+    CF_STEP_SECONDS how long the sync step of workflow ``long`` takes (default 2.0)
+
+The shutdown tests run it as ``chainflow worker tests.engine.crash_app:app`` instead.
 """
 
 from __future__ import annotations
@@ -111,6 +114,20 @@ async def crashy(ctx: cf.Context, order: dict[str, Any]) -> list[Any]:
     if hook("returned", rid):
         die("returned", rid)
     return [reserved, debited, ledger, notified, order["n"]]
+
+
+def slow_effect(run_id: str, what: str) -> dict[str, str]:
+    EFFECTS.hit(f"{run_id} {what}-start {os.getpid()}")
+    time.sleep(float(os.environ.get("CF_STEP_SECONDS", "2.0")))
+    EFFECTS.hit(f"{run_id} {what}-end {os.getpid()}")
+    return {"run": run_id, "step": what}
+
+
+@app.workflow("long")
+async def long(ctx: cf.Context, _: Any) -> list[Any]:
+    """A sync step with a compensation, long enough to be in flight at a SIGTERM."""
+    done = await ctx.step("work", slow_effect, ctx.run_id, "work", compensate=undo)
+    return [done, await ctx.step("after", effect, ctx.run_id, "after")]
 
 
 # --- race mode ---------------------------------------------------------------------

@@ -14,8 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -150,3 +155,99 @@ async def test_a_worker_stops_waiting_at_its_grace_or_when_hurried_and_leaves_th
         gate.set()
     await wait_until(lambda: calls.count("end work") == 1, what="the thread to end")
     assert lease_of(app, run_id) == ("running", worker.id)  # its late result was not written
+
+
+def test_the_worker_command_documents_its_shutdown_grace() -> None:
+    from click.testing import CliRunner
+
+    from chainflow.cli import cli
+
+    out = CliRunner().invoke(cli, ["worker", "--help"]).output
+    assert "--shutdown-grace" in out and "second SIGINT/SIGTERM" in " ".join(out.split())
+
+
+# --- a real `chainflow worker` process and real signals ------------------------------
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def spawn(db_url: str, tmp: Path, *options: str, **env: str) -> subprocess.Popen[bytes]:
+    """``chainflow worker`` on ``crash_app``'s workflows, its output in ``tmp/worker.log``."""
+    full = dict(os.environ, CF_URL=db_url, CF_EFFECTS=str(tmp / "effects.log"), **env)
+    with open(tmp / "worker.log", "wb") as out:
+        return subprocess.Popen([sys.executable, "-m", "chainflow", "worker", "tests.engine.crash_app:app",
+                                 "--concurrency", "2", *options], env=full, cwd=ROOT, stdout=out,
+                                stderr=subprocess.STDOUT)
+
+
+def stand_in(db_url: str) -> cf.Chainflow:
+    """Starts runs of ``crash_app``'s ``long`` (this process runs no worker)."""
+    app = cf.Chainflow(db_url)
+
+    @app.workflow("long")
+    async def long(ctx: cf.Context, _: Any) -> None:  # pragma: no cover
+        raise AssertionError("the test process runs no worker")
+
+    return app
+
+
+def wait_for(what: Any, timeout: float = 20) -> None:
+    end = time.monotonic() + timeout
+    while not what():
+        assert time.monotonic() < end, "timed out"
+        time.sleep(0.02)
+
+
+def effects(tmp: Path) -> list[str]:
+    path = tmp / "effects.log"
+    return [line.split()[1] for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def stopped(proc: subprocess.Popen[bytes], timeout: float) -> int:
+    try:
+        return proc.wait(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(60)
+def test_sigterm_hands_a_run_back_once_its_sync_step_is_journaled(db_url: str, tmp_path: Path) -> None:
+    app = stand_in(db_url)
+    run_id = app.start("long").id
+    worker = spawn(db_url, tmp_path, CF_LEASE="0.5", CF_STEP_SECONDS="1.5")
+    try:
+        wait_for(lambda: "work-start" in effects(tmp_path))
+    finally:
+        worker.send_signal(signal.SIGTERM)
+    code = stopped(worker, 10)
+    log = (tmp_path / "worker.log").read_text()
+    assert code == 0, log
+    assert effects(tmp_path) == ["work-start", "work-end"]
+    assert [k for _, k, _ in live_keys(app, run_id)] == ["work"], log  # resumed from there, not repeated
+    assert lease_of(app, run_id) == ("pending", None)
+    assert recoveries(app, run_id) == 0  # its lease (0.5 s) never lapsed meanwhile
+    assert "waiting up to 25s for 1 run(s) with a step running in a thread" in log
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(60)
+def test_a_second_signal_stops_the_wait_and_leaves_the_run_leased(db_url: str, tmp_path: Path) -> None:
+    app = stand_in(db_url)
+    run_id = app.start("long").id
+    worker = spawn(db_url, tmp_path, "--shutdown-grace", "60", CF_LEASE="30", CF_STEP_SECONDS="60")
+    try:
+        wait_for(lambda: "work-start" in effects(tmp_path))
+        worker.send_signal(signal.SIGINT)
+        wait_for(lambda: "waiting up to 60s" in (tmp_path / "worker.log").read_text())
+    finally:
+        worker.send_signal(signal.SIGTERM)
+    code = stopped(worker, 10)
+    log = (tmp_path / "worker.log").read_text()
+    assert code == 0, log
+    status, owner = lease_of(app, run_id)
+    assert status == "running" and owner is not None, log  # expires on its own, as after a crash
+    assert live_keys(app, run_id) == []
+    assert "left leased" in log and run_id in log
