@@ -765,8 +765,8 @@ def replay(ctx: click.Context, run_id: str | None, workflow_name: str | None, st
 def fork(ctx: click.Context, run_id: str | None, workflow_name: str | None, status: str | None, since: str | None,
          overrides: tuple[str, ...], workflow_spec: str | None, from_step: str | None, from_failed: bool,
          after: str | None) -> None:
-    """Start a new live run from RUN (or from each selected run, once: an interrupted bulk
-    fork resumes) that reuses the recorded steps before the fork point and executes
+    """Start a new live run from RUN (or from each selected run but forks, once: an
+    interrupted bulk fork resumes) that reuses the recorded steps before the fork point and executes
     from there with current or swapped code.  Prints the new run ids."""
     swaps = parse_overrides(overrides)
     span = parse_since(since)

@@ -691,11 +691,12 @@ class Chainflow:
                   workflow: Callable[..., Any] | str | None = None,
                   progress: Progress | None = None) -> ForkSummary:
         """``fork`` every run matching the filters, each once: running it again after an
-        interruption skips the sources already forked."""
+        interruption skips the sources already forked.  Forks are never selected (the
+        forks of an earlier pass match its filters too): fork a fork with ``fork``."""
         from . import timetravel
 
         point = _fork_point(from_step, from_failed, after)
-        ids = timetravel.select(self, workflow_name=workflow_name, status=status, since=since)
+        ids = timetravel.select(self, workflow_name=workflow_name, status=status, since=since, forks=False)
         summary = timetravel.fork_many(self, ids, point, overrides, workflow, progress)
         self._notify()
         return summary

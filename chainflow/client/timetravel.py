@@ -102,13 +102,14 @@ def since_epoch(app: Chainflow, since: float | dt.datetime | dt.timedelta | None
 
 
 def select(app: Chainflow, *, workflow_name: str | None, status: RunState | str | None,
-           since: float | dt.datetime | dt.timedelta | None, sample: int | None = None) -> list[str]:
+           since: float | dt.datetime | dt.timedelta | None, sample: int | None = None,
+           forks: bool = True) -> list[str]:
     """Ids of the runs a sweep or a bulk fork covers, oldest first."""
     if sample is not None and (isinstance(sample, bool) or not isinstance(sample, int) or sample < 1):
         raise ValueError(f"sample must be a positive int, got {sample!r}")
     state = None if status is None else RunState(status).value
     ids = app.database.read(lambda conn: store.select_runs(
-        conn, workflow=workflow_name, status=state, since=since_epoch(app, since)))
+        conn, workflow=workflow_name, status=state, since=since_epoch(app, since), forks=forks))
     if sample is not None and sample < len(ids):
         chosen = set(random.sample(ids, sample))
         ids = [i for i in ids if i in chosen]
@@ -206,7 +207,8 @@ def fork_many(app: Chainflow, run_ids: list[str], point: forking.ForkPoint,
               overrides: Mapping[str, Callable[..., Any] | str] | None, workflow: WorkflowCode,
               progress: Progress | None = None) -> ForkSummary:
     """Fork each run once: a source some fork was already made from is skipped, so an
-    interrupted bulk fork is resumed by running it again."""
+    interrupted bulk fork is resumed by running it again (its selection leaves forks
+    out: ``select(forks=False)``)."""
     swap = fork_overrides(overrides, workflow)
     summary = ForkSummary()
     done = 0

@@ -693,10 +693,13 @@ def retry_dead_lettered(conn: sa.Connection, run_id: str, now: float) -> bool:
 
 
 def select_runs(conn: sa.Connection, *, workflow: str | None = None, status: str | None = None,
-                since: float | None = None) -> list[str]:
+                since: float | None = None, forks: bool = True) -> list[str]:
     """Ids of the runs matching every filter given, oldest first (a replay sweep's or a
-    bulk fork's selection)."""
+    bulk fork's selection); without ``forks``, no run forked from another (a bulk fork
+    run again would fork its own earlier forks)."""
     q = sa.select(runs.c.id).order_by(runs.c.created_at, runs.c.id)
+    if not forks:
+        q = q.where(sa.or_(runs.c.parent_id.is_(None), runs.c.parent_slot.is_not(None)))
     if workflow is not None:
         q = q.where(runs.c.workflow == workflow)
     if status is not None:

@@ -313,6 +313,25 @@ async def test_bulk_fork_is_resumable(make_app: Any) -> None:
     assert {(await app.astatus(f)).status for f in summary.created.values()} == {"completed"}
 
 
+async def test_bulk_fork_run_again_forks_only_the_sources_it_had_not_reached(make_app: Any) -> None:
+    """A fork is a run of the same workflow: once the first pass's forks have failed
+    too (the fix did not hold), running the same command again must not select them
+    and fork a second generation that executes the steps after the fork point again."""
+    app, tester, first = await recorded_failure(make_app, "a")
+    summary = app.fork_many(workflow_name="payment", status="failed", from_failed=True)
+    await tester.run_until_idle()
+    (fork,) = summary.created.values()
+    assert (await app.astatus(fork)).status == "failed"  # the ledger is still down
+    late = (await app.astart("payment", "b")).id  # a source the first pass did not reach
+    await tester.run_until_idle()
+    await app.asignal(late, "approve", "ok")
+    await tester.run_until_idle()
+
+    again = app.fork_many(workflow_name="payment", status="failed", from_failed=True)
+    assert list(again.created) == [late] and again.skipped == {first: "already forked"}
+    assert app.fork_many(workflow_name="payment", status="failed", from_failed=True).created == {}
+
+
 async def test_a_forked_dead_lettered_run_cannot_be_retried(make_app: Any) -> None:
     """A dead-lettered run may be forked (the engine gave up on it), and may be retried
     (an operator puts it back), but not both: the fork and the retried run would each
