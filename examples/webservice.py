@@ -38,17 +38,17 @@ def create_web(app: cf.Chainflow) -> Starlette:
         if not key:
             return _error(400, "the Idempotency-Key header is required: retries must not start a second run")
         try:
-            payload = await request.json()
+            handle = await app.astart(request.path_params["workflow"], await request.json(), idempotency_key=key)
         except json.JSONDecodeError as exc:
-            return _error(400, f"the body is not JSON: {exc}")
-        try:
-            handle = await app.astart(request.path_params["workflow"], payload, idempotency_key=key)
+            return _not_json(exc)
         except cf.UnknownWorkflowError as exc:
             return _error(404, str(exc))
         except cf.InputValidationError as exc:
             return _error(422, str(exc))
         except cf.IdempotencyConflictError as exc:
             return _error(409, str(exc))
+        except ValueError as exc:  # an Idempotency-Key the engine cannot store (too long, a NUL)
+            return _error(400, str(exc))
         return JSONResponse({"run_id": handle.id, "created": handle.created}, status_code=201 if handle.created
                             else 200)
 
@@ -64,10 +64,14 @@ def create_web(app: cf.Chainflow) -> Starlette:
     async def signal(request: Request) -> JSONResponse:
         try:
             await app.asignal(request.path_params["run_id"], request.path_params["name"], await request.json())
+        except json.JSONDecodeError as exc:
+            return _not_json(exc)
         except cf.RunNotFoundError as exc:
             return _error(404, str(exc))
         except cf.RunFinishedError as exc:
             return _error(409, str(exc))
+        except ValueError as exc:  # a signal name the engine cannot store
+            return _error(400, str(exc))
         return JSONResponse({"sent": request.path_params["name"]}, status_code=202)
 
     return Starlette(routes=[
@@ -79,6 +83,11 @@ def create_web(app: cf.Chainflow) -> Starlette:
 
 def _error(code: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=code)
+
+
+def _not_json(exc: json.JSONDecodeError) -> JSONResponse:
+    # a ValueError too: caught before the engine's ValueErrors, which name an argument
+    return _error(400, f"the body is not JSON: {exc}")
 
 
 def _from_env() -> tuple[cf.Chainflow, Starlette]:

@@ -145,6 +145,24 @@ def test_web_service_starts_runs_with_the_requests_idempotency_key(tmp_path: Pat
     assert ledger.balance("bob") == 300
 
 
+def test_web_service_answers_bad_requests_with_a_4xx_naming_the_fault(tmp_path: Path, ledger: Ledger) -> None:
+    """Every bad request gets a client error saying what is wrong, never a 500 whose
+    reason only the server log holds."""
+    app, _ = approval_app(tmp_path, ledger)
+    with TestClient(create_web(app), raise_server_exceptions=False) as http:
+        long_key = http.post("/runs/approved_transfer", json=transfer("w3"), headers={"Idempotency-Key": "k" * 301})
+        run_id = http.post("/runs/approved_transfer", json=transfer("w3"),
+                           headers={"Idempotency-Key": "order-w3"}).json()["run_id"]
+        not_json = http.post(f"/runs/{run_id}/signals/approval", content=b"approved",
+                             headers={"content-type": "text/plain"})
+        long_name = http.post(f"/runs/{run_id}/signals/{'s' * 201}", json={"approved": True})
+    app.engine.dispose()
+    assert (long_key.status_code, not_json.status_code, long_name.status_code) == (400, 400, 400)
+    assert "idempotency_key is 301 characters long" in long_key.json()["error"], long_key.text
+    assert "the body is not JSON" in not_json.json()["error"]
+    assert "signal name is 201 characters long" in long_name.json()["error"], long_name.text
+
+
 def test_examples_run_as_modules() -> None:
     import subprocess
     import sys
