@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
+import chainflow as cf
 from chainflow.cli import cli
 from chainflow.testing import CallLog
 
@@ -28,6 +29,7 @@ from .engine._util import running_worker
 from .fakechain.test_utxo_protocol import PAYEE, Rig
 
 ROOT = Path(__file__).resolve().parent.parent
+EVM_PAYEE = "0x70997970C51812dc3A010C7d01b50e0d17dc79C8"
 WEI = 10**30 + 7  # past 2**53: exact only as digits
 
 
@@ -95,6 +97,42 @@ def test_show_text_is_decoded_and_lists_hashes_and_confirmations(paid: tuple[str
     stored = rig.sub("order-1")
     assert stored.tx_hash in out
     assert "of 2 confirmations" in out and "final" in out
+
+
+def test_show_names_each_submission_by_its_step_label(db_url: str) -> None:
+    """A submission's step is stored "branch\\x1fkey"; show prints it as the journal's
+    label ("send", "b/send"), in the table and in --json, not the control character."""
+    from adapters.evm import EvmChain, LocalSigner
+    from devnet import InProcessEVM
+
+    with InProcessEVM(block_time=0.05) as net:
+        chain = EvmChain("local", rpc=net.rpc_url, signer=LocalSigner.from_key(net.accounts()[0].private_key))
+        app = cf.Chainflow(db_url, chains=[chain], tracker=cf.TrackerConfig(poll_interval=0.02))
+
+        @app.workflow("pay")
+        async def pay(ctx: cf.Context, _: Any) -> list[str]:
+            async def send(value: int) -> str:
+                return (await ctx.submit("send", chain="local", tx={"to": EVM_PAYEE, "value": value},
+                                         idempotency_key=f"k-{value}", finality=cf.Confirmations(1))).tx_hash
+
+            return [await send(1), await ctx.branch("b", send(2))]
+
+        async def scenario() -> str:
+            app.ensure_schema()
+            run = await app.astart("pay", None)
+            async with running_worker(app):
+                st = await app.await_run(run.id, timeout=60)
+            await chain.aclose()
+            assert st.status == cf.RunState.COMPLETED, st.error
+            return run.id
+
+        try:
+            run_id = asyncio.run(scenario())
+        finally:
+            app.engine.dispose()
+    assert sorted(s["step"] for s in as_json(db_url, "show", run_id)["submissions"]) == ["b/send", "send"]
+    table = invoke("--database-url", db_url, "show", run_id).stdout
+    assert "\x1f" not in table and "b/send" in table
 
 
 def test_runs_reorgs_heads_coins_json(paid: tuple[str, str, Rig]) -> None:

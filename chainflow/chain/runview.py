@@ -11,6 +11,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from ..storage import limits
 from ..storage.schema import submissions
 from . import chainstore
 
@@ -44,7 +45,8 @@ def of_run(conn: sa.Connection, run_id: str) -> list[SubmissionView]:
         head = tips[s.chain]
         seen = 0 if s.block_number is None or head is None else max(0, head - int(s.block_number) + 1)
         out.append(SubmissionView(
-            step=s.step, chain=s.chain, sender=s.sender, idempotency_key=s.idempotency_key, state=s.state,
+            step=limits.stored_step_label(s.step), chain=s.chain, sender=s.sender,
+            idempotency_key=s.idempotency_key, state=s.state,
             tx_hashes=chainstore.candidate_hashes(conn, s.id), mined_tx=s.tx_hash,
             block_number=None if s.block_number is None else int(s.block_number),
             nonce=None if s.nonce is None else int(s.nonce), coins=chainstore.reservation_of(conn, s.id),

@@ -88,6 +88,16 @@ def label(branch: str, key: str) -> str:
     return f"{branch}{BRANCH_SEP}{key}" if branch else key
 
 
+def stored_step_label(step: str | None) -> str | None:
+    """A submission's step as stored ("branch\x1fkey": the unit separator, which no
+    name holds, keeps the two apart) as ``label`` names it for an operator; None for
+    the rows no step opened (a payout batch's, a gap fill's)."""
+    if step is None:
+        return None
+    branch, _, key = step.partition("\x1f")
+    return label(branch, key)
+
+
 def compensation_branch(branch: str, key: str) -> str:
     """The branch path a compensation that takes a context runs in: under the branch of
     the slot it compensates, named ``compensate:<key>``, which no user branch can be

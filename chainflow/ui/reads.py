@@ -18,7 +18,7 @@ from ..chain.adapter import Header
 from ..client.app import AttemptRecord, Chainflow, JournalEntry, ReorgEvent, RunStatus
 from ..client.timeline import attach_attempts
 from ..states import SubmissionState
-from ..storage import store
+from ..storage import limits, store
 from .params import cursor_of
 
 _REORG = re.compile(r"^reorg #(\d+) on ")
@@ -169,7 +169,7 @@ def _submissions(conn: sa.Connection, rows: list[sa.Row[Any]]) -> list[Submissio
     out: dict[int, Submission] = {}
     for r in rows:
         out[int(r.id)] = Submission(
-            int(r.id), r.chain, r.sender, r.idempotency_key, r.run_id, _step_label(r.step), r.state,
+            int(r.id), r.chain, r.sender, r.idempotency_key, r.run_id, limits.stored_step_label(r.step), r.state,
             None if r.nonce is None else int(r.nonce), r.tx_hash,
             None if r.block_number is None else int(r.block_number), r.error, r.created_at, r.updated_at,
             None if r.batch_id is None else int(r.batch_id), r.stuck_since, bool(r.gap_fill),
@@ -179,15 +179,6 @@ def _submissions(conn: sa.Connection, rows: list[sa.Row[Any]]) -> list[Submissio
     for c in chainstore.reservations_of(conn, ids):
         out[int(c.submission_id)].coins.append((c.outpoint, int(c.value), c.spent_at_block))
     return list(out.values())
-
-
-def _step_label(step: str | None) -> str | None:
-    """A submission's step as stored ("branch\x1fkey", ``submission``) as the timeline
-    labels it: "branch/key", or "key" on the main branch."""
-    if step is None:
-        return None
-    branch, _, key = step.partition("\x1f")
-    return f"{branch}/{key}" if branch else key
 
 
 def confirmations(row: Any, tip: Header | None) -> Confirmations:
