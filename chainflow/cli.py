@@ -22,6 +22,7 @@ import dataclasses
 import datetime as dt
 import importlib
 import json
+import logging
 import os
 import sys
 import time
@@ -39,7 +40,7 @@ from .client.app import AttemptRecord, Chainflow, JournalEntry, RunStatus, Sched
 from .client.timeline import Sleep, attach_attempts, duration, sleep_of, when
 from .clock import MAX_SECONDS
 from .errors import ChainflowError
-from .logs import FORMATS
+from .logs import FORMATS, announce
 from .logs import configure as configure_logs
 from .replay.diff import Difference
 from .replay.report import Change, RunReport, SweepReport
@@ -275,15 +276,15 @@ def worker(app_spec: str, concurrency: int, lease: float | None, shutdown_grace:
     app.ensure_schema()  # fail on a bad database before announcing anything
     names = app.registry.names()
     if not names:
-        click.echo(f"warning: {app_spec} registers no workflows; this worker will execute nothing", err=True)
-    click.echo(f"chainflow worker: {shown(app.engine.url)}, "
-               f"concurrency {concurrency}, workflows: {', '.join(sorted(names)) or '-'}", err=True)
+        announce(f"{app_spec} registers no workflows; this worker will execute nothing", logging.WARNING)
+    announce(f"chainflow worker: {shown(app.engine.url)}, "
+             f"concurrency {concurrency}, workflows: {', '.join(sorted(names)) or '-'}")
     server = None
     if metrics_port is not None:
         from .storage.gauges import serve
 
         server, _ = serve(app.database, metrics_port, metrics_host)
-        click.echo(f"chainflow worker: metrics on http://{metrics_host}:{server.server_port}/metrics", err=True)
+        announce(f"chainflow worker: metrics on http://{metrics_host}:{server.server_port}/metrics")
     options: dict[str, Any] = {"shutdown_grace": shutdown_grace}
     if lease is not None:
         options["lease"] = lease

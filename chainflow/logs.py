@@ -36,6 +36,20 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(line, default=str)
 
 
+def announce(message: str, level: int = logging.INFO) -> None:
+    """``message`` through the handler ``configure`` installed, in its format whatever
+    the level: a process's start lines (its database, the port it bound) are what an
+    operator reads first, and a JSON log pipeline must get JSON for them too."""
+    record = logging.makeLogRecord({"name": "chainflow.cli", "levelno": level, "levelname": logging.getLevelName(level),
+                                    "msg": message})
+    for handler in _installed():
+        handler.handle(record)
+
+
+def _installed() -> list[logging.Handler]:
+    return [h for h in logging.getLogger("chainflow").handlers if h.get_name() == "chainflow"]
+
+
 def configure(fmt: str = "text", level: str | int = "INFO", stream: TextIO | None = None) -> logging.Handler:
     """Send the ``chainflow`` loggers' records at ``level`` and above to ``stream``
     (stderr) in ``fmt``; replaces a handler an earlier call installed."""
@@ -46,7 +60,7 @@ def configure(fmt: str = "text", level: str | int = "INFO", stream: TextIO | Non
                          logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     handler.set_name("chainflow")
     root = logging.getLogger("chainflow")
-    for old in [h for h in root.handlers if h.get_name() == "chainflow"]:
+    for old in _installed():
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level.upper() if isinstance(level, str) else level)

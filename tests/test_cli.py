@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import sys
 import textwrap
 import uuid
@@ -361,6 +362,33 @@ def test_worker_imports_app_from_cwd_and_runs_it(user_app: str, monkeypatch: pyt
     assert res.code == 0, res.err
     assert seen["concurrency"] == 3 and seen["lease"] == 7.5
     assert "greet" in seen["app"].registry.names() and "greet" in res.err
+
+
+@pytest.fixture()
+def chainflow_logging() -> Iterator[None]:
+    """``chainflow worker`` installs its log handler on the "chainflow" logger: put back
+    what the other tests log through."""
+    logger = logging.getLogger("chainflow")
+    handlers, level, propagate = list(logger.handlers), logger.level, logger.propagate
+    yield
+    logger.handlers[:], logger.level, logger.propagate = handlers, level, propagate
+
+
+@pytest.mark.usefixtures("chainflow_logging")
+def test_worker_json_logs_are_json_on_every_stderr_line(user_app: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A log shipper reading --log-format json takes each stderr line for a JSON object:
+    the start lines (database, metrics port) too, and whatever --log-level."""
+    monkeypatch.setattr(cf.Chainflow, "run_worker", lambda self, **_: None)
+    (Path.cwd() / "empty.py").write_text("import chainflow as cf\napp = cf.Chainflow('sqlite:///empty.db')\n")
+    sys.modules.pop("empty", None)
+    res = invoke("worker", f"{user_app}:app", "--log-format", "json", "--log-level", "error", "--metrics-port", "0")
+    empty = invoke("worker", "empty:app", "--log-format", "json")
+    assert (res.code, empty.code) == (0, 0), res.err + empty.err
+    lines = [json.loads(line) for line in (res.err + empty.err).splitlines()]  # each line parses
+    assert [line["message"].split(":")[0] for line in lines] == [
+        "chainflow worker", "chainflow worker", "empty", "chainflow worker"]
+    assert "greet" in lines[0]["message"] and "/metrics" in lines[1]["message"]
+    assert lines[2]["level"] == "warning" and "registers no workflows" in lines[2]["message"]
 
 
 @pytest.mark.parametrize(
