@@ -88,7 +88,10 @@ def up(directory: Path, evm: str, btc: bool, block_time: float) -> None:
         argv += ["--block-time", repr(block_time)]
     click.echo(f"starting {'+'.join(p for p in (evm if evm != 'none' else '', 'regtest' if btc else '') if p)}…",
                err=True)
-    with open(log, "wb") as out:
+    # 0600 like the state file: the supervisor masks the RPC password, the nodes' own
+    # messages it passes on are no business of other users either
+    with os.fdopen(os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as out:
+        os.fchmod(out.fileno(), 0o600)  # a log an older version created keeps its mode otherwise
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True, cwd=os.getcwd(), env={**os.environ})
     end = time.monotonic() + _UP_TIMEOUT

@@ -114,7 +114,10 @@ def serve(directory: Path, evm: str | None, btc: bool, block_time: float | None)
         tmp.write_text(json.dumps(state, indent=1))
         os.chmod(tmp, 0o600)  # the regtest RPC password
         tmp.replace(state_path(directory))
-        print(f"devnet up: {json.dumps({k: v for k, v in state.items() if k != 'pid'})}", flush=True)
+        logged = {k: v for k, v in state.items() if k != "pid"}
+        if regtest is not None:  # the log is no place for the password the state file's mode protects
+            logged["btc"] = {**state["btc"], "rpc_url": regtest.masked_rpc_url}
+        print(f"devnet up: {json.dumps(logged)}", flush=True)
         while not stop.wait(block_time if regtest is not None and block_time else 3600):
             if regtest is not None and block_time:
                 regtest.mine(1)

@@ -197,6 +197,12 @@ class RegtestNode(Lifecycle):
         return f"http://{self._user}:{self._password}@{LOOPBACK}:{self.port}"
 
     @property
+    def masked_rpc_url(self) -> str:
+        """``rpc_url`` as a log may hold it: the password masked, as chainflow masks a
+        database URL's (``storage.connector.shown``)."""
+        return self.rpc_url.replace(f":{self._password}@", ":***@", 1)
+
+    @property
     def pid(self) -> int | None:
         return self._proc.pid if self._proc else None
 

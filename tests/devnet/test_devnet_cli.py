@@ -7,8 +7,10 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import os
+import stat
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 from click.testing import CliRunner
@@ -51,6 +53,11 @@ def test_up_status_mine_fund_reorg_down(up: Any) -> None:
     assert state["evm"]["rpc_url"] in printed and state["btc"]["rpc_url"] in printed
     first = evm.accounts()[0]
     assert first.address in printed and first.private_key in printed  # like anvil: dev keys printed
+    # the state file is 0600 for the regtest RPC password: no file beside it shows it to others
+    password = urlsplit(state["btc"]["rpc_url"]).password
+    assert password and (directory / daemon.LOG_NAME).read_text()  # the supervisor did log
+    shared = [p.name for p in directory.iterdir() if p.stat().st_mode & 0o077 and password in p.read_text()]
+    assert shared == [] and stat.S_IMODE((directory / daemon.LOG_NAME).stat().st_mode) == 0o600
     assert int(evm.rpc("eth_getBalance", first.address, "latest"), 16) == 10_000 * 10**18
 
     shown = json.loads(run(directory, "status", "--json").stdout)
