@@ -381,10 +381,16 @@ def cancel(ctx: click.Context, run_id: str) -> None:
 
 
 @cli.command()
+@json_option
 @click.pass_context
-def schedules(ctx: click.Context) -> None:
+def schedules(ctx: click.Context, as_json: bool) -> None:
     """List schedules: trigger, missed-fire policy, paused, next and last fire."""
-    console.print(schedules_table(_target(ctx).app().list_schedules()))
+    found = _target(ctx).app().list_schedules()
+    if as_json:
+        print_json([{**dataclasses.asdict(s), "next_fire": iso(s.next_fire), "last_fire": iso(s.last_fire)}
+                    for s in found])
+    else:
+        console.print(schedules_table(found))
 
 
 @cli.command()

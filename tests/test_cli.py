@@ -511,6 +511,13 @@ def test_schedules_list_pause_and_resume(tmp_path: Path) -> None:
     assert "cron */5 * * * * (UTC)" in sweep and "once" in sweep and "active" in sweep
     poke = row(res.out, "poke")
     assert "every 30s" in poke and "all (at most 4)" in poke
+    listed = invoke("--database-url", url, "schedules", "--json")
+    assert listed.code == 0, listed.out + listed.err
+    by_name = {s["name"]: s for s in json.loads(listed.out)}
+    assert by_name["poke"]["spec"]["every"] == 30 and by_name["poke"]["spec"]["max_missed"] == 4
+    assert by_name["sweep"]["spec"]["cron"] == "*/5 * * * *" and by_name["sweep"]["paused"] is False
+    assert by_name["sweep"]["last_fire"] == "2023-11-14T22:05:00+00:00"
+    assert by_name["sweep"]["last_run_id"] in started and by_name["sweep"]["workflow"] == "sweeper"
 
     res = invoke("--database-url", url, "schedule", "pause", "sweep")
     assert res.code == 0 and "schedule 'sweep' paused" in res.out
