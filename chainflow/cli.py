@@ -55,7 +55,7 @@ if TYPE_CHECKING:
     from .storage.database import Database
 
 # Piped or redirected output is for grep, less and log files: never wrapped or cut to
-# the 80 columns rich assumes without a terminal.  Looked up at print time (not bound
+# the 80 columns rich assumes without a terminal, nor its cells clipped (``_fit``).  Looked up at print time (not bound
 # at import) so tests can swap in a console of their own.
 console = Console() if sys.stdout.isatty() else Console(width=100_000, no_color=True)
 
@@ -876,7 +876,7 @@ def replay_table(report: RunReport) -> RenderableType:
             sim = s.tx.simulation
             table.add_row("", "", "", Text(
                 f"simulated at block {sim['block_number']}: {'succeeds' if sim['succeeded'] else 'reverts'} "
-                f"({_clip(str(sim['detail']), _OUTPUT_LIMIT)})" if sim is not None else
+                f"({_fit(str(sim['detail']), _OUTPUT_LIMIT)})" if sim is not None else
                 f"not simulated: {s.tx.not_simulated}", style="cyan" if sim is not None else "dim"))
     footer = Text()
     for d in report.output_diff:
@@ -975,7 +975,7 @@ def submissions_table(subs: Sequence[SubmissionView]) -> RenderableType:
         if v.stuck_since is not None and v.state not in (SubmissionState.FINAL, SubmissionState.FAILED):
             state.append(" (stuck: fee budget spent)", style="yellow")
         if v.error:
-            state.append(f" {_clip(v.error, _OUTPUT_LIMIT)}", style="red")
+            state.append(f" {_fit(v.error, _OUTPUT_LIMIT)}", style="red")
         seen = f"{v.confirmations} of {v.required}" if v.block_number is not None else f"0 of {v.required}"
         table.add_row(Text(v.step or "-"), Text(v.chain), state, Text(where), seen, hashes)
     return table
@@ -1055,14 +1055,20 @@ def error_text(error: dict[str, Any] | None, limit: int = _OUTPUT_LIMIT) -> Text
         return Text("")
     kind = str(error.get("type", "Error")).removeprefix("builtins.")
     message = " ".join(str(error.get("message", "")).split())
-    return Text(_clip(f"{kind}: {message}" if message else kind, limit), style="red")
+    return Text(_fit(f"{kind}: {message}" if message else kind, limit), style="red")
 
 
 def short(value: Any, limit: int = _OUTPUT_LIMIT) -> str:
     """A decoded value on one line: plain JSON (``codec.readable``), not the stored
     tagged form, so a wei amount reads as its digits and bytes as 0x-hex."""
     text = value if isinstance(value, str) else json.dumps(codec.readable(value), separators=(",", ":"))
-    return _clip(" ".join(text.split()), limit)
+    return _fit(" ".join(text.split()), limit)
+
+
+def _fit(text: str, limit: int) -> str:
+    """``text`` cut to ``limit`` on a terminal, where a table must fit the screen; whole
+    when piped or redirected, where grep and log files want every digit of an amount."""
+    return _clip(text, limit) if console.is_terminal else text
 
 
 def _clip(text: str, limit: int) -> str:

@@ -252,7 +252,10 @@ def test_timeline_shows_a_step_still_in_backoff() -> None:
     assert "waiting on timer until" in out
 
 
-def test_timeline_truncates_long_outputs_and_errors() -> None:
+def test_timeline_truncates_long_outputs_and_errors_on_a_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A terminal's cells are cut to fit the screen (piped output is whole:
+    test_cli_json.test_piped_output_through_python_m_chainflow_is_not_cut)."""
+    monkeypatch.setattr(chainflow.cli, "console", Console(width=250, no_color=True, force_terminal=True))
     journal = [_entry("big", "ok", started=0.0, output="y" * 1000),
                _entry("bad", "error", started=1.0, error={"type": "builtins.ValueError", "message": "z" * 1000})]
     out = _render(_status("failed", error={"type": "E", "message": "m"}), journal, [])

@@ -158,10 +158,14 @@ def test_nonces_without_app_says_what_it_needs_and_json_stays_clean(paid: tuple[
 
 
 def test_piped_output_through_python_m_chainflow_is_not_cut(paid: tuple[str, str, Rig]) -> None:
-    url, run_id, _ = paid
+    url, run_id, rig = paid
     env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "80"}
     done = subprocess.run([sys.executable, "-m", "chainflow", "--database-url", url, "show", run_id],
                           capture_output=True, text=True, env=env, timeout=60, check=True)
     rows = [line for line in done.stdout.splitlines() if "credit" in line and "│" in line]
     assert rows and max(len(line) for line in rows) > 80, done.stdout  # one row, not wrapped at 80
     assert "…" not in rows[0].split("│")[3]  # the step name cell is whole
+    # a cell is not clipped either: the submit's whole receipt, to its last field
+    paid_row = next(line for line in done.stdout.splitlines() if "│ pay " in line and "submit" in line)
+    receipt = json.loads(paid_row.split("│")[8])
+    assert receipt["tx_hash"] == rig.sub("order-1").tx_hash and "…" not in paid_row
