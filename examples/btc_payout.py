@@ -111,7 +111,7 @@ async def demo() -> None:
         print(f"payout wallet: {btc.sender()}")
         if node is not None:
             # a coin per payout: unbatched payouts in flight at once each spend coins of their own
-            # (change is spendable once confirmed); build(..., batching=True) pays them in one tx
+            # (change is spendable once its payout is final); build(..., batching=True) pays them in one tx
             coins = [node.fund(btc.sender(), 1_000_000) for _ in range(3)]
             print(f"funded it with 3 coins of 1,000,000 sats: {', '.join(coins)}")
             miner = mine_every(node, 0.5, stop_mining)

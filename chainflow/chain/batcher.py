@@ -32,6 +32,7 @@ from ..storage.database import Database
 from . import chainstore
 from .adapter import BatchBuilder, ChainAdapter, CoinSource, TxRejected
 from .candidates import broadcast_latest
+from .domain import select_offered
 from .tracker_config import Batching
 
 log = logging.getLogger("chainflow.batcher")
@@ -112,12 +113,12 @@ class Batcher:
         requests = [codec.loads(q.request) for q in group]
         sender = self.adapter.sender()
         coins = await self.rpc(self.adapter.coins(sender))
-        free = await self.db.aread(chainstore.free_coins, self.chain, coins)
+        offered = await self.db.aread(chainstore.offer, self.chain, coins)
         size = len(group)
         while True:
             merged = self.adapter.merge(requests[:size])
             try:
-                chosen = self.adapter.select(merged, free)
+                chosen = select_offered(self.adapter, merged, offered)
                 break
             except TxRejected as exc:
                 if size == 1:

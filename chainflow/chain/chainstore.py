@@ -431,7 +431,26 @@ def fail_unsigned_batch(conn: sa.Connection, batch_id: int, error: str, now: flo
 _ON_THE_WIRE = (SubmissionState.SIGNED, SubmissionState.BROADCAST, SubmissionState.INCLUDED)
 
 
-def free_coins(conn: sa.Connection, chain: str, coins: list[Coin]) -> list[Coin]:
+@dataclass(frozen=True)
+class Offer:
+    """The wallet's coins a new intent may reserve, and the value of those it may not
+    (so a refusal can say the wallet is not empty: the adapter sees ``free`` only)."""
+
+    free: list[Coin]
+    reserved: int  # owned by an intent
+    unsettled: int  # change of one of our intents that is not final yet
+
+    def held_back(self) -> str:
+        """"; not offered: ..." naming what the wallet holds beyond ``free``, or ""."""
+        parts = []
+        if self.unsettled:
+            parts.append(f"{self.unsettled} in change of payouts not final yet (offered once they are)")
+        if self.reserved:
+            parts.append(f"{self.reserved} reserved by other payouts")
+        return f"; not offered: {', '.join(parts)}" if parts else ""
+
+
+def offer(conn: sa.Connection, chain: str, coins: list[Coin]) -> Offer:
     """Of the wallet's ``coins`` on ``chain``, those a new intent may reserve: none an
     intent owns, and none created by a version of one of our intents that is not final.
     Each version pays its change to its own txid, and until the intent is final a reorg
@@ -441,7 +460,15 @@ def free_coins(conn: sa.Connection, chain: str, coins: list[Coin]) -> list[Coin]
     unsettled = {r.tx_hash for r in conn.execute(
         sa.select(tx_attempts.c.tx_hash).join(submissions, submissions.c.id == tx_attempts.c.submission_id)
         .where(submissions.c.chain == chain, submissions.c.state.in_(_ON_THE_WIRE)))}
-    return [c for c in coins if c.outpoint not in owned and c.outpoint.rpartition(":")[0] not in unsettled]
+    free, reserved, pending = [], 0, 0
+    for c in coins:
+        if c.outpoint in owned:
+            reserved += c.value
+        elif c.outpoint.rpartition(":")[0] in unsettled:
+            pending += c.value
+        else:
+            free.append(c)
+    return Offer(free, reserved, pending)
 
 
 def reservation_of(conn: sa.Connection, sub_id: int) -> list[str]:

@@ -33,7 +33,7 @@ class ChainCoins:
     reserved: list[Reserved] = field(default_factory=list)
     on_chain: int | None = None  # how many confirmed coins the wallet has, as the node reports them
     on_chain_value: int | None = None
-    spendable: int | None = None  # of those, what new payouts can use (``chainstore.free_coins``)
+    spendable: int | None = None  # of those, what new payouts can use (``chainstore.offer``)
 
     @property
     def reserved_value(self) -> int:
@@ -58,5 +58,5 @@ async def report(db: Database, chains: dict[str, ChainAdapter]) -> list[ChainCoi
         row.sender = adapter.sender()
         coins = await adapter.coins(row.sender)
         row.on_chain, row.on_chain_value = len(coins), sum(c.value for c in coins)
-        row.spendable = sum(c.value for c in await db.aread(chainstore.free_coins, name, coins))
+        row.spendable = sum(c.value for c in (await db.aread(chainstore.offer, name, coins)).free)
     return sorted(rows.values(), key=lambda c: c.chain)

@@ -35,7 +35,7 @@ from ..states import SubmissionState
 from ..storage import codec
 from ..storage.database import Database
 from . import chainstore, finality
-from .adapter import ChainAdapter, CoinSource, NonceSource
+from .adapter import ChainAdapter, Coin, CoinSource, NonceSource, TxRejected
 from .candidates import broadcast_latest
 
 Commit = Callable[..., Awaitable[list[Any]]]  # RunScope.commit or Database-backed twin
@@ -161,6 +161,20 @@ class AccountDomain:
         return 0  # a nonce used by a foreign transaction is used: nothing to give back
 
 
+def select_offered(adapter: CoinSource, request: dict[str, Any], offered: chainstore.Offer) -> list[Coin]:
+    """``adapter.select`` over the offered coins; its refusal ("insufficient funds")
+    also says what the wallet holds that was not offered, which the adapter never sees:
+    "coins hold 0" alone reads as an empty wallet when its coins are change waiting for
+    a payout to be final."""
+    try:
+        return adapter.select(request, offered.free)
+    except TxRejected as exc:
+        note = offered.held_back()
+        if not note:
+            raise
+        raise TxRejected(exc.reason + note, reverted=exc.reverted) from None
+
+
 class CoinDomain:
     kind = "coins"
 
@@ -172,8 +186,8 @@ class CoinDomain:
         text, chain = codec.dumps(request), self.adapter.name
         for _ in range(RESERVE_TRIES):
             coins = await self.adapter.coins(sender)
-            (free,) = await commit(lambda conn: chainstore.free_coins(conn, chain, coins))
-            chosen = self.adapter.select(request, free)
+            (offered,) = await commit(lambda conn: chainstore.offer(conn, chain, coins))
+            chosen = select_offered(self.adapter, request, offered)
             ok, sub = await commit(lambda conn: chainstore.reserve(conn, sub_id, chain, chosen, text, now),
                                    lambda conn: chainstore.get(conn, sub_id))
             if ok:

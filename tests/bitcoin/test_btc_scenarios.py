@@ -537,3 +537,23 @@ async def test_insufficient_funds_fail_the_payout_with_nothing_reserved(rig: Nod
     assert done.status == "completed", done.error
     assert rig.reserved(rig.sub("small").id) == [coin]
     assert rig.paid(rig.payees[0]) == [] and len(rig.paid(rig.payees[1])) == 1
+
+
+async def test_insufficient_funds_say_how_much_change_waits_for_its_payout_to_be_final(
+        rig: NodeRig, node: RegtestNode) -> None:
+    """Change is offered only once its payout is final (docs/bitcoin.md): a payout
+    that needs it before then fails, and its error says the wallet holds that change
+    rather than reading as an empty wallet ("unreserved coins hold 0")."""
+    node.fund(rig.btc.sender(), 1_000_000)  # the wallet's only coin
+    async with rig.worker():  # Confirmations(2)
+        await rig.app.astart("payout", {"id": "A", "to": rig.payees[0], "sats": 100_000})
+        await rig.drive(lambda: rig.state("A") == "broadcast", mine=False, what="A's broadcast")
+        await rig.mine()
+        assert rig.state("A") == "included"  # one confirmation: its change is confirmed, A is not final
+        (change,) = [c for c in await rig.btc.coins(rig.btc.sender()) if c.outpoint.startswith(rig.sub("A").tx_hash)]
+        b = await rig.app.astart("payout", {"id": "B", "to": rig.payees[1], "sats": 100_000})
+        st = await rig.until_done(b.id, mine=False, what="B's failure")
+    assert st.status == "failed" and st.error is not None
+    assert "unreserved coins hold 0" in st.error["message"]
+    assert (f"not offered: {change.value} in change of payouts not final yet (offered once they are)"
+            in st.error["message"]), st.error["message"]
