@@ -593,7 +593,7 @@ def metrics(ctx: click.Context) -> None:
 
 
 @cli.command()
-@click.argument("app_spec", metavar="APP", required=False)
+@click.argument("app_spec", metavar="[APP]", required=False)
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to bind; anything but a loopback address exposes the dashboard to the network.")
 @click.option("--port", default=8321, show_default=True, type=click.IntRange(1, 65535))
@@ -716,7 +716,7 @@ def _with_selection(fn: Any) -> Any:
 
 
 @cli.command()
-@click.argument("run_id", metavar="RUN", required=False)
+@click.argument("run_id", metavar="[RUN]", required=False)
 @_with_selection
 @click.option("--sample", type=click.IntRange(1), metavar="N", help="Replay a random sample of N selected runs.")
 @click.option("--pure", multiple=True, metavar="STEP",
@@ -763,7 +763,7 @@ def replay(ctx: click.Context, run_id: str | None, workflow_name: str | None, st
 
 
 @cli.command()
-@click.argument("run_id", metavar="RUN", required=False)
+@click.argument("run_id", metavar="[RUN]", required=False)
 @_with_selection
 @click.option("--from-step", metavar="STEP", help="Fork point: this step (name, name#2, branch/name).")
 @click.option("--from-failed", is_flag=True, help="Fork point: the first failed step.")

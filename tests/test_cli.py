@@ -449,6 +449,12 @@ def test_help_needs_no_database() -> None:
         assert command in res.out
 
 
+@pytest.mark.parametrize(("command", "usage"), [("ui", "ui [OPTIONS] [APP]"), ("fork", "fork [OPTIONS] [RUN]"),
+                                                ("replay", "replay [OPTIONS] [RUN]"), ("show", "show [OPTIONS] RUN")])
+def test_help_brackets_optional_arguments(command: str, usage: str) -> None:
+    assert usage in invoke(command, "--help").out
+
+
 def test_main_is_the_entry_point(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setattr(sys, "argv", ["chainflow", "--database-url", "mysql+nothing://x", "runs"])
     with pytest.raises(SystemExit) as exit_:
