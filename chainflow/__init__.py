@@ -8,7 +8,8 @@ below it, never above, and no two modules import each other in a circle
 (``tests/test_layers.py`` walks every import and fails on a back-edge):
 
 1. base: ``errors``, ``clock``, ``retry``, ``lease``, ``lograte``, ``metrics``,
-   ``events``, ``logs``, ``threads`` -- values and small mechanisms every layer shares;
+   ``events``, ``logs``, ``threads``, ``states``, ``tracing`` -- values and small
+   mechanisms every layer shares;
 2. ``storage``: the schema and its migrations, the connector, the payload codec, the
    runs store (runs, journal, attempts, signals, workers), the group-commit writer
    and the ``Database`` gateway -- the only code that speaks SQL about runs;
