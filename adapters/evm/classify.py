@@ -10,6 +10,8 @@ The order matters: a node that already holds the exact bytes may also report the
 as used, and "already known" is the more precise answer.  Anything that says "try
 later" (rate limits, a full pool, a nonce *above* the pool's window) is UNKNOWN rather
 than REJECTED, because the engine treats a rejection as permanent and these are not.
+A balance too low for the bytes' value plus gas at their fee cap is UNFUNDED: a cheaper
+version of the same intent, or a top-up, may still be taken.
 """
 
 from __future__ import annotations
@@ -52,6 +54,13 @@ _RULES: list[tuple[BroadcastOutcome, tuple[str, ...]]] = [
             "gas price below current base fee",  # besu
             "feecap too low",
             "max fee per gas too low",
+        ),
+    ),
+    (
+        BroadcastOutcome.UNFUNDED,
+        (
+            "insufficient funds",  # geth, anvil, erigon, reth: "... for gas * price + value"; nethermind
+            "upfront cost exceeds balance",  # besu UPFRONT_COST_EXCEEDS_BALANCE
         ),
     ),
     (

@@ -35,7 +35,10 @@ class BroadcastOutcome(enum.Enum):
     NONCE_TOO_LOW = "nonce_too_low"  # the nonce is spent (by us or by someone else)
     SPENT = "spent"  # an input is already spent in a block (by us or by someone else)
     UNDERPRICED = "underpriced"  # replacement fee bump too small / fee below floor
-    REJECTED = "rejected"  # permanently invalid (bad signature, insufficient funds...)
+    # the sender's balance cannot pay what these bytes may cost (value + gas at their fee
+    # cap): a top-up, or an earlier, cheaper version of the same intent, may still be taken
+    UNFUNDED = "unfunded"
+    REJECTED = "rejected"  # permanently invalid (bad signature, a gas limit above the block's...)
     UNKNOWN = "unknown"  # timeout / dropped answer: the node may or may not have it
 
 

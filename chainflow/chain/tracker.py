@@ -32,14 +32,19 @@ from ..lograte import FailureLog
 from ..storage import codec
 from ..storage.database import Database
 from . import chainstore, finality
-from .adapter import BroadcastOutcome, ChainAdapter, Header, Receipt, TxRejected
+from .adapter import BroadcastOutcome, BroadcastResult, ChainAdapter, Header, Receipt, TxRejected
 from .batcher import Batcher
-from .candidates import broadcast_latest
+from .candidates import broadcast
 from .domain import domain_for
 from .tracker_config import TrackerConfig
 
 log = logging.getLogger("chainflow.tracker")
 T = TypeVar("T")
+# the node will not take these bytes, however long they wait; an earlier version of the
+# same intent may still be taken (it is cheaper, or within a rule the newest breaks)
+_REFUSED = (BroadcastOutcome.UNFUNDED, BroadcastOutcome.REJECTED)
+# the node holds the bytes, or may: the same version is worth sending again
+_HELD = (BroadcastOutcome.ACCEPTED, BroadcastOutcome.ALREADY_KNOWN, BroadcastOutcome.UNKNOWN)
 
 
 def _nothing(conn: sa.Connection) -> None:
@@ -95,6 +100,10 @@ class Tracker:
         # intent -> the block a candidate of it was seen in while the node had no receipt
         # for it: proof enough that its conflict domain is not used by a foreign transaction
         self._seen_in: dict[int, str] = {}
+        # intent whose newest version the node refuses -> how many versions back from the
+        # newest the next earlier one to send is: one a round, newest first, kept while
+        # the node holds it
+        self._earlier: dict[int, int] = {}
         policy = self.config.batching.get(self.chain)
         self.batcher = None if policy is None else Batcher(db, clock, adapter, policy, self._as_leader, self._rpc)
 
@@ -218,6 +227,8 @@ class Tracker:
         stats.new_blocks, stats.matched, stats.settled = len(new), len(receipts), len(ready)
         # read before this head's receipts were stored: what was just matched is not stuck
         settled = {sub_id for sub_id, _ in receipts}
+        for sub_id in settled:
+            self._earlier.pop(sub_id, None)
         stuck = [sub for sub in view.stuck if int(sub.id) not in settled]
         try:
             if stuck:
@@ -338,29 +349,56 @@ class Tracker:
         used = await self.domain.used(stuck, self._rpc)
         for sub in stuck:
             if sub.id in used:
+                self._earlier.pop(int(sub.id), None)
                 await self._resolve_spent(sub, used[sub.id], head)
                 continue
             self._used_since.pop(int(sub.id), None)  # a use a reorg took back starts over
             attempts = await self.db.aread(chainstore.attempts_of, sub.id)
             pending = await self._rpc(self.adapter.in_mempool(attempts[-1].tx_hash))
-            if not pending:
-                await self._as_leader()
-                result = await broadcast_latest(self.db, self.clock, None, self.adapter, sub)
-                self._stats.rpc_calls += 1
-                self._stats.rebroadcasts += 1
-                # the node dropped it as underpriced (base fee rose above its fee cap): only a
-                # same-nonce replacement with higher fees can get it mined
-                if result is not None and result.outcome is BroadcastOutcome.UNDERPRICED:
-                    await self._bump(sub, attempts)
-                elif result is not None and result.outcome is BroadcastOutcome.REJECTED:
-                    # refused for a reason a re-broadcast cannot change (a gas limit above
-                    # the block's): someone must act, and its nonce holds the sender's next
-                    await self._stuck(sub, f"the node refuses it: {result.detail}")
-            elif head - int(sub.last_broadcast_block) >= cfg.bump_blocks:
+            if pending:
+                self._earlier.pop(int(sub.id), None)  # the node took the newest after all
+                if head - int(sub.last_broadcast_block) < cfg.bump_blocks:
+                    continue
                 await self._bump(sub, attempts)
             else:
-                continue
+                result = await self._send(sub, attempts[-1])
+                if result.outcome in _REFUSED:
+                    # refused for a reason a re-broadcast cannot change (a gas limit above the
+                    # block's, a balance below its cost): someone must act, and its nonce
+                    # holds the sender's next; meanwhile an earlier version may do
+                    earlier = "; its earlier versions are sent in turn" if len(attempts) > 1 else ""
+                    await self._stuck(sub, f"the node refuses it: {result.detail}{earlier}")
+                    await self._send_earlier(sub, attempts)
+                else:
+                    self._earlier.pop(int(sub.id), None)
+                    # the node dropped it as underpriced (base fee rose above its fee cap): only
+                    # a same-nonce replacement with higher fees can get it mined
+                    if result.outcome is BroadcastOutcome.UNDERPRICED:
+                        await self._bump(sub, attempts)
             await self.db.atx(chainstore.touch, sub.id, head)
+
+    async def _send(self, sub: Any, version: Any) -> BroadcastResult:
+        """Re-send one stored version, as the leader."""
+        await self._as_leader()
+        result = await broadcast(self.db, self.clock, None, self.adapter, sub, version)
+        self._stats.rpc_calls += 1
+        self._stats.rebroadcasts += 1
+        return result
+
+    async def _send_earlier(self, sub: Any, attempts: list[Any]) -> None:
+        """The node refuses the newest version: send an earlier one, all signed and stored
+        over the same domain, so nothing new is signed.  A bump the sender cannot fund
+        must not lose the version it can: once the market allows it, that one is mined.
+        One a round, newest (closest to the market) first, and the same one again while
+        the node holds it; the newest keeps being offered first, so a top-up lets it,
+        or a bump from it, through."""
+        if len(attempts) < 2:
+            return
+        back = self._earlier.get(int(sub.id), 1)
+        result = await self._send(sub, attempts[-1 - back])
+        if result.outcome not in _HELD:
+            back = back % (len(attempts) - 1) + 1
+        self._earlier[int(sub.id)] = back
 
     async def _abandon(self, orphaned: list[Any]) -> None:
         """Free the conflict domains of intents whose runs ended between allocation and
@@ -441,7 +479,7 @@ class Tracker:
             return
         await self.db.atx(chainstore.add_attempt, sub.id, self.chain, signed, self.clock.time())
         await self._as_leader()
-        await broadcast_latest(self.db, self.clock, None, self.adapter, sub)
+        await broadcast(self.db, self.clock, None, self.adapter, sub, signed)
         self._stats.rpc_calls += 1
         self._stats.bumps += 1
         metrics.inc("chainflow_fee_bumps_total", chain=self.chain)

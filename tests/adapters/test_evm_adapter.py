@@ -184,13 +184,13 @@ async def test_fee_cap_below_base_fee_is_underpriced(node_kind: str, net: Any, c
     assert result.outcome is BroadcastOutcome.UNDERPRICED, result.detail
 
 
-async def test_unfunded_sender_is_rejected_with_detail(net: Any) -> None:
+async def test_unfunded_sender_is_refused_as_unfunded_with_detail(net: Any) -> None:
     broke = EvmChain("devnet", net.rpc_url, LocalSigner.from_key(Account.create().key))
     try:
         request = broke.prepare({"to": net.accounts()[1].address, "value": 10**18, "gas": 21_000})
         signed = await broke.sign(request, 0, None)
         result = await broke.broadcast(signed.raw)
-        assert result.outcome is BroadcastOutcome.REJECTED
+        assert result.outcome is BroadcastOutcome.UNFUNDED
         assert "insufficient funds" in result.detail.lower()
     finally:
         await broke.aclose()

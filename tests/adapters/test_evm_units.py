@@ -33,7 +33,7 @@ K = BroadcastOutcome
         ("replacement transaction underpriced", K.UNDERPRICED),
         ("transaction underpriced: tip needed 1, tip permitted 0", K.UNDERPRICED),
         ("max fee per gas less than block base fee: address 0x1, maxFeePerGas: 1, baseFee: 7", K.UNDERPRICED),
-        ("insufficient funds for gas * price + value: address 0x1 have 0 want 1", K.REJECTED),
+        ("insufficient funds for gas * price + value: address 0x1 have 0 want 1", K.UNFUNDED),
         ("intrinsic gas too low", K.REJECTED),
         ("invalid sender", K.REJECTED),
         ("nonce too high", K.UNKNOWN),
@@ -41,7 +41,7 @@ K = BroadcastOutcome
         # anvil 1.x (checked against anvil 1.7.1)
         ("transaction already imported", K.ALREADY_KNOWN),
         ("nonce too low", K.NONCE_TOO_LOW),
-        ("Insufficient funds for gas * price + value", K.REJECTED),
+        ("Insufficient funds for gas * price + value", K.UNFUNDED),
         ("invalid chain id for signer", K.REJECTED),
         ("Failed to decode transaction", K.REJECTED),
         # other clients and hosted providers
@@ -52,6 +52,8 @@ K = BroadcastOutcome
         ("OldNonce", K.NONCE_TOO_LOW),
         ("nonce has already been used", K.NONCE_TOO_LOW),
         ("REPLACEMENT_UNDERPRICED", K.UNDERPRICED),
+        ("InsufficientFunds", K.UNFUNDED),  # nethermind
+        ("TRANSACTION_UPFRONT_COST_EXCEEDS_BALANCE", K.UNFUNDED),  # besu
         ("FeeTooLowToCompete", K.UNDERPRICED),
         ("fee cap less than block base fee", K.UNDERPRICED),
         ("NONCE_TOO_FAR_IN_FUTURE_FOR_SENDER", K.UNKNOWN),
