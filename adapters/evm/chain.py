@@ -148,11 +148,20 @@ class EvmChain:
                 "data": request["data"]}
 
     async def estimate(self, request: dict[str, Any]) -> dict[str, Any]:
-        """Raises ``TxReverted`` (with the decoded reason) when the call reverts now."""
+        """Raises ``TxReverted`` (with the decoded reason) when the call reverts now, and
+        ``TxInvalid`` when the sender holds less than the value it sends.  Geth refuses
+        such an estimate itself ("insufficient funds"); anvil estimates it, and the
+        payment would take a nonce no version of it can use until a top-up, holding the
+        sender's later ones.  So the balance is asked in the same exchange (only for a
+        transfer of value) and every node refuses it alike, before a nonce is bound."""
         if request.get("gas"):
             return request
+        value = int(request["value"])
+        calls: list[tuple[str, list[Any]]] = [("eth_estimateGas", [self._call_object(request)])]
+        if value:
+            calls.append(("eth_getBalance", [self.sender(), "latest"]))
         try:
-            gas = quantity(await self.rpc.call("eth_estimateGas", self._call_object(request)))
+            answers = await self.rpc.call_all(*calls)
         except RpcError as exc:
             if is_revert(exc.code, exc.message):
                 data = revert_data(exc.data)
@@ -161,7 +170,10 @@ class EvmChain:
             if "insufficient funds" in exc.message.lower():
                 raise TxInvalid(exc.message) from None
             raise
-        return {**request, "gas": -(-gas * self._headroom_permille // 1000)}
+        if value and quantity(answers[1]) < value:
+            raise TxInvalid(f"insufficient funds: {self.sender()} holds {quantity(answers[1])} wei on chain "
+                            f"{self.name!r}, the transaction sends {value} wei")
+        return {**request, "gas": -(-quantity(answers[0]) * self._headroom_permille // 1000)}
 
     # --- replay (``chainflow.chain.adapter.Simulator``) ----------------------------
 

@@ -308,7 +308,11 @@ class Submitter:
             try:
                 request = await adapter.estimate(request)
             except TxRejected as exc:
-                raise TxRevertedError(label, exc.reason) from None
+                # a revert is the contract's refusal; anything else (the sender cannot pay)
+                # fails like a UTXO intent without enough coins: nothing is bound yet
+                if exc.reverted:
+                    raise TxRevertedError(label, exc.reason) from None
+                raise SubmissionFailedError(label, exc.reason) from None
             if adapter.name in self.tracker.batching:  # the chain's batcher takes it from here
                 text = codec.dumps(request)
                 await ctx.commit(lambda conn: chainstore.queue(conn, sub_id, text, ctx.clock.time()))

@@ -196,6 +196,18 @@ async def test_unfunded_sender_is_refused_as_unfunded_with_detail(net: Any) -> N
         await broke.aclose()
 
 
+async def test_a_transfer_above_the_balance_is_refused_at_estimation_on_every_node(net: Any, chain: EvmChain) -> None:
+    """Geth (the in-process EVM answers with its words) refuses the estimate, anvil does
+    not: the adapter refuses it alike, as no revert, before a nonce is bound."""
+    balance = int(net.rpc("eth_getBalance", chain.sender(), "latest"), 16)
+    request = chain.prepare({"to": net.accounts()[1].address, "value": balance + 1})
+    with pytest.raises(TxRejected, match="(?i)insufficient funds") as refused:
+        await chain.estimate(request)
+    assert refused.value.reverted is False
+    affordable = chain.prepare({"to": net.accounts()[1].address, "value": balance // 2})
+    assert (await chain.estimate(affordable))["gas"] > 0
+
+
 async def test_revert_at_estimation_carries_the_decoded_reason(
     net: Any, token: Contract, chain: EvmChain, outsider: EvmChain
 ) -> None:

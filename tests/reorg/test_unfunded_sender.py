@@ -9,6 +9,8 @@
   the newest bytes would hold the payment, and every later nonce of the sender, until a
   top-up, although chainflow holds valid signed bytes for it.
 * Topped up while the fees stay above every version: the tracker still bumps.
+* A payment above the balance is no revert, and fails alike on a node that refuses it
+  at estimation (geth's wording, the in-process EVM) and on one that does not (anvil).
 """
 
 from __future__ import annotations
@@ -19,10 +21,11 @@ from typing import Any
 import pytest
 
 import chainflow as cf
+from adapters.evm import EvmReceipt
 from chainflow.chain.adapter import BroadcastResult
 from chainflow.storage import codec
 
-from ._rig import Rig, register_mint_flow
+from ._rig import CHAIN, Rig, register_mint_flow
 
 
 def _max_fee(version: Any) -> int:
@@ -138,3 +141,28 @@ async def test_a_sender_topped_up_while_fees_stay_high_is_bumped_again(rig: Rig)
     st = rig.app.status(run_id)
     assert st.status == "completed", st.error
     assert st.output["tx"] == third.tx_hash
+
+
+async def test_a_payment_above_the_balance_fails_the_step_without_a_nonce(rig: Rig) -> None:
+    """Geth (and the in-process EVM) refuse it at estimation, anvil estimates it without
+    complaint: on both, the step fails as a submission that cannot be made, not as a
+    contract revert, and no nonce is taken for it."""
+
+    @rig.app.workflow("pay")
+    async def pay(ctx: cf.Context, ev: dict[str, Any]) -> str:
+        r = await ctx.submit("pay", chain=CHAIN, tx=ev["tx"], idempotency_key=ev["key"])
+        assert isinstance(r, EvmReceipt)
+        return r.tx_hash
+
+    balance = int(rig.w3.eth.get_balance(rig.minter.address))
+    tx = {"to": rig.net.accounts()[1].address, "value": balance * 2}
+    async with rig.worker():
+        await rig.step()
+        run_id = (await rig.app.astart("pay", {"key": "broke-1", "tx": tx})).id
+        st = await rig.wait_status(run_id)
+    assert st.status == "failed" and st.error is not None
+    message = st.error["message"]
+    assert "SubmissionFailedError" in message and "insufficient funds" in message.lower(), message
+    assert "TxRevertedError" not in message and "reverted" not in message, message
+    sub = rig.sub("broke-1")
+    assert sub.nonce is None and rig.attempts(sub.id) == []
