@@ -26,7 +26,7 @@ from .values import quantity
 DEFAULT_PRIORITY_FEE = 10**9
 REWARD_PERCENTILE = 50
 #: What geth's pool (and anvil's) asks of a replacement: every fee field +10 %.  A bump
-#: the budget clips below this (or below ``bump_factor``, if lower) is no replacement.
+#: never asks less, and one the budget clips below this is no replacement.
 NODE_PRICE_BUMP = Fraction(11, 10)
 
 
@@ -109,9 +109,10 @@ def capped(fees: dict[str, int], max_fee: int | None) -> dict[str, int]:
 
 
 def bump(fees: dict[str, int], factor: float, max_fee: int | None = None) -> dict[str, int]:
-    """Every field multiplied by ``factor`` rounded up, and raised by at least 1 wei;
-    at most ``max_fee``, and ``TxRejected`` (not a revert) when that leaves no valid
-    replacement.
+    """Every field multiplied by ``factor``, and by at least the node's +10 %
+    (``NODE_PRICE_BUMP``: a smaller raise is refused as underpriced), rounded up and
+    raised by at least 1 wei; at most ``max_fee``, and ``TxRejected`` (not a revert)
+    when that leaves no valid replacement.
 
     The factor is taken as its decimal text (1.1 means exactly 11/10) so a float's binary
     error never adds a wei, and nodes' "at least +10 %" checks hold exactly.
@@ -119,16 +120,16 @@ def bump(fees: dict[str, int], factor: float, max_fee: int | None = None) -> dic
     exact = Fraction(str(factor))
     if exact < 1:
         raise ValueError(f"bump factor must be at least 1, got {factor!r}")
+    exact = max(exact, NODE_PRICE_BUMP)
     out: dict[str, int] = {}
     for key, value in fees.items():
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:
             raise ValueError(f"fee field {key!r} must be a non-negative int number of wei, got {value!r}")
-        scaled = value * exact
-        out[key] = max(value + 1, _ceil(scaled))
+        out[key] = max(value + 1, _ceil(value * exact))
     limited = capped(out, max_fee)
     for key, value in limited.items():
         old = fees[key]
-        if value < min(out[key], max(old + 1, _ceil(old * NODE_PRICE_BUMP))):
+        if value < max(old + 1, _ceil(old * NODE_PRICE_BUMP)):
             raise TxRejected(f"fee budget exhausted: {key} {old} wei cannot rise by the +10 % nodes ask of a "
                              f"replacement within the max_fee_per_gas of {max_fee} wei", reverted=False)
     return limited

@@ -7,6 +7,12 @@ import math
 from dataclasses import dataclass, field, fields
 
 from ..clock import to_seconds
+from ..errors import ConfigurationError
+
+#: The least ``bump_factor``: geth's pool (and anvil's, erigon's, reth's) refuses a
+#: replacement that raises the fees by less than 10 %, so a smaller factor would spend
+#: every bump on a refusal ("replacement transaction underpriced") while the payment waits.
+MIN_BUMP_FACTOR = 1.1
 
 
 @dataclass(frozen=True)
@@ -40,7 +46,7 @@ class TrackerConfig:
     catch_up_blocks: int = 64
     rebroadcast_blocks: int = 3  # not seen for this many blocks: re-broadcast same bytes
     bump_blocks: int = 6  # still pending after this many blocks: same-nonce fee bump
-    bump_factor: float = 1.125  # the common node replacement rule (12.5%)
+    bump_factor: float = 1.125  # the common node replacement rule (12.5%); at least MIN_BUMP_FACTOR
     max_bumps: int = 5  # cap on replacements per submission
     stuck_batch: int = 32  # stuck submissions handled per head, bounding RPC
     # seconds without the node's head rising (or readable) before the ``chain_stalled``
@@ -74,9 +80,11 @@ class TrackerConfig:
                 if value < least:
                     raise ValueError(f"TrackerConfig.{f.name} must be >= {least}, got {value!r}")
         factor = self.bump_factor
-        if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not math.isfinite(factor) \
-                or factor < 1:
-            raise ValueError(f"TrackerConfig.bump_factor must be a finite number >= 1, got {factor!r}")
+        if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not math.isfinite(factor):
+            raise ValueError(f"TrackerConfig.bump_factor must be a finite number, got {factor!r}")
+        if factor < MIN_BUMP_FACTOR:
+            raise ConfigurationError(f"TrackerConfig.bump_factor must be at least {MIN_BUMP_FACTOR} (nodes refuse a "
+                                     f"replacement raising the fees by less than 10 %), got {factor!r}")
         for chain, policy in self.batching.items():
             if not isinstance(policy, Batching):
                 raise TypeError(f"TrackerConfig.batching[{chain!r}] must be a cf.Batching, got {policy!r}")

@@ -81,6 +81,10 @@ def test_bump_rounds_up_to_ints_and_always_raises() -> None:
         assert out * 10 >= value * 11 and (out - 1) * 10 < value * 11 or out == value + 1
     with pytest.raises(ValueError, match="at least 1"):
         bump(fees, 0.9)
+    # below the +10 % nodes ask of a replacement, the factor is raised to it
+    assert bump({"gas_price": 100}, 1.05) == bump({"gas_price": 100}, 1) == {"gas_price": 110}
+    assert bump({"max_fee_per_gas": 1_000, "max_priority_fee_per_gas": 100}, 1.0, 10_000) == {
+        "max_fee_per_gas": 1_100, "max_priority_fee_per_gas": 110}
     with pytest.raises(ValueError, match="int number of wei"):
         bump({"gas_price": 1.5}, 1.2)  # type: ignore[dict-item]
 

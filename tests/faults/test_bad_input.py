@@ -249,6 +249,10 @@ def test_exponential_backoff_saturates_instead_of_overflowing() -> None:
         (lambda app: cf.TrackerConfig(bump_blocks=-1), ValueError, ("TrackerConfig.bump_blocks", "-1")),
         (lambda app: cf.TrackerConfig(max_bumps=cast(Any, 2.5)), TypeError, ("TrackerConfig.max_bumps", "2.5")),
         (lambda app: cf.TrackerConfig(bump_factor=NAN), ValueError, ("TrackerConfig.bump_factor", "nan")),
+        # nodes with geth's pool rule refuse a replacement under +10 %: every bump would be wasted
+        (lambda app: cf.TrackerConfig(bump_factor=1.05), cf.ConfigurationError,
+         ("TrackerConfig.bump_factor", "at least 1.1", "1.05")),
+        (lambda app: cf.TrackerConfig(bump_factor=1), cf.ConfigurationError, ("TrackerConfig.bump_factor", "1.1")),
     ],
 )
 def test_bad_engine_setting_is_refused_where_it_is_given(sqlite_app: cf.Chainflow, make: Callable[[Any], Any],
