@@ -20,7 +20,9 @@ from typing import Any, TypeVar
 
 T = TypeVar("T")
 
-_Job = tuple[asyncio.AbstractEventLoop, "asyncio.Future[Any]", Callable[[], Any]]
+# what a call in a thread returned, or what it raised
+Ended = tuple[Any, BaseException | None]
+_Job = tuple[asyncio.AbstractEventLoop, "asyncio.Future[Any]", Callable[[], Any], "asyncio.Future[Ended] | None"]
 
 
 class ThreadPool:
@@ -37,14 +39,17 @@ class ThreadPool:
         self._lock = threading.Lock()
         self._closed = False
 
-    def run(self, fn: Callable[[], T]) -> asyncio.Future[T]:
+    def run(self, fn: Callable[[], T], *, ended: asyncio.Future[Ended] | None = None) -> asyncio.Future[T]:
         """Start ``fn()`` in a thread; the future resolves on the calling loop.  Cancelling
-        the future drops the outcome but cannot stop the thread (Python has no way to)."""
+        the future drops the outcome but cannot stop the thread (Python has no way to).
+        ``ended``, for a caller that must know when the thread is done with ``fn`` even
+        after giving up on it (a step's timeout): set to ``fn``'s outcome once it
+        returns or raises, cancelled when ``fn`` never runs (dropped or shut down first)."""
         if self._closed:
             raise RuntimeError(f"thread pool {self._name!r} is shut down")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
-        self._jobs.put((loop, future, fn))
+        self._jobs.put((loop, future, fn, ended))
         if not self._idle.acquire(blocking=False):
             self._grow()
         return future
@@ -59,25 +64,24 @@ class ThreadPool:
 
     def _work(self) -> None:
         while (job := self._jobs.get()) is not None:
-            loop, future, fn = job
+            loop, future, fn, ended = job
             del job
             if future.done():
                 # given up while it waited for a thread (a step's timeout, a cancel): the
                 # caller has recorded it as not run, so it must not run.  Read from this
                 # thread without the loop: a stale "not done" is a job cancelled while it
-                # starts, which no check here could stop either
-                del loop, future, fn
+                # starts, which no check here could stop either (``ended`` tells which)
+                if ended is not None:
+                    _on(loop, ended.cancel)
+                del loop, future, fn, ended
                 self._idle.release()
                 continue
             try:
-                outcome: tuple[Any, BaseException | None] = (fn(), None)
+                outcome: Ended = (fn(), None)
             except BaseException as exc:  # noqa: BLE001 - handed to the awaiting coroutine
                 outcome = (None, exc)
-            try:
-                loop.call_soon_threadsafe(_settle, future, *outcome)
-            except RuntimeError:
-                pass  # the loop has closed: nobody is waiting for this outcome
-            del loop, future, fn, outcome
+            _on(loop, _settle, future, ended, outcome)
+            del loop, future, fn, ended, outcome
             self._idle.release()
 
     def shutdown(self, *, wait: bool) -> None:
@@ -92,11 +96,10 @@ class ThreadPool:
             except queue.Empty:
                 break
             if job is not None:
-                loop, future, _ = job
-                try:
-                    loop.call_soon_threadsafe(future.cancel)
-                except RuntimeError:
-                    pass
+                loop, future, _, ended = job
+                _on(loop, future.cancel)
+                if ended is not None:
+                    _on(loop, ended.cancel)
         for _ in threads:
             self._jobs.put(None)
         if wait:
@@ -104,9 +107,19 @@ class ThreadPool:
                 thread.join()
 
 
-def _settle(future: asyncio.Future[Any], result: Any, exc: BaseException | None) -> None:
+def _on(loop: asyncio.AbstractEventLoop, call: Callable[..., object], *args: Any) -> None:
+    try:
+        loop.call_soon_threadsafe(call, *args)
+    except RuntimeError:
+        pass  # the loop has closed: nobody is waiting for this outcome
+
+
+def _settle(future: asyncio.Future[Any], ended: asyncio.Future[Ended] | None, outcome: Ended) -> None:
+    if ended is not None and not ended.done():
+        ended.set_result(outcome)
     if future.done():  # cancelled meanwhile (a step timeout, a shutdown)
         return
+    result, exc = outcome
     if exc is None:
         future.set_result(result)
     elif isinstance(exc, StopIteration):  # asyncio futures refuse it

@@ -9,12 +9,22 @@ them; workflow code never sees them.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from ..clock import Clock
 from ..retry import Retry
 from ..states import EntryState
 from ..storage import store
+
+
+@dataclass(frozen=True)
+class Landed:
+    """What an operation cut off unfinished turned out to have done, for its
+    compensation to undo: a boxed ``value``, since any value -- None too, a step's
+    plain return -- may be the effect."""
+
+    value: Any
 
 
 class RunScope(Protocol):
@@ -56,9 +66,9 @@ class RunScope(Protocol):
 
     def register_compensation(self, slot: store.Slot, fn: Callable[..., Any], value: Any, retry: Retry,
                               timeout: float | None = None, origin: str | None = None,
-                              settle: Callable[[], Awaitable[Any]] | None = None) -> None:
+                              settle: Callable[[], Awaitable[Landed | None]] | None = None) -> None:
         """Undo the operation at ``slot`` with ``fn(value)`` (or ``fn(ctx, value)``) if
         the run fails; ``origin`` names the intent undone, under which the undo's own
         submissions derive their idempotency keys.  ``settle``: for an operation cut off
-        before it finished, awaited when compensating, in place of ``value``; None from
-        it means there is nothing to undo."""
+        before it finished, awaited when compensating: what it ``Landed`` is undone in
+        place of ``value``; None from it means there is nothing to undo."""

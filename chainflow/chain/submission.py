@@ -50,7 +50,7 @@ from .adapter import ChainAdapter, EndpointError, Receipt, SignedTx, TxRejected
 from .candidates import broadcast_latest  # a module global: the crash tests wrap it here
 from .domain import ConflictDomain, domain_for
 from .finality import policy_of  # by name: ``submit``'s argument shadows the module
-from .scope import RunScope
+from .scope import Landed, RunScope
 from .tracker_config import TrackerConfig
 
 log = logging.getLogger("chainflow.submission")
@@ -157,7 +157,7 @@ class Submitter:
         share one submission, and so one undo of it (its key derived from this origin)."""
         return f"submit\x1f{chain}\x1f{self.adapter(chain).sender()}\x1f{key}"
 
-    async def _landed(self, ctx: RunScope, chain: str, key: str, label: str) -> Receipt | None:
+    async def _landed(self, ctx: RunScope, chain: str, key: str, label: str) -> Landed | None:
         """The receipt of the payment an interrupted submit of this run waited on, once it
         is final; None when none of it can land or it is not this run's to undo: another
         run waiting on it still wants it (its opener or a run sharing its key: the last
@@ -184,7 +184,7 @@ class Submitter:
         if sub.state in (SubmissionState.INTENT, SubmissionState.ALLOCATED) and sub.batch_id is None:
             return None
         try:
-            return await self._await_final(ctx, sub_id, label, poll=self._poll(sub, run_id))
+            return Landed(await self._await_final(ctx, sub_id, label, poll=self._poll(sub, run_id)))
         except (SubmissionFailedError, TxRevertedError):
             return None
 

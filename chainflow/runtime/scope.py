@@ -59,11 +59,12 @@ from ..errors import (
     summary,
     type_name,
 )
+from ..chain.scope import Landed
 from ..lease import Lease
 from ..retry import DEFAULT_RETRY, Retry, check_policy
 from ..states import EntryState, RunState
 from ..storage import codec, limits, store
-from ..threads import ThreadPool
+from ..threads import Ended, ThreadPool
 from .branchorder import BranchOrder
 from .committer import Committer
 from .flag import Flag
@@ -278,8 +279,8 @@ class Compensation:
     retry: Retry
     timeout: float | None
     origin: str  # the compensated intent: namespace of the keys its submissions derive
-    # an operation cut off unfinished: awaited for ``value`` when compensating (None: nothing to undo)
-    settle: Callable[[], Awaitable[Any]] | None = None
+    # an operation cut off unfinished: awaited for what to undo when compensating (None: nothing)
+    settle: Callable[[], Awaitable[Landed | None]] | None = None
 
 
 _POSITIONAL = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
@@ -648,7 +649,7 @@ class Scope:
 
     def register_compensation(self, slot: store.Slot, fn: Callable[..., Any], value: Any, retry: Retry,
                               timeout: float | None = None, origin: str | None = None,
-                              settle: Callable[[], Awaitable[Any]] | None = None) -> None:
+                              settle: Callable[[], Awaitable[Landed | None]] | None = None) -> None:
         """``fn(value)`` (or ``fn(ctx, value)``) undoes the operation at ``slot`` if the
         run fails, is cancelled or rolled back.  Replayed operations keep their journal
         order; those completed in this execution come after all of them, in the order
@@ -772,66 +773,102 @@ class Scope:
 
     async def _execute(self, slot: store.Slot, kind: str, fn: Callable[..., Any], args: tuple[Any, ...],
                        kwargs: dict[str, Any], policy: Retry, limit: float | None,
-                       undo: Callable[[Any], None] | None = None) -> tuple[str, Any]:
+                       undo: Callable[..., None] | None = None) -> tuple[str, Any]:
         """Attempts with journaled backoff; returns (encoded, decoded) output or raises StepError.
 
         ``undo(value)`` registers the compensation of the effect ``fn`` had, before its
         row's commit is awaited: a branch cancelled while waiting for that commit (a
         sibling failed) still has its row committed by the group commit, and its effect
-        must then be undone with the rest."""
+        must then be undone with the rest.
+
+        A sync attempt whose timeout fires while its thread runs is journaled failed on
+        time, but nothing can stop the thread: the next attempt starts once the backoff
+        is over *and* that thread has ended, so at most one attempt of a step executes
+        at any moment.  Meanwhile the thread counts as work in flight: the run is never
+        parked, since a resumed execution (perhaps on another worker) would know nothing
+        of it -- which is also the limit of the promise: a run whose lease is lost all
+        the same (its worker frozen, cut off from the database, or stopped) is resumed
+        without it.  A thread that never returns keeps its run waiting for good -- running, its
+        lease held, one step thread and one of the worker's run slots taken; a cancel still
+        ends it at once -- and nothing else: the worker's other runs go on.  With
+        ``undo``, a step left failed by such an attempt (its retries exhausted, or the run
+        stopped before the next) has its compensation wait for the thread and undo what
+        it returned (``_late``), and its run stays unparked until the thread ends, even
+        past the step: only this execution can see what the thread returns.  Only the
+        last attempt: an earlier one's effect is what a retry of the step repeats anyway."""
         self.refuse_new_work()
         tries = self.tries_of(slot)
         label = slot.label
-        while True:
-            if tries:  # tested here: a step's first attempt costs no extra coroutine
-                await self.back_off(tries)
-            self.refuse_new_work()
-            if time.monotonic() >= self.lease.deadline:  # the hot path pays a comparison
-                await self.hold_lease()
-            await self.settle()  # the results this attempt may build on, durable first
-            attempt = len(tries) + 1
-            started = self.clock.time()
-            self.busy(+1)
-            try:
-                result = await self._invoke(label, fn, args, kwargs, limit, outlast=undo is not None)
-                text, value = codec.roundtrip(result, what=f"output of step {label!r}")
-            except BaseException as raised:
-                failure = own_failure(raised, f"step {label!r}")
-                if not isinstance(failure, Exception):
-                    raise
+        threaded = limit is not None and not inspect.iscoroutinefunction(fn)
+        behind: asyncio.Future[Ended] | None = None  # the thread of the attempt that timed out
+        try:
+            while True:
+                if tries:  # tested here: a step's first attempt costs no extra coroutine
+                    await self.back_off(tries)
+                if behind is not None:
+                    await asyncio.wait([behind])
+                    behind = None
+                self.refuse_new_work()
+                if time.monotonic() >= self.lease.deadline:  # the hot path pays a comparison
+                    await self.hold_lease()
+                await self.settle()  # the results this attempt may build on, durable first
+                attempt = len(tries) + 1
+                started = self.clock.time()
+                ended = asyncio.get_running_loop().create_future() if threaded else None
+                self.busy(+1)
+                try:
+                    result = await self._invoke(label, fn, args, kwargs, limit, outlast=undo is not None, ended=ended)
+                    text, value = codec.roundtrip(result, what=f"output of step {label!r}")
+                except BaseException as raised:
+                    failure = own_failure(raised, f"step {label!r}")
+                    # an output that cannot be stored would only fail again
+                    last = not isinstance(failure, Exception) or isinstance(failure, PayloadError) or \
+                        not policy.retryable(failure) or attempt >= policy.max_attempts
+                    if ended is not None and not ended.done() and (undo is not None or not last):
+                        behind = ended  # its thread runs on, and the next attempt or ``undo`` waits for it
+                        self._hold(behind)
+                    if not isinstance(failure, Exception):
+                        raise
+                    finished = self.clock.time()
+                    if last:
+                        await self._fail(slot, kind, failure, attempt, started)
+                        raise StepError(label, type_name(failure), str(failure), attempt) from failure
+                    await self.record_attempt(slot, tries, failure, started, finished, finished + policy.delay(attempt))
+                    self.events.emit("step_retried", run_id=self.run_id, workflow=self.workflow, step=label,
+                                     attempt=attempt, duration=finished - started, error=summary(failure))
+                    continue
+                finally:
+                    self.busy(-1)
                 finished = self.clock.time()
-                # an output that cannot be stored would only fail again
-                if isinstance(failure, PayloadError) or not policy.retryable(failure) or \
-                        attempt >= policy.max_attempts:
-                    await self._fail(slot, kind, failure, attempt, started)
-                    raise StepError(label, type_name(failure), str(failure), attempt) from failure
-                await self.record_attempt(slot, tries, failure, started, finished, finished + policy.delay(attempt))
-                self.events.emit("step_retried", run_id=self.run_id, workflow=self.workflow, step=label,
-                                 attempt=attempt, duration=finished - started, error=summary(failure))
-                continue
-            finally:
-                self.busy(-1)
-            finished = self.clock.time()
-            if undo is not None:
-                undo(value)
-            entry = self.entry_op(slot, kind, _OK, text, None, attempt, started, finished)
-            done = dict(run_id=self.run_id, workflow=self.workflow, step=label, attempt=attempt,
-                        duration=finished - started)
-            if kind == "step" and self.active == 0:
-                # the run's only work: deferred to its next durable write (module docstring)
-                self._buffer.append(entry)
-                self._deferred.append(done)
-            else:
-                await self._commit(entry)
-                self.events.emit("step_completed", **done)
-            if undo is not None and _cancel_pending():
-                raise asyncio.CancelledError  # the stop that came while its thread ran (``_outlast``)
-            self._journaled += 1
-            if self._journaled % _YIELD_EVERY == 0:
-                # async steps that return at once, committed inline, never suspend: without
-                # this a long run would hold the loop and starve the lease's heartbeat
-                await asyncio.sleep(0)
-            return text, value
+                if undo is not None:
+                    undo(value)
+                entry = self.entry_op(slot, kind, _OK, text, None, attempt, started, finished)
+                done = dict(run_id=self.run_id, workflow=self.workflow, step=label, attempt=attempt,
+                            duration=finished - started)
+                if kind == "step" and self.active == 0:
+                    # the run's only work: deferred to its next durable write (module docstring)
+                    self._buffer.append(entry)
+                    self._deferred.append(done)
+                else:
+                    await self._commit(entry)
+                    self.events.emit("step_completed", **done)
+                if undo is not None and _cancel_pending():
+                    raise asyncio.CancelledError  # the stop that came while its thread ran (``_outlast``)
+                self._journaled += 1
+                if self._journaled % _YIELD_EVERY == 0:
+                    # async steps that return at once, committed inline, never suspend: without
+                    # this a long run would hold the loop and starve the lease's heartbeat
+                    await asyncio.sleep(0)
+                return text, value
+        except BaseException:
+            # the step ends unfinished (failed, or its run stopping) with its last
+            # attempt's thread perhaps still at work
+            if behind is not None:
+                if undo is not None:
+                    undo(None, settle=functools.partial(self._late, behind, label))
+                elif behind.remove_done_callback(self._let_go):
+                    self.busy(-1)  # no next attempt waits for it any more
+            raise
 
     def tries_of(self, slot: store.Slot) -> list[store.AttemptRow]:
         """The slot's failed attempts, as journaled (loaded at claim) plus this
@@ -862,14 +899,17 @@ class Scope:
                          duration=finished - started, error=summary(exc))
 
     async def _invoke(self, label: str, fn: Callable[..., Any], args: tuple[Any, ...],
-                      kwargs: dict[str, Any], limit: float | None, outlast: bool = False) -> Any:
+                      kwargs: dict[str, Any], limit: float | None, outlast: bool = False,
+                      ended: asyncio.Future[Ended] | None = None) -> Any:
         """``fn``'s outcome, within ``limit`` seconds.  ``outlast``: a sync step with a
-        compensation, whose thread is waited for even if the run stops meanwhile."""
+        compensation, whose thread is waited for even if the run stops meanwhile.
+        ``ended``: how a sync ``fn``'s thread ended, also once the timeout gave up on it
+        (``ThreadPool.run``)."""
         threaded = not inspect.iscoroutinefunction(fn)
         if not threaded:
             work: Awaitable[Any] = fn(*args, **kwargs)
         else:
-            thread = self._pool.run(functools.partial(fn, *args, **kwargs))
+            thread = self._pool.run(functools.partial(fn, *args, **kwargs), ended=ended)
             self.threads += 1
             if limit is None:  # no coroutine of its own on the path most sync steps take
                 try:
@@ -890,13 +930,44 @@ class Scope:
             raise StepTimeout(label, limit) from None
         finally:
             if threaded:
-                self._joined()
+                if ended is None or ended.done():
+                    self._joined()
+                else:  # a timeout gave up on it: it counts until it ends, so a stopping worker keeps the lease
+                    ended.add_done_callback(lambda _: self._joined())
 
     def _joined(self) -> None:
-        """A step call's thread returned, or the step stopped awaiting it."""
+        """A step call's thread ended (or, with no ``ended`` to tell, the step stopped awaiting it)."""
         self.threads -= 1
         if not self.threads and self.stop_reason is not None:
             self.changed.set()  # a stopping worker hands the run back once the last one is journaled
+
+    def _hold(self, thread: asyncio.Future[Ended]) -> None:
+        """Count the thread of an attempt given up on as work in flight until it ends
+        (``_let_go``): the step's next attempt or its compensation waits for it."""
+        self.busy(+1)
+        thread.add_done_callback(self._let_go)
+
+    def _let_go(self, _: asyncio.Future[Ended]) -> None:
+        self.busy(-1)
+
+    @staticmethod
+    async def _late(thread: asyncio.Future[Ended], label: str) -> Landed | None:
+        """What the thread of a step's last attempt returned, once it has ended, as its
+        compensation sees a step's output (the journaled copy); nothing to undo when it
+        raised, never ran, or returned what no journal could hold (as a step whose
+        output cannot be stored fails without compensation).  The value lives in this
+        execution only: a crash, or a park of the run's compensations before this one
+        ran, leaves it undone."""
+        await asyncio.wait([thread])
+        if thread.cancelled():
+            return None
+        result, exc = thread.result()
+        if exc is not None:
+            return None
+        try:
+            return Landed(codec.roundtrip(result, what=f"output of step {label!r}")[1])
+        except PayloadError:
+            return None
 
     @staticmethod
     async def _returned(call: Awaitable[Any]) -> Any:
@@ -940,8 +1011,11 @@ class Scope:
                 if slot.entry.status != EntryState.OK:
                     failures.append(slot.key)
                 continue
-            value = comp.value if comp.settle is None else await comp.settle()
-            if comp.settle is not None and value is None:
+            if comp.settle is None:
+                value = comp.value
+            elif (landed := await comp.settle()) is not None:
+                value = landed.value
+            else:
                 continue  # the cut-off operation had no effect to undo
             try:
                 # which form: told once more here, for the few compensations that run,

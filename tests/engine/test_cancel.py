@@ -142,11 +142,15 @@ async def test_cancel_finished_run_raises(make_app: Any, calls: Any) -> None:
         app.cancel("no-such-run")
 
 
+@pytest.mark.parametrize("timeout", [None, 5.0])
 @pytest.mark.parametrize("stop", ["cancel", "sibling fails"])
-async def test_a_sync_step_running_when_the_run_stops_is_compensated(make_app: Any, calls: Any, stop: str) -> None:
+async def test_a_sync_step_running_when_the_run_stops_is_compensated(make_app: Any, calls: Any, stop: str,
+                                                                     timeout: float | None) -> None:
     """A cancel, or a sibling branch failing, while a sync step's thread runs: nothing
     can stop the thread, so its effect happens after the run began to stop -- and the
-    step's compensation, given for exactly that effect, must run with the others."""
+    step's compensation, given for exactly that effect, must run with the others (a
+    step with a timeout is journaled stopped at once; its compensation waits for the
+    thread)."""
     app = make_app(lease_seconds=0.6)  # the heartbeat, which brings the cancel, every 0.2 s
 
     def charge() -> str:
@@ -161,7 +165,8 @@ async def test_a_sync_step_running_when_the_run_stops_is_compensated(make_app: A
 
     @app.workflow("pay")
     async def pay(ctx: cf.Context, _: Any) -> Any:
-        charging = ctx.step("charge", charge, compensate=lambda _: calls.hit("refunded"))
+        charging = ctx.step("charge", charge, compensate=lambda charged: calls.hit(f"refunded {charged}"),
+                            timeout=timeout)
         if stop == "cancel":
             return await charging
         return await ctx.gather(charging, ctx.step("decline", declined, retry=cf.Retry(max_attempts=1)))
@@ -173,5 +178,5 @@ async def test_a_sync_step_running_when_the_run_stops_is_compensated(make_app: A
             app.cancel(run_id)
         st = await wait_status(app, run_id, timeout=10)
     assert st.status == ("cancelled" if stop == "cancel" else "failed")
-    assert calls.lines() == ["charge-start", "charged", "refunded"]
+    assert calls.lines() == ["charge-start", "charged", "refunded ch_1"]
     assert st.compensations == {"charge" if stop == "cancel" else "0/charge": "ok"}

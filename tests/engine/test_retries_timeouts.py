@@ -13,7 +13,7 @@ import pytest
 import chainflow as cf
 from chainflow.testing import WorkflowTester
 
-from ._util import error_type, running_worker, wait_status
+from ._util import error_type, running_worker, wait_status, wait_until
 
 
 class Flaky(Exception):
@@ -436,3 +436,144 @@ async def test_a_cancelled_error_a_step_raises_itself_is_its_failure(make_app: A
     result = await WorkflowTester(app).run("flaky")
     assert (result.status, result.output) == ("completed", "ok"), result.error
     assert calls.count("try") == 3
+
+
+class _Spans:
+    """When each attempt of a sync step ran in its thread, from the thread's own clock."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.spans: list[tuple[float, float]] = []
+
+    def ran(self, started: float) -> None:
+        with self._lock:
+            self.spans.append((started, time.monotonic()))
+
+    def overlaps(self) -> list[tuple[tuple[float, float], tuple[float, float]]]:
+        with self._lock:
+            spans = sorted(self.spans)
+        return [(a, b) for a, b in zip(spans, spans[1:]) if b[0] < a[1]]
+
+
+async def test_a_retry_waits_for_the_thread_of_the_attempt_that_timed_out(make_app: Any) -> None:
+    """A sync step's timeout cannot stop its thread: the next attempt starts only once
+    that thread has ended, so two attempts of one step never execute together.  Each
+    timeout still fires, and is journaled, on time."""
+    app = make_app()
+    spans = _Spans()
+
+    def slow() -> None:
+        started = time.monotonic()
+        time.sleep(0.6)
+        spans.ran(started)
+
+    @app.workflow("slow")
+    async def flow(ctx: cf.Context, _: Any) -> None:
+        await ctx.step("slow", slow, timeout=0.15, retry=cf.Retry(max_attempts=3, initial=0.01, jitter=0))
+
+    async with running_worker(app):
+        run_id = (await app.astart("slow")).id
+        st = await wait_status(app, run_id, timeout=15)
+        await wait_until(lambda: len(spans.spans) == 3, timeout=5, what="the three attempts' threads to end")
+    assert st.status == "failed"
+    assert st.error is not None and "StepTimeout" in st.error["message"]
+    assert spans.overlaps() == [], "an attempt ran beside the earlier one its timeout gave up on"
+    tries = app.attempts(run_id)
+    (entry,) = app.journal(run_id)
+    assert [error_type(a.error) for a in tries] == ["chainflow.errors.StepTimeout"] * 2
+    # the timeouts fired on time; the waiting is between attempts, after the backoff
+    durations = [a.finished_at - a.started_at for a in tries] + [entry.finished_at - entry.started_at]
+    assert all(d < 0.5 for d in durations), durations
+    assert tries[1].started_at - tries[0].finished_at >= 0.4
+    assert entry.started_at - tries[1].finished_at >= 0.4
+
+
+@pytest.mark.parametrize("ends", ["returns a value", "returns None", "raises"])
+async def test_a_last_attempt_that_timed_out_is_compensated_once_its_thread_ends(make_app: Any, calls: Any,
+                                                                                 ends: str) -> None:
+    """Retries exhausted by a timeout: the step fails at once with StepTimeout, but the
+    thread goes on, and what it does is the effect ``compensate=`` was given for.  The
+    compensation waits for it (never racing it) and undoes what it returned; a thread
+    that raised did nothing to undo."""
+    app = make_app()
+
+    def charge() -> str | None:
+        calls.hit("charge-start")
+        time.sleep(0.5)
+        calls.hit("charge-end")
+        if ends == "raises":
+            raise Flaky("declined, late")
+        return "ch_1" if ends == "returns a value" else None
+
+    @app.workflow("pay")
+    async def pay(ctx: cf.Context, _: Any) -> None:
+        await ctx.step("charge", charge, timeout=0.1, retry=cf.Retry(max_attempts=1),
+                       compensate=lambda charged: calls.hit(f"refund {charged}"))
+
+    async with running_worker(app):
+        run_id = (await app.astart("pay")).id
+        st = await wait_status(app, run_id, timeout=10)
+        await wait_until(lambda: calls.count("charge-end") == 1, timeout=5, what="the charge's thread to end")
+    assert st.status == "failed"
+    assert st.error is not None and "StepTimeout" in st.error["message"]
+    (entry,) = [e for e in app.journal(run_id) if e.key == "charge"]
+    assert entry.status == "error" and entry.finished_at - entry.started_at < 0.4  # failed on time
+    if ends == "raises":
+        assert calls.lines() == ["charge-start", "charge-end"]
+        assert st.compensations == {}
+    else:
+        refunded = "refund ch_1" if ends == "returns a value" else "refund None"
+        assert calls.lines() == ["charge-start", "charge-end", refunded]
+        assert st.compensations == {"charge": "ok"}
+
+
+async def test_a_thread_that_never_returns_holds_only_its_own_run(make_app: Any, calls: Any) -> None:
+    """A timed-out attempt whose thread hangs: its run waits for it (still running,
+    holding its lease), the worker's other runs go on, a cancel still ends it at once
+    (the hung step has no compensate=, so nothing waits for its thread any more, and the
+    other compensations, backoff included, run without it), and a run whose hung thread
+    finally returns takes its next attempt then."""
+    # the heartbeat, which brings the cancel, every 0.5 s; a lease any shorter could lapse
+    # on a loaded machine, and a run whose lease lapsed is retried elsewhere (``_execute``)
+    app = make_app(lease_seconds=1.5)
+    gate = threading.Event()
+
+    def hang(tag: str) -> str:
+        calls.hit(f"{tag} try")
+        if calls.count(f"{tag} try") == 1:
+            gate.wait(20)
+        return tag
+
+    def release(_: Any) -> None:
+        calls.hit("release")
+        if calls.count("release") == 1:
+            raise Flaky("the lock service blinked")
+
+    @app.workflow("hung")
+    async def hung(ctx: cf.Context, tag: str) -> str:
+        await ctx.step("reserve", lambda: None,
+                       compensate=release, retry=cf.Retry(max_attempts=2, initial=0.05, jitter=0))
+        return await ctx.step("hang", hang, tag, timeout=0.1, retry=cf.Retry(max_attempts=2, initial=0.01))
+
+    @app.workflow("other")
+    async def other(ctx: cf.Context, _: Any) -> int:
+        return await ctx.step("one", lambda: 1)
+
+    try:
+        async with running_worker(app):
+            waiting = (await app.astart("hung", "waiting")).id
+            cancelled = (await app.astart("hung", "cancelled")).id
+            await wait_until(lambda: len(app.attempts(waiting)) == 1 and len(app.attempts(cancelled)) == 1,
+                             what="both first attempts to time out")
+            bystander = (await app.astart("other")).id
+            assert (await wait_status(app, bystander)).status == "completed"
+            await app.acancel(cancelled)
+            assert (await wait_status(app, cancelled)).status == "cancelled"
+            assert (await app.astatus(waiting)).status == "running"
+            assert calls.counts() == {"waiting try": 1, "cancelled try": 1, "release": 2}
+            gate.set()
+            st = await wait_status(app, waiting)
+    finally:
+        gate.set()
+    assert (st.status, st.output) == ("completed", "waiting")
+    assert calls.counts() == {"waiting try": 2, "cancelled try": 1, "release": 2}

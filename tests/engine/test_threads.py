@@ -6,6 +6,7 @@ import asyncio
 import contextvars
 import threading
 import time
+from typing import Any
 
 import pytest
 
@@ -60,17 +61,48 @@ async def test_a_cancelled_job_drops_its_outcome() -> None:
         pool.shutdown(wait=True)
 
 
+async def test_ended_tells_how_a_job_given_up_on_ended() -> None:
+    """A step whose timeout gave up on its thread must still learn when that thread is
+    done, and with what: its next attempt waits for it, its compensation undoes it."""
+    pool = ThreadPool(1, "t")
+    loop = asyncio.get_running_loop()
+    gate = threading.Event()
+    try:
+        ran: asyncio.Future[Any] = loop.create_future()
+        running = pool.run(lambda: gate.wait(5) and "late", ended=ran)
+        dropped: asyncio.Future[Any] = loop.create_future()
+        queued = pool.run(lambda: "never", ended=dropped)
+        failed: asyncio.Future[Any] = loop.create_future()
+        pool.run(lambda: 1 // 0, ended=failed)
+        await asyncio.sleep(0.05)
+        running.cancel()
+        queued.cancel()
+        assert not ran.done()  # the thread runs on
+        gate.set()
+        assert await ran == ("late", None)
+        await asyncio.wait([dropped])
+        assert dropped.cancelled()  # never ran
+        result, exc = await failed
+        assert result is None and isinstance(exc, ZeroDivisionError)
+    finally:
+        gate.set()
+        pool.shutdown(wait=True)
+
+
 async def test_shutdown_cancels_jobs_not_started_and_refuses_new_ones() -> None:
     pool = ThreadPool(1, "t")
     gate = threading.Event()
     running = pool.run(lambda: gate.wait(5))
-    queued = pool.run(lambda: "never")
+    never: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    queued = pool.run(lambda: "never", ended=never)
     await asyncio.sleep(0.05)
     pool.shutdown(wait=False)
     gate.set()
     assert await running is True
     with pytest.raises(asyncio.CancelledError):
         await queued
+    await asyncio.wait([never])
+    assert never.cancelled()
     with pytest.raises(RuntimeError, match="'t' is shut down"):
         pool.run(lambda: None)
 
