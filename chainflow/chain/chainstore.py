@@ -949,7 +949,7 @@ def reorg_events(conn: sa.Connection, chain: str | None, limit: int) -> list[sa.
     """Reorg events as the trackers recorded them, newest first (``Chainflow.reorgs``)."""
     q = sa.select(reorgs).order_by(reorgs.c.id.desc()).limit(limit)
     if chain:
-        q = q.where(reorgs.c.chain == chain)
+        q = q.where(limits.matches(reorgs.c.chain, chain))
     return list(conn.execute(q))
 
 
@@ -961,7 +961,7 @@ def submission_page(conn: sa.Connection, chain: str | None, state: str | None, b
     """Submissions newest first (by id), below the ``before`` id: keyset pages."""
     q = sa.select(submissions).order_by(submissions.c.id.desc()).limit(limit)
     if chain:
-        q = q.where(submissions.c.chain == chain)
+        q = q.where(limits.matches(submissions.c.chain, chain))
     if state:
         q = q.where(submissions.c.state == state)
     if before is not None:

@@ -524,6 +524,10 @@ class Chainflow:
         next page starts below it (keyset pagination: as fast at the millionth run)."""
         state = None if status is None else _run_state(status)
         _page_size(limit)
+        if before is not None and limits.unstorable(before[1]):
+            # a position, not a lookup that could answer "none": no page handed it out
+            raise ValueError(f"before (created_at, run id) names a run id with a NUL character, which no run id "
+                             f"holds: {before[1][:40]!r}")
 
         def read(conn: sa.Connection) -> list[RunStatus]:
             rows = store.list_runs(conn, state, workflow, limit, since=since, until=until, before=before)

@@ -66,6 +66,22 @@ def text(value: Any, what: str, limit: int) -> str:
     return value
 
 
+def unstorable(value: Any) -> bool:
+    """Whether ``value`` is a str no write can have stored: one holding a NUL (``text``
+    refuses it wherever a name or key is given).  A lookup by one finds nothing, and
+    says so without asking the database: Postgres refuses even to compare text with a
+    NUL (a raw ``DataError``, where SQLite answers "not found"), and refusing it with
+    an error of ours instead would tell a caller passing on an id it was handed (a URL,
+    a form, a log line) less than "no such run", in a way no other absent id does."""
+    return isinstance(value, str) and "\x00" in value
+
+
+def matches(column: sa.ColumnElement[Any], value: Any) -> sa.ColumnElement[bool]:
+    """``column == value`` in a lookup: false outright for a value that cannot be
+    stored (``unstorable``), so the lookup finds nothing alike on both backends."""
+    return sa.false() if unstorable(value) else column == value
+
+
 def slot_name(value: Any, kind: str) -> str:
     """A user-given name of a ``kind`` slot ("step", "branch"...), which must not look like
     a key the engine derives.  Called for every step: the common case is one expression."""

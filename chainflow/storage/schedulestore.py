@@ -15,6 +15,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from . import limits
 from .schema import schedules
 
 
@@ -75,8 +76,7 @@ def all_schedules(conn: sa.Connection) -> list[sa.Row[Any]]:
 def set_paused(conn: sa.Connection, name: str, paused: bool, now: float) -> bool:
     """Pause or resume; a resumed schedule's timing restarts from now (the fires of the
     pause are not made up).  False when no schedule has that name."""
+    named = limits.matches(schedules.c.name, name)
     if not paused:
-        conn.execute(schedules.update().where(schedules.c.name == name, schedules.c.paused.is_(sa.true()))
-                     .values(next_fire=None))
-    return bool(conn.execute(schedules.update().where(schedules.c.name == name)
-                             .values(paused=paused, updated_at=now)).rowcount)
+        conn.execute(schedules.update().where(named, schedules.c.paused.is_(sa.true())).values(next_fire=None))
+    return bool(conn.execute(schedules.update().where(named).values(paused=paused, updated_at=now)).rowcount)

@@ -162,10 +162,14 @@ def compensations(conn: sa.Connection, run_id: str) -> dict[str, EntryState]:
 
 
 def run_by_key(conn: sa.Connection, key: str) -> sa.Row[Any] | None:
+    if limits.unstorable(key):
+        return None
     return conn.execute(_RUN_BY_KEY, {"b_key": key}).first()
 
 
 def get_run(conn: sa.Connection, run_id: str) -> sa.Row[Any] | None:
+    if limits.unstorable(run_id):
+        return None
     return conn.execute(_RUN_BY_ID, {"rid": run_id}).first()
 
 
@@ -181,7 +185,7 @@ def list_runs(
     if status:
         q = q.where(runs.c.status == status)
     if workflow:
-        q = q.where(runs.c.workflow == workflow)
+        q = q.where(limits.matches(runs.c.workflow, workflow))
     if since is not None:
         q = q.where(runs.c.created_at >= since)
     if until is not None:
@@ -193,7 +197,8 @@ def list_runs(
 
 def forks_of(conn: sa.Connection, run_id: str) -> list[sa.Row[Any]]:
     """The runs forked from ``run_id`` (``parent_id``, no slot: not its children), oldest first."""
-    return list(conn.execute(sa.select(runs).where(runs.c.parent_id == run_id, runs.c.parent_slot.is_(None))
+    return list(conn.execute(sa.select(runs).where(limits.matches(runs.c.parent_id, run_id),
+                                                   runs.c.parent_slot.is_(None))
                              .order_by(runs.c.created_at, runs.c.id)))
 
 
@@ -701,7 +706,7 @@ def select_runs(conn: sa.Connection, *, workflow: str | None = None, status: str
     if not forks:
         q = q.where(sa.or_(runs.c.parent_id.is_(None), runs.c.parent_slot.is_not(None)))
     if workflow is not None:
-        q = q.where(runs.c.workflow == workflow)
+        q = q.where(limits.matches(runs.c.workflow, workflow))
     if status is not None:
         q = q.where(runs.c.status == status)
     if since is not None:
@@ -899,7 +904,7 @@ class RecordedRows:
 
 def recorded_rows(conn: sa.Connection, run_ids: list[str]) -> RecordedRows:
     found = RecordedRows([], [], [], [])
-    for part in _chunks(run_ids):
+    for part in _chunks([r for r in run_ids if not limits.unstorable(r)]):
         found.runs.extend(conn.execute(sa.select(runs).where(runs.c.id.in_(part))))
         for table, rows in ((journal, found.journal), (attempts, found.attempts), (signals, found.signals)):
             rows.extend(conn.execute(sa.select(table).where(table.c.run_id.in_(part)).order_by(table.c.id)))
@@ -926,7 +931,8 @@ def journal_rows(conn: sa.Connection, run_id: str) -> list[sa.Row[Any]]:
 
 
 def attempt_rows(conn: sa.Connection, run_id: str) -> list[sa.Row[Any]]:
-    return list(conn.execute(sa.select(attempts).where(attempts.c.run_id == run_id).order_by(attempts.c.id)))
+    return list(conn.execute(sa.select(attempts).where(limits.matches(attempts.c.run_id, run_id))
+                             .order_by(attempts.c.id)))
 
 
 # --- signals --------------------------------------------------------------------

@@ -8,6 +8,7 @@ on SQLite and Postgres.  Operator-facing failures are one line on stderr.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import socket
 import sqlite3
@@ -487,6 +488,60 @@ async def test_nul_in_a_name_is_refused_alike_on_both_backends(make_app: Callabl
         assert len(app.runs()) == 1
     finally:
         _LOG.pop()
+
+
+async def test_a_lookup_by_a_name_holding_nul_finds_nothing_alike_on_both_backends(
+        make_app: Callable[..., cf.Chainflow]) -> None:
+    """No stored id, name or key holds a NUL (every write refuses one), so a lookup by
+    one can only find nothing: SQLite said so, Postgres raised a raw DataError (it will
+    not even compare with a NUL).  Both now answer as for any id never stored; a page
+    cursor, which no page can have handed out with a NUL, is refused naming it."""
+    from chainflow.ui.reads import find_run
+
+    app = make_app()
+    app.workflow("nul")(_wf)
+    st = await drive(app, "nul")
+    assert st.status == "completed", st.error
+    nul = st.id + "\x00"
+
+    absent: dict[str, Callable[[], Any]] = {
+        "status": lambda: app.status(nul),
+        "signal": lambda: app.signal(nul, "go"),
+        "cancel": lambda: app.cancel(nul),
+        "retry": lambda: app.retry(nul),
+        "children": lambda: app.children(nul),
+        "journal": lambda: app.journal(nul),
+        "wait": lambda: app.wait(nul, timeout=1),
+        "export": lambda: app.export(nul),
+        "fork": lambda: app.fork(nul, from_failed=True),
+        "astatus": lambda: app.astatus(nul),
+        "await_run": lambda: app.await_run(nul, timeout=1),
+        "areplay": lambda: app.areplay(nul),
+    }
+    for call, lookup in absent.items():
+        with pytest.raises(cf.RunNotFoundError):
+            found = lookup()
+            if asyncio.iscoroutine(found):
+                await found
+    for pause in (app.pause_schedule, app.resume_schedule):
+        with pytest.raises(cf.ScheduleNotFoundError):
+            pause("every\x00minute")
+
+    empty: dict[str, Callable[[], Any]] = {
+        "runs(workflow=)": lambda: app.runs(workflow="nul\x00"),
+        "attempts": lambda: app.attempts(nul),
+        "forks": lambda: app.forks(nul),
+        "reorgs(chain=)": lambda: app.reorgs(chain="fake\x00"),
+        "fork_many(workflow_name=)": lambda: app.fork_many(workflow_name="nul\x00", from_failed=True).created,
+        "the dashboard's search": lambda: find_run(app, nul),
+    }
+    assert {call: lookup() for call, lookup in empty.items()} == {
+        call: None if call == "the dashboard's search" else ({} if "fork_many" in call else [])
+        for call in empty}
+    assert (await app.areplay_sweep(workflow_name="nul\x00")).reports == []
+    with pytest.raises(ValueError, match="before .*NUL character"):
+        app.runs(before=(st.created_at, nul))
+    assert [r.id for r in app.runs(workflow="nul")] == [st.id]  # the same lookups without the NUL still work
 
 
 # --- item 10: payloads ---------------------------------------------------------------------
