@@ -157,6 +157,36 @@ async def test_a_worker_stops_waiting_at_its_grace_or_when_hurried_and_leaves_th
     assert lease_of(app, run_id) == ("running", worker.id)  # its late result was not written
 
 
+async def test_a_stopping_worker_keeps_a_run_whose_timed_out_step_thread_still_runs(
+        make_app: Any, calls: Any) -> None:
+    """A timeout gave up on the attempt, not its thread: released, the run's retry could
+    start on another worker beside that thread, so the run stays leased like a thread
+    still awaited."""
+    app = make_app(lease_seconds=30)
+    gate = threading.Event()
+
+    def work() -> str:
+        calls.hit("start work")
+        gate.wait(30)
+        calls.hit("end work")
+        return "work"
+
+    @app.workflow("timed")
+    async def timed(ctx: cf.Context, _: Any) -> str:
+        return str(await ctx.step("work", work, timeout=0.2, retry=cf.Retry(max_attempts=2, initial=0.01)))
+
+    run_id = app.start("timed").id
+    worker = await started(app, calls, shutdown_grace=0.5)
+    try:
+        await asyncio.sleep(0.4)  # the first attempt timed out; the retry waits for its thread
+        await asyncio.wait_for(worker.close(), 10)
+        assert lease_of(app, run_id) == ("running", worker.id)
+    finally:
+        gate.set()
+    await wait_until(lambda: calls.count("end work") == 1, what="the thread to end")
+    assert calls.count("start work") == 1
+
+
 def test_the_worker_command_documents_its_shutdown_grace() -> None:
     from click.testing import CliRunner
 
