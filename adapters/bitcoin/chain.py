@@ -344,6 +344,26 @@ class BitcoinChain:
             block_hash = parent
         return f"a transaction more than {self.spender_lookback} blocks below the tip (not searched further)"
 
+    async def conflicting(self, outpoint: str) -> str | None:
+        """The active chain's spend of an input of the transaction creating ``outpoint``,
+        when that transaction is not in the active chain: it then never can be while
+        the spend stays, nor ``outpoint`` exist (a payout's version that a reorg replaced
+        with another, its change already reserved).  Read from ``-txindex``, which keeps
+        a transaction of an orphaned block; a coinbase's outputs die with their block
+        and come back with it, so nothing conflicts with them.  The spend is found as by
+        ``spender``, a sentence instead of a txid below its lookback."""
+        txid, index = parse_outpoint(outpoint)
+        if await self.rpc.call("gettxout", txid, index, False) is not None or await self._located(txid) is not None:
+            return None
+        tx = await self._tx(txid)
+        if tx is None or tx.is_coinbase():
+            return None
+        for vin in tx.vin:
+            spend = await self.spender(f"{b2lx(vin.prevout.hash)}:{vin.prevout.n}")
+            if spend is not None:
+                return spend
+        return None
+
     async def _spends(self, block_hash: str) -> tuple[dict[tuple[str, int], str], int, str | None]:
         """Which outpoints a block spends (and by which txid), its height and parent;
         kept by block hash, which fixes a block's content."""

@@ -266,6 +266,13 @@ class CoinSource(Protocol):
     async def spender(self, outpoint: str) -> str | None:
         """The tx hash spending ``outpoint`` in the canonical chain, None if unspent there."""
 
+    async def conflicting(self, outpoint: str) -> str | None:
+        """The tx hash in the canonical chain that keeps ``outpoint`` from ever existing
+        there: it spends an input of the transaction that would create ``outpoint``,
+        which is not in that chain (another version of a payout was mined instead of
+        the one whose change ``outpoint`` is).  None while ``outpoint`` exists or may
+        still come to (its transaction in a mempool, or nothing conflicting with it)."""
+
 
 @runtime_checkable
 class BatchBuilder(Protocol):

@@ -509,9 +509,9 @@ def release(conn: sa.Connection, sub_id: int) -> None:
 
 
 def held_by_failed(conn: sa.Connection, chain: str) -> list[sa.Row[Any]]:
-    """Failed intents still holding coins: a foreign transaction spent one of them,
-    and they are held until that spend is final (any of our candidates could still be
-    included if it is reorged out)."""
+    """Failed intents still holding coins: a foreign transaction spent one of them (or
+    made one impossible), and they are held until it is final (any of our candidates
+    could still be included if it is reorged out)."""
     return list(conn.execute(
         sa.select(submissions).where(
             submissions.c.chain == chain, submissions.c.state == SubmissionState.FAILED,

@@ -59,9 +59,10 @@ class ConflictDomain(Protocol):
         """The domain bound to this intent, as ``TxBuilder.sign`` takes it."""
 
     async def used(self, subs: list[sa.Row[Any]], rpc: Rpc) -> dict[int, str]:
-        """Of ``subs``, those whose domain is used in the canonical chain, each with a
-        sentence naming what is used.  Whether by one of our candidates or by a foreign
-        transaction is for the caller to tell, from the candidates' receipts."""
+        """Of ``subs``, those whose domain is used in the canonical chain (or made
+        impossible there: a reserved coin that can never exist), each with the sentence
+        failing it should none of its own candidates be what used it: that is for the
+        caller to tell, from the candidates' receipts."""
 
     async def abandon(self, sub: sa.Row[Any], guard: Guard) -> str | None:
         """Free the domain of an intent that never signed and never will; the reason
@@ -143,7 +144,7 @@ class AccountDomain:
             if sub.sender not in latest:
                 latest[sub.sender] = await rpc(self.adapter.latest_nonce(sub.sender))
             if latest[sub.sender] > int(sub.nonce):
-                out[int(sub.id)] = f"nonce {int(sub.nonce)} was used"
+                out[int(sub.id)] = f"nonce {int(sub.nonce)} was used by a transaction chainflow did not sign"
         return out
 
     async def abandon(self, sub: sa.Row[Any], guard: Guard) -> str | None:
@@ -202,11 +203,26 @@ class CoinDomain:
         out = {}
         for sub in subs:
             for outpoint in await self.db.aread(chainstore.reservation_of, int(sub.id)):
-                spender = await rpc(self.adapter.spender(outpoint))
-                if spender is not None:
-                    out[int(sub.id)] = f"reserved input {outpoint} was spent by {spender}"
+                taken = await self._taken(outpoint, rpc)
+                if taken is not None:
+                    out[int(sub.id)] = taken[1]
                     break
         return out
+
+    async def _taken(self, outpoint: str, rpc: Rpc) -> tuple[str, str] | None:
+        """The canonical transaction that keeps ``outpoint`` from every candidate, with
+        the sentence failing the intent over it: a spend of it, or a conflict with the
+        transaction creating it, which then can never exist (the change of a payout a
+        reorg past its finality settled with another version: no candidate spending it
+        can ever be mined, and the intent used to wait for it for ever)."""
+        spender = await rpc(self.adapter.spender(outpoint))
+        if spender is not None:
+            return spender, f"reserved input {outpoint} was spent by {spender}, a transaction chainflow did not sign"
+        rival = await rpc(self.adapter.conflicting(outpoint))
+        if rival is not None:
+            return rival, (f"reserved input {outpoint} can never exist: the transaction creating it conflicts with "
+                           f"{rival}, in the chain")
+        return None
 
     async def abandon(self, sub: sa.Row[Any], guard: Guard) -> str | None:
         await self.db.atx(chainstore.abandon_coins, int(sub.id),
@@ -218,18 +234,19 @@ class CoinDomain:
         await self.db.atx(chainstore.release, int(sub.id))
 
     async def release_failed(self, head: int, rpc: Rpc) -> int:
-        """Coins of an intent failed by a foreign spend go back only once that spend is
-        as final as the intent asked its own payout to be: until then a reorg could drop
-        the foreign spend, and one of our candidates, still signed and valid, could be
-        included after all.  A coin unspent again stays held for that reason."""
+        """Coins of an intent failed by a foreign spend (or a coin that can never exist)
+        go back only once that spend (or conflict) is as final as the intent asked its
+        own payout to be: until then a reorg could drop it, and one of our candidates,
+        still signed and valid, could be included after all.  A coin free again stays
+        held for that reason."""
         freed = 0
         for sub in await self.db.aread(chainstore.held_by_failed, self.adapter.name):
             policy = finality.from_dict(json.loads(sub.finality))
             for outpoint in await self.db.aread(chainstore.reservation_of, int(sub.id)):
-                spender = await rpc(self.adapter.spender(outpoint))
-                if spender is None:
+                taken = await self._taken(outpoint, rpc)
+                if taken is None:
                     continue
-                receipt = await rpc(self.adapter.receipt(spender))
+                receipt = await rpc(self.adapter.receipt(taken[0]))
                 if receipt is not None and finality.holds(policy, receipt.block_number, head, {}):
                     await self.db.atx(chainstore.release, int(sub.id))
                     freed += 1

@@ -410,7 +410,8 @@ class Tracker:
 
     async def _resolve_spent(self, sub: Any, what: str, head: int) -> None:
         """The intent's conflict domain is used on chain: by one of our candidates (a
-        missed match) or by a foreign transaction, which fails the intent.
+        missed match) or by a foreign transaction, which fails the intent (as does a
+        reserved coin that can never exist, ``CoinDomain.used``), ``what`` saying why.
 
         Foreign only once no candidate has had a receipt for ``rebroadcast_blocks`` heads
         (at least one more) since the use was first seen, and the use is as final, from
@@ -436,8 +437,7 @@ class Tracker:
             return
         del self._used_since[int(sub.id)]
         self._seen_in.pop(int(sub.id), None)
-        await self.db.atx(chainstore.fail_foreign, sub.id, f"{what} by a transaction chainflow did not sign",
-                          self.clock.time())
+        await self.db.atx(chainstore.fail_foreign, sub.id, what, self.clock.time())
 
     async def _on_our_chain(self, receipt: Receipt) -> bool:
         """Whether ``receipt``'s block is canonical: one the stored window holds, or,

@@ -132,6 +132,15 @@ class FakeUtxoChain:
                     return txid
         return None
 
+    def conflicting(self, outpoint: str) -> str | None:
+        """The canonical transaction spending an input of the one creating ``outpoint``,
+        when that one is not canonical: ``outpoint`` can then never exist."""
+        txid = outpoint.partition(":")[0]
+        tx = self.txs.get(txid)
+        if tx is None or self.location(txid) is not None:
+            return None
+        return next((spend for spend in map(self.spender, tx.inputs) if spend is not None), None)
+
     def fee(self, tx: FakeTx) -> int:
         return sum(self.output(op)[1] for op in tx.inputs) - sum(v for _, v in tx.outputs)
 
@@ -332,6 +341,9 @@ class FakeUtxoAdapter:
 
     async def spender(self, outpoint: str) -> str | None:
         return self.chain.spender(outpoint)
+
+    async def conflicting(self, outpoint: str) -> str | None:
+        return self.chain.conflicting(outpoint)
 
     # --- broadcasting and reading ---------------------------------------------------
 

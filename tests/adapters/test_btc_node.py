@@ -121,6 +121,35 @@ async def test_a_bumped_replacement_evicts_the_original(btc: BitcoinChain, node:
     assert await btc.spender(funded) == bumped.tx_hash
 
 
+async def test_change_of_a_version_a_reorg_replaced_is_known_to_conflict(btc: BitcoinChain, node: Any) -> None:
+    """A payment's bump is mined, then a reorg mines its first version instead: the
+    bump's change can never exist, and ``conflicting`` names the first version, also
+    from an adapter that never saw either (the node's ``-txindex`` keeps the orphaned
+    bump).  An outpoint that exists, or whose transaction is only waiting in the
+    mempool, conflicts with nothing."""
+    funded = node.fund(btc.sender(), 500_000)
+    request, outpoints = await _pay(btc, node, (node.rpc("getnewaddress"), 100_000))
+    first = await btc.sign(request, outpoints, None)
+    assert (await btc.broadcast(first.raw)).outcome is BroadcastOutcome.ACCEPTED
+    bumped = await btc.sign(request, outpoints, btc.bump_fees(first.fees, 1.125))
+    assert (await btc.broadcast(bumped.raw)).outcome is BroadcastOutcome.ACCEPTED
+    node.mine(1)
+    assert await btc.conflicting(f"{bumped.tx_hash}:1") is None and await btc.conflicting(funded) is None
+    node.reorg(1, include=[first.raw.hex()])
+    fresh = _chain(node)
+    try:
+        for adapter in (btc, fresh):
+            assert await adapter.spender(f"{bumped.tx_hash}:1") is None
+            assert await adapter.conflicting(f"{bumped.tx_hash}:1") == first.tx_hash
+            assert await adapter.conflicting(f"{first.tx_hash}:1") is None
+        node.reorg(2)  # its block and the one above: back to the mempool, nothing in the chain against it
+        assert await btc.in_mempool(first.tx_hash)
+        assert await fresh.conflicting(f"{first.tx_hash}:1") is None
+        assert await fresh.conflicting(f"{bumped.tx_hash}:1") is None, "the bump could be mined again"
+    finally:
+        await fresh.aclose()
+
+
 async def test_a_batch_pays_in_request_order_with_change_last(btc: BitcoinChain, node: Any) -> None:
     node.fund(btc.sender(), 300_000)
     node.fund(btc.sender(), 200_000)

@@ -259,6 +259,17 @@ async def test_a_shallow_reorg_before_finality_re_includes_the_payout_and_compen
     assert rig.paid(payee) == [(f"{attempt.tx_hash}:0", 150_000)]
 
 
+async def _bumped(rig: NodeRig, payee: str) -> tuple[Any, int]:
+    """Payout A (100_000 sats to ``payee``) sent, then fee-bumped while blocks come
+    empty: its run handle and submission id."""
+    a = await rig.app.astart("payout", {"id": "A", "to": payee, "sats": 100_000})
+    await rig.drive(lambda: rig.state("A") == "broadcast", mine=False, what="A's broadcast")
+    a_id = rig.sub("A").id
+    while len(rig.attempts(a_id)) < 2:
+        await rig.mine_empty()
+    return a, int(a_id)
+
+
 async def test_a_payout_never_spends_the_change_of_a_payout_that_is_not_final(
         node: RegtestNode, db_url: str, ledger: CallLog) -> None:
     """A is fee-bumped while mining is paused and its bump A2 is included: one
@@ -272,11 +283,7 @@ async def test_a_payout_never_spends_the_change_of_a_payout_that_is_not_final(
         small = node.fund(rig.btc.sender(), 200_000)  # enough for B, far less than A2's change
         first, second = rig.payees[0], rig.payees[1]
         async with rig.worker():
-            a = await rig.app.astart("payout", {"id": "A", "to": first, "sats": 100_000})
-            await rig.drive(lambda: rig.state("A") == "broadcast", mine=False, what="A's broadcast")
-            a_id = rig.sub("A").id
-            while len(rig.attempts(a_id)) < 2:  # blocks come, empty: A is bumped
-                await rig.mine_empty()
+            a, a_id = await _bumped(rig, first)
             a1, a2 = rig.attempts(a_id)[:2]
             await rig.mine()
             assert rig.state("A") == "included" and rig.sub("A").tx_hash == a2.tx_hash
@@ -290,6 +297,57 @@ async def test_a_payout_never_spends_the_change_of_a_payout_that_is_not_final(
         assert rig.paid(second) == [(f"{rig.sub('B').tx_hash}:0", 100_000)]
     finally:
         await rig.close()
+
+
+async def test_a_payout_spending_change_a_reorg_past_finality_unmade_fails_and_frees_it(
+        node: RegtestNode, db_url: str, ledger: CallLog) -> None:
+    """Confirmations(1).  A is fee-bumped while mining is paused and its bump A2 is
+    mined: A is final, so B, started then, spends A2's change (the wallet's only coin).
+    A reorg deeper than A's finality mines A's first version A1 instead: A's run is
+    rolled back and completes again on A1, and B's input can never exist.  B used to
+    stay ``broadcast`` for ever, its coin reserved.  Now B's step fails naming the coin
+    and A1, its run is compensated, B's payee is never paid, A's is paid once, and the
+    reservation goes once A1 is as final as B asked (one confirmation)."""
+    rig = NodeRig(node, db_url, ledger, finality=cf.Confirmations(1), chain={"fallback_feerate": 1000},
+                  bump_blocks=1)
+    try:
+        node.fund(rig.btc.sender(), 500_000)
+        first, second = rig.payees[0], rig.payees[1]
+        async with rig.worker():
+            a, a_id = await _bumped(rig, first)
+            a1 = rig.attempts(a_id)[0]
+            done = await rig.until_done(a.id, what="A's completion")
+            assert done.status == "completed", done.error
+            a2 = rig.sub("A")
+            assert a2.tx_hash != a1.tx_hash and rig.onchain(a2.tx_hash)
+            change = f"{a2.tx_hash}:1"
+            b = await rig.app.astart("payout", {"id": "B", "to": second, "sats": 100_000})
+            await rig.drive(lambda: rig.state("B") == "broadcast", mine=False, what="B's broadcast")
+            b_id = rig.sub("B").id
+            assert rig.reserved(b_id) == [change], "A is final: its change is B's coin"
+            (spend,) = rig.attempts(b_id)
+
+            reorg = node.reorg(node.height() - int(a2.block_number) + 1, include=[bytes(a1.raw).hex()])
+            assert a2.block_hash in reorg.old_hashes and rig.onchain(a1.tx_hash)
+            assert not {a2.tx_hash, spend.tx_hash} & set(node.mempool()), "the node dropped A2 and B's spend"
+            await rig.drive(lambda: rig.app.status(a.id).done and rig.app.status(b.id).done, timeout=30,
+                            what="both settled")
+            st = rig.app.status(b.id)
+            assert st.status == "failed" and st.error is not None
+            assert change in st.error["message"] and a1.tx_hash in st.error["message"], st.error
+            sub = rig.sub("B")
+            assert sub.state == "failed" and change in sub.error and a1.tx_hash in sub.error
+            await rig.drive(lambda: rig.reservations(b_id) == [], mine=True, timeout=30,
+                            what="B's reservation released")
+    finally:
+        await rig.close()
+    assert rig.app.status(a.id).status == "completed"
+    assert rig.sub("A").tx_hash == a1.tx_hash and rig.paid(first) == [(f"{a1.tx_hash}:0", 100_000)]
+    assert rig.effects("A") == ["reserve", "credit", "notify", "unnotify", "debit", "credit", "notify"]
+    assert rig.effects("B") == ["reserve", "unreserve"], "never paid: nothing to refund"
+    assert rig.paid(second) == [] and rig.onchain(spend.tx_hash) is None
+    assert rig.app.status(b.id).compensations == {"reserve": "ok"}
+    assert [r.submission_id for r in rig.reservations()] == [a_id] and rig.held(a_id) == []
 
 
 async def test_a_deep_reorg_after_finality_rolls_back_and_the_same_payout_reconfirms_once(

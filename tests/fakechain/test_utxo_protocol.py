@@ -353,6 +353,25 @@ async def test_a_stuck_payment_is_replaced_spending_all_the_same_inputs(db_url: 
         rig.close()
 
 
+async def _bumped_and_mined(rig: Rig) -> tuple[Any, Any, Any]:
+    """Payment A (10_000) bumped (A1 -> A2) while blocks ask a fee of 1000, then A2
+    mined: A's run handle and its two versions."""
+    a = await rig.app.astart("pay_flow", {"id": "A", "sats": 10_000})
+    await rig.drive(lambda: len(rig.attempts(rig.sub("A").id)) == 2 if rig.state("A") else False, what="A bumped")
+    a1, a2 = rig.attempts(rig.sub("A").id)
+    rig.chain.mine()  # A2 pays the 1000 a block asks: included
+    return a, a1, a2
+
+
+def _mine_instead(rig: Rig, a1: Any, a2: Any) -> None:
+    """A reorg from A2's block whose fork mines A1 in its place."""
+    found = rig.chain.location(a2.tx_hash)
+    assert found is not None
+    rig.chain.reorg(rig.chain.height - found[0].number + 1, new_blocks=0, drop_txs=True)
+    rig.chain.min_mining_fee = 0
+    rig.chain.submit(bytes(a1.raw))
+
+
 async def test_a_payout_never_spends_the_change_of_a_payout_that_is_not_final(db_url: str, ledger: CallLog) -> None:
     """A is bumped (A1 -> A2) and A2 is included, one confirmation of the two A asks
     for.  B is offered the wallet's coins then: A2's change (the largest) used to be
@@ -365,26 +384,59 @@ async def test_a_payout_never_spends_the_change_of_a_payout_that_is_not_final(db
         small = rig.chain.fund("wallet", 12_000)  # enough for B, less than A2's change
         async with running_worker(rig.app, track=False):
             await rig.step()
-            a = await rig.app.astart("pay_flow", {"id": "A", "sats": 10_000})
-            await rig.drive(lambda: len(rig.attempts(rig.sub("A").id)) == 2 if rig.state("A") else False,
-                            what="A bumped")
-            a1, a2 = rig.attempts(rig.sub("A").id)
-            rig.chain.mine()  # A2 pays the 1000 a block asks: included
+            a, a1, a2 = await _bumped_and_mined(rig)
             await rig.drive(lambda: rig.state("A") == "included", mine=False, what="A2 included")
             change = f"{a2.tx_hash}:1"
             assert rig.chain.output(change)[1] > 12_000, "A2's change is the largest coin"
             b = await rig.app.astart("pay_flow", {"id": "B", "sats": 5_000})
             await rig.drive(lambda: rig.state("B") == "broadcast", mine=False, what="B sent")
             assert rig.reserved(rig.sub("B").id) == [small]
-            rig.chain.reorg(1, new_blocks=0, drop_txs=True)  # the fork's block holds A1, not A2
-            rig.chain.min_mining_fee = 0
-            rig.chain.submit(bytes(a1.raw))
+            _mine_instead(rig, a1, a2)
             await rig.drive(lambda: rig.app.status(a.id).done and rig.app.status(b.id).done, what="both settled")
         assert [rig.app.status(h.id).status for h in (a, b)] == ["completed", "completed"]
         assert rig.sub("A").tx_hash == a1.tx_hash and _paid(rig, 10_000) == [a1.tx_hash]
         assert _paid(rig, 5_000) == [rig.sub("B").tx_hash]
     finally:
         rig.close()
+
+
+async def test_a_payout_spending_change_a_reorg_past_finality_unmade_fails_and_frees_it(
+        db_url: str, ledger: CallLog) -> None:
+    """A is bumped (A1 -> A2), A2 is mined and A is final: B spends A2's change, the
+    wallet's only coin.  A reorg past A's finality settles A with A1, so B's input can
+    never exist.  B used to wait for ever; now its step fails naming the coin and A1,
+    its run is compensated, and the coin's reservation goes once A1 is as final as B
+    asked (two confirmations), not before."""
+    rig = Rig(db_url, ledger, FakeUtxoChain(min_mining_fee=1000), bump_blocks=1, bump_factor=2.0)
+    try:
+        rig.chain.fund("wallet", 30_000)
+        async with running_worker(rig.app, track=False):
+            await rig.step()
+            a, a1, a2 = await _bumped_and_mined(rig)
+            await rig.until_done(a.id, what="A final")
+            change = f"{a2.tx_hash}:1"
+            b = await rig.app.astart("pay_flow", {"id": "B", "sats": 5_000})
+            await rig.drive(lambda: rig.state("B") == "broadcast", mine=False, what="B sent")
+            b_id = rig.sub("B").id
+            assert rig.reserved(b_id) == [change], "A is final: its change is B's coin"
+            _mine_instead(rig, a1, a2)
+            await rig.drive(lambda: rig.app.status(a.id).done and rig.app.status(b.id).done, what="both settled")
+            st = rig.app.status(b.id)
+            assert st.status == "failed" and st.error is not None, st.status
+            assert change in st.error["message"] and a1.tx_hash in st.error["message"], st.error
+            mined = rig.chain.location(a1.tx_hash)
+            assert mined is not None
+            while rig.chain.height - mined[0].number + 1 < 2:
+                assert rig.reserved(b_id) == [change], "released before A1 was as final as B asked"
+                rig.chain.mine()
+                await rig.step()
+            assert rig.reserved(b_id) == []
+    finally:
+        rig.close()
+    assert rig.app.status(a.id).status == "completed" and rig.sub("A").tx_hash == a1.tx_hash
+    assert _paid(rig, 10_000) == [a1.tx_hash] and _paid(rig, 5_000) == []
+    assert rig.app.status(b.id).compensations == {"reserve": "ok"}
+    assert rig.sub("B").state == "failed" and rig.chain.conflicting(change) == a1.tx_hash
 
 
 async def test_a_deep_reorg_rolls_back_every_run_sharing_the_payment(rig: Rig) -> None:
