@@ -145,7 +145,7 @@ class Batcher:
             try:
                 signed = await self.rpc(self.adapter.sign(codec.loads(batch.request), outpoints, None))
             except TxRejected as exc:
-                await self.db.atx(chainstore.fail_unsigned_batch, int(batch.id),
+                await self.db.atx(chainstore.fail_unsigned, int(batch.id),
                                   f"signing the batch failed: {exc.reason}", self.clock.time())
                 return 0
             await self.db.atx(chainstore.add_attempt, int(batch.id), self.chain, signed, self.clock.time())

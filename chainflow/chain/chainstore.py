@@ -417,12 +417,14 @@ def abandon_coins(conn: sa.Connection, sub_id: int, reason: str, now: float) -> 
         release(conn, sub_id)
 
 
-def fail_unsigned_batch(conn: sa.Connection, batch_id: int, error: str, now: float) -> None:
-    """Fail a batch (and its members) whose signing failed for good and give its coins
-    back, in one transaction: apart, a crash between the two left it ``allocated`` over
-    no coin, and signing it again failed every later batcher step."""
-    mark_failed(conn, batch_id, error, now)
-    release(conn, batch_id)
+def fail_unsigned(conn: sa.Connection, sub_id: int, error: str, now: float) -> None:
+    """Fail an intent (a batch with its members) whose signing failed for good and give
+    its coins back, in one transaction: apart, a crash between the two left it
+    ``allocated`` over no coin -- a batch every later batcher step tried to sign again,
+    failing each, a payout whose resumed run signed it over nothing and failed with
+    that error instead of the signer's, the intent left allocated."""
+    mark_failed(conn, sub_id, error, now)
+    release(conn, sub_id)
 
 
 # --- a UTXO chain's conflict domain: reserved coins ----------------------------------

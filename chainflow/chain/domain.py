@@ -69,8 +69,9 @@ class ConflictDomain(Protocol):
         to record, or None when there is none to record: this process cannot (another
         sender's nonce), or the freeing recorded it (only if still unsigned)."""
 
-    async def release_unsigned(self, sub: sa.Row[Any], guard: Guard) -> None:
-        """Signing failed for good before any version existed: free the domain."""
+    async def fail_unsigned(self, commit: Commit, sub: sa.Row[Any], reason: str, guard: Guard) -> None:
+        """Signing failed for good before any version existed: free the domain and fail
+        the intent with ``reason``, its failure committed through ``commit``."""
 
     async def release_failed(self, head: int, rpc: Rpc) -> int:
         """Free what failed intents still hold once the foreign transaction that failed
@@ -153,10 +154,12 @@ class AccountDomain:
         await fill_gap(self.db, self.clock, self.adapter, int(sub.nonce), guard)
         return "run ended before signing; nonce burned by a gap fill"
 
-    async def release_unsigned(self, sub: sa.Row[Any], guard: Guard) -> None:
-        """Signing failed for good: the nonce is the intent's forever but no version
-        can use it, so burn it, or every later nonce of the sender stays unmined."""
+    async def fail_unsigned(self, commit: Commit, sub: sa.Row[Any], reason: str, guard: Guard) -> None:
+        """The nonce is the intent's forever but no version can use it, so burn it, or
+        every later nonce of the sender stays unmined.  A crash before the failure is
+        recorded burns it again (the gap fill is found by its key)."""
         await fill_gap(self.db, self.clock, self.adapter, int(sub.nonce), guard)
+        await commit(lambda conn: chainstore.mark_failed(conn, int(sub.id), reason, self.clock.time()))
 
     async def release_failed(self, head: int, rpc: Rpc) -> int:
         return 0  # a nonce used by a foreign transaction is used: nothing to give back
@@ -229,9 +232,10 @@ class CoinDomain:
                           "run ended before signing; its reserved coins were released", self.clock.time())
         return None
 
-    async def release_unsigned(self, sub: sa.Row[Any], guard: Guard) -> None:
-        """Signing failed for good before any version existed: the coins are free again."""
-        await self.db.atx(chainstore.release, int(sub.id))
+    async def fail_unsigned(self, commit: Commit, sub: sa.Row[Any], reason: str, guard: Guard) -> None:
+        """The coins are free again in the transaction failing the intent
+        (``chainstore.fail_unsigned``), as a batch's are."""
+        await commit(lambda conn: chainstore.fail_unsigned(conn, int(sub.id), reason, self.clock.time()))
 
     async def release_failed(self, head: int, rpc: Rpc) -> int:
         """Coins of an intent failed by a foreign spend (or a coin that can never exist)

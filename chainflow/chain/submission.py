@@ -340,10 +340,8 @@ class Submitter:
             signed = await adapter.sign(request, await domain.bound(sub), None)
         except TxRejected as exc:
             # the domain is the intent's forever but no version can ever use it: free it
-            reason = exc.reason  # bound for the commit's closure
-            await domain.release_unsigned(sub, ctx.hold_lease)
-            await ctx.commit(lambda conn: chainstore.mark_failed(conn, sub.id, reason, ctx.clock.time()))
-            raise SubmissionFailedError(label, f"signing failed permanently: {reason}") from None
+            await domain.fail_unsigned(ctx.commit, sub, exc.reason, ctx.hold_lease)
+            raise SubmissionFailedError(label, f"signing failed permanently: {exc.reason}") from None
         now = ctx.clock.time()
         _, row = await ctx.commit(chainstore.attempt(sub.id, adapter.name, signed, now),
                                   chainstore.mark_signed(sub.id, now))

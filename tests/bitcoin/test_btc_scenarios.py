@@ -23,13 +23,16 @@ from adapters.bitcoin.addresses import dust_limit, script_for
 from adapters.bitcoin.fees import fee_for, vsize
 from adapters.bitcoin.transaction import Prevout, sign
 from chainflow import metrics
+from chainflow.chain import chainstore
+from chainflow.chain.adapter import TxRejected
+from chainflow.errors import LeaseLostError
 from chainflow.testing import CallLog
 from devnet import RegtestNode
 
 from ..adapters._btc import BIP84_ADDRESSES
 from ..conftest import require_regtest
-from ..engine._util import wait_until
-from ._rig import CHAIN, NodeRig, sats
+from ..engine._util import running_worker, wait_until
+from ._rig import CHAIN, NodeRig, register_payout, sats
 
 pytestmark = [pytest.mark.regtest, pytest.mark.timeout(180)]
 
@@ -615,3 +618,62 @@ async def test_insufficient_funds_say_how_much_change_waits_for_its_payout_to_be
     assert "unreserved coins hold 0" in st.error["message"]
     assert (f"not offered: {change.value} in change of payouts not final yet (offered once they are)"
             in st.error["message"]), st.error["message"]
+
+
+# --- signing failures -------------------------------------------------------------------
+
+
+async def test_a_worker_lost_while_failing_an_unsignable_payout_leaves_it_failed_once_with_its_coin_free(
+        rig: NodeRig, node: RegtestNode, db_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Signing fails for good (a signer refusing the payout, after the adapter's own
+    checks of the coin bound to it): the payout is failed and its coin released.  The
+    worker loses its lease right as it records that (its fenced write refused, as after
+    a freeze or a crash), and a fresh worker resumes the run.  The two writes used to be
+    separate transactions: the coin was released, the payout left ``allocated`` over no
+    coin, and the resumed run signed it over nothing, failing with "a payment needs the
+    intent's reserved outpoints, got []" while the payout stayed allocated until the
+    tracker abandoned it under another reason.  Now the run fails with the signer's
+    reason, the payout is failed with it and its coin free, the run is compensated once,
+    nothing is signed or paid."""
+    coin = node.fund(rig.btc.sender(), 500_000)
+    real_sign = rig.btc.sign
+    refusal = "the signing service refuses this payout"
+
+    async def refusing(request: dict[str, Any], domain: Any, fees: dict[str, int] | None) -> Any:
+        await real_sign(request, domain, fees)
+        raise TxRejected(refusal, reverted=False)
+
+    lost: list[int] = []  # the payout, each time the first worker tried to record its failure
+    mark_failed = chainstore.mark_failed
+
+    def losing_the_lease(conn: Any, sub_id: int, error: str, now: float) -> None:
+        if fresh is None:
+            lost.append(sub_id)
+            raise LeaseLostError("the worker failing the payout")
+        mark_failed(conn, sub_id, error, now)
+
+    fresh: cf.Chainflow | None = None
+    monkeypatch.setattr(rig.btc, "sign", refusing)
+    monkeypatch.setattr(chainstore, "mark_failed", losing_the_lease)
+    async with rig.worker():
+        h = await rig.app.astart("payout", {"id": "o-1", "to": rig.payees[0], "sats": 100_000})
+        await wait_until(lambda: lost, 30, what="the worker's lease lost while failing the payout")
+    fresh = cf.Chainflow(db_url, chains=[rig.btc], tracker=rig.config, lease_seconds=1.0)
+    register_payout(fresh, rig.ledger, cf.Confirmations(2))
+    try:
+        async with running_worker(fresh, track=False):
+            await wait_until(lambda: fresh.status(h.id).done, 30, what="the resumed run")
+    finally:
+        fresh.engine.dispose()
+    st = rig.app.status(h.id)
+    assert st.status == "failed" and st.error is not None
+    assert f"signing failed permanently: {refusal}" in st.error["message"], st.error
+    sub = rig.sub("o-1")
+    assert (sub.id, sub.state, sub.error) == (lost[0], "failed", refusal), "failed with the signer's reason"
+    assert rig.reservations() == [] and rig.attempts() == [], "the coin is free, nothing was signed"
+    assert rig.effects() == ["reserve", "unreserve"] and st.compensations == {"reserve": "ok"}
+    for _ in range(2):  # the tracker has nothing left to abandon or release
+        await rig.mine()
+    assert (rig.sub("o-1").state, rig.sub("o-1").error) == ("failed", refusal) and rig.reservations() == []
+    assert [c.outpoint for c in await rig.btc.coins(rig.btc.sender())] == [coin]
+    assert rig.paid(rig.payees[0]) == []
