@@ -22,7 +22,10 @@ replayed: a crash before that commit re-runs the step exactly as a crash just be
 its own commit would, and a lost lease drops the row with the execution.  A step that
 completes while other work of its run is in flight commits at once (as part of the
 group commit), so a long-running sibling never holds another branch's result back.
-``step_completed`` is announced only once the row is durable.
+``step_completed`` is announced only once the row is durable.  A value recorded by
+``ctx.now/uuid/random`` (or a ``ctx.patched`` answer) waits in the same buffer, under the
+same rule: committed before the next effect starts, so a step handed a recorded key
+after a crash is handed the same key.
 """
 
 from __future__ import annotations
@@ -388,11 +391,11 @@ class Scope:
         self._branches: dict[str, BranchState] = {}
         self.branch_order = BranchOrder()  # what a reorg rollback may undo (``runtime.branchorder``)
         self._patches: dict[str, bool] = {}  # ``patched`` answers decided in this execution
-        self._buffer: list[store.Op] = []
+        self._buffer: list[store.Op] = []  # rows an effect must commit first (``settle``)
         # the ``step_completed`` fields of the step rows deferred into ``_buffer``:
-        # announced once they are durable; non-empty means an effect must commit first
+        # announced once they are durable
         self._deferred: list[dict[str, Any]] = []
-        self._carrying: set[asyncio.Future[None]] = set()  # commits in flight with deferred rows
+        self._carrying: set[asyncio.Future[None]] = set()  # commits in flight with buffered rows
         self._fresh = 0
         self._journaled = 0  # steps this execution journaled
         self.compensations: list[Compensation] = []
@@ -676,8 +679,9 @@ class Scope:
             return codec.loads(slot.entry.output)
         value = make()
         now = self.clock.time()
-        # buffered: flushed with this run's next durable write, which is the first
-        # moment the value can influence anything outside the process
+        # buffered: committed with this run's next durable write, at the latest before
+        # the next effect starts (``settle``), the first moment the value can influence
+        # anything outside the process
         self._buffer.append(self.entry_op(slot, kind, _OK, codec.dumps(value), None, 1, now, now))
         return value
 
@@ -713,9 +717,10 @@ class Scope:
     async def _commit(self, *ops: store.Op) -> list[Any]:
         batch = self._buffer + list(ops)
         deferred = self._deferred
+        carried = bool(self._buffer)
         self._buffer, self._deferred = [], []
         landed: asyncio.Future[None] | None = None
-        if deferred:  # another branch's effect may have to wait for this commit (``settle``)
+        if carried:  # another branch's effect may have to wait for this commit (``settle``)
             landed = asyncio.get_running_loop().create_future()
             self._carrying.add(landed)
         self.busy(+1)
@@ -748,15 +753,17 @@ class Scope:
             await self._commit()
 
     async def settle(self) -> None:
-        """Commit the step rows still deferred: called before anything that could have
-        an effect (a step attempt, a submission), so it never runs on a step result a
-        crash could take back.  Rows another branch's commit has taken along are waited
-        for: their commit may still be in flight."""
+        """Commit the buffered rows -- deferred step rows, recorded ``now/uuid/random``
+        values, ``patched`` answers: called before anything that could have an effect
+        (a step attempt, a submission), so it never runs on a value a crash could take
+        back (a step paying under a ``ctx.uuid()`` key would pay again under another).
+        Rows another branch's commit has taken along are waited for: their commit may
+        still be in flight.  Nothing buffered, nothing committed."""
         while self._carrying:
             await asyncio.wait(self._carrying)
             if self.stop_reason == StopReason.LEASE_LOST:  # that commit was refused
                 raise LeaseLostError(self.run_id)
-        if self._deferred:  # deferred meanwhile, or handed back by a commit that failed
+        if self._buffer:  # buffered meanwhile, or handed back by a commit that failed
             await self._commit()
 
     def busy(self, delta: int) -> None:

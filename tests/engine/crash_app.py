@@ -130,6 +130,13 @@ async def long(ctx: cf.Context, _: Any) -> list[Any]:
     return [done, await ctx.step("after", effect, ctx.run_id, "after")]
 
 
+@app.workflow("keyed")
+async def keyed(ctx: cf.Context, _: Any) -> dict[str, str]:
+    """A payment under a recorded idempotency key: every attempt must use the same one."""
+    key = str(ctx.uuid())
+    return await ctx.step("pay", effect, ctx.run_id, f"pay:{key}")
+
+
 # --- race mode ---------------------------------------------------------------------
 
 _log_engine: Any = None

@@ -106,6 +106,26 @@ class Fleet:
             proc.wait()
         self.procs.clear()
 
+    def doom(self, crash_at: str) -> None:
+        """Run one worker (one run at a time) that kills itself at ``crash_at``; return
+        once it has."""
+        env = dict(os.environ, CF_URL=self.url, CF_EFFECTS=str(self.effects), CF_KILLS=str(self.kills),
+                   CF_WORKER="doomed", CF_CRASH_AT=crash_at, CF_CONCURRENCY="1")
+        path = self.tmp / "doomed.log"
+        with open(path, "wb") as log:
+            doomed = subprocess.Popen([sys.executable, str(APP)], env=env, stdout=log, stderr=subprocess.STDOUT)
+        assert doomed.wait(timeout=30) == -signal.SIGKILL, path.read_text()[-3000:]
+
+    def finish(self, app: cf.Chainflow, run_id: str) -> None:
+        """Workers without a crash plan, until they have completed the run (taken over
+        once the lease of a killed worker ends)."""
+        self.chaos = False
+        self.tend()
+        deadline = time.monotonic() + 30
+        while app.status(run_id).status != "completed":
+            assert time.monotonic() < deadline, self.logs()
+            time.sleep(0.05)
+
     def logs(self) -> str:
         tails = []
         for path in sorted(self.tmp.glob("w*.log"))[-4:]:
@@ -234,21 +254,12 @@ def test_a_kill_between_the_last_step_and_the_finish_reruns_that_step(db_url: st
     rid = app.start("crashy", {"n": 7, "fail": False}).id
     fleet = Fleet(db_url, tmp_path, env={"CF_CONCURRENCY": "1"})
     try:
-        fleet.chaos = False
-        env = dict(os.environ, CF_URL=db_url, CF_EFFECTS=str(fleet.effects), CF_KILLS=str(fleet.kills),
-                   CF_WORKER="doomed", CF_CRASH_AT="returned:1", CF_CONCURRENCY="1")
-        with open(tmp_path / "doomed.log", "wb") as log:
-            doomed = subprocess.Popen([sys.executable, str(APP)], env=env, stdout=log, stderr=subprocess.STDOUT)
-        assert doomed.wait(timeout=30) == -signal.SIGKILL, (tmp_path / "doomed.log").read_text()[-3000:]
+        fleet.doom("returned:1")
         assert fleet.self_kills() == Counter({"returned": 1})
         with app.engine.begin() as conn:  # killed with the last step's row uncommitted
             keys = conn.execute(sa.select(journal.c.key).where(journal.c.run_id == rid).order_by(journal.c.id))
             assert keys.scalars().all() == ["reserve", "debit", "cool", "ledger"]
-        fleet.tend()  # a worker without a crash plan takes the run over once the lease ends
-        deadline = time.monotonic() + 30
-        while app.status(rid).status != "completed":
-            assert time.monotonic() < deadline, fleet.logs()
-            time.sleep(0.05)
+        fleet.finish(app, rid)
     finally:
         fleet.stop()
     assert app.status(rid).output == [{"run": rid, "step": s} for s in ("reserve", "debit", "ledger", "notify")] + [7]
@@ -257,4 +268,28 @@ def test_a_kill_between_the_last_step_and_the_finish_reruns_that_step(db_url: st
         assert keys.scalars().all() == STEPS_OK
     effects = Counter(tuple(line.split()[:2]) for line in fleet.effects.read_text().splitlines())
     assert effects == Counter({(rid, "reserve"): 1, (rid, "debit"): 1, (rid, "ledger"): 1, (rid, "notify"): 2})
+    app.engine.dispose()
+
+
+@pytest.mark.timeout(60)
+def test_a_kill_after_a_keyed_effect_repeats_it_under_the_same_recorded_key(db_url: str, tmp_path: Path) -> None:
+    """``key = ctx.uuid()`` then a step paying under that key: a worker killed right
+    after the payment's effect leaves the step to be run again, and the next worker
+    must pay under the same key (an idempotent payee then pays once), not a new one."""
+    app = cf.Chainflow(db_url, lease_seconds=1.0)
+
+    @app.workflow("keyed")
+    async def keyed(ctx: cf.Context, _: Any) -> None:  # pragma: no cover
+        raise AssertionError("the test process runs no worker")
+
+    rid = app.start("keyed").id
+    fleet = Fleet(db_url, tmp_path, env={"CF_CONCURRENCY": "1"})
+    try:
+        fleet.doom("effect:1")
+        fleet.finish(app, rid)
+    finally:
+        fleet.stop()
+    paid = [line.split()[1] for line in fleet.effects.read_text().splitlines()]
+    recorded = {e.key: e.output for e in app.journal(rid)}["uuid"]
+    assert paid == [f"pay:{recorded}"] * 2, paid
     app.engine.dispose()

@@ -6,11 +6,14 @@ import asyncio
 import uuid
 from typing import Any
 
+import pytest
+
 import chainflow as cf
-from chainflow.storage import codec
+from chainflow.runtime.committer import Committer
+from chainflow.storage import codec, store
 from chainflow.testing import WorkflowTester
 
-from ._util import error_type, live_keys, wait_until
+from ._util import error_type, live_keys, running_worker, wait_status, wait_until
 
 HOUR = 3600.0
 
@@ -184,6 +187,70 @@ async def test_now_uuid_random_recorded_and_replayed(make_app: Any, calls: Any) 
     assert kinds == [("now", "now"), ("uuid", "uuid"), ("random", "random"), ("emit", "step"),
                      ("nap", "sleep"), ("now#1", "now")]
     assert result.steps["uuid"].output == str(out["values"]["uuid"])
+
+
+@pytest.mark.parametrize("kind", ["uuid", "now", "random"])
+async def test_a_recorded_value_is_durable_before_the_step_it_feeds_starts(make_app: Any, kind: str) -> None:
+    """``key = ctx.uuid(); ctx.step("pay", pay, key)``: a crash or a hand-back during
+    ``pay`` must not lose the key, or the next execution pays again under a new one."""
+    app = make_app()
+    journaled: list[list[str]] = []
+
+    def pay(run_id: str, key: str) -> str:
+        journaled.append([e.kind for e in app.journal(run_id)])
+        return key
+
+    @app.workflow("keyed")
+    async def keyed(ctx: cf.Context, _: Any) -> str:
+        key = str(getattr(ctx, kind)())
+        return await ctx.step("pay", pay, ctx.run_id, key)
+
+    run_id = app.start("keyed").id
+    async with running_worker(app):
+        st = await wait_status(app, run_id)
+    assert st.status == "completed", st.error
+    assert journaled == [[kind]]
+
+
+async def test_a_recorded_value_another_branch_commits_is_durable_before_the_step_it_feeds(
+        make_app: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A sibling branch's commit that takes the recorded value along is still in flight:
+    the step that uses the value waits for it to land."""
+    app = make_app()
+    write = Committer.write
+    carrying = asyncio.Event()
+
+    async def slow_write(self: Committer, run_id: str, fence: int | None, ops: list[Any],
+                         *, exclusive: bool = False) -> list[Any]:
+        if any(isinstance(op, store.EntryInsert) and op.row["kind"] == "sleep" for op in ops):
+            carrying.set()
+            await asyncio.sleep(0.3)  # a group commit that takes its time
+        return await write(self, run_id, fence, ops, exclusive=exclusive)
+
+    monkeypatch.setattr(Committer, "write", slow_write)
+    journaled: list[list[str]] = []
+
+    def pay(run_id: str, key: str) -> str:
+        journaled.append([e.kind for e in app.journal(run_id)])
+        return key
+
+    @app.workflow("keyed")
+    async def keyed(ctx: cf.Context, _: Any) -> list[Any]:
+        async def paying() -> str:
+            key = str(ctx.uuid())
+            await carrying.wait()  # the sibling's commit has taken the uuid's row with it
+            return await ctx.step("pay", pay, ctx.run_id, key)
+
+        async def napping() -> None:
+            await ctx.sleep("nap", 0)
+
+        return await ctx.gather(paying(), napping())
+
+    run_id = app.start("keyed").id
+    async with running_worker(app):
+        st = await wait_status(app, run_id)
+    assert st.status == "completed", st.error
+    assert journaled == [["uuid", "sleep"]]
 
 
 async def test_reordered_steps_fail_with_nondeterminism(make_app: Any, calls: Any) -> None:
