@@ -114,7 +114,8 @@ class PayloadError(ChainflowError):
 
 
 class NonDeterminismError(ChainflowError):
-    """Replay asked for a different operation than the journal holds at that position."""
+    """Replay asked for a different operation than the journal holds at that position,
+    or the code ended before asking for one the journal holds (``actual`` "nothing: ...")."""
 
     def __init__(self, run_id: str, branch: str, position: int, expected: str, actual: str) -> None:
         where = f"branch {branch!r} " if branch else ""

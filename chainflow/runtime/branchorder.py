@@ -1,4 +1,5 @@
-"""When each branch of a run opened, relative to the ends of its sibling branches.
+"""When each branch of a run opened, relative to the ends of its sibling branches, and
+which ended by themselves.
 
 A reorg rollback undoes what may have used the broken step's result.  Branch paths
 tell most of it (later steps of the step's branch, and of the branches it joined), but
@@ -9,6 +10,9 @@ awaited the broken step's branch task (``ctx.branch``): what it did from then on
 use that branch's result.  Branch openings and awaits are not journaled, so both are
 observed as the workflow code replays, which the rollback's execution does before it
 decides anything.
+
+A branch whose code ended by itself before asking for operations its journal holds
+was changed (``Scope.unasked``); one cancelled, or still running, tells nothing.
 """
 
 from __future__ import annotations
@@ -27,15 +31,27 @@ class BranchOrder:
         # (awaiting branch, awaited branch path) -> the awaiting branch's next position
         # when it first had the result: a later await of the same gives it nothing new
         self._awaits: dict[tuple[str, str], int] = {}
+        self._concluded: set[str] = set()  # branches whose code ended by itself: returned or raised
 
     def opened(self, parent: str, path: str, task: asyncio.Task[Any]) -> None:
         self._open_at[path] = self._ended.get(parent, 0)
-        task.add_done_callback(lambda _: self._end(parent, path))
+        task.add_done_callback(lambda done: self._end(parent, path, done))
 
-    def _end(self, parent: str, path: str) -> None:
+    def _end(self, parent: str, path: str, task: asyncio.Task[Any]) -> None:
         n = self._ended.get(parent, 0)
         self._end_at[path] = n
         self._ended[parent] = n + 1
+        if not task.cancelled():
+            self._concluded.add(path)
+
+    def seen(self, path: str) -> bool:
+        """Whether branch ``path`` was opened in this execution."""
+        return path in self._open_at
+
+    def concluded(self, path: str) -> bool:
+        """Whether branch ``path``'s code ended by itself in this execution (a cancelled
+        one was cut off wherever it was, perhaps still replaying)."""
+        return path in self._concluded
 
     def ended_before(self, ended: str, opened: str) -> bool:
         """Whether branch ``ended`` had ended when its sibling ``opened`` was opened

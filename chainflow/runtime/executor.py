@@ -316,6 +316,8 @@ class Execution:
         # let sibling branches settle before deciding (a failed branch leaves others running)
         if ctx.tasks - {main}:
             await self._unwind(ctx)
+        if reason is None and main.done() and not main.cancelled():
+            ctx.unasked()  # the code ended by itself: before operations its journal holds?
         if reason == StopReason.FATAL or isinstance(ctx.fatal, NonDeterminismError):
             assert ctx.fatal is not None
             log.error("%s", ctx.fatal)

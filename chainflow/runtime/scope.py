@@ -645,6 +645,39 @@ class Scope:
         self.generation += 1
         return store.Slot(branch, position, key, entry)
 
+    def unasked(self) -> None:
+        """Called once the workflow's code has ended by itself (returned or raised): stop
+        the run (``fatal``) with ``NonDeterminismError`` naming the first operation, in
+        recording order, that its journal holds and the code ended before asking for.
+        The code changed under the run: finishing it would pass over that operation's
+        effect, and its compensation would never be registered.  Only a branch that
+        ended by itself tells; one cut off when the run ended (a sibling failed, nobody
+        awaited it) may have been anywhere in its replay.  ``patched`` answers and
+        compensations take no position: an answer nobody asks for any more is the
+        documented way to retire a change."""
+        skipped = [e for (branch, position), e in self._by_pos.items() if self._skipped(branch, position)]
+        if skipped:
+            first = min(skipped, key=lambda e: e.id)
+            self.fatal = NonDeterminismError(self.run_id, first.branch, first.position,
+                                             f"{first.kind} {first.key}", "nothing: its code ends before it")
+            self.stop_reason = StopReason.FATAL
+
+    def _skipped(self, branch: str, position: int) -> bool:
+        """Whether code that has ended by itself passed over the journal's operation at
+        ``position`` of ``branch``: its branch ended before that position, or its
+        nearest branch opened in this execution ended without opening it."""
+        if limits.in_compensation(branch):
+            return False  # run by the compensations, after the workflow's code
+        path = branch
+        while path and not self.branch_order.seen(path):
+            path = path.rpartition(limits.BRANCH_SEP)[0]
+        if path and not self.branch_order.concluded(path):
+            return False
+        if path != branch:
+            return True
+        state = self._branches.get(path)
+        return state is None or position >= state.position
+
     def _nondeterminism(self, branch: str, position: int, expected: str, actual: str) -> None:
         self.fatal = NonDeterminismError(self.run_id, branch, position, expected, actual)
         self.stop_reason = StopReason.FATAL

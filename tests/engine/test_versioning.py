@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import chainflow as cf
@@ -47,11 +48,31 @@ def register_v2_unpatched(app: cf.Chainflow, calls: Any) -> None:
         return 99
 
 
-async def parked(app: cf.Chainflow, run_id: str) -> None:
+async def parked(app: cf.Chainflow, run_id: str, *signals: str) -> None:
     deadline = time.monotonic() + 10
-    while "approve" not in (await app.astatus(run_id)).waiting_on:
+    while not set(signals or ("approve",)) <= set((await app.astatus(run_id)).waiting_on):
         assert time.monotonic() < deadline
         await asyncio.sleep(0.01)
+
+
+Flow = Callable[[cf.Context, Any], Awaitable[Any]]
+
+
+async def redeployed(make_app: Any, v1: Flow, v2: Flow, *signals: str) -> tuple[cf.Chainflow, str]:
+    """A run of ``v1`` parked on ``signals``, then sent them and finished by ``v2`` (the
+    deploy: another app on the same database)."""
+    old = make_app()
+    old.workflow("flow")(v1)
+    run_id = old.start("flow").id
+    async with running_worker(old):
+        await parked(old, run_id, *signals)
+    new = make_app()
+    new.workflow("flow")(v2)
+    async with running_worker(new):
+        for name in signals:
+            new.signal(run_id, name)
+        await wait_status(new, run_id)
+    return new, run_id
 
 
 async def test_in_flight_run_keeps_the_old_path_and_a_new_run_takes_the_new_one(make_app: Any,
@@ -108,3 +129,106 @@ def test_replay_answers_patched_as_recorded(make_app: Any, calls: Any) -> None:
     assert app.status(run_id).output == 99
     report = app.replay(run_id)
     assert not report.changed, report
+
+
+def nondeterminism(app: cf.Chainflow, run_id: str) -> str:
+    """The message of the run's NonDeterminismError, which failed it."""
+    st = app.status(run_id)
+    assert st.status == "failed" and st.error is not None, (st.status, st.error)
+    assert st.error["type"] == "chainflow.errors.NonDeterminismError", st.error
+    return str(st.error["message"])
+
+
+async def test_new_code_failing_before_journaled_steps_is_nondeterminism(make_app: Any, calls: Any) -> None:
+    """v1 reserved and charged (each undoable) and waits for approval; v2 dropped the
+    charge and fails a new check after the reserve.  Failing the run would release the
+    reserve and never refund the charge, whose compensation the new code never
+    registers: the run stops with NonDeterminismError naming the charge instead, and
+    nothing is compensated, as when the new code asks for another operation there."""
+    async def v1(ctx: cf.Context, _: Any) -> None:
+        await ctx.step("reserve", calls.hit, "reserve", compensate=lambda _: calls.hit("release"))
+        await ctx.step("charge", calls.hit, "charge", compensate=lambda _: calls.hit("refund"))
+        await ctx.wait_for("approve")
+
+    async def v2(ctx: cf.Context, _: Any) -> None:
+        await ctx.step("reserve", calls.hit, "reserve", compensate=lambda _: calls.hit("release"))
+        raise ValueError("over the new limit")
+
+    app, run_id = await redeployed(make_app, v1, v2, "approve")
+    message = nondeterminism(app, run_id)
+    assert "position 1 the journal holds 'step charge'" in message, message
+    assert sorted(calls.lines()) == ["charge", "reserve"]
+    assert app.status(run_id).compensations == {}
+
+
+async def test_new_code_returning_before_journaled_steps_is_nondeterminism(make_app: Any, calls: Any) -> None:
+    async def v1(ctx: cf.Context, _: Any) -> str:
+        await ctx.step("charge", calls.hit, "charge", compensate=lambda _: calls.hit("refund"))
+        await ctx.wait_for("approve")
+        await ctx.step("ship", calls.hit, "ship")
+        return "shipped"
+
+    async def v2(ctx: cf.Context, _: Any) -> str:
+        return "nothing to do"
+
+    app, run_id = await redeployed(make_app, v1, v2, "approve")
+    assert "position 0 the journal holds 'step charge'" in nondeterminism(app, run_id)
+    assert calls.lines() == ["charge"]
+
+
+async def test_a_branch_ending_before_its_journaled_steps_is_nondeterminism(make_app: Any, calls: Any) -> None:
+    async def v1(ctx: cf.Context, _: Any) -> None:
+        async def legs() -> None:
+            await ctx.step("debit", calls.hit, "debit")
+            await ctx.step("credit", calls.hit, "credit")
+
+        await ctx.gather(legs(), ctx.wait_for("approve"))
+
+    async def v2(ctx: cf.Context, _: Any) -> None:
+        async def legs() -> None:
+            await ctx.step("debit", calls.hit, "debit")
+
+        await ctx.gather(legs(), ctx.wait_for("approve"))
+
+    app, run_id = await redeployed(make_app, v1, v2, "approve")
+    assert "branch '0' position 1 the journal holds 'step credit'" in nondeterminism(app, run_id)
+    assert sorted(calls.lines()) == ["credit", "debit"]
+
+
+async def test_a_branch_the_new_code_no_longer_opens_is_nondeterminism(make_app: Any, calls: Any) -> None:
+    async def v1(ctx: cf.Context, _: Any) -> None:
+        async def leg() -> None:
+            await ctx.step("debit", calls.hit, "debit")
+            await ctx.wait_for("approve")
+
+        await ctx.gather(leg())
+
+    async def v2(ctx: cf.Context, _: Any) -> None:
+        await ctx.wait_for("approve")
+
+    app, run_id = await redeployed(make_app, v1, v2, "approve")
+    assert "branch '0' position 0 the journal holds 'step debit'" in nondeterminism(app, run_id)
+
+
+async def test_a_patch_answer_the_new_code_no_longer_asks_for_is_no_change(make_app: Any, calls: Any) -> None:
+    """Deprecation: once every run in flight answered True, the old path and the
+    ``patched`` call go; a run that recorded True carries on under the new code."""
+    async def v2(ctx: cf.Context, amount: int) -> int:
+        if ctx.patched("percent-fee"):
+            await ctx.step("fee-percent", calls.hit, "percent fee")
+        else:
+            await ctx.step("fee", calls.hit, "flat fee")
+        await ctx.wait_for("approve")
+        await ctx.step("pay", calls.hit, "pay")
+        return 2
+
+    async def v3(ctx: cf.Context, amount: int) -> int:
+        await ctx.step("fee-percent", calls.hit, "percent fee")
+        await ctx.wait_for("approve")
+        await ctx.step("pay", calls.hit, "pay")
+        return 3
+
+    app, run_id = await redeployed(make_app, v2, v3, "approve")
+    st = app.status(run_id)
+    assert (st.status, st.output) == ("completed", 3), st.error
+    assert sorted(calls.lines()) == ["pay", "percent fee"]
