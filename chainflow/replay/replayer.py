@@ -46,6 +46,7 @@ from ..runtime.scope import (
     open_branch,
     submission_key,
     takes_context,
+    went_past,
 )
 from ..states import TERMINAL, EntryState, RunState
 from ..storage import codec, limits
@@ -389,8 +390,7 @@ class ReplayScope:
             self._used.add(entry.id)
             return bool(codec.loads(entry.output))
         if change not in self._patches:
-            branch = _BRANCH.get()
-            self._patches[change] = (branch, self._state(branch).position) not in self._by_pos
+            self._patches[change] = not went_past(self._by_pos, self._state, _BRANCH.get())
         return self._patches[change]
 
     def now(self) -> dt.datetime:

@@ -122,6 +122,43 @@ class BranchState:
         self.names[name] += 1
         return position, name if occurrence == 0 else f"{name}{limits.OCCURRENCE_SEP}{occurrence}"
 
+    def opened(self, label: str) -> bool:
+        """Whether this branch has opened its child branch ``label`` (``name``, ``name#n``)."""
+        name, _, n = label.partition(limits.OCCURRENCE_SEP)
+        return self.children[name] > (int(n) if n else 0)
+
+
+def went_past(held: Iterable[tuple[str, int]], state: Callable[[str], BranchState], branch: str) -> bool:
+    """Whether a journal holding operations at ``held`` (branch path, position) went past
+    the point where ``branch`` now is (``state`` gives a path's ``BranchState``):
+    ``ctx.patched`` answers False there.
+
+    Past it are operations at ``branch``'s next position or later, and in a child branch
+    it has not opened yet; likewise for each of its enclosing branches, where it stands
+    now: a run parked inside a ``ctx.gather`` placed after the change journaled only in
+    the gather's branches, which take no position in their parent.  Operations of a
+    sibling opened before this point are concurrent, not past it.  An enclosing branch
+    whose replay lags behind its journal (it awaits a branch still replaying) counts as
+    past: the answer is then False, the old path, which the code still has."""
+    frontier: dict[str, int] = {}
+    path = branch
+    while True:
+        frontier[path] = state(path).position
+        if not path:
+            break
+        path = path.rpartition(limits.BRANCH_SEP)[0]
+    for path, position in held:
+        if path in frontier:
+            if position >= frontier[path]:
+                return True
+            continue
+        parent, _, label = path.rpartition(limits.BRANCH_SEP)
+        while parent not in frontier:
+            parent, _, label = parent.rpartition(limits.BRANCH_SEP)
+        if not state(parent).opened(label):
+            return True
+    return False
+
 
 def _check_work(work: Any, what: str) -> None:
     """Refuse a branch's work that cannot be awaited before its task starts: awaited in
@@ -578,8 +615,7 @@ class Scope:
             return bool(codec.loads(entry.output))
         decided = self._patches.get(change)
         if decided is None:
-            branch = _BRANCH.get()
-            decided = self._patches[change] = (branch, self._state(branch).position) not in self._by_pos
+            decided = self._patches[change] = not went_past(self._by_pos, self._state, _BRANCH.get())
             now = self.clock.time()
             slot = store.Slot("", -1, key, None)
             # buffered like ``now()``: flushed with the run's next durable write

@@ -14,13 +14,20 @@ from chainflow.testing import WorkflowTester
 from ._util import live_keys, running_worker, wait_status
 
 
-def register_v1(app: cf.Chainflow, calls: Any) -> None:
+def register_unpatched(app: cf.Chainflow, calls: Any, fee: tuple[str, str], pay: tuple[str, str],
+                       result: int) -> None:
+    """A payout without ``patched``: ``fee`` and ``pay`` are (step name, what it does)."""
+
     @app.workflow("payout")
     async def payout(ctx: cf.Context, amount: int) -> int:
-        await ctx.step("fee", calls.hit, "flat fee")
+        await ctx.step(fee[0], calls.hit, fee[1])
         await ctx.wait_for("approve")
-        await ctx.step("pay", calls.hit, f"pay {amount}")
-        return 100
+        await ctx.step(pay[0], calls.hit, f"{pay[1]} {amount}")
+        return result
+
+
+def register_v1(app: cf.Chainflow, calls: Any) -> None:
+    register_unpatched(app, calls, ("fee", "flat fee"), ("pay", "pay"), 100)
 
 
 def register_v2(app: cf.Chainflow, calls: Any) -> None:
@@ -48,6 +55,11 @@ def register_v2_unpatched(app: cf.Chainflow, calls: Any) -> None:
         return 99
 
 
+def register_v3(app: cf.Chainflow, calls: Any) -> None:
+    """v2 with the change retired, once no run in flight answered False."""
+    register_unpatched(app, calls, ("fee-percent", "percent fee"), ("pay-net", "pay net"), 98)
+
+
 async def parked(app: cf.Chainflow, run_id: str, *signals: str) -> None:
     deadline = time.monotonic() + 10
     while not set(signals or ("approve",)) <= set((await app.astatus(run_id)).waiting_on):
@@ -55,24 +67,28 @@ async def parked(app: cf.Chainflow, run_id: str, *signals: str) -> None:
         await asyncio.sleep(0.01)
 
 
-Flow = Callable[[cf.Context, Any], Awaitable[Any]]
+Deploy = Callable[[cf.Chainflow], object]  # registers one version of workflow "payout"
 
 
-async def redeployed(make_app: Any, v1: Flow, v2: Flow, *signals: str) -> tuple[cf.Chainflow, str]:
-    """A run of ``v1`` parked on ``signals``, then sent them and finished by ``v2`` (the
-    deploy: another app on the same database)."""
-    old = make_app()
-    old.workflow("flow")(v1)
-    run_id = old.start("flow").id
-    async with running_worker(old):
-        await parked(old, run_id, *signals)
-    new = make_app()
-    new.workflow("flow")(v2)
-    async with running_worker(new):
+def flow(fn: Callable[[cf.Context, Any], Awaitable[Any]]) -> Deploy:
+    return lambda app: app.workflow("payout")(fn)
+
+
+async def redeployed(make_app: Any, old: Deploy, new: Deploy, *signals: str) -> tuple[cf.Chainflow, str]:
+    """A run of ``payout(5)`` on the ``old`` code parked on ``signals``, then sent them
+    and finished by the ``new`` code (the deploy: another app on the same database)."""
+    app = make_app()
+    old(app)
+    run_id = app.start("payout", 5).id
+    async with running_worker(app):
+        await parked(app, run_id, *signals)
+    app = make_app()
+    new(app)
+    async with running_worker(app):
         for name in signals:
-            new.signal(run_id, name)
-        await wait_status(new, run_id)
-    return new, run_id
+            app.signal(run_id, name)
+        await wait_status(app, run_id)
+    return app, run_id
 
 
 async def test_in_flight_run_keeps_the_old_path_and_a_new_run_takes_the_new_one(make_app: Any,
@@ -102,18 +118,10 @@ async def test_in_flight_run_keeps_the_old_path_and_a_new_run_takes_the_new_one(
 
 
 async def test_changed_code_without_a_patch_fails_pointing_at_patched(make_app: Any, calls: Any) -> None:
-    old = make_app()
-    register_v1(old, calls)
-    run_id = old.start("payout", 5).id
-    async with running_worker(old):
-        await parked(old, run_id)
-    new = make_app()
-    register_v2_unpatched(new, calls)
-    async with running_worker(new):
-        new.signal(run_id, "approve")
-        st = await wait_status(new, run_id)
-    assert st.status == "failed" and st.error is not None and st.error["type"].endswith("NonDeterminismError")
-    assert "ctx.patched(" in st.error["message"] and "'step fee'" in st.error["message"]
+    app, run_id = await redeployed(make_app, lambda app: register_v1(app, calls),
+                                   lambda app: register_v2_unpatched(app, calls), "approve")
+    message = nondeterminism(app, run_id)
+    assert "ctx.patched(" in message and "'step fee'" in message
 
 
 def test_replay_answers_patched_as_recorded(make_app: Any, calls: Any) -> None:
@@ -154,7 +162,7 @@ async def test_new_code_failing_before_journaled_steps_is_nondeterminism(make_ap
         await ctx.step("reserve", calls.hit, "reserve", compensate=lambda _: calls.hit("release"))
         raise ValueError("over the new limit")
 
-    app, run_id = await redeployed(make_app, v1, v2, "approve")
+    app, run_id = await redeployed(make_app, flow(v1), flow(v2), "approve")
     message = nondeterminism(app, run_id)
     assert "position 1 the journal holds 'step charge'" in message, message
     assert sorted(calls.lines()) == ["charge", "reserve"]
@@ -171,7 +179,7 @@ async def test_new_code_returning_before_journaled_steps_is_nondeterminism(make_
     async def v2(ctx: cf.Context, _: Any) -> str:
         return "nothing to do"
 
-    app, run_id = await redeployed(make_app, v1, v2, "approve")
+    app, run_id = await redeployed(make_app, flow(v1), flow(v2), "approve")
     assert "position 0 the journal holds 'step charge'" in nondeterminism(app, run_id)
     assert calls.lines() == ["charge"]
 
@@ -190,7 +198,7 @@ async def test_a_branch_ending_before_its_journaled_steps_is_nondeterminism(make
 
         await ctx.gather(legs(), ctx.wait_for("approve"))
 
-    app, run_id = await redeployed(make_app, v1, v2, "approve")
+    app, run_id = await redeployed(make_app, flow(v1), flow(v2), "approve")
     assert "branch '0' position 1 the journal holds 'step credit'" in nondeterminism(app, run_id)
     assert sorted(calls.lines()) == ["credit", "debit"]
 
@@ -206,29 +214,110 @@ async def test_a_branch_the_new_code_no_longer_opens_is_nondeterminism(make_app:
     async def v2(ctx: cf.Context, _: Any) -> None:
         await ctx.wait_for("approve")
 
-    app, run_id = await redeployed(make_app, v1, v2, "approve")
+    app, run_id = await redeployed(make_app, flow(v1), flow(v2), "approve")
     assert "branch '0' position 0 the journal holds 'step debit'" in nondeterminism(app, run_id)
 
 
 async def test_a_patch_answer_the_new_code_no_longer_asks_for_is_no_change(make_app: Any, calls: Any) -> None:
     """Deprecation: once every run in flight answered True, the old path and the
-    ``patched`` call go; a run that recorded True carries on under the new code."""
-    async def v2(ctx: cf.Context, amount: int) -> int:
-        if ctx.patched("percent-fee"):
-            await ctx.step("fee-percent", calls.hit, "percent fee")
-        else:
-            await ctx.step("fee", calls.hit, "flat fee")
-        await ctx.wait_for("approve")
-        await ctx.step("pay", calls.hit, "pay")
-        return 2
-
-    async def v3(ctx: cf.Context, amount: int) -> int:
-        await ctx.step("fee-percent", calls.hit, "percent fee")
-        await ctx.wait_for("approve")
-        await ctx.step("pay", calls.hit, "pay")
-        return 3
-
-    app, run_id = await redeployed(make_app, v2, v3, "approve")
+    ``patched`` calls go; a run that recorded True carries on under the new code."""
+    app, run_id = await redeployed(make_app, lambda app: register_v2(app, calls), lambda app: register_v3(app, calls),
+                                   "approve")
     st = app.status(run_id)
-    assert (st.status, st.output) == ("completed", 3), st.error
-    assert sorted(calls.lines()) == ["pay", "percent fee"]
+    assert (st.status, st.output) == ("completed", 98), st.error
+    assert sorted(calls.lines()) == ["pay net 5", "percent fee"]
+
+
+def patch_answers(app: cf.Chainflow, run_id: str) -> list[tuple[str, Any]]:
+    return [(e.key, e.output) for e in app.journal(run_id) if e.kind == "patch"]
+
+
+async def test_patched_is_false_for_a_run_parked_in_a_gather_after_the_change(make_app: Any, calls: Any) -> None:
+    """v2 adds a KYC check before the approvals, which v1 waits for in parallel: a v1
+    run waiting for them went past that point (branches take no position in their
+    parent, yet what they journaled comes after it), so it answers False."""
+    async def v1(ctx: cf.Context, _: Any) -> None:
+        await ctx.gather(ctx.wait_for("manager"), ctx.wait_for("finance"))
+        await ctx.step("pay", calls.hit, "pay")
+
+    async def v2(ctx: cf.Context, _: Any) -> None:
+        if ctx.patched("kyc"):
+            await ctx.step("kyc", calls.hit, "kyc")
+        await ctx.gather(ctx.wait_for("manager"), ctx.wait_for("finance"))
+        await ctx.step("pay", calls.hit, "pay")
+
+    app, run_id = await redeployed(make_app, flow(v1), flow(v2), "manager", "finance")
+    assert app.status(run_id).status == "completed", app.status(run_id).error
+    assert patch_answers(app, run_id) == [("kyc#patch", False)]
+    assert calls.lines() == ["pay"]
+
+
+async def test_patched_is_false_in_a_branch_its_run_finished_before_the_change(make_app: Any, calls: Any) -> None:
+    """v2 adds a check at the end of a branch that a v1 run finished before parking."""
+    async def v1(ctx: cf.Context, _: Any) -> None:
+        async def leg() -> None:
+            await ctx.step("debit", calls.hit, "debit")
+
+        await ctx.gather(leg())
+        await ctx.wait_for("approve")
+
+    async def v2(ctx: cf.Context, _: Any) -> None:
+        async def leg() -> None:
+            await ctx.step("debit", calls.hit, "debit")
+            if ctx.patched("audit"):
+                await ctx.step("audit", calls.hit, "audit")
+
+        await ctx.gather(leg())
+        await ctx.wait_for("approve")
+
+    app, run_id = await redeployed(make_app, flow(v1), flow(v2), "approve")
+    assert app.status(run_id).status == "completed", app.status(run_id).error
+    assert patch_answers(app, run_id) == [("audit#patch", False)]
+    assert calls.lines() == ["debit"]
+
+
+async def test_patched_after_a_gather_is_true_for_a_run_that_reaches_it_first(make_app: Any, calls: Any) -> None:
+    """What the gather's branches journaled in this run came before the change: a run
+    on the new code from the start takes the new path, after a park as well."""
+    app = make_app()
+
+    @app.workflow("flow")
+    async def v2(ctx: cf.Context, _: Any) -> None:
+        await ctx.gather(ctx.wait_for("manager"), ctx.step("check", calls.hit, "check"))
+        if ctx.patched("kyc"):
+            await ctx.step("kyc", calls.hit, "kyc")
+        await ctx.step("pay", calls.hit, "pay")
+
+    run_id = app.start("flow").id
+    async with running_worker(app):
+        await parked(app, run_id, "manager")
+        app.signal(run_id, "manager")
+        st = await wait_status(app, run_id)
+    assert st.status == "completed", st.error
+    assert patch_answers(app, run_id) == [("kyc#patch", True)]
+    assert calls.lines() == ["check", "kyc", "pay"]
+
+
+def test_replay_answers_false_where_a_gather_went_past_the_change(make_app: Any, calls: Any) -> None:
+    """A v1 run that ended in a gather, replayed against v2 whose ``patched`` sits before
+    the gather, takes the old path, as it did live: no change."""
+    app = make_app(clock=cf.FakeClock())
+
+    @app.workflow("flow")
+    async def v1(ctx: cf.Context, _: Any) -> None:
+        await ctx.gather(ctx.step("debit", calls.hit, "debit"), ctx.step("credit", calls.hit, "credit"))
+
+    run_id = app.start("flow").id
+    asyncio.run(WorkflowTester(app).run_until_idle())
+    assert app.status(run_id).status == "completed"
+
+    new = make_app(clock=cf.FakeClock())
+
+    @new.workflow("flow")
+    async def v2(ctx: cf.Context, _: Any) -> None:
+        if ctx.patched("kyc"):
+            await ctx.step("kyc", calls.hit, "kyc")
+        await ctx.gather(ctx.step("debit", calls.hit, "debit"), ctx.step("credit", calls.hit, "credit"))
+
+    report = new.replay(run_id)
+    assert not report.changed, report
