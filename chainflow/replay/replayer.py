@@ -456,9 +456,13 @@ class ReplayScope:
     # --- the rest of history -------------------------------------------------------------
 
     def untouched(self, change: Change) -> None:
-        """Report every live entry the replay never asked for as ``change``."""
+        """Report every live entry the replay never asked for as ``change``, but a
+        ``patched`` answer True: removing the call once no run answers False is how a
+        change is retired (docs/operations.md, Versioning), and the run's operations
+        tell whether the code still does what that answer chose.  An answer False
+        nobody asks for is reported: the code no longer has the old path the run took."""
         for e in self.history.live():
-            if e.id not in self._used:
+            if e.id not in self._used and not (e.kind == "patch" and codec.loads(e.output) is True):
                 self.reports.append(StepReport(e.label, e.kind, change,
                                                "recorded, never asked for by the new code" if change == Change.MISSING
                                                else "recorded, after the point where the replay stopped"))

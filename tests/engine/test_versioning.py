@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import chainflow as cf
-from chainflow.testing import WorkflowTester
+from chainflow.testing import WorkflowTester, assert_unchanged
 
 from ._util import live_keys, running_worker, wait_status
 
@@ -57,7 +57,7 @@ def register_v2_unpatched(app: cf.Chainflow, calls: Any) -> None:
 
 def register_v3(app: cf.Chainflow, calls: Any) -> None:
     """v2 with the change retired, once no run in flight answered False."""
-    register_unpatched(app, calls, ("fee-percent", "percent fee"), ("pay-net", "pay net"), 98)
+    register_unpatched(app, calls, ("fee-percent", "percent fee"), ("pay-net", "pay net"), 99)
 
 
 async def parked(app: cf.Chainflow, run_id: str, *signals: str) -> None:
@@ -124,8 +124,12 @@ async def test_changed_code_without_a_patch_fails_pointing_at_patched(make_app: 
     assert "ctx.patched(" in message and "'step fee'" in message
 
 
-def test_replay_answers_patched_as_recorded(make_app: Any, calls: Any) -> None:
-    """A replay of the finished old run against the patched code reports no change."""
+def test_replay_answers_patched_as_recorded_and_not_after_the_change_is_retired(make_app: Any,
+                                                                                calls: Any) -> None:
+    """A replay of the finished run against the patched code reports no change, and
+    neither does one (a CI gate: ``replay_sweep``, ``testing.assert_unchanged``) against
+    the code that retired the change: an answer True nobody asks for any more is no
+    operation of the run."""
     app = make_app(clock=cf.FakeClock())
     register_v2(app, calls)
 
@@ -135,8 +139,10 @@ def test_replay_answers_patched_as_recorded(make_app: Any, calls: Any) -> None:
     app.signal(run_id, "approve")
     asyncio.run(tester.run_until_idle())
     assert app.status(run_id).output == 99
-    report = app.replay(run_id)
-    assert not report.changed, report
+    assert_unchanged(app.replay(run_id))
+    retired = make_app(clock=cf.FakeClock())
+    register_v3(retired, calls)
+    assert_unchanged(retired.replay(run_id))
 
 
 def nondeterminism(app: cf.Chainflow, run_id: str) -> str:
@@ -224,7 +230,7 @@ async def test_a_patch_answer_the_new_code_no_longer_asks_for_is_no_change(make_
     app, run_id = await redeployed(make_app, lambda app: register_v2(app, calls), lambda app: register_v3(app, calls),
                                    "approve")
     st = app.status(run_id)
-    assert (st.status, st.output) == ("completed", 98), st.error
+    assert (st.status, st.output) == ("completed", 99), st.error
     assert sorted(calls.lines()) == ["pay net 5", "percent fee"]
 
 
