@@ -24,6 +24,8 @@ import pytest
 from chainflow.testing import CallLog
 
 if TYPE_CHECKING:
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
     from devnet import RegtestNode
 
 ADMIN_URL = os.environ.get("CHAINFLOW_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
@@ -215,6 +217,24 @@ def make_net(node_kind: str) -> Iterator[Callable[..., Any]]:
 @pytest.fixture
 def net(make_net: Callable[..., Any]) -> Any:
     return make_net()
+
+
+@pytest.fixture
+def exporter() -> Iterator[InMemorySpanExporter]:
+    """The spans chainflow finishes during the test, in memory (the test extra
+    installs the SDK)."""
+    from opentelemetry.sdk import trace as sdk_trace
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from chainflow import tracing
+
+    exporter = InMemorySpanExporter()
+    provider = sdk_trace.TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracing.configure(provider)
+    yield exporter
+    tracing.configure(None)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -56,7 +56,18 @@ class RunScope(Protocol):
 
     async def record_attempt(self, slot: store.Slot, tries: list[store.AttemptRow], exc: BaseException,
                              started: float, finished: float, next_at: float) -> None:
-        """Journal a failed attempt and when the next may start."""
+        """Journal a failed attempt and when the next may start, and announce it
+        (``step_retried``)."""
+
+    async def fail(self, slot: store.Slot, kind: str, exc: BaseException, attempt: int, started: float) -> None:
+        """Journal ``slot``'s failure for good (its row of ``kind``) and announce it
+        (``step_failed``)."""
+
+    def announce(self, kind: str, label: str, attempt: int, started: float, finished: float,
+                 failure: BaseException | None = None) -> None:
+        """Tell the hooks, metrics and spans that the operation at ``label`` ended an
+        attempt (``kind``: ``step_completed``, ``step_retried`` or ``step_failed``), once
+        its journal row says so durably: a submit is a step to them, as a step is."""
 
     def busy(self, delta: int) -> None:
         """Count work in flight (+1/-1): a run with work in flight is never parked."""

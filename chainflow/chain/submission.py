@@ -36,7 +36,6 @@ from ..errors import (
     StepError,
     SubmissionFailedError,
     TxRevertedError,
-    describe_error,
     error_parts,
     type_name,
 )
@@ -218,7 +217,8 @@ class Submitter:
                     await self._await_final(ctx, sub_id, label, parked=first, poll=poll)
                 first, known = False, None
                 text, value = codec.roundtrip(receipt.to_dict(), what=f"receipt of step {label!r}")
-                entry = ctx.entry_op(slot, "submit", EntryState.OK, text, None, tries, started, ctx.clock.time())
+                finished = ctx.clock.time()
+                entry = ctx.entry_op(slot, "submit", EntryState.OK, text, None, tries, started, finished)
 
                 try:
                     # journaled only while still final: a reorg racing this commit either
@@ -226,11 +226,11 @@ class Submitter:
                     await ctx.commit(_lock_final(sub_id), store.consume_signals(run_id, event), entry)
                 except _Unsettled:
                     continue
+                ctx.announce("step_completed", label, tries, started, finished)
                 return receipt_from(value)
         except TERMINAL as exc:
             tries = len(ctx.tries_of(slot)) + 1
-            await ctx.commit(ctx.entry_op(slot, "submit", EntryState.ERROR, None, describe_error(exc), tries, started,
-                                          ctx.clock.time()))
+            await ctx.fail(slot, "submit", exc, tries, started)
             raise StepError(label, type_name(exc), str(exc), tries) from exc
 
     async def _resilient(self, ctx: RunScope, slot: store.Slot, retry: Retry, fn: Callable[..., Any],

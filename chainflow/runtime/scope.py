@@ -429,9 +429,9 @@ class Scope:
         self.branch_order = BranchOrder()  # what a reorg rollback may undo (``runtime.branchorder``)
         self._patches: dict[str, bool] = {}  # ``patched`` answers decided in this execution
         self._buffer: list[store.Op] = []  # rows an effect must commit first (``settle``)
-        # the ``step_completed`` fields of the step rows deferred into ``_buffer``:
-        # announced once they are durable
-        self._deferred: list[dict[str, Any]] = []
+        # the step rows deferred into ``_buffer`` as ``announce``'s (label, attempt,
+        # started, finished): announced once they are durable
+        self._deferred: list[tuple[str, int, float, float]] = []
         self._carrying: set[asyncio.Future[None]] = set()  # commits in flight with buffered rows
         self._fresh = 0
         self._journaled = 0  # steps this execution journaled
@@ -813,8 +813,8 @@ class Scope:
             if landed is not None:
                 self._carrying.discard(landed)
                 landed.set_result(None)
-        for fields in deferred:
-            self.events.emit("step_completed", **fields)
+        for done in deferred:
+            self.announce("step_completed", *done)
         return results[len(results) - len(ops):]
 
     async def flush(self) -> None:
@@ -907,11 +907,9 @@ class Scope:
                         raise
                     finished = self.clock.time()
                     if last:
-                        await self._fail(slot, kind, failure, attempt, started)
+                        await self.fail(slot, kind, failure, attempt, started)
                         raise StepError(label, type_name(failure), str(failure), attempt) from failure
                     await self.record_attempt(slot, tries, failure, started, finished, finished + policy.delay(attempt))
-                    self.events.emit("step_retried", run_id=self.run_id, workflow=self.workflow, step=label,
-                                     attempt=attempt, duration=finished - started, error=summary(failure))
                     continue
                 finally:
                     self.busy(-1)
@@ -919,15 +917,13 @@ class Scope:
                 if undo is not None:
                     undo(value)
                 entry = self.entry_op(slot, kind, _OK, text, None, attempt, started, finished)
-                done = dict(run_id=self.run_id, workflow=self.workflow, step=label, attempt=attempt,
-                            duration=finished - started)
                 if kind == "step" and self.active == 0:
                     # the run's only work: deferred to its next durable write (module docstring)
                     self._buffer.append(entry)
-                    self._deferred.append(done)
+                    self._deferred.append((label, attempt, started, finished))
                 else:
                     await self._commit(entry)
-                    self.events.emit("step_completed", **done)
+                    self.announce("step_completed", label, attempt, started, finished)
                 if undo is not None and _cancel_pending():
                     raise asyncio.CancelledError  # the stop that came while its thread ran (``_outlast``)
                 self._journaled += 1
@@ -959,20 +955,28 @@ class Scope:
 
     async def record_attempt(self, slot: store.Slot, tries: list[store.AttemptRow], exc: BaseException,
                              started: float, finished: float, next_at: float) -> None:
-        """Journal failed attempt ``len(tries) + 1`` and when the next may start."""
+        """Journal failed attempt ``len(tries) + 1`` and when the next may start, and
+        announce it."""
         attempt, error, run_id = len(tries) + 1, describe_error(exc), self.run_id
         row = dict(branch=slot.branch, key=slot.key, attempt=attempt, error=error,
                    started_at=started, finished_at=finished, next_at=next_at)
         await self._commit(lambda conn: store.insert_attempt(conn, run_id, **row))
         tries.append(store.AttemptRow(attempt, error, next_at))
+        self.announce("step_retried", slot.label, attempt, started, finished, exc)
 
-    async def _fail(self, slot: store.Slot, kind: str, exc: BaseException, attempt: int, started: float) -> None:
+    async def fail(self, slot: store.Slot, kind: str, exc: BaseException, attempt: int, started: float) -> None:
+        """Journal the failure for good of the operation at ``slot`` and announce it."""
         finished = self.clock.time()
         await self._commit(self.entry_op(slot, kind, EntryState.ERROR, None, describe_error(exc), attempt, started,
                                          finished))
-        self.events.emit("step_failed", run_id=self.run_id, workflow=self.workflow,
-                         step=slot.label, attempt=attempt,
-                         duration=finished - started, error=summary(exc))
+        self.announce("step_failed", slot.label, attempt, started, finished, exc)
+
+    def announce(self, kind: str, label: str, attempt: int, started: float, finished: float,
+                 failure: BaseException | None = None) -> None:
+        """The lifecycle event of an attempt's end (``RunScope.announce``): the one
+        place a step, a compensation and a submit tell hooks, metrics and spans."""
+        self.events.emit(kind, run_id=self.run_id, workflow=self.workflow, step=label, attempt=attempt,
+                         duration=finished - started, error=summary(failure))
 
     async def _invoke(self, label: str, fn: Callable[..., Any], args: tuple[Any, ...],
                       kwargs: dict[str, Any], limit: float | None, outlast: bool = False,
@@ -1129,7 +1133,7 @@ class Scope:
         except (LeaseLostError, NonDeterminismError):
             raise  # the execution's end, not the compensation's failure
         except Exception as exc:
-            await self._fail(slot, "compensation", exc, 1, started)
+            await self.fail(slot, "compensation", exc, 1, started)
             raise StepError(label, type_name(exc), str(exc), 1) from exc
         finally:
             _BRANCH.reset(branch)
