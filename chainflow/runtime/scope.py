@@ -1138,5 +1138,7 @@ class Scope:
         finally:
             _BRANCH.reset(branch)
             _ORIGIN.reset(origin)
-        await self._commit(self.entry_op(slot, "compensation", _OK, text, None, 1, started, self.clock.time()))
+        finished = self.clock.time()
+        await self._commit(self.entry_op(slot, "compensation", _OK, text, None, 1, started, finished))
+        self.announce("step_completed", label, 1, started, finished)
 

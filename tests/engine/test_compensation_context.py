@@ -111,6 +111,34 @@ async def test_failing_step_inside_a_compensation_fails_it_once_and_others_run(m
     assert refund.status == "error" and refund.attempts == 2
 
 
+async def test_a_compensation_that_takes_a_context_announces_its_end_as_the_plain_form_does(
+        make_app: Any) -> None:
+    """docs/operations.md: compensations are steps (``compensate:KEY``) to the hooks,
+    metrics and spans, whichever form they take, ending ok or failed."""
+    app = make_app(clock=cf.FakeClock())
+    heard: list[tuple[str, str | None]] = []
+    for kind in ("step_completed", "step_failed"):
+        app.on(kind)(lambda e: heard.append((e.kind, e.step)))
+
+    async def undo(ctx: cf.Context, out: str) -> None:
+        await ctx.step("refund", lambda: out)
+
+    async def broken_undo(ctx: cf.Context, out: str) -> None:
+        raise RuntimeError("refund API gone")
+
+    @app.workflow("w")
+    async def w(ctx: cf.Context, _: Any) -> None:
+        await ctx.step("a", lambda: "a", compensate=lambda out: None)
+        await ctx.step("b", lambda: "b", compensate=undo)
+        await ctx.step("c", lambda: "c", compensate=broken_undo)
+        await ctx.step("d", lambda: (_ for _ in ()).throw(Declined("no")), retry=cf.Retry(max_attempts=1))
+
+    result = await WorkflowTester(app).run("w")
+    assert result.status == "failed" and result.run.compensations == {"c": "error", "b": "ok", "a": "ok"}
+    assert heard[4:] == [("step_failed", "compensate:c"), ("step_completed", "compensate:b/refund"),
+                         ("step_completed", "compensate:b"), ("step_completed", "compensate:a")], heard
+
+
 async def test_bad_compensations_are_refused_before_the_step_runs(make_app: Any, calls: Any) -> None:
     app = make_app(clock=cf.FakeClock())
 
