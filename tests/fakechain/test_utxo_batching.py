@@ -41,6 +41,17 @@ def brig(db_url: str, ledger: CallLog) -> Any:
     rig.close()
 
 
+@pytest.fixture
+def pairs(db_url: str, ledger: CallLog) -> Any:
+    """A rig whose batches form only once two payouts are queued (an hour's window), so
+    a payout stays queued, however slow the machine, until the test queues a second.
+    The policy goes in at construction: the tracker's batcher takes it then, and a
+    later change to ``rig.config.batching`` never reaches it."""
+    rig = batching_rig(db_url, ledger, batching={CHAIN: cf.Batching(window=3600, max_size=2)})
+    yield rig
+    rig.close()
+
+
 def batches(rig: Rig) -> list[Any]:
     with rig.app.engine.begin() as conn:
         return list(conn.execute(sa.select(submissions).where(submissions.c.batch_id == submissions.c.id)
@@ -196,68 +207,68 @@ async def test_a_batch_that_cannot_be_sent_does_not_hold_back_later_batches(
     assert any("could not send batch" in r.getMessage() and r.name == "chainflow.batcher" for r in caplog.records)
 
 
-async def test_a_run_cancelled_while_queued_is_never_paid(brig: Rig) -> None:
+async def test_a_run_cancelled_while_queued_is_never_paid(pairs: Rig) -> None:
     """Cancelled before its batch formed (a long window): its intent fails, nothing is
     reserved or signed for it, nothing is refunded, and a later batch does not pay it."""
-    brig.config.batching[CHAIN] = cf.Batching(window=3600, max_size=2)
-    async with running_worker(brig.app, track=False):
-        await brig.step()
-        h = await brig.app.astart("pay_flow", {"id": "gone", "sats": 10_000})
-        await brig.drive(lambda: brig.state("gone") == "queued", mine=False, what="queued")
-        await brig.app.acancel(h.id)
-        await brig.drive(lambda: brig.app.status(h.id).done, mine=False, what="the cancellation")
-        await brig.drive(lambda: brig.state("gone") == "failed", mine=False, what="the queued intent dropped")
-        others = [await brig.app.astart("pay_flow", {"id": f"o{i}", "sats": 12_000}) for i in range(2)]
-        await brig.drive(lambda: all(brig.app.status(o.id).done for o in others), what="the next batch (full)")
-    assert brig.app.status(h.id).status == "cancelled"
+    async with running_worker(pairs.app, track=False):
+        await pairs.step()
+        h = await pairs.app.astart("pay_flow", {"id": "gone", "sats": 10_000})
+        await pairs.drive(lambda: pairs.state("gone") == "queued", mine=False, what="queued")
+        await pairs.app.acancel(h.id)
+        await pairs.drive(lambda: pairs.app.status(h.id).done, mine=False, what="the cancellation")
+        await pairs.drive(lambda: pairs.state("gone") == "failed", mine=False, what="the queued intent dropped")
+        others = [await pairs.app.astart("pay_flow", {"id": f"o{i}", "sats": 12_000}) for i in range(2)]
+        await pairs.drive(lambda: all(pairs.app.status(o.id).done for o in others), what="the next batch (full)")
+    assert pairs.app.status(h.id).status == "cancelled"
     # withdrawn by its own run, which compensates its steps: a payout never paid has no refund
-    assert "its run was stopped before the payout was batched" in brig.sub("gone").error
-    assert not [line for line in brig.ledger.lines() if line.startswith("refund")]
-    assert sorted(v for _, v in brig.chain.payments(PAYEE)) == [12_000, 12_000]
+    assert "its run was stopped before the payout was batched" in pairs.sub("gone").error
+    assert not [line for line in pairs.ledger.lines() if line.startswith("refund")]
+    assert sorted(v for _, v in pairs.chain.payments(PAYEE)) == [12_000, 12_000]
 
 
-async def test_a_queued_payout_another_run_waits_on_is_paid_after_its_opener_was_cancelled(brig: Rig) -> None:
+async def test_a_queued_payout_another_run_waits_on_is_paid_after_its_opener_was_cancelled(pairs: Rig) -> None:
     """The run that queued a payout is cancelled while a second run, sharing its key,
     waits on it: the payout is the second run's too, so it is neither withdrawn by the
     cancel nor failed by the batcher; the next batch pays it once, the second run
     completes with it, and the cancelled run refunds nothing."""
-    brig.config.batching[CHAIN] = cf.Batching(window=3600, max_size=2)
-    async with running_worker(brig.app, track=False):
-        await brig.step()
-        opener, sharer = await _share(brig, "both", "queued")
-        await brig.app.acancel(opener.id)
-        await brig.drive(lambda: brig.app.status(opener.id).done, mine=False, what="the cancellation")
-        other = await brig.app.astart("pay_flow", {"id": "other", "sats": 12_000})  # fills the batch
-        await brig.drive(lambda: brig.app.status(sharer.id).done and brig.app.status(other.id).done,
-                         what="the batch")
-    assert brig.app.status(opener.id).status == "cancelled"
-    st = brig.app.status(sharer.id)
+    async with running_worker(pairs.app, track=False):
+        await pairs.step()
+        opener, sharer = await _share(pairs, "both", "queued")
+        await pairs.app.acancel(opener.id)
+        await pairs.drive(lambda: pairs.app.status(opener.id).done, mine=False, what="the cancellation")
+        await pairs.step()  # the batcher sees the opener's run ended
+        assert pairs.state("both") == "queued" and batches(pairs) == [], "kept for the sharer, and not batched alone"
+        other = await pairs.app.astart("pay_flow", {"id": "other", "sats": 12_000})  # fills the batch
+        await pairs.drive(lambda: pairs.app.status(sharer.id).done and pairs.app.status(other.id).done,
+                          what="the batch")
+    assert pairs.app.status(opener.id).status == "cancelled"
+    st = pairs.app.status(sharer.id)
     assert st.status == "completed", st.error
-    assert brig.sub("both").state == "final" and st.output["tx"] == brig.sub("both").tx_hash
-    assert sorted(v for _, v in brig.chain.payments(PAYEE)) == [10_000, 12_000]
-    assert not [line for line in brig.ledger.lines() if line.startswith("refund")]
+    assert pairs.sub("both").state == "final" and st.output["tx"] == pairs.sub("both").tx_hash
+    assert sorted(v for _, v in pairs.chain.payments(PAYEE)) == [10_000, 12_000]
+    assert not [line for line in pairs.ledger.lines() if line.startswith("refund")]
 
 
-async def test_a_run_dead_lettered_while_queued_pays_once_retried(brig: Rig) -> None:
+async def test_a_run_dead_lettered_while_queued_pays_once_retried(pairs: Rig) -> None:
     """Dead-lettered (its executions kept crashing) while its payout waits for a batch:
     an operator may retry it, so the payout, holding nothing, waits unbatched instead of
     failing for good; retried, the run pays once in the next batch."""
-    brig.config.batching[CHAIN] = cf.Batching(window=3600, max_size=2)
-    async with running_worker(brig.app, track=False):
-        await brig.step()
-        h = await brig.app.astart("pay_flow", {"id": "dl", "sats": 10_000})
-        await brig.drive(lambda: brig.state("dl") == "queued", mine=False, what="queued")
-        with brig.app.engine.begin() as conn:  # what the worker writes when it gives up on a run
+    async with running_worker(pairs.app, track=False):
+        await pairs.step()
+        h = await pairs.app.astart("pay_flow", {"id": "dl", "sats": 10_000})
+        await pairs.drive(lambda: pairs.state("dl") == "queued", mine=False, what="queued")
+        with pairs.app.engine.begin() as conn:  # what the worker writes when it gives up on a run
             run = conn.execute(sa.select(runs.c.fence).where(runs.c.id == h.id)).one()
-            assert dead_letter(conn, h.id, run.fence, 3, '{"message": "crashed"}', brig.app.clock.time())
-        others = [await brig.app.astart("pay_flow", {"id": f"o{i}", "sats": 12_000}) for i in range(2)]
-        await brig.drive(lambda: all(brig.app.status(o.id).done for o in others), what="a batch without it")
-        assert brig.state("dl") == "queued" and brig.app.status(h.id).status == "dead_lettered"
-        await brig.app.aretry(h.id)
-        last = await brig.app.astart("pay_flow", {"id": "o2", "sats": 12_000})  # fills the next batch
-        await brig.drive(lambda: brig.app.status(h.id).done and brig.app.status(last.id).done, what="the retried run")
-    assert brig.app.status(h.id).status == "completed"
-    assert sorted(v for _, v in brig.chain.payments(PAYEE)) == [10_000, 12_000, 12_000, 12_000]
+            assert dead_letter(conn, h.id, run.fence, 3, '{"message": "crashed"}', pairs.app.clock.time())
+        others = [await pairs.app.astart("pay_flow", {"id": f"o{i}", "sats": 12_000}) for i in range(2)]
+        await pairs.drive(lambda: all(pairs.app.status(o.id).done for o in others), what="a batch without it")
+        assert pairs.state("dl") == "queued" and pairs.app.status(h.id).status == "dead_lettered"
+        await pairs.app.aretry(h.id)
+        last = await pairs.app.astart("pay_flow", {"id": "o2", "sats": 12_000})  # fills the next batch
+        await pairs.drive(lambda: pairs.app.status(h.id).done and pairs.app.status(last.id).done,
+                          what="the retried run")
+    assert pairs.app.status(h.id).status == "completed"
+    assert sorted(v for _, v in pairs.chain.payments(PAYEE)) == [10_000, 12_000, 12_000, 12_000]
 
 
 async def test_a_deep_reorg_of_a_batch_rolls_back_each_member_and_pays_once(brig: Rig) -> None:
