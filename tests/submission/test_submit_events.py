@@ -134,16 +134,17 @@ def test_a_submit_ends_as_a_step_for_hooks_metrics_and_spans(db_url: str, net: I
 
 
 def test_a_retried_submit_fires_step_retried(db_url: str, net: InProcessEVM) -> None:
-    """The node's connection drops while the gas estimate is asked for, three times
-    (the RPC client re-sends once on a fresh connection by itself, and a batch that
-    drops is asked again call by call): the submit's policy retries what reaches it,
+    """The node's connection drops while the gas estimate is asked for, four times
+    (the estimate goes with the balance in a batch, which the RPC client re-sends once
+    on a fresh connection by itself and then asks again call by call, the estimate
+    re-sent once too): the submit's policy retries what reaches it,
     and each journaled retry is announced like a step's."""
     workflow = workflow_name()
     host, port = net.rpc_url.removeprefix("http://").rstrip("/").split(":")
     cut: list[int] = []
 
     def drop_first_estimate(link: Link, direction: str, chunk: bytes) -> bytes | None:
-        if direction == UP and b"eth_estimateGas" in chunk and len(cut) < 3:
+        if direction == UP and b"eth_estimateGas" in chunk and len(cut) < 4:
             cut.append(link.id)
             return None
         return chunk
@@ -161,7 +162,7 @@ def test_a_retried_submit_fires_step_retried(db_url: str, net: InProcessEVM) -> 
             return await app.await_run((await app.astart(workflow, None)).id, timeout=60)
 
         done = work(app, scenario)
-    assert len(cut) == 3, "the proxy did not see the gas estimate three times"
+    assert len(cut) == 4, "the proxy did not see the gas estimate four times"
     assert done.status == cf.RunState.COMPLETED, done.error
     tries = app.attempts(done.id)
     assert tries, "no drop reached the submit's retry policy"
