@@ -404,10 +404,17 @@ class Chainflow:
         return store.Claim(run_id, fields["workflow"], fields["input_text"], 1, False, fields["deadline"],
                            fields["now"])
 
-    def _live_run(self, conn: sa.Connection, run_id: str, action: str) -> sa.Row[Any]:
+    @staticmethod
+    def _stored_run(conn: sa.Connection, run_id: str) -> sa.Row[Any]:
+        """The run's row, or ``RunNotFoundError``: every read of one run says so for an id
+        never stored, not an empty list that reads as "no attempts" or "no forks"."""
         row = store.get_run(conn, run_id)
         if row is None:
             raise RunNotFoundError(run_id)
+        return row
+
+    def _live_run(self, conn: sa.Connection, run_id: str, action: str) -> sa.Row[Any]:
+        row = self._stored_run(conn, run_id)
         if row.status in TERMINAL:
             raise RunFinishedError(run_id, row.status, action)
         return row
@@ -443,9 +450,7 @@ class Chainflow:
         forked is refused (``RunForkedError``): its fork runs the same steps."""
 
         def reopen(conn: sa.Connection) -> None:
-            row = store.get_run(conn, run_id)
-            if row is None:
-                raise RunNotFoundError(run_id)
+            row = self._stored_run(conn, run_id)
             store.lock_runs(conn, [run_id])  # before looking for forks, as a fork locks it
             forks = [f.id for f in store.forks_of(conn, run_id)]
             if forks and row.status == RunState.DEAD_LETTERED:
@@ -461,9 +466,7 @@ class Chainflow:
 
     def status(self, run_id: str) -> RunStatus:
         def read(conn: sa.Connection) -> RunStatus:
-            row = store.get_run(conn, run_id)
-            if row is None:
-                raise RunNotFoundError(run_id)
+            row = self._stored_run(conn, run_id)
             served = None if row.status in TERMINAL else store.served_workflows(conn, self.clock.time())
             return _status_of(row, store.compensations(conn, run_id), served)
 
@@ -477,8 +480,7 @@ class Chainflow:
         rolled back may have had an earlier, cancelled child."""
 
         def read(conn: sa.Connection) -> list[RunStatus]:
-            if store.get_run(conn, run_id) is None:
-                raise RunNotFoundError(run_id)
+            self._stored_run(conn, run_id)
             return [_status_of(r, {}) for r in store.children(conn, run_id)]
 
         return self.database.read(read)
@@ -487,8 +489,7 @@ class Chainflow:
         """Every journal row of a run, invalidated ones included, in recording order."""
 
         def read(conn: sa.Connection) -> list[JournalEntry]:
-            if store.get_run(conn, run_id) is None:
-                raise RunNotFoundError(run_id)
+            self._stored_run(conn, run_id)
             return [
                 JournalEntry(
                     r.branch, r.position, r.key, r.kind,
@@ -506,7 +507,11 @@ class Chainflow:
         return await offload(self.journal, run_id)
 
     def attempts(self, run_id: str) -> list[AttemptRecord]:
+        """Every failed attempt of the run's steps, in recording order (``RunNotFoundError``
+        for an id never stored, as ``journal``)."""
+
         def read(conn: sa.Connection) -> list[AttemptRecord]:
+            self._stored_run(conn, run_id)
             return [
                 AttemptRecord(a.branch, a.key, a.attempt, json.loads(a.error) if a.error else None,
                               a.started_at, a.finished_at, a.next_at)
@@ -536,8 +541,14 @@ class Chainflow:
         return self.database.read(read)
 
     def forks(self, run_id: str) -> list[RunStatus]:
-        """The runs forked from ``run_id`` (``fork``), oldest first."""
-        return self.database.read(lambda conn: self._statuses(conn, store.forks_of(conn, run_id)))
+        """The runs forked from ``run_id`` (``fork``), oldest first (``RunNotFoundError``
+        for an id never stored, as ``journal``)."""
+
+        def read(conn: sa.Connection) -> list[RunStatus]:
+            self._stored_run(conn, run_id)
+            return self._statuses(conn, store.forks_of(conn, run_id))
+
+        return self.database.read(read)
 
     def _statuses(self, conn: sa.Connection, rows: list[sa.Row[Any]]) -> list[RunStatus]:
         live = any(r.status not in TERMINAL for r in rows)

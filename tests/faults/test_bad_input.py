@@ -511,6 +511,8 @@ async def test_a_lookup_by_a_name_holding_nul_finds_nothing_alike_on_both_backen
         "retry": lambda: app.retry(nul),
         "children": lambda: app.children(nul),
         "journal": lambda: app.journal(nul),
+        "attempts": lambda: app.attempts(nul),
+        "forks": lambda: app.forks(nul),
         "wait": lambda: app.wait(nul, timeout=1),
         "export": lambda: app.export(nul),
         "fork": lambda: app.fork(nul, from_failed=True),
@@ -529,8 +531,6 @@ async def test_a_lookup_by_a_name_holding_nul_finds_nothing_alike_on_both_backen
 
     empty: dict[str, Callable[[], Any]] = {
         "runs(workflow=)": lambda: app.runs(workflow="nul\x00"),
-        "attempts": lambda: app.attempts(nul),
-        "forks": lambda: app.forks(nul),
         "reorgs(chain=)": lambda: app.reorgs(chain="fake\x00"),
         "fork_many(workflow_name=)": lambda: app.fork_many(workflow_name="nul\x00", from_failed=True).created,
         "the dashboard's search": lambda: find_run(app, nul),
@@ -542,6 +542,48 @@ async def test_a_lookup_by_a_name_holding_nul_finds_nothing_alike_on_both_backen
     with pytest.raises(ValueError, match="before .*NUL character"):
         app.runs(before=(st.created_at, nul))
     assert [r.id for r in app.runs(workflow="nul")] == [st.id]  # the same lookups without the NUL still work
+
+
+# --- client reads: unknown runs alike -----------------------------------------------------
+
+
+_ID = "0b3c5d7e-0000-4000-8000-000000000000"  # shaped like a run id, never stored
+
+
+# journal and children raised RunNotFoundError for an id never stored; attempts and forks
+# answered [], as for a run with no failed attempt or no fork
+UNKNOWN_RUN_CALLS: dict[str, Callable[[cf.Chainflow, str], Any]] = {
+    "status": lambda app, rid: app.status(rid),
+    "journal": lambda app, rid: app.journal(rid),
+    "attempts": lambda app, rid: app.attempts(rid),
+    "forks": lambda app, rid: app.forks(rid),
+    "children": lambda app, rid: app.children(rid),
+    "export": lambda app, rid: app.export(rid),
+    "replay": lambda app, rid: app.replay(rid),
+    "fork": lambda app, rid: app.fork(rid, from_failed=True),
+}
+
+
+def _answers(call: Callable[[cf.Chainflow, str], Any], app: cf.Chainflow, run_id: str) -> None:
+    """``call`` on a stored run gets past the lookup (a pending run is no fork source)."""
+    from chainflow.replay.fork import ForkError
+
+    try:
+        call(app, run_id)
+    except ForkError as exc:
+        assert "fork a finished run" in str(exc), exc
+
+
+@pytest.mark.parametrize("call", list(UNKNOWN_RUN_CALLS))
+def test_every_read_of_an_unknown_run_is_run_not_found(make_app: Callable[..., cf.Chainflow], call: str) -> None:
+    app = make_app()
+    app.workflow("echo")(_wf)
+    known = app.start("echo").id
+    _answers(UNKNOWN_RUN_CALLS[call], app, known)
+    for unknown in ("nope", _ID, ""):
+        with pytest.raises(cf.RunNotFoundError) as missing:
+            UNKNOWN_RUN_CALLS[call](app, unknown)
+        assert missing.value.run_id == unknown
 
 
 # --- item 10: payloads ---------------------------------------------------------------------
