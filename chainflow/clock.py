@@ -96,3 +96,32 @@ def to_seconds(value: float | dt.timedelta, what: str, *, positive: bool = False
 def seconds(value: float | dt.timedelta | None, what: str, *, positive: bool = False) -> float | None:
     """``to_seconds`` where None means "no limit"."""
     return None if value is None else to_seconds(value, what, positive=positive)
+
+
+def to_epoch(value: float | dt.datetime | dt.timedelta, what: str, *, now: float | None = None) -> float:
+    """``value`` as seconds since the epoch, or a TypeError/ValueError naming ``what``
+    and the value: a timezone-aware datetime, a finite number of seconds, or where
+    ``now`` is given (a sweep's "the last 7 days") a timedelta back from it.
+
+    Checked before the time reaches a query: Postgres cannot compare a str or a
+    datetime with a stored time (a raw error where SQLite answers), a NaN matches no
+    row on either (an empty answer that looks like "none"), and a naive datetime would
+    be read in this machine's zone, hours off.  A bool is refused as in ``to_seconds``."""
+    if isinstance(value, dt.datetime):
+        if value.tzinfo is None:
+            raise ValueError(f"{what} must be timezone-aware, got naive {value!r}")
+        return value.timestamp()
+    if isinstance(value, dt.timedelta) and now is not None:
+        if value < dt.timedelta(0):
+            raise ValueError(f"{what} must be a timedelta back from now, not forward, got {value!r}")
+        return now - value.total_seconds()
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        try:
+            s = float(value)
+        except OverflowError:  # an int past a float's range (10**400)
+            s = math.inf
+        if math.isfinite(s):
+            return s
+        raise ValueError(f"{what} must be a finite number of seconds since the epoch, got {value!r}")
+    span = ", a timedelta back from now" if now is not None else ""
+    raise TypeError(f"{what} must be a datetime{span} or a number of seconds since the epoch, got {value!r}")

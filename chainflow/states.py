@@ -34,6 +34,15 @@ class RunState(StrEnum):
     DEAD_LETTERED = "dead_lettered"
 
 
+def run_state(value: RunState | str, what: str) -> RunState:
+    """``value`` (a ``RunState`` or its text) as a member, or a ValueError naming
+    ``what`` and the states: a filter by a status no run has would answer nothing."""
+    try:
+        return RunState(value)
+    except ValueError:
+        raise ValueError(f"{what} must be one of {', '.join(RunState)}, got {value!r}") from None
+
+
 # a tuple, not a set: it binds as an IN list, and a tuple keeps the parameters in one order
 TERMINAL: tuple[RunState, ...] = (RunState.COMPLETED, RunState.FAILED, RunState.CANCELLED, RunState.DEAD_LETTERED)
 

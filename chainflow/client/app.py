@@ -24,7 +24,7 @@ import sqlalchemy as sa
 from ..chain import chainstore
 from ..chain.adapter import ChainAdapter
 from ..chain.tracker_config import TrackerConfig
-from ..clock import Clock, SystemClock, seconds, to_seconds
+from ..clock import Clock, SystemClock, seconds, to_epoch, to_seconds
 from ..errors import (
     ConfigurationError,
     IdempotencyConflictError,
@@ -39,7 +39,7 @@ from ..retry import DEFAULT_RETRY, Retry
 from ..runtime import schedules as scheduling
 from ..runtime.registry import Registry, WorkflowDef, WorkflowFn, infer_input_type, same_input
 from ..runtime.worker import call_on
-from ..states import TERMINAL, EntryState, RunState
+from ..states import TERMINAL, EntryState, RunState, run_state
 from ..storage import codec, limits, schedulestore, store
 from ..storage.connector import resolve_url
 from ..storage.database import Database
@@ -266,12 +266,12 @@ class Chainflow:
 
     def pause_schedule(self, name: str) -> None:
         """Stop firing ``name`` until ``resume_schedule``; its runs already started go on."""
-        self._set_paused(name, True)
+        self._set_paused(limits.lookup(name, "pause_schedule(): name"), True)
 
     def resume_schedule(self, name: str) -> None:
         """Fire ``name`` again from its next fire time after now: the fires of the pause
         are not made up."""
-        self._set_paused(name, False)
+        self._set_paused(limits.lookup(name, "resume_schedule(): name"), False)
 
     def _set_paused(self, name: str, paused: bool) -> None:
         self.ensure_schema()
@@ -420,6 +420,7 @@ class Chainflow:
         return row
 
     def signal(self, run_id: str, name: str, payload: Any = None) -> None:
+        limits.lookup(run_id, "signal(): run_id")
         limits.text(name, "signal name", limits.SIGNAL_LENGTH)
         text = codec.dumps(payload, what=f"payload of signal {name!r}")
 
@@ -434,6 +435,8 @@ class Chainflow:
         await offload(self.signal, run_id, name, payload)
 
     def cancel(self, run_id: str) -> None:
+        limits.lookup(run_id, "cancel(): run_id")
+
         def request(conn: sa.Connection) -> None:
             self._live_run(conn, run_id, "cancel")
             store.request_cancel(conn, run_id, self.clock.time())
@@ -448,6 +451,7 @@ class Chainflow:
         """Put a dead-lettered run back to pending with its recovery count reset; it
         resumes from its journal (steps that succeeded are not run again).  One that was
         forked is refused (``RunForkedError``): its fork runs the same steps."""
+        limits.lookup(run_id, "retry(): run_id")
 
         def reopen(conn: sa.Connection) -> None:
             row = self._stored_run(conn, run_id)
@@ -465,6 +469,8 @@ class Chainflow:
         await offload(self.retry, run_id)
 
     def status(self, run_id: str) -> RunStatus:
+        limits.lookup(run_id, "status(): run_id")
+
         def read(conn: sa.Connection) -> RunStatus:
             row = self._stored_run(conn, run_id)
             served = None if row.status in TERMINAL else store.served_workflows(conn, self.clock.time())
@@ -478,6 +484,7 @@ class Chainflow:
     def children(self, run_id: str) -> list[RunStatus]:
         """The child runs ``run_id`` started (``ctx.child``), oldest first; a slot a reorg
         rolled back may have had an earlier, cancelled child."""
+        limits.lookup(run_id, "children(): run_id")
 
         def read(conn: sa.Connection) -> list[RunStatus]:
             self._stored_run(conn, run_id)
@@ -487,6 +494,7 @@ class Chainflow:
 
     def journal(self, run_id: str) -> list[JournalEntry]:
         """Every journal row of a run, invalidated ones included, in recording order."""
+        limits.lookup(run_id, "journal(): run_id")
 
         def read(conn: sa.Connection) -> list[JournalEntry]:
             self._stored_run(conn, run_id)
@@ -509,6 +517,7 @@ class Chainflow:
     def attempts(self, run_id: str) -> list[AttemptRecord]:
         """Every failed attempt of the run's steps, in recording order (``RunNotFoundError``
         for an id never stored, as ``journal``)."""
+        limits.lookup(run_id, "attempts(): run_id")
 
         def read(conn: sa.Connection) -> list[AttemptRecord]:
             self._stored_run(conn, run_id)
@@ -521,21 +530,23 @@ class Chainflow:
         return self.database.read(read)
 
     def runs(self, *, status: RunState | str | None = None, workflow: str | None = None, limit: int = 100,
-             since: float | None = None, until: float | None = None,
+             since: float | dt.datetime | None = None, until: float | dt.datetime | None = None,
              before: tuple[float, str] | None = None) -> list[RunStatus]:
         """The newest ``limit`` runs, of one ``status`` (a ``RunState`` or its text) and
-        ``workflow`` when given, created in [``since``, ``until``) (epoch seconds).
-        ``before``: the (created_at, id) of the last run of the previous page; the
-        next page starts below it (keyset pagination: as fast at the millionth run)."""
-        state = None if status is None else _run_state(status)
-        _page_size(limit)
-        if before is not None and limits.unstorable(before[1]):
-            # a position, not a lookup that could answer "none": no page handed it out
-            raise ValueError(f"before (created_at, run id) names a run id with a NUL character, which no run id "
-                             f"holds: {before[1][:40]!r}")
+        ``workflow`` when given, created in [``since``, ``until``) (epoch seconds or
+        timezone-aware datetimes).  ``before``: the (created_at, id) of the last run of
+        the previous page; the next page starts below it (keyset pagination: as fast at
+        the millionth run)."""
+        state = None if status is None else run_state(status, "runs(): status")
+        if workflow is not None:
+            limits.lookup(workflow, "runs(): workflow")
+        _page_size(limit, "runs()")
+        start = None if since is None else to_epoch(since, "runs(): since")
+        end = None if until is None else to_epoch(until, "runs(): until")
+        cursor = None if before is None else _cursor(before)
 
         def read(conn: sa.Connection) -> list[RunStatus]:
-            rows = store.list_runs(conn, state, workflow, limit, since=since, until=until, before=before)
+            rows = store.list_runs(conn, state, workflow, limit, since=start, until=end, before=cursor)
             return self._statuses(conn, rows)
 
         return self.database.read(read)
@@ -543,6 +554,7 @@ class Chainflow:
     def forks(self, run_id: str) -> list[RunStatus]:
         """The runs forked from ``run_id`` (``fork``), oldest first (``RunNotFoundError``
         for an id never stored, as ``journal``)."""
+        limits.lookup(run_id, "forks(): run_id")
 
         def read(conn: sa.Connection) -> list[RunStatus]:
             self._stored_run(conn, run_id)
@@ -557,7 +569,9 @@ class Chainflow:
 
     def reorgs(self, chain: str | None = None, limit: int = 100) -> list[ReorgEvent]:
         """Reorg events the trackers recorded, newest first."""
-        rows = self.database.read(chainstore.reorg_events, chain, _page_size(limit))
+        if chain is not None:
+            limits.lookup(chain, "reorgs(): chain")
+        rows = self.database.read(chainstore.reorg_events, chain, _page_size(limit, "reorgs()"))
         return [ReorgEvent(r.id, r.chain, r.depth, r.fork_number, json.loads(r.old_hashes),
                            json.loads(r.new_hashes), json.loads(r.affected), r.detected_at) for r in rows]
 
@@ -565,6 +579,7 @@ class Chainflow:
         """Block until the run is finished (for scripts and tests; real time)."""
         import time
 
+        limits.lookup(run_id, "wait(): run_id")
         seconds(timeout, "wait timeout")
         to_seconds(poll, "wait poll", positive=True)
         end = None if timeout is None else time.monotonic() + timeout
@@ -579,6 +594,7 @@ class Chainflow:
     async def await_run(self, run_id: str, timeout: float | None = None, poll: float = 0.5) -> RunStatus:
         """Wait for the run to finish: woken at once by a worker of this process that
         finishes it, re-checking the database every ``poll`` s for runs finished elsewhere."""
+        limits.lookup(run_id, "await_run(): run_id")
         seconds(timeout, "await_run timeout")
         to_seconds(poll, "await_run poll", positive=True)
         loop = asyncio.get_running_loop()
@@ -649,6 +665,8 @@ class Chainflow:
                       allow_effects: bool = False) -> RunReport:
         from . import timetravel
 
+        if not isinstance(run, timetravel.History):
+            limits.lookup(run, "replay(): run, when not a History,")
         return await timetravel.replay_one(self, run, overrides=overrides, workflow=workflow, pure=pure,
                                            allow_effects=allow_effects)
 
@@ -670,8 +688,8 @@ class Chainflow:
                             progress: Progress | None = None) -> SweepReport:
         from . import timetravel
 
-        ids = await offload(functools.partial(timetravel.select, self, workflow_name=workflow_name, status=status,
-                                              since=since, sample=sample))
+        ids = await offload(functools.partial(timetravel.select, self, "replay_sweep()", workflow_name=workflow_name,
+                                              status=status, since=since, sample=sample))
         return await timetravel.sweep(self, ids, overrides=overrides, workflow=workflow, pure=pure,
                                       allow_effects=allow_effects, progress=progress)
 
@@ -680,7 +698,7 @@ class Chainflow:
         ``replay`` and ``chainflow.testing.replay_history`` take back."""
         from . import timetravel
 
-        return timetravel.export(self, run_id)
+        return timetravel.export(self, limits.lookup(run_id, "export(): run_id"))
 
     def fork(self, run_id: str, *, from_step: str | None = None, from_failed: bool = False,
              after: float | dt.datetime | None = None,
@@ -694,8 +712,9 @@ class Chainflow:
         resolves to the source's submission: paying again needs a new key."""
         from . import timetravel
 
-        fork_id, name = timetravel.fork_one(self, run_id, _fork_point(from_step, from_failed, after), overrides,
-                                            workflow)
+        limits.lookup(run_id, "fork(): run_id")
+        fork_id, name = timetravel.fork_one(self, run_id, _fork_point(from_step, from_failed, after, "fork()"),
+                                            overrides, workflow)
         self._notify()
         return self._started(RunHandle(fork_id, name, True))
 
@@ -710,8 +729,9 @@ class Chainflow:
         forks of an earlier pass match its filters too): fork a fork with ``fork``."""
         from . import timetravel
 
-        point = _fork_point(from_step, from_failed, after)
-        ids = timetravel.select(self, workflow_name=workflow_name, status=status, since=since, forks=False)
+        point = _fork_point(from_step, from_failed, after, "fork_many()")
+        ids = timetravel.select(self, "fork_many()", workflow_name=workflow_name, status=status, since=since,
+                                forks=False)
         summary = timetravel.fork_many(self, ids, point, overrides, workflow, progress)
         self._notify()
         return summary
@@ -771,29 +791,32 @@ def _resolve(news: asyncio.Future[Any], known: RunStatus | object | None) -> Non
         news.set_result(known)
 
 
-def _fork_point(step: str | None, failed: bool, after: float | dt.datetime | None) -> Any:
+def _fork_point(step: str | None, failed: bool, after: float | dt.datetime | None, method: str) -> Any:
     from ..replay.fork import ForkPoint
 
-    if isinstance(after, dt.datetime):
-        if after.tzinfo is None:
-            raise ValueError(f"after must be timezone-aware, got naive {after!r}")
-        after = after.timestamp()
-    return ForkPoint(step, failed, after)
+    return ForkPoint(step, failed, None if after is None else to_epoch(after, f"{method}: after"))
 
 
-def _run_state(status: RunState | str) -> RunState:
-    try:
-        return RunState(status)
-    except ValueError:
-        raise ValueError(f"status must be one of {', '.join(RunState)}, got {status!r}") from None
-
-
-def _page_size(limit: Any) -> int:
+def _page_size(limit: Any, method: str) -> int:
     """``limit`` if it is an int >= 1, as the CLI's ``--limit`` must be: SQLite reads
     ``LIMIT -1`` as no limit and Postgres refuses it with a raw ``DataError``."""
     if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-        raise ValueError(f"limit must be an int >= 1, got {limit!r}")
+        raise ValueError(f"{method}: limit must be an int >= 1, got {limit!r}")
     return limit
+
+
+def _cursor(before: Any) -> tuple[float, str]:
+    """``runs(before=)`` checked: a page's position, not a lookup that could answer
+    "none", so a run id no page can have handed out (one with a NUL) is refused too."""
+    if not isinstance(before, (tuple, list)) or len(before) != 2:
+        raise TypeError(f"runs(): before must be the (created_at, run id) of the last run of the previous page, "
+                        f"got {before!r}")
+    created = to_epoch(before[0], "runs(): before's created_at")
+    run_id = limits.lookup(before[1], "runs(): before's run id")
+    if limits.unstorable(run_id):
+        raise ValueError(f"runs(): before (created_at, run id) names a run id with a NUL character, which no run "
+                         f"id holds: {run_id[:40]!r}")
+    return created, run_id
 
 
 def _status_of(row: sa.Row[Any], comps: dict[str, EntryState], served: set[str] | None = None) -> RunStatus:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ..chain.adapter import ChainAdapter
-from ..clock import Clock
+from ..clock import Clock, to_epoch
 from ..errors import ConfigurationError, RunNotFoundError
 from ..replay import fork as forking
 from ..replay import history
@@ -23,8 +23,8 @@ from ..replay.replayer import Override, ReplayOptions, replay
 from ..replay.report import RunReport, SweepReport
 from ..runtime.overrides import Overrides, resolve, spec_of
 from ..runtime.registry import Registry, WorkflowDef, infer_input_type, input_hash
-from ..states import RunState
-from ..storage import store
+from ..states import RunState, run_state
+from ..storage import limits, store
 from ..storage.database import Database
 from ..threads import offload
 
@@ -89,27 +89,19 @@ async def replay_one(app: Chainflow, run: str | History, *, overrides: Mapping[s
                         _options(app, overrides, pure, allow_effects))
 
 
-def since_epoch(app: Chainflow, since: float | dt.datetime | dt.timedelta | None) -> float | None:
-    if since is None or isinstance(since, (int, float)):
-        return since
-    if isinstance(since, dt.timedelta):
-        return app.clock.time() - since.total_seconds()
-    if isinstance(since, dt.datetime):
-        if since.tzinfo is None:
-            raise ValueError(f"since must be timezone-aware, got naive {since!r}")
-        return since.timestamp()
-    raise TypeError(f"since must be epoch seconds, a datetime or a timedelta, got {since!r}")
-
-
-def select(app: Chainflow, *, workflow_name: str | None, status: RunState | str | None,
+def select(app: Chainflow, method: str, *, workflow_name: str | None, status: RunState | str | None,
            since: float | dt.datetime | dt.timedelta | None, sample: int | None = None,
            forks: bool = True) -> list[str]:
-    """Ids of the runs a sweep or a bulk fork covers, oldest first."""
+    """Ids of the runs a sweep or a bulk fork (``method``, which errors name) covers,
+    oldest first; the filters are checked before the query."""
+    if workflow_name is not None:
+        limits.lookup(workflow_name, f"{method}: workflow_name")
+    state = None if status is None else run_state(status, f"{method}: status").value
+    start = None if since is None else to_epoch(since, f"{method}: since", now=app.clock.time())
     if sample is not None and (isinstance(sample, bool) or not isinstance(sample, int) or sample < 1):
-        raise ValueError(f"sample must be a positive int, got {sample!r}")
-    state = None if status is None else RunState(status).value
+        raise ValueError(f"{method}: sample must be a positive int, got {sample!r}")
     ids = app.database.read(lambda conn: store.select_runs(
-        conn, workflow=workflow_name, status=state, since=since_epoch(app, since), forks=forks))
+        conn, workflow=workflow_name, status=state, since=start, forks=forks))
     if sample is not None and sample < len(ids):
         chosen = set(random.sample(ids, sample))
         ids = [i for i in ids if i in chosen]

@@ -52,18 +52,27 @@ _ORIGIN_DIGEST = 32  # hex characters of the compensated intent's digest in a de
 COMPENSATION_KEY_LENGTH = IDEMPOTENCY_KEY_LENGTH - len(COMPENSATION_PREFIX) - _ORIGIN_DIGEST - 1
 
 
+def lookup(value: Any, what: str) -> str:
+    """``value`` if it is a str: the id or name a read looks a row up by.  Postgres
+    refuses to compare a text column with a number (a raw ``ProgrammingError``, after a
+    round trip) where SQLite answers "not found", so the type is checked at the call.
+    The value is not: one no write could have stored finds nothing (``unstorable``)."""
+    if isinstance(value, str):
+        return value
+    raise TypeError(f"{what} must be a str, got {value!r}")
+
+
 def text(value: Any, what: str, limit: int) -> str:
     """``value`` if it is a non-empty str of at most ``limit`` characters, without the
     NUL character Postgres text cannot hold (SQLite stores it)."""
-    if not isinstance(value, str):
-        raise TypeError(f"{what} must be a str, got {value!r}")
-    if not value:
+    given = lookup(value, what)  # a str first, as any name a read is by
+    if not given:
         raise ValueError(f"{what} must not be empty")
-    if "\x00" in value:
-        raise ValueError(f"{what} contains a NUL character, which Postgres cannot store: {value[:40]!r}")
-    if len(value) > limit:
-        raise ValueError(f"{what} is {len(value)} characters long, the limit is {limit}: {value[:40]!r}…")
-    return value
+    if "\x00" in given:
+        raise ValueError(f"{what} contains a NUL character, which Postgres cannot store: {given[:40]!r}")
+    if len(given) > limit:
+        raise ValueError(f"{what} is {len(given)} characters long, the limit is {limit}: {given[:40]!r}…")
+    return given
 
 
 def unstorable(value: Any) -> bool:

@@ -544,10 +544,98 @@ async def test_a_lookup_by_a_name_holding_nul_finds_nothing_alike_on_both_backen
     assert [r.id for r in app.runs(workflow="nul")] == [st.id]  # the same lookups without the NUL still work
 
 
-# --- client reads: unknown runs alike -----------------------------------------------------
-
+# --- client reads: arguments checked at the call, unknown runs alike -----------------------
 
 _ID = "0b3c5d7e-0000-4000-8000-000000000000"  # shaped like a run id, never stored
+_NAIVE = dt.datetime(2024, 1, 1)
+
+# (call, exception, what the message must name): each was sent to SQL unchecked, so
+# Postgres raised a raw DataError/ProgrammingError (or, for a NaN time, both backends
+# answered nothing) where SQLite answered "not found" or []
+READ_CALLS: dict[str, tuple[Callable[[cf.Chainflow], Any], type[Exception], tuple[str, ...]]] = {
+    "runs since str": (lambda app: app.runs(since=cast(Any, "2024-01-01")), TypeError,
+                       ("runs(): since", "a datetime or a number of seconds since the epoch", "'2024-01-01'")),
+    "runs since nan": (lambda app: app.runs(since=NAN), ValueError, ("runs(): since", "nan")),
+    "runs since -inf": (lambda app: app.runs(since=-INF), ValueError, ("runs(): since", "-inf")),
+    "runs since 10**400": (lambda app: app.runs(since=10**400), ValueError, ("runs(): since", "finite")),
+    "runs since bool": (lambda app: app.runs(since=True), TypeError, ("runs(): since", "True")),
+    "runs since naive": (lambda app: app.runs(since=cast(Any, _NAIVE)), ValueError,
+                         ("runs(): since", "timezone-aware")),
+    "runs until nan": (lambda app: app.runs(until=NAN), ValueError, ("runs(): until", "nan")),
+    "runs workflow int": (lambda app: app.runs(workflow=cast(Any, 5)), TypeError, ("runs(): workflow", "5")),
+    "runs status int": (lambda app: app.runs(status=cast(Any, 5)), ValueError, ("runs(): status", "5")),
+    "runs limit 0": (lambda app: app.runs(limit=0), ValueError, ("runs(): limit", "0")),
+    "runs before str": (lambda app: app.runs(before=cast(Any, "x")), TypeError, ("runs(): before", "'x'")),
+    "runs before nan": (lambda app: app.runs(before=(NAN, _ID)), ValueError, ("runs(): before", "nan")),
+    "runs before id int": (lambda app: app.runs(before=(1.0, cast(Any, 5))), TypeError, ("runs(): before", "5")),
+    "status int": (lambda app: app.status(cast(Any, 5)), TypeError, ("status(): run_id", "5")),
+    "astatus int": (lambda app: app.astatus(cast(Any, 5)), TypeError, ("status(): run_id", "5")),
+    "journal int": (lambda app: app.journal(cast(Any, 123)), TypeError, ("journal(): run_id", "123")),
+    "attempts int": (lambda app: app.attempts(cast(Any, 123)), TypeError, ("attempts(): run_id", "123")),
+    "forks int": (lambda app: app.forks(cast(Any, 123)), TypeError, ("forks(): run_id", "123")),
+    "children int": (lambda app: app.children(cast(Any, 123)), TypeError, ("children(): run_id", "123")),
+    "signal int": (lambda app: app.signal(cast(Any, 5), "go"), TypeError, ("signal(): run_id", "5")),
+    "cancel int": (lambda app: app.cancel(cast(Any, 5)), TypeError, ("cancel(): run_id", "5")),
+    "retry int": (lambda app: app.retry(cast(Any, 5)), TypeError, ("retry(): run_id", "5")),
+    "wait int": (lambda app: app.wait(cast(Any, 5), timeout=1), TypeError, ("wait(): run_id", "5")),
+    "await_run int": (lambda app: app.await_run(cast(Any, 5), timeout=1), TypeError, ("await_run(): run_id", "5")),
+    "export int": (lambda app: app.export(cast(Any, 5)), TypeError, ("export(): run_id", "5")),
+    "replay int": (lambda app: app.replay(cast(Any, 5)), TypeError, ("replay(): run", "5")),
+    "areplay int": (lambda app: app.areplay(cast(Any, 5)), TypeError, ("replay(): run", "5")),
+    "fork int": (lambda app: app.fork(cast(Any, 5), from_failed=True), TypeError, ("fork(): run_id", "5")),
+    "fork after nan": (lambda app: app.fork(_ID, after=NAN), ValueError, ("fork(): after", "nan")),
+    "fork after naive": (lambda app: app.fork(_ID, after=_NAIVE), ValueError, ("fork(): after", "timezone-aware")),
+    "pause_schedule int": (lambda app: app.pause_schedule(cast(Any, 5)), TypeError, ("pause_schedule(): name", "5")),
+    "resume_schedule int": (lambda app: app.resume_schedule(cast(Any, 5)), TypeError,
+                            ("resume_schedule(): name", "5")),
+    "reorgs chain int": (lambda app: app.reorgs(chain=cast(Any, 5)), TypeError, ("reorgs(): chain", "5")),
+    "reorgs limit -1": (lambda app: app.reorgs(limit=-1), ValueError, ("reorgs(): limit", "-1")),
+    "replay_sweep since nan": (lambda app: app.replay_sweep(since=NAN), ValueError, ("replay_sweep(): since", "nan")),
+    "replay_sweep since str": (lambda app: app.replay_sweep(since=cast(Any, "7d")), TypeError,
+                               ("replay_sweep(): since", "timedelta", "'7d'")),
+    "replay_sweep since -1 day": (lambda app: app.replay_sweep(since=dt.timedelta(days=-1)), ValueError,
+                                  ("replay_sweep(): since", "days=-1")),
+    "replay_sweep workflow_name int": (lambda app: app.replay_sweep(workflow_name=cast(Any, 5)), TypeError,
+                                       ("replay_sweep(): workflow_name", "5")),
+    "replay_sweep status bogus": (lambda app: app.replay_sweep(status="bogus"), ValueError,
+                                  ("replay_sweep(): status", "'bogus'")),
+    "replay_sweep sample 0": (lambda app: app.replay_sweep(sample=0), ValueError, ("replay_sweep(): sample", "0")),
+    "fork_many since nan": (lambda app: app.fork_many(since=NAN, from_failed=True), ValueError,
+                            ("fork_many(): since", "nan")),
+    "fork_many workflow_name int": (lambda app: app.fork_many(workflow_name=cast(Any, 5), from_failed=True),
+                                    TypeError, ("fork_many(): workflow_name", "5")),
+}
+
+
+@pytest.mark.parametrize("case", list(READ_CALLS))
+def test_a_client_read_refuses_a_bad_argument_before_the_database_alike_on_both_backends(
+        make_app: Callable[..., cf.Chainflow], case: str) -> None:
+    call, kind, needles = READ_CALLS[case]
+    app = make_app()
+    app.ensure_schema()
+    connected: list[object] = []
+    sa.event.listen(app.engine, "engine_connect", connected.append)
+    with pytest.raises(kind) as refusal:
+        outcome = call(app)
+        if asyncio.iscoroutine(outcome):
+            asyncio.run(outcome)
+    for needle in needles:
+        assert needle in str(refusal.value), (needle, str(refusal.value))
+    assert connected == [], "the argument reached the database before it was refused"
+
+
+def test_reads_with_good_arguments_still_answer(make_app: Callable[..., cf.Chainflow]) -> None:
+    """The accepted forms: epoch seconds (int or float), an aware datetime, and for a
+    sweep or bulk fork a timedelta back from now."""
+    app = make_app(clock=cf.FakeClock(1_700_000_000.0))
+    app.workflow("echo")(_wf)
+    run = app.start("echo")
+    for since in (1_699_999_999, 1_699_999_999.5, dt.datetime(2023, 11, 14, tzinfo=dt.UTC), -1e12):
+        assert [r.id for r in app.runs(since=since, until=1_700_000_001)] == [run.id], since
+    assert app.runs(until=dt.datetime(2023, 11, 14, 22, 13, 19, tzinfo=dt.UTC)) == []  # 1 s before the run
+    found = app.runs(limit=1)
+    assert app.runs(before=(found[0].created_at, found[0].id)) == []
+    assert list(app.fork_many(since=dt.timedelta(seconds=1), from_failed=True).skipped) == [run.id]  # unfinished
 
 
 # journal and children raised RunNotFoundError for an id never stored; attempts and forks
