@@ -194,9 +194,9 @@ class Chainflow:
 
             batcher.check(self.chains, self.tracker_config.batching)
         if self.chains:
-            from ..chain.submission import Submitter
+            from ..chain import submission
 
-            self.submitter = Submitter(self.database, self.chains, self.clock, self.tracker_config)
+            self.submitter = submission.Submitter(self.database, self.chains, self.clock, self.tracker_config)
         # lifecycle events: metrics, log lines and this app's hooks (``on``)
         self.events = Events()
         self._workers: weakref.WeakSet[Worker] = weakref.WeakSet()

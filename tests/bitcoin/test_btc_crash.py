@@ -30,7 +30,6 @@ import pytest
 import sqlalchemy as sa
 from bitcoin.core import CTransaction, b2lx
 
-import chainflow as cf
 from adapters.bitcoin import DescriptorWallet, network
 from chainflow.storage import schema
 from devnet import RpcError

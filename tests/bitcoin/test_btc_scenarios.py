@@ -215,18 +215,18 @@ async def test_a_replay_reports_a_payout_changed_to_another_payee_or_amount(rig:
         h = await rig.app.astart("payout", {"id": "o-replay", "to": payee, "sats": 90_000})
         assert (await rig.until_done(h.id, what="the payout")).status == "completed"
 
-    def paying(to: str, sats: int) -> Any:
+    def paying(to: str, amount: int) -> Any:
         async def flow(ctx: cf.Context, ev: dict[str, Any]) -> None:
             await ctx.step("reserve", str, ev["id"])  # recorded: the replay returns what it returned
-            await ctx.submit("pay", chain=CHAIN, tx=rig.btc.pay(to, sats=sats), idempotency_key=f"payout:{ev['id']}",
+            await ctx.submit("pay", chain=CHAIN, tx=rig.btc.pay(to, sats=amount), idempotency_key=f"payout:{ev['id']}",
                              finality=cf.Confirmations(2))
         return flow
 
-    for to, sats, change in ((payee, 90_000, Change.UNCHANGED), (other, 90_000, Change.TX_CHANGED),
-                             (payee, 900_000, Change.TX_CHANGED)):
-        report = await rig.app.areplay(h.id, workflow=paying(to, sats))
+    for to, amount, change in ((payee, 90_000, Change.UNCHANGED), (other, 90_000, Change.TX_CHANGED),
+                               (payee, 900_000, Change.TX_CHANGED)):
+        report = await rig.app.areplay(h.id, workflow=paying(to, amount))
         (step,) = [s for s in report.steps if s.op == "submit"]
-        assert step.change == change, (to, sats, step.change, step.detail)
+        assert step.change == change, (to, amount, step.change, step.detail)
 
 
 async def test_a_shallow_reorg_before_finality_re_includes_the_payout_and_compensates_nothing(

@@ -366,7 +366,8 @@ async def test_a_caught_step_error_replays_as_the_run_saw_it(make_app: Any) -> N
         try:
             await ctx.step(name, declined, retry=cf.Retry(max_attempts=1))
         except cf.StepError as exc:
-            return await ctx.step("handled " + exc.step.replace("#", "-").replace("/", "-"), lambda: exc.step)
+            label = exc.step
+            return await ctx.step("handled " + label.replace("#", "-").replace("/", "-"), lambda: label)
         return "none"
 
     @app.workflow("handled")
